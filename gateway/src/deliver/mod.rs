@@ -1,0 +1,1 @@
+//! Delivery: the hand-off from ingest to per-target queues (SPEC §5).

@@ -1,0 +1,1 @@
+//! Ingest: remote-write listeners (SPEC §2).

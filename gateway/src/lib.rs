@@ -1,0 +1,20 @@
+//! The Fanout gateway: ingest, registry, resolver, delivery, spill and admin API.
+//!
+//! # Layout
+//! - [`config`]: command-line flags, `FANOUT_*` environment variables and the
+//!   YAML `--config` file, merged into one [`config::ServeConfig`].
+//! - [`registry`]: clusters, Workspaces, Deployments and metrics exports; the
+//!   pure resolver and the immutable [`registry::Snapshot`] the hot path reads
+//!   without locks; the SQLite and PostgreSQL stores.
+//! - [`ingest`]: the remote-write listeners (HTTP/1.1, HTTP/2, HTTP/3), cluster
+//!   authentication, limits and status codes.
+//! - [`deliver`]: the hand-off from ingest to per-target queues and senders.
+//! - [`admin`]: the admin API on its own port.
+//! - [`serve`]: wires the parts together for `fanout serve`.
+
+pub mod admin;
+pub mod config;
+pub mod deliver;
+pub mod ingest;
+pub mod registry;
+pub mod serve;

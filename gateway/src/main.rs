@@ -1,0 +1,38 @@
+//! The `fanout` binary: `fanout serve` runs a gateway, `fanout apply` sends a
+//! declarative registry to a running one.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fanout_gateway::config::{ApplyArgs, ServeArgs};
+
+/// Fanout: a remote-write export gateway.
+#[derive(Parser)]
+#[command(name = "fanout", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a gateway (with no flags: embedded SQLite store in ./fanout-data).
+    Serve(Box<ServeArgs>),
+    /// Send a declarative registry file to a running gateway's admin API.
+    Apply(ApplyArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => fanout_gateway::serve::run(*args),
+        Command::Apply(args) => fanout_gateway::admin::apply::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fanout: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Registry: clusters, Workspaces, Deployments and metrics exports (SPEC §3).

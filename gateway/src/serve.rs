@@ -1,0 +1,1 @@
+//! `fanout serve`: wires store, registry, ingest, delivery and admin together.
