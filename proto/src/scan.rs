@@ -1,0 +1,491 @@
+//! Zero-copy scanner for remote-write 1.0 `WriteRequest` bodies.
+//!
+//! # Design
+//! The decompressed body is held in one [`bytes::Bytes`]. [`scan_v1`] walks it
+//! once, validates everything ingest must refuse (see SPEC §2), and records for
+//! each `TimeSeries` only a [`Series`]: the byte range of the message within the
+//! body and a few counts. Nothing is copied and nothing is allocated per series
+//! or per label: the caller passes a `Vec<Series>` that it reuses across
+//! requests. Later stages borrow label names and values straight from the body
+//! through [`Series::view`], or share the series bytes with `Bytes::slice`.
+//!
+//! # Invariants after a successful scan
+//! - every varint, key, length and fixed-size value of the request is well formed;
+//! - every known field has the wire type of the schema; unknown fields are skipped;
+//! - every label name and value (series and exemplar labels, metadata strings)
+//!   is valid UTF-8, and every label name is non-empty;
+//! - no series has two labels with the same name, or more labels, longer names
+//!   or longer values than the [`Limits`] allow;
+//! - the request has at most `limits.max_series` series.
+//!
+//! Label order is not required by 1.0 (senders sort, but receivers such as
+//! Prometheus accept unsorted input); the scanner records whether a series'
+//! labels are sorted so the encoder sorts only when it has to.
+//!
+//! Errors carry the series and label index: `timeseries 12: label 3: truncated varint`.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use crate::error::{ErrorKind, Item, LabelPart, Location, ScanError};
+use crate::wire::{check_packed_fixed64, check_packed_varints, expect_wire, Reader, WireType};
+use crate::Limits;
+
+/// One `TimeSeries` of a scanned request: where it is and what it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Series {
+    start: usize,
+    end: usize,
+    labels: u32,
+    samples: u32,
+    exemplars: u32,
+    histograms: u32,
+    sorted: bool,
+}
+
+impl Series {
+    /// Byte range of the `TimeSeries` message (without its key and length) in the body.
+    pub fn range(&self) -> Range<usize> {
+        self.start..self.end
+    }
+
+    /// The `TimeSeries` message bytes within `body`.
+    pub fn bytes<'a>(&self, body: &'a [u8]) -> &'a [u8] {
+        &body[self.start..self.end]
+    }
+
+    /// The `TimeSeries` message as a shared slice of `body` (no copy).
+    pub fn slice(&self, body: &Bytes) -> Bytes {
+        body.slice(self.start..self.end)
+    }
+
+    /// A borrowed view of the series' labels within `body`.
+    pub fn view<'a>(&self, body: &'a [u8]) -> SeriesView<'a> {
+        SeriesView {
+            msg: self.bytes(body),
+            series: *self,
+        }
+    }
+
+    /// Number of labels.
+    pub fn label_count(&self) -> usize {
+        self.labels as usize
+    }
+
+    /// Number of float samples.
+    pub fn samples(&self) -> usize {
+        self.samples as usize
+    }
+
+    /// Number of exemplars.
+    pub fn exemplars(&self) -> usize {
+        self.exemplars as usize
+    }
+
+    /// Number of native histogram samples.
+    pub fn histograms(&self) -> usize {
+        self.histograms as usize
+    }
+
+    /// True when the labels arrived sorted by name.
+    pub fn labels_sorted(&self) -> bool {
+        self.sorted
+    }
+}
+
+/// Counts of what a request held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Series.
+    pub series: usize,
+    /// Float samples.
+    pub samples: usize,
+    /// Exemplars.
+    pub exemplars: usize,
+    /// Native histogram samples.
+    pub histograms: usize,
+    /// Metadata entries.
+    pub metadata: usize,
+}
+
+/// A borrowed view of one series of a scanned body.
+#[derive(Clone, Copy, Debug)]
+pub struct SeriesView<'a> {
+    msg: &'a [u8],
+    series: Series,
+}
+
+impl<'a> SeriesView<'a> {
+    /// The series' labels in wire order.
+    pub fn labels(&self) -> Labels<'a> {
+        Labels::new(self.msg)
+    }
+
+    /// The value of the label `name`, if the series has it.
+    pub fn label(&self, name: &[u8]) -> Option<&'a [u8]> {
+        self.labels().find(|l| l.name == name).map(|l| l.value)
+    }
+
+    /// The metric name (`__name__`).
+    pub fn metric_name(&self) -> Option<&'a [u8]> {
+        self.label(b"__name__")
+    }
+
+    /// The `TimeSeries` message bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.msg
+    }
+
+    /// The series' record from the scan.
+    pub fn series(&self) -> Series {
+        self.series
+    }
+}
+
+/// One label, borrowed from the body; name and value are validated UTF-8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Label<'a> {
+    /// The label name.
+    pub name: &'a [u8],
+    /// The label value.
+    pub value: &'a [u8],
+    /// The whole label field as on the wire: key, length and `Label` message.
+    pub raw: &'a [u8],
+}
+
+/// Iterator over the labels of a scanned series.
+#[derive(Clone, Debug)]
+pub struct Labels<'a> {
+    msg: &'a [u8],
+    reader: Reader<'a>,
+}
+
+impl<'a> Labels<'a> {
+    fn new(msg: &'a [u8]) -> Labels<'a> {
+        Labels {
+            msg,
+            reader: Reader::new(msg),
+        }
+    }
+}
+
+impl<'a> Iterator for Labels<'a> {
+    type Item = Label<'a>;
+
+    fn next(&mut self) -> Option<Label<'a>> {
+        // The body was validated by the scan, so errors cannot happen here;
+        // if they did, ending the iteration is the safe answer.
+        while !self.reader.is_empty() {
+            let field_start = self.reader.pos();
+            let (field, wire) = self.reader.key().ok()?;
+            if field == 1 && wire == WireType::Len {
+                let payload = self.reader.len_delimited().ok()?;
+                let (name, value) = parse_label(payload).ok()?;
+                let raw = &self.msg[field_start..self.reader.pos()];
+                return Some(Label { name, value, raw });
+            }
+            self.reader.skip(wire).ok()?;
+        }
+        None
+    }
+}
+
+/// Splits a `Label` message into name and value (without validating them).
+fn parse_label(payload: &[u8]) -> Result<(&[u8], &[u8]), ErrorKind> {
+    let mut r = Reader::new(payload);
+    let mut name: &[u8] = &[];
+    let mut value: &[u8] = &[];
+    while !r.is_empty() {
+        let (field, wire) = r.key()?;
+        match field {
+            1 => {
+                expect_wire(field, wire, WireType::Len)?;
+                name = r.len_delimited()?;
+            }
+            2 => {
+                expect_wire(field, wire, WireType::Len)?;
+                value = r.len_delimited()?;
+            }
+            _ => r.skip(wire)?,
+        }
+    }
+    Ok((name, value))
+}
+
+/// Checks one series label against UTF-8 rules and limits.
+pub(crate) fn check_label(name: &[u8], value: &[u8], limits: &Limits) -> Result<(), ErrorKind> {
+    if name.is_empty() {
+        return Err(ErrorKind::EmptyLabelName);
+    }
+    if name.len() > limits.max_label_name_len {
+        return Err(ErrorKind::LabelNameTooLong {
+            len: name.len(),
+            limit: limits.max_label_name_len,
+        });
+    }
+    if value.len() > limits.max_label_value_len {
+        return Err(ErrorKind::LabelValueTooLong {
+            len: value.len(),
+            limit: limits.max_label_value_len,
+        });
+    }
+    std::str::from_utf8(name).map_err(|_| ErrorKind::InvalidUtf8(LabelPart::Name))?;
+    std::str::from_utf8(value).map_err(|_| ErrorKind::InvalidUtf8(LabelPart::Value))?;
+    Ok(())
+}
+
+/// Scans a decompressed remote-write 1.0 body.
+///
+/// On success `out` holds one [`Series`] per `TimeSeries` in wire order (it is
+/// cleared first, and its capacity is reused). On error nothing in `out` is
+/// meaningful and the whole request must be refused.
+pub fn scan_v1(body: &Bytes, limits: &Limits, out: &mut Vec<Series>) -> Result<Summary, ScanError> {
+    out.clear();
+    let mut summary = Summary::default();
+    let mut r = Reader::new(body);
+    let top = Location::default();
+    while !r.is_empty() {
+        // A broken key between series is reported against the series it would start.
+        let (field, wire) = r.key().map_err(|k| Location::series(out.len()).err(k))?;
+        match field {
+            1 => {
+                let at = Location::series(out.len());
+                expect_wire(field, wire, WireType::Len).map_err(|k| at.err(k))?;
+                if out.len() >= limits.max_series {
+                    return Err(top.err(ErrorKind::TooManySeries {
+                        limit: limits.max_series,
+                    }));
+                }
+                let (start, end) = r.len_range().map_err(|k| at.err(k))?;
+                let series = scan_series(&body[start..end], start, limits, at)?;
+                summary.samples += series.samples();
+                summary.exemplars += series.exemplars();
+                summary.histograms += series.histograms();
+                out.push(series);
+            }
+            3 => {
+                let at = top.item(Item::Metadata, summary.metadata);
+                expect_wire(field, wire, WireType::Len).map_err(|k| at.err(k))?;
+                let payload = r.len_delimited().map_err(|k| at.err(k))?;
+                check_metadata(payload).map_err(|k| at.err(k))?;
+                summary.metadata += 1;
+            }
+            _ => r.skip(wire).map_err(|k| top.err(k))?,
+        }
+    }
+    summary.series = out.len();
+    Ok(summary)
+}
+
+fn scan_series(
+    msg: &[u8],
+    start: usize,
+    limits: &Limits,
+    at: Location,
+) -> Result<Series, ScanError> {
+    let mut series = Series {
+        start,
+        end: start + msg.len(),
+        labels: 0,
+        samples: 0,
+        exemplars: 0,
+        histograms: 0,
+        sorted: true,
+    };
+    let mut prev_name: Option<&[u8]> = None;
+    let mut r = Reader::new(msg);
+    while !r.is_empty() {
+        let (field, wire) = r.key().map_err(|k| at.err(k))?;
+        match field {
+            1 => {
+                let at = at.label(series.labels as usize);
+                expect_wire(field, wire, WireType::Len).map_err(|k| at.err(k))?;
+                let payload = r.len_delimited().map_err(|k| at.err(k))?;
+                let (name, value) = parse_label(payload).map_err(|k| at.err(k))?;
+                check_label(name, value, limits).map_err(|k| at.err(k))?;
+                if let Some(prev) = prev_name {
+                    if name == prev {
+                        return Err(at.err(duplicate(name)));
+                    }
+                    if name < prev {
+                        series.sorted = false;
+                    }
+                }
+                prev_name = Some(name);
+                series.labels += 1;
+                if series.labels as usize > limits.max_labels_per_series {
+                    return Err(at.err(ErrorKind::TooManyLabels {
+                        count: series.labels as usize,
+                        limit: limits.max_labels_per_series,
+                    }));
+                }
+            }
+            2 => {
+                let at = at.item(Item::Sample, series.samples as usize);
+                expect_wire(field, wire, WireType::Len).map_err(|k| at.err(k))?;
+                let payload = r.len_delimited().map_err(|k| at.err(k))?;
+                check_sample(payload).map_err(|k| at.err(k))?;
+                series.samples += 1;
+            }
+            3 => {
+                let at = at.item(Item::Exemplar, series.exemplars as usize);
+                expect_wire(field, wire, WireType::Len).map_err(|k| at.err(k))?;
+                let payload = r.len_delimited().map_err(|k| at.err(k))?;
+                check_exemplar(payload, at)?;
+                series.exemplars += 1;
+            }
+            4 => {
+                let at = at.item(Item::Histogram, series.histograms as usize);
+                expect_wire(field, wire, WireType::Len).map_err(|k| at.err(k))?;
+                let payload = r.len_delimited().map_err(|k| at.err(k))?;
+                check_histogram(payload).map_err(|k| at.err(k))?;
+                series.histograms += 1;
+            }
+            _ => r.skip(wire).map_err(|k| at.err(k))?,
+        }
+    }
+    if !series.sorted {
+        check_no_duplicates(msg, at)?;
+    }
+    Ok(series)
+}
+
+fn duplicate(name: &[u8]) -> ErrorKind {
+    ErrorKind::DuplicateLabelName(crate::error::quote(&String::from_utf8_lossy(name)))
+}
+
+/// Quadratic duplicate check for the rare unsorted series (at most
+/// `max_labels_per_series` labels, so bounded, and allocation-free).
+fn check_no_duplicates(msg: &[u8], at: Location) -> Result<(), ScanError> {
+    let view = Labels::new(msg);
+    for (i, a) in view.clone().enumerate() {
+        if view.clone().take(i).any(|b| b.name == a.name) {
+            return Err(at.label(i).err(duplicate(a.name)));
+        }
+    }
+    Ok(())
+}
+
+/// `Sample { double value = 1; int64 timestamp = 2; }` (also 2.0's `Sample`).
+pub(crate) fn check_sample(payload: &[u8]) -> Result<(), ErrorKind> {
+    let mut r = Reader::new(payload);
+    while !r.is_empty() {
+        let (field, wire) = r.key()?;
+        match field {
+            1 => expect_wire(field, wire, WireType::I64)?,
+            2 => expect_wire(field, wire, WireType::Varint)?,
+            _ => {}
+        }
+        r.skip(wire)?;
+    }
+    Ok(())
+}
+
+fn check_exemplar(payload: &[u8], at: Location) -> Result<(), ScanError> {
+    let mut r = Reader::new(payload);
+    let mut labels = 0;
+    while !r.is_empty() {
+        let (field, wire) = r.key().map_err(|k| at.err(k))?;
+        match field {
+            1 => {
+                let at = at.label(labels);
+                expect_wire(field, wire, WireType::Len).map_err(|k| at.err(k))?;
+                let label = r.len_delimited().map_err(|k| at.err(k))?;
+                let (name, value) = parse_label(label).map_err(|k| at.err(k))?;
+                check_exemplar_label(name, value).map_err(|k| at.err(k))?;
+                labels += 1;
+                continue;
+            }
+            2 => expect_wire(field, wire, WireType::I64).map_err(|k| at.err(k))?,
+            3 => expect_wire(field, wire, WireType::Varint).map_err(|k| at.err(k))?,
+            _ => {}
+        }
+        r.skip(wire).map_err(|k| at.err(k))?;
+    }
+    Ok(())
+}
+
+/// Exemplar labels: UTF-8 and a non-empty name (series limits do not apply).
+pub(crate) fn check_exemplar_label(name: &[u8], value: &[u8]) -> Result<(), ErrorKind> {
+    if name.is_empty() {
+        return Err(ErrorKind::EmptyLabelName);
+    }
+    std::str::from_utf8(name).map_err(|_| ErrorKind::InvalidUtf8(LabelPart::Name))?;
+    std::str::from_utf8(value).map_err(|_| ErrorKind::InvalidUtf8(LabelPart::Value))?;
+    Ok(())
+}
+
+/// `MetricMetadata { type = 1; metric_family_name = 2; help = 4; unit = 5; }`.
+fn check_metadata(payload: &[u8]) -> Result<(), ErrorKind> {
+    let mut r = Reader::new(payload);
+    while !r.is_empty() {
+        let (field, wire) = r.key()?;
+        match field {
+            1 => {
+                expect_wire(field, wire, WireType::Varint)?;
+                r.varint()?;
+            }
+            2 | 4 | 5 => {
+                expect_wire(field, wire, WireType::Len)?;
+                let text = r.len_delimited()?;
+                std::str::from_utf8(text).map_err(|_| ErrorKind::InvalidUtf8String)?;
+            }
+            _ => r.skip(wire)?,
+        }
+    }
+    Ok(())
+}
+
+/// Validates the structure of a native `Histogram` message (identical field
+/// numbers in 1.0 and 2.0) so that its bytes can be forwarded verbatim.
+pub(crate) fn check_histogram(payload: &[u8]) -> Result<(), ErrorKind> {
+    let mut r = Reader::new(payload);
+    while !r.is_empty() {
+        let (field, wire) = r.key()?;
+        match field {
+            // count_int, schema (sint32), zero_count_int, reset_hint, timestamp
+            1 | 4 | 6 | 14 | 15 => expect_wire(field, wire, WireType::Varint)?,
+            // count_float, sum, zero_threshold, zero_count_float
+            2 | 3 | 5 | 7 => expect_wire(field, wire, WireType::I64)?,
+            // negative_spans, positive_spans
+            8 | 11 => {
+                expect_wire(field, wire, WireType::Len)?;
+                check_bucket_span(r.len_delimited()?)?;
+                continue;
+            }
+            // negative_deltas, positive_deltas: repeated sint64, packed or not
+            9 | 12 => {
+                if wire == WireType::Len {
+                    check_packed_varints(r.len_delimited()?)?;
+                    continue;
+                }
+                expect_wire(field, wire, WireType::Varint)?;
+            }
+            // negative_counts, positive_counts, custom_values: repeated double
+            10 | 13 | 16 => {
+                if wire == WireType::Len {
+                    check_packed_fixed64(r.len_delimited()?)?;
+                    continue;
+                }
+                expect_wire(field, wire, WireType::I64)?;
+            }
+            _ => {}
+        }
+        r.skip(wire)?;
+    }
+    Ok(())
+}
+
+/// `BucketSpan { sint32 offset = 1; uint32 length = 2; }`.
+fn check_bucket_span(payload: &[u8]) -> Result<(), ErrorKind> {
+    let mut r = Reader::new(payload);
+    while !r.is_empty() {
+        let (field, wire) = r.key()?;
+        if field == 1 || field == 2 {
+            expect_wire(field, wire, WireType::Varint)?;
+        }
+        r.skip(wire)?;
+    }
+    Ok(())
+}

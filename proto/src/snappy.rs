@@ -1,0 +1,118 @@
+//! Snappy block-format helpers (remote-write uses the block format, not the
+//! framed stream format).
+//!
+//! The decompressed length is a varint at the start of a block; [`decompress`]
+//! reads it and refuses anything over the caller's limit before allocating a
+//! byte, so a 20-byte request claiming 4 GiB costs nothing.
+
+use bytes::Bytes;
+
+/// Why a snappy block could not be decompressed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SnappyError {
+    /// The header declares more bytes than allowed.
+    #[error("snappy: decompressed size {len} bytes exceeds the limit of {max} bytes (limit max_decompressed_bytes)")]
+    TooLarge {
+        /// Declared decompressed length.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// The block is not valid snappy.
+    #[error("snappy: corrupt input: {0}")]
+    Corrupt(String),
+}
+
+impl SnappyError {
+    /// True when a limit was exceeded (413), false for corrupt input (400).
+    pub fn is_limit(&self) -> bool {
+        matches!(self, SnappyError::TooLarge { .. })
+    }
+}
+
+/// The decompressed length declared by a block's header.
+pub fn decompressed_len(input: &[u8]) -> Result<usize, SnappyError> {
+    snap::raw::decompress_len(input).map_err(corrupt)
+}
+
+/// Decompresses a block of at most `max_len` decompressed bytes into `buf`,
+/// reusing its capacity (for pooled buffers). `buf` is cleared first.
+pub fn decompress_into(input: &[u8], max_len: usize, buf: &mut Vec<u8>) -> Result<(), SnappyError> {
+    let len = decompressed_len(input)?;
+    if len > max_len {
+        return Err(SnappyError::TooLarge {
+            len: len as u64,
+            max: max_len,
+        });
+    }
+    buf.clear();
+    buf.resize(len, 0);
+    let written = snap::raw::Decoder::new()
+        .decompress(input, buf)
+        .map_err(corrupt)?;
+    buf.truncate(written);
+    Ok(())
+}
+
+/// Decompresses a block of at most `max_len` decompressed bytes.
+pub fn decompress(input: &[u8], max_len: usize) -> Result<Bytes, SnappyError> {
+    let mut buf = Vec::new();
+    decompress_into(input, max_len, &mut buf)?;
+    Ok(Bytes::from(buf))
+}
+
+/// Compresses `input` into a new block.
+pub fn compress(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    compress_into(input, &mut out);
+    out
+}
+
+/// Compresses `input` into `out`, reusing its capacity.
+pub fn compress_into(input: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.resize(snap::raw::max_compress_len(input.len()), 0);
+    // Only fails when the output is too small, which max_compress_len rules out;
+    // an input too large for snappy (over ~4 GiB) yields an empty block.
+    let n = snap::raw::Encoder::new().compress(input, out).unwrap_or(0);
+    out.truncate(n);
+}
+
+fn corrupt(err: snap::Error) -> SnappyError {
+    SnappyError::Corrupt(err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let data = b"hello hello hello hello remote write".repeat(100);
+        let block = compress(&data);
+        assert!(block.len() < data.len());
+        assert_eq!(decompress(&block, data.len()).unwrap(), data);
+    }
+
+    #[test]
+    fn header_over_limit_is_refused_before_allocation() {
+        // Header varint for 0xFFFF_FFFF (4 GiB - 1), then garbage.
+        let bomb = [0xff, 0xff, 0xff, 0xff, 0x0f, 0x00, 0x01];
+        let err = decompress(&bomb, 256 << 20).unwrap_err();
+        assert_eq!(
+            err,
+            SnappyError::TooLarge {
+                len: 0xFFFF_FFFF,
+                max: 256 << 20
+            }
+        );
+        assert!(err.is_limit());
+    }
+
+    #[test]
+    fn corrupt_input() {
+        let err = decompress(&[0x05, 0xff, 0xff], 1024).unwrap_err();
+        assert!(matches!(err, SnappyError::Corrupt(_)), "{err:?}");
+        assert!(err.to_string().starts_with("snappy: corrupt input"));
+    }
+}
