@@ -1,0 +1,162 @@
+//! The live registry: a store, the shared snapshot, and the loop that keeps
+//! the snapshot current.
+//!
+//! - Writes ([`Live::update`]) validate inside the store's transaction and
+//!   install the new snapshot before returning, so a client reads its own
+//!   write from the gateway it wrote through.
+//! - Changes made elsewhere arrive through [`Store::subscribe`] (PostgreSQL
+//!   NOTIFY or listener reconnect); a fallback poll of the version every
+//!   [`POLL_INTERVAL`] covers a notification lost between reload and LISTEN.
+//! - A snapshot is only swapped for a newer version, so a slow reload never
+//!   rolls back a faster one. Each swap logs and broadcasts the target diff
+//!   (ids and counts only; never endpoints' credentials or secrets).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{broadcast, Mutex};
+
+use super::model::Registry;
+use super::snapshot::{Snapshot, SnapshotDiff};
+use super::store::{Store, StoreError, Stored, UpdateError};
+use super::validate::validate;
+
+/// Fallback poll of the store version.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The registry as this gateway currently sees it.
+pub struct Live {
+    store: Arc<dyn Store>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    diffs: broadcast::Sender<Arc<SnapshotDiff>>,
+    install: Mutex<()>,
+}
+
+impl Live {
+    /// Loads the registry from `store` and starts following its changes.
+    pub async fn open(store: Arc<dyn Store>) -> Result<Arc<Live>, StoreError> {
+        let stored = store.load().await?;
+        let live = Arc::new(Live {
+            store,
+            snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
+            diffs: broadcast::channel(64).0,
+            install: Mutex::new(()),
+        });
+        live.install(stored).await;
+        tokio::spawn(follow(Arc::downgrade(&live), live.store.subscribe()));
+        Ok(live)
+    }
+
+    /// The shared snapshot that ingest and delivery read.
+    pub fn shared(&self) -> Arc<ArcSwap<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Target diffs of every snapshot swap from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<SnapshotDiff>> {
+        self.diffs.subscribe()
+    }
+
+    /// The store, for its description.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Applies `change` to the stored registry (validated as a whole) and
+    /// installs the result; returns the snapshot that contains it.
+    pub async fn update<F>(&self, change: F) -> Result<Arc<Snapshot>, UpdateError>
+    where
+        F: FnOnce(&mut Registry) -> Result<(), UpdateError> + Send + 'static,
+    {
+        let stored = self
+            .store
+            .update(Box::new(move |registry: &mut Registry| {
+                change(registry)?;
+                validate(registry).map_err(|e| UpdateError::Invalid(e.problems))
+            }))
+            .await?;
+        self.install(stored).await;
+        Ok(self.current())
+    }
+
+    /// Reloads everything from the store if it has a newer version.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let stored = self.store.load().await?;
+        self.install(stored).await;
+        Ok(())
+    }
+
+    async fn install(&self, stored: Stored) {
+        let _guard = self.install.lock().await;
+        let old = self.snapshot.load_full();
+        if stored.version <= old.version() && old.version() != 0 {
+            return;
+        }
+        if let Err(e) = validate(&stored.registry) {
+            // Only possible if someone edited the database by hand.
+            tracing::error!(
+                version = stored.version,
+                problems = ?e.problems,
+                "registry: stored registry is invalid; keeping the previous one"
+            );
+            return;
+        }
+        let new = Arc::new(Snapshot::build(
+            Arc::new(stored.registry),
+            stored.version,
+            stored.salt,
+        ));
+        let diff = Arc::new(new.diff_from(&old));
+        self.snapshot.store(new);
+        tracing::info!(
+            version = diff.to_version,
+            added = diff.added.len(),
+            changed = diff.changed.len(),
+            removed = diff.removed.len(),
+            "registry: installed new version"
+        );
+        // No receiver is fine: delivery may not be running.
+        let _ = self.diffs.send(diff);
+    }
+}
+
+async fn follow(live: std::sync::Weak<Live>, mut changes: tokio::sync::watch::Receiver<u64>) {
+    let mut poll = tokio::time::interval(POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut notifying = true;
+    loop {
+        let notified = tokio::select! {
+            r = changes.changed(), if notifying => {
+                // An error means the store's notifier is gone: poll only.
+                notifying = r.is_ok();
+                notifying
+            }
+            _ = poll.tick() => false,
+        };
+        let Some(live) = live.upgrade() else {
+            return;
+        };
+        let stale = if notified {
+            true
+        } else {
+            match live.store.version().await {
+                Ok(v) => v > live.current().version(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "registry: cannot read the store version");
+                    false
+                }
+            }
+        };
+        if stale {
+            if let Err(e) = live.reload().await {
+                tracing::warn!(error = %e, "registry: reload failed; keeping the current registry");
+            }
+        }
+    }
+}

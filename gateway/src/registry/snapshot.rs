@@ -1,0 +1,355 @@
+//! The immutable, pre-indexed registry view that the hot path reads.
+//!
+//! A [`Snapshot`] is built once per registry version from a validated
+//! [`Registry`] and never changes; `serve` keeps the current one in an
+//! `Arc<ArcSwap<Snapshot>>`, so ingest and delivery read it with one atomic
+//! load and no lock. Every lookup takes `&str` keys and borrows into
+//! `HashMap<String, _>` (`String: Borrow<str>`), so no lookup allocates.
+//!
+//! Targets are deduplicated here: every (Deployment, export) pair resolves to a
+//! [`TargetConfig`], and pairs with the same [`TargetId`] share one
+//! `Arc<Target>`. A Deployment lists each of its targets once, however many of
+//! its exports lead there, so each sample reaches each target once.
+//!
+//! Secrets: `Snapshot` holds ingest tokens and target credentials; its `Debug`
+//! shows neither (tokens are not printed, [`Secret`] masks itself).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use super::model::{DeploymentType, Registry, Secret};
+use super::resolve::{effective_exports, TargetConfig, TargetId};
+
+/// The cluster an ingest request comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterInfo {
+    /// Cluster id.
+    pub id: String,
+    /// Stamped as `cluster_organization_id`.
+    pub organization_id: String,
+    /// Stamped as `cloud_provider`.
+    pub cloud_provider: String,
+    /// Stamped as `cloud_region`.
+    pub cloud_region: String,
+}
+
+/// A Deployment as delivery needs it: its labels and its targets.
+#[derive(Debug)]
+pub struct DeploymentInfo {
+    /// Stamped as `deploymentId`.
+    pub id: String,
+    /// Stamped as `workspaceId`.
+    pub workspace_id: String,
+    /// The Workspace's organization, stamped as `organizationId`.
+    pub organization_id: String,
+    /// Stamped as `namespace`.
+    pub namespace: String,
+    /// Display name.
+    pub name: String,
+    /// HOSTED or HYBRID.
+    pub kind: DeploymentType,
+    /// The cluster it runs on.
+    pub cluster: Arc<ClusterInfo>,
+    /// Every target its series go to, each once, in target-id order.
+    pub targets: Vec<Arc<Target>>,
+}
+
+/// One (Deployment, export) pair that leads to a target.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TargetRoute {
+    /// The Deployment.
+    pub deployment_id: String,
+    /// The export.
+    pub export_id: String,
+}
+
+/// A delivery target: one queue, one batch stream.
+#[derive(Debug, PartialEq)]
+pub struct Target {
+    /// Stable identity.
+    pub id: TargetId,
+    /// Endpoint, auth, headers, labels, delivery options.
+    pub config: TargetConfig,
+    /// Every (Deployment, export) that leads here, sorted.
+    pub routes: Vec<TargetRoute>,
+}
+
+/// Where a series belongs (SPEC §4).
+#[derive(Debug, Clone, Copy)]
+pub enum Attribution<'a> {
+    /// To this Deployment.
+    Deployment(&'a Arc<DeploymentInfo>),
+    /// Its `deploymentId` names a Deployment of another cluster.
+    Foreign,
+    /// No Deployment of the sending cluster matches.
+    Unattributed,
+}
+
+struct ClusterEntry {
+    info: Arc<ClusterInfo>,
+    token: Secret,
+    by_id: HashMap<String, Arc<DeploymentInfo>>,
+    by_namespace: HashMap<String, Arc<DeploymentInfo>>,
+}
+
+/// The registry compiled for lock-free reads.
+pub struct Snapshot {
+    version: u64,
+    salt: Arc<[u8]>,
+    registry: Arc<Registry>,
+    clusters: HashMap<String, ClusterEntry>,
+    by_token: HashMap<String, Arc<ClusterInfo>>,
+    deployment_cluster: HashMap<String, String>,
+    targets: BTreeMap<TargetId, Arc<Target>>,
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("version", &self.version)
+            .field("clusters", &self.clusters.len())
+            .field("deployments", &self.deployment_cluster.len())
+            .field("targets", &self.targets.len())
+            .finish()
+    }
+}
+
+impl Snapshot {
+    /// An empty registry at version 0 (before the store is loaded).
+    pub fn empty() -> Snapshot {
+        Snapshot::build(Arc::new(Registry::default()), 0, Arc::from(&b""[..]))
+    }
+
+    /// Compiles a validated registry of `version`; `salt` keys the target ids.
+    pub fn build(registry: Arc<Registry>, version: u64, salt: Arc<[u8]>) -> Snapshot {
+        let mut clusters: HashMap<String, ClusterEntry> = HashMap::new();
+        let mut by_token = HashMap::new();
+        for c in registry.clusters.values() {
+            let info = Arc::new(ClusterInfo {
+                id: c.id.clone(),
+                organization_id: c.organization_id.clone(),
+                cloud_provider: c.cloud_provider.clone(),
+                cloud_region: c.cloud_region.clone(),
+            });
+            by_token.insert(c.ingest_token.expose().to_owned(), info.clone());
+            clusters.insert(
+                c.id.clone(),
+                ClusterEntry {
+                    info,
+                    token: c.ingest_token.clone(),
+                    by_id: HashMap::new(),
+                    by_namespace: HashMap::new(),
+                },
+            );
+        }
+
+        // Resolve every Deployment first, then share targets by id.
+        let mut configs: BTreeMap<TargetId, (TargetConfig, Vec<TargetRoute>)> = BTreeMap::new();
+        let mut dep_targets: Vec<(&str, Vec<TargetId>)> = Vec::new();
+        for d in registry.deployments.values() {
+            let mut ids = Vec::new();
+            for e in effective_exports(&registry, &d.id, &salt) {
+                let entry = configs
+                    .entry(e.target_id.clone())
+                    .or_insert_with(|| (e.config.clone(), Vec::new()));
+                entry.1.push(TargetRoute {
+                    deployment_id: d.id.clone(),
+                    export_id: e.export_id.clone(),
+                });
+                ids.push(e.target_id);
+            }
+            ids.sort();
+            ids.dedup();
+            dep_targets.push((&d.id, ids));
+        }
+        let targets: BTreeMap<TargetId, Arc<Target>> = configs
+            .into_iter()
+            .map(|(id, (config, mut routes))| {
+                routes.sort();
+                (id.clone(), Arc::new(Target { id, config, routes }))
+            })
+            .collect();
+
+        let mut deployment_cluster = HashMap::new();
+        for (dep_id, ids) in dep_targets {
+            let d = &registry.deployments[dep_id];
+            deployment_cluster.insert(d.id.clone(), d.cluster_id.clone());
+            let Some(entry) = clusters.get_mut(&d.cluster_id) else {
+                continue;
+            };
+            let organization_id = registry
+                .workspaces
+                .get(&d.workspace_id)
+                .map(|w| w.organization_id.clone())
+                .unwrap_or_default();
+            let info = Arc::new(DeploymentInfo {
+                id: d.id.clone(),
+                workspace_id: d.workspace_id.clone(),
+                organization_id,
+                namespace: d.namespace.clone(),
+                name: d.name.clone(),
+                kind: d.kind,
+                cluster: entry.info.clone(),
+                targets: ids
+                    .iter()
+                    .filter_map(|id| targets.get(id).cloned())
+                    .collect(),
+            });
+            entry.by_namespace.insert(d.namespace.clone(), info.clone());
+            entry.by_id.insert(d.id.clone(), info);
+        }
+
+        Snapshot {
+            version,
+            salt,
+            registry,
+            clusters,
+            by_token,
+            deployment_cluster,
+            targets,
+        }
+    }
+
+    /// Cluster of an ingest token (bearer), or of (cluster id, token) for basic auth.
+    pub fn authenticate(&self, cluster_id: Option<&str>, token: &str) -> Option<Arc<ClusterInfo>> {
+        if token.is_empty() {
+            return None;
+        }
+        match cluster_id {
+            Some(id) => {
+                let entry = self.clusters.get(id)?;
+                (entry.token.expose() == token).then(|| entry.info.clone())
+            }
+            None => self.by_token.get(token).cloned(),
+        }
+    }
+
+    /// The registry version this snapshot was built from.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The registry this snapshot was built from.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The salt that keys target ids.
+    pub fn salt(&self) -> &[u8] {
+        &self.salt
+    }
+
+    /// Deployment `deployment_id` of cluster `cluster_id`.
+    pub fn deployment(
+        &self,
+        cluster_id: &str,
+        deployment_id: &str,
+    ) -> Option<&Arc<DeploymentInfo>> {
+        self.clusters.get(cluster_id)?.by_id.get(deployment_id)
+    }
+
+    /// The Deployment of cluster `cluster_id` in `namespace`.
+    pub fn deployment_by_namespace(
+        &self,
+        cluster_id: &str,
+        namespace: &str,
+    ) -> Option<&Arc<DeploymentInfo>> {
+        self.clusters.get(cluster_id)?.by_namespace.get(namespace)
+    }
+
+    /// The cluster id of any Deployment, whichever cluster it is on.
+    pub fn deployment_cluster_id(&self, deployment_id: &str) -> Option<&str> {
+        self.deployment_cluster
+            .get(deployment_id)
+            .map(String::as_str)
+    }
+
+    /// Attributes a series sent by `cluster_id` from its `deploymentId` and
+    /// `namespace` labels (SPEC §4).
+    pub fn attribute(
+        &self,
+        cluster_id: &str,
+        deployment_id: Option<&str>,
+        namespace: Option<&str>,
+    ) -> Attribution<'_> {
+        let Some(entry) = self.clusters.get(cluster_id) else {
+            return Attribution::Unattributed;
+        };
+        if let Some(dep) = deployment_id {
+            if let Some(d) = entry.by_id.get(dep) {
+                return Attribution::Deployment(d);
+            }
+            if self.deployment_cluster.contains_key(dep) {
+                return Attribution::Foreign;
+            }
+        }
+        match namespace.and_then(|ns| entry.by_namespace.get(ns)) {
+            Some(d) => Attribution::Deployment(d),
+            None => Attribution::Unattributed,
+        }
+    }
+
+    /// The resolved targets of a Deployment (empty if it has none or is unknown).
+    pub fn targets_of(&self, cluster_id: &str, deployment_id: &str) -> &[Arc<Target>] {
+        self.deployment(cluster_id, deployment_id)
+            .map_or(&[], |d| d.targets.as_slice())
+    }
+
+    /// Every target, in id order.
+    pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
+        self.targets.values()
+    }
+
+    /// One target by id.
+    pub fn target(&self, id: &str) -> Option<&Arc<Target>> {
+        self.targets.get(id)
+    }
+
+    /// What changed in targets from `old` to `self`.
+    pub fn diff_from(&self, old: &Snapshot) -> SnapshotDiff {
+        let mut diff = SnapshotDiff {
+            from_version: old.version,
+            to_version: self.version,
+            ..SnapshotDiff::default()
+        };
+        for (id, t) in &self.targets {
+            match old.targets.get(id) {
+                None => diff.added.push(t.clone()),
+                Some(o) if o.routes != t.routes => diff.changed.push(t.clone()),
+                Some(_) => {}
+            }
+        }
+        for id in old.targets.keys() {
+            if !self.targets.contains_key(id) {
+                diff.removed.push(id.clone());
+            }
+        }
+        diff
+    }
+}
+
+/// Targets added, changed (same identity, different routes) and removed between two versions.
+///
+/// A target whose config changes gets a new id: it shows as one removed and
+/// one added, and queues of unchanged targets are untouched.
+#[derive(Debug, Default)]
+pub struct SnapshotDiff {
+    /// Version of the old snapshot.
+    pub from_version: u64,
+    /// Version of the new snapshot.
+    pub to_version: u64,
+    /// Targets that did not exist before.
+    pub added: Vec<Arc<Target>>,
+    /// Targets that exist in both with different routes.
+    pub changed: Vec<Arc<Target>>,
+    /// Ids of targets that are gone.
+    pub removed: Vec<TargetId>,
+}
+
+impl SnapshotDiff {
+    /// Whether no target changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}

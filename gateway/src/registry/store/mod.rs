@@ -1,0 +1,244 @@
+//! Persistence of the registry behind one async trait, [`Store`].
+//!
+//! # Schema (identical in SQLite and PostgreSQL)
+//! ```sql
+//! fanout_meta    (name TEXT PRIMARY KEY, value TEXT NOT NULL)
+//!                -- 'schema' (migration level), 'version' (registry version),
+//!                -- 'target_salt' (random hex, keys target ids)
+//! fanout_objects (kind TEXT, id TEXT, doc TEXT, version BIGINT, PRIMARY KEY (kind, id))
+//!                -- one JSON document per object, secrets in clear;
+//!                -- version = registry version of its last write
+//! ```
+//! [`MIGRATIONS`] run at start, inside a transaction (PostgreSQL: under an
+//! advisory lock, so gateways starting together do not race).
+//!
+//! # Writes
+//! [`Store::update`] runs a closure on the registry as stored *inside* the
+//! write transaction (PostgreSQL: `SELECT ... FOR UPDATE` on the version row;
+//! SQLite: one writer per process), so concurrent writers through different
+//! gateways never lose each other's changes and the stored registry always
+//! passes validation. Only rows that changed are written; a change that
+//! changes nothing does not bump the version.
+//!
+//! # Change notification
+//! [`Store::subscribe`] yields a counter that moves whenever the registry may
+//! have changed behind this process's back: PostgreSQL bumps it on every
+//! `NOTIFY fanout_registry` and on every reconnect of its listener (after which
+//! everything is reloaded); SQLite never bumps it (one process owns the file).
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+
+use super::model::{Kind, Object, Registry};
+
+/// Errors of the storage backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed or is unreachable.
+    #[error("registry store: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored row does not parse.
+    #[error("registry store: stored {kind} {id:?} is corrupt: {reason}")]
+    Corrupt {
+        /// Row kind.
+        kind: String,
+        /// Row id.
+        id: String,
+        /// Parse error (never contains a secret: serde reports positions, not values).
+        reason: String,
+    },
+    /// The data directory cannot be created.
+    #[error("registry store: cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The `--store` setting is neither `sqlite` nor a `postgres://` URL.
+    #[error("unknown store {0:?}: use sqlite or a postgres:// URL")]
+    UnknownStore(String),
+}
+
+/// Why a change to the registry was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The change breaks the rules; every problem listed.
+    #[error("invalid registry")]
+    Invalid(Vec<String>),
+    /// The object to change does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The change conflicts with the stored state (exists already, still referenced).
+    #[error("conflict")]
+    Conflict(Vec<String>),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A change: runs on the registry as stored, inside the write transaction.
+pub type UpdateFn = Box<dyn FnOnce(&mut Registry) -> Result<(), UpdateError> + Send>;
+
+/// The registry as loaded from a store.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// All objects.
+    pub registry: Registry,
+    /// Registry version (0: never written).
+    pub version: u64,
+    /// Key of the target ids, stable for the life of the store.
+    pub salt: Arc<[u8]>,
+}
+
+/// A registry store.
+pub trait Store: Send + Sync + 'static {
+    /// Loads everything.
+    fn load(&self) -> BoxFuture<'_, Result<Stored, StoreError>>;
+    /// The current registry version (cheap).
+    fn version(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+    /// Applies `change` atomically; returns the new registry and version.
+    fn update(&self, change: UpdateFn) -> BoxFuture<'_, Result<Stored, UpdateError>>;
+    /// A counter that moves when the registry may have changed elsewhere.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+    /// A short description for logs (never with a password).
+    fn describe(&self) -> String;
+}
+
+/// Opens the store named by `--store` (`None` or `sqlite`: SQLite in `data_dir`).
+pub async fn open(setting: Option<&str>, data_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    match setting {
+        None | Some("") | Some("sqlite") => {
+            Ok(Arc::new(sqlite::SqliteStore::open(data_dir).await?))
+        }
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Arc::new(postgres::PostgresStore::open(url).await?))
+        }
+        Some(other) => Err(StoreError::UnknownStore(redact_url(other))),
+    }
+}
+
+/// Schema migrations; each entry is one level, applied in order, statement by statement.
+pub const MIGRATIONS: &[&[&str]] = &[&[
+    "CREATE TABLE IF NOT EXISTS fanout_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS fanout_objects (kind TEXT NOT NULL, id TEXT NOT NULL, \
+     doc TEXT NOT NULL, version BIGINT NOT NULL, PRIMARY KEY (kind, id))",
+    "INSERT INTO fanout_meta (name, value) VALUES ('version', '0') ON CONFLICT (name) DO NOTHING",
+]];
+
+/// Rows to write to go from `old` to `new`: upserts `(kind, id, doc)` and deletes `(kind, id)`.
+pub(crate) fn row_changes(
+    old: &Registry,
+    new: &Registry,
+) -> (Vec<(Kind, String, String)>, Vec<(Kind, String)>) {
+    let index = |r: &Registry| -> BTreeMap<(Kind, String), Object> {
+        r.objects()
+            .into_iter()
+            .map(|o| ((o.kind(), o.id().to_owned()), o))
+            .collect()
+    };
+    let (old, new) = (index(old), index(new));
+    let mut upserts = Vec::new();
+    for (key, object) in &new {
+        if old.get(key) != Some(object) {
+            upserts.push((key.0, key.1.clone(), object.to_stored_json().to_string()));
+        }
+    }
+    let deletes = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .cloned()
+        .collect();
+    (upserts, deletes)
+}
+
+/// Builds a registry from stored rows.
+pub(crate) fn registry_from_rows(
+    rows: impl IntoIterator<Item = (String, String, String)>,
+) -> Result<Registry, StoreError> {
+    let mut registry = Registry::default();
+    for (kind, id, doc) in rows {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            kind: kind.clone(),
+            id: id.clone(),
+            reason,
+        };
+        let k = Kind::from_str_opt(&kind).ok_or_else(|| corrupt("unknown kind".into()))?;
+        let value = serde_json::from_str(&doc).map_err(|e| corrupt(e.to_string()))?;
+        registry.insert(Object::from_json(k, value).map_err(corrupt)?);
+    }
+    Ok(registry)
+}
+
+/// Runs `change` on a copy of `current`; the new registry if it differs.
+pub(crate) fn apply_change(
+    current: &Registry,
+    change: UpdateFn,
+) -> Result<Option<Registry>, UpdateError> {
+    let mut next = current.clone();
+    change(&mut next)?;
+    Ok((next != *current).then_some(next))
+}
+
+/// A fresh random salt (hex), from the OS-seeded hasher keys of std.
+pub(crate) fn new_salt() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::new();
+    for i in 0..4u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(i);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.write_u32(std::process::id());
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
+}
+
+/// A URL with any password replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_in_store_urls() {
+        assert_eq!(
+            redact_url("postgres://fanout:hunter2@127.0.0.1:5432/db"),
+            "postgres://fanout:***@127.0.0.1:5432/db"
+        );
+        assert_eq!(
+            redact_url("postgres://127.0.0.1/db"),
+            "postgres://127.0.0.1/db"
+        );
+    }
+
+    #[test]
+    fn salts_differ() {
+        assert_ne!(new_salt(), new_salt());
+        assert_eq!(new_salt().len(), 64);
+    }
+}

@@ -1,0 +1,245 @@
+//! The fleet store: PostgreSQL, shared by every gateway of a fleet.
+//!
+//! Writes lock the `version` row of `fanout_meta` (`SELECT ... FOR UPDATE`),
+//! so writers through different gateways serialize, and send
+//! `pg_notify('fanout_registry', version)` inside the transaction: PostgreSQL
+//! delivers it at commit, to every gateway listening.
+//!
+//! A background task holds a [`PgListener`] on that channel and bumps the
+//! [`Store::subscribe`] counter on every notification, and also after every
+//! (re)connect, because notifications sent while disconnected are lost: the
+//! live registry then reloads everything. If the database is unreachable the
+//! task retries once a second and the gateway keeps serving its last snapshot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
+use tokio::sync::watch;
+
+use super::{
+    apply_change, new_salt, redact_url, registry_from_rows, row_changes, Store, StoreError, Stored,
+    UpdateError, UpdateFn, MIGRATIONS,
+};
+
+/// The LISTEN/NOTIFY channel.
+pub const CHANNEL: &str = "fanout_registry";
+
+/// Advisory lock key held while migrating (`"fanout"` in ASCII).
+const MIGRATION_LOCK: i64 = 0x66_61_6e_6f_75_74;
+
+/// PostgreSQL-backed registry store.
+pub struct PostgresStore {
+    pool: PgPool,
+    url: String,
+    changes: watch::Sender<u64>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl PostgresStore {
+    /// Connects, migrates, and starts listening for changes.
+    pub async fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        let mut tx = pool.begin().await?;
+        migrate(&mut tx).await?;
+        tx.commit().await?;
+        let changes = watch::channel(0).0;
+        let listener = tokio::spawn(listen(pool.clone(), changes.clone()));
+        Ok(PostgresStore {
+            pool,
+            url: redact_url(url),
+            changes,
+            listener,
+        })
+    }
+}
+
+async fn listen(pool: PgPool, changes: watch::Sender<u64>) {
+    let bump = || changes.send_modify(|n| *n = n.wrapping_add(1));
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "registry: cannot connect to listen for changes; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            tracing::warn!(error = %e, "registry: LISTEN failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        // Anything may have changed while we were not listening.
+        bump();
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => bump(),
+                Ok(None) => {
+                    tracing::warn!(
+                        "registry: lost the change listener connection; reconnecting and reloading"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "registry: change listener failed; reconnecting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn migrate(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(MIGRATIONS[0][0]).execute(&mut **tx).await?;
+    let level: Option<String> = sqlx::query("SELECT value FROM fanout_meta WHERE name = 'schema'")
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| r.get(0));
+    let level: usize = level.and_then(|l| l.parse().ok()).unwrap_or(0);
+    for statements in MIGRATIONS.iter().skip(level) {
+        for statement in *statements {
+            sqlx::query(statement).execute(&mut **tx).await?;
+        }
+    }
+    sqlx::query(
+        "INSERT INTO fanout_meta (name, value) VALUES ('schema', $1) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )
+    .bind(MIGRATIONS.len().to_string())
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO fanout_meta (name, value) VALUES ('target_salt', $1) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(new_salt())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn read_all(tx: &mut Transaction<'_, Postgres>, lock: bool) -> Result<Stored, StoreError> {
+    let lock_sql = if lock {
+        "SELECT value FROM fanout_meta WHERE name = 'version' FOR UPDATE"
+    } else {
+        "SELECT value FROM fanout_meta WHERE name = 'version'"
+    };
+    let version: String = sqlx::query(lock_sql).fetch_one(&mut **tx).await?.get(0);
+    let salt: String = sqlx::query("SELECT value FROM fanout_meta WHERE name = 'target_salt'")
+        .fetch_one(&mut **tx)
+        .await?
+        .get(0);
+    let rows = sqlx::query("SELECT kind, id, doc FROM fanout_objects")
+        .fetch_all(&mut **tx)
+        .await?;
+    let registry = registry_from_rows(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))))?;
+    Ok(Stored {
+        registry,
+        version: version.parse().unwrap_or(0),
+        salt: Arc::from(salt.into_bytes()),
+    })
+}
+
+impl Store for PostgresStore {
+    fn load(&self) -> BoxFuture<'_, Result<Stored, StoreError>> {
+        async move {
+            // REPEATABLE READ: version and rows from one consistent snapshot.
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await?;
+            let stored = read_all(&mut tx, false).await?;
+            tx.commit().await?;
+            Ok(stored)
+        }
+        .boxed()
+    }
+
+    fn version(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        async move {
+            let v: String = sqlx::query("SELECT value FROM fanout_meta WHERE name = 'version'")
+                .fetch_one(&self.pool)
+                .await?
+                .get(0);
+            Ok(v.parse().unwrap_or(0))
+        }
+        .boxed()
+    }
+
+    fn update(&self, change: UpdateFn) -> BoxFuture<'_, Result<Stored, UpdateError>> {
+        async move {
+            let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+            let current = read_all(&mut tx, true).await?;
+            let Some(next) = apply_change(&current.registry, change)? else {
+                return Ok(current);
+            };
+            let version = current.version + 1;
+            let (upserts, deletes) = row_changes(&current.registry, &next);
+            for (kind, id, doc) in upserts {
+                sqlx::query(
+                    "INSERT INTO fanout_objects (kind, id, doc, version) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc, version = excluded.version",
+                )
+                .bind(kind.as_str())
+                .bind(id)
+                .bind(doc)
+                .bind(version as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+            }
+            for (kind, id) in deletes {
+                sqlx::query("DELETE FROM fanout_objects WHERE kind = $1 AND id = $2")
+                    .bind(kind.as_str())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
+            }
+            sqlx::query("UPDATE fanout_meta SET value = $1 WHERE name = 'version'")
+                .bind(version.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(version.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+            tx.commit().await.map_err(StoreError::from)?;
+            Ok(Stored {
+                registry: next,
+                version,
+                salt: current.salt,
+            })
+        }
+        .boxed()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn describe(&self) -> String {
+        format!("postgres {}", self.url)
+    }
+}

@@ -1,0 +1,656 @@
+//! The rules of SPEC §3 as one table, run against every store.
+//!
+//! Each case writes a registry through [`Live::update`] (validation, store,
+//! snapshot), optionally applies a merge patch the way the admin API does,
+//! then checks the effective exports of every Deployment, which of them share
+//! a target, and that a fresh load from the store resolves the same.
+//! PostgreSQL runs when `FANOUT_TEST_POSTGRES_URL` is set.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::live::Live;
+use super::model::{masked, Document, Kind, Object, Registry};
+use super::resolve::{effective_exports, Auth, EffectiveExport};
+use super::snapshot::{Attribution, Snapshot};
+use super::store::{self, Store, UpdateError};
+use super::{ops, validate};
+
+const BASE: &str = r#"
+clusters:
+  - {id: c1, organizationId: org-c1, cloudProvider: aws, cloudRegion: us-east-1, ingestToken: tok-c1}
+  - {id: c2, organizationId: org-c2, cloudProvider: gcp, cloudRegion: europe-west1, ingestToken: tok-c2}
+workspaces:
+  - {id: ws-1, organizationId: org-1, name: One}
+  - {id: ws-2, organizationId: org-2, name: Two}
+deployments:
+  - {id: dep-a, workspaceId: ws-1, clusterId: c1, namespace: ns-a, type: HOSTED, name: A}
+  - {id: dep-b, workspaceId: ws-1, clusterId: c1, namespace: ns-b, type: HOSTED, name: B}
+  - {id: dep-c, workspaceId: ws-1, clusterId: c2, namespace: ns-c, type: HOSTED, name: C}
+  - {id: dep-h, workspaceId: ws-1, clusterId: c2, namespace: ns-h, type: HYBRID, name: H}
+  - {id: dep-x, workspaceId: ws-2, clusterId: c2, namespace: ns-x, type: HOSTED, name: X}
+"#;
+
+const DEPLOYMENTS: [&str; 5] = ["dep-a", "dep-b", "dep-c", "dep-h", "dep-x"];
+
+struct Case {
+    name: &'static str,
+    /// `metricsExports` of the document, as YAML.
+    exports: &'static str,
+    /// A merge patch applied to export `prom` after the write, like `PATCH /api/v1/metrics-exports/prom`.
+    patch: Option<Value>,
+    /// Per Deployment: its effective exports, as [`describe`] prints them.
+    expect: &'static [(&'static str, &'static [&'static str])],
+    /// Number of distinct targets in the snapshot.
+    targets: usize,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "auto-linked workspace export reaches every HOSTED deployment of its workspace",
+            exports: r#"
+- id: prom
+  objectKey: prom
+  scope: WORKSPACE
+  scopeEntityId: ws-1
+  autoLinkDeployments: true
+  metricsExport: {endpoint: "http://127.0.0.1:9201/api/v1/write"}
+"#,
+            patch: None,
+            expect: &[
+                (
+                    "dep-a",
+                    &["prom http://127.0.0.1:9201/api/v1/write none {} {}"],
+                ),
+                (
+                    "dep-b",
+                    &["prom http://127.0.0.1:9201/api/v1/write none {} {}"],
+                ),
+                (
+                    "dep-c",
+                    &["prom http://127.0.0.1:9201/api/v1/write none {} {}"],
+                ),
+                ("dep-h", &[]),
+                ("dep-x", &[]),
+            ],
+            targets: 1,
+        },
+        Case {
+            name: "restricted export reaches linked deployments only",
+            exports: r#"
+- id: prom
+  objectKey: prom
+  scope: WORKSPACE
+  scopeEntityId: ws-1
+  autoLinkDeployments: false
+  links: [{scope: DEPLOYMENT, scopeEntityId: dep-b}]
+  metricsExport: {endpoint: "http://127.0.0.1:9201/api/v1/write"}
+"#,
+            patch: None,
+            expect: &[
+                ("dep-a", &[]),
+                (
+                    "dep-b",
+                    &["prom http://127.0.0.1:9201/api/v1/write none {} {}"],
+                ),
+                ("dep-c", &[]),
+            ],
+            targets: 1,
+        },
+        Case {
+            name: "excluded deployment does not receive an auto-linked export",
+            exports: r#"
+- id: prom
+  objectKey: prom
+  scope: WORKSPACE
+  scopeEntityId: ws-1
+  autoLinkDeployments: true
+  excludeLinks: [{scope: DEPLOYMENT, scopeEntityId: dep-a}]
+  metricsExport: {endpoint: "http://127.0.0.1:9201/api/v1/write"}
+"#,
+            patch: None,
+            expect: &[
+                ("dep-a", &[]),
+                (
+                    "dep-b",
+                    &["prom http://127.0.0.1:9201/api/v1/write none {} {}"],
+                ),
+                (
+                    "dep-c",
+                    &["prom http://127.0.0.1:9201/api/v1/write none {} {}"],
+                ),
+            ],
+            targets: 1,
+        },
+        Case {
+            name: "hybrid deployment ignores workspace exports and gets its own",
+            exports: r#"
+- id: prom
+  objectKey: prom
+  scope: WORKSPACE
+  scopeEntityId: ws-1
+  autoLinkDeployments: true
+  metricsExport: {endpoint: "http://127.0.0.1:9201/api/v1/write"}
+- id: hybrid-own
+  objectKey: own
+  scope: DEPLOYMENT
+  scopeEntityId: dep-h
+  metricsExport: {endpoint: "http://127.0.0.1:9209/api/v1/write"}
+"#,
+            patch: None,
+            expect: &[
+                (
+                    "dep-h",
+                    &["hybrid-own http://127.0.0.1:9209/api/v1/write none {} {}"],
+                ),
+                (
+                    "dep-a",
+                    &["prom http://127.0.0.1:9201/api/v1/write none {} {}"],
+                ),
+            ],
+            targets: 2,
+        },
+        Case {
+            name: "override of endpoint and auth applies to the linked deployment only",
+            exports: r#"
+- id: prom
+  objectKey: prom
+  scope: WORKSPACE
+  scopeEntityId: ws-1
+  autoLinkDeployments: true
+  links:
+    - scope: DEPLOYMENT
+      scopeEntityId: dep-a
+      overrides:
+        metricsExport:
+          endpoint: "http://127.0.0.1:9301/api/v1/write"
+          authType: BASIC
+          username: prod
+          password: prod-pw
+  metricsExport:
+    endpoint: "http://127.0.0.1:9201/api/v1/write"
+    authType: AUTH_TOKEN
+    basicToken: dev-token
+"#,
+            patch: None,
+            expect: &[
+                (
+                    "dep-a",
+                    &["prom http://127.0.0.1:9301/api/v1/write basic:prod:prod-pw {} {}"],
+                ),
+                (
+                    "dep-b",
+                    &["prom http://127.0.0.1:9201/api/v1/write bearer:dev-token {} {}"],
+                ),
+            ],
+            targets: 2,
+        },
+        Case {
+            name: "headers and labels merge key by key, override wins",
+            exports: r#"
+- id: prom
+  objectKey: prom
+  scope: WORKSPACE
+  scopeEntityId: ws-1
+  autoLinkDeployments: true
+  links:
+    - scope: DEPLOYMENT
+      scopeEntityId: dep-a
+      overrides:
+        metricsExport:
+          headers: {x-scope-orgid: team-b, X-Extra: "1"}
+          labels: {env: prod}
+  metricsExport:
+    endpoint: "http://127.0.0.1:9201/api/v1/write"
+    headers: {X-Scope-OrgID: team-a, X-Debug: "on"}
+    labels: {env: dev, tier: gold}
+"#,
+            patch: None,
+            expect: &[
+                (
+                    "dep-a",
+                    &[
+                        r#"prom http://127.0.0.1:9201/api/v1/write none {"x-debug": "on", "x-extra": "1", "x-scope-orgid": "team-b"} {"env": "prod", "tier": "gold"}"#,
+                    ],
+                ),
+                (
+                    "dep-b",
+                    &[
+                        r#"prom http://127.0.0.1:9201/api/v1/write none {"x-debug": "on", "x-scope-orgid": "team-a"} {"env": "dev", "tier": "gold"}"#,
+                    ],
+                ),
+            ],
+            targets: 2,
+        },
+        Case {
+            name: "unsetFields reverts fields of a stored override to the export's values",
+            exports: r#"
+- id: prom
+  objectKey: prom
+  scope: WORKSPACE
+  scopeEntityId: ws-1
+  autoLinkDeployments: true
+  links:
+    - scope: DEPLOYMENT
+      scopeEntityId: dep-a
+      overrides:
+        metricsExport:
+          endpoint: "http://127.0.0.1:9301/api/v1/write"
+          headers: {X-Key: override}
+          labels: {tier: silver}
+  metricsExport:
+    endpoint: "http://127.0.0.1:9201/api/v1/write"
+    headers: {X-Key: base}
+    labels: {tier: gold}
+"#,
+            patch: Some(
+                json!({"links": [{"scope": "DEPLOYMENT", "scopeEntityId": "dep-a", "overrides": {"metricsExport": {
+                "endpoint": "http://127.0.0.1:9301/api/v1/write", "headers": {"X-Key": "override"}, "labels": {"tier": "silver"},
+                "unsetFields": ["headers.X-Key", "labels.tier"]}}}]}),
+            ),
+            expect: &[
+                (
+                    "dep-a",
+                    &[
+                        r#"prom http://127.0.0.1:9301/api/v1/write none {"x-key": "base"} {"tier": "gold"}"#,
+                    ],
+                ),
+                (
+                    "dep-b",
+                    &[
+                        r#"prom http://127.0.0.1:9201/api/v1/write none {"x-key": "base"} {"tier": "gold"}"#,
+                    ],
+                ),
+            ],
+            targets: 2,
+        },
+        Case {
+            name: "switching autoLinkDeployments on keeps links and their overrides",
+            exports: r#"
+- id: prom
+  objectKey: prom
+  scope: WORKSPACE
+  scopeEntityId: ws-1
+  autoLinkDeployments: false
+  links:
+    - scope: DEPLOYMENT
+      scopeEntityId: dep-a
+      overrides: {metricsExport: {endpoint: "http://127.0.0.1:9301/api/v1/write"}}
+  metricsExport: {endpoint: "http://127.0.0.1:9201/api/v1/write"}
+"#,
+            patch: Some(json!({"autoLinkDeployments": true})),
+            expect: &[
+                (
+                    "dep-a",
+                    &["prom http://127.0.0.1:9301/api/v1/write none {} {}"],
+                ),
+                (
+                    "dep-b",
+                    &["prom http://127.0.0.1:9201/api/v1/write none {} {}"],
+                ),
+                (
+                    "dep-c",
+                    &["prom http://127.0.0.1:9201/api/v1/write none {} {}"],
+                ),
+                ("dep-h", &[]),
+            ],
+            targets: 2,
+        },
+        Case {
+            name: "switching autoLinkDeployments off keeps links and their overrides",
+            exports: r#"
+- id: prom
+  objectKey: prom
+  scope: WORKSPACE
+  scopeEntityId: ws-1
+  autoLinkDeployments: true
+  links:
+    - scope: DEPLOYMENT
+      scopeEntityId: dep-a
+      overrides: {metricsExport: {endpoint: "http://127.0.0.1:9301/api/v1/write"}}
+  metricsExport: {endpoint: "http://127.0.0.1:9201/api/v1/write"}
+"#,
+            patch: Some(json!({"autoLinkDeployments": false})),
+            expect: &[
+                (
+                    "dep-a",
+                    &["prom http://127.0.0.1:9301/api/v1/write none {} {}"],
+                ),
+                ("dep-b", &[]),
+            ],
+            targets: 1,
+        },
+        Case {
+            name: "two exports with the same effective config resolve to one target",
+            exports: r#"
+- id: prom
+  objectKey: prom
+  scope: WORKSPACE
+  scopeEntityId: ws-1
+  autoLinkDeployments: true
+  metricsExport:
+    endpoint: "http://127.0.0.1:9201/api/v1/write"
+    delivery: {maxSamplesPerSend: 2000, timeout: 30s}
+- id: prom-again
+  objectKey: prom_again
+  scope: DEPLOYMENT
+  scopeEntityId: dep-a
+  metricsExport: {endpoint: "http://127.0.0.1:9201/api/v1/write"}
+- id: other-ws
+  objectKey: other
+  scope: WORKSPACE
+  scopeEntityId: ws-2
+  autoLinkDeployments: true
+  metricsExport: {endpoint: "http://127.0.0.1:9201/api/v1/write"}
+"#,
+            patch: None,
+            expect: &[
+                (
+                    "dep-a",
+                    &[
+                        "prom http://127.0.0.1:9201/api/v1/write none {} {}",
+                        "prom-again http://127.0.0.1:9201/api/v1/write none {} {}",
+                    ],
+                ),
+                (
+                    "dep-x",
+                    &["other-ws http://127.0.0.1:9201/api/v1/write none {} {}"],
+                ),
+            ],
+            targets: 1,
+        },
+    ]
+}
+
+fn describe(e: &EffectiveExport) -> String {
+    let auth = match &e.config.auth {
+        Auth::None => "none".to_owned(),
+        Auth::Bearer { token } => format!("bearer:{}", token.expose()),
+        Auth::Basic { username, password } => format!("basic:{username}:{}", password.expose()),
+        Auth::Sigv4 { region, .. } => format!("sigv4:{region}"),
+    };
+    format!(
+        "{} {} {auth} {:?} {:?}",
+        e.export_id, e.config.endpoint, e.config.headers, e.config.labels
+    )
+}
+
+fn document(exports: &str) -> Document {
+    let mut value: Value = super::model::parse_value(BASE.as_bytes(), true).unwrap();
+    let exports = super::model::parse_value(exports.as_bytes(), true).unwrap();
+    value["metricsExports"] = exports;
+    Document::from_value(value).unwrap()
+}
+
+fn check(case: &Case, snapshot: &Snapshot, label: &str) {
+    let registry = snapshot.registry();
+    for (dep, expected) in case.expect {
+        let got: Vec<String> = effective_exports(registry, dep, snapshot.salt())
+            .iter()
+            .map(describe)
+            .collect();
+        assert_eq!(
+            &got, expected,
+            "{label}: case {:?}: deployment {dep}",
+            case.name
+        );
+    }
+    assert_eq!(
+        snapshot.targets().count(),
+        case.targets,
+        "{label}: case {:?}: distinct targets",
+        case.name
+    );
+    // Every Deployment lists each of its targets once, and they are exactly the
+    // targets of its effective exports.
+    for dep in DEPLOYMENTS {
+        let d = &registry.deployments[dep];
+        let mut want: Vec<String> = effective_exports(registry, dep, snapshot.salt())
+            .into_iter()
+            .map(|e| e.target_id.0)
+            .collect();
+        want.sort();
+        want.dedup();
+        let got: Vec<String> = snapshot
+            .targets_of(&d.cluster_id, dep)
+            .iter()
+            .map(|t| t.id.0.clone())
+            .collect();
+        assert_eq!(got, want, "{label}: case {:?}: targets of {dep}", case.name);
+    }
+}
+
+async fn run_table(store: Arc<dyn Store>, label: &str) {
+    let live = Live::open(store.clone()).await.unwrap();
+    for case in cases() {
+        let doc = document(case.exports);
+        live.update(move |r| ops::replace_all(r, doc))
+            .await
+            .unwrap_or_else(|e| panic!("{label}: case {:?}: write failed: {e:?}", case.name));
+        if let Some(p) = case.patch.clone() {
+            live.update(move |r| ops::patch(r, Kind::MetricsExport, "prom", p))
+                .await
+                .unwrap_or_else(|e| panic!("{label}: case {:?}: patch failed: {e:?}", case.name));
+        }
+        check(&case, &live.current(), label);
+        // The same from a fresh load of the store.
+        let stored = store.load().await.unwrap();
+        assert_eq!(stored.version, live.current().version());
+        let fresh = Snapshot::build(Arc::new(stored.registry), stored.version, stored.salt);
+        check(&case, &fresh, &format!("{label} (reloaded)"));
+    }
+}
+
+#[tokio::test]
+async fn rules_table_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(None, dir.path()).await.unwrap();
+    run_table(store, "sqlite").await;
+}
+
+#[tokio::test]
+async fn rules_table_postgres() {
+    let Ok(url) = std::env::var("FANOUT_TEST_POSTGRES_URL") else {
+        println!("SKIPPED rules_table_postgres: FANOUT_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let store = store::open(Some(&url), std::path::Path::new("."))
+        .await
+        .unwrap();
+    run_table(store, "postgres").await;
+}
+
+fn base_registry(exports: &str) -> Registry {
+    let mut r = Registry::default();
+    ops::replace_all(&mut r, document(exports)).unwrap();
+    r
+}
+
+#[test]
+fn every_rule_violation_is_listed_at_once() {
+    let r = base_registry(
+        r#"
+- id: bad
+  objectKey: bad
+  scope: WORKSPACE
+  scopeEntityId: ws-1
+  links:
+    - {scope: DEPLOYMENT, scopeEntityId: dep-h}
+    - {scope: DEPLOYMENT, scopeEntityId: dep-x}
+  excludeLinks: [{scope: DEPLOYMENT, scopeEntityId: dep-nope}]
+  metricsExport:
+    endpoint: "ftp://user:pw@127.0.0.1/x"
+    authType: BASIC
+    headers: {Content-Type: text/plain}
+    labels: {namespace: x, __bad: y}
+    delivery: {timeout: soon, diskBudget: lots}
+- id: dep-scoped
+  objectKey: d
+  scope: DEPLOYMENT
+  scopeEntityId: dep-a
+  autoLinkDeployments: true
+  metricsExport: {endpoint: "http://127.0.0.1:1/w"}
+"#,
+    );
+    let problems = validate(&r).unwrap_err().problems;
+    let all = problems.join("\n");
+    for needle in [
+        "link dep-h: HYBRID deployments receive DEPLOYMENT-scope exports only",
+        "link dep-x: deployment belongs to workspace ws-2, not ws-1",
+        "excludeLinks dep-nope: deployment does not exist",
+        "metricsExport.endpoint: must start with http:// or https://",
+        "metricsExport.username: required by authType BASIC",
+        "metricsExport.password: required by authType BASIC",
+        "headers: Content-Type is set by Fanout",
+        "labels: namespace is a metadata label",
+        "labels: \"__bad\" is not a valid label name",
+        "delivery.timeout:",
+        "delivery.diskBudget:",
+        "metricsExport dep-scoped: autoLinkDeployments applies to WORKSPACE scope only",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+    assert!(!all.contains("pw@"), "a credential leaked into:\n{all}");
+}
+
+#[test]
+fn secrets_are_masked_in_reads_and_debug_and_kept_on_write_back() {
+    let r = base_registry(
+        r#"
+- id: prom
+  objectKey: prom
+  scope: WORKSPACE
+  scopeEntityId: ws-1
+  links:
+    - scope: DEPLOYMENT
+      scopeEntityId: dep-a
+      overrides: {metricsExport: {authType: BASIC, username: u, password: link-secret}}
+  metricsExport: {endpoint: "http://127.0.0.1:1/w", authType: AUTH_TOKEN, basicToken: top-secret}
+"#,
+    );
+    let export = r.get(Kind::MetricsExport, "prom").unwrap();
+    let read = masked(&export);
+    let text = read.to_string();
+    assert!(
+        !text.contains("top-secret") && !text.contains("link-secret"),
+        "{text}"
+    );
+    assert_eq!(read["setFields"], json!(["basicToken"]));
+    assert_eq!(
+        read["links"][0]["overrides"]["setFields"],
+        json!(["password"])
+    );
+    assert_eq!(read["metricsExport"]["basicToken"], json!("***"));
+    let cluster = masked(&r.get(Kind::Cluster, "c1").unwrap());
+    assert_eq!(cluster["ingestToken"], json!("***"));
+    assert_eq!(cluster["setFields"], json!(["ingestToken"]));
+
+    let debug = format!("{r:?}");
+    for secret in ["top-secret", "link-secret", "tok-c1"] {
+        assert!(!debug.contains(secret), "{secret} in Debug output");
+    }
+
+    // Writing the masked read back keeps every stored secret.
+    let mut r2 = r.clone();
+    ops::replace(&mut r2, Kind::MetricsExport, "prom", read).unwrap();
+    ops::replace(&mut r2, Kind::Cluster, "c1", cluster).unwrap();
+    assert_eq!(r2, r);
+
+    // A placeholder with nothing stored behind it is refused.
+    let mut r3 = r.clone();
+    let err = ops::create(
+        &mut r3,
+        json!({"id": "c9", "organizationId": "o", "cloudProvider": "aws", "cloudRegion": "x", "ingestToken": "***"}),
+        Kind::Cluster,
+    )
+    .unwrap_err();
+    assert!(matches!(err, UpdateError::Invalid(_)));
+}
+
+#[test]
+fn attribution_follows_spec_section_4() {
+    let r = base_registry("[]");
+    let s = Snapshot::build(Arc::new(r), 1, Arc::from(&b"salt"[..]));
+    let dep = |a: Attribution<'_>| match a {
+        Attribution::Deployment(d) => format!("dep:{}", d.id),
+        Attribution::Foreign => "foreign".into(),
+        Attribution::Unattributed => "unattributed".into(),
+    };
+    assert_eq!(
+        dep(s.attribute("c1", Some("dep-a"), Some("ns-b"))),
+        "dep:dep-a"
+    );
+    assert_eq!(
+        dep(s.attribute("c1", Some("dep-c"), Some("ns-a"))),
+        "foreign"
+    );
+    assert_eq!(
+        dep(s.attribute("c1", Some("nope"), Some("ns-b"))),
+        "dep:dep-b"
+    );
+    assert_eq!(dep(s.attribute("c1", None, Some("ns-c"))), "unattributed");
+    assert_eq!(dep(s.attribute("c1", None, None)), "unattributed");
+    assert_eq!(s.authenticate(None, "tok-c2").unwrap().id, "c2");
+    assert_eq!(
+        s.authenticate(Some("c1"), "tok-c1")
+            .unwrap()
+            .organization_id,
+        "org-c1"
+    );
+    assert!(s.authenticate(Some("c1"), "tok-c2").is_none());
+    assert!(s.authenticate(None, "").is_none());
+    let d = s.deployment("c1", "dep-a").unwrap();
+    assert_eq!(
+        (d.organization_id.as_str(), d.cluster.cloud_region.as_str()),
+        ("org-1", "us-east-1")
+    );
+    assert!(s.deployment("c2", "dep-a").is_none());
+    assert_eq!(s.deployment_by_namespace("c2", "ns-x").unwrap().id, "dep-x");
+}
+
+#[test]
+fn deletes_of_referenced_objects_conflict() {
+    let mut r = base_registry("[]");
+    assert!(matches!(
+        ops::delete(&mut r, Kind::Workspace, "ws-1"),
+        Err(UpdateError::Conflict(_))
+    ));
+    assert!(matches!(
+        ops::delete(&mut r, Kind::Cluster, "nope"),
+        Err(UpdateError::NotFound(_))
+    ));
+    ops::delete(&mut r, Kind::Deployment, "dep-x").unwrap();
+    ops::delete(&mut r, Kind::Workspace, "ws-2").unwrap();
+    assert!(validate(&r).is_ok());
+    let _ = Object::from_json(Kind::Workspace, json!({"id": "w", "organizationId": "o"})).unwrap();
+}
+
+#[test]
+fn snapshot_diff_reports_added_changed_removed() {
+    let salt: Arc<[u8]> = Arc::from(&b"s"[..]);
+    let one = base_registry(
+        r#"
+- {id: e1, objectKey: e1, scope: DEPLOYMENT, scopeEntityId: dep-a, metricsExport: {endpoint: "http://127.0.0.1:1/w"}}
+- {id: e2, objectKey: e2, scope: DEPLOYMENT, scopeEntityId: dep-a, metricsExport: {endpoint: "http://127.0.0.1:2/w"}}
+"#,
+    );
+    let two = base_registry(
+        r#"
+- {id: e1, objectKey: e1, scope: DEPLOYMENT, scopeEntityId: dep-a, metricsExport: {endpoint: "http://127.0.0.1:1/w"}}
+- {id: e1b, objectKey: e1b, scope: DEPLOYMENT, scopeEntityId: dep-b, metricsExport: {endpoint: "http://127.0.0.1:1/w"}}
+- {id: e3, objectKey: e3, scope: DEPLOYMENT, scopeEntityId: dep-a, metricsExport: {endpoint: "http://127.0.0.1:3/w"}}
+"#,
+    );
+    let a = Snapshot::build(Arc::new(one), 1, salt.clone());
+    let b = Snapshot::build(Arc::new(two), 2, salt);
+    let diff = b.diff_from(&a);
+    let eps = |ts: &[Arc<super::Target>]| -> Vec<String> {
+        ts.iter().map(|t| t.config.endpoint.clone()).collect()
+    };
+    assert_eq!(eps(&diff.added), ["http://127.0.0.1:3/w"]);
+    assert_eq!(eps(&diff.changed), ["http://127.0.0.1:1/w"]);
+    assert_eq!(diff.removed.len(), 1);
+    assert!(b.diff_from(&b).is_empty());
+}
