@@ -10,6 +10,7 @@
 //! - [`encode`]: the batch encoder that stamps labels on scanned series and
 //!   copies everything else verbatim.
 //! - [`snappy`]: block compression with a size limit checked before allocating.
+//! - [`testdata`]: realistic requests for benchmarks and seeds.
 //! - [`fuzzing`]: the checks the fuzz targets run, also run on the checked-in
 //!   corpus by `cargo test`.
 //!
@@ -20,6 +21,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod scan;
 pub mod snappy;
+pub mod testdata;
 pub mod v2read;
 pub mod wire;
 
