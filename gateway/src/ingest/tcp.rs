@@ -1,0 +1,195 @@
+//! TCP adapter: HTTP/1.1 and HTTP/2 (h2c by prior knowledge, h2 over TLS by
+//! ALPN) with hyper-util's auto builder.
+//!
+//! With a certificate configured the same port also takes plaintext: the
+//! first byte decides (0x16 starts a TLS handshake). Header reads and the TLS
+//! handshake are bounded by the header read timeout, bodies by the body
+//! deadline of [`Ingest`]. Connections beyond `max_connections` are closed at
+//! once. On shutdown the listener closes and open connections are asked to
+//! finish (HTTP/2 GOAWAY, HTTP/1.1 close after the current response).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use super::budget::ConnReadBudget;
+use super::request::{body_timeout, log_rejection, Ingest, Rejection, Route};
+use crate::deliver::Delivery;
+
+/// How long open connections get to close after the listener stopped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves `listener` until `shutdown` turns true.
+pub(super) async fn serve<D: Delivery>(
+    listener: TcpListener,
+    core: Arc<Ingest<D>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    conns: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(core.config().header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "ingest: TCP accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = conns.clone().try_acquire_owned() else {
+                    tracing::debug!("ingest: connection limit reached, closing new TCP connection");
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(connection(
+                    stream,
+                    core.clone(),
+                    builder.clone(),
+                    tls.clone(),
+                    graceful.watcher(),
+                    permit,
+                ));
+            }
+            _ = super::stopped(&mut shutdown) => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(CLOSE_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::info!("ingest: some TCP connections did not close within the grace period");
+    }
+}
+
+async fn connection<D: Delivery>(
+    stream: TcpStream,
+    core: Arc<Ingest<D>>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    _permit: OwnedSemaphorePermit,
+) {
+    let conn_budget = core.conn_budget();
+    let svc_core = core.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let core = svc_core.clone();
+        let conn_budget = conn_budget.clone();
+        async move { Ok::<_, Infallible>(handle(&core, &conn_budget, req).await) }
+    });
+    let header_timeout = core.config().header_read_timeout;
+    let result = match tls {
+        Some(acceptor) if starts_tls(&stream, header_timeout).await => {
+            match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(tls), service))
+                        .await
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "ingest: TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        _ => {
+            watcher
+                .watch(builder.serve_connection(TokioIo::new(stream), service))
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "ingest: connection ended with an error");
+    }
+}
+
+/// Whether the client opens with a TLS handshake record.
+async fn starts_tls(stream: &TcpStream, timeout: Duration) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(timeout, stream.peek(&mut first)).await,
+        Ok(Ok(1))
+    ) && first[0] == 0x16
+}
+
+/// Answers one request.
+pub(super) async fn handle<D: Delivery>(
+    core: &Ingest<D>,
+    conn_budget: &ConnReadBudget,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let transport = match req.version() {
+        http::Version::HTTP_2 => "h2",
+        _ => "http1",
+    };
+    let (parts, mut body) = req.into_parts();
+    let route = core.route(&parts.method, parts.uri.path());
+    if route != Route::Write {
+        return core.respond_other(route).map(Full::new);
+    }
+    let admitted = match core.check_head(&parts.headers) {
+        Ok(a) => a,
+        Err(r) => {
+            log_rejection(None, transport, &r);
+            return r.into_response().map(Full::new);
+        }
+    };
+    let cluster = admitted.cluster().clone();
+    let mut reader = core.body_reader(&admitted, conn_budget);
+    let result = async {
+        loop {
+            match tokio::time::timeout_at(reader.deadline(), body.frame()).await {
+                Err(_) => return Err(body_timeout()),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    return Err(Rejection::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("reading request body: {e}"),
+                    ))
+                }
+                Ok(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        reader.push(data).await?;
+                    }
+                }
+            }
+        }
+        core.finish(admitted, reader).await
+    }
+    .await;
+    match result {
+        Ok(written) => written.into_response().map(Full::new),
+        Err(r) => {
+            log_rejection(Some(&cluster.id), transport, &r);
+            r.into_response().map(Full::new)
+        }
+    }
+}
