@@ -5,9 +5,19 @@
 //! then the file, then the built-in default.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
+use serde::Deserialize;
+
+use crate::registry::Secret;
+
+/// Default ingest address (TCP and UDP).
+pub const DEFAULT_INGEST_LISTEN: &str = "0.0.0.0:9555";
+/// Default admin address: loopback, never the load balancer's port.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9556";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./fanout-data";
 
 /// Flags of `fanout serve`.
 #[derive(Args, Debug, Clone)]
@@ -29,7 +39,7 @@ pub struct ServeArgs {
     pub store: Option<String>,
     /// Bearer token for the admin API. Without one the admin port binds to loopback only.
     #[arg(long, env = "FANOUT_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// YAML file with any of these settings.
     #[arg(long, env = "FANOUT_CONFIG")]
     pub config: Option<PathBuf>,
@@ -39,6 +49,9 @@ pub struct ServeArgs {
     /// PEM private key for `--tls-cert`.
     #[arg(long, env = "FANOUT_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Ingest limits, timeouts and the memory budget.
+    #[command(flatten)]
+    pub ingest: crate::ingest::IngestArgs,
 }
 
 /// Flags of `fanout apply`.
@@ -48,9 +61,179 @@ pub struct ApplyArgs {
     #[arg(short = 'f', long = "file")]
     pub file: PathBuf,
     /// Base URL of the gateway's admin API.
-    #[arg(long, env = "FANOUT_ADMIN_URL", default_value = "http://127.0.0.1:9556")]
+    #[arg(
+        long,
+        env = "FANOUT_ADMIN_URL",
+        default_value = "http://127.0.0.1:9556"
+    )]
     pub admin: String,
     /// Admin bearer token.
     #[arg(long, env = "FANOUT_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
+}
+
+/// A problem with the configuration file or flags.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The `--config` file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The `--config` file is not valid YAML of the expected shape.
+    #[error("config file {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong, and where.
+        reason: String,
+    },
+}
+
+/// The `server:` section of a `--config` file (camelCase keys, all optional).
+///
+/// Unknown keys are allowed here so that other parts (ingest limits, delivery)
+/// can read their own keys from [`ServeConfig::file`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerSection {
+    /// Same as `--ingest-listen`.
+    pub ingest_listen: Option<SocketAddr>,
+    /// Same as `--admin-listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Same as `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// Same as `--registry`.
+    pub registry: Option<PathBuf>,
+    /// Same as `--store`.
+    pub store: Option<String>,
+    /// Same as `--admin-token`.
+    pub admin_token: Option<Secret>,
+    /// Same as `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// Same as `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The settings of `fanout serve` after merging flags, env, file and defaults.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Ingest address (TCP and UDP).
+    pub ingest_listen: SocketAddr,
+    /// Admin API address.
+    pub admin_listen: SocketAddr,
+    /// Data directory (SQLite store, spill, QUIC certificate).
+    pub data_dir: PathBuf,
+    /// Declarative registry applied at start.
+    pub registry: Option<PathBuf>,
+    /// `sqlite` or a `postgres://` URL; `None` is SQLite.
+    pub store: Option<String>,
+    /// Admin bearer token (masked in `Debug`).
+    pub admin_token: Option<Secret>,
+    /// TLS certificate chain.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS key.
+    pub tls_key: Option<PathBuf>,
+    /// The whole `--config` file (`Null` without one), for sections other parts own.
+    pub file: serde_yaml::Value,
+    /// The flags as given, for parts that read their own.
+    pub args: ServeArgs,
+}
+
+impl ServeConfig {
+    /// Merges flags and env (first), the `--config` file, then defaults.
+    pub fn load(args: ServeArgs) -> Result<ServeConfig, ConfigError> {
+        let (file, server) = match &args.config {
+            Some(path) => read_file(path)?,
+            None => (serde_yaml::Value::Null, ServerSection::default()),
+        };
+        let default_addr = |s: &str| s.parse::<SocketAddr>().expect("valid default address");
+        Ok(ServeConfig {
+            ingest_listen: args
+                .ingest_listen
+                .or(server.ingest_listen)
+                .unwrap_or_else(|| default_addr(DEFAULT_INGEST_LISTEN)),
+            admin_listen: args
+                .admin_listen
+                .or(server.admin_listen)
+                .unwrap_or_else(|| default_addr(DEFAULT_ADMIN_LISTEN)),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(server.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            registry: args.registry.clone().or(server.registry),
+            store: args.store.clone().or(server.store),
+            admin_token: args
+                .admin_token
+                .clone()
+                .or(server.admin_token)
+                .filter(|t| !t.is_empty()),
+            tls_cert: args.tls_cert.clone().or(server.tls_cert),
+            tls_key: args.tls_key.clone().or(server.tls_key),
+            file,
+            args,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<(serde_yaml::Value, ServerSection), ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let parse = |reason: String| ConfigError::Parse {
+        path: shown.clone(),
+        reason,
+    };
+    let file: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| parse(e.to_string()))?;
+    let server = match file.get("server") {
+        None | Some(serde_yaml::Value::Null) => ServerSection::default(),
+        Some(v) => serde_yaml::from_value(v.clone()).map_err(|e| parse(format!("server: {e}")))?,
+    };
+    Ok((file, server))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn defaults_file_and_flags_in_that_order_of_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fanout.yaml");
+        std::fs::write(
+            &path,
+            "server:\n  adminListen: 127.0.0.1:7000\n  dataDir: /tmp/x\n  adminToken: from-file\nlimits: {other: part}\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from([
+            "t",
+            "--config",
+            path.to_str().unwrap(),
+            "--data-dir",
+            "/tmp/flag",
+        ]);
+        let c = ServeConfig::load(cli.serve).unwrap();
+        assert_eq!(c.ingest_listen.to_string(), DEFAULT_INGEST_LISTEN);
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/flag"));
+        assert_eq!(
+            c.admin_token.as_ref().map(Secret::expose),
+            Some("from-file")
+        );
+        assert!(!format!("{c:?}").contains("from-file"));
+        assert!(c.file.get("limits").is_some());
+    }
 }

@@ -1,1 +1,198 @@
 //! `fanout serve`: wires store, registry, ingest, delivery and admin together.
+//!
+//! Start order: configuration, store (migrated), live registry (loaded, then
+//! the `--registry` file applied on top), admin listener bound (so a bad
+//! address fails before anything serves), ingest, then readiness. The current
+//! registry is shared as `Arc<ArcSwap<Snapshot>>` ([`Gateway::snapshot`]).
+//!
+//! Stop: SIGTERM or ctrl-c marks the gateway draining (`/readyz` 503), drains
+//! ingest and delivery, stops the admin server and returns `Ok(())`, so the
+//! process exits 0.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+
+use crate::admin::{self, AdminState, Health};
+use crate::config::{ServeArgs, ServeConfig};
+use crate::registry::live::Live;
+use crate::registry::model::Document;
+use crate::registry::{ops, store, Snapshot};
+
+/// The running parts that other parts are handed.
+#[derive(Clone)]
+pub struct Gateway {
+    /// Merged configuration.
+    pub config: Arc<ServeConfig>,
+    /// The live registry (writes, reloads, target diffs).
+    pub live: Arc<Live>,
+    /// The current registry snapshot; ingest and delivery `load()` it per request.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Readiness and drain state of the probes.
+    pub health: Arc<Health>,
+}
+
+/// Runs `fanout serve` until SIGTERM or ctrl-c.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let config = ServeConfig::load(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("fanout")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FANOUT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second init (tests) is harmless.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Opens the store and loads the registry, applying `config.registry` if set.
+pub async fn open_registry(config: &ServeConfig) -> anyhow::Result<Arc<Live>> {
+    let store = store::open(config.store.as_deref(), &config.data_dir)
+        .await
+        .context("cannot open the registry store")?;
+    tracing::info!(store = %store.describe(), "registry store opened");
+    let live = Live::open(store)
+        .await
+        .context("cannot load the registry")?;
+    if let Some(path) = &config.registry {
+        apply_file(&live, path).await?;
+    }
+    Ok(live)
+}
+
+async fn apply_file(live: &Live, path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let yaml = path
+        .extension()
+        .is_none_or(|e| !e.eq_ignore_ascii_case("json"));
+    let doc = Document::parse(&text, yaml).map_err(|problems| {
+        anyhow::anyhow!(
+            "{} is not a valid registry document:\n  {}",
+            path.display(),
+            problems.join("\n  ")
+        )
+    })?;
+    let snapshot = live
+        .update(move |r| ops::replace_all(r, doc))
+        .await
+        .map_err(|e| match e {
+            store::UpdateError::Invalid(ps) | store::UpdateError::Conflict(ps) => {
+                anyhow::anyhow!("{} was not applied:\n  {}", path.display(), ps.join("\n  "))
+            }
+            other => anyhow::Error::new(other).context(format!("cannot apply {}", path.display())),
+        })?;
+    tracing::info!(
+        file = %path.display(),
+        version = snapshot.version(),
+        "registry file applied"
+    );
+    Ok(())
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let live = open_registry(&config).await?;
+    let health = Arc::new(Health::default());
+    let gateway = Gateway {
+        config: config.clone(),
+        snapshot: live.shared(),
+        live: live.clone(),
+        health: health.clone(),
+    };
+
+    let admin_listener = admin::bind(config.admin_listen, config.admin_token.as_ref()).await?;
+    let admin_addr = admin_listener.local_addr()?;
+    let router = admin::router(AdminState {
+        live: live.clone(),
+        token: config.admin_token.clone(),
+        health: health.clone(),
+    });
+
+    // ===== INGEST: start the remote-write listeners here =====
+    let ingest_config = config.args.ingest.config();
+    // Placeholder delivery until the delivery issue lands: counts and drops.
+    let counting = Arc::new(crate::deliver::CountingDelivery::new());
+    // Shared with delivery once it lands (SPEC §5 in-memory budget).
+    let budget = crate::ingest::MemoryBudget::new(ingest_config.memory_budget);
+    let ingest = crate::ingest::start(
+        crate::ingest::IngestOptions {
+            listen: config.ingest_listen,
+            data_dir: config.data_dir.clone(),
+            tls_cert: config.tls_cert.clone(),
+            tls_key: config.tls_key.clone(),
+            config: ingest_config,
+        },
+        gateway.snapshot.clone(),
+        counting.clone(),
+        budget,
+    )
+    .await?;
+    // ===== end INGEST =====
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = tokio::spawn(async move {
+        axum::serve(admin_listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    health.set_ready();
+    tracing::info!(admin = %admin_addr, version = live.current().version(), "fanout gateway ready");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining");
+    health.set_draining();
+
+    // ===== INGEST: drain here (stop accepting with 503, finish in-flight writes) =====
+    ingest.shutdown(std::time::Duration::from_secs(30)).await;
+    let totals = counting.totals();
+    tracing::info!(
+        requests = totals.requests,
+        series = totals.series,
+        samples = totals.samples,
+        "ingest stopped (counting delivery totals)"
+    );
+    // ===== end INGEST drain =====
+
+    let _ = stop_tx.send(true);
+    match admin_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "admin server ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "admin server task failed"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -54,6 +54,13 @@ impl Secret {
     }
 }
 
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret::new(s))
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(MASK)
@@ -376,6 +383,9 @@ pub struct MetricsExport {
 }
 
 /// Any registry object.
+// Objects move one at a time through admin writes, never on the hot path, so
+// the size difference between variants costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     /// A cluster.
@@ -722,16 +732,12 @@ pub fn restore_secrets(new: &mut Object, old: Option<&Object>) -> Vec<String> {
     let mut problems = Vec::new();
     let where_ = format!("{} {}", new.kind().as_str(), new.id());
     match (new, old) {
-        (Object::Cluster(n), old) => {
-            if n.ingest_token.is_mask() {
-                match old {
-                    Some(Object::Cluster(o)) => n.ingest_token = o.ingest_token.clone(),
-                    _ => problems.push(format!(
-                        "{where_}: ingestToken is \"***\" but no token is stored; send the token"
-                    )),
-                }
-            }
-        }
+        (Object::Cluster(n), old) if n.ingest_token.is_mask() => match old {
+            Some(Object::Cluster(o)) => n.ingest_token = o.ingest_token.clone(),
+            _ => problems.push(format!(
+                "{where_}: ingestToken is \"***\" but no token is stored; send the token"
+            )),
+        },
         (Object::MetricsExport(n), old) => {
             let old = match old {
                 Some(Object::MetricsExport(o)) => Some(o),

@@ -133,11 +133,11 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
     "INSERT INTO fanout_meta (name, value) VALUES ('version', '0') ON CONFLICT (name) DO NOTHING",
 ]];
 
-/// Rows to write to go from `old` to `new`: upserts `(kind, id, doc)` and deletes `(kind, id)`.
-pub(crate) fn row_changes(
-    old: &Registry,
-    new: &Registry,
-) -> (Vec<(Kind, String, String)>, Vec<(Kind, String)>) {
+/// A row to insert or update: `(kind, id, JSON document)`.
+pub(crate) type Upsert = (Kind, String, String);
+
+/// Rows to write to go from `old` to `new`: upserts and deletes `(kind, id)`.
+pub(crate) fn row_changes(old: &Registry, new: &Registry) -> (Vec<Upsert>, Vec<(Kind, String)>) {
     let index = |r: &Registry| -> BTreeMap<(Kind, String), Object> {
         r.objects()
             .into_iter()

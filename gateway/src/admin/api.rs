@@ -1,0 +1,274 @@
+//! Registry endpoints of the admin API.
+//!
+//! Bodies are read as bytes and parsed here (JSON, or YAML where the
+//! Content-Type says so), so every failure answers in the one error shape
+//! `{"error": "...", "problems": [...]}` rather than a framework default.
+//! A write returns only after the new snapshot is installed on this gateway.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::AdminState;
+use crate::registry::model::{
+    mask_export_fields, masked, masked_document, parse_value, Document, Kind, Object,
+};
+use crate::registry::ops;
+use crate::registry::resolve::effective_exports;
+use crate::registry::store::UpdateError;
+
+/// An error answer: status, one-line message, and every problem.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What failed.
+    pub error: String,
+    /// Every problem found (may be empty).
+    pub problems: Vec<String>,
+}
+
+impl ApiError {
+    /// 404 with a message.
+    pub fn not_found(what: &str) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            error: format!("not found: {what}"),
+            problems: Vec::new(),
+        }
+    }
+
+    fn bad_request(error: &str, problems: Vec<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            error: error.to_owned(),
+            problems,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.error, "problems": self.problems});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<UpdateError> for ApiError {
+    fn from(e: UpdateError) -> ApiError {
+        match e {
+            UpdateError::Invalid(problems) => {
+                ApiError::bad_request("invalid registry: nothing was applied", problems)
+            }
+            UpdateError::NotFound(what) => ApiError::not_found(&what),
+            UpdateError::Conflict(problems) => ApiError {
+                status: StatusCode::CONFLICT,
+                error: "conflict: nothing was applied".into(),
+                problems,
+            },
+            UpdateError::Store(e) => {
+                tracing::error!(error = %e, "admin: registry store failed");
+                ApiError {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    error: "the registry store failed; see the gateway log".into(),
+                    problems: Vec::new(),
+                }
+            }
+        }
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// The registry routes (without authentication; the caller layers it).
+pub fn routes() -> Router<AdminState> {
+    Router::new()
+        .route("/api/v1/registry", get(get_registry).put(put_registry))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/deployments/{id}/metrics-exports", get(effective))
+        .route("/api/v1/{kind}", get(list).post(create))
+        .route(
+            "/api/v1/{kind}/{id}",
+            get(get_one)
+                .put(put_one)
+                .patch(patch_one)
+                .delete(delete_one),
+        )
+}
+
+fn kind_of(segment: &str) -> Result<Kind, ApiError> {
+    match segment {
+        "clusters" => Ok(Kind::Cluster),
+        "workspaces" => Ok(Kind::Workspace),
+        "deployments" => Ok(Kind::Deployment),
+        "metrics-exports" => Ok(Kind::MetricsExport),
+        _ => Err(ApiError::not_found(&format!("/api/v1/{segment}"))),
+    }
+}
+
+fn is_yaml(headers: &HeaderMap, name: header::HeaderName) -> bool {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("yaml"))
+}
+
+fn body_value(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    parse_value(body, is_yaml(headers, header::CONTENT_TYPE))
+        .map_err(|e| ApiError::bad_request("unreadable body", vec![e]))
+}
+
+async fn list(State(s): State<AdminState>, Path(kind): Path<String>) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    let snapshot = s.live.current();
+    let items: Vec<Value> = snapshot.registry().list(kind).iter().map(masked).collect();
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+async fn get_one(
+    State(s): State<AdminState>,
+    Path((kind, id)): Path<(String, String)>,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    let snapshot = s.live.current();
+    let object = snapshot
+        .registry()
+        .get(kind, &id)
+        .ok_or_else(|| ApiError::not_found(&format!("{} {id}", kind.as_str())))?;
+    Ok(Json(masked(&object)).into_response())
+}
+
+fn written(s: &AdminState, kind: Kind, id: &str, status: StatusCode) -> ApiResult {
+    let snapshot = s.live.current();
+    let object = snapshot
+        .registry()
+        .get(kind, id)
+        .ok_or_else(|| ApiError::not_found(&format!("{} {id}", kind.as_str())))?;
+    Ok((status, Json(masked(&object))).into_response())
+}
+
+async fn create(
+    State(s): State<AdminState>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    let value = body_value(&headers, &body)?;
+    let id = value
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::bad_request("invalid object", vec!["id: required".into()]))?;
+    s.live.update(move |r| ops::create(r, value, kind)).await?;
+    written(&s, kind, &id, StatusCode::CREATED)
+}
+
+async fn put_one(
+    State(s): State<AdminState>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    let value = body_value(&headers, &body)?;
+    let key = id.clone();
+    s.live
+        .update(move |r| ops::replace(r, kind, &key, value))
+        .await?;
+    written(&s, kind, &id, StatusCode::OK)
+}
+
+async fn patch_one(
+    State(s): State<AdminState>,
+    Path((kind, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    let value = body_value(&headers, &body)?;
+    let key = id.clone();
+    s.live
+        .update(move |r| ops::patch(r, kind, &key, value))
+        .await?;
+    written(&s, kind, &id, StatusCode::OK)
+}
+
+async fn delete_one(
+    State(s): State<AdminState>,
+    Path((kind, id)): Path<(String, String)>,
+) -> ApiResult {
+    let kind = kind_of(&kind)?;
+    s.live.update(move |r| ops::delete(r, kind, &id)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn effective(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+    let snapshot = s.live.current();
+    let registry = snapshot.registry();
+    if !registry.deployments.contains_key(&id) {
+        return Err(ApiError::not_found(&format!("deployment {id}")));
+    }
+    let items: Vec<Value> = effective_exports(registry, &id, snapshot.salt())
+        .into_iter()
+        .map(|e| {
+            let mut fields = serde_json::to_value(&e.fields).unwrap_or(Value::Null);
+            let set = mask_export_fields(&mut fields);
+            json!({
+                "id": e.export_id,
+                "objectKey": e.object_key,
+                "sourceScope": e.source_scope.as_str(),
+                "sourceScopeEntityId": e.source_scope_entity_id,
+                "targetId": e.target_id.0,
+                "metricsExport": fields,
+                "setFields": set,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+async fn get_registry(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult {
+    let snapshot = s.live.current();
+    let doc = masked_document(snapshot.registry());
+    if is_yaml(&headers, header::ACCEPT) {
+        let text = serde_yaml::to_string(&doc).map_err(|e| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error: format!("cannot render YAML: {e}"),
+            problems: Vec::new(),
+        })?;
+        return Ok(([(header::CONTENT_TYPE, "application/yaml")], text).into_response());
+    }
+    Ok(Json(doc).into_response())
+}
+
+async fn put_registry(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let doc =
+        Document::parse(&body, is_yaml(&headers, header::CONTENT_TYPE)).map_err(|problems| {
+            ApiError::bad_request("invalid registry: nothing was applied", problems)
+        })?;
+    let snapshot = s.live.update(move |r| ops::replace_all(r, doc)).await?;
+    let r = snapshot.registry();
+    Ok(Json(json!({
+        "version": snapshot.version(),
+        "clusters": r.clusters.len(),
+        "workspaces": r.workspaces.len(),
+        "deployments": r.deployments.len(),
+        "metricsExports": r.metrics_exports.len(),
+        "targets": snapshot.targets().count(),
+    }))
+    .into_response())
+}
+
+async fn openapi() -> Response {
+    Json(super::openapi::document()).into_response()
+}
+
+/// The read form of an object (re-exported for other admin endpoints).
+pub fn read_form(object: &Object) -> Value {
+    masked(object)
+}
