@@ -195,6 +195,11 @@ fn read_file(path: &Path) -> Result<(serde_yaml::Value, ServerSection), ConfigEr
         None | Some(serde_yaml::Value::Null) => ServerSection::default(),
         Some(v) => serde_yaml::from_value(v.clone()).map_err(|e| parse(format!("server: {e}")))?,
     };
+    // The token now lives in a `Secret`; keep no clear copy in the raw file.
+    let mut file = file;
+    if let Some(serde_yaml::Value::Mapping(section)) = file.get_mut("server") {
+        section.remove("adminToken");
+    }
     Ok((file, server))
 }
 
