@@ -141,3 +141,165 @@ async fn require_token(State(state): State<AdminState>, request: Request, next: 
             .into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    use crate::registry::store;
+
+    async fn call(
+        app: &Router,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn admin_api_statuses_problems_and_masking() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Live::open(store::open(None, dir.path()).await.unwrap())
+            .await
+            .unwrap();
+        let health = Arc::new(Health::default());
+        let app = router(AdminState {
+            live,
+            token: Some(Secret::new("adm")),
+            health: health.clone(),
+        });
+        let t = Some("adm");
+
+        assert_eq!(
+            call(&app, "GET", "/api/v1/clusters", None, "").await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call(&app, "GET", "/api/v1/clusters", Some("nope"), "")
+                .await
+                .0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call(&app, "GET", "/healthz", None, "").await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(&app, "GET", "/readyz", None, "").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        health.set_ready();
+        assert_eq!(
+            call(&app, "GET", "/readyz", None, "").await.0,
+            StatusCode::OK
+        );
+
+        let cluster = r#"{"id": "c1", "organizationId": "o", "cloudProvider": "aws", "cloudRegion": "r", "ingestToken": "tok-secret"}"#;
+        let (s, v) = call(&app, "POST", "/api/v1/clusters", t, cluster).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        assert_eq!(v["ingestToken"], "***");
+        assert_eq!(
+            call(&app, "POST", "/api/v1/clusters", t, cluster).await.0,
+            StatusCode::CONFLICT
+        );
+        for (kind, body) in [
+            ("workspaces", r#"{"id": "ws", "organizationId": "o"}"#),
+            (
+                "deployments",
+                r#"{"id": "d1", "workspaceId": "ws", "clusterId": "c1", "namespace": "n1", "type": "HOSTED"}"#,
+            ),
+            (
+                "metrics-exports",
+                r#"{"id": "e", "objectKey": "e", "scope": "WORKSPACE", "scopeEntityId": "ws", "autoLinkDeployments": true,
+                "metricsExport": {"endpoint": "http://127.0.0.1:1/w", "authType": "AUTH_TOKEN", "basicToken": "bt-secret"}}"#,
+            ),
+        ] {
+            let (s, v) = call(&app, "POST", &format!("/api/v1/{kind}"), t, body).await;
+            assert_eq!(s, StatusCode::CREATED, "{kind}: {v}");
+        }
+
+        // Every problem of an invalid write, nothing applied.
+        let bad = r#"{"scopeEntityId": "nope", "autoLinkDeployments": true, "metricsExport": {"endpoint": "mailto:x", "labels": {"pod": "p"}}}"#;
+        let (s, v) = call(&app, "PATCH", "/api/v1/metrics-exports/e", t, bad).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["problems"].as_array().unwrap().len(), 3, "{v}");
+        let (_, v) = call(&app, "GET", "/api/v1/deployments/d1/metrics-exports", t, "").await;
+        assert_eq!(v["items"][0]["id"], "e");
+        assert_eq!(v["items"][0]["metricsExport"]["basicToken"], "***");
+        assert_eq!(
+            v["items"][0]["setFields"],
+            serde_json::json!(["basicToken"])
+        );
+        assert_eq!(v["items"][0]["targetId"].as_str().unwrap().len(), 32);
+
+        assert_eq!(
+            call(&app, "GET", "/api/v1/clusters/nope", t, "").await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            call(&app, "GET", "/api/v1/nothing", t, "").await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            call(&app, "DELETE", "/api/v1/workspaces/ws", t, "").await.0,
+            StatusCode::CONFLICT
+        );
+        let (s, v) = call(&app, "GET", "/api/v1/openapi.json", t, "").await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(v["paths"]["/api/v1/metrics-exports/{id}"]["patch"].is_object());
+
+        // The whole registry round-trips through GET and PUT with secrets kept.
+        let (_, doc) = call(&app, "GET", "/api/v1/registry", t, "").await;
+        let text = doc.to_string();
+        assert!(
+            !text.contains("tok-secret") && !text.contains("bt-secret"),
+            "{text}"
+        );
+        let (s, v) = call(&app, "PUT", "/api/v1/registry", t, &text).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, v) = call(
+            &app,
+            "PUT",
+            "/api/v1/registry",
+            t,
+            r#"{"clusters": [{"id": "x"}], "bogus": 1}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(v["problems"].as_array().unwrap().len(), 2, "{v}");
+        assert_eq!(
+            call(&app, "DELETE", "/api/v1/metrics-exports/e", t, "")
+                .await
+                .0,
+            StatusCode::NO_CONTENT
+        );
+    }
+
+    #[tokio::test]
+    async fn no_token_means_loopback_only() {
+        let err = bind("0.0.0.0:0".parse().unwrap(), None).await.unwrap_err();
+        assert!(matches!(err, AdminError::NoTokenOffLoopback(_)));
+        assert!(bind("127.0.0.1:0".parse().unwrap(), None).await.is_ok());
+    }
+}
