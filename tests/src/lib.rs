@@ -3,3 +3,4 @@
 //! would. The tests live in `tests/tests/`; this library holds their helpers.
 
 pub mod fanout;
+pub mod prometheus;
