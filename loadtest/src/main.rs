@@ -1,0 +1,412 @@
+//! `fanout-load`: remote-write traffic generator (`run`) and verifying sinks
+//! (`sink`). See `docs/loadtest.md`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+
+use fanout_loadtest::client::Transport;
+use fanout_loadtest::generator::{self, AuthMode, GeneratorConfig, Protocol};
+use fanout_loadtest::scenario::Scenario;
+use fanout_loadtest::sink::{ExpectedAuth, Fault, Sink, SinkConfig, SinkHandle};
+use fanout_loadtest::verify;
+
+#[derive(Parser)]
+#[command(
+    name = "fanout-load",
+    version,
+    about = "Remote-write load generator and verifying sinks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Send realistic Airflow and infrastructure series of simulated clusters.
+    Run(RunArgs),
+    /// Receive remote-write on loopback ports, count, verify and measure latency.
+    Sink(SinkArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Remote-write URL.
+    #[arg(long, default_value = "http://127.0.0.1:9555/api/v1/write")]
+    url: String,
+    /// HTTP version.
+    #[arg(long, value_enum, default_value = "http1")]
+    transport: Transport,
+    /// Remote-write version.
+    #[arg(long, value_enum, default_value = "v1")]
+    protocol: Protocol,
+    /// How clusters authenticate (token: <token-prefix><cluster index>).
+    #[arg(long, value_enum, default_value = "bearer")]
+    auth: AuthMode,
+    /// Extra header NAME=VALUE (repeatable).
+    #[arg(long = "header", value_parser = parse_kv)]
+    headers: Vec<(String, String)>,
+    /// Connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Concurrent requests per HTTP/2 or HTTP/3 connection.
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// Samples per request.
+    #[arg(long, default_value_t = 2000)]
+    samples_per_request: usize,
+    /// Target rate in samples per second (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Stop after this long (e.g. 30s, 2m); default 10s unless --samples is given.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many samples.
+    #[arg(long)]
+    samples: Option<u64>,
+    /// Timeout of one request.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    timeout: Duration,
+    /// PEM certificate to trust (pinned) for https URLs and HTTP/3.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress lines.
+    #[arg(long, short)]
+    quiet: bool,
+    #[command(flatten)]
+    scenario: ScenarioArgs,
+}
+
+#[derive(Args)]
+struct ScenarioArgs {
+    /// Simulated clusters.
+    #[arg(long, default_value_t = 4)]
+    clusters: u32,
+    /// Deployments per cluster.
+    #[arg(long, default_value_t = 5)]
+    deployments: u32,
+    /// DAGs per Deployment.
+    #[arg(long, default_value_t = 20)]
+    dags: u32,
+    /// Tasks per DAG.
+    #[arg(long, default_value_t = 8)]
+    tasks: u32,
+    /// DAG files per Deployment.
+    #[arg(long, default_value_t = 8)]
+    dag_files: u32,
+    /// Pools per Deployment.
+    #[arg(long, default_value_t = 3)]
+    pools: u32,
+    /// Long-lived pods per Deployment.
+    #[arg(long, default_value_t = 8)]
+    pods: u32,
+    /// Churning task pod slots per Deployment (pod churn; 0: none).
+    #[arg(long, default_value_t = 0)]
+    task_pods: u32,
+    /// Rounds a task pod lives before a new one replaces it.
+    #[arg(long, default_value_t = 10)]
+    churn_rounds: u32,
+    /// Add a deploymentId label to every series.
+    #[arg(long)]
+    deployment_id: bool,
+    /// Ingest token prefix: cluster c sends <prefix><c>.
+    #[arg(long, default_value = "fanout-load-token-")]
+    token_prefix: String,
+    /// Print the scenario (tokens, namespaces, Deployment ids) as JSON and exit.
+    #[arg(long)]
+    print_scenario: bool,
+}
+
+impl ScenarioArgs {
+    fn scenario(&self) -> Scenario {
+        Scenario {
+            clusters: self.clusters,
+            deployments: self.deployments,
+            dags: self.dags,
+            tasks: self.tasks,
+            dag_files: self.dag_files,
+            pools: self.pools,
+            pods: self.pods,
+            task_pods: self.task_pods,
+            churn_rounds: self.churn_rounds,
+            deployment_id_label: self.deployment_id,
+            token_prefix: self.token_prefix.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+struct SinkArgs {
+    /// Address to listen on (repeatable).
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+    /// Start N sinks on free loopback ports (in addition to --listen).
+    #[arg(long, default_value_t = 0)]
+    targets: usize,
+    /// Require `Authorization: Bearer TOKEN`.
+    #[arg(long, conflicts_with = "basic")]
+    bearer: Option<String>,
+    /// Require basic auth USER:PASSWORD.
+    #[arg(long)]
+    basic: Option<String>,
+    /// Require header NAME=VALUE (repeatable).
+    #[arg(long = "header", value_parser = parse_kv)]
+    headers: Vec<(String, String)>,
+    /// Answer every write with this status (failure injection).
+    #[arg(long)]
+    fail_status: Option<u16>,
+    /// ... for this long from the start (default: for the whole run).
+    #[arg(long, value_parser = parse_duration)]
+    fail_for: Option<Duration>,
+    /// Delay every answer by this much.
+    #[arg(long, value_parser = parse_duration)]
+    delay: Option<Duration>,
+    /// Reset the connection of every N-th request.
+    #[arg(long, default_value_t = 0)]
+    reset_every: u64,
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Print the final report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?}: empty name"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration like 500ms, 10s, 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fanout-load: starting the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let res = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Run(a) => run(a).await,
+            Cmd::Sink(a) => sink(a).await,
+        }
+    });
+    match res {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("fanout-load: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<i32> {
+    let scenario = a.scenario.scenario();
+    if a.scenario.print_scenario {
+        scenario.validate()?;
+        println!("{}", scenario_json(&scenario)?);
+        return Ok(0);
+    }
+    let duration = match (a.duration, a.samples) {
+        (None, None) => Some(Duration::from_secs(10)),
+        (d, _) => d,
+    };
+    let config = GeneratorConfig {
+        url: a.url,
+        scenario,
+        protocol: a.protocol,
+        transport: a.transport,
+        auth: a.auth,
+        headers: a.headers,
+        connections: a.connections,
+        streams: a.streams,
+        samples_per_request: a.samples_per_request,
+        rate: a.rate,
+        duration,
+        total_samples: a.samples,
+        timeout: a.timeout,
+        ca_cert: a.ca_cert,
+        progress: !a.quiet,
+    };
+    let summary = generator::run(config).await?;
+    if a.json {
+        let mut v = serde_json::to_value(&summary)?;
+        // Acknowledged ranges can be long; the JSON summary is for people and scripts.
+        if let Some(o) = v.as_object_mut() {
+            o.remove("acked");
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", summary.table());
+    }
+    Ok(0)
+}
+
+fn scenario_json(s: &Scenario) -> anyhow::Result<String> {
+    let clusters: Vec<serde_json::Value> = (0..s.clusters)
+        .map(|c| {
+            let deps: Vec<serde_json::Value> = (0..s.deployments)
+                .map(|d| serde_json::json!({"id": s.deployment_id(c, d), "namespace": s.namespace(c, d)}))
+                .collect();
+            serde_json::json!({"id": s.cluster_id(c), "ingestToken": s.cluster_token(c), "deployments": deps})
+        })
+        .collect();
+    Ok(serde_json::to_string_pretty(&serde_json::json!({
+        "scenario": s,
+        "seriesPerCluster": s.series_per_cluster(),
+        "clusters": clusters,
+    }))?)
+}
+
+async fn sink(a: SinkArgs) -> anyhow::Result<i32> {
+    let mut addrs = a.listen.clone();
+    for _ in 0..a.targets {
+        addrs.push(SocketAddr::from(([127, 0, 0, 1], 0)));
+    }
+    if addrs.is_empty() {
+        bail!("give --listen ADDR or --targets N");
+    }
+    let auth = match (&a.bearer, &a.basic) {
+        (Some(t), _) => Some(ExpectedAuth::Bearer(t.clone())),
+        (None, Some(b)) => {
+            let (user, password) = b
+                .split_once(':')
+                .context("--basic: expected USER:PASSWORD")?;
+            Some(ExpectedAuth::Basic {
+                user: user.to_owned(),
+                password: password.to_owned(),
+            })
+        }
+        (None, None) => None,
+    };
+    let fault = Fault {
+        status: a.fail_status,
+        status_for: a.fail_for,
+        delay: a.delay.unwrap_or_default(),
+        reset_every: a.reset_every,
+    };
+    let mut sinks: Vec<SinkHandle> = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let h = Sink::start(SinkConfig {
+            name: format!("t{i}"),
+            listen: *addr,
+            auth: auth.clone(),
+            headers: a.headers.clone(),
+            fault: fault.clone(),
+            ..SinkConfig::default()
+        })
+        .await?;
+        println!("sink {} listening on {}", h.name(), h.url());
+        sinks.push(h);
+    }
+    let start = std::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut last = 0u64;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        if a.duration.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            _ = tick.tick() => {
+                if !a.quiet {
+                    let stats: Vec<_> = sinks.iter().map(|s| s.stats()).collect();
+                    let total: u64 = stats.iter().map(|s| s.samples).sum();
+                    let per: Vec<String> = sinks.iter().zip(&stats).map(|(h, s)| format!("{} {} req {} samples {} refused", h.name(), s.requests, s.samples, s.refused)).collect();
+                    eprintln!("[{:>5.1}s] {:>9} samples/s  {}", start.elapsed().as_secs_f64(), total - last, per.join(" | "));
+                    last = total;
+                }
+            }
+        }
+    }
+    let reports: Vec<_> = sinks.iter().map(|s| s.report()).collect();
+    let mut problems = Vec::new();
+    for r in &reports {
+        problems.extend(verify::self_check(r));
+    }
+    if a.json {
+        let out: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name, "addr": r.addr, "requests": r.requests, "responses": r.responses,
+                    "samples": r.samples, "series": r.series.len(), "unidentified": r.unidentified,
+                    "badRequests": r.bad_requests, "authFailures": r.auth_failures,
+                    "headerMismatches": r.header_mismatches, "injected": r.injected,
+                    "lastError": r.last_error, "protocols": r.protocols, "latencyMs": r.latency_ms,
+                })
+            })
+            .collect();
+        let problems: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"sinks": out, "problems": problems}))?
+        );
+    } else {
+        for r in &reports {
+            let codes: Vec<String> = r
+                .responses
+                .iter()
+                .map(|(c, n)| format!("{c}: {n}"))
+                .collect();
+            let l = &r.latency_ms;
+            println!(
+                "{}  {} requests ({})  {} samples  {} series  {} unidentified  e2e ms p50 {:.0} p90 {:.0} p99 {:.0} p99.9 {:.0} max {:.0}",
+                r.name,
+                r.requests,
+                codes.join(", "),
+                r.samples,
+                r.series.len(),
+                r.unidentified,
+                l.p50,
+                l.p90,
+                l.p99,
+                l.p999,
+                l.max
+            );
+        }
+        println!("{} problems", problems.len());
+        for p in problems.iter().take(20) {
+            println!("  {p}");
+        }
+    }
+    Ok(if problems.is_empty() { 0 } else { 2 })
+}

@@ -1,0 +1,681 @@
+//! Verifying remote-write receivers: `fanout-load sink` and the in-process
+//! [`Sink`] that tests start.
+//!
+//! One [`Sink`] is one target: a listener on a loopback port that speaks
+//! HTTP/1.1 and h2c (prior knowledge), accepts `POST` on any path (remote-write
+//! senders choose their own), and records what arrives:
+//! - per series ([`SeriesId`] decoded from the sample value, see
+//!   [`crate::identity`]): which rounds arrived, how many arrived more than
+//!   once, and the distinct label sets seen (at most [`MAX_LABEL_SETS`]);
+//! - end-to-end latency, `now - sample timestamp`, in milliseconds;
+//! - requests by status, rejected requests (malformed, wrong auth, missing or
+//!   wrong headers) with the last reason.
+//!
+//! Verification against what *should* have arrived is [`crate::verify`]'s
+//! job; the sink only answers honestly: 204 for a request it decoded and
+//! recorded, 400 with the reason for a malformed one (nothing of it is
+//! recorded), 401 for wrong auth, 415 for an unknown encoding, 413 for a body
+//! over [`SinkConfig::max_body`].
+//!
+//! # Failure injection
+//! A [`Fault`] (set at start or at any time with [`SinkHandle::set_fault`])
+//! makes the sink answer a fixed status for a period, delay every answer, or
+//! reset every n-th request's connection. A request answered by an injected
+//! status or reset is not recorded: the sender must send it again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash as _, Hasher as _};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message as _;
+use serde::Serialize;
+
+use crate::generator::{histogram, lock, Latency};
+use crate::identity::{now_ms, SampleId, SeriesId};
+
+/// Distinct label sets kept per series (more are counted, not kept).
+pub const MAX_LABEL_SETS: usize = 8;
+/// Duplicate rounds listed per series (more are counted, not listed).
+pub const MAX_DUPLICATES_LISTED: usize = 16;
+
+/// Auth a sink requires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExpectedAuth {
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
+    /// Basic auth.
+    Basic {
+        /// User name.
+        user: String,
+        /// Password.
+        password: String,
+    },
+}
+
+/// Injected failures.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fault {
+    /// Answer every request with this status instead of recording it.
+    pub status: Option<u16>,
+    /// How long `status` applies from when the fault is set (`None`: until changed).
+    pub status_for: Option<Duration>,
+    /// Delay before every answer.
+    pub delay: Duration,
+    /// Reset the connection of every n-th request (0: never).
+    pub reset_every: u64,
+}
+
+/// How to start a sink.
+#[derive(Clone, Debug)]
+pub struct SinkConfig {
+    /// Name of this target in reports and problems.
+    pub name: String,
+    /// Address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Required auth (`None`: any or none accepted).
+    pub auth: Option<ExpectedAuth>,
+    /// Headers every request must carry with these values.
+    pub headers: Vec<(String, String)>,
+    /// Injected failures from the start.
+    pub fault: Fault,
+    /// Largest request body accepted (compressed), and 8× that decompressed.
+    pub max_body: usize,
+}
+
+impl Default for SinkConfig {
+    fn default() -> SinkConfig {
+        SinkConfig {
+            name: "sink".to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            auth: None,
+            headers: Vec::new(),
+            fault: Fault::default(),
+            max_body: 32 << 20,
+        }
+    }
+}
+
+/// Why a sink could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Binding the listener failed.
+    #[error("sink {name}: listen on {addr}: {source}")]
+    Bind {
+        /// Sink name.
+        name: String,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// A set of rounds (a bitmap).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeqSet {
+    bits: Vec<u64>,
+    count: u64,
+}
+
+impl SeqSet {
+    /// Adds `seq`; false if it was already there.
+    pub fn insert(&mut self, seq: u32) -> bool {
+        let (w, b) = ((seq / 64) as usize, seq % 64);
+        if w >= self.bits.len() {
+            self.bits.resize(w + 1, 0);
+        }
+        let had = self.bits[w] & (1 << b) != 0;
+        self.bits[w] |= 1 << b;
+        if !had {
+            self.count += 1;
+        }
+        !had
+    }
+
+    /// Whether `seq` is in the set.
+    pub fn contains(&self, seq: u32) -> bool {
+        self.bits
+            .get((seq / 64) as usize)
+            .is_some_and(|w| w & (1 << (seq % 64)) != 0)
+    }
+
+    /// Number of rounds in the set.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The rounds, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.bits.iter().enumerate().flat_map(|(w, &word)| {
+            (0..64u32)
+                .filter(move |b| word & (1 << b) != 0)
+                .map(move |b| w as u32 * 64 + b)
+        })
+    }
+
+    /// The largest round, if any.
+    pub fn max(&self) -> Option<u32> {
+        let (w, word) = self.bits.iter().enumerate().rev().find(|(_, w)| **w != 0)?;
+        Some(w as u32 * 64 + 63 - word.leading_zeros())
+    }
+}
+
+/// What one target received of one series.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeriesRecord {
+    /// Rounds received.
+    pub seqs: SeqSet,
+    /// Samples received again after their first arrival.
+    pub duplicates: u64,
+    /// The first duplicated rounds (at most [`MAX_DUPLICATES_LISTED`]).
+    pub duplicate_seqs: Vec<u32>,
+    /// Distinct label sets seen (at most [`MAX_LABEL_SETS`]), sorted by name.
+    pub label_sets: Vec<Vec<(String, String)>>,
+    /// Label sets seen beyond [`MAX_LABEL_SETS`].
+    pub more_label_sets: u64,
+    label_hashes: Vec<u64>,
+}
+
+/// Everything a sink saw.
+#[derive(Clone, Debug, Default)]
+pub struct SinkReport {
+    /// The target's name.
+    pub name: String,
+    /// The listening address.
+    pub addr: Option<SocketAddr>,
+    /// Requests received.
+    pub requests: u64,
+    /// Responses by status.
+    pub responses: BTreeMap<u16, u64>,
+    /// Samples recorded.
+    pub samples: u64,
+    /// Samples whose value is not a generator identity.
+    pub unidentified: u64,
+    /// Native histogram samples (recorded as counts only).
+    pub histograms: u64,
+    /// Requests refused as malformed (400, 413, 415).
+    pub bad_requests: u64,
+    /// Requests refused for auth (401).
+    pub auth_failures: u64,
+    /// Requests refused for a missing or wrong header (400).
+    pub header_mismatches: u64,
+    /// Requests answered by an injected fault.
+    pub injected: u64,
+    /// The last refusal reason.
+    pub last_error: Option<String>,
+    /// Requests by remote-write version ("v1", "v2").
+    pub protocols: BTreeMap<String, u64>,
+    /// Per series.
+    pub series: HashMap<SeriesId, SeriesRecord>,
+    /// End-to-end latency (ms).
+    pub latency_ms: Latency,
+}
+
+/// Cheap running totals for progress lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SinkStats {
+    /// Requests received.
+    pub requests: u64,
+    /// Samples recorded.
+    pub samples: u64,
+    /// Requests refused or failed by injection.
+    pub refused: u64,
+}
+
+struct State {
+    config: SinkConfig,
+    fault: Mutex<(Fault, Instant)>,
+    requests: AtomicU64,
+    samples: AtomicU64,
+    refused: AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    report: SinkReport,
+    latency: Option<Histogram<u64>>,
+}
+
+/// A running sink; dropping it stops the listener.
+pub struct SinkHandle {
+    /// The bound address.
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts sinks.
+pub struct Sink;
+
+impl Sink {
+    /// Binds `config.listen` and serves until the handle is dropped.
+    pub async fn start(config: SinkConfig) -> Result<SinkHandle, SinkError> {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| SinkError::Bind {
+                name: config.name.clone(),
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| SinkError::Bind {
+            name: config.name.clone(),
+            addr: config.listen,
+            source,
+        })?;
+        let state = Arc::new(State {
+            fault: Mutex::new((config.fault.clone(), Instant::now())),
+            config,
+            requests: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            inner: Mutex::new(Inner {
+                report: SinkReport::default(),
+                latency: Some(histogram()),
+            }),
+        });
+        {
+            let mut inner = lock(&state.inner);
+            inner.report.name = state.config.name.clone();
+            inner.report.addr = Some(addr);
+        }
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let st = st.clone();
+                        async move { handle(st, req).await }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(SinkHandle { addr, state, task })
+    }
+}
+
+impl SinkHandle {
+    /// The sink's name.
+    pub fn name(&self) -> &str {
+        &self.state.config.name
+    }
+
+    /// `http://ADDR/api/v1/write`.
+    pub fn url(&self) -> String {
+        format!("http://{}/api/v1/write", self.addr)
+    }
+
+    /// Everything recorded so far.
+    pub fn report(&self) -> SinkReport {
+        let inner = lock(&self.state.inner);
+        let mut r = inner.report.clone();
+        if let Some(h) = &inner.latency {
+            r.latency_ms = Latency::from_histogram(h, 1.0);
+        }
+        r
+    }
+
+    /// Running totals (no copy of the per-series records).
+    pub fn stats(&self) -> SinkStats {
+        SinkStats {
+            requests: self.state.requests.load(Ordering::Relaxed),
+            samples: self.state.samples.load(Ordering::Relaxed),
+            refused: self.state.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Replaces the injected fault; a status period starts now.
+    pub fn set_fault(&self, fault: Fault) {
+        *lock(&self.state.fault) = (fault, Instant::now());
+    }
+
+    /// Forgets everything recorded.
+    pub fn reset(&self) {
+        let mut inner = lock(&self.state.inner);
+        let (name, addr) = (inner.report.name.clone(), inner.report.addr);
+        inner.report = SinkReport {
+            name,
+            addr,
+            ..SinkReport::default()
+        };
+        inner.latency = Some(histogram());
+    }
+}
+
+impl Drop for SinkHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+/// An injected connection reset: returning an error makes hyper drop the connection.
+#[derive(Debug, thiserror::Error)]
+#[error("injected connection reset")]
+struct InjectedReset;
+
+async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Reply, InjectedReset> {
+    let n = st.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    let fault = {
+        let (f, since) = lock(&st.fault).clone();
+        let status = f
+            .status
+            .filter(|_| f.status_for.is_none_or(|d| since.elapsed() < d));
+        (status, f.delay, f.reset_every)
+    };
+    if !fault.1.is_zero() {
+        tokio::time::sleep(fault.1).await;
+    }
+    if req.method() == http::Method::GET {
+        let path = req.uri().path();
+        let ok = path == "/healthz" || path == "/readyz" || path == "/-/healthy";
+        return Ok(reply(
+            if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            },
+            "",
+        ));
+    }
+    if fault.2 > 0 && n % fault.2 == 0 {
+        st.refused.fetch_add(1, Ordering::Relaxed);
+        let mut inner = lock(&st.inner);
+        inner.report.requests += 1;
+        inner.report.injected += 1;
+        return Err(InjectedReset);
+    }
+    let resp = match receive(&st, req, fault.0).await {
+        Ok(r) => r,
+        Err(r) => {
+            st.refused.fetch_add(1, Ordering::Relaxed);
+            r
+        }
+    };
+    let mut inner = lock(&st.inner);
+    inner.report.requests += 1;
+    *inner
+        .report
+        .responses
+        .entry(resp.status().as_u16())
+        .or_default() += 1;
+    Ok(resp)
+}
+
+fn reply(status: StatusCode, body: &str) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *r.status_mut() = status;
+    r
+}
+
+fn refuse(st: &State, status: StatusCode, kind: fn(&mut SinkReport), msg: String) -> Reply {
+    let mut inner = lock(&st.inner);
+    kind(&mut inner.report);
+    inner.report.last_error = Some(msg.clone());
+    reply(status, &msg)
+}
+
+fn check_auth(expected: &ExpectedAuth, headers: &HeaderMap) -> bool {
+    use base64::Engine as _;
+    let Some(got) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    match expected {
+        ExpectedAuth::Bearer(t) => got.strip_prefix("Bearer ").is_some_and(|g| g == t),
+        ExpectedAuth::Basic { user, password } => got
+            .strip_prefix("Basic ")
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .is_some_and(|d| d == format!("{user}:{password}").as_bytes()),
+    }
+}
+
+/// A decoded sample: identity (or none), timestamp, label set index in `sets`.
+struct Got {
+    id: Option<SampleId>,
+    ts: i64,
+    set: usize,
+}
+
+async fn receive(
+    st: &State,
+    req: Request<Incoming>,
+    injected: Option<u16>,
+) -> Result<Reply, Reply> {
+    let cfg = &st.config;
+    if let Some(a) = &cfg.auth {
+        if !check_auth(a, req.headers()) {
+            return Err(refuse(
+                st,
+                StatusCode::UNAUTHORIZED,
+                |r| r.auth_failures += 1,
+                "missing or wrong Authorization".into(),
+            ));
+        }
+    }
+    for (k, v) in &cfg.headers {
+        let got = req
+            .headers()
+            .get(k.as_str())
+            .map(|g| String::from_utf8_lossy(g.as_bytes()).into_owned());
+        if got.as_deref() != Some(v.as_str()) {
+            return Err(refuse(
+                st,
+                StatusCode::BAD_REQUEST,
+                |r| r.header_mismatches += 1,
+                format!("header {k}: expected {v:?}, got {got:?}"),
+            ));
+        }
+    }
+    if let Some(code) = injected {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        lock(&st.inner).report.injected += 1;
+        let mut r = reply(status, "injected failure");
+        if code == 429 || code == 503 {
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
+        return Err(r);
+    }
+    let bad = |status, msg: String| refuse(st, status, |r| r.bad_requests += 1, msg);
+    let encoding = req
+        .headers()
+        .get(http::header::CONTENT_ENCODING)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase());
+    if encoding.as_deref().is_some_and(|e| e != "snappy") {
+        return Err(bad(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Encoding {:?}: only snappy",
+                encoding.unwrap_or_default()
+            ),
+        ));
+    }
+    let content_type = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let v2 = content_type.contains("io.prometheus.write.v2.Request");
+    if content_type.contains("proto=")
+        && !v2
+        && !content_type.contains("proto=prometheus.WriteRequest")
+    {
+        return Err(bad(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type {content_type:?}: unknown proto"),
+        ));
+    }
+    let body = match http_body_util::Limited::new(req.into_body(), cfg.max_body)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let msg = e.to_string();
+            let status = if msg.contains("length limit") {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return Err(bad(status, format!("reading body: {msg}")));
+        }
+    };
+    let raw =
+        fanout_proto::snappy::decompress(&body, cfg.max_body.saturating_mul(8)).map_err(|e| {
+            bad(
+                if e.is_limit() {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_REQUEST
+                },
+                e.to_string(),
+            )
+        })?;
+    let now = now_ms();
+    let mut sets: Vec<(u64, Vec<(String, String)>)> = Vec::new();
+    let mut got: Vec<Got> = Vec::new();
+    let mut histograms = 0u64;
+    let mut push_series =
+        |labels: Vec<(String, String)>, samples: &mut dyn Iterator<Item = (f64, i64)>| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            labels.hash(&mut h);
+            let hash = h.finish();
+            let set = sets.len();
+            sets.push((hash, labels));
+            for (value, ts) in samples {
+                got.push(Got {
+                    id: SampleId::from_value(value),
+                    ts,
+                    set,
+                });
+            }
+        };
+    if v2 {
+        let r = fanout_proto::v2::Request::decode(raw).map_err(|e| {
+            bad(
+                StatusCode::BAD_REQUEST,
+                format!("remote-write 2.0 body: {e}"),
+            )
+        })?;
+        for (i, ts) in r.timeseries.iter().enumerate() {
+            if ts.labels_refs.len() % 2 != 0 {
+                return Err(bad(
+                    StatusCode::BAD_REQUEST,
+                    format!("timeseries {i}: odd number of label references"),
+                ));
+            }
+            let mut labels = Vec::with_capacity(ts.labels_refs.len() / 2);
+            for p in ts.labels_refs.chunks(2) {
+                let (Some(k), Some(v)) =
+                    (r.symbols.get(p[0] as usize), r.symbols.get(p[1] as usize))
+                else {
+                    return Err(bad(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "timeseries {i}: label reference out of range ({} symbols)",
+                            r.symbols.len()
+                        ),
+                    ));
+                };
+                labels.push((k.clone(), v.clone()));
+            }
+            histograms += ts.histograms.len() as u64;
+            push_series(
+                labels,
+                &mut ts.samples.iter().map(|s| (s.value, s.timestamp)),
+            );
+        }
+    } else {
+        let r = fanout_proto::v1::WriteRequest::decode(raw).map_err(|e| {
+            bad(
+                StatusCode::BAD_REQUEST,
+                format!("remote-write 1.0 body: {e}"),
+            )
+        })?;
+        for ts in r.timeseries {
+            histograms += ts.histograms.len() as u64;
+            let labels = ts.labels.into_iter().map(|l| (l.name, l.value)).collect();
+            push_series(
+                labels,
+                &mut ts.samples.iter().map(|s| (s.value, s.timestamp)),
+            );
+        }
+    }
+    let samples = got.len() as u64;
+    {
+        let mut inner = lock(&st.inner);
+        let Inner { report, latency } = &mut *inner;
+        *report
+            .protocols
+            .entry(if v2 { "v2" } else { "v1" }.to_owned())
+            .or_default() += 1;
+        report.samples += samples;
+        report.histograms += histograms;
+        for g in &got {
+            if let Some(h) = latency.as_mut() {
+                h.saturating_record((now - g.ts).max(0) as u64);
+            }
+            let Some(id) = g.id else {
+                report.unidentified += 1;
+                continue;
+            };
+            let rec = report.series.entry(id.id).or_default();
+            if !rec.seqs.insert(id.seq) {
+                rec.duplicates += 1;
+                if rec.duplicate_seqs.len() < MAX_DUPLICATES_LISTED {
+                    rec.duplicate_seqs.push(id.seq);
+                }
+            }
+            let (hash, labels) = &sets[g.set];
+            if !rec.label_hashes.contains(hash) {
+                if rec.label_sets.len() < MAX_LABEL_SETS {
+                    rec.label_hashes.push(*hash);
+                    rec.label_sets.push(labels.clone());
+                } else {
+                    rec.more_label_sets += 1;
+                }
+            }
+        }
+    }
+    st.samples.fetch_add(samples, Ordering::Relaxed);
+    let mut r = reply(StatusCode::NO_CONTENT, "");
+    if v2 {
+        let h = r.headers_mut();
+        h.insert("x-prometheus-remote-write-samples-written", samples.into());
+        h.insert(
+            "x-prometheus-remote-write-histograms-written",
+            histograms.into(),
+        );
+        h.insert("x-prometheus-remote-write-exemplars-written", 0u64.into());
+    }
+    Ok(r)
+}
