@@ -1,0 +1,196 @@
+//! Generator → sink on 127.0.0.1, bounded in samples and time: every
+//! acknowledged sample arrives exactly once with its Deployment's namespace,
+//! over HTTP/1.1 and h2c, remote-write 1.0 and 2.0; injected failures are
+//! counted as failures and their samples are not expected.
+
+use std::time::Duration;
+
+use fanout_loadtest::client::Transport;
+use fanout_loadtest::generator::{self, GeneratorConfig, Protocol, RunSummary};
+use fanout_loadtest::scenario::Scenario;
+use fanout_loadtest::sink::{ExpectedAuth, Fault, Sink, SinkConfig, SinkHandle};
+use fanout_loadtest::verify::Expectation;
+
+fn scenario() -> Scenario {
+    Scenario {
+        clusters: 2,
+        deployments: 2,
+        dags: 3,
+        tasks: 3,
+        dag_files: 2,
+        pools: 1,
+        pods: 4,
+        task_pods: 1,
+        churn_rounds: 2,
+        deployment_id_label: true,
+        ..Scenario::default()
+    }
+}
+
+fn config(url: String, transport: Transport, protocol: Protocol, samples: u64) -> GeneratorConfig {
+    GeneratorConfig {
+        url,
+        scenario: scenario(),
+        protocol,
+        transport,
+        connections: 2,
+        streams: 2,
+        samples_per_request: 500,
+        total_samples: Some(samples),
+        duration: Some(Duration::from_secs(5)),
+        timeout: Duration::from_secs(5),
+        ..GeneratorConfig::default()
+    }
+}
+
+fn expectation(s: &Scenario, summary: &RunSummary, target: &str) -> Expectation {
+    let mut e = Expectation::new();
+    for sample in summary.acked_samples() {
+        let dep = s.deployment_of(sample.id.series);
+        e.expect(
+            sample.id,
+            [sample.seq],
+            [target],
+            [
+                ("namespace", s.namespace(sample.id.cluster, dep)),
+                ("deploymentId", s.deployment_id(sample.id.cluster, dep)),
+            ],
+        );
+    }
+    e
+}
+
+async fn sink(fault: Fault) -> SinkHandle {
+    Sink::start(SinkConfig {
+        name: "t".into(),
+        fault,
+        ..SinkConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+async fn round_trip(transport: Transport, protocol: Protocol) {
+    let sink = sink(Fault::default()).await;
+    let samples = 12_345;
+    let summary = tokio::time::timeout(
+        Duration::from_secs(10),
+        generator::run(config(sink.url(), transport, protocol, samples)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(summary.samples_ok, samples, "{}", summary.table());
+    assert_eq!(summary.responses.get(&204), Some(&summary.requests));
+    assert!(summary.latency_ms.count == summary.requests && summary.latency_ms.max > 0.0);
+    let report = sink.report();
+    assert_eq!(report.samples, samples);
+    let problems = expectation(&scenario(), &summary, "t").check(&[report.clone()]);
+    assert!(
+        problems.is_empty(),
+        "{:#?}",
+        &problems[..problems.len().min(10)]
+    );
+    let v = if protocol == Protocol::V2 { "v2" } else { "v1" };
+    assert_eq!(report.protocols.get(v), Some(&summary.requests));
+}
+
+#[tokio::test]
+async fn http1_v1_every_sample_once() {
+    round_trip(Transport::Http1, Protocol::V1).await;
+}
+
+#[tokio::test]
+async fn h2c_v1_every_sample_once() {
+    round_trip(Transport::Http2, Protocol::V1).await;
+}
+
+#[tokio::test]
+async fn h2c_v2_every_sample_once() {
+    round_trip(Transport::Http2, Protocol::V2).await;
+}
+
+#[tokio::test]
+async fn rate_is_a_ceiling() {
+    let sink = sink(Fault::default()).await;
+    let mut c = config(sink.url(), Transport::Http1, Protocol::V1, 1_000_000);
+    c.rate = Some(10_000.0);
+    c.duration = Some(Duration::from_millis(1500));
+    let summary = generator::run(c).await.unwrap();
+    // 1.5 s at 10,000/s in requests of 500: at most 15,000 (+ one request).
+    assert!(
+        summary.samples_ok <= 15_500 && summary.samples_ok >= 5_000,
+        "{}",
+        summary.table()
+    );
+    assert!(summary.duration_secs < 3.0);
+}
+
+#[tokio::test]
+async fn injected_failures_are_counted_and_not_expected() {
+    // 503 for the first 300 ms, then every 5th request's connection is reset.
+    let sink = sink(Fault {
+        status: Some(503),
+        status_for: Some(Duration::from_millis(300)),
+        ..Fault::default()
+    })
+    .await;
+    let mut c = config(sink.url(), Transport::Http1, Protocol::V1, 1_000_000);
+    c.rate = Some(20_000.0);
+    c.duration = Some(Duration::from_millis(1000));
+    let first = generator::run(c.clone()).await.unwrap();
+    assert!(
+        first.responses.get(&503).copied().unwrap_or(0) > 0,
+        "{}",
+        first.table()
+    );
+    assert!(
+        first.samples_ok > 0 && first.samples_failed > 0,
+        "{}",
+        first.table()
+    );
+    let problems = expectation(&scenario(), &first, "t").check(&[sink.report()]);
+    assert!(
+        problems.is_empty(),
+        "{:#?}",
+        &problems[..problems.len().min(10)]
+    );
+
+    sink.reset();
+    sink.set_fault(Fault {
+        reset_every: 5,
+        ..Fault::default()
+    });
+    let second = generator::run(c).await.unwrap();
+    assert!(second.transport_errors > 0, "{}", second.table());
+    let problems = expectation(&scenario(), &second, "t").check(&[sink.report()]);
+    assert!(
+        problems.is_empty(),
+        "{:#?}",
+        &problems[..problems.len().min(10)]
+    );
+}
+
+#[tokio::test]
+async fn basic_auth_per_cluster() {
+    let s = Scenario {
+        clusters: 1,
+        ..scenario()
+    };
+    let sink = Sink::start(SinkConfig {
+        name: "t".into(),
+        auth: Some(ExpectedAuth::Basic {
+            user: s.cluster_id(0),
+            password: s.cluster_token(0),
+        }),
+        ..SinkConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut c = config(sink.url(), Transport::Http1, Protocol::V1, 2_000);
+    c.scenario = s;
+    c.auth = fanout_loadtest::generator::AuthMode::Basic;
+    let summary = generator::run(c).await.unwrap();
+    assert_eq!(summary.samples_ok, 2_000, "{}", summary.table());
+    assert_eq!(sink.report().auth_failures, 0);
+}
