@@ -85,7 +85,7 @@ async fn round_trip(transport: Transport, protocol: Protocol) {
     assert!(summary.latency_ms.count == summary.requests && summary.latency_ms.max > 0.0);
     let report = sink.report();
     assert_eq!(report.samples, samples);
-    let problems = expectation(&scenario(), &summary, "t").check(&[report.clone()]);
+    let problems = expectation(&scenario(), &summary, "t").check(std::slice::from_ref(&report));
     assert!(
         problems.is_empty(),
         "{:#?}",
