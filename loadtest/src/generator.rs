@@ -91,6 +91,8 @@ pub struct GeneratorConfig {
     pub timeout: Duration,
     /// PEM certificate(s) to trust for https and HTTP/3.
     pub ca_cert: Option<std::path::PathBuf>,
+    /// Round to start from (so runs against the same sink do not repeat identities).
+    pub first_round: u32,
     /// Print one progress line per second on stderr.
     pub progress: bool,
 }
@@ -112,6 +114,7 @@ impl Default for GeneratorConfig {
             total_samples: None,
             timeout: Duration::from_secs(30),
             ca_cert: None,
+            first_round: 0,
             progress: false,
         }
     }
@@ -513,6 +516,11 @@ pub async fn run(config: GeneratorConfig) -> Result<RunSummary, GeneratorError> 
             "give --duration or --samples (or both): a run must be bounded".into(),
         ));
     }
+    if config.first_round >= MAX_SEQ {
+        return Err(GeneratorError::Config(format!(
+            "first round must be below {MAX_SEQ}"
+        )));
+    }
     if let Some(r) = config.rate {
         if !(r.is_finite() && r > 0.0) {
             return Err(GeneratorError::Config(format!(
@@ -596,6 +604,7 @@ pub async fn run(config: GeneratorConfig) -> Result<RunSummary, GeneratorError> 
             spr,
             total,
             max_pos,
+            offset: u64::from(config.first_round) * per_cluster,
             scenario: Arc::new(scenario.clone()),
         };
         let streams = if config.transport == Transport::Http1 {
@@ -722,6 +731,7 @@ struct Worker {
     spr: u64,
     total: u64,
     max_pos: u64,
+    offset: u64,
     scenario: Arc<Scenario>,
 }
 
@@ -800,7 +810,7 @@ impl Worker {
             let n = self.spr.min(self.total - first);
             let cluster = (b % self.clusters) as u32;
             let k = b / self.clusters;
-            let start = k * self.spr;
+            let start = self.offset + k * self.spr;
             let end = (start + n).min(self.max_pos);
             if start >= end {
                 self.note_error("sequence space exhausted (2^21 rounds per series)".into());

@@ -74,6 +74,10 @@ struct RunArgs {
     /// PEM certificate to trust (pinned) for https URLs and HTTP/3.
     #[arg(long)]
     ca_cert: Option<PathBuf>,
+    /// First round (sequence number) to send, so that several runs against
+    /// one sink carry distinct sample identities.
+    #[arg(long, default_value_t = 0)]
+    first_round: u32,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -171,6 +175,12 @@ struct SinkArgs {
     /// Reset the connection of every N-th request.
     #[arg(long, default_value_t = 0)]
     reset_every: u64,
+    /// Also serve HTTP/3 on the same ports (UDP) with a self-signed certificate.
+    #[arg(long)]
+    http3: bool,
+    /// With --http3: write the certificate (PEM) here, for `run --ca-cert`.
+    #[arg(long, requires = "http3")]
+    cert_out: Option<PathBuf>,
     /// Stop after this long (default: until Ctrl-C).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -261,6 +271,7 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
         total_samples: a.samples,
         timeout: a.timeout,
         ca_cert: a.ca_cert,
+        first_round: a.first_round,
         progress: !a.quiet,
     };
     let summary = generator::run(config).await?;
@@ -328,10 +339,21 @@ async fn sink(a: SinkArgs) -> anyhow::Result<i32> {
             auth: auth.clone(),
             headers: a.headers.clone(),
             fault: fault.clone(),
+            http3: a.http3,
             ..SinkConfig::default()
         })
         .await?;
         println!("sink {} listening on {}", h.name(), h.url());
+        if let (Some(path), Some(pem)) = (&a.cert_out, h.cert_pem()) {
+            // One file holds every sink's certificate, so one --ca-cert trusts them all.
+            let mut all = if i == 0 {
+                String::new()
+            } else {
+                std::fs::read_to_string(path).unwrap_or_default()
+            };
+            all.push_str(pem);
+            std::fs::write(path, all).with_context(|| format!("writing {}", path.display()))?;
+        }
         sinks.push(h);
     }
     let start = std::time::Instant::now();

@@ -89,6 +89,9 @@ pub struct SinkConfig {
     pub fault: Fault,
     /// Largest request body accepted (compressed), and 8× that decompressed.
     pub max_body: usize,
+    /// Also serve HTTP/3 on the same port (UDP), with a self-signed
+    /// certificate for `localhost` and `127.0.0.1` ([`SinkHandle::cert_pem`]).
+    pub http3: bool,
 }
 
 impl Default for SinkConfig {
@@ -100,6 +103,7 @@ impl Default for SinkConfig {
             headers: Vec::new(),
             fault: Fault::default(),
             max_body: 32 << 20,
+            http3: false,
         }
     }
 }
@@ -116,6 +120,14 @@ pub enum SinkError {
         addr: SocketAddr,
         /// Cause.
         source: std::io::Error,
+    },
+    /// Setting up HTTP/3 (certificate, QUIC endpoint) failed.
+    #[error("sink {name}: HTTP/3: {what}")]
+    Http3 {
+        /// Sink name.
+        name: String,
+        /// What failed.
+        what: String,
     },
 }
 
@@ -257,6 +269,7 @@ pub struct SinkHandle {
     pub addr: SocketAddr,
     state: Arc<State>,
     task: tokio::task::JoinHandle<()>,
+    h3: Option<(quinn::Endpoint, tokio::task::JoinHandle<()>, String)>,
 }
 
 /// Starts sinks.
@@ -313,8 +326,127 @@ impl Sink {
                 });
             }
         });
-        Ok(SinkHandle { addr, state, task })
+        let h3 = if state.config.http3 {
+            Some(start_h3(state.clone(), addr)?)
+        } else {
+            None
+        };
+        Ok(SinkHandle {
+            addr,
+            state,
+            task,
+            h3,
+        })
     }
+}
+
+fn start_h3(
+    st: Arc<State>,
+    addr: SocketAddr,
+) -> Result<(quinn::Endpoint, tokio::task::JoinHandle<()>, String), SinkError> {
+    let err = |what: String| SinkError::Http3 {
+        name: st.config.name.clone(),
+        what,
+    };
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let generated = rcgen::generate_simple_self_signed(names).map_err(|e| err(e.to_string()))?;
+    let key = rustls::pki_types::PrivateKeyDer::try_from(generated.signing_key.serialize_der())
+        .map_err(|e| err(e.to_string()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(|e| err(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(vec![generated.cert.der().clone()], key)
+    .map_err(|e| err(e.to_string()))?;
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| err(e.to_string()))?;
+    let endpoint =
+        quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(crypto)), addr)
+            .map_err(|e| err(format!("bind UDP {addr}: {e}")))?;
+    let ep = endpoint.clone();
+    let task = tokio::spawn(async move {
+        while let Some(incoming) = ep.accept().await {
+            let st = st.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                let Ok(mut h3) = h3::server::builder()
+                    .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+                    .await
+                else {
+                    return;
+                };
+                while let Ok(Some(resolver)) = h3.accept().await {
+                    let st = st.clone();
+                    tokio::spawn(async move {
+                        if let Ok((req, stream)) = resolver.resolve_request().await {
+                            h3_request(st, req, stream).await;
+                        }
+                    });
+                }
+            });
+        }
+    });
+    Ok((endpoint, task, generated.cert.pem()))
+}
+
+async fn h3_request(
+    st: Arc<State>,
+    req: Request<()>,
+    mut stream: h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+) {
+    use bytes::Buf as _;
+    let mut body = Vec::new();
+    let mut too_large = None;
+    loop {
+        match stream.recv_data().await {
+            Ok(Some(mut chunk)) => {
+                while chunk.has_remaining() {
+                    let part = chunk.chunk();
+                    if body.len() + part.len() > st.config.max_body {
+                        too_large = Some("length limit exceeded".to_owned());
+                    } else {
+                        body.extend_from_slice(part);
+                    }
+                    let n = part.len();
+                    chunk.advance(n);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                too_large = Some(format!("reading body: {e}"));
+                break;
+            }
+        }
+    }
+    let body = match too_large {
+        Some(e) => Err(e),
+        None => Ok(Bytes::from(body)),
+    };
+    let Ok(resp) = process(&st, req.method(), req.uri().path(), req.headers(), body).await else {
+        // Injected reset: abandon the stream.
+        stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+        return;
+    };
+    let (parts, body) = resp.into_parts();
+    if stream
+        .send_response(http::Response::from_parts(parts, ()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let b = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    if !b.is_empty() {
+        let _ = stream.send_data(b).await;
+    }
+    let _ = stream.finish().await;
 }
 
 impl SinkHandle {
@@ -347,6 +479,12 @@ impl SinkHandle {
         }
     }
 
+    /// The PEM certificate of the HTTP/3 listener (`None` unless
+    /// [`SinkConfig::http3`]); pin it with the generator's `--ca-cert`.
+    pub fn cert_pem(&self) -> Option<&str> {
+        self.h3.as_ref().map(|h| h.2.as_str())
+    }
+
     /// Replaces the injected fault; a status period starts now.
     pub fn set_fault(&self, fault: Fault) {
         *lock(&self.state.fault) = (fault, Instant::now());
@@ -368,6 +506,10 @@ impl SinkHandle {
 impl Drop for SinkHandle {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some((ep, task, _)) = &self.h3 {
+            ep.close(0u32.into(), b"sink stopped");
+            task.abort();
+        }
     }
 }
 
@@ -379,6 +521,25 @@ type Reply = Response<Full<Bytes>>;
 struct InjectedReset;
 
 async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Reply, InjectedReset> {
+    let (parts, body) = req.into_parts();
+    let body = match http_body_util::Limited::new(body, st.config.max_body)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(e.to_string()),
+    };
+    process(&st, &parts.method, parts.uri.path(), &parts.headers, body).await
+}
+
+/// Answers one request whose body was read (or failed to be read, with why).
+async fn process(
+    st: &State,
+    method: &http::Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, String>,
+) -> Result<Reply, InjectedReset> {
     let n = st.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let fault = {
         let (f, since) = lock(&st.fault).clone();
@@ -390,8 +551,7 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Reply, Injecte
     if !fault.1.is_zero() {
         tokio::time::sleep(fault.1).await;
     }
-    if req.method() == http::Method::GET {
-        let path = req.uri().path();
+    if method == http::Method::GET {
         let ok = path == "/healthz" || path == "/readyz" || path == "/-/healthy";
         return Ok(reply(
             if ok {
@@ -409,7 +569,7 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Reply, Injecte
         inner.report.injected += 1;
         return Err(InjectedReset);
     }
-    let resp = match receive(&st, req, fault.0).await {
+    let resp = match receive(st, headers, body, fault.0) {
         Ok(r) => r,
         Err(r) => {
             st.refused.fetch_add(1, Ordering::Relaxed);
@@ -463,14 +623,15 @@ struct Got {
     set: usize,
 }
 
-async fn receive(
+fn receive(
     st: &State,
-    req: Request<Incoming>,
+    headers: &HeaderMap,
+    body: Result<Bytes, String>,
     injected: Option<u16>,
 ) -> Result<Reply, Reply> {
     let cfg = &st.config;
     if let Some(a) = &cfg.auth {
-        if !check_auth(a, req.headers()) {
+        if !check_auth(a, headers) {
             return Err(refuse(
                 st,
                 StatusCode::UNAUTHORIZED,
@@ -480,8 +641,7 @@ async fn receive(
         }
     }
     for (k, v) in &cfg.headers {
-        let got = req
-            .headers()
+        let got = headers
             .get(k.as_str())
             .map(|g| String::from_utf8_lossy(g.as_bytes()).into_owned());
         if got.as_deref() != Some(v.as_str()) {
@@ -506,8 +666,7 @@ async fn receive(
         return Err(r);
     }
     let bad = |status, msg: String| refuse(st, status, |r| r.bad_requests += 1, msg);
-    let encoding = req
-        .headers()
+    let encoding = headers
         .get(http::header::CONTENT_ENCODING)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase());
     if encoding.as_deref().is_some_and(|e| e != "snappy") {
@@ -519,8 +678,7 @@ async fn receive(
             ),
         ));
     }
-    let content_type = req
-        .headers()
+    let content_type = headers
         .get(http::header::CONTENT_TYPE)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .unwrap_or_default();
@@ -534,13 +692,9 @@ async fn receive(
             format!("Content-Type {content_type:?}: unknown proto"),
         ));
     }
-    let body = match http_body_util::Limited::new(req.into_body(), cfg.max_body)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            let msg = e.to_string();
+    let body = match body {
+        Ok(b) => b,
+        Err(msg) => {
             let status = if msg.contains("length limit") {
                 StatusCode::PAYLOAD_TOO_LARGE
             } else {

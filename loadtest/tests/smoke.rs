@@ -194,3 +194,45 @@ async fn basic_auth_per_cluster() {
     assert_eq!(summary.samples_ok, 2_000, "{}", summary.table());
     assert_eq!(sink.report().auth_failures, 0);
 }
+
+#[tokio::test]
+async fn http3_with_pinned_certificate() {
+    let sink = Sink::start(SinkConfig {
+        name: "t".into(),
+        http3: true,
+        ..SinkConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("fanout-load-h3-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem = dir.join("sink.pem");
+    std::fs::write(&pem, sink.cert_pem().unwrap()).unwrap();
+    let url = format!("https://127.0.0.1:{}/api/v1/write", sink.addr.port());
+    let mut c = config(url, Transport::Http3, Protocol::V1, 6_000);
+    c.ca_cert = Some(pem);
+    let summary = tokio::time::timeout(Duration::from_secs(10), generator::run(c))
+        .await
+        .unwrap()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(summary.samples_ok, 6_000, "{}", summary.table());
+    let problems = expectation(&scenario(), &summary, "t").check(&[sink.report()]);
+    assert!(
+        problems.is_empty(),
+        "{:#?}",
+        &problems[..problems.len().min(10)]
+    );
+}
+
+#[tokio::test]
+async fn successive_runs_with_first_round_do_not_collide() {
+    let sink = sink(Fault::default()).await;
+    let mut c = config(sink.url(), Transport::Http1, Protocol::V1, 3_000);
+    generator::run(c.clone()).await.unwrap();
+    c.first_round = 10;
+    generator::run(c).await.unwrap();
+    let r = sink.report();
+    assert_eq!(r.samples, 6_000);
+    assert!(r.series.values().all(|s| s.duplicates == 0));
+}
