@@ -26,7 +26,9 @@ use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::scan::SeriesView;
+use std::cmp::Ordering;
+
+use crate::scan::{cmp_names, SeriesView};
 use crate::wire::{len_field_size, put_len_prefix, put_varint, Reader, WireType};
 
 /// A set of labels to stamp on series: sorted by name, names unique, each
@@ -144,10 +146,23 @@ struct LabelSpan {
     raw: Range<usize>,
 }
 
+/// One piece of the output labels: a sender label field or an injected one.
+#[derive(Clone, Copy, Debug)]
+enum Piece {
+    /// Index into the sender's label spans.
+    Sender(u32),
+    /// Index into the injected label set.
+    Injected(u32),
+}
+
 /// Writes `TimeSeries` records; holds scratch space reused across series.
 #[derive(Debug, Default)]
 pub struct Encoder {
     labels: Vec<LabelSpan>,
+    pieces: Vec<Piece>,
+    /// End of the last label field when all label fields form a prefix of
+    /// the message (the usual layout); `None` otherwise.
+    labels_prefix_end: Option<usize>,
 }
 
 impl Encoder {
@@ -170,20 +185,27 @@ impl Encoder {
         self.collect_labels(msg);
         if !series.series().labels_sorted() {
             self.labels
-                .sort_unstable_by(|a, b| msg[a.name.clone()].cmp(&msg[b.name.clone()]));
+                .sort_unstable_by(|a, b| cmp_names(&msg[a.name.clone()], &msg[b.name.clone()]));
         }
+        let labels_len = self.merge(msg, inject);
 
-        // Size: everything that is not a sender label, plus the merged labels.
+        // Everything that is not a sender label is copied as is.
         let sender_labels: usize = self.labels.iter().map(|l| l.raw.len()).sum();
-        let mut len = msg.len() - sender_labels;
-        self.merge(msg, inject, |piece| len += piece.len());
-
+        let len = msg.len() - sender_labels + labels_len;
         out.reserve(len_field_size(len));
         put_varint(out, (1 << 3) | 2);
         put_varint(out, len as u64);
         let start = out.len();
-        self.merge(msg, inject, |piece| out.put_slice(piece));
-        copy_non_label_fields(msg, out);
+        for piece in &self.pieces {
+            match *piece {
+                Piece::Sender(i) => out.put_slice(&msg[self.labels[i as usize].raw.clone()]),
+                Piece::Injected(i) => out.put_slice(&inject.entries[i as usize].encoded),
+            }
+        }
+        match self.labels_prefix_end {
+            Some(end) => out.put_slice(&msg[end..]),
+            None => copy_non_label_fields(msg, out),
+        }
         debug_assert_eq!(out.len() - start, len, "encoded length");
         out.len() - before
     }
@@ -197,15 +219,28 @@ impl Encoder {
 
     fn collect_labels(&mut self, msg: &[u8]) {
         self.labels.clear();
+        self.labels_prefix_end = Some(0);
         let mut r = Reader::new(msg);
         while !r.is_empty() {
             let start = r.pos();
             let Ok((field, wire)) = r.key() else { return };
             if field == 1 && wire == WireType::Len {
                 let Ok((ps, pe)) = r.len_range() else { return };
-                let name = label_name_range(&msg[ps..pe]).map(|n| (n.start + ps)..(n.end + ps));
+                let name = match crate::scan::parse_label(&msg[ps..pe]) {
+                    // The name is a sub-slice of `msg`: recover its offset.
+                    Ok((name, _)) => {
+                        let offset = name.as_ptr() as usize - msg.as_ptr() as usize;
+                        offset..offset + name.len()
+                    }
+                    Err(_) => ps..ps,
+                };
+                if self.labels_prefix_end == Some(start) {
+                    self.labels_prefix_end = Some(r.pos());
+                } else {
+                    self.labels_prefix_end = None;
+                }
                 self.labels.push(LabelSpan {
-                    name: name.unwrap_or(ps..ps),
+                    name,
                     raw: start..r.pos(),
                 });
             } else if r.skip(wire).is_err() {
@@ -214,44 +249,42 @@ impl Encoder {
         }
     }
 
-    /// Feeds the merged, sorted label fields to `emit`.
-    fn merge(&self, msg: &[u8], inject: &LabelSet, mut emit: impl FnMut(&[u8])) {
-        let mut injected = inject.entries.iter().peekable();
-        for label in &self.labels {
+    /// Merges the sender's (sorted) labels with the injected ones into
+    /// `self.pieces`; returns the encoded size of the merged labels.
+    fn merge(&mut self, msg: &[u8], inject: &LabelSet) -> usize {
+        self.pieces.clear();
+        let injected = &inject.entries[..];
+        let mut next = 0;
+        let mut len = 0;
+        for (index, label) in self.labels.iter().enumerate() {
             let name = &msg[label.name.clone()];
             let mut replaced = false;
-            while let Some(i) = injected.next_if(|i| i.name[..] <= *name) {
-                emit(&i.encoded);
-                if i.name[..] == *name {
-                    // The sender's value is replaced (or removed) by the injected one.
-                    replaced = true;
-                    break;
+            while let Some(i) = injected.get(next) {
+                match cmp_names(&i.name, name) {
+                    Ordering::Greater => break,
+                    order => {
+                        self.pieces.push(Piece::Injected(next as u32));
+                        len += i.encoded.len();
+                        next += 1;
+                        if order == Ordering::Equal {
+                            // The sender's value is replaced (or removed) by the injected one.
+                            replaced = true;
+                            break;
+                        }
+                    }
                 }
             }
             if !replaced {
-                emit(&msg[label.raw.clone()]);
+                self.pieces.push(Piece::Sender(index as u32));
+                len += label.raw.len();
             }
         }
-        for i in injected {
-            emit(&i.encoded);
+        for (offset, i) in injected[next..].iter().enumerate() {
+            self.pieces.push(Piece::Injected((next + offset) as u32));
+            len += i.encoded.len();
         }
+        len
     }
-}
-
-/// The range of the name within a `Label` message.
-fn label_name_range(label: &[u8]) -> Option<Range<usize>> {
-    let mut r = Reader::new(label);
-    let mut name = None;
-    while !r.is_empty() {
-        let (field, wire) = r.key().ok()?;
-        if field == 1 && wire == WireType::Len {
-            let (s, e) = r.len_range().ok()?;
-            name = Some(s..e);
-        } else {
-            r.skip(wire).ok()?;
-        }
-    }
-    name
 }
 
 /// Copies every field of a series message except its labels, in wire order,

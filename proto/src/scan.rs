@@ -192,7 +192,26 @@ impl<'a> Iterator for Labels<'a> {
 }
 
 /// Splits a `Label` message into name and value (without validating them).
-fn parse_label(payload: &[u8]) -> Result<(&[u8], &[u8]), ErrorKind> {
+#[inline(always)]
+pub(crate) fn parse_label(payload: &[u8]) -> Result<(&[u8], &[u8]), ErrorKind> {
+    // Fast path for the shape every sender writes: name (field 1) then value
+    // (field 2), each shorter than 128 bytes, nothing else.
+    if let [0x0a, nl, rest @ ..] = payload {
+        let nl = *nl as usize;
+        if nl < 0x80 {
+            if let Some((name, [0x12, vl, value @ ..])) = rest.split_at_checked(nl) {
+                if (*vl as usize) == value.len() && value.len() < 0x80 {
+                    return Ok((name, value));
+                }
+            }
+        }
+    }
+    parse_label_slow(payload)
+}
+
+#[cold]
+#[inline(never)]
+fn parse_label_slow(payload: &[u8]) -> Result<(&[u8], &[u8]), ErrorKind> {
     let mut r = Reader::new(payload);
     let mut name: &[u8] = &[];
     let mut value: &[u8] = &[];
@@ -215,6 +234,13 @@ fn parse_label(payload: &[u8]) -> Result<(&[u8], &[u8]), ErrorKind> {
 
 /// Checks one series label against UTF-8 rules and limits.
 pub(crate) fn check_label(name: &[u8], value: &[u8], limits: &Limits) -> Result<(), ErrorKind> {
+    check_label_shape(name, value, limits)?;
+    check_utf8(name, value)
+}
+
+/// [`check_label`] without the UTF-8 check (for callers that checked it already).
+#[inline]
+fn check_label_shape(name: &[u8], value: &[u8], limits: &Limits) -> Result<(), ErrorKind> {
     if name.is_empty() {
         return Err(ErrorKind::EmptyLabelName);
     }
@@ -230,8 +256,29 @@ pub(crate) fn check_label(name: &[u8], value: &[u8], limits: &Limits) -> Result<
             limit: limits.max_label_value_len,
         });
     }
-    std::str::from_utf8(name).map_err(|_| ErrorKind::InvalidUtf8(LabelPart::Name))?;
-    std::str::from_utf8(value).map_err(|_| ErrorKind::InvalidUtf8(LabelPart::Value))?;
+    Ok(())
+}
+
+/// Orders label names; most pairs differ in their first byte, so that is
+/// compared before falling back to a full comparison.
+#[inline]
+pub(crate) fn cmp_names(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    match (a.first(), b.first()) {
+        (Some(x), Some(y)) if x != y => x.cmp(y),
+        _ => a.cmp(b),
+    }
+}
+
+/// Checks that a label's name and value are UTF-8; ASCII (the common case) is
+/// checked a word at a time by `is_ascii`.
+#[inline]
+fn check_utf8(name: &[u8], value: &[u8]) -> Result<(), ErrorKind> {
+    if !name.is_ascii() {
+        std::str::from_utf8(name).map_err(|_| ErrorKind::InvalidUtf8(LabelPart::Name))?;
+    }
+    if !value.is_ascii() {
+        std::str::from_utf8(value).map_err(|_| ErrorKind::InvalidUtf8(LabelPart::Value))?;
+    }
     Ok(())
 }
 
@@ -303,13 +350,17 @@ fn scan_series(
                 expect_wire(field, wire, WireType::Len).map_err(|k| at.err(k))?;
                 let payload = r.len_delimited().map_err(|k| at.err(k))?;
                 let (name, value) = parse_label(payload).map_err(|k| at.err(k))?;
-                check_label(name, value, limits).map_err(|k| at.err(k))?;
+                check_label_shape(name, value, limits).map_err(|k| at.err(k))?;
+                // Name and value are sub-slices of the payload: when it is all
+                // ASCII (the common case) both are, in one word-wise check.
+                if !payload.is_ascii() {
+                    check_utf8(name, value).map_err(|k| at.err(k))?;
+                }
                 if let Some(prev) = prev_name {
-                    if name == prev {
-                        return Err(at.err(duplicate(name)));
-                    }
-                    if name < prev {
-                        series.sorted = false;
+                    match cmp_names(name, prev) {
+                        std::cmp::Ordering::Greater => {}
+                        std::cmp::Ordering::Equal => return Err(at.err(duplicate(name))),
+                        std::cmp::Ordering::Less => series.sorted = false,
                     }
                 }
                 prev_name = Some(name);
@@ -411,9 +462,7 @@ pub(crate) fn check_exemplar_label(name: &[u8], value: &[u8]) -> Result<(), Erro
     if name.is_empty() {
         return Err(ErrorKind::EmptyLabelName);
     }
-    std::str::from_utf8(name).map_err(|_| ErrorKind::InvalidUtf8(LabelPart::Name))?;
-    std::str::from_utf8(value).map_err(|_| ErrorKind::InvalidUtf8(LabelPart::Value))?;
-    Ok(())
+    check_utf8(name, value)
 }
 
 /// `MetricMetadata { type = 1; metric_family_name = 2; help = 4; unit = 5; }`.

@@ -75,8 +75,20 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a varint of at most ten bytes.
-    #[inline]
+    #[inline(always)]
     pub fn varint(&mut self) -> Result<u64, ErrorKind> {
+        // Fast path: keys and short lengths are a single byte.
+        if let Some(&byte) = self.buf.get(self.pos) {
+            if byte < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(byte));
+            }
+        }
+        self.varint_slow()
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64, ErrorKind> {
         let mut value: u64 = 0;
         for i in 0..10 {
             let Some(&byte) = self.buf.get(self.pos) else {
