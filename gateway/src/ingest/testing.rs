@@ -128,7 +128,6 @@ pub fn v2_body(series: usize, samples_per_series: usize) -> Vec<u8> {
                 .map(|j| v2::Sample {
                     value: j as f64,
                     timestamp: 1_700_000_000_000 + j as i64 * 1000,
-                    ..Default::default()
                 })
                 .collect(),
             exemplars: vec![v2::Exemplar {
@@ -142,7 +141,6 @@ pub fn v2_body(series: usize, samples_per_series: usize) -> Vec<u8> {
     let req = v2::Request {
         symbols,
         timeseries,
-        ..Default::default()
     };
     fanout_proto::snappy::compress(&req.encode_to_vec())
 }
@@ -184,6 +182,7 @@ impl H1Client {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| e.to_string())?;
@@ -238,6 +237,7 @@ impl H2Client {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
         let (send, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
                 .await
