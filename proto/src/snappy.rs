@@ -30,21 +30,23 @@ impl SnappyError {
     }
 }
 
-/// The decompressed length declared by a block's header.
-pub fn decompressed_len(input: &[u8]) -> Result<usize, SnappyError> {
-    snap::raw::decompress_len(input).map_err(corrupt)
+/// The decompressed length declared by a block's header (a varint). Lengths
+/// beyond what snappy supports (4 GiB and more) are returned as declared, so
+/// that callers report them as the limit they exceed, not as corruption.
+pub fn decompressed_len(input: &[u8]) -> Result<u64, SnappyError> {
+    let mut r = crate::wire::Reader::new(input);
+    r.varint()
+        .map_err(|e| SnappyError::Corrupt(format!("header: {e}")))
 }
 
 /// Decompresses a block of at most `max_len` decompressed bytes into `buf`,
 /// reusing its capacity (for pooled buffers). `buf` is cleared first.
 pub fn decompress_into(input: &[u8], max_len: usize, buf: &mut Vec<u8>) -> Result<(), SnappyError> {
     let len = decompressed_len(input)?;
-    if len > max_len {
-        return Err(SnappyError::TooLarge {
-            len: len as u64,
-            max: max_len,
-        });
+    if len > max_len as u64 {
+        return Err(SnappyError::TooLarge { len, max: max_len });
     }
+    let len = len as usize;
     buf.clear();
     buf.resize(len, 0);
     let written = snap::raw::Decoder::new()
@@ -107,6 +109,15 @@ mod tests {
             }
         );
         assert!(err.is_limit());
+    }
+
+    #[test]
+    fn header_beyond_snappy_range_is_a_limit_not_corruption() {
+        // 8 GiB: more than a snappy block can hold.
+        let bomb = [0x80, 0x80, 0x80, 0x80, 0x20, 0x00];
+        assert_eq!(decompressed_len(&bomb), Ok(8 << 30));
+        let err = decompress(&bomb, 256 << 20).unwrap_err();
+        assert!(err.is_limit(), "{err:?}");
     }
 
     #[test]

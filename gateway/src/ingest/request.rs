@@ -498,15 +498,11 @@ impl<D: Delivery> Ingest<D> {
         let limits = &self.config;
         let compressed = body.bytes();
         let bad = |what: String| Rejection::new(StatusCode::BAD_REQUEST, what);
-        // A header beyond what snappy itself supports (>= 4 GiB) is a bomb,
-        // not corruption: report it as the limit it exceeds.
-        let declared = match fanout_proto::snappy::decompressed_len(compressed) {
-            Ok(len) => len as u64,
-            Err(e) => match snappy_header_len(compressed) {
-                Some(len) if len > limits.max_decompressed_body as u64 => len,
-                _ => return Err(bad(format!("corrupt snappy body: {e}"))),
-            },
-        };
+        // The declared length is checked before anything is allocated; a
+        // header beyond snappy's own range (>= 4 GiB) is reported as the
+        // limit it exceeds.
+        let declared = fanout_proto::snappy::decompressed_len(compressed)
+            .map_err(|e| bad(format!("corrupt snappy body: {e}")))?;
         if declared > limits.max_decompressed_body as u64 {
             return Err(Rejection::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -621,18 +617,6 @@ impl<D: Delivery> Ingest<D> {
             ),
         }
     }
-}
-
-/// The uncompressed length a snappy block's header declares (a varint).
-fn snappy_header_len(input: &[u8]) -> Option<u64> {
-    let mut len = 0u64;
-    for (i, b) in input.iter().take(10).enumerate() {
-        len |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some(len);
-        }
-    }
-    None
 }
 
 /// Logs a refused write at a level that fits its cause.
