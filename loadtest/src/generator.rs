@@ -746,20 +746,32 @@ impl Worker {
         }
         // One shared connection; each stream task reconnects only its own copy
         // after an error (HTTP/2 and HTTP/3 connections are clonable handles).
+        // Connecting fails for at most one request timeout in a row; then this
+        // connection gives up, so a run against a dead URL ends by itself
+        // even when it is bounded by samples only.
+        let mut failing_since: Option<Instant> = None;
         loop {
             if me.finished() {
                 return;
             }
+            if failing_since.is_some_and(|t| t.elapsed() >= me.config.timeout) {
+                return;
+            }
             if conn.is_none() {
                 match tokio::time::timeout(me.config.timeout, Conn::connect(&me.target)).await {
-                    Ok(Ok(c)) => conn = Some(c),
+                    Ok(Ok(c)) => {
+                        conn = Some(c);
+                        failing_since = None;
+                    }
                     Ok(Err(e)) => {
                         me.note_error(e.to_string());
+                        failing_since.get_or_insert_with(Instant::now);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                     Err(_) => {
                         me.note_error("connect: timed out".into());
+                        failing_since.get_or_insert_with(Instant::now);
                         continue;
                     }
                 }

@@ -285,6 +285,12 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
     } else {
         print!("{}", summary.table());
     }
+    if summary.samples_ok == 0 && summary.last_error.is_some() {
+        bail!(
+            "no sample was acknowledged; last error: {}",
+            summary.last_error.unwrap_or_default()
+        );
+    }
     Ok(0)
 }
 

@@ -236,3 +236,35 @@ async fn successive_runs_with_first_round_do_not_collide() {
     assert_eq!(r.samples, 6_000);
     assert!(r.series.values().all(|s| s.duplicates == 0));
 }
+
+#[tokio::test]
+async fn a_dead_target_ends_the_run_by_itself() {
+    // Bind then drop a listener: nothing listens on that port any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut c = config(
+        format!("http://127.0.0.1:{port}/api/v1/write"),
+        Transport::Http1,
+        Protocol::V1,
+        1_000,
+    );
+    c.duration = None;
+    c.timeout = Duration::from_millis(500);
+    let summary = tokio::time::timeout(Duration::from_secs(5), generator::run(c))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.samples_ok, 0);
+    assert!(
+        summary
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("connect"),
+        "{}",
+        summary.table()
+    );
+}
