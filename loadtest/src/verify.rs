@@ -320,8 +320,10 @@ fn refused(r: &SinkReport, problems: &mut Vec<Problem>) {
     }
 }
 
-/// What one sink can tell alone: duplicates, gaps below each series' highest
-/// round, unidentified samples and refused requests.
+/// What one sink can tell alone: duplicates, gaps between each series'
+/// lowest and highest round (so it assumes one run, or runs whose
+/// `--first-round` continue each other), unidentified samples and refused
+/// requests.
 pub fn self_check(r: &SinkReport) -> Vec<Problem> {
     let mut problems = Vec::new();
     refused(r, &mut problems);
@@ -336,10 +338,10 @@ pub fn self_check(r: &SinkReport) -> Vec<Problem> {
                 first_seq: rec.duplicate_seqs.first().copied(),
             });
         }
-        if let Some(max) = rec.seqs.max() {
-            let missing = u64::from(max) + 1 - rec.seqs.len();
+        if let (Some(min), Some(max)) = (rec.seqs.iter().next(), rec.seqs.max()) {
+            let missing = u64::from(max - min) + 1 - rec.seqs.len();
             if missing > 0 {
-                let first_seq = (0..=max).find(|s| !rec.seqs.contains(*s)).unwrap_or(0);
+                let first_seq = (min..=max).find(|s| !rec.seqs.contains(*s)).unwrap_or(min);
                 problems.push(Problem::Missing {
                     target: r.name.clone(),
                     id: *id,
