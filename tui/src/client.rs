@@ -1,0 +1,490 @@
+//! The console's only IO: HTTP/1.1 to each gateway's admin API.
+//!
+//! One task per gateway reads `GET /api/v1/stats/stream` (server-sent events)
+//! and sends [`Msg`]s to the event loop over a bounded channel. When the
+//! stream fails, ends, or stays silent for [`STALL`], the task reports the
+//! gateway disconnected and reconnects after a [`Backoff`] delay (0.5 s
+//! doubling to 10 s, back to 0.5 s once a stream delivered a snapshot).
+//! Requests (registry, effective exports, pause/resume) are one-shot tasks
+//! with a timeout. Bodies are read with a size bound. The admin token goes
+//! into the `Authorization` header only: no message here contains it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::mpsc;
+
+use crate::api::{self, EffectiveExport, Registry, Snapshot, Target};
+use crate::sse;
+
+/// A stream silent this long is considered lost (the gateway sends one
+/// snapshot a second).
+pub const STALL: Duration = Duration::from_secs(5);
+/// Timeout of a one-shot request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest body read from a one-shot request.
+pub const MAX_BODY: usize = 64 << 20;
+
+/// What the network tasks tell the event loop.
+#[derive(Debug)]
+pub enum Msg {
+    /// Opening gateway `0`'s stream.
+    Connecting(usize),
+    /// A snapshot from a gateway.
+    Stats(usize, Box<Snapshot>),
+    /// A gateway sent an unreadable snapshot.
+    BadData(usize, String),
+    /// A gateway's stream failed; retry after `retry_in`.
+    Disconnected {
+        /// Gateway index.
+        gw: usize,
+        /// Why.
+        error: String,
+        /// Delay before the next attempt.
+        retry_in: Duration,
+    },
+    /// The registry document.
+    Registry(Result<Registry, String>),
+    /// Effective exports of a Deployment.
+    Effective(String, Result<Vec<EffectiveExport>, String>),
+    /// A pause or resume answer.
+    Paused {
+        /// Gateway index.
+        gw: usize,
+        /// Target id.
+        id: String,
+        /// Pause (true) or resume.
+        pause: bool,
+        /// The target's new state, or why not.
+        result: Result<Target, String>,
+    },
+}
+
+/// Reconnect delays: 0.5 s doubling up to 10 s.
+#[derive(Debug, Default, Clone)]
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        let ms = 500u64.saturating_mul(1 << self.attempt.min(5)).min(10_000);
+        self.attempt = self.attempt.saturating_add(1);
+        Duration::from_millis(ms)
+    }
+
+    /// Back to the first delay (a connection worked).
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Why an `--admin` URL is not usable.
+#[derive(Debug, thiserror::Error)]
+#[error("--admin {url}: {reason}")]
+pub struct BadUrl {
+    url: String,
+    reason: &'static str,
+}
+
+/// A client for one gateway's admin API.
+#[derive(Clone)]
+pub struct Admin {
+    base: String,
+    token: Option<String>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Admin").field("base", &self.base).finish()
+    }
+}
+
+/// Normalises an `--admin` value: `host:port` gets `http://`, a trailing `/`
+/// goes; `https://` and URLs with a path or credentials are refused.
+pub fn normalize_url(url: &str) -> Result<String, BadUrl> {
+    // The URL in an error never shows userinfo (it may hold a password).
+    let shown = match url.rsplit_once('@') {
+        Some((before, after)) => match before.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://***@{after}"),
+            None => format!("***@{after}"),
+        },
+        None => url.to_owned(),
+    };
+    let bad = |reason| BadUrl {
+        url: shown.clone(),
+        reason,
+    };
+    let url = url.trim().trim_end_matches('/');
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if url.starts_with("https://") {
+        return Err(bad("https is not supported: the admin API is plain HTTP on a private port (use an SSH tunnel)"));
+    } else if url.contains("://") {
+        return Err(bad("only http:// URLs are supported"));
+    } else {
+        url
+    };
+    if rest.is_empty() {
+        return Err(bad("no host"));
+    }
+    if rest.contains('@') {
+        return Err(bad(
+            "credentials in the URL are not supported: use --token or FANOUT_ADMIN_TOKEN",
+        ));
+    }
+    if rest.contains('/') || rest.contains('?') {
+        return Err(bad(
+            "give the admin address only, like http://127.0.0.1:9556",
+        ));
+    }
+    let full = format!("http://{rest}");
+    full.parse::<http::Uri>()
+        .map_err(|_| bad("not a valid URL"))?;
+    Ok(full)
+}
+
+/// Percent-encodes a path segment.
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An error with its causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn status_error(path: &str, status: StatusCode, body: &[u8]) -> String {
+    let detail = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+    let hint = match status {
+        StatusCode::UNAUTHORIZED => " (check --token or FANOUT_ADMIN_TOKEN)",
+        StatusCode::NOT_FOUND if path.contains("stats") || path.contains("targets") => {
+            " (this gateway has no stats API: upgrade it)"
+        }
+        _ => "",
+    };
+    format!(
+        "{path}: {status}{hint}: {}",
+        crate::fmt::one_line(detail.trim())
+    )
+}
+
+impl Admin {
+    /// A client for `base` (see [`normalize_url`]).
+    pub fn new(base: &str, token: Option<String>) -> Result<Admin, BadUrl> {
+        let base = normalize_url(base)?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Ok(Admin {
+            base,
+            token: token.filter(|t| !t.is_empty()),
+            client,
+        })
+    }
+
+    /// The normalised base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        accept: &str,
+    ) -> Result<Request<Full<Bytes>>, String> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(header::ACCEPT, accept)
+            .header(
+                header::USER_AGENT,
+                concat!("fanout-tui/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some(t) = &self.token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        b.body(Full::new(Bytes::new()))
+            .map_err(|_| format!("{path}: cannot build the request"))
+    }
+
+    /// A one-shot request; returns the body of a 2xx answer.
+    pub async fn call(&self, method: Method, path: &str) -> Result<Bytes, String> {
+        let req = self.request(method, path, "application/json")?;
+        let work = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| format!("{path}: {}", chain(&e)))?;
+            let status = resp.status();
+            let body = Limited::new(resp.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| format!("{path}: reading the body: {}", chain(&*e)))?
+                .to_bytes();
+            if status.is_success() {
+                Ok(body)
+            } else {
+                Err(status_error(path, status, &body))
+            }
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "{path}: no answer within {}s",
+                    REQUEST_TIMEOUT.as_secs()
+                ))
+            })
+    }
+
+    /// `GET path` parsed as `T`.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+    ) -> Result<T, String> {
+        let body = self.call(Method::GET, path).await?;
+        api::parse(what, &body)
+    }
+
+    /// Pauses or resumes a target.
+    pub async fn pause(&self, id: &str, pause: bool) -> Result<Target, String> {
+        let action = if pause { "pause" } else { "resume" };
+        let path = format!("/api/v1/targets/{}/{action}", encode_segment(id));
+        let body = self.call(Method::POST, &path).await?;
+        api::parse("target", &body)
+    }
+
+    /// The registry document.
+    pub async fn registry(&self) -> Result<Registry, String> {
+        self.get_json("registry", "/api/v1/registry").await
+    }
+
+    /// A Deployment's effective exports.
+    pub async fn effective(&self, deployment: &str) -> Result<Vec<EffectiveExport>, String> {
+        let path = format!(
+            "/api/v1/deployments/{}/metrics-exports",
+            encode_segment(deployment)
+        );
+        self.get_json::<api::EffectiveList>("effective exports", &path)
+            .await
+            .map(|l| l.items)
+    }
+
+    /// Reads the stats stream until it fails; returns why and whether any
+    /// snapshot arrived. `Ok(())` means the event loop is gone.
+    async fn read_stream(
+        &self,
+        gw: usize,
+        tx: &mpsc::Sender<Msg>,
+        got_one: &mut bool,
+    ) -> Result<(), String> {
+        const PATH: &str = "/api/v1/stats/stream";
+        let req = self.request(Method::GET, PATH, "text/event-stream")?;
+        let resp = tokio::time::timeout(STALL, self.client.request(req))
+            .await
+            .map_err(|_| format!("{PATH}: no answer within {}s", STALL.as_secs()))?
+            .map_err(|e| chain(&e))?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = tokio::time::timeout(STALL, Limited::new(body, 64 << 10).collect())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            return Err(status_error(PATH, status, &bytes));
+        }
+        let mut parser = sse::Parser::new();
+        loop {
+            let frame = match tokio::time::timeout(STALL, body.frame()).await {
+                Err(_) => return Err(format!("no snapshot for {}s", STALL.as_secs())),
+                Ok(None) => return Err("the gateway closed the stats stream".into()),
+                Ok(Some(Err(e))) => return Err(chain(&e)),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let events = parser.feed(&data).map_err(|e| e.to_string())?;
+            for ev in events {
+                if ev.name != "stats" && ev.name != "message" {
+                    continue;
+                }
+                let msg = match api::parse::<Snapshot>("stats snapshot", ev.data.as_bytes()) {
+                    Ok(s) => {
+                        *got_one = true;
+                        Msg::Stats(gw, Box::new(s))
+                    }
+                    Err(e) => Msg::BadData(gw, e),
+                };
+                if tx.send(msg).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Follows gateway `gw`'s stats stream forever, reconnecting with backoff;
+    /// returns when the event loop is gone.
+    pub async fn follow_stats(self, gw: usize, tx: mpsc::Sender<Msg>) {
+        let mut backoff = Backoff::default();
+        loop {
+            if tx.send(Msg::Connecting(gw)).await.is_err() {
+                return;
+            }
+            let mut got_one = false;
+            let error = match self.read_stream(gw, &tx, &mut got_one).await {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            if got_one {
+                backoff.reset();
+            }
+            let retry_in = backoff.next_delay();
+            if tx
+                .send(Msg::Disconnected {
+                    gw,
+                    error,
+                    retry_in,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(retry_in).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_ten_seconds_and_resets() {
+        let mut b = Backoff::default();
+        let d: Vec<u64> = (0..8).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(d, vec![500, 1000, 2000, 4000, 8000, 10000, 10000, 10000]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn admin_urls_are_checked() {
+        assert_eq!(
+            normalize_url("127.0.0.1:9556").unwrap(),
+            "http://127.0.0.1:9556"
+        );
+        assert_eq!(normalize_url("http://h:1/").unwrap(), "http://h:1");
+        for bad in ["https://h", "http://u:p@h", "http://h/x", "", "ftp://h"] {
+            let e = normalize_url(bad).unwrap_err().to_string();
+            assert!(!e.contains("p@"), "{e}");
+        }
+        assert_eq!(encode_segment("t-1/a b"), "t-1%2Fa%20b");
+    }
+
+    #[tokio::test]
+    async fn a_dead_gateway_is_reported_disconnected_and_retried() {
+        // A port with nothing listening.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let admin = Admin::new(&format!("127.0.0.1:{port}"), Some("sekret-token".into())).unwrap();
+        assert!(!format!("{admin:?}").contains("sekret"));
+        let (tx, mut rx) = mpsc::channel(8);
+        let task = tokio::spawn(admin.follow_stats(0, tx));
+        assert!(matches!(rx.recv().await, Some(Msg::Connecting(0))));
+        match rx.recv().await {
+            Some(Msg::Disconnected {
+                gw: 0,
+                error,
+                retry_in,
+            }) => {
+                assert!(error.to_lowercase().contains("connect"), "{error}");
+                assert!(!error.contains("sekret"));
+                assert_eq!(retry_in, Duration::from_millis(500));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(rx.recv().await, Some(Msg::Connecting(0))));
+        drop(rx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stats_stream_snapshots_arrive_and_errors_are_named() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap();
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            assert!(
+                req.contains("authorization: Bearer tok")
+                    || req.contains("Authorization: Bearer tok"),
+                "{req}"
+            );
+            let body = "event: stats\ndata: {\"time\":\"2026-11-25T13:00:00Z\",\"gateway\":\"g\"}\n\nevent: stats\ndata: {\"targets\":7}\n\n";
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(body.as_bytes()).await.unwrap();
+        });
+        let admin = Admin::new(&format!("http://{addr}"), Some("tok".into())).unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        let task = tokio::spawn(admin.follow_stats(3, tx));
+        assert!(matches!(rx.recv().await, Some(Msg::Connecting(3))));
+        match rx.recv().await {
+            Some(Msg::Stats(3, s)) => assert_eq!(s.gateway, "g"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(rx.recv().await, Some(Msg::BadData(3, e)) if e.contains("unreadable")));
+        match rx.recv().await {
+            Some(Msg::Disconnected { error, .. }) => assert!(error.contains("closed"), "{error}"),
+            other => panic!("{other:?}"),
+        }
+        drop(rx);
+        task.abort();
+    }
+}
