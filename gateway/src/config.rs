@@ -52,6 +52,9 @@ pub struct ServeArgs {
     /// Ingest limits, timeouts and the memory budget.
     #[command(flatten)]
     pub ingest: crate::ingest::IngestArgs,
+    /// Delivery: catalog, per-target queue bound, shutdown grace.
+    #[command(flatten)]
+    pub delivery: crate::deliver::DeliveryArgs,
 }
 
 /// Flags of `fanout apply`.

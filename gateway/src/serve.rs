@@ -116,18 +116,41 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 
     let admin_listener = admin::bind(config.admin_listen, config.admin_token.as_ref()).await?;
     let admin_addr = admin_listener.local_addr()?;
+
+    // Delivery shares the in-memory budget with ingest (SPEC §5).
+    let ingest_config = config.args.ingest.config();
+    let budget = crate::ingest::MemoryBudget::new(ingest_config.memory_budget);
+    let settings = config
+        .args
+        .delivery
+        .settings()
+        .context("cannot load the catalog")?;
+    let shutdown_grace = settings.shutdown_grace;
+    tracing::info!(
+        catalog_entries = settings.catalog.len(),
+        export_all = settings.catalog.is_all(),
+        "delivery catalog loaded"
+    );
+    let delivery = crate::deliver::FanoutDelivery::start(&live, budget.clone(), settings);
+    let metrics_handle = install_metrics();
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let router = admin::router(AdminState {
         live: live.clone(),
         token: config.admin_token.clone(),
         health: health.clone(),
-    });
+    })
+    .merge(crate::deliver::api::routes(
+        crate::deliver::api::DeliveryApi {
+            delivery: delivery.clone(),
+            health: health.clone(),
+            token: config.admin_token.clone(),
+            metrics: metrics_handle,
+            gateway: format!("{}:{}", hostname(), admin_addr.port()),
+            draining: draining.clone(),
+        },
+    ));
 
     // ===== INGEST: start the remote-write listeners here =====
-    let ingest_config = config.args.ingest.config();
-    // Placeholder delivery until the delivery issue lands: counts and drops.
-    let counting = Arc::new(crate::deliver::CountingDelivery::new());
-    // Shared with delivery once it lands (SPEC §5 in-memory budget).
-    let budget = crate::ingest::MemoryBudget::new(ingest_config.memory_budget);
     let ingest = crate::ingest::start(
         crate::ingest::IngestOptions {
             listen: config.ingest_listen,
@@ -137,7 +160,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             config: ingest_config,
         },
         gateway.snapshot.clone(),
-        counting.clone(),
+        Arc::new(delivery.clone()),
         budget,
     )
     .await?;
@@ -158,16 +181,14 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tracing::info!("shutting down: draining");
     health.set_draining();
 
+    draining.store(true, std::sync::atomic::Ordering::SeqCst);
+
     // ===== INGEST: drain here (stop accepting with 503, finish in-flight writes) =====
     ingest.shutdown(std::time::Duration::from_secs(30)).await;
-    let totals = counting.totals();
-    tracing::info!(
-        requests = totals.requests,
-        series = totals.series,
-        samples = totals.samples,
-        "ingest stopped (counting delivery totals)"
-    );
     // ===== end INGEST drain =====
+
+    let left = delivery.shutdown(shutdown_grace).await;
+    tracing::info!(undelivered_samples = left, "delivery stopped");
 
     let _ = stop_tx.send(true);
     match admin_task.await {
@@ -177,6 +198,40 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Installs the Prometheus recorder behind `/metrics` (once per process).
+fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let buckets = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+        .ok()?;
+    match builder.install_recorder() {
+        Ok(handle) => {
+            crate::deliver::stats::describe();
+            Some(handle)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install the metrics recorder; /metrics is unavailable");
+            None
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".into())
 }
 
 async fn shutdown_signal() {

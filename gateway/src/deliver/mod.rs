@@ -12,9 +12,21 @@
 //! splits) it as the data leaves memory, which is what makes the budget
 //! shared.
 //!
-//! Until the per-target delivery lands, [`CountingDelivery`] is the
-//! implementation `fanout serve` uses: it counts what it accepts per cluster
-//! and drops the data. The delivery issue replaces it.
+//! [`FanoutDelivery`] is the implementation `fanout serve` uses (design in
+//! docs/delivery.md). The layout follows the quinn split: plain state
+//! machines that take `now` as an argument, and thin tokio/hyper adapters.
+//! - [`catalog`]: which metric names are exported;
+//! - [`route`]: attribution, label stamping and fan-out of one request into
+//!   per-target chunks (no IO);
+//! - [`queue`]: one target's lanes, batching, retries, concurrency and memory
+//!   bound (no IO), with the [`queue::Overflow`] seam for the disk spill;
+//! - [`policy`]: retry classification, backoff, adaptive concurrency;
+//! - [`sigv4`]: AWS SigV4 signing;
+//! - [`http`]: the shared HTTP client and one send attempt;
+//! - [`service`]: targets, sender tasks, live config, shutdown;
+//! - [`stats`], [`api`]: counters, `/api/v1/stats`, `/api/v1/targets`, `/metrics`.
+//!
+//! [`CountingDelivery`] stays for benchmarks of ingest alone.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -25,7 +37,22 @@ use fanout_proto::scan::{Series, Summary};
 
 use crate::registry::ClusterInfo;
 
+pub mod spill;
+
 pub use crate::ingest::budget::{BudgetError, MemoryBudget, MemoryPermit};
+
+pub mod api;
+pub mod catalog;
+pub mod http;
+pub mod policy;
+pub mod queue;
+pub mod route;
+pub mod service;
+pub mod sigv4;
+pub mod stats;
+
+pub use catalog::Catalog;
+pub use service::{DeliveryArgs, FanoutDelivery, Settings};
 
 /// One accepted request, handed from ingest to delivery.
 #[derive(Debug)]
@@ -76,9 +103,9 @@ pub struct ClusterCounts {
     pub exemplars: u64,
 }
 
-/// Placeholder delivery until the delivery issue lands: counts accepted
-/// requests, series and samples per cluster, logs each batch at debug, and
-/// drops the data (releasing its memory permit).
+/// A delivery for benchmarks of ingest alone: counts accepted requests,
+/// series and samples per cluster, logs each batch at debug, and drops the
+/// data (releasing its memory permit).
 #[derive(Debug, Default)]
 pub struct CountingDelivery {
     counts: Mutex<BTreeMap<String, ClusterCounts>>,

@@ -1,0 +1,950 @@
+//! One target's queue, batching, retries and concurrency: a plain state
+//! machine ([`TargetCore`]) that takes `now` as an argument. The sender
+//! adapter (`sender.rs`) calls [`TargetCore::poll`] for batches to send and
+//! [`TargetCore::on_result`] with each attempt's outcome.
+//!
+//! # Lanes and order
+//! A target has `maxConcurrency` lanes (at most [`MAX_LANES`]). The router
+//! puts every series in the same lane each time (hash of its labels), and a
+//! lane has at most one batch in flight, retried at the head of the lane until
+//! it is delivered or dropped. So samples of one series reach the target in the
+//! order they arrived (SPEC §5) even with retries, while up to
+//! `maxConcurrency` lanes send at once. The adaptive limit
+//! ([`Concurrency`]) caps how many lanes may have a request in flight.
+//!
+//! # Batches
+//! A lane's queue holds [`Chunk`]s: runs of encoded `TimeSeries` records
+//! shared (refcounted `Bytes`) with every other target that needs the same
+//! label variant. A batch takes chunks until `maxSamplesPerSend`, splitting a
+//! chunk at a record boundary when needed (only a single series with more
+//! samples than the maximum makes a larger batch). It is sent when full or
+//! when its oldest chunk waited `batchSendDeadline`, and is compressed once:
+//! every retry sends the same bytes.
+//!
+//! # Memory bound
+//! Queued chunk bytes are bounded per target. Beyond the bound the oldest
+//! chunk (over all lanes) goes to the overflow seam ([`Overflow`]); the memory
+//! implementation drops it and counts `queue_full`. The disk spill will
+//! implement the same seam. Pushing never waits.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use fanout_proto::wire::{Reader, WireType};
+
+use super::policy::{classify, Backoff, Concurrency, SendResult, Verdict};
+use super::MemoryPermit;
+
+/// Most lanes (concurrent in-order streams) of one target.
+pub const MAX_LANES: u32 = 64;
+/// A target whose failures last longer than this is `failing`.
+pub const FAILING_AFTER: Duration = Duration::from_secs(30);
+
+/// A run of encoded `TimeSeries` records (each `0x0a len msg`) for one target lane.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// The records, shared by every target of the same label variant.
+    pub records: Bytes,
+    /// Float and histogram samples in the records.
+    pub samples: u32,
+    /// Records (series) in the chunk.
+    pub series: u32,
+    /// When it was queued.
+    pub enqueued: Instant,
+    /// The memory it holds in the shared budget (shared by the request's chunks).
+    pub permit: Option<Arc<MemoryPermit>>,
+}
+
+/// Where chunks go when a target's memory queue is full: the seam for the
+/// disk spill (next issue).
+pub trait Overflow {
+    /// Takes `chunk` out of memory; `false` when it could not and the chunk
+    /// is dropped (counted as `queue_full`).
+    fn overflow(&mut self, target: &str, chunk: Chunk) -> bool;
+}
+
+/// The memory-only overflow: drops the chunk.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DropOldest;
+
+impl Overflow for DropOldest {
+    fn overflow(&mut self, _target: &str, _chunk: Chunk) -> bool {
+        false
+    }
+}
+
+/// Delivery options of a target as the core needs them.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// `maxSamplesPerSend`.
+    pub max_samples: u32,
+    /// `batchSendDeadline`.
+    pub deadline: Duration,
+    /// `maxConcurrency` (also the number of lanes, capped at [`MAX_LANES`]).
+    pub max_concurrency: u32,
+    /// `maxBackoff`.
+    pub max_backoff: Duration,
+    /// Queued bytes at most before the oldest chunk overflows.
+    pub queue_bytes: u64,
+}
+
+impl CoreConfig {
+    /// Lanes of a target with `max_concurrency`.
+    pub fn lanes(&self) -> u32 {
+        self.max_concurrency.clamp(1, MAX_LANES)
+    }
+}
+
+/// A batch to send now.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    /// Lane index.
+    pub lane: u32,
+    /// Batch id (to match the result).
+    pub batch: u64,
+    /// Snappy-compressed `WriteRequest`.
+    pub body: Bytes,
+    /// Attempt number, 1 for the first.
+    pub attempt: u32,
+    /// Samples in the batch.
+    pub samples: u32,
+}
+
+/// What an attempt's result did, for metrics and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Delivered.
+    Sent {
+        /// Samples.
+        samples: u32,
+        /// Compressed bytes.
+        bytes: u64,
+    },
+    /// Will be retried.
+    Retrying {
+        /// Failure counter key.
+        kind: String,
+        /// Status if any.
+        status: Option<u16>,
+        /// The error.
+        message: String,
+    },
+    /// Dropped as undeliverable.
+    Dropped {
+        /// Status.
+        status: u16,
+        /// Samples dropped.
+        samples: u32,
+        /// The error.
+        message: String,
+    },
+    /// The result did not match a batch in flight (ignored).
+    Stale,
+}
+
+#[derive(Debug)]
+struct Batch {
+    id: u64,
+    body: Bytes,
+    samples: u32,
+    oldest: Instant,
+    attempts: u32,
+    sending: bool,
+    not_before: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Lane {
+    queue: VecDeque<Chunk>,
+    samples: u64,
+    bytes: u64,
+    batch: Option<Batch>,
+}
+
+/// The last error of a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastError {
+    /// Wall-clock time.
+    pub time: SystemTime,
+    /// Status, when there was a response.
+    pub status: Option<u16>,
+    /// Status line and start of the body, or the error.
+    pub message: String,
+}
+
+/// Cumulative counters of a target.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Samples delivered.
+    pub samples_sent: u64,
+    /// Compressed bytes delivered.
+    pub bytes_sent: u64,
+    /// Requests delivered.
+    pub requests_sent: u64,
+    /// Retry attempts.
+    pub retries: u64,
+    /// Failed attempts by status or kind.
+    pub failures: BTreeMap<String, u64>,
+    /// Samples dropped by a non-retryable status.
+    pub dropped_rejected: u64,
+    /// Samples dropped because the queue was full.
+    pub dropped_queue_full: u64,
+}
+
+/// A target's delivery state machine.
+#[derive(Debug)]
+pub struct TargetCore {
+    id: String,
+    config: CoreConfig,
+    lanes: Vec<Lane>,
+    cursor: usize,
+    in_flight: u32,
+    next_batch: u64,
+    concurrency: Concurrency,
+    backoff: Backoff,
+    rng: fastrand::Rng,
+    paused: bool,
+    flush: bool,
+    queue_bytes: u64,
+    queue_samples: u64,
+    failing_since: Option<Instant>,
+    counters: Counters,
+    last_error: Option<LastError>,
+    latency_us: hdrhistogram::Histogram<u64>,
+    scratch: BytesMut,
+}
+
+/// Samples (floats and histograms) in one `TimeSeries` message.
+fn message_samples(msg: &[u8]) -> u32 {
+    let mut r = Reader::new(msg);
+    let mut n = 0;
+    while !r.is_empty() {
+        let Ok((field, wire)) = r.key() else { break };
+        if (field == 2 || field == 4) && wire == WireType::Len {
+            n += 1;
+        }
+        if r.skip(wire).is_err() {
+            break;
+        }
+    }
+    n
+}
+
+/// Splits `records` after as many whole records as fit in `max` samples
+/// (at least one when `at_least_one`): returns (byte offset, samples,
+/// series) of the first part.
+fn split_point(records: &[u8], max: u32, at_least_one: bool) -> (usize, u32, u32) {
+    let mut r = Reader::new(records);
+    let (mut end, mut samples, mut series) = (0usize, 0u32, 0u32);
+    while !r.is_empty() {
+        let Ok((_, wire)) = r.key() else { break };
+        let Ok(msg) = (match wire {
+            WireType::Len => r.len_delimited(),
+            _ => break,
+        }) else {
+            break;
+        };
+        let n = message_samples(msg);
+        if (series > 0 || !at_least_one) && samples + n > max {
+            break;
+        }
+        samples += n;
+        series += 1;
+        end = r.pos();
+    }
+    (end, samples, series)
+}
+
+impl TargetCore {
+    /// A target with `config`; `seed` seeds the jitter.
+    pub fn new(id: impl Into<String>, config: CoreConfig, seed: u64) -> TargetCore {
+        let lanes = (0..config.lanes()).map(|_| Lane::default()).collect();
+        TargetCore {
+            id: id.into(),
+            concurrency: Concurrency::new(config.max_concurrency),
+            backoff: Backoff::new(config.max_backoff),
+            config,
+            lanes,
+            cursor: 0,
+            in_flight: 0,
+            next_batch: 1,
+            rng: fastrand::Rng::with_seed(seed),
+            paused: false,
+            flush: false,
+            queue_bytes: 0,
+            queue_samples: 0,
+            failing_since: None,
+            counters: Counters::default(),
+            last_error: None,
+            latency_us: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                .unwrap_or_else(|_| hdrhistogram::Histogram::new(2).expect("valid sigfig")),
+            scratch: BytesMut::new(),
+        }
+    }
+
+    /// The target id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Number of lanes.
+    pub fn lanes(&self) -> u32 {
+        self.lanes.len() as u32
+    }
+
+    /// Queues `chunk` on the lane of `shard`; overflows the oldest chunks
+    /// while over the memory bound. Never waits.
+    pub fn push(&mut self, shard: u32, chunk: Chunk, overflow: &mut dyn Overflow) {
+        let lane = (shard % self.lanes()) as usize;
+        let l = &mut self.lanes[lane];
+        l.samples += u64::from(chunk.samples);
+        l.bytes += chunk.records.len() as u64;
+        self.queue_samples += u64::from(chunk.samples);
+        self.queue_bytes += chunk.records.len() as u64;
+        l.queue.push_back(chunk);
+        while self.queue_bytes > self.config.queue_bytes {
+            let Some(oldest) = self
+                .lanes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| l.queue.front().map(|c| (c.enqueued, i)))
+                .min()
+                .map(|(_, i)| i)
+            else {
+                break;
+            };
+            let Some(c) = self.pop_front(oldest) else {
+                break;
+            };
+            let samples = u64::from(c.samples);
+            if !overflow.overflow(&self.id, c) {
+                self.counters.dropped_queue_full += samples;
+            }
+        }
+    }
+
+    fn pop_front(&mut self, lane: usize) -> Option<Chunk> {
+        let l = &mut self.lanes[lane];
+        let c = l.queue.pop_front()?;
+        l.samples -= u64::from(c.samples);
+        l.bytes -= c.records.len() as u64;
+        self.queue_samples -= u64::from(c.samples);
+        self.queue_bytes -= c.records.len() as u64;
+        Some(c)
+    }
+
+    fn lane_ready(&self, lane: usize, now: Instant) -> bool {
+        let l = &self.lanes[lane];
+        match l.queue.front() {
+            None => false,
+            Some(front) => {
+                self.flush
+                    || l.samples >= u64::from(self.config.max_samples)
+                    || now.saturating_duration_since(front.enqueued) >= self.config.deadline
+            }
+        }
+    }
+
+    /// The next batch to send now, if the limit and the lanes allow one.
+    /// Call until `None`.
+    pub fn poll(&mut self, now: Instant) -> Option<Dispatch> {
+        if self.paused || self.in_flight >= self.concurrency.limit() {
+            return None;
+        }
+        let n = self.lanes.len();
+        for k in 0..n {
+            let i = (self.cursor + k) % n;
+            if let Some(b) = &mut self.lanes[i].batch {
+                if b.sending || now < b.not_before {
+                    continue;
+                }
+                b.sending = true;
+                b.attempts += 1;
+                self.counters.retries += 1;
+                let d = Dispatch {
+                    lane: i as u32,
+                    batch: b.id,
+                    body: b.body.clone(),
+                    attempt: b.attempts,
+                    samples: b.samples,
+                };
+                self.in_flight += 1;
+                self.cursor = i + 1;
+                return Some(d);
+            }
+            if self.lane_ready(i, now) {
+                let d = self.form_batch(i, now);
+                self.in_flight += 1;
+                self.cursor = i + 1;
+                return Some(d);
+            }
+        }
+        None
+    }
+
+    fn form_batch(&mut self, lane: usize, now: Instant) -> Dispatch {
+        let max = self.config.max_samples.max(1);
+        self.scratch.clear();
+        let mut samples = 0u32;
+        let mut oldest = now;
+        let mut taken = 0u32;
+        while let Some(front) = self.lanes[lane].queue.front() {
+            if samples + front.samples > max {
+                // Split at a record boundary; the rest stays at the head.
+                let (end, s, _) = split_point(&front.records, max - samples, taken == 0);
+                if end == 0 {
+                    break;
+                }
+                oldest = oldest.min(front.enqueued);
+                if end < front.records.len() {
+                    let l = &mut self.lanes[lane];
+                    let front = l.queue.front_mut().expect("front exists");
+                    self.scratch.extend_from_slice(&front.records[..end]);
+                    front.records = front.records.slice(end..);
+                    front.samples = front.samples.saturating_sub(s);
+                    l.samples -= u64::from(s);
+                    l.bytes -= end as u64;
+                    self.queue_samples -= u64::from(s);
+                    self.queue_bytes -= end as u64;
+                    samples += s;
+                    break;
+                }
+            }
+            oldest = oldest.min(front.enqueued);
+            let Some(c) = self.pop_front(lane) else { break };
+            self.scratch.extend_from_slice(&c.records);
+            samples += c.samples;
+            taken += 1;
+        }
+        let body = Bytes::from(fanout_proto::snappy::compress(&self.scratch));
+        if self.scratch.capacity() > 16 << 20 {
+            self.scratch = BytesMut::new();
+        }
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.lanes[lane].batch = Some(Batch {
+            id,
+            body: body.clone(),
+            samples,
+            oldest,
+            attempts: 1,
+            sending: true,
+            not_before: now,
+        });
+        Dispatch {
+            lane: lane as u32,
+            batch: id,
+            body,
+            attempt: 1,
+            samples,
+        }
+    }
+
+    /// When [`poll`](Self::poll) may next have something (a deadline or a
+    /// retry), besides results and pushes.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        if self.paused {
+            return None;
+        }
+        self.lanes
+            .iter()
+            .filter_map(|l| match &l.batch {
+                Some(b) if !b.sending => Some(b.not_before),
+                Some(_) => None,
+                None => l.queue.front().map(|c| {
+                    if self.flush {
+                        c.enqueued
+                    } else {
+                        c.enqueued + self.config.deadline
+                    }
+                }),
+            })
+            .min()
+    }
+
+    /// Records the result of attempt `batch` on `lane`, which took `latency`.
+    pub fn on_result(
+        &mut self,
+        lane: u32,
+        batch: u64,
+        result: &SendResult,
+        latency: Duration,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Event {
+        let Some(l) = self.lanes.get_mut(lane as usize) else {
+            return Event::Stale;
+        };
+        let Some(b) = l.batch.as_mut().filter(|b| b.id == batch && b.sending) else {
+            return Event::Stale;
+        };
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if matches!(result, SendResult::Status { .. }) {
+            let us = latency.as_micros().clamp(1, 3_600_000_000) as u64;
+            let _ = self.latency_us.record(us);
+        }
+        match classify(result) {
+            Verdict::Done => {
+                let samples = b.samples;
+                let bytes = b.body.len() as u64;
+                l.batch = None;
+                self.counters.samples_sent += u64::from(samples);
+                self.counters.bytes_sent += bytes;
+                self.counters.requests_sent += 1;
+                self.failing_since = None;
+                let backlog = self.ready_lanes(now) > self.in_flight as usize;
+                self.concurrency.on_success(latency, backlog, now);
+                Event::Sent { samples, bytes }
+            }
+            Verdict::Retry {
+                kind,
+                status,
+                retry_after,
+                message,
+            } => {
+                b.sending = false;
+                let jitter = self.rng.f64();
+                b.not_before = now + self.backoff.delay(b.attempts, jitter, retry_after);
+                *self.counters.failures.entry(kind.clone()).or_default() += 1;
+                self.failing_since.get_or_insert(now);
+                self.concurrency.on_error(now);
+                self.last_error = Some(LastError {
+                    time: wall,
+                    status,
+                    message: message.clone(),
+                });
+                Event::Retrying {
+                    kind,
+                    status,
+                    message,
+                }
+            }
+            Verdict::Drop { status, message } => {
+                let samples = b.samples;
+                l.batch = None;
+                *self
+                    .counters
+                    .failures
+                    .entry(status.to_string())
+                    .or_default() += 1;
+                self.counters.dropped_rejected += u64::from(samples);
+                self.last_error = Some(LastError {
+                    time: wall,
+                    status: Some(status),
+                    message: message.clone(),
+                });
+                Event::Dropped {
+                    status,
+                    samples,
+                    message,
+                }
+            }
+        }
+    }
+
+    fn ready_lanes(&self, now: Instant) -> usize {
+        (0..self.lanes.len())
+            .filter(|&i| self.lanes[i].batch.is_none() && self.lane_ready(i, now))
+            .count()
+    }
+
+    /// Pauses or resumes sending (queues keep filling up to the bound).
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    /// Whether paused.
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Sends partial batches at once (drain on removal or shutdown).
+    pub fn set_flush(&mut self, flush: bool) {
+        self.flush = flush;
+    }
+
+    /// Nothing queued and nothing in flight or waiting for a retry.
+    pub fn is_idle(&self) -> bool {
+        self.lanes
+            .iter()
+            .all(|l| l.queue.is_empty() && l.batch.is_none())
+    }
+
+    /// Samples queued or in a batch not yet delivered.
+    pub fn pending_samples(&self) -> u64 {
+        self.queue_samples
+            + self
+                .lanes
+                .iter()
+                .filter_map(|l| l.batch.as_ref())
+                .map(|b| u64::from(b.samples))
+                .sum::<u64>()
+    }
+
+    /// `healthy`, `retrying`, `failing` or `paused`.
+    pub fn state(&self, now: Instant) -> &'static str {
+        if self.paused {
+            "paused"
+        } else {
+            match self.failing_since {
+                None => "healthy",
+                Some(t) if now.saturating_duration_since(t) > FAILING_AFTER => "failing",
+                Some(_) => "retrying",
+            }
+        }
+    }
+
+    /// Queued bytes (memory).
+    pub fn queue_bytes(&self) -> u64 {
+        self.queue_bytes
+    }
+
+    /// Queued samples (memory, not yet in a batch).
+    pub fn queue_samples(&self) -> u64 {
+        self.queue_samples
+    }
+
+    /// Age of the oldest data not yet delivered.
+    pub fn oldest_queued(&self, now: Instant) -> Duration {
+        self.lanes
+            .iter()
+            .flat_map(|l| {
+                l.queue
+                    .front()
+                    .map(|c| c.enqueued)
+                    .into_iter()
+                    .chain(l.batch.as_ref().map(|b| b.oldest))
+            })
+            .min()
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    /// The adaptive concurrency limit.
+    pub fn concurrency(&self) -> u32 {
+        self.concurrency.limit()
+    }
+
+    /// Cumulative counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The last error.
+    pub fn last_error(&self) -> Option<&LastError> {
+        self.last_error.as_ref()
+    }
+
+    /// Send latency histogram (microseconds).
+    pub fn latency_us(&self) -> &hdrhistogram::Histogram<u64> {
+        &self.latency_us
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fanout_proto::encode::{Encoder, LabelSet};
+
+    /// `n` one-sample records, each a distinct series.
+    fn records(n: usize, tag: &str) -> (Bytes, u32) {
+        let req = fanout_proto::v1::WriteRequest {
+            timeseries: (0..n)
+                .map(|i| fanout_proto::v1::TimeSeries {
+                    labels: vec![fanout_proto::v1::Label {
+                        name: "__name__".into(),
+                        value: format!("{tag}_{i}"),
+                    }],
+                    samples: vec![fanout_proto::v1::Sample {
+                        value: i as f64,
+                        timestamp: 1,
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let body = Bytes::from(prost::Message::encode_to_vec(&req));
+        let mut series = Vec::new();
+        fanout_proto::scan::scan_v1(&body, &Default::default(), &mut series).unwrap();
+        let mut enc = Encoder::new();
+        let mut out = BytesMut::new();
+        for s in &series {
+            enc.encode_series(s.view(&body), &LabelSet::default(), &mut out);
+        }
+        (out.freeze(), n as u32)
+    }
+
+    fn chunk(n: usize, tag: &str, at: Instant) -> Chunk {
+        let (records, samples) = records(n, tag);
+        Chunk {
+            records,
+            samples,
+            series: samples,
+            enqueued: at,
+            permit: None,
+        }
+    }
+
+    fn config() -> CoreConfig {
+        CoreConfig {
+            max_samples: 10,
+            deadline: Duration::from_secs(1),
+            max_concurrency: 2,
+            max_backoff: Duration::from_secs(5),
+            queue_bytes: 1 << 20,
+        }
+    }
+
+    fn ok() -> SendResult {
+        SendResult::Status {
+            status: 204,
+            retry_after: None,
+            body: String::new(),
+        }
+    }
+
+    fn decode(body: &Bytes) -> Vec<String> {
+        let raw = fanout_proto::snappy::decompress(body, 1 << 20).unwrap();
+        let req: fanout_proto::v1::WriteRequest = prost::Message::decode(raw).unwrap();
+        req.timeseries
+            .into_iter()
+            .map(|t| t.labels[0].value.clone())
+            .collect()
+    }
+
+    #[test]
+    fn deliver_queue_batches_when_full_or_after_deadline() {
+        let t0 = Instant::now();
+        let mut core = TargetCore::new("t", config(), 1);
+        core.push(0, chunk(4, "a", t0), &mut DropOldest);
+        assert!(core.poll(t0).is_none(), "not full, deadline not reached");
+        assert_eq!(core.next_wakeup(), Some(t0 + Duration::from_secs(1)));
+        core.push(0, chunk(8, "b", t0), &mut DropOldest);
+        // 12 samples >= 10: a full batch of 10, split inside the second chunk.
+        let d = core.poll(t0).expect("full batch");
+        assert_eq!(d.samples, 10);
+        let names = decode(&d.body);
+        assert_eq!(names.len(), 10);
+        assert_eq!(names[0], "a_0");
+        assert_eq!(names[9], "b_5");
+        assert_eq!(core.queue_samples(), 2);
+        // One batch in flight per lane: nothing more on lane 0 until the result.
+        assert!(core.poll(t0).is_none());
+        let ev = core.on_result(
+            0,
+            d.batch,
+            &ok(),
+            Duration::from_millis(5),
+            t0,
+            SystemTime::now(),
+        );
+        assert!(matches!(ev, Event::Sent { samples: 10, .. }));
+        assert!(core.poll(t0 + Duration::from_millis(999)).is_none());
+        let d = core
+            .poll(t0 + Duration::from_secs(1))
+            .expect("deadline batch");
+        assert_eq!(decode(&d.body), vec!["b_6", "b_7"]);
+        core.on_result(
+            0,
+            d.batch,
+            &ok(),
+            Duration::from_millis(5),
+            t0,
+            SystemTime::now(),
+        );
+        assert!(core.is_idle());
+        assert_eq!(core.counters().samples_sent, 12);
+        assert_eq!(core.counters().requests_sent, 2);
+        assert_eq!(core.state(t0), "healthy");
+    }
+
+    #[test]
+    fn deliver_queue_retries_same_bytes_with_backoff_then_drops_on_4xx() {
+        let t0 = Instant::now();
+        let mut core = TargetCore::new("t", config(), 7);
+        core.push(1, chunk(10, "x", t0), &mut DropOldest);
+        let d1 = core.poll(t0).unwrap();
+        let err = SendResult::Status {
+            status: 503,
+            retry_after: None,
+            body: "upstream down".into(),
+        };
+        let ev = core.on_result(
+            d1.lane,
+            d1.batch,
+            &err,
+            Duration::from_millis(1),
+            t0,
+            SystemTime::now(),
+        );
+        assert!(matches!(
+            ev,
+            Event::Retrying {
+                status: Some(503),
+                ..
+            }
+        ));
+        assert_eq!(core.state(t0), "retrying");
+        assert!(
+            core.poll(t0 + Duration::from_millis(29)).is_none(),
+            "first retry after 30ms"
+        );
+        let wake = core.next_wakeup().unwrap();
+        assert!(wake >= t0 + Duration::from_millis(30) && wake <= t0 + Duration::from_millis(38));
+        let d2 = core.poll(wake).unwrap();
+        assert_eq!(d2.body, d1.body, "compressed once, same bytes");
+        assert_eq!(d2.attempt, 2);
+        assert_eq!(core.counters().retries, 1);
+        // Retry-After is honoured.
+        let ra = SendResult::Status {
+            status: 429,
+            retry_after: Some(Duration::from_secs(2)),
+            body: String::new(),
+        };
+        core.on_result(
+            d2.lane,
+            d2.batch,
+            &ra,
+            Duration::from_millis(1),
+            wake,
+            SystemTime::now(),
+        );
+        assert!(core.poll(wake + Duration::from_millis(1999)).is_none());
+        let d3 = core.poll(wake + Duration::from_secs(2)).unwrap();
+        assert_eq!(core.state(t0 + Duration::from_secs(31)), "failing");
+        let bad = SendResult::Status {
+            status: 400,
+            retry_after: None,
+            body: "out of order sample".into(),
+        };
+        let ev = core.on_result(
+            d3.lane,
+            d3.batch,
+            &bad,
+            Duration::from_millis(1),
+            wake,
+            SystemTime::now(),
+        );
+        assert!(matches!(
+            ev,
+            Event::Dropped {
+                status: 400,
+                samples: 10,
+                ..
+            }
+        ));
+        let c = core.counters();
+        assert_eq!(c.dropped_rejected, 10);
+        assert_eq!(c.failures.get("503"), Some(&1));
+        assert_eq!(c.failures.get("429"), Some(&1));
+        assert_eq!(c.failures.get("400"), Some(&1));
+        let last = core.last_error().unwrap();
+        assert_eq!(last.status, Some(400));
+        assert!(
+            last.message.contains("out of order sample"),
+            "{}",
+            last.message
+        );
+        assert!(core.is_idle());
+        // A stale result changes nothing.
+        assert_eq!(
+            core.on_result(0, 999, &ok(), Duration::ZERO, wake, SystemTime::now()),
+            Event::Stale
+        );
+    }
+
+    #[test]
+    fn deliver_queue_memory_bound_drops_oldest_and_never_blocks() {
+        let t0 = Instant::now();
+        let mut cfg = config();
+        let one = chunk(1, "m", t0).records.len() as u64;
+        cfg.queue_bytes = 3 * one;
+        let mut core = TargetCore::new("t", cfg, 1);
+        for i in 0..5u32 {
+            core.push(
+                i,
+                chunk(1, "m", t0 + Duration::from_millis(u64::from(i))),
+                &mut DropOldest,
+            );
+        }
+        assert_eq!(core.queue_bytes(), 3 * one);
+        assert_eq!(core.counters().dropped_queue_full, 2);
+        // The survivors are the newest three.
+        assert_eq!(
+            core.oldest_queued(t0 + Duration::from_millis(10)),
+            Duration::from_millis(8)
+        );
+
+        struct Spill(u32);
+        impl Overflow for Spill {
+            fn overflow(&mut self, _: &str, _: Chunk) -> bool {
+                self.0 += 1;
+                true
+            }
+        }
+        let mut spill = Spill(0);
+        core.push(0, chunk(1, "m", t0 + Duration::from_millis(9)), &mut spill);
+        assert_eq!(spill.0, 1);
+        assert_eq!(
+            core.counters().dropped_queue_full,
+            2,
+            "spilled, not dropped"
+        );
+    }
+
+    #[test]
+    fn deliver_queue_lanes_keep_order_and_limit_concurrency() {
+        let t0 = Instant::now();
+        let mut core = TargetCore::new("t", config(), 1);
+        core.push(0, chunk(10, "l0", t0), &mut DropOldest);
+        core.push(1, chunk(10, "l1", t0), &mut DropOldest);
+        core.push(0, chunk(10, "l0b", t0), &mut DropOldest);
+        let a = core.poll(t0).unwrap();
+        assert!(core.poll(t0).is_none(), "limit starts at 1");
+        let fail = SendResult::Connect("refused".into());
+        core.on_result(
+            a.lane,
+            a.batch,
+            &fail,
+            Duration::ZERO,
+            t0,
+            SystemTime::now(),
+        );
+        // Lane 0 retries its head batch before anything newer of lane 0.
+        let later = t0 + Duration::from_secs(1);
+        let mut lanes_seen = Vec::new();
+        while let Some(d) = core.poll(later) {
+            lanes_seen.push((d.lane, decode(&d.body)[0].clone()));
+            core.on_result(
+                d.lane,
+                d.batch,
+                &ok(),
+                Duration::from_millis(1),
+                later,
+                SystemTime::now(),
+            );
+        }
+        let lane0: Vec<_> = lanes_seen
+            .iter()
+            .filter(|(l, _)| *l == 0)
+            .map(|(_, n)| n.as_str())
+            .collect();
+        assert_eq!(lane0, vec!["l0_0", "l0b_0"]);
+        assert!(core.is_idle());
+        // Pause stops dispatch; flush sends partial batches at once.
+        core.push(0, chunk(1, "p", later), &mut DropOldest);
+        core.set_paused(true);
+        assert!(core.poll(later + Duration::from_secs(5)).is_none());
+        assert_eq!(core.state(later), "paused");
+        core.set_paused(false);
+        core.set_flush(true);
+        assert!(core.poll(later).is_some());
+    }
+}

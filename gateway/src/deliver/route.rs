@@ -1,0 +1,355 @@
+//! Attribution, catalog, label stamping and fan-out of one request (SPEC §4):
+//! plain code over a [`Plan`], no IO.
+//!
+//! # Plan
+//! A [`Plan`] is compiled once per registry version: for every Deployment,
+//! its *variants*, one per distinct set of target labels among its targets.
+//! Each variant holds the pre-encoded [`LabelSet`] to stamp (the seven
+//! registry labels plus the target labels) and the targets that receive
+//! exactly that form. K targets with the same labels cost one encode.
+//!
+//! # One request
+//! [`Scratch::route`] walks the scanned series once: reads `__name__`,
+//! `deploymentId` and `namespace` in one pass over the labels, applies the
+//! catalog, attributes the series (`foreign`, `unattributed` drops), and
+//! assigns it to a group (variant, shard), where the shard is a hash of the
+//! series' labels (so a series always lands in the same target lane, which
+//! keeps per-series order). It returns an upper bound of the encoded size so
+//! the caller can take that much from the memory budget first.
+//! [`Scratch::encode`] then writes every group's records into one buffer
+//! (one allocation per request), and [`Scratch::chunks`] yields each group as
+//! a refcounted slice of it for each of the variant's targets.
+//!
+//! The scratch vectors and map are reused across requests: once warm, the
+//! routing and encoding of a request allocate a constant number of times,
+//! independent of its series count (see `gateway/tests/alloc.rs`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use fanout_proto::encode::{Encoder, LabelSet};
+use fanout_proto::scan::Series;
+
+use super::catalog::Catalog;
+use crate::registry::{Attribution, Snapshot};
+
+/// The labels Fanout stamps from the registry.
+pub const REGISTRY_LABELS: [&str; 7] = [
+    "cloud_provider",
+    "cloud_region",
+    "cluster_organization_id",
+    "deploymentId",
+    "namespace",
+    "organizationId",
+    "workspaceId",
+];
+
+/// One stamped form of a Deployment's series and the targets that get it.
+#[derive(Debug)]
+pub struct Variant<T> {
+    /// Labels to stamp.
+    pub labels: LabelSet,
+    /// Upper bound of the bytes the stamped labels add to a series.
+    pub inject_bound: usize,
+    /// Shards (the largest lane count of its targets).
+    pub shards: u32,
+    /// Receiving targets.
+    pub targets: Vec<T>,
+}
+
+/// The compiled routing of one registry version; `T` is the target handle.
+#[derive(Debug)]
+pub struct Plan<T> {
+    /// Registry version it was built from.
+    pub version: u64,
+    variants: Vec<Variant<T>>,
+    /// Deployment id → indexes into `variants`.
+    deployments: HashMap<String, Range<u32>>,
+}
+
+impl<T> Plan<T> {
+    /// An empty plan (nothing routes anywhere).
+    pub fn empty() -> Plan<T> {
+        Plan {
+            version: 0,
+            variants: Vec::new(),
+            deployments: HashMap::new(),
+        }
+    }
+
+    /// Builds the plan of `snapshot`; `target` maps a target id to its handle
+    /// and lane count (`None` skips the target).
+    pub fn build(snapshot: &Snapshot, mut target: impl FnMut(&str) -> Option<(T, u32)>) -> Plan<T> {
+        let mut variants = Vec::new();
+        let mut deployments = HashMap::new();
+        for d in snapshot.registry().deployments.values() {
+            let Some(info) = snapshot.deployment(&d.cluster_id, &d.id) else {
+                continue;
+            };
+            let mut by_labels: BTreeMap<&BTreeMap<String, String>, (Vec<T>, u32)> = BTreeMap::new();
+            for t in &info.targets {
+                if let Some((handle, lanes)) = target(&t.id.0) {
+                    let e = by_labels.entry(&t.config.labels).or_default();
+                    e.0.push(handle);
+                    e.1 = e.1.max(lanes);
+                }
+            }
+            let start = variants.len() as u32;
+            for (target_labels, (targets, shards)) in by_labels {
+                let c = &info.cluster;
+                let registry = [
+                    ("cloud_provider", c.cloud_provider.as_str()),
+                    ("cloud_region", c.cloud_region.as_str()),
+                    ("cluster_organization_id", c.organization_id.as_str()),
+                    ("deploymentId", info.id.as_str()),
+                    ("namespace", info.namespace.as_str()),
+                    ("organizationId", info.organization_id.as_str()),
+                    ("workspaceId", info.workspace_id.as_str()),
+                ];
+                let all = registry
+                    .iter()
+                    .map(|(k, v)| (*k, *v))
+                    .chain(target_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                let labels = match LabelSet::new(all) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(deployment = %info.id, error = %e, "cannot build the labels of a target variant; its series are not delivered");
+                        continue;
+                    }
+                };
+                let inject_bound = labels.iter().map(|(n, v)| n.len() + v.len() + 16).sum();
+                variants.push(Variant {
+                    labels,
+                    inject_bound,
+                    shards: shards.max(1),
+                    targets,
+                });
+            }
+            deployments.insert(info.id.clone(), start..variants.len() as u32);
+        }
+        Plan {
+            version: snapshot.version(),
+            variants,
+            deployments,
+        }
+    }
+
+    /// Every variant.
+    pub fn variants(&self) -> &[Variant<T>] {
+        &self.variants
+    }
+}
+
+/// Samples not exported, by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drops {
+    /// No Deployment of the sending cluster matches.
+    pub unattributed: u64,
+    /// `deploymentId` of another cluster.
+    pub foreign: u64,
+    /// Not in the catalog.
+    pub filtered: u64,
+    /// Attributed to a Deployment that has no targets (not an error).
+    pub no_target: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Group {
+    variant: u32,
+    shard: u32,
+    bound: usize,
+    samples: u32,
+    series: u32,
+    range: Range<usize>,
+}
+
+/// Reusable per-request working space.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    items: Vec<(u32, u32)>,
+    groups: Vec<Group>,
+    index: HashMap<(u32, u32), u32>,
+    encoder: Encoder,
+}
+
+/// What a series' labels tell the router.
+struct Found<'a> {
+    name: Option<&'a [u8]>,
+    deployment: Option<&'a [u8]>,
+    namespace: Option<&'a [u8]>,
+    hash: u64,
+}
+
+fn inspect<'a>(view: fanout_proto::scan::SeriesView<'a>) -> Found<'a> {
+    // FNV-1a over the sender's labels: a series always hashes the same.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut found = Found {
+        name: None,
+        deployment: None,
+        namespace: None,
+        hash: 0,
+    };
+    for l in view.labels() {
+        match l.name {
+            b"__name__" => found.name = Some(l.value),
+            b"deploymentId" => found.deployment = Some(l.value),
+            b"namespace" => found.namespace = Some(l.value),
+            _ => {}
+        }
+        for b in l.name.iter().chain(&[0xff]).chain(l.value).chain(&[0xfe]) {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    found.hash = hash;
+    found
+}
+
+impl Scratch {
+    /// Attributes, filters and groups the series of one request from
+    /// `cluster_id`; returns the drops and an upper bound of the encoded size.
+    pub fn route<T>(
+        &mut self,
+        plan: &Plan<T>,
+        snapshot: &Snapshot,
+        catalog: &Catalog,
+        cluster_id: &str,
+        body: &[u8],
+        series: &[Series],
+    ) -> (Drops, usize) {
+        self.items.clear();
+        self.groups.clear();
+        self.index.clear();
+        let mut drops = Drops::default();
+        let mut total = 0usize;
+        for (i, s) in series.iter().enumerate() {
+            let samples = (s.samples() + s.histograms()) as u64;
+            let found = inspect(s.view(body));
+            if !found.name.is_some_and(|n| catalog.admits(n)) {
+                drops.filtered += samples;
+                continue;
+            }
+            // Labels were validated as UTF-8 by the scanner.
+            let dep = found.deployment.and_then(|d| std::str::from_utf8(d).ok());
+            let ns = found.namespace.and_then(|n| std::str::from_utf8(n).ok());
+            let info = match snapshot.attribute(cluster_id, dep, ns) {
+                Attribution::Deployment(d) => d,
+                Attribution::Foreign => {
+                    drops.foreign += samples;
+                    continue;
+                }
+                Attribution::Unattributed => {
+                    drops.unattributed += samples;
+                    continue;
+                }
+            };
+            let range = match plan.deployments.get(info.id.as_str()) {
+                Some(r) if !r.is_empty() => r.clone(),
+                _ => {
+                    drops.no_target += samples;
+                    continue;
+                }
+            };
+            let len = s.range().len();
+            for v in range {
+                let variant = &plan.variants[v as usize];
+                let shard = (found.hash % u64::from(variant.shards)) as u32;
+                let next = self.groups.len() as u32;
+                let g = *self.index.entry((v, shard)).or_insert(next);
+                if g == next {
+                    self.groups.push(Group {
+                        variant: v,
+                        shard,
+                        bound: 0,
+                        samples: 0,
+                        series: 0,
+                        range: 0..0,
+                    });
+                }
+                let bound = len + variant.inject_bound + 11;
+                let group = &mut self.groups[g as usize];
+                group.bound += bound;
+                group.samples = group.samples.saturating_add(samples as u32);
+                group.series += 1;
+                total += bound;
+                self.items.push((g, i as u32));
+            }
+        }
+        (drops, total)
+    }
+
+    /// Encodes every routed series with its variant's labels into one buffer.
+    pub fn encode<T>(&mut self, plan: &Plan<T>, body: &[u8], series: &[Series]) -> Bytes {
+        // (group, series index) order keeps a request's series in order
+        // within each group.
+        self.items.sort_unstable();
+        let total: usize = self.groups.iter().map(|g| g.bound).sum();
+        let mut out = BytesMut::with_capacity(total);
+        let mut current: Option<u32> = None;
+        for &(g, i) in &self.items {
+            if current != Some(g) {
+                if let Some(prev) = current {
+                    self.groups[prev as usize].range.end = out.len();
+                }
+                self.groups[g as usize].range.start = out.len();
+                current = Some(g);
+            }
+            let labels = &plan.variants[self.groups[g as usize].variant as usize].labels;
+            self.encoder
+                .encode_series(series[i as usize].view(body), labels, &mut out);
+        }
+        if let Some(prev) = current {
+            self.groups[prev as usize].range.end = out.len();
+        }
+        out.freeze()
+    }
+
+    /// Each group after [`encode`](Self::encode): (variant, shard, records,
+    /// samples, series).
+    pub fn chunks<'a, T>(
+        &'a self,
+        plan: &'a Plan<T>,
+        records: &'a Bytes,
+    ) -> impl Iterator<Item = (&'a Variant<T>, u32, Bytes, u32, u32)> + 'a {
+        self.groups.iter().map(move |g| {
+            (
+                &plan.variants[g.variant as usize],
+                g.shard,
+                records.slice(g.range.clone()),
+                g.samples,
+                g.series,
+            )
+        })
+    }
+}
+
+/// A shared scratch pool so concurrent requests each get their own.
+#[derive(Debug, Default)]
+pub struct ScratchPool {
+    free: std::sync::Mutex<Vec<Scratch>>,
+}
+
+impl ScratchPool {
+    /// Takes a scratch (a new one when none is free).
+    pub fn take(&self) -> Scratch {
+        self.free
+            .lock()
+            .ok()
+            .and_then(|mut f| f.pop())
+            .unwrap_or_default()
+    }
+
+    /// Returns a scratch for reuse (at most 64 are kept).
+    pub fn give(&self, s: Scratch) {
+        if let Ok(mut f) = self.free.lock() {
+            if f.len() < 64 {
+                f.push(s);
+            }
+        }
+    }
+}
+
+/// A handle for tests and benches: the shared [`Arc`] of a plan.
+pub type SharedPlan<T> = Arc<Plan<T>>;

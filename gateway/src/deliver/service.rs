@@ -1,0 +1,837 @@
+//! The delivery service: [`FanoutDelivery`] takes accepted requests from
+//! ingest, routes them through the current [`Plan`], queues chunks on each
+//! target, and runs one sender task per target.
+//!
+//! # Targets and live config
+//! Targets are keyed by their registry id (a hash of endpoint, auth, headers,
+//! labels and delivery options). On every registry version (a diff from
+//! [`Live::subscribe`], or lazily when a request sees a newer snapshot):
+//! - a new id starts a target: its queue and its sender task;
+//! - an id that is gone is *retired*: it takes no new data, sends what it has
+//!   with partial batches at once, and stops when empty (or after
+//!   [`Settings::removed_drain`], counting what is left as abandoned);
+//! - an id that stays keeps its queue, its in-flight batches and its task; only
+//!   its routes (feeds) are updated. A config change is a new id, so the old
+//!   target drains to the old endpoint while the new one starts.
+//!
+//! # Isolation and backpressure
+//! Submitting never waits on a target: a full target queue overflows its own
+//! oldest data (`queue_full`). The only wait is for the shared memory budget
+//! (what queued data holds), and when it stays exhausted for
+//! [`Settings::admission_wait`] ingest answers 429.
+//!
+//! # Shutdown
+//! [`FanoutDelivery::shutdown`] refuses new data, flushes partial batches and
+//! waits up to the grace period for every queue to empty; what is left is
+//! logged and counted (the disk spill will keep it).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Notify};
+
+use super::catalog::Catalog;
+use super::http::HttpSender;
+use super::policy::SendResult;
+use super::queue::{Chunk, CoreConfig, DropOldest, Event, TargetCore};
+use super::route::{Plan, ScratchPool};
+use super::stats::{self, names, GlobalStats, RecentError};
+use super::{Accepted, Delivery, DeliveryError, MemoryBudget};
+use crate::ingest::args::{ByteSize, HumanDuration};
+use crate::registry::live::Live;
+use crate::registry::{Snapshot, Target};
+
+/// Default bound of one target's memory queue.
+pub const DEFAULT_TARGET_QUEUE: u64 = 64 << 20;
+/// Default shutdown grace.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Delivery flags, flattened into `fanout serve`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DeliveryArgs {
+    /// Catalog of exported metric names: `builtin` (default), `all`, or a file
+    /// (statsd mapping YAML, or one name per line with `*` wildcards).
+    #[arg(long, env = "FANOUT_CATALOG")]
+    pub catalog: Option<String>,
+    /// Memory queue bound of each target; beyond it the oldest data is dropped [default: 64MiB].
+    #[arg(long, env = "FANOUT_TARGET_QUEUE_MEMORY")]
+    pub target_queue_memory: Option<ByteSize>,
+    /// On SIGTERM, how long to keep delivering queued data [default: 30s].
+    #[arg(long, env = "FANOUT_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<HumanDuration>,
+}
+
+/// Delivery settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Which names are exported.
+    pub catalog: Catalog,
+    /// Memory queue bound per target.
+    pub target_queue_bytes: u64,
+    /// Longest wait for the shared memory budget before 429.
+    pub admission_wait: Duration,
+    /// Longest drain of a removed target.
+    pub removed_drain: Duration,
+    /// Shutdown grace.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            catalog: Catalog::builtin(),
+            target_queue_bytes: DEFAULT_TARGET_QUEUE,
+            admission_wait: Duration::from_secs(1),
+            removed_drain: Duration::from_secs(60),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+impl DeliveryArgs {
+    /// The settings these flags give.
+    pub fn settings(&self) -> Result<Settings, super::catalog::CatalogError> {
+        Ok(Settings {
+            catalog: Catalog::from_arg(self.catalog.as_deref())?,
+            target_queue_bytes: self
+                .target_queue_memory
+                .map_or(DEFAULT_TARGET_QUEUE, |b| b.0.max(1)),
+            shutdown_grace: self.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
+            ..Settings::default()
+        })
+    }
+}
+
+struct TargetMetrics {
+    samples: metrics::Counter,
+    bytes: metrics::Counter,
+    requests: metrics::Counter,
+    retries: metrics::Counter,
+    queue_full: metrics::Counter,
+    rejected: metrics::Counter,
+    queue_bytes: metrics::Gauge,
+    in_flight: metrics::Gauge,
+    concurrency: metrics::Gauge,
+    latency: metrics::Histogram,
+}
+
+impl TargetMetrics {
+    fn new(id: &str) -> TargetMetrics {
+        let t = id.to_owned();
+        TargetMetrics {
+            samples: metrics::counter!(names::TARGET_SAMPLES, "target" => t.clone()),
+            bytes: metrics::counter!(names::TARGET_BYTES, "target" => t.clone()),
+            requests: metrics::counter!(names::TARGET_REQUESTS, "target" => t.clone()),
+            retries: metrics::counter!(names::TARGET_RETRIES, "target" => t.clone()),
+            queue_full: metrics::counter!(names::TARGET_DROPPED, "target" => t.clone(), "reason" => "queue_full"),
+            rejected: metrics::counter!(names::TARGET_DROPPED, "target" => t.clone(), "reason" => "rejected"),
+            queue_bytes: metrics::gauge!(names::TARGET_QUEUE_BYTES, "target" => t.clone()),
+            in_flight: metrics::gauge!(names::TARGET_IN_FLIGHT, "target" => t.clone()),
+            concurrency: metrics::gauge!(names::TARGET_CONCURRENCY, "target" => t.clone()),
+            latency: metrics::histogram!(names::TARGET_LATENCY, "target" => t),
+        }
+    }
+}
+
+/// One target: its config, its queue state machine and its sender's wake-up.
+pub struct TargetHandle {
+    id: String,
+    endpoint: String,
+    target: Mutex<Arc<Target>>,
+    core: Mutex<TargetCore>,
+    notify: Notify,
+    removed_at: Mutex<Option<Instant>>,
+    metrics: TargetMetrics,
+}
+
+impl std::fmt::Debug for TargetHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetHandle")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl TargetHandle {
+    fn new(target: Arc<Target>, settings: &Settings) -> TargetHandle {
+        let d = &target.config.delivery;
+        let config = CoreConfig {
+            max_samples: d.max_samples_per_send.max(1),
+            deadline: d.batch_send_deadline,
+            max_concurrency: d.max_concurrency.max(1),
+            max_backoff: d.max_backoff,
+            queue_bytes: settings.target_queue_bytes,
+        };
+        let seed = target.id.0.bytes().fold(0u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        TargetHandle {
+            id: target.id.0.clone(),
+            endpoint: stats::display_endpoint(&target.config.endpoint),
+            core: Mutex::new(TargetCore::new(target.id.0.clone(), config, seed)),
+            metrics: TargetMetrics::new(&target.id.0),
+            target: Mutex::new(target),
+            notify: Notify::new(),
+            removed_at: Mutex::new(None),
+        }
+    }
+
+    /// Target id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn lanes(&self) -> u32 {
+        self.core.lock().map_or(1, |c| c.lanes())
+    }
+
+    fn target(&self) -> Arc<Target> {
+        self.target
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    fn removed_at(&self) -> Option<Instant> {
+        self.removed_at.lock().ok().and_then(|r| *r)
+    }
+
+    fn set_removed(&self, at: Option<Instant>) {
+        if let Ok(mut r) = self.removed_at.lock() {
+            *r = at;
+        }
+        if let Ok(mut c) = self.core.lock() {
+            c.set_flush(at.is_some());
+        }
+        self.notify.notify_one();
+    }
+
+    fn push(&self, shard: u32, chunk: Chunk, stats: &GlobalStats) {
+        let dropped = match self.core.lock() {
+            Ok(mut core) => {
+                let before = core.counters().dropped_queue_full;
+                core.push(shard, chunk, &mut DropOldest);
+                core.counters().dropped_queue_full - before
+            }
+            Err(_) => u64::from(chunk.samples),
+        };
+        if dropped > 0 {
+            stats.queue_full.fetch_add(dropped, Ordering::Relaxed);
+            self.metrics.queue_full.increment(dropped);
+            metrics::counter!(names::DROPPED, "reason" => "queue_full").increment(dropped);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Pauses or resumes sending.
+    pub fn set_paused(&self, paused: bool) {
+        if let Ok(mut c) = self.core.lock() {
+            c.set_paused(paused);
+        }
+        self.notify.notify_one();
+    }
+
+    /// The TARGET object of docs/stats-api.md.
+    pub fn to_json(&self, snapshot: &Snapshot) -> Value {
+        let target = self.target();
+        let now = Instant::now();
+        let Ok(core) = self.core.lock() else {
+            return json!({"id": self.id, "endpoint": self.endpoint, "state": "failing"});
+        };
+        let c = core.counters();
+        let h = core.latency_us();
+        let q = |p: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(p) as f64 / 1000.0
+            }
+        };
+        let feeds: Vec<Value> = target
+            .routes
+            .iter()
+            .map(|r| {
+                json!({
+                    "exportId": r.export_id,
+                    "deploymentId": r.deployment_id,
+                    "clusterId": snapshot.deployment_cluster_id(&r.deployment_id).unwrap_or(""),
+                })
+            })
+            .collect();
+        json!({
+            "id": self.id,
+            "endpoint": self.endpoint,
+            "state": core.state(now),
+            "paused": core.paused(),
+            "queueBytes": core.queue_bytes(),
+            "queueSamples": core.queue_samples(),
+            "spillBytes": 0,
+            "oldestQueuedSeconds": core.oldest_queued(now).as_secs_f64(),
+            "samplesSent": c.samples_sent,
+            "bytesSent": c.bytes_sent,
+            "requestsSent": c.requests_sent,
+            "retries": c.retries,
+            "failures": c.failures,
+            "dropped": {"rejected": c.dropped_rejected, "queue_full": c.dropped_queue_full, "disk_full": 0},
+            "lastError": core.last_error().map(|e| json!({
+                "time": stats::rfc3339(e.time),
+                "status": e.status,
+                "message": e.message,
+            })),
+            "concurrency": core.concurrency(),
+            "inFlight": core.in_flight(),
+            "latencyMs": {
+                "p50": q(0.5), "p90": q(0.9), "p99": q(0.99),
+                "max": if h.is_empty() { 0.0 } else { h.max() as f64 / 1000.0 },
+            },
+            "feeds": feeds,
+        })
+    }
+}
+
+type TargetPlan = Plan<Arc<TargetHandle>>;
+
+struct Inner {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    settings: Settings,
+    budget: MemoryBudget,
+    plan: ArcSwap<TargetPlan>,
+    sync_lock: Mutex<()>,
+    targets: Mutex<BTreeMap<String, Arc<TargetHandle>>>,
+    retired: Mutex<Vec<Arc<TargetHandle>>>,
+    sender: HttpSender,
+    scratch: ScratchPool,
+    stats: GlobalStats,
+    started: Instant,
+    closing: AtomicBool,
+    stopped: AtomicBool,
+}
+
+/// The real delivery (SPEC §4, §5); cheap to clone.
+#[derive(Clone)]
+pub struct FanoutDelivery {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for FanoutDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FanoutDelivery").finish_non_exhaustive()
+    }
+}
+
+struct Done {
+    lane: u32,
+    batch: u64,
+    result: SendResult,
+    latency: Duration,
+}
+
+impl FanoutDelivery {
+    /// Delivery over the shared snapshot; targets start on the first sync.
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        budget: MemoryBudget,
+        settings: Settings,
+    ) -> FanoutDelivery {
+        FanoutDelivery {
+            inner: Arc::new(Inner {
+                snapshot,
+                settings,
+                budget,
+                plan: ArcSwap::from_pointee(Plan::empty()),
+                sync_lock: Mutex::new(()),
+                targets: Mutex::new(BTreeMap::new()),
+                retired: Mutex::new(Vec::new()),
+                sender: HttpSender::new(),
+                scratch: ScratchPool::default(),
+                stats: GlobalStats::default(),
+                started: Instant::now(),
+                closing: AtomicBool::new(false),
+                stopped: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Starts delivery for `live`: targets of the current registry, and a
+    /// task that follows registry changes. Needs a tokio runtime.
+    pub fn start(live: &Arc<Live>, budget: MemoryBudget, settings: Settings) -> FanoutDelivery {
+        let d = FanoutDelivery::new(live.shared(), budget, settings);
+        d.inner.sync(&live.current());
+        let mut diffs = live.subscribe();
+        let weak = Arc::downgrade(&d.inner);
+        tokio::spawn(async move {
+            loop {
+                let r = diffs.recv().await;
+                let Some(inner) = weak.upgrade() else { return };
+                match r {
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let snap = inner.snapshot.load_full();
+                        inner.sync(&snap);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        d
+    }
+
+    /// Applies the current snapshot now (tests; `start` follows changes itself).
+    pub fn sync_now(&self) {
+        let snap = self.inner.snapshot.load_full();
+        self.inner.sync(&snap);
+    }
+
+    /// The registry snapshot in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshot.load_full()
+    }
+
+    /// Gateway-wide counters.
+    pub fn stats(&self) -> &GlobalStats {
+        &self.inner.stats
+    }
+
+    /// The shared memory budget.
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.inner.budget
+    }
+
+    /// Every target (active, then retired ones still draining).
+    pub fn targets(&self) -> Vec<Arc<TargetHandle>> {
+        let mut v: Vec<_> = self
+            .inner
+            .targets
+            .lock()
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default();
+        if let Ok(r) = self.inner.retired.lock() {
+            v.extend(r.iter().cloned());
+        }
+        v
+    }
+
+    /// One target by id.
+    pub fn target(&self, id: &str) -> Option<Arc<TargetHandle>> {
+        self.targets().into_iter().find(|t| t.id == id)
+    }
+
+    /// `GET /api/v1/targets` items.
+    pub fn targets_json(&self) -> Vec<Value> {
+        let snap = self.inner.snapshot.load_full();
+        self.targets().iter().map(|t| t.to_json(&snap)).collect()
+    }
+
+    /// The snapshot of `GET /api/v1/stats`.
+    pub fn stats_json(&self, gateway: &str, ready: bool, draining: bool) -> Value {
+        let s = &self.inner.stats;
+        let snap = self.inner.snapshot.load_full();
+        let mut requests: BTreeMap<&str, BTreeMap<String, u64>> = [
+            ("http1", BTreeMap::new()),
+            ("h2", BTreeMap::new()),
+            ("h3", BTreeMap::new()),
+        ]
+        .into();
+        for ((transport, code), n) in s.requests() {
+            requests
+                .entry(transport)
+                .or_default()
+                .insert(code.to_string(), n);
+        }
+        let budget = &self.inner.budget;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let errors: Vec<Value> = s
+            .recent_errors()
+            .into_iter()
+            .map(|e| {
+                json!({"time": stats::rfc3339(e.time), "targetId": e.target, "status": e.status, "message": e.message})
+            })
+            .collect();
+        json!({
+            "time": stats::rfc3339_millis(SystemTime::now()),
+            "uptimeSeconds": self.inner.started.elapsed().as_secs_f64(),
+            "gateway": gateway,
+            "configVersion": snap.version(),
+            "ready": ready,
+            "draining": draining,
+            "ingest": {
+                "requests": requests,
+                "samples": load(&s.samples),
+                "series": load(&s.series),
+                "bytes": load(&s.bytes),
+                "inFlightBytes": budget.total_bytes().saturating_sub(budget.available_bytes()),
+                "memoryBudgetBytes": budget.total_bytes(),
+            },
+            "drops": {
+                "unattributed": load(&s.unattributed),
+                "foreign": load(&s.foreign),
+                "filtered": load(&s.filtered),
+                "queue_full": load(&s.queue_full),
+                "disk_full": 0,
+                "rejected": load(&s.rejected),
+            },
+            "out": {"samples": load(&s.out_samples), "bytes": load(&s.out_bytes)},
+            "targets": self.targets_json(),
+            "recentErrors": errors,
+        })
+    }
+
+    /// Samples queued or in flight over all targets.
+    pub fn pending_samples(&self) -> u64 {
+        self.targets()
+            .iter()
+            .map(|t| t.core.lock().map_or(0, |c| c.pending_samples()))
+            .sum()
+    }
+
+    /// Stops taking data, delivers what is queued within `grace`, then stops
+    /// the senders. Returns the samples left undelivered.
+    pub async fn shutdown(&self, grace: Duration) -> u64 {
+        let inner = &self.inner;
+        inner.closing.store(true, Ordering::SeqCst);
+        for t in self.targets() {
+            if let Ok(mut c) = t.core.lock() {
+                c.set_flush(true);
+            }
+            t.notify.notify_one();
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            let idle = self
+                .targets()
+                .iter()
+                .all(|t| t.core.lock().map_or(true, |c| c.is_idle()));
+            if idle || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.pending_samples();
+        if left > 0 {
+            inner.stats.abandoned.fetch_add(left, Ordering::Relaxed);
+            metrics::counter!(names::DROPPED, "reason" => "shutdown").increment(left);
+            tracing::warn!(
+                samples = left,
+                grace_ms = grace.as_millis() as u64,
+                "delivery: samples not delivered within the shutdown grace"
+            );
+        }
+        inner.stopped.store(true, Ordering::SeqCst);
+        for t in self.targets() {
+            t.notify.notify_one();
+        }
+        left
+    }
+}
+
+impl Inner {
+    fn sync(self: &Arc<Self>, snapshot: &Arc<Snapshot>) {
+        let Ok(_guard) = self.sync_lock.lock() else {
+            return;
+        };
+        let current = self.plan.load();
+        if current.version == snapshot.version() && current.version != 0 {
+            return;
+        }
+        if current.version > snapshot.version() {
+            return;
+        }
+        let now = Instant::now();
+        let Ok(mut targets) = self.targets.lock() else {
+            return;
+        };
+        let gone: Vec<String> = targets
+            .keys()
+            .filter(|id| snapshot.target(id).is_none())
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(h) = targets.remove(&id) {
+                tracing::info!(target_id = %id, "delivery: target removed; draining");
+                h.set_removed(Some(now));
+                if let Ok(mut r) = self.retired.lock() {
+                    r.push(h);
+                }
+            }
+        }
+        for t in snapshot.targets() {
+            if let Some(h) = targets.get(&t.id.0) {
+                if let Ok(mut cur) = h.target.lock() {
+                    *cur = t.clone();
+                }
+                continue;
+            }
+            // A target that comes back while draining is revived.
+            let revived = self.retired.lock().ok().and_then(|mut r| {
+                let i = r.iter().position(|h| h.id == t.id.0)?;
+                Some(r.swap_remove(i))
+            });
+            let h = match revived {
+                Some(h) => {
+                    h.set_removed(None);
+                    if let Ok(mut cur) = h.target.lock() {
+                        *cur = t.clone();
+                    }
+                    h
+                }
+                None => {
+                    let h = Arc::new(TargetHandle::new(t.clone(), &self.settings));
+                    tracing::info!(target_id = %h.id, endpoint = %h.endpoint, "delivery: target started");
+                    tokio::spawn(run_target(self.clone(), h.clone()));
+                    h
+                }
+            };
+            targets.insert(t.id.0.clone(), h);
+        }
+        let plan = Plan::build(snapshot, |id| {
+            targets.get(id).map(|h| (h.clone(), h.lanes()))
+        });
+        self.plan.store(Arc::new(plan));
+        metrics::gauge!(names::CONFIG_VERSION).set(snapshot.version() as f64);
+    }
+
+    async fn submit(self: &Arc<Self>, batch: Accepted) -> Result<(), DeliveryError> {
+        if self.closing.load(Ordering::Relaxed) {
+            return Err(DeliveryError::Unavailable(
+                "delivery is shutting down".into(),
+            ));
+        }
+        let snapshot = self.snapshot.load_full();
+        let mut plan = self.plan.load_full();
+        if plan.version != snapshot.version() {
+            self.sync(&snapshot);
+            plan = self.plan.load_full();
+        }
+        let s = &batch.summary;
+        let stats = &self.stats;
+        stats
+            .samples
+            .fetch_add((s.samples + s.histograms) as u64, Ordering::Relaxed);
+        stats.series.fetch_add(s.series as u64, Ordering::Relaxed);
+        stats
+            .bytes
+            .fetch_add(batch.body.len() as u64, Ordering::Relaxed);
+        metrics::counter!(names::INGEST_SAMPLES).increment((s.samples + s.histograms) as u64);
+        metrics::counter!(names::INGEST_SERIES).increment(s.series as u64);
+        metrics::counter!(names::INGEST_BYTES).increment(batch.body.len() as u64);
+
+        let mut scratch = self.scratch.take();
+        let (drops, bound) = scratch.route(
+            &plan,
+            &snapshot,
+            &self.settings.catalog,
+            &batch.cluster.id,
+            &batch.body,
+            &batch.series,
+        );
+        stats.add_drops(&drops);
+        if bound == 0 {
+            self.scratch.give(scratch);
+            return Ok(());
+        }
+        let mut permit = match self.budget.try_acquire(bound as u64) {
+            Ok(p) => p,
+            Err(_) => {
+                match self
+                    .budget
+                    .acquire_timeout(bound as u64, self.settings.admission_wait)
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.scratch.give(scratch);
+                        return Err(DeliveryError::Overloaded(format!(
+                            "target queues hold the memory budget: {e}"
+                        )));
+                    }
+                }
+            }
+        };
+        let records = scratch.encode(&plan, &batch.body, &batch.series);
+        drop(batch);
+        permit.shrink_to(records.len() as u64);
+        let permit = Arc::new(permit);
+        let now = Instant::now();
+        for (variant, shard, bytes, samples, series) in scratch.chunks(&plan, &records) {
+            let chunk = Chunk {
+                records: bytes,
+                samples,
+                series,
+                enqueued: now,
+                permit: Some(permit.clone()),
+            };
+            for t in &variant.targets {
+                t.push(shard, chunk.clone(), stats);
+            }
+        }
+        drop(records);
+        self.scratch.give(scratch);
+        Ok(())
+    }
+}
+
+impl Delivery for FanoutDelivery {
+    fn submit(
+        &self,
+        batch: Accepted,
+    ) -> impl std::future::Future<Output = Result<(), DeliveryError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.submit(batch).await }
+    }
+}
+
+async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
+    let (tx, mut rx) = mpsc::channel::<Done>(super::queue::MAX_LANES as usize * 2);
+    let mut in_flight = 0u32;
+    let mut sends = Vec::new();
+    loop {
+        let now = Instant::now();
+        let (wake, idle, pending) = match h.core.lock() {
+            Ok(mut core) => {
+                while let Some(d) = core.poll(now) {
+                    sends.push(d);
+                }
+                h.metrics.queue_bytes.set(core.queue_bytes() as f64);
+                h.metrics.in_flight.set(f64::from(core.in_flight()));
+                h.metrics.concurrency.set(f64::from(core.concurrency()));
+                (core.next_wakeup(), core.is_idle(), core.pending_samples())
+            }
+            Err(_) => return,
+        };
+        for d in sends.drain(..) {
+            in_flight += 1;
+            if d.attempt > 1 {
+                h.metrics.retries.increment(1);
+            }
+            let target = h.target();
+            let sender = inner.sender.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                let result = sender.send(&target.config, d.body).await;
+                let _ = tx
+                    .send(Done {
+                        lane: d.lane,
+                        batch: d.batch,
+                        result,
+                        latency: t0.elapsed(),
+                    })
+                    .await;
+            });
+        }
+        if let Some(removed) = h.removed_at() {
+            if idle && in_flight == 0 {
+                break;
+            }
+            if now.saturating_duration_since(removed) > inner.settings.removed_drain {
+                inner.stats.abandoned.fetch_add(pending, Ordering::Relaxed);
+                metrics::counter!(names::DROPPED, "reason" => "removed").increment(pending);
+                tracing::warn!(target_id = %h.id, samples = pending, "delivery: removed target did not drain in time; its data is dropped");
+                break;
+            }
+        }
+        if inner.stopped.load(Ordering::SeqCst) {
+            break;
+        }
+        let sleep_until = wake
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = h.notify.notified() => {}
+            Some(done) = rx.recv() => {
+                in_flight = in_flight.saturating_sub(1);
+                on_done(&inner, &h, done);
+                // Drain every other finished attempt before polling again.
+                while let Ok(done) = rx.try_recv() {
+                    in_flight = in_flight.saturating_sub(1);
+                    on_done(&inner, &h, done);
+                }
+            }
+            _ = tokio::time::sleep_until(sleep_until) => {}
+        }
+    }
+    if let Ok(mut r) = inner.retired.lock() {
+        r.retain(|x| !Arc::ptr_eq(x, &h));
+    }
+    tracing::debug!(target_id = %h.id, "delivery: target sender stopped");
+}
+
+fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
+    let (event, was) = match h.core.lock() {
+        Ok(mut core) => {
+            let was = core.state(Instant::now());
+            let ev = core.on_result(
+                done.lane,
+                done.batch,
+                &done.result,
+                done.latency,
+                Instant::now(),
+                SystemTime::now(),
+            );
+            (ev, was)
+        }
+        Err(_) => return,
+    };
+    if matches!(done.result, SendResult::Status { .. }) {
+        h.metrics.latency.record(done.latency.as_secs_f64());
+    }
+    match event {
+        Event::Sent { samples, bytes } => {
+            h.metrics.samples.increment(u64::from(samples));
+            h.metrics.bytes.increment(bytes);
+            h.metrics.requests.increment(1);
+            inner
+                .stats
+                .out_samples
+                .fetch_add(u64::from(samples), Ordering::Relaxed);
+            inner.stats.out_bytes.fetch_add(bytes, Ordering::Relaxed);
+            if was != "healthy" && was != "paused" {
+                tracing::info!(target_id = %h.id, "delivery: target recovered");
+            }
+        }
+        Event::Retrying {
+            kind,
+            status,
+            message,
+        } => {
+            metrics::counter!(names::TARGET_FAILURES, "target" => h.id.clone(), "status" => kind)
+                .increment(1);
+            if was == "healthy" {
+                tracing::warn!(target_id = %h.id, error = %message, "delivery: target failing; retrying");
+            } else {
+                tracing::debug!(target_id = %h.id, error = %message, "delivery: retry failed");
+            }
+            inner.stats.push_error(RecentError {
+                time: SystemTime::now(),
+                target: h.id.clone(),
+                status,
+                message,
+            });
+        }
+        Event::Dropped {
+            status,
+            samples,
+            message,
+        } => {
+            metrics::counter!(names::TARGET_FAILURES, "target" => h.id.clone(), "status" => status.to_string())
+                .increment(1);
+            h.metrics.rejected.increment(u64::from(samples));
+            metrics::counter!(names::DROPPED, "reason" => "rejected").increment(u64::from(samples));
+            inner
+                .stats
+                .rejected
+                .fetch_add(u64::from(samples), Ordering::Relaxed);
+            tracing::warn!(target_id = %h.id, status, samples, error = %message, "delivery: batch rejected by the target; dropped");
+            inner.stats.push_error(RecentError {
+                time: SystemTime::now(),
+                target: h.id.clone(),
+                status: Some(status),
+                message,
+            });
+        }
+        Event::Stale => {}
+    }
+}

@@ -1,0 +1,258 @@
+//! Spill: a durable disk queue per target (SPEC §5, issue 6).
+//!
+//! A target whose backlog outgrows memory moves its batches here; on restart
+//! every target's backlog is found again with [`list_backlogs`] and reopened
+//! with [`DiskQueue::open`]. The queue stores the *final compressed request
+//! bodies*, so replay sends the same bytes without re-encoding.
+//!
+//! # On-disk layout
+//! ```text
+//! <data-dir>/spill/<target-dir>/            target id, percent-encoded (target_dir)
+//!     00000000000000000001.seg              segments, append-only, ids increasing
+//!     00000000000000000002.seg
+//!     ledger                                acked seq (written via ledger.tmp + rename)
+//! ```
+//! A segment is a sequence of records, all integers little-endian:
+//! ```text
+//! magic "FSP1" | body_len u32 | crc32 u32 | seq u64 | enqueued_ms u64 | tag u64 | samples u32 | payload
+//!                \____________ crc32 (IEEE, crc32fast) covers body_len and everything after ____/
+//! ```
+//! `body_len` is 28 + payload length, at most 28 + 128 MiB. A record that
+//! recovery retired has its magic overwritten with `"FSPX"` (a tombstone);
+//! scans skip it. The ledger is `"FSPLDG01" | acked_seq u64 | crc32 u32`.
+//!
+//! # Invariants
+//! - Every record has a queue-wide sequence number, strictly increasing
+//!   across segments from 1; after all segments are deleted numbering goes
+//!   on from the ledger, so a new record is never mistaken for an acked one.
+//! - A record is acked (delivered, or dropped for the budget) iff its seq is
+//!   `<= acked_seq`; acks are a prefix ([`DiskQueue::ack_through`]), so
+//!   delivery acks the contiguous run of completed batches. Unacked records
+//!   are replayed on open, in seq order; acked ones never are, once the
+//!   ledger that covers them is durable.
+//! - A segment is deleted only when all its records are acked, and only after
+//!   the ledger recording that is fsynced: a crash can never leave a gap that
+//!   recovery would mistake for loss.
+//! - Budget: the bytes of unacked records (frames, as on disk) stay within
+//!   `budget_bytes`; an append that would exceed it first drops the oldest
+//!   records, counted in [`AppendOutcome`] (`disk_full`). Disk use can exceed
+//!   the budget by the acked part of the oldest segment, so segments are at
+//!   most a quarter of the budget ([`DiskQueueConfig::effective_segment_bytes`]).
+//! - Memory: an index entry (about 56 bytes) per unacked record; no payload
+//!   is kept in memory.
+//!
+//! # Failure handling
+//! - Open verifies every frame of every segment. A frame with a bad checksum
+//!   whose length field is vouched for (the next frame starts with a valid
+//!   magic, or it ends exactly at the end of the file) is retired with a
+//!   tombstone and the records after it are kept; otherwise the segment is
+//!   cut at the last good record. [`Recovery`] reports the bytes cut, the
+//!   records lost and whether the last segment had a torn tail; the queue is
+//!   never thrown away. A damaged ledger replays everything (duplicates, not
+//!   loss).
+//! - A checksum failure while reading drops that record, counted in
+//!   [`SpillStats::corrupt_records`].
+//! - Every I/O error is returned as [`SpillError::Io`] naming the operation
+//!   and path; nothing panics and nothing exits. A failed write is taken back
+//!   (truncate) or the segment abandoned. A failed sync round marks the queue
+//!   broken (after a failed fsync the kernel may have dropped dirty pages):
+//!   appends then fail with [`SpillError::Broken`], delivery falls back to
+//!   memory and load shedding, and may reopen the queue later, which
+//!   re-verifies what is on disk.
+//!
+//! # Durability
+//! Appends are `write(2)`s straight to the segment (no user-space buffer),
+//! so a process crash loses nothing appended. [`GroupCommit`] runs a thread
+//! per queue that fsyncs: for `durability: wal` ingest awaits
+//! [`GroupCommit::durable`] for its seq before answering 2xx, and every
+//! request waiting while one fsync runs is answered by the next one; for
+//! `memory` it syncs every `flush_interval`.
+
+mod commit;
+mod format;
+mod queue;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub use commit::{lock, Durable, GroupCommit};
+pub use format::{MAX_PAYLOAD, RECORD_OVERHEAD};
+pub use queue::{
+    AppendOutcome, DiskQueue, DiskQueueConfig, QueuedRecord, Record, Recovery, SpillStats, SyncPlan,
+};
+
+/// Name of the ledger file in a queue directory.
+pub const LEDGER_FILE: &str = "ledger";
+/// Extension of segment files.
+pub const SEGMENT_EXT: &str = ".seg";
+/// Folder under `--data-dir` that holds one directory per target.
+pub const SPILL_DIR: &str = "spill";
+
+/// A spill failure; every variant names what and where.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpillError {
+    /// An operating-system error on a spill file.
+    #[error("spill: {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done (`write`, `fsync`, ...).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// A record cannot be stored at all.
+    #[error("spill: record of {size} bytes exceeds the {what} of {limit} bytes")]
+    TooLarge {
+        /// Its size on disk.
+        size: u64,
+        /// The limit.
+        limit: u64,
+        /// Which limit.
+        what: &'static str,
+    },
+    /// An earlier sync failed; the queue must be reopened.
+    #[error("spill: queue {} unusable after an earlier error ({reason}); it is reopened to recover", path.display())]
+    Broken {
+        /// The queue directory.
+        path: PathBuf,
+        /// The earlier error.
+        reason: String,
+    },
+    /// The group-commit thread is gone.
+    #[error("spill: sync thread stopped")]
+    Closed,
+}
+
+impl SpillError {
+    fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+        Self::Io {
+            op,
+            path: path.to_path_buf(),
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// The queue directory of `target_id` under `data_dir`.
+///
+/// Ids are percent-encoded except ASCII letters, digits, `-` and `_`, so any
+/// id maps to one safe file name (`.` and `/` are encoded too).
+pub fn target_dir(data_dir: &Path, target_id: &str) -> PathBuf {
+    let mut name = String::with_capacity(target_id.len());
+    for b in target_id.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            name.push(b as char);
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if name.is_empty() {
+        name.push('%');
+    }
+    data_dir.join(SPILL_DIR).join(name)
+}
+
+/// Inverse of the file name encoding of [`target_dir`].
+fn decode_target(name: &str) -> Option<String> {
+    if name == "%" {
+        return Some(String::new());
+    }
+    let b = name.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = name.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A target backlog found on disk by [`list_backlogs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backlog {
+    /// The target id.
+    pub target_id: String,
+    /// Its queue directory.
+    pub dir: PathBuf,
+    /// Bytes of its segment files (acked data not yet deleted included).
+    pub disk_bytes: u64,
+    /// Number of segment files.
+    pub segments: u64,
+    /// Modification time of its oldest segment (for retention of targets
+    /// that left the registry).
+    pub oldest_modified: Option<SystemTime>,
+}
+
+/// Every target queue under `data_dir`, including targets no longer in the
+/// registry, from directory metadata only (cheap at start-up). Open each with
+/// [`DiskQueue::open`] for exact records and ages.
+pub fn list_backlogs(data_dir: &Path) -> Result<Vec<Backlog>, SpillError> {
+    let root = data_dir.join(SPILL_DIR);
+    let entries = match std::fs::read_dir(&root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(SpillError::io("list", &root, e)),
+    };
+    let mut out = Vec::new();
+    for ent in entries {
+        let ent = ent.map_err(|e| SpillError::io("list", &root, e))?;
+        let dir = ent.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let Some(target_id) = ent.file_name().to_str().and_then(decode_target) else {
+            tracing::warn!(path = %dir.display(), "spill: ignoring directory with a name that is no target id");
+            continue;
+        };
+        let mut b = Backlog {
+            target_id,
+            dir: dir.clone(),
+            disk_bytes: 0,
+            segments: 0,
+            oldest_modified: None,
+        };
+        for seg in std::fs::read_dir(&dir).map_err(|e| SpillError::io("list", &dir, e))? {
+            let seg = seg.map_err(|e| SpillError::io("list", &dir, e))?;
+            if !seg.file_name().to_string_lossy().ends_with(SEGMENT_EXT) {
+                continue;
+            }
+            let md = seg
+                .metadata()
+                .map_err(|e| SpillError::io("stat", &seg.path(), e))?;
+            b.disk_bytes += md.len();
+            b.segments += 1;
+            if let Ok(m) = md.modified() {
+                b.oldest_modified = Some(b.oldest_modified.map_or(m, |o| o.min(m)));
+            }
+        }
+        out.push(b);
+    }
+    out.sort_by(|a, b| a.target_id.cmp(&b.target_id));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_names_round_trip() {
+        for id in ["prom-dev", "a/b", "..", "", "é x.y", "%41"] {
+            let d = target_dir(Path::new("/d"), id);
+            let name = d.file_name().unwrap().to_str().unwrap();
+            assert!(!name.contains('/') && name != "." && name != "..");
+            assert_eq!(decode_target(name).as_deref(), Some(id), "{id}");
+        }
+    }
+}

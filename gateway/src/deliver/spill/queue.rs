@@ -1,0 +1,741 @@
+//! [`DiskQueue`]: one target's append-only segment queue (synchronous core).
+//!
+//! See the parent module for the on-disk layout and the invariants.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::format::{self, Header, FRAME_PREFIX, RECORD_OVERHEAD};
+use super::{SpillError, LEDGER_FILE, SEGMENT_EXT};
+
+/// Sizes of one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskQueueConfig {
+    /// A segment is closed and a new one started once it would exceed this.
+    pub segment_bytes: u64,
+    /// Queued (unacked) record bytes above which the oldest are dropped.
+    pub budget_bytes: u64,
+}
+
+impl Default for DiskQueueConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 64 << 20,
+            budget_bytes: 1 << 30,
+        }
+    }
+}
+
+impl DiskQueueConfig {
+    /// The segment size used: at most a quarter of the budget (so deleting
+    /// whole segments keeps disk use near the budget), at least 64 KiB.
+    pub fn effective_segment_bytes(&self) -> u64 {
+        self.segment_bytes.min(self.budget_bytes / 4).max(64 << 10)
+    }
+}
+
+/// One batch as the spill stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The final compressed request body, replayed as is.
+    pub body: Bytes,
+    /// Samples in the batch (for accounting on drop).
+    pub samples: u32,
+    /// Unix milliseconds when the data was first enqueued.
+    pub enqueued_ms: u64,
+    /// Opaque value for delivery (e.g. a protocol or stream id).
+    pub tag: u64,
+}
+
+/// A record read back from the queue, with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedRecord {
+    /// Queue sequence number; pass it to [`DiskQueue::ack_through`].
+    pub seq: u64,
+    /// The record.
+    pub record: Record,
+}
+
+/// What [`DiskQueue::append`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Sequence number given to the appended record.
+    pub seq: u64,
+    /// Records dropped, oldest first, to stay within the budget (`disk_full`).
+    pub dropped_records: u64,
+    /// Bytes of those records, as counted against the budget.
+    pub dropped_bytes: u64,
+    /// Samples of those records.
+    pub dropped_samples: u64,
+    /// Highest seq dropped, if any: records at or below it that delivery
+    /// still holds in flight are no longer on disk.
+    pub dropped_through: Option<u64>,
+}
+
+/// What [`DiskQueue::open`] found and repaired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Unacked records recovered.
+    pub records: u64,
+    /// Their bytes on disk.
+    pub bytes: u64,
+    /// Bytes cut from segment tails (torn or unreadable).
+    pub truncated_bytes: u64,
+    /// Records lost to corruption: each retired frame, plus one for each
+    /// cut tail (a cut tail holds at least one record, possibly more).
+    pub corrupt_records_dropped: u64,
+    /// The last segment ended in a record cut short (a torn write).
+    pub torn_tail: bool,
+    /// The ledger was damaged: everything on disk is replayed (duplicates
+    /// rather than loss).
+    pub ledger_reset: bool,
+}
+
+/// Gauges and counters of one queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpillStats {
+    /// Unacked records (including those read and in flight).
+    pub records: u64,
+    /// Their bytes on disk, as counted against the budget.
+    pub bytes: u64,
+    /// Bytes of segment files on disk.
+    pub disk_bytes: u64,
+    /// Segment files on disk.
+    pub segments: u64,
+    /// Enqueue time of the oldest unacked record, unix ms.
+    pub oldest_enqueued_ms: Option<u64>,
+    /// Records dropped for the budget since open (`disk_full`).
+    pub dropped_records: u64,
+    /// Records found corrupt while reading since open.
+    pub corrupt_records: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    id: u64,
+    path: PathBuf,
+    len: u64,
+    /// Highest seq stored in it (0 when none).
+    last_seq: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    seq: u64,
+    segment: u64,
+    offset: u64,
+    frame_len: u64,
+    samples: u32,
+    enqueued_ms: u64,
+    tag: u64,
+}
+
+/// Work for one durability round, captured under the queue lock and run
+/// without it (see [`DiskQueue::plan_sync`]).
+#[derive(Debug)]
+pub struct SyncPlan {
+    files: Vec<(PathBuf, Arc<File>)>,
+    dir: Option<PathBuf>,
+    ledger: Option<(PathBuf, u64)>,
+    delete: Vec<PathBuf>,
+    /// Every record with a seq up to this one is durable once the plan ran.
+    pub written_seq: u64,
+}
+
+impl SyncPlan {
+    /// True when running it would not touch the disk.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+            && self.dir.is_none()
+            && self.ledger.is_none()
+            && self.delete.is_empty()
+    }
+
+    /// True when it calls fsync on segment data.
+    pub fn syncs_data(&self) -> bool {
+        !self.files.is_empty()
+    }
+
+    /// Runs the round: fsyncs written segments, writes the ledger (temp file,
+    /// fsync, rename), fsyncs the directory, then deletes consumed segments
+    /// (deletion must follow a durable ledger, or a crash would look like
+    /// data loss).
+    pub fn execute(self) -> Result<(), SpillError> {
+        for (path, f) in &self.files {
+            f.sync_data()
+                .map_err(|e| SpillError::io("fsync", path, e))?;
+        }
+        if let Some((path, acked)) = &self.ledger {
+            write_ledger(path, *acked, true)?;
+        }
+        if let Some(dir) = &self.dir {
+            sync_dir(dir)?;
+        }
+        for p in &self.delete {
+            match fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(SpillError::io("delete", p, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A per-target durable queue of compressed batches: see the module docs.
+#[derive(Debug)]
+pub struct DiskQueue {
+    dir: PathBuf,
+    cfg: DiskQueueConfig,
+    /// Segments on disk, oldest first; the last one takes appends when
+    /// `active` is set.
+    segments: VecDeque<Segment>,
+    active: Option<Arc<File>>,
+    /// Unacked records, oldest first.
+    index: VecDeque<Entry>,
+    /// Records at the front of `index` already handed out by `read`.
+    in_flight: usize,
+    queued_bytes: u64,
+    next_seq: u64,
+    acked_seq: u64,
+    /// What the last ledger write recorded, and the last fsynced one.
+    ledger_written: u64,
+    ledger_synced: u64,
+    /// Highest segment id ever used in this directory.
+    last_segment_id: u64,
+    /// Segments closed since the last sync plan, still to fsync.
+    unsynced: Vec<(PathBuf, Arc<File>)>,
+    active_dirty: bool,
+    dir_dirty: bool,
+    /// Consumed segments, deleted after the next durable ledger.
+    consumed: Vec<PathBuf>,
+    reader: Option<(u64, File)>,
+    broken: Option<String>,
+    dropped_records: u64,
+    corrupt_records: u64,
+}
+
+impl DiskQueue {
+    /// Opens (creating if needed) the queue in `dir`, verifies every segment
+    /// and cuts or retires what is damaged. See [`Recovery`].
+    pub fn open(
+        dir: impl AsRef<Path>,
+        cfg: DiskQueueConfig,
+    ) -> Result<(DiskQueue, Recovery), SpillError> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| SpillError::io("create", &dir, e))?;
+        let mut rec = Recovery::default();
+
+        let ledger_path = dir.join(LEDGER_FILE);
+        let acked_seq = match fs::read(&ledger_path) {
+            Ok(b) => match format::decode_ledger(&b) {
+                Some(a) => a,
+                None => {
+                    rec.ledger_reset = true;
+                    0
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(SpillError::io("read", &ledger_path, e)),
+        };
+
+        let mut ids = Vec::new();
+        for ent in fs::read_dir(&dir).map_err(|e| SpillError::io("list", &dir, e))? {
+            let ent = ent.map_err(|e| SpillError::io("list", &dir, e))?;
+            let name = ent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(".tmp") {
+                // A ledger write that never reached its rename.
+                let _ = fs::remove_file(ent.path());
+            } else if let Some(id) = name
+                .strip_suffix(SEGMENT_EXT)
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+
+        let mut q = DiskQueue {
+            dir: dir.clone(),
+            cfg,
+            segments: VecDeque::new(),
+            active: None,
+            index: VecDeque::new(),
+            in_flight: 0,
+            queued_bytes: 0,
+            next_seq: 1,
+            acked_seq,
+            ledger_written: acked_seq,
+            ledger_synced: acked_seq,
+            last_segment_id: 0,
+            unsynced: Vec::new(),
+            active_dirty: false,
+            dir_dirty: false,
+            consumed: Vec::new(),
+            reader: None,
+            broken: None,
+            dropped_records: 0,
+            corrupt_records: 0,
+        };
+        let mut max_seq = acked_seq;
+        let n = ids.len();
+        for (i, id) in ids.into_iter().enumerate() {
+            let path = dir.join(segment_name(id));
+            let scan = recover_segment(&path, max_seq + 1, i + 1 == n, &mut rec)?;
+            let mut last_seq = 0;
+            for f in &scan.records {
+                last_seq = f.header.seq;
+                max_seq = max_seq.max(f.header.seq);
+                if f.header.seq <= acked_seq {
+                    continue;
+                }
+                q.index.push_back(Entry {
+                    seq: f.header.seq,
+                    segment: id,
+                    offset: f.offset,
+                    frame_len: f.frame_len,
+                    samples: f.header.samples,
+                    enqueued_ms: f.header.enqueued_ms,
+                    tag: f.header.tag,
+                });
+                q.queued_bytes += f.frame_len;
+            }
+            q.last_segment_id = id;
+            let seg = Segment {
+                id,
+                path,
+                len: scan.good_end,
+                last_seq,
+            };
+            if last_seq <= acked_seq {
+                // Fully delivered (or empty): its deletion may not have
+                // reached the disk before the last stop.
+                q.consumed.push(seg.path);
+            } else {
+                q.segments.push_back(seg);
+            }
+        }
+        q.next_seq = max_seq + 1;
+        rec.records = q.index.len() as u64;
+        rec.bytes = q.queued_bytes;
+        if rec.ledger_reset {
+            // Force a rewrite at the next flush.
+            q.ledger_written = u64::MAX;
+            q.ledger_synced = u64::MAX;
+        }
+        Ok((q, rec))
+    }
+
+    /// The directory of this queue.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends one record, first dropping the oldest records if the budget
+    /// would be exceeded. The data reaches the OS at once; it is durable after
+    /// the next synced flush (see [`super::GroupCommit`]).
+    pub fn append(&mut self, record: &Record) -> Result<AppendOutcome, SpillError> {
+        if let Some(reason) = &self.broken {
+            return Err(SpillError::Broken {
+                path: self.dir.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let payload = &record.body[..];
+        if payload.len() > format::MAX_PAYLOAD {
+            return Err(SpillError::TooLarge {
+                size: payload.len() as u64,
+                limit: format::MAX_PAYLOAD as u64,
+                what: "maximum record size",
+            });
+        }
+        let frame_len = (RECORD_OVERHEAD + payload.len()) as u64;
+        if frame_len > self.cfg.budget_bytes {
+            return Err(SpillError::TooLarge {
+                size: frame_len,
+                limit: self.cfg.budget_bytes,
+                what: "disk budget",
+            });
+        }
+        let mut out = AppendOutcome::default();
+        while self.queued_bytes + frame_len > self.cfg.budget_bytes {
+            let Some(e) = self.index.pop_front() else {
+                break;
+            };
+            self.in_flight = self.in_flight.saturating_sub(1);
+            self.queued_bytes -= e.frame_len;
+            self.acked_seq = e.seq;
+            out.dropped_records += 1;
+            out.dropped_bytes += e.frame_len;
+            out.dropped_samples += u64::from(e.samples);
+            out.dropped_through = Some(e.seq);
+        }
+        self.dropped_records += out.dropped_records;
+        if out.dropped_records > 0 {
+            self.collect_consumed();
+        }
+
+        let seg_limit = self.cfg.effective_segment_bytes();
+        let need_roll = match (self.active.as_ref(), self.segments.back()) {
+            (Some(_), Some(s)) => s.len > 0 && s.len + frame_len > seg_limit,
+            _ => true,
+        };
+        if need_roll {
+            self.roll()?;
+        }
+        let (Some(file), Some(seg)) = (self.active.clone(), self.segments.back_mut()) else {
+            return Err(SpillError::Broken {
+                path: self.dir.clone(),
+                reason: "no active segment".into(),
+            });
+        };
+        let seq = self.next_seq;
+        let header = Header {
+            seq,
+            enqueued_ms: record.enqueued_ms,
+            tag: record.tag,
+            samples: record.samples,
+        };
+        let prefix = format::encode_prefix(&header, payload);
+        let mut w = &*file;
+        let res = w.write_all(&prefix).and_then(|()| w.write_all(payload));
+        if let Err(e) = res {
+            // Take the partial frame back; if even that fails, stop appending
+            // to this segment (recovery cuts the torn tail on the next open).
+            if file.set_len(seg.len).is_err() {
+                self.active = None;
+            }
+            return Err(SpillError::io("write", &seg.path, e));
+        }
+        let offset = seg.len;
+        seg.len += frame_len;
+        seg.last_seq = seq;
+        self.active_dirty = true;
+        self.next_seq += 1;
+        self.index.push_back(Entry {
+            seq,
+            segment: seg.id,
+            offset,
+            frame_len,
+            samples: record.samples,
+            enqueued_ms: record.enqueued_ms,
+            tag: record.tag,
+        });
+        self.queued_bytes += frame_len;
+        out.seq = seq;
+        Ok(out)
+    }
+
+    /// Starts a new segment; the old one is left for the next sync to fsync.
+    fn roll(&mut self) -> Result<(), SpillError> {
+        let id = self.last_segment_id + 1;
+        let path = self.dir.join(segment_name(id));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| SpillError::io("create", &path, e))?;
+        if let (Some(old), Some(seg)) = (self.active.take(), self.segments.back()) {
+            if self.active_dirty {
+                self.unsynced.push((seg.path.clone(), old));
+            }
+        }
+        self.last_segment_id = id;
+        self.active = Some(Arc::new(file));
+        self.active_dirty = false;
+        self.dir_dirty = true;
+        self.segments.push_back(Segment {
+            id,
+            path,
+            len: 0,
+            last_seq: 0,
+        });
+        self.collect_consumed();
+        Ok(())
+    }
+
+    /// Hands out up to `max_records` records (and at most `max_bytes` of
+    /// payload, but always at least one) after those already handed out.
+    /// They stay queued until [`Self::ack_through`]; [`Self::rewind`] hands
+    /// them out again. A record whose checksum fails is dropped and counted.
+    pub fn read(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<QueuedRecord>, SpillError> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while out.len() < max_records {
+            let Some(e) = self.index.get(self.in_flight).copied() else {
+                break;
+            };
+            let payload = e.frame_len as usize - RECORD_OVERHEAD;
+            if !out.is_empty() && bytes + payload > max_bytes {
+                break;
+            }
+            match self.read_entry(&e)? {
+                Some(body) => {
+                    self.in_flight += 1;
+                    bytes += payload;
+                    out.push(QueuedRecord {
+                        seq: e.seq,
+                        record: Record {
+                            body,
+                            samples: e.samples,
+                            enqueued_ms: e.enqueued_ms,
+                            tag: e.tag,
+                        },
+                    });
+                }
+                None => {
+                    self.corrupt_records += 1;
+                    self.queued_bytes -= e.frame_len;
+                    self.index.remove(self.in_flight);
+                    if self.in_flight == 0 {
+                        self.acked_seq = e.seq;
+                        self.collect_consumed();
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads one frame; `None` when it no longer verifies.
+    fn read_entry(&mut self, e: &Entry) -> Result<Option<Bytes>, SpillError> {
+        let path = self.dir.join(segment_name(e.segment));
+        if self.reader.as_ref().map(|(id, _)| *id) != Some(e.segment) {
+            let f = File::open(&path).map_err(|err| SpillError::io("open", &path, err))?;
+            self.reader = Some((e.segment, f));
+        }
+        let Some((_, f)) = self.reader.as_mut() else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; e.frame_len as usize];
+        f.seek(SeekFrom::Start(e.offset))
+            .and_then(|_| f.read_exact(&mut buf))
+            .map_err(|err| SpillError::io("read", &path, err))?;
+        let mut prefix = [0u8; FRAME_PREFIX];
+        prefix.copy_from_slice(&buf[..FRAME_PREFIX]);
+        match format::decode_frame(&prefix, &buf[FRAME_PREFIX..]) {
+            Ok(h) if h.seq == e.seq => {
+                let body = Bytes::from(buf).slice(RECORD_OVERHEAD..);
+                Ok(Some(body))
+            }
+            _ => {
+                tracing::warn!(path = %path.display(), offset = e.offset, seq = e.seq,
+                    "spill record failed its checksum on read; dropped");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Hands out again, from the oldest, every record not yet acked.
+    pub fn rewind(&mut self) {
+        self.in_flight = 0;
+    }
+
+    /// Marks every record with `seq <= through` delivered; returns how many
+    /// records that removed. Segments whose records are all acked are deleted
+    /// after the next synced flush.
+    pub fn ack_through(&mut self, through: u64) -> u64 {
+        let mut n = 0;
+        while self.index.front().is_some_and(|e| e.seq <= through) {
+            if let Some(e) = self.index.pop_front() {
+                self.queued_bytes -= e.frame_len;
+                self.in_flight = self.in_flight.saturating_sub(1);
+                n += 1;
+            }
+        }
+        let through = through.min(self.next_seq.saturating_sub(1));
+        if through > self.acked_seq {
+            self.acked_seq = through;
+            self.collect_consumed();
+        }
+        n
+    }
+
+    /// Moves segments all of whose records are acked out of the live list.
+    fn collect_consumed(&mut self) {
+        while let Some(s) = self.segments.front() {
+            let is_active = self.active.is_some() && self.segments.len() == 1;
+            if is_active || s.last_seq > self.acked_seq {
+                break;
+            }
+            if let Some(s) = self.segments.pop_front() {
+                if self.reader.as_ref().is_some_and(|(id, _)| *id == s.id) {
+                    self.reader = None;
+                }
+                self.unsynced.retain(|(p, _)| *p != s.path);
+                self.consumed.push(s.path);
+            }
+        }
+    }
+
+    /// Captures what the next durability round must do, so it can run without
+    /// holding the queue (group commit). Fails if the queue is broken.
+    pub fn plan_sync(&mut self) -> Result<SyncPlan, SpillError> {
+        if let Some(reason) = &self.broken {
+            return Err(SpillError::Broken {
+                path: self.dir.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let mut files = std::mem::take(&mut self.unsynced);
+        if self.active_dirty {
+            if let (Some(f), Some(s)) = (&self.active, self.segments.back()) {
+                files.push((s.path.clone(), f.clone()));
+            }
+            self.active_dirty = false;
+        }
+        let ledger = (self.acked_seq != self.ledger_synced)
+            .then(|| (self.dir.join(LEDGER_FILE), self.acked_seq));
+        let delete = std::mem::take(&mut self.consumed);
+        if ledger.is_some() {
+            self.ledger_synced = self.acked_seq;
+            self.ledger_written = self.acked_seq;
+        }
+        let dir =
+            (std::mem::take(&mut self.dir_dirty) || ledger.is_some()).then(|| self.dir.clone());
+        Ok(SyncPlan {
+            files,
+            dir,
+            ledger,
+            delete,
+            written_seq: self.next_seq - 1,
+        })
+    }
+
+    /// Marks the queue unusable after a failed fsync (the kernel may have
+    /// dropped the dirty pages): appends fail until it is reopened.
+    pub fn mark_broken(&mut self, reason: String) {
+        self.broken = Some(reason);
+    }
+
+    /// Appends reach the OS at once; `flush(false)` also writes the ledger
+    /// (no fsync), so a process crash does not replay acked records.
+    /// `flush(true)` fsyncs data and ledger and deletes consumed segments; if
+    /// that fails the queue is marked broken (reopen it to recover).
+    pub fn flush(&mut self, sync: bool) -> Result<(), SpillError> {
+        if !sync {
+            if self.acked_seq != self.ledger_written {
+                write_ledger(&self.dir.join(LEDGER_FILE), self.acked_seq, false)?;
+                self.ledger_written = self.acked_seq;
+            }
+            return Ok(());
+        }
+        let plan = self.plan_sync()?;
+        plan.execute()
+            .inspect_err(|e| self.mark_broken(e.to_string()))
+    }
+
+    /// Flushes with fsync and closes: the next open resumes exactly here.
+    pub fn close(mut self) -> Result<(), SpillError> {
+        self.flush(true)
+    }
+
+    /// Highest seq appended so far (0 before the first).
+    pub fn written_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Current gauges and counters.
+    pub fn stats(&self) -> SpillStats {
+        let disk: u64 = self.segments.iter().map(|s| s.len).sum();
+        SpillStats {
+            records: self.index.len() as u64,
+            bytes: self.queued_bytes,
+            disk_bytes: disk,
+            segments: self.segments.len() as u64,
+            oldest_enqueued_ms: self.index.front().map(|e| e.enqueued_ms),
+            dropped_records: self.dropped_records,
+            corrupt_records: self.corrupt_records,
+        }
+    }
+}
+
+/// `00000000000000000001.seg`: fixed width so names sort like ids.
+pub(super) fn segment_name(id: u64) -> String {
+    format!("{id:020}{SEGMENT_EXT}")
+}
+
+/// Scans one segment and repairs it in place: retires corrupt frames with a
+/// tombstone and cuts a damaged tail.
+fn recover_segment(
+    path: &Path,
+    min_seq: u64,
+    last: bool,
+    rec: &mut Recovery,
+) -> Result<format::Scan, SpillError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| SpillError::io("open", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| SpillError::io("stat", path, e))?
+        .len();
+    let scan = format::scan(
+        &mut BufReader::with_capacity(256 << 10, &file),
+        len,
+        min_seq,
+    )
+    .map_err(|e| SpillError::io("read", path, e))?;
+    let mut touched = false;
+    for &off in &scan.corrupt {
+        let mut f = &file;
+        f.seek(SeekFrom::Start(off))
+            .and_then(|_| f.write_all(&format::TOMBSTONE))
+            .map_err(|e| SpillError::io("repair", path, e))?;
+        rec.corrupt_records_dropped += 1;
+        touched = true;
+    }
+    if scan.good_end < len {
+        file.set_len(scan.good_end)
+            .map_err(|e| SpillError::io("truncate", path, e))?;
+        rec.truncated_bytes += len - scan.good_end;
+        rec.corrupt_records_dropped += 1;
+        if last && scan.torn {
+            rec.torn_tail = true;
+        }
+        touched = true;
+    }
+    if touched {
+        tracing::warn!(
+            path = %path.display(),
+            retired = scan.corrupt.len(),
+            cut_bytes = len - scan.good_end,
+            torn = scan.torn,
+            "spill segment repaired on open"
+        );
+        file.sync_data()
+            .map_err(|e| SpillError::io("fsync", path, e))?;
+    }
+    Ok(scan)
+}
+
+fn write_ledger(path: &Path, acked: u64, sync: bool) -> Result<(), SpillError> {
+    let tmp = path.with_extension("tmp");
+    let res = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&format::encode_ledger(acked))?;
+        if sync {
+            f.sync_data()?;
+        }
+        fs::rename(&tmp, path)
+    })();
+    res.map_err(|e| SpillError::io("write ledger", path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SpillError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| SpillError::io("fsync", dir, e))
+}
