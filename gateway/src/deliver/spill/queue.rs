@@ -284,14 +284,17 @@ impl DiskQueue {
             corrupt_records: 0,
         };
         let mut max_seq = acked_seq;
+        // Highest seq seen on disk: seqs must increase across segments too.
+        let mut seen_seq = 0;
         let n = ids.len();
         for (i, id) in ids.into_iter().enumerate() {
             let path = dir.join(segment_name(id));
-            let scan = recover_segment(&path, max_seq + 1, i + 1 == n, &mut rec)?;
+            let scan = recover_segment(&path, seen_seq + 1, i + 1 == n, &mut rec)?;
             let mut last_seq = 0;
             for f in &scan.records {
                 last_seq = f.header.seq;
                 max_seq = max_seq.max(f.header.seq);
+                seen_seq = f.header.seq;
                 if f.header.seq <= acked_seq {
                     continue;
                 }

@@ -1,0 +1,425 @@
+//! The spill disk queue against real files: recovery from damage, the disk
+//! budget, resume after close, and group commit.
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fanout_gateway::deliver::spill::{
+    list_backlogs, lock, target_dir, DiskQueue, DiskQueueConfig, GroupCommit, Record, SpillError,
+    RECORD_OVERHEAD,
+};
+
+fn record(i: u64, len: usize) -> Record {
+    let body: Vec<u8> = (0..len).map(|j| (i as usize * 31 + j) as u8).collect();
+    Record {
+        body: Bytes::from(body),
+        samples: i as u32 + 1,
+        enqueued_ms: 1_700_000_000_000 + i,
+        tag: i * 7,
+    }
+}
+
+fn cfg(segment_bytes: u64, budget_bytes: u64) -> DiskQueueConfig {
+    DiskQueueConfig {
+        segment_bytes,
+        budget_bytes,
+    }
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Reads everything left and returns the (seq, tag) pairs, checking bodies.
+fn drain_seqs(q: &mut DiskQueue, len: usize) -> Vec<u64> {
+    let mut out = Vec::new();
+    loop {
+        let batch = q.read(7, usize::MAX).unwrap();
+        if batch.is_empty() {
+            return out;
+        }
+        for r in batch {
+            let i = r.record.tag / 7;
+            assert_eq!(r.record, record(i, len), "seq {}", r.seq);
+            out.push(i);
+        }
+    }
+}
+
+#[test]
+fn reopen_after_clean_close_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    let len = 20_000; // several records per 64 KiB segment, several segments
+    let (mut q, rec) = DiskQueue::open(&dir, cfg(64 << 10, 1 << 30)).unwrap();
+    assert_eq!(rec.records, 0);
+    for i in 1..=20 {
+        assert_eq!(q.append(&record(i, len)).unwrap().seq, i);
+    }
+    assert!(segments(&dir).len() >= 5);
+    let first = q.read(8, usize::MAX).unwrap();
+    assert_eq!(
+        first.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>()
+    );
+    // Records 1..=5 delivered; 6..=8 were in flight when we stopped.
+    assert_eq!(q.ack_through(5), 5);
+    let before = q.stats();
+    assert_eq!(before.records, 15);
+    assert_eq!(before.oldest_enqueued_ms, Some(1_700_000_000_006));
+    q.close().unwrap();
+
+    let (mut q, rec) = DiskQueue::open(&dir, cfg(64 << 10, 1 << 30)).unwrap();
+    assert_eq!(rec.records, 15);
+    assert_eq!(rec.bytes, 15 * (RECORD_OVERHEAD + len) as u64);
+    assert_eq!(rec.truncated_bytes, 0);
+    assert_eq!(rec.corrupt_records_dropped, 0);
+    assert!(!rec.torn_tail && !rec.ledger_reset);
+    assert_eq!(q.stats().records, before.records);
+    assert_eq!(q.stats().bytes, before.bytes);
+    assert_eq!(q.stats().oldest_enqueued_ms, before.oldest_enqueued_ms);
+    // Numbering goes on after the last record.
+    assert_eq!(q.append(&record(21, len)).unwrap().seq, 21);
+    assert_eq!(drain_seqs(&mut q, len), (6..=21).collect::<Vec<_>>());
+    // Nothing acked this time: all of it comes back again, in order.
+    q.close().unwrap();
+    let (mut q, _) = DiskQueue::open(&dir, cfg(64 << 10, 1 << 30)).unwrap();
+    let all = q.read(100, usize::MAX).unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (6..=21).collect::<Vec<_>>()
+    );
+    // Rewind hands out the same records again.
+    q.rewind();
+    assert_eq!(q.read(1, usize::MAX).unwrap()[0].seq, 6);
+    // Ack everything: every segment is deleted after the synced flush.
+    q.ack_through(21);
+    q.flush(true).unwrap();
+    assert!(segments(&dir).len() <= 1, "{:?}", segments(&dir));
+    q.close().unwrap();
+    let (mut q, rec) = DiskQueue::open(&dir, cfg(64 << 10, 1 << 30)).unwrap();
+    assert_eq!(rec.records, 0);
+    assert!(segments(&dir).is_empty() || q.stats().records == 0);
+    // Numbering never restarts below acked data.
+    assert_eq!(q.append(&record(22, 10)).unwrap().seq, 22);
+}
+
+/// Byte offset of record `n` (1-based) in a segment of equal records.
+fn offset_of(n: u64, len: usize) -> u64 {
+    (n - 1) * (RECORD_OVERHEAD + len) as u64
+}
+
+fn flip(path: &Path, at: u64) {
+    let mut b = fs::read(path).unwrap();
+    b[at as usize] ^= 0x5a;
+    fs::write(path, b).unwrap();
+}
+
+#[test]
+fn flipped_payload_byte_loses_that_record_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    let len = 1000;
+    let (mut q, _) = DiskQueue::open(&dir, cfg(1 << 20, 1 << 30)).unwrap();
+    for i in 1..=10 {
+        q.append(&record(i, len)).unwrap();
+    }
+    q.close().unwrap();
+    let seg = &segments(&dir)[0];
+    flip(seg, offset_of(4, len) + RECORD_OVERHEAD as u64 + 500);
+
+    let (mut q, rec) = DiskQueue::open(&dir, cfg(1 << 20, 1 << 30)).unwrap();
+    assert_eq!(rec.corrupt_records_dropped, 1);
+    assert_eq!(rec.truncated_bytes, 0);
+    assert!(!rec.torn_tail);
+    assert_eq!(rec.records, 9);
+    let mut want: Vec<u64> = (1..=10).collect();
+    want.retain(|&i| i != 4);
+    assert_eq!(drain_seqs(&mut q, len), want);
+    q.close().unwrap();
+    // The retired record is not reported again.
+    let (_, rec) = DiskQueue::open(&dir, cfg(1 << 20, 1 << 30)).unwrap();
+    assert_eq!((rec.records, rec.corrupt_records_dropped), (9, 0));
+}
+
+#[test]
+fn flipped_length_byte_keeps_everything_before_the_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    let len = 1000;
+    let (mut q, _) = DiskQueue::open(&dir, cfg(1 << 20, 1 << 30)).unwrap();
+    for i in 1..=10 {
+        q.append(&record(i, len)).unwrap();
+    }
+    q.close().unwrap();
+    let seg = &segments(&dir)[0];
+    let size = fs::metadata(seg).unwrap().len();
+    flip(seg, offset_of(7, len) + 5); // a byte of record 7's length field
+
+    let (mut q, rec) = DiskQueue::open(&dir, cfg(1 << 20, 1 << 30)).unwrap();
+    assert_eq!(rec.records, 6);
+    assert_eq!(rec.truncated_bytes, size - offset_of(7, len));
+    assert!(rec.corrupt_records_dropped >= 1);
+    assert_eq!(drain_seqs(&mut q, len), (1..=6).collect::<Vec<_>>());
+    assert_eq!(fs::metadata(seg).unwrap().len(), offset_of(7, len));
+    // The queue goes on after the cut (the cut seqs were never handed out
+    // since this open, so numbering resumes after the last good record).
+    assert_eq!(q.append(&record(11, len)).unwrap().seq, 7);
+}
+
+#[test]
+fn truncated_mid_record_is_a_torn_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    let len = 3000;
+    let c = cfg(64 << 10, 1 << 30);
+    let (mut q, _) = DiskQueue::open(&dir, c).unwrap();
+    for i in 1..=30 {
+        q.append(&record(i, len)).unwrap();
+    }
+    q.read(3, usize::MAX).unwrap();
+    q.ack_through(3);
+    q.close().unwrap();
+    let segs = segments(&dir);
+    assert!(segs.len() >= 2);
+    let last = segs.last().unwrap();
+    let size = fs::metadata(last).unwrap().len();
+    let cut = 1234;
+    OpenOptions::new()
+        .write(true)
+        .open(last)
+        .unwrap()
+        .set_len(size - cut)
+        .unwrap();
+
+    let (mut q, rec) = DiskQueue::open(&dir, c).unwrap();
+    assert!(rec.torn_tail);
+    assert_eq!(rec.truncated_bytes, (RECORD_OVERHEAD + len) as u64 - cut);
+    assert_eq!(rec.corrupt_records_dropped, 1);
+    assert_eq!(rec.records, 26);
+    assert_eq!(drain_seqs(&mut q, len), (4..=29).collect::<Vec<_>>());
+    // Appends after the repair get a fresh seq and survive a reopen.
+    assert_eq!(q.append(&record(30, len)).unwrap().seq, 30);
+    q.close().unwrap();
+    let (mut q, rec) = DiskQueue::open(&dir, c).unwrap();
+    assert!(!rec.torn_tail);
+    assert_eq!(rec.corrupt_records_dropped, 0);
+    assert_eq!(drain_seqs(&mut q, len), (4..=30).collect::<Vec<_>>());
+}
+
+#[test]
+fn damaged_ledger_replays_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    let (mut q, _) = DiskQueue::open(&dir, cfg(1 << 20, 1 << 30)).unwrap();
+    for i in 1..=5 {
+        q.append(&record(i, 100)).unwrap();
+    }
+    q.ack_through(2);
+    q.close().unwrap();
+    fs::write(dir.join("ledger"), b"garbage").unwrap();
+    let (mut q, rec) = DiskQueue::open(&dir, cfg(1 << 20, 1 << 30)).unwrap();
+    assert!(rec.ledger_reset);
+    assert_eq!(drain_seqs(&mut q, 100), (1..=5).collect::<Vec<_>>());
+}
+
+#[test]
+fn budget_drops_oldest_and_counts_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    let len = 1000;
+    let frame = (RECORD_OVERHEAD + len) as u64;
+    let c = cfg(1 << 20, 10 * frame + frame / 2); // room for 10 records
+    let (mut q, _) = DiskQueue::open(&dir, c).unwrap();
+    let (mut dropped, mut bytes, mut samples) = (0, 0, 0);
+    for i in 1..=25 {
+        let out = q.append(&record(i, len)).unwrap();
+        if i <= 10 {
+            assert_eq!(out.dropped_records, 0);
+        } else {
+            assert_eq!(out.dropped_records, 1, "append {i}");
+            assert_eq!(out.dropped_through, Some(i - 10));
+        }
+        dropped += out.dropped_records;
+        bytes += out.dropped_bytes;
+        samples += out.dropped_samples;
+        assert!(q.stats().bytes <= c.budget_bytes);
+    }
+    assert_eq!(dropped, 15);
+    assert_eq!(bytes, 15 * frame);
+    assert_eq!(samples, (1..=15u64).map(|i| i + 1).sum::<u64>());
+    let s = q.stats();
+    assert_eq!(
+        (s.records, s.bytes, s.dropped_records),
+        (10, 10 * frame, 15)
+    );
+    assert_eq!(s.oldest_enqueued_ms, Some(1_700_000_000_016));
+    // A record bigger than the whole budget is refused, nothing dropped.
+    let huge = record(99, 20 * len);
+    assert!(matches!(q.append(&huge), Err(SpillError::TooLarge { .. })));
+    assert_eq!(q.stats().records, 10);
+    q.close().unwrap();
+    // The drops are durable: a reopen resumes with the 10 newest.
+    let (mut q, rec) = DiskQueue::open(&dir, c).unwrap();
+    assert_eq!(rec.records, 10);
+    assert_eq!(drain_seqs(&mut q, len), (16..=25).collect::<Vec<_>>());
+}
+
+#[test]
+fn budget_keeps_disk_use_near_the_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    let len = 4000;
+    let c = cfg(64 << 20, 1 << 20);
+    let (mut q, _) = DiskQueue::open(&dir, c).unwrap();
+    for i in 1..=2000 {
+        q.append(&record(i, len)).unwrap();
+        if i % 100 == 0 {
+            q.flush(true).unwrap();
+        }
+    }
+    q.flush(true).unwrap();
+    let on_disk: u64 = segments(&dir)
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        on_disk <= c.budget_bytes + c.effective_segment_bytes(),
+        "{on_disk}"
+    );
+    assert!(q.stats().bytes <= c.budget_bytes);
+}
+
+#[test]
+fn group_commit_satisfies_concurrent_waiters_with_fewer_fsyncs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    let (q, _) = DiskQueue::open(&dir, cfg(1 << 20, 1 << 30)).unwrap();
+    let q = Arc::new(Mutex::new(q));
+    let gc = Arc::new(GroupCommit::start(q.clone(), None).unwrap());
+    let n = 16;
+    let appended = Arc::new(Barrier::new(n));
+    let threads: Vec<_> = (0..n as u64)
+        .map(|i| {
+            let (q, gc, appended) = (q.clone(), gc.clone(), appended.clone());
+            std::thread::spawn(move || {
+                let seq = lock(&q).append(&record(i, 500)).unwrap().seq;
+                // Every appender has written before any asks for durability.
+                appended.wait();
+                gc.durable(seq).wait().unwrap();
+                seq
+            })
+        })
+        .collect();
+    let mut seqs: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=n as u64).collect::<Vec<_>>());
+    assert!(gc.durable_seq() >= n as u64);
+    let fsyncs = gc.fsyncs();
+    assert!(
+        fsyncs >= 1 && fsyncs < n as u64,
+        "{fsyncs} fsyncs for {n} waiters"
+    );
+
+    // A free-running mix of appends and waits still shares fsyncs, and a
+    // seq already durable costs none.
+    let before = gc.fsyncs();
+    gc.durable(1).wait().unwrap();
+    assert_eq!(gc.fsyncs(), before);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (q, gc) = (q.clone(), gc.clone());
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let seq = lock(&q).append(&record(t * 100 + i, 200)).unwrap().seq;
+                    gc.durable(seq).wait().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(gc.fsyncs() - before <= 200);
+    assert_eq!(gc.durable_seq(), n as u64 + 200);
+}
+
+#[tokio::test]
+async fn durable_is_a_future() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (q, _) = DiskQueue::open(tmp.path().join("t"), DiskQueueConfig::default()).unwrap();
+    let q = Arc::new(Mutex::new(q));
+    let gc = GroupCommit::start(q.clone(), None).unwrap();
+    let seq = lock(&q).append(&record(1, 10)).unwrap().seq;
+    gc.durable(seq).await.unwrap();
+    assert_eq!(gc.durable_seq(), 1);
+    assert_eq!(gc.fsyncs(), 1);
+}
+
+#[test]
+fn memory_durability_syncs_on_the_interval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    let (q, _) = DiskQueue::open(&dir, DiskQueueConfig::default()).unwrap();
+    let q = Arc::new(Mutex::new(q));
+    let gc = GroupCommit::start(q.clone(), Some(Duration::from_millis(20))).unwrap();
+    let seq = lock(&q).append(&record(1, 10)).unwrap().seq;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gc.durable_seq() < seq {
+        assert!(Instant::now() < deadline, "never synced");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    lock(&q).ack_through(seq);
+    drop(gc); // a last sync on shutdown writes the ledger
+    let q = Arc::try_unwrap(q).unwrap().into_inner().unwrap();
+    drop(q);
+    let (_, rec) = DiskQueue::open(&dir, DiskQueueConfig::default()).unwrap();
+    assert_eq!(rec.records, 0);
+}
+
+#[test]
+fn disk_errors_are_errors_with_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A queue directory that is a file.
+    let file = tmp.path().join("f");
+    fs::write(&file, b"x").unwrap();
+    let err = DiskQueue::open(&file, DiskQueueConfig::default()).unwrap_err();
+    assert!(matches!(err, SpillError::Io { .. }));
+    assert!(err.to_string().contains(&*file.to_string_lossy()), "{err}");
+
+    // The directory vanishes under a running queue: appends fail, no panic.
+    let dir = tmp.path().join("gone");
+    let (mut q, _) = DiskQueue::open(&dir, DiskQueueConfig::default()).unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+    let err = q.append(&record(1, 10)).unwrap_err();
+    assert!(err.to_string().contains("gone"), "{err}");
+    assert_eq!(q.stats().records, 0);
+}
+
+#[test]
+fn backlogs_are_listed_per_target() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(list_backlogs(tmp.path()).unwrap().is_empty());
+    for (id, n) in [("prom-dev", 3), ("https://x/api/v1/write", 1)] {
+        let (mut q, _) =
+            DiskQueue::open(target_dir(tmp.path(), id), DiskQueueConfig::default()).unwrap();
+        for i in 0..n {
+            q.append(&record(i, 100)).unwrap();
+        }
+        q.close().unwrap();
+    }
+    let b = list_backlogs(tmp.path()).unwrap();
+    let ids: Vec<&str> = b.iter().map(|b| b.target_id.as_str()).collect();
+    assert_eq!(ids, ["https://x/api/v1/write", "prom-dev"]);
+    assert_eq!(b[1].disk_bytes, 3 * (RECORD_OVERHEAD + 100) as u64);
+    assert!(b[1].oldest_modified.is_some());
+}
