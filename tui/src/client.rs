@@ -49,7 +49,7 @@ pub enum Msg {
         retry_in: Duration,
     },
     /// The registry document.
-    Registry(Result<Registry, String>),
+    Registry(Box<Result<Registry, String>>),
     /// Effective exports of a Deployment.
     Effective(String, Result<Vec<EffectiveExport>, String>),
     /// A pause or resume answer.
@@ -61,7 +61,7 @@ pub enum Msg {
         /// Pause (true) or resume.
         pause: bool,
         /// The target's new state, or why not.
-        result: Result<Target, String>,
+        result: Box<Result<Target, String>>,
     },
 }
 

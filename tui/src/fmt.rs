@@ -19,6 +19,7 @@ pub fn clock(ms: i64) -> String {
 
 /// A count with a k/M/G suffix: `999`, `12.3k`, `4.50M`.
 pub fn si(n: f64) -> String {
+    let n = n + 0.0; // no "-0"
     if !n.is_finite() {
         return "?".into();
     }
@@ -40,6 +41,7 @@ pub fn si(n: f64) -> String {
 
 /// Bytes with binary units: `512 B`, `1.5 KiB`, `3.2 MiB`.
 pub fn bytes(n: f64) -> String {
+    let n = n + 0.0; // no "-0"
     if !n.is_finite() {
         return "?".into();
     }
@@ -87,6 +89,16 @@ pub fn millis(ms: f64) -> String {
     }
 }
 
+/// Milliseconds with a unit: `3.1ms`, `120ms`, `2.5s`.
+pub fn millis_unit(ms: f64) -> String {
+    let m = millis(ms);
+    if m.ends_with('s') || m == "?" {
+        m
+    } else {
+        format!("{m}ms")
+    }
+}
+
 /// Cuts `s` to at most `width` characters, ending with `…` when cut.
 pub fn cut(s: &str, width: usize) -> String {
     if s.chars().count() <= width {
@@ -107,29 +119,9 @@ pub fn one_line(s: &str) -> String {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats() {
-        assert_eq!(si(999.0), "999");
-        assert_eq!(si(12_345.0), "12.3k");
-        assert_eq!(si(4_500_000.0), "4.50M");
-        assert_eq!(bytes(512.0), "512 B");
-        assert_eq!(bytes(1536.0), "1.5 KiB");
-        assert_eq!(duration(185.0), "3m05s");
-        assert_eq!(millis(3.14), "3.1");
-        assert_eq!(cut("abcdef", 4), "abc…");
-        assert_eq!(one_line("a\nb\tc"), "a b c");
-        let t = parse_time_ms("2026-11-25T13:00:05.250Z").unwrap();
-        assert_eq!(clock(t), "13:00:05");
-        assert_eq!(parse_time_ms("yesterday"), None);
-    }
-}
-
 /// Bytes in at most 7 characters for table cells: `512B`, `1.5K`, `12.3M`.
 pub fn bytes_short(n: f64) -> String {
+    let n = n + 0.0; // no "-0"
     if !n.is_finite() {
         return "?".into();
     }
@@ -144,5 +136,29 @@ pub fn bytes_short(n: f64) -> String {
         format!("{v:.0}B")
     } else {
         format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(si(999.0), "999");
+        assert_eq!(si(12_345.0), "12.3k");
+        assert_eq!(si(4_500_000.0), "4.50M");
+        assert_eq!(bytes(512.0), "512 B");
+        assert_eq!(bytes(1536.0), "1.5 KiB");
+        assert_eq!(duration(185.0), "3m05s");
+        assert_eq!(millis(3.12), "3.1");
+        assert_eq!(millis_unit(3.12), "3.1ms");
+        assert_eq!(millis_unit(30_000.0), "30.0s");
+        assert_eq!(si([].iter().sum::<f64>()), "0");
+        assert_eq!(cut("abcdef", 4), "abc…");
+        assert_eq!(one_line("a\nb\tc"), "a b c");
+        let t = parse_time_ms("2026-11-25T13:00:05.250Z").unwrap();
+        assert_eq!(clock(t), "13:00:05");
+        assert_eq!(parse_time_ms("yesterday"), None);
     }
 }

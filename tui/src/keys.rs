@@ -13,7 +13,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("PgUp PgDn, g G", "page, first, last"),
     ("Enter", "target detail / effective exports"),
     ("Esc", "close detail, help or filter"),
-    ("/", "filter the view (Enter keeps, Esc clears)"),
+    ("/", "filter (Enter keeps, Esc clears)"),
     ("p", "pause or resume the selected target"),
     ("s / r", "sort targets by next column / reverse"),
     ("?", "this help"),
@@ -93,10 +93,8 @@ impl State {
                 };
             }
             KeyCode::Enter => match self.view {
-                View::Targets => {
-                    if self.detail.is_none() {
-                        self.detail = self.selected_target().map(|t| t.id);
-                    }
+                View::Targets if self.detail.is_none() => {
+                    self.detail = self.selected_target().map(|t| t.id);
                 }
                 View::Config => return self.fetch_selected_deployment(true),
                 _ => {}

@@ -148,7 +148,7 @@ async fn run(admins: Vec<Admin>) -> anyhow::Result<()> {
                         if let Some(a) = admins.get(gw) {
                             let (a, tx, id) = (a.clone(), tx.clone(), id.clone());
                             tokio::spawn(async move {
-                                let result = a.pause(&id, pause).await;
+                                let result = Box::new(a.pause(&id, pause).await);
                                 let _ = tx
                                     .send(Msg::Paused {
                                         gw,
@@ -165,7 +165,7 @@ async fn run(admins: Vec<Admin>) -> anyhow::Result<()> {
                     if let Some(a) = admins.get(gw) {
                         let (a, tx) = (a.clone(), tx.clone());
                         tokio::spawn(async move {
-                            let _ = tx.send(Msg::Registry(a.registry().await)).await;
+                            let _ = tx.send(Msg::Registry(Box::new(a.registry().await))).await;
                         });
                     }
                 }
@@ -204,7 +204,7 @@ fn handle(state: &mut State, msg: Msg) -> Vec<Command> {
             let at = state.now_ms + retry_in.as_millis() as i64;
             state.on_disconnected(gw, error, at);
         }
-        Msg::Registry(r) => state.on_registry(r),
+        Msg::Registry(r) => state.on_registry(*r),
         Msg::Effective(dep, r) => state.on_effective(dep, r),
         Msg::Paused {
             gw,
@@ -213,7 +213,7 @@ fn handle(state: &mut State, msg: Msg) -> Vec<Command> {
             result,
         } => {
             let name = state.gateways.get(gw).map(|g| g.name()).unwrap_or_default();
-            match result {
+            match *result {
                 Ok(t) => {
                     state.notify(
                         format!(

@@ -80,7 +80,11 @@ pub fn render(state: &State, f: &mut Frame) {
 fn render_tabs(state: &State, f: &mut Frame, area: Rect) {
     let up = state.gateways.iter().filter(|g| g.is_connected()).count();
     let n = state.gateways.len();
-    let right = format!("gateways {up}/{n} up · ? help · q quit ");
+    let right = if area.width >= 100 {
+        format!("gateways {up}/{n} up · ? help · q quit ")
+    } else {
+        format!("{up}/{n} up · ? help ")
+    };
     let right_style = if up < n {
         Style::default().fg(Color::Red).add_modifier(Modifier::BOLD)
     } else {
@@ -167,11 +171,13 @@ fn render_help(f: &mut Frame, area: Rect) {
     );
 }
 
-/// One line saying how a gateway is doing.
-pub fn gateway_line(state: &State, g: &Gateway) -> Line<'static> {
+/// The lines saying how a gateway is doing: one, or two when disconnected
+/// (the second says why and when the next attempt is).
+pub fn gateway_lines(state: &State, g: &Gateway) -> Vec<Line<'static>> {
     let now = state.now_ms;
     let name = g.name();
     let mut spans = Vec::new();
+    let mut second = None;
     match &g.link {
         Link::Connected { .. } => {
             spans.push(Span::styled("● ", Style::default().fg(Color::Green)));
@@ -234,10 +240,10 @@ pub fn gateway_line(state: &State, g: &Gateway) -> Line<'static> {
                 red.add_modifier(Modifier::BOLD),
             ));
             let retry = ((retry_at_ms - now) as f64 / 1000.0).max(0.0);
-            spans.push(Span::styled(
-                format!(", retry in {}: {error}", fmt::duration(retry.ceil())),
+            second = Some(Line::from(Span::styled(
+                format!("  retry in {}: {error}", fmt::duration(retry.ceil())),
                 red,
-            ));
+            )));
         }
     }
     if let Some(e) = &g.data_error {
@@ -246,7 +252,9 @@ pub fn gateway_line(state: &State, g: &Gateway) -> Line<'static> {
             Style::default().fg(Color::Yellow),
         ));
     }
-    Line::from(spans)
+    let mut lines = vec![Line::from(spans)];
+    lines.extend(second);
+    lines
 }
 
 fn pct(part: f64, whole: f64) -> String {
@@ -258,7 +266,24 @@ fn pct(part: f64, whole: f64) -> String {
 }
 
 fn render_overview(state: &State, f: &mut Frame, area: Rect) {
-    let gw_height = state.gateways.len().min(4) as u16 + 2;
+    let mut lines: Vec<Line> = state
+        .gateways
+        .iter()
+        .flat_map(|g| gateway_lines(state, g))
+        .collect();
+    if lines.len() > 5 {
+        let down = state.gateways.iter().filter(|g| !g.is_connected()).count();
+        let up = state.gateways.len() - down;
+        lines = state
+            .gateways
+            .iter()
+            .filter(|g| !g.is_connected())
+            .flat_map(|g| gateway_lines(state, g))
+            .take(4)
+            .collect();
+        lines.push(Line::from(format!("{up} connected, {down} not connected")));
+    }
+    let gw_height = lines.len() as u16 + 2;
     let [gw_area, totals_area, charts_area] = Layout::vertical([
         Constraint::Length(gw_height),
         Constraint::Length(7),
@@ -266,24 +291,6 @@ fn render_overview(state: &State, f: &mut Frame, area: Rect) {
     ])
     .areas(area);
 
-    let mut lines: Vec<Line> = state
-        .gateways
-        .iter()
-        .take(4)
-        .map(|g| gateway_line(state, g))
-        .collect();
-    if state.gateways.len() > 4 {
-        let down = state
-            .gateways
-            .iter()
-            .skip(4)
-            .filter(|g| !g.is_connected())
-            .count();
-        lines[3] = Line::from(format!(
-            "… and {} more gateways ({down} not connected)",
-            state.gateways.len() - 3
-        ));
-    }
     f.render_widget(
         Paragraph::new(lines).block(Block::bordered().title(" Gateways ")),
         gw_area,
@@ -315,11 +322,16 @@ fn render_overview(state: &State, f: &mut Frame, area: Rect) {
             .filter(|(k, _)| !DROP_REASONS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), *v)),
     );
-    let drop_text = ordered
+    // Only the reasons that happened, so the line fits 80 columns.
+    let mut drop_text = ordered
         .iter()
+        .filter(|(_, v)| *v > 0.0)
         .map(|(k, v)| format!("{k} {}", fmt::si(*v)))
         .collect::<Vec<_>>()
         .join(" · ");
+    if drop_text.is_empty() {
+        drop_text = "none".into();
+    }
     let err_style = |bad: bool| {
         if bad {
             Style::default().fg(Color::Red)
@@ -481,14 +493,14 @@ fn empty_message(f: &mut Frame, area: Rect, title: String, lines: Vec<Line>) {
     );
 }
 
-fn no_data_line(state: &State) -> Option<Line<'static>> {
+fn no_data_lines(state: &State) -> Option<Vec<Line<'static>>> {
     if state.gateways.iter().any(|g| g.snapshot.is_some()) {
         return None;
     }
     let down = state.gateways.iter().find(|g| !g.is_connected());
     Some(match down {
-        Some(g) => gateway_line(state, g),
-        None => Line::from("waiting for the first stats snapshot…"),
+        Some(g) => gateway_lines(state, g),
+        None => vec![Line::from("waiting for the first stats snapshot…")],
     })
 }
 
@@ -512,8 +524,8 @@ fn render_targets(state: &State, f: &mut Frame, area: Rect) {
     );
     if rows.is_empty() {
         let mut lines = Vec::new();
-        if let Some(l) = no_data_line(state) {
-            lines.push(l);
+        if let Some(l) = no_data_lines(state) {
+            lines.extend(l);
         } else if !state.filter[View::Targets.index()].is_empty() {
             lines.push(Line::from("No target matches the filter (Esc clears it)."));
         } else {
@@ -572,10 +584,7 @@ fn render_targets(state: &State, f: &mut Frame, area: Rect) {
                 Cell::from(Line::from(fmt::millis(t.p50)).right_aligned()),
                 Cell::from(Line::from(fmt::millis(t.p99)).right_aligned()),
                 Cell::from(Span::styled(
-                    t.last_error.as_ref().map_or(String::new(), |e| {
-                        let status = e.status.map_or(String::new(), |s| format!("{s} "));
-                        fmt::one_line(&format!("{status}{}", e.message))
-                    }),
+                    t.last_error.as_ref().map_or(String::new(), error_text),
                     if state_rank(&t.state) >= 2 {
                         Style::default().fg(Color::Red)
                     } else {
@@ -593,6 +602,15 @@ fn render_targets(state: &State, f: &mut Frame, area: Rect) {
     let mut ts = TableState::default();
     ts.select(Some(state.selection()));
     f.render_stateful_widget(table, area, &mut ts);
+}
+
+/// An error's status and message, the status once.
+fn error_text(e: &crate::api::LastError) -> String {
+    let msg = fmt::one_line(&e.message);
+    match e.status {
+        Some(s) if !msg.starts_with(&format!("{s}")) => format!("{s} {msg}"),
+        _ => msg,
+    }
 }
 
 fn kv(key: &str, value: String) -> Line<'static> {
@@ -634,8 +652,7 @@ fn render_detail(state: &State, f: &mut Frame, area: Rect, id: &str) {
     let last = match &t.last_error {
         Some(e) => {
             let when = fmt::parse_time_ms(&e.time).map_or("?".into(), fmt::clock);
-            let status = e.status.map_or("connection".into(), |s| format!("{s}"));
-            format!("{when} {status}: {}", fmt::one_line(&e.message))
+            format!("{when} {}", error_text(e))
         }
         None => "none".into(),
     };
@@ -684,11 +701,11 @@ fn render_detail(state: &State, f: &mut Frame, area: Rect, id: &str) {
         kv(
             "latency",
             format!(
-                "p50 {} ms · p90 {} · p99 {} · max {}",
-                fmt::millis(t.p50),
-                fmt::millis(t.p90),
-                fmt::millis(t.p99),
-                fmt::millis(t.max)
+                "p50 {} · p90 {} · p99 {} · max {}",
+                fmt::millis_unit(t.p50),
+                fmt::millis_unit(t.p90),
+                fmt::millis_unit(t.p99),
+                fmt::millis_unit(t.max)
             ),
         ),
         Line::from(vec![
@@ -776,8 +793,8 @@ fn render_failures(state: &State, f: &mut Frame, area: Rect) {
     );
     if rows.is_empty() {
         let mut lines = Vec::new();
-        if let Some(l) = no_data_line(state) {
-            lines.push(l);
+        if let Some(l) = no_data_lines(state) {
+            lines.extend(l);
         } else if !state.filter[View::Failures.index()].is_empty() {
             lines.push(Line::from("No error matches the filter (Esc clears it)."));
         } else {
@@ -835,15 +852,15 @@ fn render_failures(state: &State, f: &mut Frame, area: Rect) {
 fn render_config(state: &State, f: &mut Frame, area: Rect) {
     let title = format!(" Config{} ", filter_note(state, View::Config));
     let Some(reg) = &state.registry else {
-        let line = match (&state.registry_error, no_data_line(state)) {
-            (Some(e), _) => Line::from(Span::styled(
+        let lines = match (&state.registry_error, no_data_lines(state)) {
+            (Some(e), _) => vec![Line::from(Span::styled(
                 format!("Cannot read the registry: {}", fmt::one_line(e)),
                 Style::default().fg(Color::Red),
-            )),
+            ))],
             (None, Some(l)) => l,
-            (None, None) => Line::from("Reading the registry…"),
+            (None, None) => vec![Line::from("Reading the registry…")],
         };
-        return empty_message(f, area, title, vec![line]);
+        return empty_message(f, area, title, lines);
     };
     if reg.is_empty() {
         return empty_message(
@@ -886,8 +903,12 @@ fn render_config(state: &State, f: &mut Frame, area: Rect) {
         format!(" Registry (stale: {}) ", fmt::cut(&fmt::one_line(e), 40))
     } else {
         match state.registry_version {
-            Some(v) => format!(" Registry v{}{}", fmt::si(v), title),
-            None => format!(" Registry{title}"),
+            Some(v) => format!(
+                " Registry v{}{} ",
+                fmt::si(v),
+                filter_note(state, View::Config)
+            ),
+            None => format!(" Registry{} ", filter_note(state, View::Config)),
         }
     };
     f.render_stateful_widget(
