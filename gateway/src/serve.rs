@@ -131,8 +131,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         export_all = settings.catalog.is_all(),
         "delivery catalog loaded"
     );
-    let delivery = crate::deliver::FanoutDelivery::start(&live, budget.clone(), settings);
+    // The recorder first: delivery registers its per-target metrics at start.
     let metrics_handle = install_metrics();
+    let delivery = crate::deliver::FanoutDelivery::start(&live, budget.clone(), settings);
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let router = admin::router(AdminState {
         live: live.clone(),

@@ -39,6 +39,8 @@ pub struct Gateway {
     child: Child,
     /// `http://127.0.0.1:PORT` of its admin API.
     pub admin: String,
+    /// `127.0.0.1:PORT` of its ingest listener.
+    pub ingest: String,
     /// Its admin token.
     pub token: String,
     /// Its data directory (kept alive as long as the gateway).
@@ -101,6 +103,7 @@ impl Gateway {
         let gw = Gateway {
             child,
             admin: format!("http://127.0.0.1:{admin_port}"),
+            ingest: format!("127.0.0.1:{ingest_port}"),
             token,
             data_dir,
         };
