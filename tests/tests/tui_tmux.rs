@@ -1,0 +1,535 @@
+//! End to end: the real `fanout-tui` in a real terminal (tmux) against the
+//! real `fanout serve` with traffic from `fanout-load run` into two
+//! `fanout-load sink` receivers.
+//!
+//! It drives the console with `tmux send-keys` and reads the screen with
+//! `tmux capture-pane`: the Targets view lists both targets with non-zero,
+//! moving rates; `p` on one pauses it (the screen says so and the gateway's
+//! `GET /api/v1/targets` agrees, the other target stays unpaused); `q` exits
+//! 0, leaves the alternate screen and restores the terminal modes (`stty -g`
+//! before and after are equal).
+//!
+//! Needs tmux and the gateway's stats API (`docs/stats-api.md`); `.ci/run`
+//! installs tmux and runs it with `--ignored`.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fanout_tests::prometheus::{fanout_binary, free_port, target_dir, temp_dir, wait_for, Proc};
+
+const ADMIN_TOKEN: &str = "tui-e2e-admin-token";
+
+/// Builds the console and the load tool, returns their paths.
+fn binaries() -> (PathBuf, PathBuf) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "-p",
+            "fanout-tui",
+            "-p",
+            "fanout-loadtest",
+            "--bins",
+        ])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .status()
+        .expect("cannot run cargo build");
+    assert!(
+        status.success(),
+        "cargo build of fanout-tui and fanout-load failed"
+    );
+    let dir = target_dir().join("debug");
+    (dir.join("fanout-tui"), dir.join("fanout-load"))
+}
+
+/// One tmux server on a private socket, killed when dropped.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("TMUX")
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run tmux")
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "tui"];
+        args.extend(keys);
+        let out = self.cmd(&args);
+        assert!(out.status.success(), "send-keys: {out:?}");
+    }
+
+    fn screen(&self) -> String {
+        let out = self.cmd(&["capture-pane", "-p", "-t", "tui"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn format(&self, f: &str) -> String {
+        let out = self.cmd(&["display-message", "-p", "-t", "tui", f]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Waits until the screen satisfies `ok`; panics with the screen and `context` otherwise.
+    fn wait_screen(
+        &self,
+        what: &str,
+        timeout: Duration,
+        context: &dyn Fn() -> String,
+        ok: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.screen();
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; screen:\n{s}\n{}",
+                context()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+/// `method path` on the admin API with the token: (status, body).
+fn admin(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = tail[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+/// The JSON object of `/api/v1/targets` (`{"items": [...]}`) whose endpoint
+/// has `port`, without whitespace. Brace matching outside strings, so nested
+/// objects (`feeds`, `failures`) stay inside.
+fn target_json(body: &str, port: u16) -> Option<String> {
+    let at = body.find(&format!("127.0.0.1:{port}/"))?;
+    let bytes = body.as_bytes();
+    let (mut stack, mut in_string, mut escaped) = (Vec::new(), false, false);
+    let mut item_start = None;
+    for (i, &c) in bytes.iter().enumerate() {
+        if i == at {
+            // stack[0] is the document, stack[1] the item of the list.
+            item_start = Some(*stack.get(1)?);
+        }
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_string = true,
+            b'{' => stack.push(i),
+            b'}' => {
+                let open = stack.pop()?;
+                if Some(open) == item_start {
+                    let text: String = body[open..=i]
+                        .chars()
+                        .filter(|c| !c.is_whitespace())
+                        .collect();
+                    return Some(text);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// (deployments as (id, namespace), cluster id, ingest token) of `fanout-load run --print-scenario`.
+fn scenario(load: &Path) -> (Vec<(String, String)>, String, String) {
+    let out = Command::new(load)
+        .args([
+            "run",
+            "--print-scenario",
+            "--clusters",
+            "1",
+            "--deployments",
+            "2",
+        ])
+        .output()
+        .expect("fanout-load --print-scenario");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let value = |line: &str| line.split('"').nth(3).unwrap_or_default().to_owned();
+    let (mut deps, mut cluster, mut token, mut last_id) =
+        (Vec::new(), String::new(), String::new(), String::new());
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with("\"id\"") {
+            last_id = value(l);
+        } else if l.starts_with("\"namespace\"") {
+            deps.push((last_id.clone(), value(l)));
+        } else if l.starts_with("\"ingestToken\"") {
+            cluster = last_id.clone();
+            token = value(l);
+        }
+    }
+    assert!(
+        deps.len() == 2 && !token.is_empty(),
+        "unexpected scenario:\n{text}"
+    );
+    (deps, cluster, token)
+}
+
+/// Data lines of the Targets table: (line, state, rate).
+fn target_rows(screen: &str) -> Vec<(String, String, String)> {
+    screen
+        .lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let i = words.iter().position(|w| {
+                ["healthy", "retrying", "failing", "paused"].contains(&w.trim_end_matches('*'))
+            })?;
+            Some((
+                l.to_owned(),
+                words[i].to_owned(),
+                words.get(i + 3)?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn rate_value(s: &str) -> f64 {
+    let (num, mult) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1e3),
+        Some('M') => (&s[..s.len() - 1], 1e6),
+        Some('G') => (&s[..s.len() - 1], 1e9),
+        _ => (s, 1.0),
+    };
+    num.parse::<f64>().map(|v| v * mult).unwrap_or(0.0)
+}
+
+#[test]
+#[ignore = "needs tmux and the delivery stats API; run by .ci/run"]
+fn console_shows_targets_pauses_one_and_quits_cleanly() {
+    assert!(
+        Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "tmux is not installed (apt-get install tmux)"
+    );
+    let fanout = fanout_binary();
+    let (tui, load) = binaries();
+    let dir = temp_dir("tui-tmux");
+
+    // Two receivers.
+    let (port_a, port_b) = (free_port(), free_port());
+    let _sinks = Proc::spawn(
+        "fanout-load sink",
+        Command::new(&load)
+            .args(["sink", "--quiet"])
+            .args(["--listen", &format!("127.0.0.1:{port_a}")])
+            .args(["--listen", &format!("127.0.0.1:{port_b}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("sink.log")).unwrap()),
+    );
+    for port in [port_a, port_b] {
+        let up = wait_for(Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        assert!(up.is_some(), "sink on {port} never listened");
+    }
+
+    // A registry for the load generator's cluster: a Workspace export linked
+    // to both Deployments (sink A) and a Deployment export of the second (sink B).
+    let (deps, cluster, token) = scenario(&load);
+    let registry = dir.join("registry.yaml");
+    let mut yaml = format!(
+        "clusters:\n  - {{id: {cluster}, organizationId: org-tui, cloudProvider: aws, cloudRegion: us-east-1, ingestToken: {token}}}\n\
+         workspaces:\n  - {{id: ws-tui, organizationId: org-tui, name: TUI test}}\n\
+         deployments:\n"
+    );
+    for (i, (id, ns)) in deps.iter().enumerate() {
+        yaml.push_str(&format!(
+            "  - {{id: {id}, workspaceId: ws-tui, clusterId: {cluster}, namespace: {ns}, type: HOSTED, name: dep{i}}}\n"
+        ));
+    }
+    yaml.push_str(&format!(
+        "metricsExports:\n\
+         \x20 - id: sink-a\n    objectKey: sink_a\n    scope: WORKSPACE\n    scopeEntityId: ws-tui\n    autoLinkDeployments: true\n\
+         \x20   metricsExport: {{endpoint: \"http://127.0.0.1:{port_a}/api/v1/write\", exporterType: PROMETHEUS}}\n\
+         \x20 - id: sink-b\n    objectKey: sink_b\n    scope: DEPLOYMENT\n    scopeEntityId: {}\n\
+         \x20   metricsExport: {{endpoint: \"http://127.0.0.1:{port_b}/api/v1/write\", exporterType: PROMETHEUS}}\n",
+        deps[1].0
+    ));
+    std::fs::write(&registry, &yaml).unwrap();
+
+    let (ingest_port, admin_port) = (free_port(), free_port());
+    let gateway_log = dir.join("fanout.log");
+    let _gateway = Proc::spawn(
+        "fanout serve",
+        Command::new(&fanout)
+            .arg("serve")
+            .args(["--ingest-listen", &format!("127.0.0.1:{ingest_port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .args(["--admin-token", ADMIN_TOKEN])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--registry")
+            .arg(&registry)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&gateway_log).unwrap()),
+    );
+    let log = || {
+        format!(
+            "gateway log:\n{}\nregistry:\n{yaml}",
+            std::fs::read_to_string(&gateway_log).unwrap_or_default()
+        )
+    };
+    let ready = wait_for(Duration::from_secs(60), || {
+        matches!(admin(admin_port, "GET", "/readyz"), Ok((200, _))).then_some(())
+    });
+    assert!(ready.is_some(), "fanout never became ready\n{}", log());
+    let (status, _) = admin(admin_port, "GET", "/api/v1/stats").unwrap();
+    assert_eq!(
+        status,
+        200,
+        "GET /api/v1/stats: the gateway has no stats API\n{}",
+        log()
+    );
+
+    let _traffic = Proc::spawn(
+        "fanout-load run",
+        Command::new(&load)
+            .arg("run")
+            .args([
+                "--url",
+                &format!("http://127.0.0.1:{ingest_port}/api/v1/write"),
+            ])
+            .args([
+                "--clusters",
+                "1",
+                "--deployments",
+                "2",
+                "--connections",
+                "1",
+            ])
+            .args([
+                "--rate",
+                "3000",
+                "--samples-per-request",
+                "500",
+                "--duration",
+                "10m",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("load.log")).unwrap()),
+    );
+
+    // The console in a 160x48 tmux pane, inside a shell that reports how it
+    // exited and whether the terminal modes came back.
+    let tmux = Tmux {
+        socket: format!("fanout-tui-e2e-{}", std::process::id()),
+    };
+    let script = format!(
+        "before=$(stty -g); {} --admin http://127.0.0.1:{admin_port}; rc=$?; \
+         [ \"$before\" = \"$(stty -g)\" ] && echo TERMINAL-MODES-RESTORED; echo TUI-EXITED-$rc; exec sleep 600",
+        tui.display()
+    );
+    let out = Command::new("tmux")
+        .args([
+            "-L",
+            &tmux.socket,
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-s",
+            "tui",
+            "-x",
+            "160",
+            "-y",
+            "48",
+        ])
+        .arg(&script)
+        .env("FANOUT_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("TERM", "xterm-256color")
+        .env_remove("TMUX")
+        .stdin(Stdio::null())
+        .output()
+        .expect("tmux new-session");
+    assert!(out.status.success(), "tmux new-session: {out:?}");
+
+    let context = || log();
+    let screen = tmux.wait_screen(
+        "the console to connect",
+        Duration::from_secs(30),
+        &context,
+        |s| s.contains("gateways 1/1 up") && s.contains("Throughput"),
+    );
+    assert!(
+        !screen.contains(ADMIN_TOKEN),
+        "the token is on the screen:\n{screen}"
+    );
+    assert!(
+        tmux.format("#{alternate_on}") == "1",
+        "the console is not on the alternate screen"
+    );
+
+    // Targets view: both targets, delivering.
+    tmux.keys(&["2"]);
+    let screen = tmux.wait_screen(
+        "two targets with non-zero rates",
+        Duration::from_secs(60),
+        &context,
+        |s| {
+            let rows = target_rows(s);
+            rows.len() == 2 && rows.iter().all(|(_, _, rate)| rate_value(rate) > 0.0)
+        },
+    );
+    let first_rates: Vec<String> = target_rows(&screen).into_iter().map(|r| r.2).collect();
+    // Rates move: the screen is redrawn with new snapshots (rates change, or
+    // at least the totals of the Overview grow).
+    tmux.keys(&["1"]);
+    let total = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("out ") && l.contains("total"))
+            .map(|l| l.split("total").nth(1).unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    let before = total(
+        &tmux.wait_screen("the overview", Duration::from_secs(10), &context, |s| {
+            s.contains("total")
+        }),
+    );
+    tmux.wait_screen(
+        "the delivered total to grow",
+        Duration::from_secs(20),
+        &context,
+        |s| {
+            let t = total(s);
+            !t.is_empty() && t != before
+        },
+    );
+    tmux.keys(&["2"]);
+    let screen = tmux.wait_screen(
+        "the targets again",
+        Duration::from_secs(10),
+        &context,
+        |s| target_rows(s).len() == 2,
+    );
+    let rows = target_rows(&screen);
+    eprintln!(
+        "rates: {first_rates:?} then {:?}",
+        rows.iter().map(|r| &r.2).collect::<Vec<_>>()
+    );
+
+    // Pause the target of sink A: select its row, press p.
+    let marker_a = format!("127.0.0.1:{port_a}");
+    let marker_b = format!("127.0.0.1:{port_b}");
+    let index_a = rows
+        .iter()
+        .position(|(line, _, _)| line.contains(&marker_a))
+        .unwrap_or_else(|| panic!("no row for sink A ({marker_a}):\n{screen}"));
+    for _ in 0..index_a {
+        tmux.keys(&["j"]);
+    }
+    tmux.keys(&["p"]);
+    let screen = tmux.wait_screen("target A paused", Duration::from_secs(20), &context, |s| {
+        target_rows(s)
+            .iter()
+            .any(|(line, state, _)| line.contains(&marker_a) && state.starts_with("paused"))
+    });
+    assert!(
+        target_rows(&screen)
+            .iter()
+            .any(|(line, state, _)| line.contains(&marker_b) && !state.starts_with("paused")),
+        "target B should not be paused:\n{screen}"
+    );
+    let (status, body) = admin(admin_port, "GET", "/api/v1/targets").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let a = target_json(&body, port_a).unwrap_or_else(|| panic!("no target for sink A in {body}"));
+    let b = target_json(&body, port_b).unwrap_or_else(|| panic!("no target for sink B in {body}"));
+    assert!(
+        a.contains("\"paused\":true") || a.contains("\"state\":\"paused\""),
+        "the gateway does not say target A is paused: {a}"
+    );
+    assert!(
+        b.contains("\"paused\":false"),
+        "target B should not be paused: {b}"
+    );
+
+    // q exits 0 and leaves a clean terminal.
+    tmux.keys(&["q"]);
+    let screen = tmux.wait_screen(
+        "the console to exit",
+        Duration::from_secs(10),
+        &context,
+        |s| s.contains("TUI-EXITED-"),
+    );
+    assert!(
+        screen.contains("TUI-EXITED-0"),
+        "fanout-tui did not exit 0:\n{screen}"
+    );
+    assert!(
+        screen.contains("TERMINAL-MODES-RESTORED"),
+        "stty modes differ after exit:\n{screen}"
+    );
+    assert!(
+        !screen.contains("Targets ("),
+        "the console's screen is left over:\n{screen}"
+    );
+    assert_eq!(
+        tmux.format("#{alternate_on}"),
+        "0",
+        "still on the alternate screen"
+    );
+    assert_eq!(tmux.format("#{cursor_flag}"), "1", "cursor left hidden");
+    let _ = std::fs::remove_dir_all(&dir);
+}
