@@ -49,13 +49,16 @@ pub enum CatalogError {
     },
 }
 
+/// A `prefix*suffix` name pattern.
+type Pattern = (Box<[u8]>, Box<[u8]>);
+
 /// The set of exported metric names.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     all: bool,
     exact: HashSet<Box<[u8]>>,
     prefixes: Vec<Box<[u8]>>,
-    patterns: Vec<(Box<[u8]>, Box<[u8]>)>,
+    patterns: Vec<Pattern>,
 }
 
 #[derive(serde::Deserialize)]
