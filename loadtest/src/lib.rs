@@ -13,7 +13,10 @@
 //!   with failure injection.
 //! - [`verify`]: compares sink reports with an [`verify::Expectation`] and
 //!   lists problems (missing, duplicated, misrouted, mislabelled).
+//! - [`bench`]: Fanout and vmagent side by side on a scenario file
+//!   (`fanout-load bench`), with the table and the plot.
 
+pub mod bench;
 pub mod client;
 pub mod generator;
 pub mod identity;

@@ -1,5 +1,6 @@
-//! `fanout-load`: remote-write traffic generator (`run`) and verifying sinks
-//! (`sink`). See `docs/loadtest.md`.
+//! `fanout-load`: remote-write traffic generator (`run`), verifying sinks
+//! (`sink`) and the side-by-side benchmark (`bench`, `plot`). See
+//! `docs/loadtest.md` and `docs/benchmarks.md`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,56 @@ enum Cmd {
     Run(RunArgs),
     /// Receive remote-write on loopback ports, count, verify and measure latency.
     Sink(SinkArgs),
+    /// Fanout and vmagent side by side on a scenario file.
+    Bench(BenchArgs),
+    /// Draw bench JSON reports as an SVG (throughput and latency).
+    Plot(PlotArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Scenario file (loadtest/scenarios/*.yaml).
+    #[arg(long)]
+    scenario: PathBuf,
+    /// Gateways to run, in order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "fanout,vmagent"
+    )]
+    gateways: Vec<fanout_loadtest::bench::Gateway>,
+    /// The fanout binary (cargo build --release -p fanout-gateway --bin fanout).
+    #[arg(long, env = "FANOUT_BIN", default_value = "target/release/fanout")]
+    fanout_bin: PathBuf,
+    /// The vmagent binary (default: $FANOUT_VMAGENT_BIN, else vmagent on PATH).
+    #[arg(long)]
+    vmagent_bin: Option<PathBuf>,
+    /// Override the scenario's sample count.
+    #[arg(long)]
+    samples: Option<u64>,
+    /// Override the scenario's rate (samples/s).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Print the report as JSON on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// JSON reports of `bench --out`, one bar pair per file.
+    #[arg(required = true)]
+    reports: Vec<PathBuf>,
+    /// SVG file to write.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -234,6 +285,8 @@ fn main() {
         match cli.cmd {
             Cmd::Run(a) => run(a).await,
             Cmd::Sink(a) => sink(a).await,
+            Cmd::Bench(a) => bench(a).await,
+            Cmd::Plot(a) => plot(a),
         }
     });
     match res {
@@ -437,4 +490,59 @@ async fn sink(a: SinkArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(if problems.is_empty() { 0 } else { 2 })
+}
+
+async fn bench(a: BenchArgs) -> anyhow::Result<i32> {
+    use fanout_loadtest::bench::{self, BenchOptions, BenchSpec};
+    let file = a.scenario.display().to_string();
+    let text = std::fs::read_to_string(&a.scenario).with_context(|| format!("reading {file}"))?;
+    let mut spec = BenchSpec::parse(&file, &text)?;
+    if let Some(n) = a.samples {
+        spec.traffic.samples = n;
+    }
+    if let Some(r) = a.rate {
+        spec.traffic.rate = Some(r);
+    }
+    let vmagent_bin = match a.vmagent_bin {
+        Some(p) if p.is_file() => Some(p),
+        Some(p) => bail!("--vmagent-bin {}: not a file", p.display()),
+        None => bench::find_vmagent(),
+    };
+    let opts = BenchOptions {
+        spec,
+        gateways: a.gateways,
+        fanout_bin: a.fanout_bin,
+        vmagent_bin,
+        progress: !a.quiet,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    // Ctrl-C drops the run, whose children are killed on drop.
+    let report = tokio::select! {
+        r = bench::run(&opts) => r?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    };
+    if let Some(path) = &a.out {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(0)
+}
+
+fn plot(a: PlotArgs) -> anyhow::Result<i32> {
+    let mut reports = Vec::new();
+    for p in &a.reports {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        let r: fanout_loadtest::bench::BenchReport = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a bench report", p.display()))?;
+        reports.push(r);
+    }
+    fanout_loadtest::bench::plot::write_svg(&reports, &a.out)?;
+    println!("wrote {}", a.out.display());
+    Ok(0)
 }

@@ -470,6 +470,12 @@ impl SinkHandle {
         r
     }
 
+    /// A copy of the end-to-end latency histogram (ms), so several sinks'
+    /// latencies can be merged into one distribution.
+    pub fn latency_histogram(&self) -> Option<Histogram<u64>> {
+        lock(&self.state.inner).latency.clone()
+    }
+
     /// Running totals (no copy of the per-series records).
     pub fn stats(&self) -> SinkStats {
         SinkStats {

@@ -1,0 +1,399 @@
+//! Bench scenario files (`loadtest/scenarios/*.yaml`): the fleet the
+//! generator simulates, the targets, which Deployment goes to which target,
+//! the traffic and the time bounds. Pure: parsing and routing only.
+//!
+//! ```yaml
+//! name: routed
+//! fleet: {clusters: 10, deployments: 20}   # generator scenario (docs/loadtest.md), camelCase
+//! targets: 20
+//! targetsPerDeployment: 1                   # default: every target
+//! deadTargets: [2]                          # targets that refuse connections; default none
+//! traffic: {samples: 1500000, rate: 100000, connections: 4, samplesPerRequest: 2000}
+//! batch: 2000                               # maxSamplesPerSend / -remoteWrite.maxRowsPerBlock
+//! drainTimeout: 30s
+//! ```
+//!
+//! Routing: Deployment `g` (global index `cluster × deployments + d`) goes to
+//! targets `(g + j) mod targets` for `j < targetsPerDeployment`, so every
+//! target gets the same number of Deployments when the numbers divide.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::Scenario;
+
+/// Why a scenario file is not usable.
+#[derive(Debug, thiserror::Error)]
+#[error("scenario {file}: {what}")]
+pub struct SpecError {
+    /// The file (or `<inline>`).
+    pub file: String,
+    /// What is wrong, and where.
+    pub what: String,
+}
+
+/// Offered load, the same for every gateway under test.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Traffic {
+    /// Samples to send (a fixed amount keeps runs comparable).
+    pub samples: u64,
+    /// Samples per second (ceiling); `None`: as fast as possible.
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// Generator connections.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    /// Samples per request.
+    #[serde(default = "default_per_request")]
+    pub samples_per_request: usize,
+    /// Hard bound on the sending phase, whatever the rate.
+    #[serde(default = "default_max_duration", with = "duration_str")]
+    pub max_duration: Duration,
+}
+
+fn default_connections() -> usize {
+    4
+}
+fn default_per_request() -> usize {
+    2000
+}
+fn default_max_duration() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_batch() -> usize {
+    2000
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The raw file shape; [`BenchSpec::parse`] validates it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawSpec {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    fleet: serde_json::Map<String, serde_json::Value>,
+    targets: usize,
+    #[serde(default)]
+    targets_per_deployment: Option<usize>,
+    #[serde(default)]
+    dead_targets: Vec<usize>,
+    traffic: Traffic,
+    #[serde(default = "default_batch")]
+    batch: usize,
+    #[serde(default = "default_drain", with = "duration_str")]
+    drain_timeout: Duration,
+}
+
+/// A validated bench scenario.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BenchSpec {
+    /// Short name, used in tables and file names.
+    pub name: String,
+    /// One line on what it measures.
+    pub description: String,
+    /// The generator's fleet.
+    pub fleet: Scenario,
+    /// Number of targets (sinks, or dead ports).
+    pub targets: usize,
+    /// Targets each Deployment is exported to.
+    pub targets_per_deployment: usize,
+    /// Targets that refuse connections (nothing listens).
+    pub dead_targets: BTreeSet<usize>,
+    /// Offered load.
+    pub traffic: Traffic,
+    /// Samples per outgoing request, for both gateways.
+    pub batch: usize,
+    /// How long to wait for delivery after the generator stopped.
+    #[serde(with = "duration_str")]
+    pub drain_timeout: Duration,
+}
+
+impl BenchSpec {
+    /// Parses and validates a scenario file's text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<BenchSpec, SpecError> {
+        let err = |what: String| SpecError {
+            file: file.to_owned(),
+            what,
+        };
+        let raw: RawSpec = serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?;
+        // The fleet is the generator's Scenario with defaults for what the file omits.
+        let mut fleet =
+            serde_json::to_value(Scenario::default()).map_err(|e| err(e.to_string()))?;
+        let obj = fleet
+            .as_object_mut()
+            .ok_or_else(|| err("fleet: not an object".into()))?;
+        for (k, v) in raw.fleet {
+            if !obj.contains_key(&k) {
+                let known: Vec<&str> = obj.keys().map(String::as_str).collect();
+                return Err(err(format!(
+                    "fleet: unknown key {k:?} (known: {})",
+                    known.join(", ")
+                )));
+            }
+            obj.insert(k, v);
+        }
+        let fleet: Scenario =
+            serde_json::from_value(fleet).map_err(|e| err(format!("fleet: {e}")))?;
+        fleet.validate().map_err(|e| err(format!("fleet: {e}")))?;
+        if raw.name.is_empty()
+            || !raw
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(err(format!(
+                "name {:?}: use letters, digits, '-' and '_'",
+                raw.name
+            )));
+        }
+        if raw.targets == 0 {
+            return Err(err("targets: at least 1".into()));
+        }
+        let per = raw.targets_per_deployment.unwrap_or(raw.targets);
+        if per == 0 || per > raw.targets {
+            return Err(err(format!(
+                "targetsPerDeployment {per}: must be 1 to targets ({})",
+                raw.targets
+            )));
+        }
+        let mut dead = BTreeSet::new();
+        for &t in &raw.dead_targets {
+            if t >= raw.targets {
+                return Err(err(format!(
+                    "deadTargets: {t} is not a target (0 to {})",
+                    raw.targets - 1
+                )));
+            }
+            dead.insert(t);
+        }
+        if dead.len() == raw.targets {
+            return Err(err("deadTargets: at least one target must be alive".into()));
+        }
+        if raw.traffic.samples == 0 || raw.traffic.connections == 0 {
+            return Err(err(
+                "traffic: samples and connections must be positive".into()
+            ));
+        }
+        if raw.traffic.samples_per_request == 0 || raw.batch == 0 {
+            return Err(err(
+                "traffic.samplesPerRequest and batch must be positive".into()
+            ));
+        }
+        if raw.traffic.rate.is_some_and(|r| !(r > 0.0)) {
+            return Err(err("traffic.rate: must be positive".into()));
+        }
+        Ok(BenchSpec {
+            name: raw.name,
+            description: raw.description,
+            fleet,
+            targets: raw.targets,
+            targets_per_deployment: per,
+            dead_targets: dead,
+            traffic: raw.traffic,
+            batch: raw.batch,
+            drain_timeout: raw.drain_timeout,
+        })
+    }
+
+    /// Number of Deployments in the fleet.
+    pub fn deployment_count(&self) -> usize {
+        (self.fleet.clusters * self.fleet.deployments) as usize
+    }
+
+    /// Global index of Deployment `d` of `cluster`.
+    pub fn global(&self, cluster: u32, d: u32) -> usize {
+        (cluster * self.fleet.deployments + d) as usize
+    }
+
+    /// The targets of Deployment `d` of `cluster`, ascending.
+    pub fn targets_of(&self, cluster: u32, d: u32) -> Vec<usize> {
+        let g = self.global(cluster, d);
+        let mut t: Vec<usize> = (0..self.targets_per_deployment)
+            .map(|j| (g + j) % self.targets)
+            .collect();
+        t.sort_unstable();
+        t
+    }
+
+    /// Every (cluster, Deployment) index pair routed to `target`.
+    pub fn deployments_of(&self, target: usize) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        for c in 0..self.fleet.clusters {
+            for d in 0..self.fleet.deployments {
+                if self.targets_of(c, d).contains(&target) {
+                    out.push((c, d));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether every Deployment goes to every target.
+    pub fn all_to_all(&self) -> bool {
+        self.targets_per_deployment == self.targets
+    }
+
+    /// The sink (target) name of target `t`.
+    pub fn target_name(t: usize) -> String {
+        format!("t{t}")
+    }
+}
+
+/// Durations as the strings the rest of Fanout uses (`500ms`, `30s`, `2m`).
+pub mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Parses `500ms`, `30s`, `2m`, `1h` or a bare number of seconds.
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("{s:?}: expected a duration like 500ms, 10s, 2m"))?;
+        let secs = match unit {
+            "ms" => n / 1000.0,
+            "s" | "" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+        };
+        Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+    }
+
+    /// Writes `Ns` or `Nms`.
+    pub fn format(d: Duration) -> String {
+        if d.subsec_millis() == 0 {
+            format!("{}s", d.as_secs())
+        } else {
+            format!("{}ms", d.as_millis())
+        }
+    }
+
+    /// serde `serialize_with`.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*d))
+    }
+
+    /// serde `deserialize_with`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTED: &str = "
+name: routed
+description: 200 Deployments over 20 targets
+fleet: {clusters: 10, deployments: 20, dags: 2, tasks: 2}
+targets: 20
+targetsPerDeployment: 1
+traffic: {samples: 1000, rate: 5000}
+drainTimeout: 5s
+";
+
+    #[test]
+    fn parses_with_defaults() {
+        let s = BenchSpec::parse("routed.yaml", ROUTED).unwrap();
+        assert_eq!(s.name, "routed");
+        assert_eq!(s.fleet.clusters, 10);
+        assert_eq!(s.fleet.dags, 2);
+        assert_eq!(s.fleet.pods, Scenario::default().pods);
+        assert_eq!(s.deployment_count(), 200);
+        assert_eq!(s.traffic.connections, 4);
+        assert_eq!(s.traffic.samples_per_request, 2000);
+        assert_eq!(s.batch, 2000);
+        assert_eq!(s.drain_timeout, Duration::from_secs(5));
+        assert!(s.dead_targets.is_empty());
+        assert!(!s.all_to_all());
+    }
+
+    #[test]
+    fn routing_spreads_evenly() {
+        let s = BenchSpec::parse("routed.yaml", ROUTED).unwrap();
+        for t in 0..20 {
+            assert_eq!(s.deployments_of(t).len(), 10, "target {t}");
+        }
+        assert_eq!(s.targets_of(0, 0), vec![0]);
+        assert_eq!(s.targets_of(1, 3), vec![3]);
+        assert_eq!(s.targets_of(1, 0), vec![0]);
+    }
+
+    #[test]
+    fn all_targets_by_default() {
+        let s = BenchSpec::parse(
+            "f.yaml",
+            "name: fanout-3\ntargets: 3\ndeadTargets: [1]\ntraffic: {samples: 10}\n",
+        )
+        .unwrap();
+        assert!(s.all_to_all());
+        assert_eq!(s.targets_of(2, 4), vec![0, 1, 2]);
+        assert_eq!(s.dead_targets, BTreeSet::from([1]));
+    }
+
+    #[test]
+    fn rejects_what_cannot_run() {
+        for (text, needle) in [
+            ("name: x\ntargets: 0\ntraffic: {samples: 1}\n", "targets"),
+            (
+                "name: x\ntargets: 2\ntargetsPerDeployment: 3\ntraffic: {samples: 1}\n",
+                "targetsPerDeployment",
+            ),
+            (
+                "name: x\ntargets: 2\ndeadTargets: [2]\ntraffic: {samples: 1}\n",
+                "deadTargets",
+            ),
+            (
+                "name: x\ntargets: 1\ndeadTargets: [0]\ntraffic: {samples: 1}\n",
+                "alive",
+            ),
+            (
+                "name: x\ntargets: 1\nfleet: {clusterz: 3}\ntraffic: {samples: 1}\n",
+                "clusterz",
+            ),
+            ("name: x\ntargets: 1\ntraffic: {samples: 0}\n", "samples"),
+            ("name: x y\ntargets: 1\ntraffic: {samples: 1}\n", "name"),
+            (
+                "name: x\ntargets: 1\ntraffic: {samples: 1}\ndrainTimeout: soon\n",
+                "duration",
+            ),
+            (
+                "name: x\ntargets: 1\ntraffic: {samples: 1}\nextra: 1\n",
+                "extra",
+            ),
+            (
+                "name: x\ntargets: 1\nfleet: {clusters: 5000}\ntraffic: {samples: 1}\n",
+                "fleet",
+            ),
+        ] {
+            let e = BenchSpec::parse("bad.yaml", text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+            assert!(e.starts_with("scenario bad.yaml: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn durations_round_trip() {
+        for s in ["500ms", "30s", "2m"] {
+            let d = duration_str::parse(s).unwrap();
+            assert_eq!(duration_str::parse(&duration_str::format(d)).unwrap(), d);
+        }
+        assert!(duration_str::parse("3d").is_err());
+    }
+}
