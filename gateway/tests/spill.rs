@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fanout_gateway::deliver::spill::{
-    list_backlogs, lock, target_dir, DiskQueue, DiskQueueConfig, GroupCommit, Record, SpillError,
-    RECORD_OVERHEAD,
+    list_backlogs, lock_queue, target_dir, DiskQueue, DiskQueueConfig, GroupCommit, Record,
+    SpillError, RECORD_OVERHEAD,
 };
 
 fn record(i: u64, len: usize) -> Record {
@@ -312,7 +312,7 @@ fn group_commit_satisfies_concurrent_waiters_with_fewer_fsyncs() {
         .map(|i| {
             let (q, gc, appended) = (q.clone(), gc.clone(), appended.clone());
             std::thread::spawn(move || {
-                let seq = lock(&q).append(&record(i, 500)).unwrap().seq;
+                let seq = lock_queue(&q).append(&record(i, 500)).unwrap().seq;
                 // Every appender has written before any asks for durability.
                 appended.wait();
                 gc.durable(seq).wait().unwrap();
@@ -340,7 +340,10 @@ fn group_commit_satisfies_concurrent_waiters_with_fewer_fsyncs() {
             let (q, gc) = (q.clone(), gc.clone());
             std::thread::spawn(move || {
                 for i in 0..25 {
-                    let seq = lock(&q).append(&record(t * 100 + i, 200)).unwrap().seq;
+                    let seq = lock_queue(&q)
+                        .append(&record(t * 100 + i, 200))
+                        .unwrap()
+                        .seq;
                     gc.durable(seq).wait().unwrap();
                 }
             })
@@ -359,7 +362,7 @@ async fn durable_is_a_future() {
     let (q, _) = DiskQueue::open(tmp.path().join("t"), DiskQueueConfig::default()).unwrap();
     let q = Arc::new(Mutex::new(q));
     let gc = GroupCommit::start(q.clone(), None).unwrap();
-    let seq = lock(&q).append(&record(1, 10)).unwrap().seq;
+    let seq = lock_queue(&q).append(&record(1, 10)).unwrap().seq;
     gc.durable(seq).await.unwrap();
     assert_eq!(gc.durable_seq(), 1);
     assert_eq!(gc.fsyncs(), 1);
@@ -372,13 +375,13 @@ fn memory_durability_syncs_on_the_interval() {
     let (q, _) = DiskQueue::open(&dir, DiskQueueConfig::default()).unwrap();
     let q = Arc::new(Mutex::new(q));
     let gc = GroupCommit::start(q.clone(), Some(Duration::from_millis(20))).unwrap();
-    let seq = lock(&q).append(&record(1, 10)).unwrap().seq;
+    let seq = lock_queue(&q).append(&record(1, 10)).unwrap().seq;
     let deadline = Instant::now() + Duration::from_secs(10);
     while gc.durable_seq() < seq {
         assert!(Instant::now() < deadline, "never synced");
         std::thread::sleep(Duration::from_millis(5));
     }
-    lock(&q).ack_through(seq);
+    lock_queue(&q).ack_through(seq);
     drop(gc); // a last sync on shutdown writes the ledger
     let q = Arc::try_unwrap(q).unwrap().into_inner().unwrap();
     drop(q);

@@ -42,7 +42,7 @@ pub struct GroupCommit {
 
 /// Locks the queue even if a holder panicked: the queue's own state stays
 /// consistent between calls, and a sync thread must not die of it.
-pub fn lock(q: &Mutex<DiskQueue>) -> MutexGuard<'_, DiskQueue> {
+pub fn lock_queue(q: &Mutex<DiskQueue>) -> MutexGuard<'_, DiskQueue> {
     q.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -139,7 +139,7 @@ fn run(
             let r = match &result {
                 Ok(()) if seq <= durable => Ok(()),
                 Ok(()) => Err(SpillError::Broken {
-                    path: lock(&queue).dir().to_path_buf(),
+                    path: lock_queue(&queue).dir().to_path_buf(),
                     reason: format!("seq {seq} was never appended"),
                 }),
                 Err(e) => Err(e.clone()),
@@ -154,7 +154,7 @@ fn run(
 
 /// One durability round; the fsyncs run without the queue lock.
 fn round(queue: &Mutex<DiskQueue>, counters: &Counters) -> Result<(), SpillError> {
-    let plan = lock(queue).plan_sync()?;
+    let plan = lock_queue(queue).plan_sync()?;
     if plan.is_empty() {
         counters
             .durable_seq
@@ -173,7 +173,7 @@ fn round(queue: &Mutex<DiskQueue>, counters: &Counters) -> Result<(), SpillError
         }
         Err(e) => {
             tracing::error!(error = %e, "spill sync failed; queue marked broken");
-            lock(queue).mark_broken(e.to_string());
+            lock_queue(queue).mark_broken(e.to_string());
             Err(e)
         }
     }

@@ -84,21 +84,21 @@ pub fn encode_prefix(header: &Header, payload: &[u8]) -> [u8; RECORD_OVERHEAD] {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameError {
     /// The magic is neither a record nor a tombstone.
-    BadMagic,
+    Magic,
     /// The length is impossible or runs past the end of the file.
-    BadLength,
+    Length,
     /// The checksum does not match the bytes.
-    BadChecksum,
+    Checksum,
 }
 
 /// Checks a complete frame (`prefix` + body) and returns its header.
 pub fn decode_frame(prefix: &[u8; FRAME_PREFIX], body: &[u8]) -> Result<Header, FrameError> {
     if prefix[0..4] != MAGIC {
-        return Err(FrameError::BadMagic);
+        return Err(FrameError::Magic);
     }
-    let len = body_len(prefix).ok_or(FrameError::BadLength)?;
+    let len = body_len(prefix).ok_or(FrameError::Length)?;
     if len != body.len() {
-        return Err(FrameError::BadLength);
+        return Err(FrameError::Length);
     }
     let mut want = [0u8; 4];
     want.copy_from_slice(&prefix[8..12]);
@@ -106,7 +106,7 @@ pub fn decode_frame(prefix: &[u8; FRAME_PREFIX], body: &[u8]) -> Result<Header, 
     crc.update(&prefix[4..8]);
     crc.update(body);
     if crc.finalize() != u32::from_le_bytes(want) {
-        return Err(FrameError::BadChecksum);
+        return Err(FrameError::Checksum);
     }
     let mut h = [0u8; RECORD_HEADER];
     h.copy_from_slice(&body[..RECORD_HEADER]);

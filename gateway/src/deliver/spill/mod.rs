@@ -77,7 +77,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-pub use commit::{lock, Durable, GroupCommit};
+pub use commit::{lock_queue, Durable, GroupCommit};
 pub use format::{MAX_PAYLOAD, RECORD_OVERHEAD};
 pub use queue::{
     AppendOutcome, DiskQueue, DiskQueueConfig, QueuedRecord, Record, Recovery, SpillStats, SyncPlan,
