@@ -141,3 +141,211 @@ async fn metrics_text(State(api): State<DeliveryApi>) -> Response {
             .into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::{MemoryBudget, Settings};
+    use crate::registry::{ops, Document, Registry, Snapshot};
+    use arc_swap::ArcSwap;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    fn api() -> DeliveryApi {
+        let yaml = "clusters:\n  - {id: c1, organizationId: o1, cloudProvider: aws, cloudRegion: r, ingestToken: tok}\n\
+            workspaces:\n  - {id: ws, organizationId: o2, name: w}\n\
+            deployments:\n  - {id: d1, workspaceId: ws, clusterId: c1, namespace: ns, type: HOSTED, name: d}\n\
+            metricsExports:\n  - {id: e1, objectKey: e1, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {endpoint: 'http://127.0.0.1:1/api/v1/write', authType: AUTH_TOKEN, basicToken: very-secret}}\n";
+        let mut registry = Registry::default();
+        ops::replace_all(
+            &mut registry,
+            Document::parse(yaml.as_bytes(), true).unwrap(),
+        )
+        .unwrap();
+        let snap = Snapshot::build(Arc::new(registry), 3, Arc::from(&b"s"[..]));
+        let delivery = FanoutDelivery::new(
+            Arc::new(ArcSwap::from_pointee(snap)),
+            MemoryBudget::new(1 << 20),
+            Settings::default(),
+        );
+        delivery.sync_now();
+        DeliveryApi {
+            delivery,
+            health: Arc::new(Health::default()),
+            token: Some(Secret::new("admin-t")),
+            metrics: None,
+            gateway: "host:9556".into(),
+            draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }
+    }
+
+    async fn call(router: &Router, method: &str, path: &str, token: bool) -> (StatusCode, Value) {
+        let mut req = axum::http::Request::builder().method(method).uri(path);
+        if token {
+            req = req.header("authorization", "Bearer admin-t");
+        }
+        let resp = router
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    fn keys(v: &Value) -> Vec<&str> {
+        let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        k.sort_unstable();
+        k
+    }
+
+    #[tokio::test]
+    async fn deliver_api_stats_and_targets_follow_the_contract() {
+        let router = routes(api());
+        let (status, _) = call(&router, "GET", "/api/v1/stats", false).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, s) = call(&router, "GET", "/api/v1/stats", true).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            keys(&s),
+            [
+                "configVersion",
+                "draining",
+                "drops",
+                "gateway",
+                "ingest",
+                "out",
+                "ready",
+                "recentErrors",
+                "targets",
+                "time",
+                "uptimeSeconds"
+            ]
+        );
+        assert_eq!(s["configVersion"], 3);
+        assert_eq!(s["gateway"], "host:9556");
+        assert_eq!(
+            keys(&s["ingest"]),
+            [
+                "bytes",
+                "inFlightBytes",
+                "memoryBudgetBytes",
+                "requests",
+                "samples",
+                "series"
+            ]
+        );
+        assert_eq!(keys(&s["ingest"]["requests"]), ["h2", "h3", "http1"]);
+        assert_eq!(
+            keys(&s["drops"]),
+            [
+                "disk_full",
+                "filtered",
+                "foreign",
+                "queue_full",
+                "rejected",
+                "unattributed"
+            ]
+        );
+        assert!(s["time"].as_str().unwrap().ends_with('Z'));
+        let t = &s["targets"][0];
+        assert_eq!(
+            keys(t),
+            [
+                "bytesSent",
+                "concurrency",
+                "dropped",
+                "endpoint",
+                "failures",
+                "feeds",
+                "id",
+                "inFlight",
+                "lastError",
+                "latencyMs",
+                "oldestQueuedSeconds",
+                "paused",
+                "queueBytes",
+                "queueSamples",
+                "requestsSent",
+                "retries",
+                "samplesSent",
+                "spillBytes",
+                "state"
+            ]
+        );
+        assert_eq!(t["state"], "healthy");
+        assert_eq!(t["lastError"], Value::Null);
+        assert_eq!(keys(&t["latencyMs"]), ["max", "p50", "p90", "p99"]);
+        assert_eq!(keys(&t["dropped"]), ["disk_full", "queue_full", "rejected"]);
+        assert_eq!(
+            t["feeds"],
+            serde_json::json!([{"exportId": "e1", "deploymentId": "d1", "clusterId": "c1"}])
+        );
+        assert!(!s.to_string().contains("very-secret"));
+
+        let (status, items) = call(&router, "GET", "/api/v1/targets", true).await;
+        assert_eq!(status, StatusCode::OK);
+        let id = items["items"][0]["id"].as_str().unwrap().to_owned();
+        let (status, t) = call(
+            &router,
+            "POST",
+            &format!("/api/v1/targets/{id}/pause"),
+            true,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            (t["state"].as_str(), t["paused"].as_bool()),
+            (Some("paused"), Some(true))
+        );
+        let (_, t) = call(
+            &router,
+            "POST",
+            &format!("/api/v1/targets/{id}/resume"),
+            true,
+        )
+        .await;
+        assert_eq!(t["state"], "healthy");
+        let (status, e) = call(&router, "POST", "/api/v1/targets/none/pause", true).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(e["error"].as_str().unwrap().contains("none"));
+    }
+
+    #[tokio::test]
+    async fn deliver_api_stream_sends_stats_events() {
+        let router = routes(api());
+        let resp = router
+            .oneshot(
+                axum::http::Request::get("/api/v1/stats/stream")
+                    .header("authorization", "Bearer admin-t")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let mut body = resp.into_body();
+        let mut text = String::new();
+        while !text.contains("\n\n") {
+            let frame = tokio::time::timeout(Duration::from_secs(3), body.frame())
+                .await
+                .expect("an event within 3s")
+                .unwrap()
+                .unwrap();
+            if let Some(d) = frame.data_ref() {
+                text.push_str(&String::from_utf8_lossy(d));
+            }
+        }
+        assert!(text.starts_with("event: stats\ndata: {"), "{text}");
+        let data = text.lines().nth(1).unwrap().trim_start_matches("data: ");
+        let v: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["configVersion"], 3);
+    }
+}
