@@ -178,6 +178,19 @@ fn stats(gw: &Gateway) -> serde_json::Value {
     serde_json::from_str(&body).expect("stats JSON")
 }
 
+/// Stats once `ready` holds (the gateway counts a batch after the target's
+/// answer, which a sink records first), or the last ones after 5 s.
+async fn stats_when(gw: &Gateway, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = stats(gw);
+        if ready(&s) || Instant::now() > deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn target_by_endpoint<'a>(stats: &'a serde_json::Value, url: &str) -> &'a serde_json::Value {
     stats["targets"]
         .as_array()
@@ -447,7 +460,13 @@ metricsExports:
         "hybrid Deployments get no Workspace exports"
     );
 
-    let s = stats(&gw);
+    let a_url = a.url();
+    let s = stats_when(&gw, |s| {
+        s["out"]["samples"] == 9 * u64::from(rounds)
+            && target_by_endpoint(s, &a_url)["samplesSent"] == 3 * u64::from(rounds)
+    })
+    .await;
+    assert_eq!(s["out"]["samples"], 9 * u64::from(rounds), "{s}");
     assert_eq!(s["drops"]["foreign"], u64::from(rounds), "{s}");
     assert_eq!(s["drops"]["unattributed"], u64::from(rounds), "{s}");
     assert_eq!(s["drops"]["filtered"], u64::from(rounds), "{s}");
@@ -606,9 +625,14 @@ async fn failing_targets_do_not_hurt_healthy_ones() {
     .await;
     assert_eq!(bad.report().samples, 0);
 
-    let s = stats(&gw);
-    let b = target_by_endpoint(&s, &bad.url());
     let total = u64::from(rounds) * sent.len() as u64;
+    let (bad_url, flaky_url) = (bad.url(), flaky.url());
+    let s = stats_when(&gw, |s| {
+        target_by_endpoint(s, &bad_url)["dropped"]["rejected"] == total
+            && target_by_endpoint(s, &flaky_url)["samplesSent"] == total
+    })
+    .await;
+    let b = target_by_endpoint(&s, &bad.url());
     assert_eq!(b["dropped"]["rejected"], total, "{b}");
     assert!(b["failures"]["400"].as_u64().unwrap_or(0) >= 1, "{b}");
     assert_eq!(b["lastError"]["status"], 400, "{b}");
@@ -739,5 +763,79 @@ async fn config_change_while_traffic_flows() {
         s["targets"].as_array().unwrap().len(),
         2,
         "old target drained and stopped: {s}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_delivers_queued_data_within_the_grace() {
+    let slow = sink_on(
+        "slow",
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        None,
+        &[],
+        Fault {
+            delay: Duration::from_millis(200),
+            ..Fault::default()
+        },
+    )
+    .await;
+    // Long deadline: the data is still queued when SIGTERM arrives.
+    let registry = format!(
+        "{CLUSTERS}deployments:\n  - {{id: d1, workspaceId: ws-1, clusterId: cl-a, namespace: ns-1, type: HOSTED, name: d1}}\nmetricsExports:\n  - {{id: s, objectKey: s, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {{endpoint: '{}', delivery: {{batchSendDeadline: 1m, maxSamplesPerSend: 100, maxConcurrency: 1}}}}}}\n",
+        slow.url()
+    );
+    let dir = fanout_tests::fanout::tempfile_dir::TempDir::new("e2e-sigterm");
+    let path = dir.path().join("registry.yaml");
+    std::fs::write(&path, &registry).unwrap();
+    let mut gw = Gateway::start(
+        "e2e-sigterm",
+        &[
+            "--registry",
+            path.to_str().unwrap(),
+            "--shutdown-grace",
+            "20s",
+        ],
+    );
+    let sent: Vec<Sent> = (0..50)
+        .map(|i| {
+            series(
+                0,
+                i,
+                &[
+                    ("__name__", "kube_pod_labels"),
+                    ("pod", &format!("pod-{i}")),
+                    ("namespace", "ns-1"),
+                ],
+            )
+        })
+        .collect();
+    let rounds = 10u32;
+    let http = client();
+    for seq in 0..rounds {
+        let (status, _) = write(&http, &gw.ingest, TOKEN_A, body(&sent, seq)).await;
+        assert_eq!(status, 204);
+    }
+    assert!(
+        slow.stats().samples < 500,
+        "nothing should be due before the deadline"
+    );
+    let t0 = Instant::now();
+    let status = tokio::task::block_in_place(|| gw.terminate(Duration::from_secs(30)));
+    let status = status.unwrap_or_else(|| panic!("no exit within 30s; log:\n{}", gw.log()));
+    assert!(status.success(), "exit {status:?}; log:\n{}", gw.log());
+    let mut expected = Expectation::new();
+    for s in &sent {
+        expected.expect(s.id, 0..rounds, ["slow"], meta("d1"));
+    }
+    let problems = expected.check(&[slow.report()]);
+    assert!(
+        problems.is_empty(),
+        "{:?}\nlog:\n{}",
+        &problems[..problems.len().min(5)],
+        gw.log()
+    );
+    eprintln!(
+        "sigterm: drained 500 samples in 5+ batches in {:?}",
+        t0.elapsed()
     );
 }

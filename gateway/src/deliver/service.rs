@@ -835,3 +835,106 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
         Event::Stale => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{ops, Document, Registry};
+    use bytes::Bytes;
+
+    fn delivery(budget: u64, queue: u64) -> (FanoutDelivery, Arc<crate::registry::ClusterInfo>) {
+        let yaml = "clusters:\n  - {id: c1, organizationId: o1, cloudProvider: aws, cloudRegion: r, ingestToken: tok}\n\
+            workspaces:\n  - {id: ws, organizationId: o2, name: w}\n\
+            deployments:\n  - {id: d1, workspaceId: ws, clusterId: c1, namespace: ns, type: HOSTED, name: d}\n\
+            metricsExports:\n  - {id: e1, objectKey: e1, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {endpoint: 'http://127.0.0.1:1/w'}}\n  - {id: e2, objectKey: e2, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {endpoint: 'http://127.0.0.1:1/x'}}\n";
+        let mut registry = Registry::default();
+        ops::replace_all(
+            &mut registry,
+            Document::parse(yaml.as_bytes(), true).unwrap(),
+        )
+        .unwrap();
+        let snap = Snapshot::build(Arc::new(registry), 1, Arc::from(&b"s"[..]));
+        let cluster = snap.authenticate(None, "tok").unwrap();
+        let d = FanoutDelivery::new(
+            Arc::new(ArcSwap::from_pointee(snap)),
+            MemoryBudget::new(budget),
+            Settings {
+                target_queue_bytes: queue,
+                admission_wait: Duration::from_millis(20),
+                ..Settings::default()
+            },
+        );
+        d.sync_now();
+        for t in d.targets() {
+            t.set_paused(true);
+        }
+        (d, cluster)
+    }
+
+    fn accepted(cluster: &Arc<crate::registry::ClusterInfo>) -> Accepted {
+        let req = fanout_proto::testdata::realistic_request(500, 1);
+        let mut req = req;
+        for ts in &mut req.timeseries {
+            for l in &mut ts.labels {
+                if l.name == "namespace" {
+                    l.value = "ns".into();
+                }
+                if l.name == "deploymentId" {
+                    l.value = "d1".into();
+                }
+            }
+        }
+        let body = Bytes::from(prost::Message::encode_to_vec(&req));
+        let mut series = Vec::new();
+        let summary = fanout_proto::scan::scan_v1(&body, &Default::default(), &mut series).unwrap();
+        Accepted {
+            cluster: cluster.clone(),
+            body,
+            series,
+            summary,
+            permit: super::super::MemoryPermit::empty(),
+        }
+    }
+
+    #[tokio::test]
+    async fn deliver_service_full_target_queue_drops_oldest_without_refusing() {
+        // Budget far larger than both queue bounds: a stuck target drops its
+        // oldest data and ingest keeps being accepted.
+        let (d, cluster) = delivery(64 << 20, 1 << 20);
+        for _ in 0..40 {
+            d.submit(accepted(&cluster)).await.expect("never refused");
+        }
+        let s = d.stats();
+        assert!(s.queue_full.load(Ordering::Relaxed) > 0);
+        for t in d.targets() {
+            let c = t.core.lock().unwrap();
+            assert!(c.queue_bytes() <= 1 << 20);
+        }
+        // Memory is released as chunks are dropped: what the queues hold is
+        // what the budget holds (at most two targets' bounds, shared chunks).
+        let used = d.budget().total_bytes() - d.budget().available_bytes();
+        assert!(used <= 3 << 20, "budget in use {used}");
+    }
+
+    #[tokio::test]
+    async fn deliver_service_exhausted_budget_is_overloaded_then_shutdown_refuses() {
+        // Queue bounds larger than the budget: the budget runs out first.
+        let (d, cluster) = delivery(2 << 20, 64 << 20);
+        let mut refused = None;
+        for i in 0..40 {
+            if let Err(e) = d.submit(accepted(&cluster)).await {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (i, e) = refused.expect("the budget runs out");
+        assert!(i > 0);
+        assert!(matches!(e, DeliveryError::Overloaded(_)), "{e}");
+        let left = d.shutdown(Duration::from_millis(50)).await;
+        assert!(left > 0, "paused targets keep their data");
+        assert!(matches!(
+            d.submit(accepted(&cluster)).await,
+            Err(DeliveryError::Unavailable(_))
+        ));
+    }
+}
