@@ -86,6 +86,12 @@ pub enum DeliveryError {
 pub trait Delivery: Send + Sync + 'static {
     /// Takes ownership of `batch`, or refuses it whole.
     fn submit(&self, batch: Accepted) -> impl Future<Output = Result<(), DeliveryError>> + Send;
+
+    /// Ingest reports every answered write here (`transport`: `http1`, `h2`,
+    /// `h3`) for the request counts of `/api/v1/stats` and `/metrics`.
+    fn record_response(&self, transport: &'static str, status: u16) {
+        let _ = (transport, status);
+    }
 }
 
 /// What [`CountingDelivery`] saw from one cluster.

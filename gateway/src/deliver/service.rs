@@ -220,9 +220,8 @@ impl TargetHandle {
             Err(_) => u64::from(chunk.samples),
         };
         if dropped > 0 {
-            stats.queue_full.fetch_add(dropped, Ordering::Relaxed);
+            stats.add_queue_full(dropped);
             self.metrics.queue_full.increment(dropped);
-            metrics::counter!(names::DROPPED, "reason" => "queue_full").increment(dropped);
         }
         self.notify.notify_one();
     }
@@ -607,16 +606,11 @@ impl Inner {
         }
         let s = &batch.summary;
         let stats = &self.stats;
-        stats
-            .samples
-            .fetch_add((s.samples + s.histograms) as u64, Ordering::Relaxed);
-        stats.series.fetch_add(s.series as u64, Ordering::Relaxed);
-        stats
-            .bytes
-            .fetch_add(batch.body.len() as u64, Ordering::Relaxed);
-        metrics::counter!(names::INGEST_SAMPLES).increment((s.samples + s.histograms) as u64);
-        metrics::counter!(names::INGEST_SERIES).increment(s.series as u64);
-        metrics::counter!(names::INGEST_BYTES).increment(batch.body.len() as u64);
+        stats.add_ingest(
+            (s.samples + s.histograms) as u64,
+            s.series as u64,
+            batch.body.len() as u64,
+        );
 
         let mut scratch = self.scratch.take();
         let (drops, bound) = scratch.route(
@@ -669,6 +663,11 @@ impl Inner {
         }
         drop(records);
         self.scratch.give(scratch);
+        stats.set_memory_in_use(
+            self.budget
+                .total_bytes()
+                .saturating_sub(self.budget.available_bytes()),
+        );
         Ok(())
     }
 }
@@ -680,6 +679,10 @@ impl Delivery for FanoutDelivery {
     ) -> impl std::future::Future<Output = Result<(), DeliveryError>> + Send {
         let inner = self.inner.clone();
         async move { inner.submit(batch).await }
+    }
+
+    fn record_response(&self, transport: &'static str, status: u16) {
+        self.inner.stats.record_request(transport, status);
     }
 }
 

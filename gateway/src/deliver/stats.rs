@@ -124,9 +124,46 @@ pub struct RecentError {
     pub message: String,
 }
 
-/// Gateway-wide counters.
+/// Metric handles of the hot path, registered once (no lookup per request).
+struct HotMetrics {
+    samples: metrics::Counter,
+    series: metrics::Counter,
+    bytes: metrics::Counter,
+    unattributed: metrics::Counter,
+    foreign: metrics::Counter,
+    filtered: metrics::Counter,
+    no_target: metrics::Counter,
+    queue_full: metrics::Counter,
+    memory: metrics::Gauge,
+}
+
+impl Default for HotMetrics {
+    fn default() -> Self {
+        let drop = |reason: &'static str| metrics::counter!(names::DROPPED, "reason" => reason);
+        HotMetrics {
+            samples: metrics::counter!(names::INGEST_SAMPLES),
+            series: metrics::counter!(names::INGEST_SERIES),
+            bytes: metrics::counter!(names::INGEST_BYTES),
+            unattributed: drop("unattributed"),
+            foreign: drop("foreign"),
+            filtered: drop("filtered"),
+            no_target: drop("no_target"),
+            queue_full: drop("queue_full"),
+            memory: metrics::gauge!(names::MEMORY_IN_USE),
+        }
+    }
+}
+
+impl std::fmt::Debug for HotMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HotMetrics").finish_non_exhaustive()
+    }
+}
+
+/// Gateway-wide counters (create after installing the metrics recorder).
 #[derive(Debug, Default)]
 pub struct GlobalStats {
+    hot: HotMetrics,
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     /// Samples in accepted requests.
     pub samples: AtomicU64,
@@ -171,19 +208,40 @@ impl GlobalStats {
         self.requests.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
+    /// Counts an accepted request's contents.
+    pub fn add_ingest(&self, samples: u64, series: u64, bytes: u64) {
+        self.samples.fetch_add(samples, Ordering::Relaxed);
+        self.series.fetch_add(series, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.hot.samples.increment(samples);
+        self.hot.series.increment(series);
+        self.hot.bytes.increment(bytes);
+    }
+
     /// Adds a request's drops.
     pub fn add_drops(&self, d: &Drops) {
-        for (counter, n, reason) in [
-            (&self.unattributed, d.unattributed, "unattributed"),
-            (&self.foreign, d.foreign, "foreign"),
-            (&self.filtered, d.filtered, "filtered"),
-            (&self.no_target, d.no_target, "no_target"),
+        for (counter, n, metric) in [
+            (&self.unattributed, d.unattributed, &self.hot.unattributed),
+            (&self.foreign, d.foreign, &self.hot.foreign),
+            (&self.filtered, d.filtered, &self.hot.filtered),
+            (&self.no_target, d.no_target, &self.hot.no_target),
         ] {
             if n > 0 {
                 counter.fetch_add(n, Ordering::Relaxed);
-                metrics::counter!(names::DROPPED, "reason" => reason).increment(n);
+                metric.increment(n);
             }
         }
+    }
+
+    /// Counts samples dropped because a target's queue was full.
+    pub fn add_queue_full(&self, n: u64) {
+        self.queue_full.fetch_add(n, Ordering::Relaxed);
+        self.hot.queue_full.increment(n);
+    }
+
+    /// Sets the bytes held in the shared memory budget.
+    pub fn set_memory_in_use(&self, bytes: u64) {
+        self.hot.memory.set(bytes as f64);
     }
 
     /// Remembers an error for `recentErrors`.
