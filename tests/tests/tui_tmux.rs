@@ -311,21 +311,29 @@ fn console_shows_targets_pauses_one_and_quits_cleanly() {
 
     let (ingest_port, admin_port) = (free_port(), free_port());
     let gateway_log = dir.join("fanout.log");
-    let _gateway = Proc::spawn(
-        "fanout serve",
-        Command::new(&fanout)
-            .arg("serve")
-            .args(["--ingest-listen", &format!("127.0.0.1:{ingest_port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .args(["--admin-token", ADMIN_TOKEN])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--registry")
-            .arg(&registry)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&gateway_log).unwrap()),
-    );
+    let start_gateway = || {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&gateway_log)
+            .unwrap();
+        Proc::spawn(
+            "fanout serve",
+            Command::new(&fanout)
+                .arg("serve")
+                .args(["--ingest-listen", &format!("127.0.0.1:{ingest_port}")])
+                .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+                .args(["--admin-token", ADMIN_TOKEN])
+                .arg("--data-dir")
+                .arg(dir.join("data"))
+                .arg("--registry")
+                .arg(&registry)
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+    };
+    let mut gateway = Some(start_gateway());
     let log = || {
         format!(
             "gateway log:\n{}\nregistry:\n{yaml}",
@@ -504,6 +512,31 @@ fn console_shows_targets_pauses_one_and_quits_cleanly() {
         b.contains("\"paused\":false"),
         "target B should not be paused: {b}"
     );
+
+    // Losing the gateway: the console says since when, and reconnects when
+    // it is back (same ports, same data directory).
+    drop(gateway.take());
+    tmux.wait_screen(
+        "the Targets view to flag the lost gateway",
+        Duration::from_secs(20),
+        &context,
+        |s| s.contains("✖ disconnected:") && s.contains("0/1 up"),
+    );
+    tmux.keys(&["1"]);
+    tmux.wait_screen(
+        "the Overview to say since when",
+        Duration::from_secs(10),
+        &context,
+        |s| s.contains("disconnected since"),
+    );
+    gateway = Some(start_gateway());
+    tmux.wait_screen(
+        "the console to reconnect",
+        Duration::from_secs(60),
+        &context,
+        |s| s.contains("reconnected at") && s.contains("gateways 1/1 up"),
+    );
+    assert!(gateway.is_some());
 
     // q exits 0 and leaves a clean terminal.
     tmux.keys(&["q"]);

@@ -169,6 +169,11 @@ pub fn encode_segment(s: &str) -> String {
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
+    // hyper-util's outer "client error (Connect)" says less than its cause.
+    if let (true, Some(c)) = (s.starts_with("client error"), cur) {
+        s = c.to_string();
+        cur = c.source();
+    }
     while let Some(c) = cur {
         let t = c.to_string();
         if !s.contains(&t) {

@@ -718,7 +718,10 @@ impl State {
                 row.queue_samples += t.queue_samples;
                 row.spill_bytes += t.spill_bytes;
                 row.oldest_queued_seconds = row.oldest_queued_seconds.max(t.oldest_queued_seconds);
-                row.rate += g.target_rates.get(&t.id).copied().unwrap_or(0.0);
+                // A lost gateway's last rate is not a rate any more.
+                if g.is_connected() {
+                    row.rate += g.target_rates.get(&t.id).copied().unwrap_or(0.0);
+                }
                 row.samples_sent += t.samples_sent;
                 row.bytes_sent += t.bytes_sent;
                 row.requests_sent += t.requests_sent;

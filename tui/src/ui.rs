@@ -62,6 +62,11 @@ pub fn render(state: &State, f: &mut Frame) {
     ])
     .areas(f.area());
     render_tabs(state, f, tabs);
+    let body = if state.view == View::Overview {
+        body
+    } else {
+        stale_banner(state, f, body)
+    };
     match state.view {
         View::Overview => render_overview(state, f, body),
         View::Targets => match &state.detail {
@@ -75,6 +80,35 @@ pub fn render(state: &State, f: &mut Frame) {
     if state.help {
         render_help(f, body);
     }
+}
+
+/// Outside the Overview, a red line names the gateways that are not
+/// connected (their figures are the last ones received); returns the rest.
+fn stale_banner(state: &State, f: &mut Frame, area: Rect) -> Rect {
+    let down: Vec<String> = state
+        .gateways
+        .iter()
+        .filter_map(|g| match &g.link {
+            Link::Disconnected { since_ms, .. } => {
+                Some(format!("{} since {} UTC", g.name(), fmt::clock(*since_ms)))
+            }
+            _ => None,
+        })
+        .collect();
+    let any_data = state.gateways.iter().any(|g| g.snapshot.is_some());
+    if down.is_empty() || !any_data || area.height < 3 {
+        return area;
+    }
+    let [banner, rest] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(area);
+    let text = format!("✖ disconnected: {} (last data shown)", down.join(", "));
+    f.render_widget(
+        Paragraph::new(Span::styled(
+            text,
+            Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+        )),
+        banner,
+    );
+    rest
 }
 
 fn render_tabs(state: &State, f: &mut Frame, area: Rect) {

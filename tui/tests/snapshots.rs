@@ -241,7 +241,15 @@ fn targets_table_with_a_failing_target() {
     key(&mut s, KeyCode::Char('2'));
     let text = render_text(&s, 80, 24);
     // Worst first: the failing target is the first row.
-    let first = text.lines().nth(3).unwrap_or_default();
+    let header = text
+        .lines()
+        .position(|l| l.contains("TARGET"))
+        .expect("header");
+    let first = text.lines().nth(header + 1).unwrap_or_default();
+    assert!(
+        text.contains("✖ disconnected: gw-b:9556 since 13:04:00 UTC"),
+        "{text}"
+    );
     assert!(first.contains("failing"), "{text}");
     check("targets_fleet", &s);
 }
