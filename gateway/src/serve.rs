@@ -186,6 +186,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 
     // ===== INGEST: drain here (stop accepting with 503, finish in-flight writes) =====
     ingest.shutdown(std::time::Duration::from_secs(30)).await;
+    tracing::info!("ingest stopped");
     // ===== end INGEST drain =====
 
     let left = delivery.shutdown(shutdown_grace).await;

@@ -612,6 +612,13 @@ impl Inner {
             batch.body.len() as u64,
         );
 
+        tracing::debug!(
+            cluster = %batch.cluster.id,
+            series = s.series,
+            samples = s.samples,
+            total_samples = stats.samples.load(Ordering::Relaxed),
+            "accepted batch"
+        );
         let mut scratch = self.scratch.take();
         let (drops, bound) = scratch.route(
             &plan,
