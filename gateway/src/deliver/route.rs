@@ -353,3 +353,150 @@ impl ScratchPool {
 
 /// A handle for tests and benches: the shared [`Arc`] of a plan.
 pub type SharedPlan<T> = Arc<Plan<T>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{ops, Document, Registry};
+    use fanout_proto::v1;
+
+    fn snapshot() -> Snapshot {
+        let yaml = "clusters:\n  - {id: c1, organizationId: oc1, cloudProvider: aws, cloudRegion: us-east-1, ingestToken: t1}\n  - {id: c2, organizationId: oc2, cloudProvider: gcp, cloudRegion: eu, ingestToken: t2}\n\
+            workspaces:\n  - {id: ws, organizationId: ow, name: w}\n\
+            deployments:\n  - {id: d1, workspaceId: ws, clusterId: c1, namespace: ns1, type: HOSTED, name: a}\n  - {id: d2, workspaceId: ws, clusterId: c2, namespace: ns2, type: HOSTED, name: b}\n  - {id: d3, workspaceId: ws, clusterId: c1, namespace: ns3, type: HOSTED, name: c}\n\
+            metricsExports:\n  - {id: x, objectKey: x, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {endpoint: 'http://h/x', labels: {env: dev}}}\n  - {id: y, objectKey: y, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {endpoint: 'http://h/y', labels: {env: dev}}}\n  - {id: z, objectKey: z, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {endpoint: 'http://h/z'}}\n  - {id: w, objectKey: w, scope: DEPLOYMENT, scopeEntityId: d2, metricsExport: {endpoint: 'http://h/w'}}\n";
+        let mut r = Registry::default();
+        ops::replace_all(&mut r, Document::parse(yaml.as_bytes(), true).unwrap()).unwrap();
+        Snapshot::build(Arc::new(r), 1, Arc::from(&b"s"[..]))
+    }
+
+    fn ts(labels: &[(&str, &str)], samples: usize) -> v1::TimeSeries {
+        v1::TimeSeries {
+            labels: labels
+                .iter()
+                .map(|(k, v)| v1::Label {
+                    name: k.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            samples: (0..samples)
+                .map(|i| v1::Sample {
+                    value: i as f64,
+                    timestamp: i as i64,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn deliver_route_attributes_stamps_and_shares_variants() {
+        let snap = snapshot();
+        let plan: Plan<String> = Plan::build(&snap, |id| {
+            snap.target(id).map(|t| (t.config.endpoint.clone(), 4))
+        });
+        // d1: x and y share labels (one variant), z has none; d2: one; d3: none.
+        assert_eq!(plan.variants().len(), 3);
+        let req = v1::WriteRequest {
+            timeseries: vec![
+                // Unsorted, spoofed metadata, attributed by deploymentId.
+                ts(
+                    &[
+                        ("__name__", "airflow_ti_failures_total"),
+                        ("workspaceId", "evil"),
+                        ("deploymentId", "d1"),
+                        ("pod", "p"),
+                    ],
+                    2,
+                ),
+                // By namespace.
+                ts(&[("__name__", "kube_pod_labels"), ("namespace", "ns1")], 1),
+                // d2 is on another cluster: foreign even with a matching namespace.
+                ts(
+                    &[
+                        ("__name__", "kube_pod_labels"),
+                        ("deploymentId", "d2"),
+                        ("namespace", "ns1"),
+                    ],
+                    1,
+                ),
+                // Unknown deploymentId falls back to the namespace.
+                ts(
+                    &[
+                        ("__name__", "kube_pod_labels"),
+                        ("deploymentId", "nope"),
+                        ("namespace", "ns1"),
+                    ],
+                    1,
+                ),
+                ts(&[("__name__", "kube_pod_labels"), ("namespace", "ns-x")], 3),
+                ts(
+                    &[("__name__", "go_gc_duration_seconds"), ("namespace", "ns1")],
+                    4,
+                ),
+                ts(&[("__name__", "kube_pod_labels"), ("namespace", "ns3")], 5),
+            ],
+            ..Default::default()
+        };
+        let body = Bytes::from(prost::Message::encode_to_vec(&req));
+        let mut series = Vec::new();
+        fanout_proto::scan::scan_v1(&body, &Default::default(), &mut series).unwrap();
+        let mut scratch = Scratch::default();
+        let (drops, bound) = scratch.route(&plan, &snap, &Catalog::builtin(), "c1", &body, &series);
+        assert_eq!(
+            drops,
+            Drops {
+                unattributed: 3,
+                foreign: 1,
+                filtered: 4,
+                no_target: 5
+            }
+        );
+        let records = scratch.encode(&plan, &body, &series);
+        assert!(records.len() <= bound);
+        let mut per_target: BTreeMap<String, Vec<Vec<(String, String)>>> = BTreeMap::new();
+        let mut samples = 0;
+        for (variant, _shard, bytes, s, _) in scratch.chunks(&plan, &records) {
+            samples += s;
+            let req: v1::WriteRequest = prost::Message::decode(bytes).unwrap();
+            for t in &variant.targets {
+                for series in &req.timeseries {
+                    let labels = series
+                        .labels
+                        .iter()
+                        .map(|l| (l.name.clone(), l.value.clone()))
+                        .collect();
+                    per_target.entry(t.clone()).or_default().push(labels);
+                }
+            }
+        }
+        // 3 series of d1 (2 + 1 + 1 samples) in two variants.
+        assert_eq!(samples, 8);
+        assert_eq!(
+            per_target.keys().collect::<Vec<_>>(),
+            ["http://h/x", "http://h/y", "http://h/z"]
+        );
+        for (target, sets) in &per_target {
+            assert_eq!(sets.len(), 3, "{target}");
+            for set in sets {
+                let names: Vec<&str> = set.iter().map(|(n, _)| n.as_str()).collect();
+                assert!(names.windows(2).all(|w| w[0] < w[1]), "sorted: {names:?}");
+                let get = |k: &str| set.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+                assert_eq!(get("workspaceId"), Some("ws"));
+                assert_eq!(get("deploymentId"), Some("d1"));
+                assert_eq!(get("namespace"), Some("ns1"));
+                assert_eq!(get("organizationId"), Some("ow"));
+                assert_eq!(get("cluster_organization_id"), Some("oc1"));
+                assert_eq!(get("cloud_provider"), Some("aws"));
+                assert_eq!(get("cloud_region"), Some("us-east-1"));
+                let env = if target.ends_with('z') {
+                    None
+                } else {
+                    Some("dev")
+                };
+                assert_eq!(get("env"), env, "{target}");
+            }
+        }
+        assert_eq!(per_target["http://h/x"], per_target["http://h/y"]);
+    }
+}
