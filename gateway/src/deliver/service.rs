@@ -633,12 +633,16 @@ impl Inner {
             self.scratch.give(scratch);
             return Ok(());
         }
-        let mut permit = match self.budget.try_acquire(bound as u64) {
+        // A request whose encoded forms exceed half the whole budget (a huge
+        // body times many variants) is accounted at half the budget rather
+        // than refused forever.
+        let want = (bound as u64).min(self.budget.total_bytes() / 2);
+        let mut permit = match self.budget.try_acquire(want) {
             Ok(p) => p,
             Err(_) => {
                 match self
                     .budget
-                    .acquire_timeout(bound as u64, self.settings.admission_wait)
+                    .acquire_timeout(want, self.settings.admission_wait)
                     .await
                 {
                     Ok(p) => p,
