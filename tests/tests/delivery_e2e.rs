@@ -575,7 +575,7 @@ async fn failing_targets_do_not_hurt_healthy_ones() {
         assert_eq!(status, 204, "log:\n{}", tail(&gw.log(), 30));
         slowest = slowest.max(took);
         // The healthy target keeps up: everything up to this round arrives
-        // within a second, while the others fail.
+        // within 1.5 s (its batch deadline is 200 ms), while the others fail.
         let want = u64::from(seq + 1) * sent.len() as u64;
         let t0 = Instant::now();
         while healthy.stats().samples < want && t0.elapsed() < Duration::from_secs(5) {
@@ -602,7 +602,7 @@ async fn failing_targets_do_not_hurt_healthy_ones() {
         "ingest slowed down: {slowest:?}"
     );
     assert!(
-        healthy_lag < Duration::from_secs(1),
+        healthy_lag < Duration::from_millis(1500),
         "healthy target lagged {healthy_lag:?}"
     );
     let down = down_sink.expect("down sink started");
