@@ -262,7 +262,7 @@ fn delivers_to_prometheus_and_victoria_metrics_with_metadata_labels() {
             &[],
             b"",
         )?;
-        (s == 200 && has_labels(&body)).then_some(body)
+        (s == 200 && has_labels(&body) && body.contains("\"values\":[0,1,2,3,4]")).then_some(body)
     });
     let body = found.unwrap_or_else(|| {
         panic!(
@@ -275,8 +275,17 @@ fn delivers_to_prometheus_and_victoria_metrics_with_metadata_labels() {
         "every sample once, in order: {body}"
     );
 
-    let (_, stats) = gw.request("GET", "/api/v1/stats", None);
-    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    // The gateway counts a batch once the receiver answered.
+    let stats = wait_for(Duration::from_secs(10), || {
+        let (_, stats) = gw.request("GET", "/api/v1/stats", None);
+        let stats: serde_json::Value = serde_json::from_str(&stats).ok()?;
+        let sent = stats["targets"]
+            .as_array()?
+            .iter()
+            .all(|t| t["samplesSent"] == 10);
+        sent.then_some(stats)
+    })
+    .unwrap_or_else(|| panic!("{}", gw.request("GET", "/api/v1/stats", None).1));
     assert_eq!(stats["drops"]["filtered"], 5, "{stats}");
     for t in stats["targets"].as_array().unwrap() {
         assert_eq!(t["samplesSent"], 10, "{t}");
