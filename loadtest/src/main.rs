@@ -72,6 +72,9 @@ struct BenchArgs {
     /// No progress lines.
     #[arg(long, short)]
     quiet: bool,
+    /// Keep each run's directory (registry, vmagent config, gateway logs).
+    #[arg(long)]
+    keep: bool,
 }
 
 #[derive(Args)]
@@ -515,11 +518,16 @@ async fn bench(a: BenchArgs) -> anyhow::Result<i32> {
         vmagent_bin,
         progress: !a.quiet,
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        keep: a.keep,
     };
-    // Ctrl-C drops the run, whose children are killed on drop.
+    // Ctrl-C or SIGTERM drops the run, whose children are killed on drop
+    // (a signal's default action would exit without running destructors).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     let report = tokio::select! {
         r = bench::run(&opts) => r?,
         _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        _ = term.recv() => bail!("terminated"),
     };
     if let Some(path) = &a.out {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)

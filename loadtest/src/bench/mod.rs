@@ -69,6 +69,8 @@ pub struct BenchOptions {
     pub progress: bool,
     /// The command line, recorded in the report.
     pub command: String,
+    /// Keep each run's directory (registry, vmagent config, logs) and say where.
+    pub keep: bool,
 }
 
 /// The `vmagent` to use: `$FANOUT_VMAGENT_BIN`, else `vmagent` on `PATH`.
@@ -250,6 +252,9 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
     let dir = tempfile::Builder::new()
         .prefix(&format!("fanout-bench-{}-", g.name()))
         .tempdir()?;
+    if opts.keep {
+        eprintln!("{}: keeping {}", g.name(), dir.path().display());
+    }
     // Targets: a sink each, or a port nobody listens on.
     let mut sinks: Vec<SinkHandle> = Vec::new();
     let mut urls = Vec::new();
@@ -364,6 +369,10 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let drain_secs = sent_at.elapsed().as_secs_f64();
+    if opts.keep {
+        // Leave the directory for inspection; the process is still stopped below.
+        let _ = dir.keep();
+    }
     let cpu = procfs::cpu(proc.pid)?.since(cpu0).duration(ticks);
     let rss = procfs::peak_rss(proc.pid)?;
     if let (Some(admin), true) = (admin, opts.progress) {
@@ -414,6 +423,8 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
         samples_acked: summary.samples_ok,
         samples_failed: summary.samples_failed,
         send_secs: summary.duration_secs,
+        ingest_p50_ms: summary.latency_ms.p50,
+        ingest_p99_ms: summary.latency_ms.p99,
         deliveries_expected: expected,
         deliveries,
         deliveries_to_dead: to_dead,

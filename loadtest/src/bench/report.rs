@@ -18,6 +18,10 @@ pub struct GatewayResult {
     pub samples_failed: u64,
     /// Seconds the generator was sending.
     pub send_secs: f64,
+    /// Generator request latency (the gateway's answer), median (ms).
+    pub ingest_p50_ms: f64,
+    /// Generator request latency, 99th percentile (ms).
+    pub ingest_p99_ms: f64,
     /// (sample, live target) deliveries the acked samples call for.
     pub deliveries_expected: u64,
     /// Distinct (sample, target) deliveries the sinks received.
@@ -94,6 +98,8 @@ impl BenchReport {
         };
         row("samples acked", &|r| thousands(r.samples_acked));
         row("samples refused", &|r| thousands(r.samples_failed));
+        row("send s", &|r| format!("{:.1}", r.send_secs));
+        row("ingest p99 ms", &|r| format!("{:.0}", r.ingest_p99_ms));
         row("deliveries expected", &|r| thousands(r.deliveries_expected));
         row("deliveries", &|r| thousands(r.deliveries));
         row("to dead target", &|r| thousands(r.deliveries_to_dead));
@@ -233,7 +239,7 @@ mod tests {
             "{t}"
         );
         // Columns line up: every row has the same width.
-        let widths: Vec<usize> = lines[1..15].iter().map(|l| l.len()).collect();
+        let widths: Vec<usize> = lines[1..17].iter().map(|l| l.len()).collect();
         assert!(widths.windows(2).all(|w| w[0] == w[1]), "{t}");
     }
 
