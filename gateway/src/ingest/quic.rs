@@ -112,6 +112,9 @@ async fn request<D: Delivery>(
     mut stream: H3Stream,
 ) {
     let resp = respond(core, conn_budget, &req, &mut stream).await;
+    if core.route(req.method(), req.uri().path()) == Route::Write {
+        core.record_write_response("h3", resp.status());
+    }
     let (parts, body) = resp.into_parts();
     if stream
         .send_response(Response::from_parts(parts, ()))

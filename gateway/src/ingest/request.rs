@@ -344,6 +344,12 @@ pub struct Ingest<D> {
 }
 
 impl<D: Delivery> Ingest<D> {
+    /// Counts one answered write (any status) by transport, for the stats
+    /// and `/metrics`; health probes and unknown paths are not counted.
+    pub fn record_write_response(&self, transport: &'static str, status: StatusCode) {
+        self.delivery.record_response(transport, status.as_u16());
+    }
+
     /// A service over `auth`, `delivery` and the shared `budget`.
     pub fn new(
         config: IngestConfig,

@@ -155,6 +155,19 @@ pub(super) async fn handle<D: Delivery>(
     if route != Route::Write {
         return core.respond_other(route).map(Full::new);
     }
+    let response = write(core, conn_budget, transport, parts, &mut body).await;
+    core.record_write_response(transport, response.status());
+    response
+}
+
+/// Answers one write request.
+async fn write<D: Delivery>(
+    core: &Ingest<D>,
+    conn_budget: &ConnReadBudget,
+    transport: &'static str,
+    parts: http::request::Parts,
+    body: &mut Incoming,
+) -> Response<Full<Bytes>> {
     let admitted = match core.check_head(&parts.headers) {
         Ok(a) => a,
         Err(r) => {

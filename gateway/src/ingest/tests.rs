@@ -22,6 +22,7 @@ const AUTH: (&str, &str) = ("authorization", "Bearer tok-a-s3cret");
 #[derive(Default)]
 struct Recording {
     batches: Mutex<Vec<(String, Summary, usize, u64)>>,
+    responses: Mutex<Vec<(&'static str, u16)>>,
     overloaded: std::sync::atomic::AtomicBool,
     gate: Option<Arc<Semaphore>>,
 }
@@ -35,6 +36,9 @@ impl Recording {
     }
     fn batches(&self) -> Vec<(String, Summary, usize, u64)> {
         self.batches.lock().unwrap().clone()
+    }
+    fn responses(&self) -> Vec<(&'static str, u16)> {
+        self.responses.lock().unwrap().clone()
     }
 }
 
@@ -64,6 +68,10 @@ impl Delivery for Recording {
             ));
             Ok(())
         }
+    }
+
+    fn record_response(&self, transport: &'static str, status: u16) {
+        self.responses.lock().unwrap().push((transport, status));
     }
 }
 
@@ -219,6 +227,18 @@ async fn ingest_http1_accepts_v1_and_hands_series_to_delivery() {
     assert_eq!(h.delivery.batches().len(), 3);
     assert_eq!(within(c.get("/healthz")).await.status, StatusCode::OK);
     assert_eq!(within(c.get("/readyz")).await.status, StatusCode::OK);
+    let r = within(c.post("/api/v1/write", &[], v1_body(1, 1))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Every answered write is counted by transport and status; probes are not.
+    assert_eq!(
+        h.delivery.responses(),
+        [
+            ("http1", 204),
+            ("http1", 204),
+            ("http1", 204),
+            ("http1", 401)
+        ]
+    );
 }
 
 #[tokio::test]
@@ -250,6 +270,7 @@ async fn ingest_h2c_accepts_v2_with_written_headers() {
     let batches = h.delivery.batches();
     assert_eq!(batches.len(), 9);
     assert_eq!(batches[0].1.series, 7);
+    assert_eq!(h.delivery.responses(), vec![("h2", 204); 9]);
 }
 
 #[tokio::test]
@@ -276,6 +297,10 @@ async fn ingest_http3_pins_generated_cert_and_accepts_v1_and_v2() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(within(c.get("/readyz")).await.status, StatusCode::OK);
     assert_eq!(h.delivery.batches().len(), 2);
+    assert_eq!(
+        h.delivery.responses(),
+        [("h3", 204), ("h3", 204), ("h3", 401)]
+    );
 
     // A restart reuses the pinned certificate.
     let first = std::fs::read(&pem).unwrap();
