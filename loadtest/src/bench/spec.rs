@@ -187,7 +187,7 @@ impl BenchSpec {
                 "traffic.samplesPerRequest and batch must be positive".into()
             ));
         }
-        if raw.traffic.rate.is_some_and(|r| !(r > 0.0)) {
+        if raw.traffic.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
             return Err(err("traffic.rate: must be positive".into()));
         }
         Ok(BenchSpec {
