@@ -128,7 +128,7 @@ where
         .flat_map(|b| value(b).into_iter().flatten())
         .fold(0.0f64, f64::max)
         .max(1.0)
-        * 1.15;
+        * 1.35;
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))
         .margin(12)

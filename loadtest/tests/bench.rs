@@ -1,0 +1,65 @@
+//! `bench::run` end to end with real gateways, on a small routed scenario
+//! with a dead target: what each gateway acknowledged reaches exactly the
+//! live targets its Deployment is routed to, with the seven metadata labels.
+//! This checks the generated vmagent relabelling and Fanout registry; the
+//! numbers themselves are not asserted (a benchmark reports, it does not test).
+//!
+//! vmagent: `FANOUT_VMAGENT_BIN` or `vmagent` on PATH; Fanout: `FANOUT_BIN`.
+//! Each part prints "skipped" and passes when its binary is not there.
+
+use std::path::PathBuf;
+
+use fanout_loadtest::bench::{self, BenchOptions, BenchSpec, Gateway};
+
+const SCENARIO: &str = "
+name: small-routed
+fleet: {clusters: 2, deployments: 3, dags: 1, tasks: 1, dagFiles: 1, pools: 1, pods: 4}
+targets: 3
+targetsPerDeployment: 2
+deadTargets: [2]
+traffic: {samples: 20000, rate: 20000, maxDuration: 20s}
+batch: 1000
+drainTimeout: 20s
+";
+
+async fn check(gateway: Gateway, fanout_bin: PathBuf, vmagent_bin: Option<PathBuf>) {
+    let opts = BenchOptions {
+        spec: BenchSpec::parse("small-routed", SCENARIO).unwrap(),
+        gateways: vec![gateway],
+        fanout_bin,
+        vmagent_bin,
+        progress: false,
+        command: "test".into(),
+        keep: false,
+    };
+    let report = bench::run(&opts).await.unwrap();
+    let r = &report.results[0];
+    assert_eq!(r.skipped, None);
+    assert!(r.samples_acked > 0, "{r:?}");
+    assert!(r.drained, "{}", report.table());
+    assert_eq!(r.samples_lost, 0, "{}", report.table());
+    assert_eq!(r.other_problems, 0, "{}", report.table());
+    assert_eq!(r.deliveries, r.deliveries_expected);
+    // Every Deployment goes to 2 of 3 targets and t2 is dead: a third of
+    // the pairs go to t2, and those are not lost.
+    assert!(r.deliveries_to_dead > 0 && r.deliveries_to_dead < r.deliveries);
+    assert!(r.cpu_secs >= 0.0 && r.peak_rss_bytes > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vmagent_routes_and_labels_like_fanout() {
+    let Some(vm) = bench::find_vmagent() else {
+        eprintln!("skipped: no vmagent (set FANOUT_VMAGENT_BIN or put it on PATH)");
+        return;
+    };
+    check(Gateway::Vmagent, PathBuf::from("/nonexistent"), Some(vm)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_delivers_what_it_acked() {
+    let Some(bin) = std::env::var_os("FANOUT_BIN").map(PathBuf::from) else {
+        eprintln!("skipped: set FANOUT_BIN to a fanout binary");
+        return;
+    };
+    check(Gateway::Fanout, bin, None).await;
+}
