@@ -120,11 +120,12 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Delivery shares the in-memory budget with ingest (SPEC §5).
     let ingest_config = config.args.ingest.config();
     let budget = crate::ingest::MemoryBudget::new(ingest_config.memory_budget);
-    let settings = config
+    let mut settings = config
         .args
         .delivery
         .settings()
         .context("cannot load the catalog")?;
+    settings.data_dir = Some(config.data_dir.clone());
     let shutdown_grace = settings.shutdown_grace;
     tracing::info!(
         catalog_entries = settings.catalog.len(),

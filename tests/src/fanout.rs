@@ -83,11 +83,23 @@ impl Gateway {
     /// Starts `fanout serve` with loopback listeners, an admin token, a fresh
     /// data dir and `extra` flags; waits until `/readyz` answers 200.
     pub fn start(name: &str, extra: &[&str]) -> Gateway {
+        Gateway::start_in(
+            name,
+            tempfile_dir::TempDir::new(&format!("fanout-{name}")),
+            extra,
+        )
+    }
+
+    /// Like [`Gateway::start`] on an existing data dir (a restart).
+    pub fn start_in(name: &str, data_dir: tempfile_dir::TempDir, extra: &[&str]) -> Gateway {
         let admin_port = free_port();
         let ingest_port = free_port();
-        let data_dir = tempfile_dir::TempDir::new(&format!("fanout-{name}"));
         let token = format!("admin-token-{name}");
-        let log = std::fs::File::create(data_dir.path().join("gateway.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.path().join("gateway.log"))
+            .expect("log file");
         let child = Command::new(fanout_bin())
             .arg("serve")
             .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
@@ -134,6 +146,12 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+
+    /// Its data dir, to start the next gateway on (after it exited).
+    pub fn take_data_dir(&mut self) -> tempfile_dir::TempDir {
+        let spare = tempfile_dir::TempDir::new("fanout-spare");
+        std::mem::replace(&mut self.data_dir, spare)
     }
 
     /// The gateway's log so far.

@@ -24,10 +24,24 @@
 //! # Memory bound
 //! Queued chunk bytes are bounded per target. Beyond the bound the oldest
 //! chunk (over all lanes) goes to the overflow seam ([`Overflow`]); the memory
-//! implementation drops it and counts `queue_full`. The disk spill will
-//! implement the same seam. Pushing never waits.
+//! implementation drops it and counts `queue_full`, the disk spill appends it
+//! to the target's disk queue and gets its seq back. Pushing never waits.
+//!
+//! # Disk records and order
+//! A lane that overflowed a chunk to disk remembers the highest seq it put
+//! there (`disk_through`). Overflow always takes a lane's *front* chunk, so
+//! everything of a lane on disk is older than everything of it in memory.
+//! The lane therefore sends no memory chunk while records of it are still on
+//! disk (`disk_through > read_through`); the sender reads disk records back
+//! in seq order ([`TargetCore::reload`], bounded by [`TargetCore::reload_room`])
+//! into a per-lane `disk` queue that is sent before the lane's memory queue.
+//! Reloaded records are never overflowed again (they are not in the memory
+//! bound, but bounded by the reload room). A disk batch carries the seqs of
+//! the records it completes; the disk queue is acked through the highest seq
+//! below every outstanding one ([`TargetCore::disk_ack`]). After a restart
+//! every lane waits for all recovered records ([`TargetCore::set_recovered`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -57,12 +71,11 @@ pub struct Chunk {
     pub permit: Option<Arc<MemoryPermit>>,
 }
 
-/// Where chunks go when a target's memory queue is full: the seam for the
-/// disk spill (next issue).
+/// Where chunks go when a target's memory queue is full: the disk spill.
 pub trait Overflow {
-    /// Takes `chunk` out of memory; `false` when it could not and the chunk
-    /// is dropped (counted as `queue_full`).
-    fn overflow(&mut self, target: &str, chunk: Chunk) -> bool;
+    /// Takes `chunk` of `lane` out of memory and returns the disk seq it got;
+    /// `None` when it could not and the chunk is dropped (`queue_full`).
+    fn overflow(&mut self, lane: u32, chunk: Chunk) -> Option<u64>;
 }
 
 /// The memory-only overflow: drops the chunk.
@@ -70,9 +83,24 @@ pub trait Overflow {
 pub struct DropOldest;
 
 impl Overflow for DropOldest {
-    fn overflow(&mut self, _target: &str, _chunk: Chunk) -> bool {
-        false
+    fn overflow(&mut self, _lane: u32, _chunk: Chunk) -> Option<u64> {
+        None
     }
+}
+
+/// A record read back from the disk queue, for [`TargetCore::reload`].
+#[derive(Debug, Clone)]
+pub struct DiskChunk {
+    /// Its disk seq.
+    pub seq: u64,
+    /// Its lane tag (taken modulo the lanes).
+    pub tag: u64,
+    /// The encoded records.
+    pub records: Bytes,
+    /// Samples in them.
+    pub samples: u32,
+    /// When it was first queued (wall clock, ms since the epoch).
+    pub enqueued_ms: u64,
 }
 
 /// Delivery options of a target as the core needs them.
@@ -153,6 +181,10 @@ struct Batch {
     attempts: u32,
     sending: bool,
     not_before: Instant,
+    /// Disk seqs this batch completes when delivered or dropped.
+    seqs: Vec<u64>,
+    /// Formed from disk records (still on disk until acked).
+    from_disk: bool,
 }
 
 #[derive(Debug, Default)]
@@ -161,6 +193,10 @@ struct Lane {
     samples: u64,
     bytes: u64,
     batch: Option<Batch>,
+    /// Reloaded disk records, sent before `queue`.
+    disk: VecDeque<(u64, Chunk)>,
+    /// Highest disk seq holding data of this lane.
+    disk_through: u64,
 }
 
 /// The last error of a target.
@@ -191,6 +227,8 @@ pub struct Counters {
     pub dropped_rejected: u64,
     /// Samples dropped because the queue was full.
     pub dropped_queue_full: u64,
+    /// Samples moved to the disk spill.
+    pub spilled: u64,
 }
 
 /// A target's delivery state machine.
@@ -214,6 +252,13 @@ pub struct TargetCore {
     last_error: Option<LastError>,
     latency_us: hdrhistogram::Histogram<u64>,
     scratch: BytesMut,
+    /// Every disk seq up to this one was read back (or dropped from disk).
+    read_through: u64,
+    /// Disk seqs read back and not yet delivered or dropped.
+    outstanding: BTreeSet<u64>,
+    /// Bytes and samples of reloaded records in the lanes' `disk` queues.
+    reload_bytes: u64,
+    reload_samples: u64,
 }
 
 /// Samples (floats and histograms) in one `TimeSeries` message.
@@ -281,6 +326,10 @@ impl TargetCore {
             latency_us: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
                 .unwrap_or_else(|_| hdrhistogram::Histogram::new(2).expect("valid sigfig")),
             scratch: BytesMut::new(),
+            read_through: 0,
+            outstanding: BTreeSet::new(),
+            reload_bytes: 0,
+            reload_samples: 0,
         }
     }
 
@@ -319,10 +368,127 @@ impl TargetCore {
                 break;
             };
             let samples = u64::from(c.samples);
-            if !overflow.overflow(&self.id, c) {
-                self.counters.dropped_queue_full += samples;
+            match overflow.overflow(oldest as u32, c) {
+                Some(seq) => {
+                    let l = &mut self.lanes[oldest];
+                    l.disk_through = l.disk_through.max(seq);
+                    self.counters.spilled += samples;
+                }
+                None => self.counters.dropped_queue_full += samples,
             }
         }
+    }
+
+    /// After a restart: every lane waits until every disk record up to
+    /// `written_seq` was read back (their lanes are unknown until read).
+    pub fn set_recovered(&mut self, acked_seq: u64, written_seq: u64) {
+        self.read_through = self.read_through.max(acked_seq);
+        for l in &mut self.lanes {
+            l.disk_through = l.disk_through.max(written_seq);
+        }
+    }
+
+    /// Bytes of disk records to read back now, or `None` when no lane waits
+    /// for disk records or the reload room is used up.
+    pub fn reload_room(&self) -> Option<usize> {
+        let waiting = self
+            .lanes
+            .iter()
+            .any(|l| l.disk_through > self.read_through);
+        let limit = (self.config.queue_bytes / 2).clamp(256 << 10, 16 << 20);
+        (waiting && self.reload_bytes < limit).then(|| (limit - self.reload_bytes) as usize)
+    }
+
+    /// Takes disk records read back in seq order. `written_seq` is the
+    /// highest seq the disk queue had written when `chunks` were read; when
+    /// `exhausted` (the read found nothing more) everything up to it counts
+    /// as read.
+    pub fn reload(
+        &mut self,
+        chunks: Vec<DiskChunk>,
+        written_seq: u64,
+        exhausted: bool,
+        now: Instant,
+        wall_ms: u64,
+    ) {
+        let lanes = self.lanes.len() as u64;
+        for c in chunks {
+            if c.seq <= self.read_through {
+                continue;
+            }
+            self.read_through = c.seq;
+            let age = Duration::from_millis(wall_ms.saturating_sub(c.enqueued_ms));
+            let (_, _, series) = split_point(&c.records, u32::MAX, true);
+            let chunk = Chunk {
+                samples: c.samples,
+                series,
+                enqueued: now.checked_sub(age).unwrap_or(now),
+                permit: None,
+                records: c.records,
+            };
+            self.reload_bytes += chunk.records.len() as u64;
+            self.reload_samples += u64::from(chunk.samples);
+            self.outstanding.insert(c.seq);
+            self.lanes[(c.tag % lanes) as usize]
+                .disk
+                .push_back((c.seq, chunk));
+        }
+        if exhausted {
+            self.read_through = self.read_through.max(written_seq);
+        }
+    }
+
+    /// The disk queue may be acked through this seq: every record up to it
+    /// was delivered or dropped.
+    pub fn disk_ack(&self) -> u64 {
+        match self.outstanding.first() {
+            Some(&s) => s - 1,
+            None => self.read_through,
+        }
+    }
+
+    /// Takes every chunk out of memory for the spill at shutdown, lane by
+    /// lane in order: the batch not yet delivered (unless it came from disk,
+    /// where it still is) and then the queue. Returns (lane, chunk).
+    pub fn drain_memory(&mut self) -> Vec<(u32, Chunk)> {
+        let mut out = Vec::new();
+        for (i, l) in self.lanes.iter_mut().enumerate() {
+            if let Some(b) = l.batch.take() {
+                if b.sending {
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                }
+                if !b.from_disk {
+                    if let Ok(raw) = fanout_proto::snappy::decompress(&b.body, 256 << 20) {
+                        let records = raw;
+                        let (_, _, series) = split_point(&records, u32::MAX, true);
+                        out.push((
+                            i as u32,
+                            Chunk {
+                                records,
+                                samples: b.samples,
+                                series,
+                                enqueued: b.oldest,
+                                permit: None,
+                            },
+                        ));
+                    }
+                }
+            }
+            for (_, c) in l.disk.drain(..) {
+                drop(c);
+            }
+            for c in l.queue.drain(..) {
+                out.push((i as u32, c));
+            }
+            l.samples = 0;
+            l.bytes = 0;
+        }
+        self.queue_bytes = 0;
+        self.queue_samples = 0;
+        self.reload_bytes = 0;
+        self.reload_samples = 0;
+        self.outstanding.clear();
+        out
     }
 
     fn pop_front(&mut self, lane: usize) -> Option<Chunk> {
@@ -337,6 +503,12 @@ impl TargetCore {
 
     fn lane_ready(&self, lane: usize, now: Instant) -> bool {
         let l = &self.lanes[lane];
+        if !l.disk.is_empty() {
+            return true;
+        }
+        if l.disk_through > self.read_through {
+            return false;
+        }
         match l.queue.front() {
             None => false,
             Some(front) => {
@@ -384,13 +556,55 @@ impl TargetCore {
         None
     }
 
+    fn form_disk_batch(&mut self, lane: usize, now: Instant) -> (u32, Instant, Vec<u64>) {
+        let max = self.config.max_samples.max(1);
+        let mut samples = 0u32;
+        let mut oldest = now;
+        let mut seqs = Vec::new();
+        let l = &mut self.lanes[lane];
+        while let Some((seq, front)) = l.disk.front_mut() {
+            oldest = oldest.min(front.enqueued);
+            if samples + front.samples > max {
+                let (end, s, _) = split_point(&front.records, max - samples, seqs.is_empty());
+                if end == 0 {
+                    break;
+                }
+                if end < front.records.len() {
+                    // The seq completes with the batch that takes the rest.
+                    self.scratch.extend_from_slice(&front.records[..end]);
+                    front.records = front.records.slice(end..);
+                    front.samples = front.samples.saturating_sub(s);
+                    self.reload_bytes -= end as u64;
+                    self.reload_samples -= u64::from(s);
+                    samples += s;
+                    break;
+                }
+            }
+            let seq = *seq;
+            let Some((_, c)) = l.disk.pop_front() else {
+                break;
+            };
+            self.scratch.extend_from_slice(&c.records);
+            self.reload_bytes -= c.records.len() as u64;
+            self.reload_samples -= u64::from(c.samples);
+            samples += c.samples;
+            seqs.push(seq);
+        }
+        (samples, oldest, seqs)
+    }
+
     fn form_batch(&mut self, lane: usize, now: Instant) -> Dispatch {
         let max = self.config.max_samples.max(1);
         self.scratch.clear();
         let mut samples = 0u32;
         let mut oldest = now;
         let mut taken = 0u32;
-        while let Some(front) = self.lanes[lane].queue.front() {
+        let from_disk = !self.lanes[lane].disk.is_empty();
+        let mut seqs = Vec::new();
+        if from_disk {
+            (samples, oldest, seqs) = self.form_disk_batch(lane, now);
+        }
+        while let Some(front) = self.lanes[lane].queue.front().filter(|_| !from_disk) {
             if samples + front.samples > max {
                 // Split at a record boundary; the rest stays at the head.
                 let (end, s, _) = split_point(&front.records, max - samples, taken == 0);
@@ -432,6 +646,8 @@ impl TargetCore {
             attempts: 1,
             sending: true,
             not_before: now,
+            seqs,
+            from_disk,
         });
         Dispatch {
             lane: lane as u32,
@@ -453,6 +669,8 @@ impl TargetCore {
             .filter_map(|l| match &l.batch {
                 Some(b) if !b.sending => Some(b.not_before),
                 Some(_) => None,
+                None if !l.disk.is_empty() => l.disk.front().map(|(_, c)| c.enqueued),
+                None if l.disk_through > self.read_through => None,
                 None => l.queue.front().map(|c| {
                     if self.flush {
                         c.enqueued
@@ -489,6 +707,9 @@ impl TargetCore {
             Verdict::Done => {
                 let samples = b.samples;
                 let bytes = b.body.len() as u64;
+                for s in &b.seqs {
+                    self.outstanding.remove(s);
+                }
                 l.batch = None;
                 self.counters.samples_sent += u64::from(samples);
                 self.counters.bytes_sent += bytes;
@@ -523,6 +744,9 @@ impl TargetCore {
             }
             Verdict::Drop { status, message } => {
                 let samples = b.samples;
+                for s in &b.seqs {
+                    self.outstanding.remove(s);
+                }
                 l.batch = None;
                 *self
                     .counters
@@ -567,14 +791,31 @@ impl TargetCore {
 
     /// Nothing queued and nothing in flight or waiting for a retry.
     pub fn is_idle(&self) -> bool {
+        self.lanes.iter().all(|l| {
+            l.queue.is_empty()
+                && l.batch.is_none()
+                && l.disk.is_empty()
+                && l.disk_through <= self.read_through
+        })
+    }
+
+    /// Nothing in memory (queued, reloaded or in a batch); disk records may
+    /// remain.
+    pub fn memory_empty(&self) -> bool {
         self.lanes
             .iter()
-            .all(|l| l.queue.is_empty() && l.batch.is_none())
+            .all(|l| l.queue.is_empty() && l.batch.is_none() && l.disk.is_empty())
+    }
+
+    /// Bytes and samples of disk records read back into memory.
+    pub fn reloaded(&self) -> (u64, u64) {
+        (self.reload_bytes, self.reload_samples)
     }
 
     /// Samples queued or in a batch not yet delivered.
     pub fn pending_samples(&self) -> u64 {
         self.queue_samples
+            + self.reload_samples
             + self
                 .lanes
                 .iter()
@@ -615,6 +856,7 @@ impl TargetCore {
                     .front()
                     .map(|c| c.enqueued)
                     .into_iter()
+                    .chain(l.disk.front().map(|(_, c)| c.enqueued))
                     .chain(l.batch.as_ref().map(|b| b.oldest))
             })
             .min()
@@ -884,9 +1126,9 @@ mod tests {
 
         struct Spill(u32);
         impl Overflow for Spill {
-            fn overflow(&mut self, _: &str, _: Chunk) -> bool {
+            fn overflow(&mut self, _: u32, _: Chunk) -> Option<u64> {
                 self.0 += 1;
-                true
+                Some(u64::from(self.0))
             }
         }
         let mut spill = Spill(0);
@@ -897,6 +1139,73 @@ mod tests {
             2,
             "spilled, not dropped"
         );
+    }
+
+    /// A fake disk queue: keeps what overflowed, hands it back in seq order.
+    #[derive(Default)]
+    struct Disk(Vec<DiskChunk>);
+
+    impl Overflow for Disk {
+        fn overflow(&mut self, lane: u32, chunk: Chunk) -> Option<u64> {
+            let seq = self.0.len() as u64 + 1;
+            self.0.push(DiskChunk {
+                seq,
+                tag: u64::from(lane),
+                records: chunk.records,
+                samples: chunk.samples,
+                enqueued_ms: 0,
+            });
+            Some(seq)
+        }
+    }
+
+    #[test]
+    fn deliver_queue_disk_records_go_before_newer_memory_of_their_lane() {
+        let t0 = Instant::now();
+        let mut cfg = config();
+        cfg.queue_bytes = 2 * chunk(1, "s0", t0).records.len() as u64;
+        cfg.deadline = Duration::ZERO;
+        let mut core = TargetCore::new("t", cfg, 1);
+        let mut disk = Disk::default();
+        for i in 0..5u64 {
+            core.push(
+                0,
+                chunk(1, &format!("s{i}"), t0 + Duration::from_millis(i)),
+                &mut disk,
+            );
+        }
+        assert_eq!(disk.0.len(), 3, "the oldest three went to disk");
+        assert_eq!(core.counters().dropped_queue_full, 0);
+        // The lane waits for its disk records: memory is not sent first.
+        assert!(core.poll(t0 + Duration::from_secs(1)).is_none());
+        assert!(core.reload_room().is_some());
+        let recs: Vec<DiskChunk> = disk.0.drain(..2).collect();
+        core.reload(recs, 3, false, t0, 0);
+        let mut names = Vec::new();
+        let now = t0 + Duration::from_secs(1);
+        let step = |core: &mut TargetCore, names: &mut Vec<String>| {
+            let d = core.poll(now)?;
+            names.extend(decode(&d.body));
+            core.on_result(
+                d.lane,
+                d.batch,
+                &ok(),
+                Duration::ZERO,
+                now,
+                SystemTime::now(),
+            );
+            Some(())
+        };
+        while step(&mut core, &mut names).is_some() {}
+        assert_eq!(names, vec!["s0_0", "s1_0"], "seq 3 still on disk");
+        assert_eq!(core.disk_ack(), 2);
+        let recs: Vec<DiskChunk> = std::mem::take(&mut disk.0);
+        core.reload(recs, 3, false, now, 0);
+        core.reload(Vec::new(), 3, true, now, 0);
+        while step(&mut core, &mut names).is_some() {}
+        assert_eq!(names, vec!["s0_0", "s1_0", "s2_0", "s3_0", "s4_0"]);
+        assert_eq!(core.disk_ack(), 3);
+        assert!(core.is_idle());
     }
 
     #[test]

@@ -20,13 +20,27 @@
 //! (what queued data holds), and when it stays exhausted for
 //! [`Settings::admission_wait`] ingest answers 429.
 //!
+//! # Disk spill
+//! With [`Settings::data_dir`] every target has a [`DiskQueue`] under
+//! `<data-dir>/spill/<target-id>/` (budget: the target's `diskBudget`) behind
+//! its core's [`Overflow`] seam: chunks beyond the memory bound are appended
+//! there (a `write(2)` under the target lock, never a wait on the target) and
+//! read back by the sender task once the target takes data again (order:
+//! see `queue.rs`). Drops for the disk budget are `disk_full`. A disk error
+//! never stops the gateway: the chunk is dropped as `queue_full`, counted in
+//! `spill_errors`, and logged. A group-commit thread per queue fsyncs every
+//! [`Settings::flush_interval`].
+//!
 //! # Shutdown
 //! [`FanoutDelivery::shutdown`] refuses new data, flushes partial batches and
-//! waits up to the grace period for every queue to empty; what is left is
-//! logged and counted (the disk spill will keep it).
+//! waits up to the grace period for every queue to empty; what is left in
+//! memory is appended to the target's disk queue, which is fsynced and
+//! resumed by the next start. Only what cannot be spilled is counted as
+//! abandoned.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -37,8 +51,11 @@ use tokio::sync::{mpsc, Notify};
 use super::catalog::Catalog;
 use super::http::HttpSender;
 use super::policy::SendResult;
-use super::queue::{Chunk, CoreConfig, DropOldest, Event, TargetCore};
+use super::queue::{Chunk, CoreConfig, DiskChunk, Event, Overflow, TargetCore};
 use super::route::{Plan, ScratchPool};
+use super::spill::{
+    self as spill_mod, lock_queue, DiskQueue, DiskQueueConfig, GroupCommit, Record,
+};
 use super::stats::{self, names, GlobalStats, RecentError};
 use super::{Accepted, Delivery, DeliveryError, MemoryBudget};
 use crate::ingest::args::{ByteSize, HumanDuration};
@@ -49,6 +66,8 @@ use crate::registry::{Snapshot, Target};
 pub const DEFAULT_TARGET_QUEUE: u64 = 64 << 20;
 /// Default shutdown grace.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default period of the spill fsync.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Delivery flags, flattened into `fanout serve`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -63,6 +82,9 @@ pub struct DeliveryArgs {
     /// On SIGTERM, how long to keep delivering queued data [default: 30s].
     #[arg(long, env = "FANOUT_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<HumanDuration>,
+    /// How often the disk spill is fsynced in `memory` durability [default: 1s].
+    #[arg(long, env = "FANOUT_FLUSH_INTERVAL")]
+    pub flush_interval: Option<HumanDuration>,
 }
 
 /// Delivery settings.
@@ -78,6 +100,11 @@ pub struct Settings {
     pub removed_drain: Duration,
     /// Shutdown grace.
     pub shutdown_grace: Duration,
+    /// Root of the disk spill (`<data-dir>`); `None` keeps everything in
+    /// memory (tests, benchmarks).
+    pub data_dir: Option<PathBuf>,
+    /// Period of the spill fsync.
+    pub flush_interval: Duration,
 }
 
 impl Default for Settings {
@@ -88,6 +115,8 @@ impl Default for Settings {
             admission_wait: Duration::from_secs(1),
             removed_drain: Duration::from_secs(60),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            data_dir: None,
+            flush_interval: DEFAULT_FLUSH_INTERVAL,
         }
     }
 }
@@ -101,6 +130,9 @@ impl DeliveryArgs {
                 .target_queue_memory
                 .map_or(DEFAULT_TARGET_QUEUE, |b| b.0.max(1)),
             shutdown_grace: self.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
+            flush_interval: self.flush_interval.map_or(DEFAULT_FLUSH_INTERVAL, |d| {
+                d.0.max(Duration::from_millis(1))
+            }),
             ..Settings::default()
         })
     }
@@ -112,8 +144,10 @@ struct TargetMetrics {
     requests: metrics::Counter,
     retries: metrics::Counter,
     queue_full: metrics::Counter,
+    disk_full: metrics::Counter,
     rejected: metrics::Counter,
     queue_bytes: metrics::Gauge,
+    spill_bytes: metrics::Gauge,
     in_flight: metrics::Gauge,
     concurrency: metrics::Gauge,
     latency: metrics::Histogram,
@@ -128,13 +162,118 @@ impl TargetMetrics {
             requests: metrics::counter!(names::TARGET_REQUESTS, "target" => t.clone()),
             retries: metrics::counter!(names::TARGET_RETRIES, "target" => t.clone()),
             queue_full: metrics::counter!(names::TARGET_DROPPED, "target" => t.clone(), "reason" => "queue_full"),
+            disk_full: metrics::counter!(names::TARGET_DROPPED, "target" => t.clone(), "reason" => "disk_full"),
             rejected: metrics::counter!(names::TARGET_DROPPED, "target" => t.clone(), "reason" => "rejected"),
             queue_bytes: metrics::gauge!(names::TARGET_QUEUE_BYTES, "target" => t.clone()),
+            spill_bytes: metrics::gauge!(names::TARGET_SPILL_BYTES, "target" => t.clone()),
             in_flight: metrics::gauge!(names::TARGET_IN_FLIGHT, "target" => t.clone()),
             concurrency: metrics::gauge!(names::TARGET_CONCURRENCY, "target" => t.clone()),
             latency: metrics::histogram!(names::TARGET_LATENCY, "target" => t),
         }
     }
+}
+
+/// A target's disk queue and its sync thread.
+struct Spill {
+    queue: Arc<Mutex<DiskQueue>>,
+    /// Kept for its thread, which fsyncs every flush interval.
+    _commit: GroupCommit,
+    /// Highest seq acked to the queue.
+    acked: AtomicU64,
+    /// Samples dropped for the disk budget.
+    disk_full: AtomicU64,
+    /// Last spill error logged (ms since start), to log at most every 10s.
+    last_warn_ms: AtomicU64,
+}
+
+impl Spill {
+    /// Opens the queue of `id` and starts its sync thread; a failure is
+    /// logged and the target runs memory-only.
+    fn open(id: &str, budget: u64, settings: &Settings) -> Option<(Spill, u64, u64)> {
+        let data_dir = settings.data_dir.as_ref()?;
+        let dir = spill_mod::target_dir(data_dir, id);
+        let cfg = DiskQueueConfig {
+            budget_bytes: budget.max(1 << 20),
+            ..DiskQueueConfig::default()
+        };
+        let (q, rec) = match DiskQueue::open(&dir, cfg) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(target_id = %id, error = %e, "delivery: cannot open the disk spill; this target keeps its backlog in memory only");
+                return None;
+            }
+        };
+        if rec.records > 0 || rec.truncated_bytes > 0 || rec.ledger_reset {
+            tracing::info!(target_id = %id, records = rec.records, bytes = rec.bytes,
+                truncated_bytes = rec.truncated_bytes, corrupt_records = rec.corrupt_records_dropped,
+                "delivery: resuming the disk backlog of this target");
+        }
+        let written = q.written_seq();
+        let queued = rec.records;
+        let queue = Arc::new(Mutex::new(q));
+        let commit = match GroupCommit::start(queue.clone(), Some(settings.flush_interval)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(target_id = %id, error = %e, "delivery: cannot start the spill sync thread; this target keeps its backlog in memory only");
+                return None;
+            }
+        };
+        Some((
+            Spill {
+                queue,
+                _commit: commit,
+                acked: AtomicU64::new(0),
+                disk_full: AtomicU64::new(0),
+                last_warn_ms: AtomicU64::new(0),
+            },
+            written,
+            queued,
+        ))
+    }
+}
+
+/// The [`Overflow`] of one push: appends to the disk queue.
+struct ToDisk<'a> {
+    spill: Option<&'a Spill>,
+    /// Wall-clock ms of `now`, to stamp records.
+    wall_ms: u64,
+    now: Instant,
+    disk_full: u64,
+    error: Option<spill_mod::SpillError>,
+}
+
+impl Overflow for ToDisk<'_> {
+    fn overflow(&mut self, lane: u32, chunk: Chunk) -> Option<u64> {
+        let spill = self.spill?;
+        if self.error.is_some() {
+            return None;
+        }
+        let age = self
+            .now
+            .saturating_duration_since(chunk.enqueued)
+            .as_millis() as u64;
+        let record = Record {
+            samples: chunk.samples,
+            enqueued_ms: self.wall_ms.saturating_sub(age),
+            tag: u64::from(lane),
+            body: chunk.records,
+        };
+        match lock_queue(&spill.queue).append(&record) {
+            Ok(out) => {
+                self.disk_full += out.dropped_samples;
+                Some(out.seq)
+            }
+            Err(e) => {
+                self.error = Some(e);
+                None
+            }
+        }
+    }
+}
+
+fn wall_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One target: its config, its queue state machine and its sender's wake-up.
@@ -146,6 +285,7 @@ pub struct TargetHandle {
     notify: Notify,
     removed_at: Mutex<Option<Instant>>,
     metrics: TargetMetrics,
+    spill: Option<Spill>,
 }
 
 impl std::fmt::Debug for TargetHandle {
@@ -169,10 +309,19 @@ impl TargetHandle {
         let seed = target.id.0.bytes().fold(0u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
+        let mut core = TargetCore::new(target.id.0.clone(), config, seed);
+        let spill =
+            Spill::open(&target.id.0, d.disk_budget, settings).map(|(s, written, queued)| {
+                if queued > 0 {
+                    core.set_recovered(0, written);
+                }
+                s
+            });
         TargetHandle {
             id: target.id.0.clone(),
             endpoint: stats::display_endpoint(&target.config.endpoint),
-            core: Mutex::new(TargetCore::new(target.id.0.clone(), config, seed)),
+            core: Mutex::new(core),
+            spill,
             metrics: TargetMetrics::new(&target.id.0),
             target: Mutex::new(target),
             notify: Notify::new(),
@@ -210,11 +359,18 @@ impl TargetHandle {
         self.notify.notify_one();
     }
 
-    fn push(&self, shard: u32, chunk: Chunk, stats: &GlobalStats) {
+    fn push(&self, shard: u32, chunk: Chunk, stats: &GlobalStats, now: Instant, wall: u64) {
+        let mut to_disk = ToDisk {
+            spill: self.spill.as_ref(),
+            wall_ms: wall,
+            now,
+            disk_full: 0,
+            error: None,
+        };
         let dropped = match self.core.lock() {
             Ok(mut core) => {
                 let before = core.counters().dropped_queue_full;
-                core.push(shard, chunk, &mut DropOldest);
+                core.push(shard, chunk, &mut to_disk);
                 core.counters().dropped_queue_full - before
             }
             Err(_) => u64::from(chunk.samples),
@@ -223,7 +379,131 @@ impl TargetHandle {
             stats.add_queue_full(dropped);
             self.metrics.queue_full.increment(dropped);
         }
+        self.count_disk(&to_disk, stats);
         self.notify.notify_one();
+    }
+
+    /// Counts what one overflow did: `disk_full` drops and spill errors.
+    fn count_disk(&self, to_disk: &ToDisk<'_>, stats: &GlobalStats) {
+        let Some(spill) = &self.spill else { return };
+        if to_disk.disk_full > 0 {
+            spill
+                .disk_full
+                .fetch_add(to_disk.disk_full, Ordering::Relaxed);
+            stats.add_disk_full(to_disk.disk_full);
+            self.metrics.disk_full.increment(to_disk.disk_full);
+        }
+        if let Some(e) = &to_disk.error {
+            stats.add_spill_error();
+            let now_ms = wall_ms(SystemTime::now());
+            let last = spill.last_warn_ms.load(Ordering::Relaxed);
+            if now_ms.saturating_sub(last) >= 10_000 {
+                spill.last_warn_ms.store(now_ms, Ordering::Relaxed);
+                tracing::warn!(target_id = %self.id, error = %e, "delivery: disk spill failed; data beyond the memory queue is dropped (queue_full) until it works again");
+            }
+        }
+    }
+
+    /// Spill gauges: queued bytes and the enqueue time of the oldest record.
+    fn spill_stats(&self) -> (u64, Option<u64>) {
+        self.spill.as_ref().map_or((0, None), |s| {
+            let st = lock_queue(&s.queue).stats();
+            (st.bytes, st.oldest_enqueued_ms)
+        })
+    }
+
+    /// Reads disk records back while the core has room and lanes wait for
+    /// them, then acks what was delivered.
+    fn reload(&self, stats: &GlobalStats) {
+        let Some(spill) = &self.spill else { return };
+        for _ in 0..64 {
+            let Some(room) = self.core.lock().ok().and_then(|c| c.reload_room()) else {
+                break;
+            };
+            let (chunks, written, exhausted) = {
+                let mut q = lock_queue(&spill.queue);
+                match q.read(4096, room) {
+                    Ok(recs) => {
+                        let exhausted = recs.is_empty();
+                        let chunks: Vec<DiskChunk> = recs
+                            .into_iter()
+                            .map(|r| DiskChunk {
+                                seq: r.seq,
+                                tag: r.record.tag,
+                                records: r.record.body,
+                                samples: r.record.samples,
+                                enqueued_ms: r.record.enqueued_ms,
+                            })
+                            .collect();
+                        (chunks, q.written_seq(), exhausted)
+                    }
+                    Err(e) => {
+                        // Unreadable records are given up so the lanes go on.
+                        stats.add_spill_error();
+                        tracing::error!(target_id = %self.id, error = %e, "delivery: cannot read the disk spill back; its unread records are skipped");
+                        (Vec::new(), q.written_seq(), true)
+                    }
+                }
+            };
+            if let Ok(mut core) = self.core.lock() {
+                core.reload(
+                    chunks,
+                    written,
+                    exhausted,
+                    Instant::now(),
+                    wall_ms(SystemTime::now()),
+                );
+            }
+            if exhausted {
+                break;
+            }
+        }
+        self.ack_disk();
+    }
+
+    /// Acks the disk queue through what the core says was delivered.
+    fn ack_disk(&self) {
+        let Some(spill) = &self.spill else { return };
+        let Some(through) = self.core.lock().ok().map(|c| c.disk_ack()) else {
+            return;
+        };
+        if through > spill.acked.load(Ordering::Relaxed) {
+            spill.acked.store(through, Ordering::Relaxed);
+            lock_queue(&spill.queue).ack_through(through);
+        }
+    }
+
+    /// Shutdown: moves what is still in memory to disk and fsyncs. Returns
+    /// the samples that could not be kept.
+    fn spill_all(&self, stats: &GlobalStats) -> u64 {
+        let Ok(mut core) = self.core.lock() else {
+            return 0;
+        };
+        let Some(spill) = &self.spill else {
+            return core.pending_samples();
+        };
+        let chunks = core.drain_memory();
+        drop(core);
+        let now = Instant::now();
+        let mut to_disk = ToDisk {
+            spill: Some(spill),
+            wall_ms: wall_ms(SystemTime::now()),
+            now,
+            disk_full: 0,
+            error: None,
+        };
+        let mut lost = 0u64;
+        for (lane, c) in chunks {
+            let samples = u64::from(c.samples);
+            if to_disk.overflow(lane, c).is_none() {
+                lost += samples;
+            }
+        }
+        self.count_disk(&to_disk, stats);
+        if let Err(e) = lock_queue(&spill.queue).flush(true) {
+            tracing::error!(target_id = %self.id, error = %e, "delivery: cannot sync the disk spill at shutdown");
+        }
+        lost
     }
 
     /// Pauses or resumes sending.
@@ -238,6 +518,14 @@ impl TargetHandle {
     pub fn to_json(&self, snapshot: &Snapshot) -> Value {
         let target = self.target();
         let now = Instant::now();
+        let (spill_bytes, oldest_ms) = self.spill_stats();
+        let disk_age = oldest_ms.map_or(0.0, |t| {
+            wall_ms(SystemTime::now()).saturating_sub(t) as f64 / 1000.0
+        });
+        let disk_full = self
+            .spill
+            .as_ref()
+            .map_or(0, |s| s.disk_full.load(Ordering::Relaxed));
         let Ok(core) = self.core.lock() else {
             return json!({"id": self.id, "endpoint": self.endpoint, "state": "failing"});
         };
@@ -268,14 +556,14 @@ impl TargetHandle {
             "paused": core.paused(),
             "queueBytes": core.queue_bytes(),
             "queueSamples": core.queue_samples(),
-            "spillBytes": 0,
-            "oldestQueuedSeconds": core.oldest_queued(now).as_secs_f64(),
+            "spillBytes": spill_bytes,
+            "oldestQueuedSeconds": core.oldest_queued(now).as_secs_f64().max(disk_age),
             "samplesSent": c.samples_sent,
             "bytesSent": c.bytes_sent,
             "requestsSent": c.requests_sent,
             "retries": c.retries,
             "failures": c.failures,
-            "dropped": {"rejected": c.dropped_rejected, "queue_full": c.dropped_queue_full, "disk_full": 0},
+            "dropped": {"rejected": c.dropped_rejected, "queue_full": c.dropped_queue_full, "disk_full": disk_full},
             "lastError": core.last_error().map(|e| json!({
                 "time": stats::rfc3339(e.time),
                 "status": e.status,
@@ -469,7 +757,7 @@ impl FanoutDelivery {
                 "foreign": load(&s.foreign),
                 "filtered": load(&s.filtered),
                 "queue_full": load(&s.queue_full),
-                "disk_full": 0,
+                "disk_full": load(&s.disk_full),
                 "rejected": load(&s.rejected),
             },
             "out": {"samples": load(&s.out_samples), "bytes": load(&s.out_bytes)},
@@ -508,7 +796,16 @@ impl FanoutDelivery {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let left = self.pending_samples();
+        // Stop the senders first so nothing changes the queues while they go
+        // to disk; in-flight attempts that still succeed become duplicates.
+        inner.stopped.store(true, Ordering::SeqCst);
+        for t in self.targets() {
+            t.notify.notify_one();
+        }
+        let mut left = 0;
+        for t in self.targets() {
+            left += t.spill_all(&inner.stats);
+        }
         if left > 0 {
             inner.stats.abandoned.fetch_add(left, Ordering::Relaxed);
             metrics::counter!(names::DROPPED, "reason" => "shutdown").increment(left);
@@ -660,6 +957,7 @@ impl Inner {
         permit.shrink_to(records.len() as u64);
         let permit = Arc::new(permit);
         let now = Instant::now();
+        let wall = wall_ms(SystemTime::now());
         for (variant, shard, bytes, samples, series) in scratch.chunks(&plan, &records) {
             let chunk = Chunk {
                 records: bytes,
@@ -669,7 +967,7 @@ impl Inner {
                 permit: Some(permit.clone()),
             };
             for t in &variant.targets {
-                t.push(shard, chunk.clone(), stats);
+                t.push(shard, chunk.clone(), stats, now, wall);
             }
         }
         drop(records);
@@ -702,6 +1000,7 @@ async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
     let mut in_flight = 0u32;
     let mut sends = Vec::new();
     loop {
+        h.reload(&inner.stats);
         let now = Instant::now();
         let (wake, idle, pending) = match h.core.lock() {
             Ok(mut core) => {
@@ -709,6 +1008,11 @@ async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
                     sends.push(d);
                 }
                 h.metrics.queue_bytes.set(core.queue_bytes() as f64);
+                if let Some(s) = &h.spill {
+                    if let Ok(q) = s.queue.try_lock() {
+                        h.metrics.spill_bytes.set(q.stats().bytes as f64);
+                    }
+                }
                 h.metrics.in_flight.set(f64::from(core.in_flight()));
                 h.metrics.concurrency.set(f64::from(core.concurrency()));
                 (core.next_wakeup(), core.is_idle(), core.pending_samples())

@@ -40,6 +40,10 @@ pub mod names {
     pub const TARGET_FAILURES: &str = "fanout_target_failures_total";
     /// Samples dropped per target and reason.
     pub const TARGET_DROPPED: &str = "fanout_target_dropped_samples_total";
+    /// Disk spill appends or reads that failed.
+    pub const SPILL_ERRORS: &str = "fanout_spill_errors_total";
+    /// Bytes queued in the disk spill per target.
+    pub const TARGET_SPILL_BYTES: &str = "fanout_target_spill_bytes";
     /// Bytes queued in memory per target.
     pub const TARGET_QUEUE_BYTES: &str = "fanout_target_queue_bytes";
     /// Requests in flight per target.
@@ -88,6 +92,15 @@ pub fn describe() {
         names::TARGET_DROPPED,
         "Samples dropped per target and reason"
     );
+    describe_counter!(
+        names::SPILL_ERRORS,
+        "Disk spill appends or reads that failed"
+    );
+    describe_gauge!(
+        names::TARGET_SPILL_BYTES,
+        Unit::Bytes,
+        "Bytes queued in the disk spill per target"
+    );
     describe_gauge!(
         names::TARGET_QUEUE_BYTES,
         Unit::Bytes,
@@ -134,6 +147,7 @@ struct HotMetrics {
     filtered: metrics::Counter,
     no_target: metrics::Counter,
     queue_full: metrics::Counter,
+    disk_full: metrics::Counter,
     memory: metrics::Gauge,
 }
 
@@ -149,6 +163,7 @@ impl Default for HotMetrics {
             filtered: drop("filtered"),
             no_target: drop("no_target"),
             queue_full: drop("queue_full"),
+            disk_full: drop("disk_full"),
             memory: metrics::gauge!(names::MEMORY_IN_USE),
         }
     }
@@ -181,6 +196,10 @@ pub struct GlobalStats {
     pub no_target: AtomicU64,
     /// Drops: queue full (all targets, including removed ones).
     pub queue_full: AtomicU64,
+    /// Drops: the oldest spilled data of a target over its `diskBudget`.
+    pub disk_full: AtomicU64,
+    /// Disk spill failures (appends or reads that failed).
+    pub spill_errors: AtomicU64,
     /// Drops: rejected by a target (non-retryable status).
     pub rejected: AtomicU64,
     /// Drops: removed target could not drain in time, or shutdown grace ran out.
@@ -237,6 +256,18 @@ impl GlobalStats {
     pub fn add_queue_full(&self, n: u64) {
         self.queue_full.fetch_add(n, Ordering::Relaxed);
         self.hot.queue_full.increment(n);
+    }
+
+    /// Counts samples dropped for a target's disk budget.
+    pub fn add_disk_full(&self, n: u64) {
+        self.disk_full.fetch_add(n, Ordering::Relaxed);
+        self.hot.disk_full.increment(n);
+    }
+
+    /// Counts a failed spill append or read.
+    pub fn add_spill_error(&self) {
+        self.spill_errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(names::SPILL_ERRORS).increment(1);
     }
 
     /// Sets the bytes held in the shared memory budget.

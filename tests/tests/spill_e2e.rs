@@ -1,0 +1,230 @@
+//! End-to-end disk spill tests (SPEC §5, issue 6): the real `fanout` binary
+//! and fanout-load's verifying sinks in this process, all on 127.0.0.1.
+//!
+//! - `down_target_spills_then_replays`: a target is down while traffic
+//!   flows through a tiny memory queue; once it comes up every acknowledged
+//!   sample arrives exactly once.
+//! - `sigterm_spills_and_restart_resumes`: SIGTERM with a backlog for a down
+//!   target; the restarted gateway delivers all of it once the target is up.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fanout_loadtest::identity::{now_ms, SampleId, SeriesId};
+use fanout_loadtest::sink::{Sink, SinkConfig, SinkHandle};
+use fanout_loadtest::verify::Expectation;
+use fanout_proto::v1;
+use fanout_tests::fanout::{free_port, Gateway};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+const TOKEN: &str = "spill-ingest-token";
+const SERIES: u32 = 200;
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+fn registry(port: u16) -> String {
+    format!(
+        "clusters:\n  - {{id: cl-a, organizationId: org-cl-a, cloudProvider: aws, cloudRegion: us-east-1, ingestToken: {TOKEN}}}\n\
+workspaces:\n  - {{id: ws-1, organizationId: org-w1, name: one}}\n\
+deployments:\n  - {{id: d1, workspaceId: ws-1, clusterId: cl-a, namespace: ns-1, type: HOSTED, name: d1}}\n\
+metricsExports:\n  - {{id: s, objectKey: s, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {{endpoint: 'http://127.0.0.1:{port}/api/v1/write', delivery: {{batchSendDeadline: 50ms, maxSamplesPerSend: 500, maxConcurrency: 4, maxBackoff: 200ms}}}}}}\n"
+    )
+}
+
+fn labels(i: u32) -> Vec<(String, String)> {
+    vec![
+        ("__name__".into(), "kube_pod_labels".into()),
+        ("namespace".into(), "ns-1".into()),
+        ("pod".into(), format!("pod-{i:04}")),
+    ]
+}
+
+fn body(seq: u32) -> Bytes {
+    let ts = now_ms();
+    let req = v1::WriteRequest {
+        timeseries: (0..SERIES)
+            .map(|i| v1::TimeSeries {
+                labels: labels(i)
+                    .into_iter()
+                    .map(|(name, value)| v1::Label { name, value })
+                    .collect(),
+                samples: vec![v1::Sample {
+                    value: SampleId {
+                        id: SeriesId {
+                            cluster: 0,
+                            series: i,
+                        },
+                        seq,
+                    }
+                    .to_value(),
+                    timestamp: ts + i64::from(seq),
+                }],
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    Bytes::from(fanout_proto::snappy::compress(
+        &prost::Message::encode_to_vec(&req),
+    ))
+}
+
+async fn write(client: &HttpClient, ingest: &str, body: Bytes) -> u16 {
+    let req = http::Request::post(format!("http://{ingest}/api/v1/write"))
+        .header("content-encoding", "snappy")
+        .header("content-type", "application/x-protobuf")
+        .header("x-prometheus-remote-write-version", "0.1.0")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::new(body))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("ingest answers within 10s")
+        .expect("ingest reachable");
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    status
+}
+
+async fn sink_at(port: u16) -> SinkHandle {
+    Sink::start(SinkConfig {
+        name: "t".to_owned(),
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        ..SinkConfig::default()
+    })
+    .await
+    .expect("sink starts")
+}
+
+fn expectation(acked: &[u32]) -> Expectation {
+    let mut e = Expectation::new();
+    for i in 0..SERIES {
+        let id = SeriesId {
+            cluster: 0,
+            series: i,
+        };
+        e.expect(
+            id,
+            acked.iter().copied(),
+            ["t"],
+            Vec::<(String, String)>::new(),
+        );
+    }
+    e
+}
+
+async fn await_all(e: &Expectation, sink: &SinkHandle, gw: &Gateway, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let problems = e.check(&[sink.report()]);
+        if problems.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let shown: Vec<String> = problems.iter().take(10).map(|p| format!("{p:?}")).collect();
+            panic!(
+                "{} problems:\n{}\ntargets: {}\nlog:\n{}",
+                problems.len(),
+                shown.join("\n"),
+                gw.request("GET", "/api/v1/targets", None).1,
+                gw.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn target(gw: &Gateway) -> serde_json::Value {
+    let (status, body) = gw.request("GET", "/api/v1/targets", None);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let list = v
+        .get("items")
+        .cloned()
+        .unwrap_or(v)
+        .as_array()
+        .cloned()
+        .expect("targets array");
+    list.into_iter().next().expect("one target")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn down_target_spills_then_replays() {
+    let port = free_port();
+    let dir = fanout_tests::fanout::tempfile_dir::TempDir::new("spill-down");
+    let path = dir.path().join("registry.yaml");
+    std::fs::write(&path, registry(port)).unwrap();
+    let gw = Gateway::start(
+        "spill-down",
+        &[
+            "--registry",
+            path.to_str().unwrap(),
+            "--target-queue-memory",
+            "64KiB",
+        ],
+    );
+    let http = Client::builder(TokioExecutor::new()).build_http();
+    let mut acked = Vec::new();
+    // Down: far more than the memory queue holds.
+    for seq in 0..60u32 {
+        if write(&http, &gw.ingest, body(seq)).await / 100 == 2 {
+            acked.push(seq);
+        }
+    }
+    let t = target(&gw);
+    assert!(
+        t["spillBytes"].as_u64().unwrap_or(0) > 0,
+        "backlog on disk: {t}"
+    );
+    assert!(
+        t["oldestQueuedSeconds"].as_f64().unwrap_or(0.0) > 0.0,
+        "{t}"
+    );
+    assert_eq!(t["dropped"]["queue_full"], 0, "spilled, not dropped: {t}");
+    // Up, with traffic still flowing.
+    let sink = sink_at(port).await;
+    for seq in 60..90u32 {
+        if write(&http, &gw.ingest, body(seq)).await / 100 == 2 {
+            acked.push(seq);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(acked.len() >= 80, "acknowledged {}", acked.len());
+    await_all(&expectation(&acked), &sink, &gw, Duration::from_secs(20)).await;
+    let t = target(&gw);
+    assert_eq!(t["dropped"]["disk_full"], 0, "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_spills_and_restart_resumes() {
+    let port = free_port();
+    let dir = fanout_tests::fanout::tempfile_dir::TempDir::new("spill-restart");
+    let path = dir.path().join("registry.yaml");
+    std::fs::write(&path, registry(port)).unwrap();
+    let args = [
+        "--registry",
+        path.to_str().unwrap(),
+        "--shutdown-grace",
+        "1s",
+    ];
+    let mut gw = Gateway::start("spill-restart", &args);
+    let http = Client::builder(TokioExecutor::new()).build_http();
+    let mut acked = Vec::new();
+    for seq in 0..20u32 {
+        if write(&http, &gw.ingest, body(seq)).await / 100 == 2 {
+            acked.push(seq);
+        }
+    }
+    assert_eq!(acked.len(), 20);
+    let status = tokio::task::block_in_place(|| gw.terminate(Duration::from_secs(15)))
+        .unwrap_or_else(|| panic!("no exit; log:\n{}", gw.log()));
+    assert!(status.success(), "exit {status:?}; log:\n{}", gw.log());
+    let data = gw.take_data_dir();
+    drop(gw);
+    let sink = sink_at(port).await;
+    let gw = Gateway::start_in("spill-restart", data, &args);
+    await_all(&expectation(&acked), &sink, &gw, Duration::from_secs(20)).await;
+}
