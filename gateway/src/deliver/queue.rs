@@ -661,7 +661,10 @@ impl TargetCore {
     /// When [`poll`](Self::poll) may next have something (a deadline or a
     /// retry), besides results and pushes.
     pub fn next_wakeup(&self) -> Option<Instant> {
-        if self.paused {
+        // At the concurrency limit only a result can let `poll` send again,
+        // and results wake the sender themselves; a deadline that passed
+        // meanwhile would otherwise wake it in a loop with nothing to do.
+        if self.paused || self.in_flight >= self.concurrency.limit() {
             return None;
         }
         self.lanes
@@ -1217,6 +1220,11 @@ mod tests {
         core.push(0, chunk(10, "l0b", t0), &mut DropOldest);
         let a = core.poll(t0).unwrap();
         assert!(core.poll(t0).is_none(), "limit starts at 1");
+        assert_eq!(
+            core.next_wakeup(),
+            None,
+            "at the concurrency limit only a result wakes the sender"
+        );
         let fail = SendResult::Connect("refused".into());
         core.on_result(
             a.lane,
