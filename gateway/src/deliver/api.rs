@@ -220,6 +220,7 @@ mod tests {
                 "drops",
                 "gateway",
                 "ingest",
+                "orphanBacklogs",
                 "out",
                 "ready",
                 "recentErrors",

@@ -66,6 +66,8 @@ use crate::registry::{Snapshot, Target};
 pub const DEFAULT_TARGET_QUEUE: u64 = 64 << 20;
 /// Default shutdown grace.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default retention of the backlog of a target that left the registry.
+pub const DEFAULT_SPILL_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Default period of the spill fsync.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -82,6 +84,10 @@ pub struct DeliveryArgs {
     /// On SIGTERM, how long to keep delivering queued data [default: 30s].
     #[arg(long, env = "FANOUT_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<HumanDuration>,
+    /// How long the disk backlog of a target that left the registry is kept
+    /// (reported in the stats) before it is deleted [default: 24h].
+    #[arg(long, env = "FANOUT_SPILL_RETENTION")]
+    pub spill_retention: Option<HumanDuration>,
     /// How often the disk spill is fsynced in `memory` durability [default: 1s].
     #[arg(long, env = "FANOUT_FLUSH_INTERVAL")]
     pub flush_interval: Option<HumanDuration>,
@@ -105,6 +111,8 @@ pub struct Settings {
     pub data_dir: Option<PathBuf>,
     /// Period of the spill fsync.
     pub flush_interval: Duration,
+    /// How long an orphan backlog (target no longer in the registry) is kept.
+    pub spill_retention: Duration,
 }
 
 impl Default for Settings {
@@ -117,6 +125,7 @@ impl Default for Settings {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             data_dir: None,
             flush_interval: DEFAULT_FLUSH_INTERVAL,
+            spill_retention: DEFAULT_SPILL_RETENTION,
         }
     }
 }
@@ -133,6 +142,9 @@ impl DeliveryArgs {
             flush_interval: self.flush_interval.map_or(DEFAULT_FLUSH_INTERVAL, |d| {
                 d.0.max(Duration::from_millis(1))
             }),
+            spill_retention: self
+                .spill_retention
+                .map_or(DEFAULT_SPILL_RETENTION, |d| d.0),
             ..Settings::default()
         })
     }
@@ -596,6 +608,17 @@ struct Inner {
     started: Instant,
     closing: AtomicBool,
     stopped: AtomicBool,
+    /// Backlogs on disk of targets not in the registry, as last seen.
+    orphans: Mutex<Vec<Orphan>>,
+}
+
+/// The disk backlog of a target that is no longer in the registry.
+#[derive(Debug, Clone)]
+struct Orphan {
+    target_id: String,
+    disk_bytes: u64,
+    segments: u64,
+    age: Duration,
 }
 
 /// The real delivery (SPEC §4, §5); cheap to clone.
@@ -638,6 +661,7 @@ impl FanoutDelivery {
                 stats: GlobalStats::default(),
                 started: Instant::now(),
                 closing: AtomicBool::new(false),
+                orphans: Mutex::new(Vec::new()),
                 stopped: AtomicBool::new(false),
             }),
         }
@@ -648,6 +672,24 @@ impl FanoutDelivery {
     pub fn start(live: &Arc<Live>, budget: MemoryBudget, settings: Settings) -> FanoutDelivery {
         let d = FanoutDelivery::new(live.shared(), budget, settings);
         d.inner.sync(&live.current());
+        if d.inner.settings.data_dir.is_some() {
+            let weak = Arc::downgrade(&d.inner);
+            tokio::spawn(async move {
+                loop {
+                    let Some(inner) = weak.upgrade() else { return };
+                    if inner.stopped.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    inner.sweep_orphans(SystemTime::now());
+                    let every = inner
+                        .settings
+                        .spill_retention
+                        .clamp(Duration::from_secs(1), Duration::from_secs(60));
+                    drop(inner);
+                    tokio::time::sleep(every).await;
+                }
+            });
+        }
         let mut diffs = live.subscribe();
         let weak = Arc::downgrade(&d.inner);
         tokio::spawn(async move {
@@ -761,9 +803,35 @@ impl FanoutDelivery {
                 "rejected": load(&s.rejected),
             },
             "out": {"samples": load(&s.out_samples), "bytes": load(&s.out_bytes)},
+            "orphanBacklogs": self.inner.orphans.lock().map(|o| o.iter().map(|b| json!({
+                "targetId": b.target_id,
+                "diskBytes": b.disk_bytes,
+                "segments": b.segments,
+                "ageSeconds": b.age.as_secs_f64(),
+                "deleteInSeconds": self.inner.settings.spill_retention.saturating_sub(b.age).as_secs_f64(),
+            })).collect::<Vec<_>>()).unwrap_or_default(),
             "targets": self.targets_json(),
             "recentErrors": errors,
         })
+    }
+
+    /// Looks for disk backlogs of targets not in the registry now (the
+    /// start-up scan; a task repeats it every minute).
+    pub fn sweep_orphans_now(&self) {
+        self.inner.sweep_orphans(SystemTime::now());
+    }
+
+    /// Orphan backlogs as `(target id, bytes on disk)`.
+    pub fn orphan_backlogs(&self) -> Vec<(String, u64)> {
+        self.inner
+            .orphans
+            .lock()
+            .map(|o| {
+                o.iter()
+                    .map(|b| (b.target_id.clone(), b.disk_bytes))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Samples queued or in flight over all targets.
@@ -824,6 +892,87 @@ impl FanoutDelivery {
 }
 
 impl Inner {
+    /// Reports the disk backlogs of targets that are not running (removed
+    /// from the registry, or whose config, and so id, changed while the
+    /// gateway was down) and deletes those older than the retention. Holds
+    /// the target map so a target starting with that id cannot race.
+    fn sweep_orphans(&self, now: SystemTime) {
+        let Some(data_dir) = &self.settings.data_dir else {
+            return;
+        };
+        let Ok(targets) = self.targets.lock() else {
+            return;
+        };
+        let retired: Vec<String> = self
+            .retired
+            .lock()
+            .map(|r| r.iter().map(|h| h.id.clone()).collect())
+            .unwrap_or_default();
+        let backlogs = match spill_mod::list_backlogs(data_dir) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "delivery: cannot list the disk backlogs");
+                return;
+            }
+        };
+        let Ok(mut orphans) = self.orphans.lock() else {
+            return;
+        };
+        let mut kept = Vec::new();
+        for b in backlogs {
+            if targets.contains_key(&b.target_id) || retired.contains(&b.target_id) {
+                continue;
+            }
+            let age = b
+                .oldest_modified
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or(Duration::ZERO);
+            if b.segments == 0 || age >= self.settings.spill_retention {
+                match std::fs::remove_dir_all(&b.dir) {
+                    Ok(()) if b.segments > 0 => {
+                        tracing::warn!(target_id = %b.target_id, bytes = b.disk_bytes,
+                        age_secs = age.as_secs(), "delivery: deleted the disk backlog of a target no longer in the registry (retention over)")
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::warn!(target_id = %b.target_id, error = %e, "delivery: cannot delete an expired disk backlog")
+                    }
+                }
+                continue;
+            }
+            if !orphans.iter().any(|o| o.target_id == b.target_id) {
+                tracing::warn!(target_id = %b.target_id, bytes = b.disk_bytes, age_secs = age.as_secs(),
+                    retention_secs = self.settings.spill_retention.as_secs(),
+                    "delivery: disk backlog of a target no longer in the registry; kept until the retention ends (it is resumed if the target comes back)");
+            }
+            kept.push(Orphan {
+                target_id: b.target_id,
+                disk_bytes: b.disk_bytes,
+                segments: b.segments,
+                age,
+            });
+        }
+        *orphans = kept;
+    }
+
+    /// Deletes the spill directory of a removed target that drained
+    /// completely, unless a target with its id started meanwhile.
+    fn forget_drained(&self, h: &TargetHandle) {
+        let Some(spill) = &h.spill else { return };
+        let Ok(targets) = self.targets.lock() else {
+            return;
+        };
+        if targets.contains_key(&h.id) {
+            return;
+        }
+        let q = lock_queue(&spill.queue);
+        if q.stats().records == 0 {
+            if let Err(e) = std::fs::remove_dir_all(q.dir()) {
+                tracing::debug!(target_id = %h.id, error = %e, "delivery: cannot delete the spill of a drained target");
+            }
+        }
+    }
+
     fn sync(self: &Arc<Self>, snapshot: &Arc<Snapshot>) {
         let Ok(_guard) = self.sync_lock.lock() else {
             return;
@@ -1045,6 +1194,13 @@ async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
                 break;
             }
             if now.saturating_duration_since(removed) > inner.settings.removed_drain {
+                if h.spill.is_some() {
+                    // Keep it on disk for the retention period.
+                    let lost = h.spill_all(&inner.stats);
+                    inner.stats.abandoned.fetch_add(lost, Ordering::Relaxed);
+                    tracing::warn!(target_id = %h.id, samples = pending, lost, "delivery: removed target did not drain in time; its backlog stays on disk for the retention period");
+                    break;
+                }
                 inner.stats.abandoned.fetch_add(pending, Ordering::Relaxed);
                 metrics::counter!(names::DROPPED, "reason" => "removed").increment(pending);
                 tracing::warn!(target_id = %h.id, samples = pending, "delivery: removed target did not drain in time; its data is dropped");
@@ -1073,6 +1229,9 @@ async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
     }
     if let Ok(mut r) = inner.retired.lock() {
         r.retain(|x| !Arc::ptr_eq(x, &h));
+    }
+    if h.removed_at().is_some() && !inner.stopped.load(Ordering::SeqCst) {
+        inner.forget_drained(&h);
     }
     tracing::debug!(target_id = %h.id, "delivery: target sender stopped");
 }
@@ -1212,6 +1371,48 @@ mod tests {
             summary,
             permit: super::super::MemoryPermit::empty(),
         }
+    }
+
+    #[tokio::test]
+    async fn deliver_service_orphan_backlogs_are_reported_then_deleted() {
+        let dir = std::env::temp_dir().join(format!("fanout-orphans-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let gone = spill_mod::target_dir(&dir, "gone-target");
+        let (mut q, _) = DiskQueue::open(&gone, DiskQueueConfig::default()).unwrap();
+        q.append(&Record {
+            body: bytes::Bytes::from_static(b"records"),
+            samples: 1,
+            enqueued_ms: 0,
+            tag: 0,
+        })
+        .unwrap();
+        q.close().unwrap();
+        let (d, _) = delivery(64 << 20, 1 << 20);
+        let mut settings = d.inner.settings.clone();
+        settings.data_dir = Some(dir.clone());
+        settings.spill_retention = Duration::from_secs(3600);
+        let d = FanoutDelivery::new(
+            d.inner.snapshot.clone(),
+            MemoryBudget::new(1 << 20),
+            settings,
+        );
+        d.sync_now();
+        d.sweep_orphans_now();
+        let orphans = d.orphan_backlogs();
+        assert_eq!(orphans.len(), 1, "{orphans:?}");
+        assert_eq!(orphans[0].0, "gone-target");
+        assert!(gone.exists());
+        let stats = d.stats_json("g", true, false);
+        assert_eq!(stats["orphanBacklogs"][0]["targetId"], "gone-target");
+        // Running targets' queues are not orphans; after the retention the
+        // orphan is deleted.
+        assert_eq!(spill_mod::list_backlogs(&dir).unwrap().len(), 3);
+        d.inner
+            .sweep_orphans(SystemTime::now() + Duration::from_secs(7200));
+        assert!(!gone.exists());
+        assert!(d.orphan_backlogs().is_empty());
+        assert_eq!(spill_mod::list_backlogs(&dir).unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
