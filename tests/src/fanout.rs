@@ -148,6 +148,12 @@ impl Gateway {
         None
     }
 
+    /// Kills it with SIGKILL (a crash) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Its data dir, to start the next gateway on (after it exited).
     pub fn take_data_dir(&mut self) -> tempfile_dir::TempDir {
         let spare = tempfile_dir::TempDir::new("fanout-spare");

@@ -52,7 +52,7 @@ pub mod sigv4;
 pub mod stats;
 
 pub use catalog::Catalog;
-pub use service::{DeliveryArgs, FanoutDelivery, Settings};
+pub use service::{DeliveryArgs, Durability, FanoutDelivery, Settings};
 
 /// One accepted request, handed from ingest to delivery.
 #[derive(Debug)]

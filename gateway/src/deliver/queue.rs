@@ -379,6 +379,14 @@ impl TargetCore {
         }
     }
 
+    /// A chunk of `lane` went straight to disk as `seq` (`durability: wal`).
+    pub fn note_spilled(&mut self, lane: u32, seq: u64, samples: u32) {
+        let n = self.lanes.len() as u32;
+        let l = &mut self.lanes[(lane % n) as usize];
+        l.disk_through = l.disk_through.max(seq);
+        self.counters.spilled += u64::from(samples);
+    }
+
     /// After a restart: every lane waits until every disk record up to
     /// `written_seq` was read back (their lanes are unknown until read).
     pub fn set_recovered(&mut self, acked_seq: u64, written_seq: u64) {

@@ -71,6 +71,18 @@ pub const DEFAULT_SPILL_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Default period of the spill fsync.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// When an ingest 2xx is sent (SPEC §5 durability).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// After the data is queued in memory; the spill is fsynced every
+    /// `--flush-interval`.
+    #[default]
+    Memory,
+    /// After the data is appended to every target's disk queue and fsynced
+    /// (group commit across concurrent requests).
+    Wal,
+}
+
 /// Delivery flags, flattened into `fanout serve`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct DeliveryArgs {
@@ -88,6 +100,10 @@ pub struct DeliveryArgs {
     /// (reported in the stats) before it is deleted [default: 24h].
     #[arg(long, env = "FANOUT_SPILL_RETENTION")]
     pub spill_retention: Option<HumanDuration>,
+    /// `memory`: answer 2xx once data is queued; `wal`: once it is fsynced
+    /// to every target's disk queue [default: memory].
+    #[arg(long, env = "FANOUT_DURABILITY", value_enum)]
+    pub durability: Option<Durability>,
     /// How often the disk spill is fsynced in `memory` durability [default: 1s].
     #[arg(long, env = "FANOUT_FLUSH_INTERVAL")]
     pub flush_interval: Option<HumanDuration>,
@@ -113,6 +129,8 @@ pub struct Settings {
     pub flush_interval: Duration,
     /// How long an orphan backlog (target no longer in the registry) is kept.
     pub spill_retention: Duration,
+    /// When an ingest 2xx is sent.
+    pub durability: Durability,
 }
 
 impl Default for Settings {
@@ -126,6 +144,7 @@ impl Default for Settings {
             data_dir: None,
             flush_interval: DEFAULT_FLUSH_INTERVAL,
             spill_retention: DEFAULT_SPILL_RETENTION,
+            durability: Durability::Memory,
         }
     }
 }
@@ -145,6 +164,7 @@ impl DeliveryArgs {
             spill_retention: self
                 .spill_retention
                 .map_or(DEFAULT_SPILL_RETENTION, |d| d.0),
+            durability: self.durability.unwrap_or_default(),
             ..Settings::default()
         })
     }
@@ -188,8 +208,9 @@ impl TargetMetrics {
 /// A target's disk queue and its sync thread.
 struct Spill {
     queue: Arc<Mutex<DiskQueue>>,
-    /// Kept for its thread, which fsyncs every flush interval.
-    _commit: GroupCommit,
+    /// Its sync thread: fsyncs every flush interval, and on demand for
+    /// `durability: wal`.
+    commit: GroupCommit,
     /// Highest seq acked to the queue.
     acked: AtomicU64,
     /// Samples dropped for the disk budget.
@@ -233,7 +254,7 @@ impl Spill {
         Some((
             Spill {
                 queue,
-                _commit: commit,
+                commit,
                 acked: AtomicU64::new(0),
                 disk_full: AtomicU64::new(0),
                 last_warn_ms: AtomicU64::new(0),
@@ -393,6 +414,56 @@ impl TargetHandle {
         }
         self.count_disk(&to_disk, stats);
         self.notify.notify_one();
+    }
+
+    /// `durability: wal`: appends `chunk` to the disk queue and returns its
+    /// seq; the lane then sends it from disk, in seq order with everything
+    /// else of the lane. On a disk error (or without a spill) the chunk is
+    /// queued in memory and `None` says it is not durable.
+    fn push_wal(
+        &self,
+        shard: u32,
+        chunk: Chunk,
+        stats: &GlobalStats,
+        now: Instant,
+        wall: u64,
+    ) -> Option<u64> {
+        let Some(spill) = &self.spill else {
+            self.push(shard, chunk, stats, now, wall);
+            return None;
+        };
+        let mut to_disk = ToDisk {
+            spill: Some(spill),
+            wall_ms: wall,
+            now,
+            disk_full: 0,
+            error: None,
+        };
+        let seq = match self.core.lock() {
+            Ok(mut core) => {
+                let lane = shard % core.lanes();
+                let samples = chunk.samples;
+                match to_disk.overflow(lane, chunk.clone()) {
+                    Some(seq) => {
+                        core.note_spilled(lane, seq, samples);
+                        Some(seq)
+                    }
+                    None => None,
+                }
+            }
+            Err(_) => None,
+        };
+        self.count_disk(&to_disk, stats);
+        match seq {
+            Some(seq) => {
+                self.notify.notify_one();
+                Some(seq)
+            }
+            None => {
+                self.push(shard, chunk, stats, now, wall);
+                None
+            }
+        }
     }
 
     /// Counts what one overflow did: `disk_full` drops and spill errors.
@@ -1107,6 +1178,11 @@ impl Inner {
         let permit = Arc::new(permit);
         let now = Instant::now();
         let wall = wall_ms(SystemTime::now());
+        let wal = self.settings.durability == Durability::Wal;
+        // wal: the highest seq appended per target, and whether any chunk
+        // could not be made durable.
+        let mut touched: Vec<(Arc<TargetHandle>, u64)> = Vec::new();
+        let mut not_durable = false;
         for (variant, shard, bytes, samples, series) in scratch.chunks(&plan, &records) {
             let chunk = Chunk {
                 records: bytes,
@@ -1116,11 +1192,41 @@ impl Inner {
                 permit: Some(permit.clone()),
             };
             for t in &variant.targets {
-                t.push(shard, chunk.clone(), stats, now, wall);
+                if !wal {
+                    t.push(shard, chunk.clone(), stats, now, wall);
+                    continue;
+                }
+                match t.push_wal(shard, chunk.clone(), stats, now, wall) {
+                    Some(seq) => match touched.iter_mut().find(|(h, _)| Arc::ptr_eq(h, t)) {
+                        Some((_, s)) => *s = (*s).max(seq),
+                        None => touched.push((t.clone(), seq)),
+                    },
+                    None => not_durable = true,
+                }
             }
         }
         drop(records);
         self.scratch.give(scratch);
+        if wal {
+            // Group commit: each queue's sync thread answers every request
+            // waiting while one fsync runs.
+            let waits: Vec<_> = touched
+                .iter()
+                .filter_map(|(h, seq)| h.spill.as_ref().map(|s| s.commit.durable(*seq)))
+                .collect();
+            for w in waits {
+                if let Err(e) = w.await {
+                    not_durable = true;
+                    stats.add_spill_error();
+                    tracing::warn!(error = %e, "delivery: wal fsync failed; the request is refused");
+                }
+            }
+            if not_durable {
+                return Err(DeliveryError::Unavailable(
+                    "durability wal: the data could not be made durable on disk; retry".into(),
+                ));
+            }
+        }
         stats.set_memory_in_use(
             self.budget
                 .total_bytes()
