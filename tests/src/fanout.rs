@@ -13,7 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Path of the `fanout` binary built by cargo for this workspace.
+/// `FANOUT_BIN` overrides it (e.g. a release build for benchmarks).
 pub fn fanout_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("FANOUT_BIN") {
+        return PathBuf::from(bin);
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
@@ -146,6 +150,11 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills it with SIGKILL (a crash) and waits for it.
