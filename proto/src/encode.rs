@@ -305,13 +305,3 @@ fn copy_non_label_fields(msg: &[u8], out: &mut BytesMut) {
     }
     out.put_slice(&msg[run_start..]);
 }
-
-/// Builds a `WriteRequest` body from encoded `TimeSeries` records.
-pub fn write_request<'a>(records: impl IntoIterator<Item = &'a Bytes>) -> Bytes {
-    let records: Vec<&Bytes> = records.into_iter().collect();
-    let mut out = BytesMut::with_capacity(records.iter().map(|r| r.len()).sum());
-    for r in records {
-        out.put_slice(r);
-    }
-    out.freeze()
-}
