@@ -6,10 +6,24 @@
 //! senders choose their own), and records what arrives:
 //! - per series ([`SeriesId`] decoded from the sample value, see
 //!   [`crate::identity`]): which rounds arrived, how many arrived more than
-//!   once, and the distinct label sets seen (at most [`MAX_LABEL_SETS`]);
+//!   once, how many arrived *out of order* (see below), and the distinct
+//!   label sets seen (at most [`MAX_LABEL_SETS`]);
 //! - end-to-end latency, `now - sample timestamp`, in milliseconds;
 //! - requests by status, rejected requests (malformed, wrong auth, missing or
 //!   wrong headers) with the last reason.
+//!
+//! # Arrival order
+//! Samples are recorded in the order the sink takes them: requests one at a
+//! time (the record lock), and within a request in the order they appear in
+//! the body. A sample is *out of order* when it is the first arrival of
+//! round `s` of a series while a round above `s` of that series already
+//! arrived at this sink; [`SeriesRecord`] counts those and keeps the first.
+//! A sample that arrives again is a duplicate, never out of order: like
+//! Prometheus, which accepts a re-sent identical sample but rejects an older
+//! new one. Whether order matters is the expectation's call
+//! ([`crate::verify::Expectation::require_order`]): `fanout-load run` sends
+//! over parallel connections and promises no per-series order. The cost is
+//! O(1) per sample, with no allocation.
 //!
 //! Verification against what *should* have arrived is [`crate::verify`]'s
 //! job; the sink only answers honestly: 204 for a request it decoded and
@@ -195,11 +209,38 @@ pub struct SeriesRecord {
     pub duplicates: u64,
     /// The first duplicated rounds (at most [`MAX_DUPLICATES_LISTED`]).
     pub duplicate_seqs: Vec<u32>,
+    /// The highest round received so far.
+    pub max_seq: Option<u32>,
+    /// Samples that arrived (for the first time) after a higher round of
+    /// the series had already arrived.
+    pub out_of_order: u64,
+    /// The first of those: `(its round, the highest round before it)`.
+    pub first_out_of_order: Option<(u32, u32)>,
     /// Distinct label sets seen (at most [`MAX_LABEL_SETS`]), sorted by name.
     pub label_sets: Vec<Vec<(String, String)>>,
     /// Label sets seen beyond [`MAX_LABEL_SETS`].
     pub more_label_sets: u64,
     label_hashes: Vec<u64>,
+}
+
+impl SeriesRecord {
+    /// Records the arrival of round `seq`: new, duplicate or out of order.
+    pub fn arrived(&mut self, seq: u32) {
+        if !self.seqs.insert(seq) {
+            self.duplicates += 1;
+            if self.duplicate_seqs.len() < MAX_DUPLICATES_LISTED {
+                self.duplicate_seqs.push(seq);
+            }
+            return;
+        }
+        match self.max_seq {
+            Some(max) if seq < max => {
+                self.out_of_order += 1;
+                self.first_out_of_order.get_or_insert((seq, max));
+            }
+            _ => self.max_seq = Some(seq),
+        }
+    }
 }
 
 /// Everything a sink saw.
@@ -812,12 +853,7 @@ fn receive(
                 continue;
             };
             let rec = report.series.entry(id.id).or_default();
-            if !rec.seqs.insert(id.seq) {
-                rec.duplicates += 1;
-                if rec.duplicate_seqs.len() < MAX_DUPLICATES_LISTED {
-                    rec.duplicate_seqs.push(id.seq);
-                }
-            }
+            rec.arrived(id.seq);
             let (hash, labels) = &sets[g.set];
             if !rec.label_hashes.contains(hash) {
                 if rec.label_sets.len() < MAX_LABEL_SETS {
@@ -841,4 +877,48 @@ fn receive(
         h.insert("x-prometheus-remote-write-exemplars-written", 0u64.into());
     }
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seqs: &[u32]) -> SeriesRecord {
+        let mut r = SeriesRecord::default();
+        for &s in seqs {
+            r.arrived(s);
+        }
+        r
+    }
+
+    #[test]
+    fn in_order_with_duplicates_is_not_out_of_order() {
+        // Re-sent rounds (a retried batch, a replayed spill) are duplicates.
+        let r = record(&[0, 1, 2, 1, 2, 0, 3, 3, 4]);
+        assert_eq!(
+            (r.out_of_order, r.first_out_of_order, r.max_seq),
+            (0, None, Some(4))
+        );
+        assert_eq!(
+            (r.duplicates, &r.duplicate_seqs[..]),
+            (4, &[1, 2, 0, 3][..])
+        );
+    }
+
+    #[test]
+    fn a_new_round_below_the_highest_is_out_of_order() {
+        // Round 1 skipped, then 5 and 7 before 1 and 6 arrive; 1 again is a
+        // duplicate, 8 is in order again.
+        let r = record(&[0, 2, 5, 7, 1, 6, 1, 8]);
+        assert_eq!(r.out_of_order, 2);
+        assert_eq!(r.first_out_of_order, Some((1, 7)));
+        assert_eq!((r.duplicates, r.max_seq), (1, Some(8)));
+        assert_eq!(r.seqs.len(), 7);
+    }
+
+    #[test]
+    fn gaps_alone_are_not_out_of_order() {
+        let r = record(&[3, 10, 11, 40]);
+        assert_eq!((r.out_of_order, r.duplicates), (0, 0));
+    }
 }

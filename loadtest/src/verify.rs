@@ -8,6 +8,13 @@
 //! list means delivery was exact. Problems are aggregated per (target,
 //! series) so a broken run yields a readable list, not one line per sample.
 //!
+//! Order is checked only when asked ([`Expectation::require_order`]): then
+//! every target must also receive each series' new rounds in ascending order
+//! (a re-sent round is a duplicate, not out of order; see [`crate::sink`]).
+//! Ask for it when the sender defines per-series order, e.g. a test that
+//! writes one request at a time with rising rounds; `fanout-load run` sends
+//! over parallel connections and does not.
+//!
 //! [`self_check`] needs no expectation: it reports what a single sink can
 //! tell on its own (duplicates, gaps below the highest round of a series,
 //! unidentified samples and refused requests), which is what
@@ -72,6 +79,18 @@ pub enum Problem {
         target: String,
         /// How many samples.
         samples: u64,
+    },
+    /// Samples that arrived at a target after a newer round of their series
+    /// (only with [`Expectation::require_order`]).
+    OutOfOrder {
+        /// The target.
+        target: String,
+        /// The series.
+        id: SeriesId,
+        /// How many samples arrived after a newer one.
+        samples: u64,
+        /// The first: `(its round, the newer round that arrived before it)`.
+        first: Option<(u32, u32)>,
     },
     /// Requests the sink refused (malformed, auth, headers).
     Refused {
@@ -143,6 +162,21 @@ impl std::fmt::Display for Problem {
                     "{target}: {samples} samples with values that are not generator identities"
                 )
             }
+            Problem::OutOfOrder {
+                target,
+                id,
+                samples,
+                first,
+            } => {
+                write!(
+                    f,
+                    "{target}: {id}: {samples} samples arrived after a newer one"
+                )?;
+                match first {
+                    Some((seq, after)) => write!(f, " (first: round {seq} after round {after})"),
+                    None => Ok(()),
+                }
+            }
             Problem::Refused { target, what } => write!(f, "{target}: refused requests: {what}"),
         }
     }
@@ -160,6 +194,7 @@ struct Expected {
 #[derive(Clone, Debug, Default)]
 pub struct Expectation {
     series: HashMap<SeriesId, Expected>,
+    order: bool,
 }
 
 impl Expectation {
@@ -194,6 +229,14 @@ impl Expectation {
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
+        self
+    }
+
+    /// Also require every target to receive each series' new rounds in
+    /// ascending order ([`Problem::OutOfOrder`]); duplicates stay
+    /// [`Problem::Duplicated`].
+    pub fn require_order(&mut self) -> &mut Expectation {
+        self.order = true;
         self
     }
 
@@ -250,6 +293,14 @@ impl Expectation {
                         id: *id,
                         copies: rec.duplicates,
                         first_seq: rec.duplicate_seqs.first().copied(),
+                    });
+                }
+                if self.order && rec.out_of_order > 0 {
+                    problems.push(Problem::OutOfOrder {
+                        target: r.name.clone(),
+                        id: *id,
+                        samples: rec.out_of_order,
+                        first: rec.first_out_of_order,
                     });
                 }
                 let e = self.series.get(id).filter(|e| e.targets.contains(&r.name));
@@ -352,4 +403,71 @@ pub fn self_check(r: &SinkReport) -> Vec<Problem> {
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::SeriesRecord;
+
+    fn report(arrivals: &[u32]) -> SinkReport {
+        let mut rec = SeriesRecord::default();
+        for &s in arrivals {
+            rec.arrived(s);
+        }
+        let mut r = SinkReport {
+            name: "t".into(),
+            ..SinkReport::default()
+        };
+        r.series.insert(id(), rec);
+        r
+    }
+
+    fn id() -> SeriesId {
+        SeriesId {
+            cluster: 0,
+            series: 3,
+        }
+    }
+
+    fn expectation(order: bool) -> Expectation {
+        let mut e = Expectation::new();
+        e.expect(id(), 0..8, ["t"], Vec::<(String, String)>::new());
+        if order {
+            e.require_order();
+        }
+        e
+    }
+
+    #[test]
+    fn out_of_order_is_reported_only_when_required() {
+        let r = report(&[0, 1, 2, 3, 4, 7, 5, 6]);
+        let want = Problem::OutOfOrder {
+            target: "t".into(),
+            id: id(),
+            samples: 2,
+            first: Some((5, 7)),
+        };
+        assert_eq!(expectation(true).check(std::slice::from_ref(&r)), vec![want.clone()]);
+        assert_eq!(
+            want.to_string(),
+            "t: cluster 0 series 3: 2 samples arrived after a newer one (first: round 5 after round 7)"
+        );
+        assert_eq!(expectation(false).check(&[r]), vec![]);
+    }
+
+    #[test]
+    fn in_order_with_duplicates_passes_the_order_check() {
+        let r = report(&[0, 1, 2, 1, 2, 3, 4, 5, 3, 6, 7, 7]);
+        let problems = expectation(true).check(&[r]);
+        assert_eq!(
+            problems,
+            vec![Problem::Duplicated {
+                target: "t".into(),
+                id: id(),
+                copies: 4,
+                first_seq: Some(1)
+            }]
+        );
+    }
 }
