@@ -448,7 +448,10 @@ mod tests {
             samples: 2,
             first: Some((5, 7)),
         };
-        assert_eq!(expectation(true).check(std::slice::from_ref(&r)), vec![want.clone()]);
+        assert_eq!(
+            expectation(true).check(std::slice::from_ref(&r)),
+            vec![want.clone()]
+        );
         assert_eq!(
             want.to_string(),
             "t: cluster 0 series 3: 2 samples arrived after a newer one (first: round 5 after round 7)"
