@@ -2,20 +2,30 @@
 //! and fanout-load's verifying sinks in this process, all on 127.0.0.1.
 //!
 //! - `down_target_spills_then_replays`: a target is down while traffic
-//!   flows through a tiny memory queue; once it comes up every acknowledged
-//!   sample arrives exactly once.
+//!   flows through a tiny memory queue, then comes up and flaps (5xx, then
+//!   connection resets, in 800 ms cycles) while traffic continues; every
+//!   acknowledged sample arrives exactly once, in order per series.
 //! - `sigterm_spills_and_restart_resumes`: SIGTERM with a backlog for a down
-//!   target; the restarted gateway delivers all of it once the target is up.
+//!   target; the restarted gateway delivers all of it, in order and before
+//!   the traffic it takes after the restart, once the target is up.
 //! - `kill_9_in_wal_mode_loses_nothing_acknowledged`: `--durability wal`,
 //!   three `kill -9` at random moments under load, then a clean start: every
-//!   acknowledged sample arrives (duplicates allowed and counted).
+//!   acknowledged sample arrives (duplicates allowed and counted), and no new
+//!   sample arrives after a newer one of its series.
+//!
+//! Order: every writer sends one request at a time and awaits the answer,
+//! with rising rounds per series, so per-series order at the source is the
+//! round order and the sink must see new rounds in ascending order
+//! (`Expectation::require_order`; re-sent rounds are duplicates, not out of
+//! order). The kill -9 test runs four writers at once, each on its own
+//! cluster (its own series), for the same reason.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fanout_loadtest::identity::{now_ms, SampleId, SeriesId};
-use fanout_loadtest::sink::{Sink, SinkConfig, SinkHandle};
+use fanout_loadtest::sink::{Fault, Sink, SinkConfig, SinkHandle};
 use fanout_loadtest::verify::{Expectation, Problem};
 use fanout_proto::v1;
 use fanout_tests::fanout::{free_port, Gateway};
@@ -45,7 +55,13 @@ fn labels(i: u32) -> Vec<(String, String)> {
     ]
 }
 
+/// One request: round `seq` of the [`SERIES`] series of cluster 0.
 fn body(seq: u32) -> Bytes {
+    body_of(0, seq)
+}
+
+/// One request: round `seq` of the [`SERIES`] series of `cluster`.
+fn body_of(cluster: u32, seq: u32) -> Bytes {
     let ts = now_ms();
     let req = v1::WriteRequest {
         timeseries: (0..SERIES)
@@ -56,10 +72,7 @@ fn body(seq: u32) -> Bytes {
                     .collect(),
                 samples: vec![v1::Sample {
                     value: SampleId {
-                        id: SeriesId {
-                            cluster: 0,
-                            series: i,
-                        },
+                        id: SeriesId { cluster, series: i },
                         seq,
                     }
                     .to_value(),
@@ -102,13 +115,17 @@ async fn sink_at(port: u16) -> SinkHandle {
     .expect("sink starts")
 }
 
+/// Every series of cluster 0 in the `acked` rounds, at target `t`, in order.
 fn expectation(acked: &[u32]) -> Expectation {
     let mut e = Expectation::new();
+    expect_cluster(&mut e, 0, acked);
+    e.require_order();
+    e
+}
+
+fn expect_cluster(e: &mut Expectation, cluster: u32, acked: &[u32]) {
     for i in 0..SERIES {
-        let id = SeriesId {
-            cluster: 0,
-            series: i,
-        };
+        let id = SeriesId { cluster, series: i };
         e.expect(
             id,
             acked.iter().copied(),
@@ -116,7 +133,23 @@ fn expectation(acked: &[u32]) -> Expectation {
             Vec::<(String, String)>::new(),
         );
     }
-    e
+}
+
+/// Panics at once on samples out of order: waiting cannot repair that.
+fn fail_on_disorder(problems: &[Problem], gw: &Gateway) {
+    let disorder: Vec<String> = problems
+        .iter()
+        .filter(|p| matches!(p, Problem::OutOfOrder { .. }))
+        .map(|p| p.to_string())
+        .collect();
+    if !disorder.is_empty() {
+        panic!(
+            "{} series got samples out of order, first:\n{}\nlog:\n{}",
+            disorder.len(),
+            disorder[..disorder.len().min(10)].join("\n"),
+            gw.log()
+        );
+    }
 }
 
 async fn await_all(e: &Expectation, sink: &SinkHandle, gw: &Gateway, timeout: Duration) {
@@ -126,6 +159,7 @@ async fn await_all(e: &Expectation, sink: &SinkHandle, gw: &Gateway, timeout: Du
         if problems.is_empty() {
             return;
         }
+        fail_on_disorder(&problems, gw);
         if Instant::now() > deadline {
             let shown: Vec<String> = problems.iter().take(10).map(|p| format!("{p:?}")).collect();
             panic!(
@@ -187,18 +221,54 @@ async fn down_target_spills_then_replays() {
         "{t}"
     );
     assert_eq!(t["dropped"]["queue_full"], 0, "spilled, not dropped: {t}");
-    // Up, with traffic still flowing.
+    // Up, with traffic still flowing, and flapping in 800 ms cycles: 200 ms
+    // of 5xx, 200 ms healthy, 200 ms resetting every second connection,
+    // 200 ms healthy; so batches (from disk and memory) are retried at the
+    // head of their lane while newer data keeps spilling.
     let sink = sink_at(port).await;
-    for seq in 60..90u32 {
+    let up = Instant::now();
+    let mut phase = u128::MAX;
+    for seq in 60..160u32 {
+        let now_phase = up.elapsed().as_millis() / 200;
+        if now_phase != phase {
+            phase = now_phase;
+            sink.set_fault(match phase % 4 {
+                // 503 asks for a 1 s pause (Retry-After), 500 for the
+                // endpoint's own backoff (at most 200 ms here).
+                0 => Fault {
+                    status: Some(if phase == 0 { 503 } else { 500 }),
+                    status_for: Some(Duration::from_millis(200)),
+                    ..Fault::default()
+                },
+                2 => Fault {
+                    reset_every: 2,
+                    ..Fault::default()
+                },
+                _ => Fault::default(),
+            });
+        }
         if write(&http, &gw.ingest, body(seq)).await / 100 == 2 {
             acked.push(seq);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(acked.len() >= 80, "acknowledged {}", acked.len());
+    sink.set_fault(Fault::default());
+    assert!(acked.len() >= 150, "acknowledged {}", acked.len());
     await_all(&expectation(&acked), &sink, &gw, Duration::from_secs(20)).await;
+    let injected = sink.report().injected;
+    assert!(
+        injected >= 5,
+        "the target flapped: {injected} requests answered 503"
+    );
     let t = target(&gw);
     assert_eq!(t["dropped"]["disk_full"], 0, "{t}");
+    assert_eq!(t["dropped"]["queue_full"], 0, "{t}");
+    eprintln!(
+        "down then flapping: {} acknowledged requests of {SERIES} series delivered in order; {injected} requests answered 5xx or reset; target retries {}, failures {}",
+        acked.len(),
+        t["retries"],
+        t["failures"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -229,6 +299,13 @@ async fn sigterm_spills_and_restart_resumes() {
     drop(gw);
     let sink = sink_at(port).await;
     let gw = Gateway::start_in("spill-restart", data, &args);
+    // New traffic at once: it must go after the recovered backlog.
+    for seq in 20..40u32 {
+        if write(&http, &gw.ingest, body(seq)).await / 100 == 2 {
+            acked.push(seq);
+        }
+    }
+    assert_eq!(acked.len(), 40);
     await_all(&expectation(&acked), &sink, &gw, Duration::from_secs(20)).await;
 }
 
@@ -259,9 +336,12 @@ async fn kill_9_in_wal_mode_loses_nothing_acknowledged() {
     std::fs::write(&path, registry(port)).unwrap();
     let args = ["--registry", path.to_str().unwrap(), "--durability", "wal"];
     let sink = sink_at(port).await;
-    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    const WRITERS: u32 = 4;
+    // Acknowledged rounds per writer; writer w writes cluster w's series.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(vec![Vec::new(); WRITERS as usize]));
     let mut data = fanout_tests::fanout::tempfile_dir::TempDir::new("fanout-spill-kill");
-    let mut next_seq = 0u32;
+    // The next round of each writer: a round cut by a kill is never reused.
+    let mut next_seq = [0u32; WRITERS as usize];
     let mut rng = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -270,20 +350,22 @@ async fn kill_9_in_wal_mode_loses_nothing_acknowledged() {
         let mut gw = Gateway::start_in("spill-kill", data, &args);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut writers = Vec::new();
-        // Four concurrent writers, so group commit has company.
-        for w in 0..4u32 {
+        // Four concurrent writers, so group commit has company; each one
+        // sequential on its own series, so their order is defined.
+        for w in 0..WRITERS {
             let (ingest, stop, acked) = (gw.ingest.clone(), stop.clone(), acked.clone());
-            let first = next_seq + w;
+            let first = next_seq[w as usize];
             writers.push(tokio::spawn(async move {
                 let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
                 let mut seq = first;
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    match try_write(&http, &ingest, body(seq)).await {
-                        Some(s) if s / 100 == 2 => acked.lock().unwrap().push(seq),
+                    let answer = try_write(&http, &ingest, body_of(w, seq)).await;
+                    seq += 1;
+                    match answer {
+                        Some(s) if s / 100 == 2 => acked.lock().unwrap()[w as usize].push(seq - 1),
                         Some(_) => {}
                         None => break,
                     }
-                    seq += 4;
                 }
                 seq
             }));
@@ -295,22 +377,30 @@ async fn kill_9_in_wal_mode_loses_nothing_acknowledged() {
         tokio::time::sleep(wait).await;
         gw.kill();
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        for w in writers {
-            next_seq = next_seq.max(w.await.unwrap() + 4);
+        for (w, writer) in writers.into_iter().enumerate() {
+            next_seq[w] = writer.await.unwrap();
         }
         eprintln!(
             "run {run}: killed after {wait:?}, {} requests acknowledged so far",
-            acked.lock().unwrap().len()
+            acked.lock().unwrap().iter().map(Vec::len).sum::<usize>()
         );
         data = gw.take_data_dir();
     }
-    let acked: Vec<u32> = acked.lock().unwrap().clone();
-    assert!(acked.len() > 10, "too little traffic: {}", acked.len());
+    let acked: Vec<Vec<u32>> = acked.lock().unwrap().clone();
+    let total: usize = acked.iter().map(Vec::len).sum();
+    assert!(total > 10, "too little traffic: {total}");
     let gw = Gateway::start_in("spill-kill", data, &args);
-    let expected = expectation(&acked);
+    let mut expected = Expectation::new();
+    for (w, rounds) in acked.iter().enumerate() {
+        expect_cluster(&mut expected, w as u32, rounds);
+    }
+    // Duplicates are allowed (replayed after a crash), a new sample after a
+    // newer one of its series is not.
+    expected.require_order();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let problems = expected.check(&[sink.report()]);
+        fail_on_disorder(&problems, &gw);
         let duplicates: u64 = problems
             .iter()
             .map(|p| match p {
@@ -334,8 +424,7 @@ async fn kill_9_in_wal_mode_loses_nothing_acknowledged() {
             .collect();
         if real.is_empty() {
             eprintln!(
-                "kill -9 x3 (wal): {} acknowledged requests of {SERIES} samples all delivered; {duplicates} duplicate samples, {unacked} samples of unanswered requests",
-                acked.len()
+                "kill -9 x3 (wal): {total} acknowledged requests of {SERIES} samples all delivered in order; {duplicates} duplicate samples, {unacked} samples of unanswered requests"
             );
             return;
         }
