@@ -12,6 +12,10 @@
 //!   three `kill -9` at random moments under load, then a clean start: every
 //!   acknowledged sample arrives (duplicates allowed and counted), and no new
 //!   sample arrives after a newer one of its series.
+//! - `orphan_backlog_is_reported_then_deleted_after_retention`: a target
+//!   with a disk backlog is removed from the registry across a restart; its
+//!   backlog is listed in `/api/v1/stats` `orphanBacklogs` until
+//!   `--spill-retention` is over, then deleted from `<data-dir>/spill/`.
 //!
 //! Order: every writer sends one request at a time and awaits the answer,
 //! with rising rounds per series, so per-series order at the source is the
@@ -40,10 +44,18 @@ type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Ful
 
 fn registry(port: u16) -> String {
     format!(
+        "{}metricsExports:\n  - {{id: s, objectKey: s, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {{endpoint: 'http://127.0.0.1:{port}/api/v1/write', delivery: {{batchSendDeadline: 50ms, maxSamplesPerSend: 500, maxConcurrency: 4, maxBackoff: 200ms}}}}}}\n",
+        registry_without_export()
+    )
+}
+
+/// The same cluster, workspace and deployment, and no metrics export: the
+/// target of [`registry`] is gone (not changed into a successor).
+fn registry_without_export() -> String {
+    format!(
         "clusters:\n  - {{id: cl-a, organizationId: org-cl-a, cloudProvider: aws, cloudRegion: us-east-1, ingestToken: {TOKEN}}}\n\
 workspaces:\n  - {{id: ws-1, organizationId: org-w1, name: one}}\n\
-deployments:\n  - {{id: d1, workspaceId: ws-1, clusterId: cl-a, namespace: ns-1, type: HOSTED, name: d1}}\n\
-metricsExports:\n  - {{id: s, objectKey: s, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {{endpoint: 'http://127.0.0.1:{port}/api/v1/write', delivery: {{batchSendDeadline: 50ms, maxSamplesPerSend: 500, maxConcurrency: 4, maxBackoff: 200ms}}}}}}\n"
+deployments:\n  - {{id: d1, workspaceId: ws-1, clusterId: cl-a, namespace: ns-1, type: HOSTED, name: d1}}\n"
     )
 }
 
@@ -438,4 +450,162 @@ async fn kill_9_in_wal_mode_loses_nothing_acknowledged() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Queue directories under `<data-dir>/spill/`, with their segment files.
+fn spill_dirs(data: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<std::path::PathBuf>)> {
+    let Ok(entries) = std::fs::read_dir(data.join("spill")) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .map(|dir| {
+            let segs = std::fs::read_dir(&dir)
+                .map(|es| {
+                    es.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (dir, segs)
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn orphans(gw: &Gateway) -> Vec<serde_json::Value> {
+    let (status, body) = gw.request("GET", "/api/v1/stats", None);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    v["orphanBacklogs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("no orphanBacklogs in {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orphan_backlog_is_reported_then_deleted_after_retention() {
+    const RETENTION: Duration = Duration::from_secs(4);
+    let port = free_port();
+    let dir = fanout_tests::fanout::tempfile_dir::TempDir::new("spill-orphan");
+    let with = dir.path().join("registry.yaml");
+    let without = dir.path().join("registry-without-export.yaml");
+    std::fs::write(&with, registry(port)).unwrap();
+    std::fs::write(&without, registry_without_export()).unwrap();
+    // A backlog for a down target, spilled by SIGTERM.
+    let mut gw = Gateway::start(
+        "spill-orphan",
+        &[
+            "--registry",
+            with.to_str().unwrap(),
+            "--shutdown-grace",
+            "1s",
+        ],
+    );
+    let id = target(&gw)["id"].as_str().expect("target id").to_owned();
+    let http = Client::builder(TokioExecutor::new()).build_http();
+    for seq in 0..10u32 {
+        assert_eq!(write(&http, &gw.ingest, body(seq)).await / 100, 2);
+    }
+    let status = tokio::task::block_in_place(|| gw.terminate(Duration::from_secs(15)))
+        .unwrap_or_else(|| panic!("no exit; log:\n{}", gw.log()));
+    assert!(status.success(), "exit {status:?}; log:\n{}", gw.log());
+    let data = gw.take_data_dir();
+    drop(gw);
+    let dirs = spill_dirs(data.path());
+    assert!(
+        matches!(&dirs[..], [(_, segs)] if !segs.is_empty()),
+        "one queue directory with segments: {dirs:?}"
+    );
+    // The age of a backlog is that of its oldest segment: count it from
+    // now, so a slow restart cannot eat the retention before we look.
+    for seg in &dirs[0].1 {
+        std::fs::File::options()
+            .write(true)
+            .open(seg)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .expect("touch segment");
+    }
+    let touched = Instant::now();
+    // Restart where the export is deleted: its target is gone, not changed.
+    let retention = format!("{}s", RETENTION.as_secs());
+    let gw = Gateway::start_in(
+        "spill-orphan",
+        data,
+        &[
+            "--registry",
+            without.to_str().unwrap(),
+            "--spill-retention",
+            &retention,
+        ],
+    );
+    let (status, body) = gw.request("GET", "/api/v1/targets", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains(&id), "the target is gone: {body}");
+    // Reported (the sweep runs at start) ...
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let listed = loop {
+        let o = orphans(&gw);
+        if !o.is_empty() {
+            break o;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no orphan backlog reported; log:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        touched.elapsed() < RETENTION,
+        "too slow to see the orphan within its retention"
+    );
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["targetId"], id.as_str(), "{listed:?}");
+    assert!(
+        listed[0]["diskBytes"].as_u64().unwrap_or(0) > 0,
+        "{listed:?}"
+    );
+    assert!(
+        listed[0]["segments"].as_u64().unwrap_or(0) > 0,
+        "{listed:?}"
+    );
+    let delete_in = listed[0]["deleteInSeconds"].as_f64().unwrap_or(0.0);
+    assert!(
+        delete_in > 0.0 && delete_in <= RETENTION.as_secs_f64(),
+        "{listed:?}"
+    );
+    assert_eq!(spill_dirs(gw.data_dir.path()).len(), 1, "kept on disk");
+    // ... then deleted after the retention (the sweep period is the
+    // retention, clamped to 1-60 s).
+    let deadline = Instant::now() + RETENTION * 3;
+    loop {
+        let on_disk = spill_dirs(gw.data_dir.path());
+        let listed = orphans(&gw);
+        if on_disk.is_empty() && listed.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backlog not deleted {:?} after the retention: on disk {on_disk:?}, listed {listed:?}; log:\n{}",
+            touched.elapsed(),
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = touched.elapsed();
+    assert!(
+        took >= RETENTION - Duration::from_millis(200),
+        "deleted after {took:?}, before the retention of {RETENTION:?}"
+    );
+    assert!(
+        gw.log().contains("deleted the disk backlog"),
+        "log:\n{}",
+        gw.log()
+    );
+    eprintln!("orphan backlog of {id}: listed, deleted {took:?} after its last write");
 }
