@@ -465,3 +465,271 @@ fn read_respects_its_limits_and_always_makes_progress() {
     q.rewind();
     assert_eq!(seqs(q.read(10, usize::MAX).unwrap()), [4, 5, 6]);
 }
+
+fn seq_list(recs: &[fanout_gateway::deliver::spill::QueuedRecord]) -> Vec<u64> {
+    recs.iter().map(|r| r.seq).collect()
+}
+
+#[test]
+fn broken_queue_reopens_keeping_seqs_read_cursor_and_acks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    let len = 2_000;
+    let (q, _) = DiskQueue::open(&dir, cfg(64 << 10, 1 << 30)).unwrap();
+    let q = Arc::new(Mutex::new(q));
+    let commit = GroupCommit::start(q.clone(), None).unwrap();
+    for i in 1..=10 {
+        lock_queue(&q).append(&record(i, len)).unwrap();
+    }
+    commit.durable(10).wait().unwrap();
+    // 1..=4 handed out (delivery holds them), 1..=2 acked; the ledger on
+    // disk still says 0.
+    assert_eq!(
+        seq_list(&lock_queue(&q).read(4, usize::MAX).unwrap()),
+        [1, 2, 3, 4]
+    );
+    lock_queue(&q).ack_through(2);
+
+    lock_queue(&q).mark_broken("fsync: Input/output error (test)".into());
+    assert!(lock_queue(&q).is_broken());
+    let err = lock_queue(&q).append(&record(11, len)).unwrap_err();
+    assert!(matches!(err, SpillError::Broken { .. }), "{err}");
+    assert!(
+        commit.durable(11).wait().is_err(),
+        "a broken queue is not durable"
+    );
+
+    let r = lock_queue(&q).reopen().unwrap();
+    assert!(!lock_queue(&q).is_broken());
+    assert!(!r.first_open);
+    assert_eq!(r.lost_records, 0);
+    assert_eq!(r.recovery.records, 10, "the ledger on disk was behind");
+    assert_eq!(r.recovery.truncated_bytes, 0);
+    let st = lock_queue(&q).stats();
+    assert_eq!(st.records, 8, "3..=10: acked records are gone");
+
+    // The group-commit thread holds the same queue: appends after the reopen
+    // get higher seqs and become durable.
+    let seq = lock_queue(&q).append(&record(11, len)).unwrap().seq;
+    assert_eq!(seq, 11);
+    commit.durable(seq).wait().unwrap();
+    // The read cursor is kept: 3 and 4 are not handed out again.
+    assert_eq!(
+        seq_list(&lock_queue(&q).read(100, usize::MAX).unwrap()),
+        (5..=11).collect::<Vec<_>>()
+    );
+    lock_queue(&q).ack_through(6);
+    drop(commit);
+
+    // After a restart only 7..=11 come back, in order.
+    let q = Arc::try_unwrap(q).unwrap().into_inner().unwrap();
+    q.close().unwrap();
+    let (mut q, rec) = DiskQueue::open(&dir, cfg(64 << 10, 1 << 30)).unwrap();
+    assert_eq!(rec.records, 5);
+    assert_eq!(rec.corrupt_records_dropped, 0);
+    assert_eq!(drain_seqs(&mut q, len), [7, 8, 9, 10, 11]);
+}
+
+#[test]
+fn reopen_counts_records_lost_on_disk_and_numbering_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    let len = 1_000;
+    let (mut q, _) = DiskQueue::open(&dir, cfg(1 << 20, 1 << 30)).unwrap();
+    for i in 1..=6 {
+        q.append(&record(i, len)).unwrap();
+    }
+    assert_eq!(seq_list(&q.read(2, usize::MAX).unwrap()), [1, 2]);
+    // The failed fsync lost the pages of 4..=6 (record 4 cut short).
+    let seg = &segments(&dir)[0];
+    OpenOptions::new()
+        .write(true)
+        .open(seg)
+        .unwrap()
+        .set_len(offset_of(4, len) + 100)
+        .unwrap();
+    q.mark_broken("fsync failed (test)".into());
+    let r = q.reopen().unwrap();
+    assert_eq!(r.lost_records, 3);
+    assert_eq!(r.lost_samples, 5 + 6 + 7, "samples of records 4, 5 and 6");
+    assert!(r.recovery.torn_tail);
+    assert_eq!(r.recovery.truncated_bytes, 100);
+    assert_eq!(q.stats().corrupt_records, 3);
+    // Numbering goes on above every seq handed out before, even though the
+    // disk now ends at 3.
+    assert_eq!(q.append(&record(7, len)).unwrap().seq, 7);
+    assert_eq!(seq_list(&q.read(10, usize::MAX).unwrap()), [3, 7]);
+    q.ack_through(7);
+    q.close().unwrap();
+    let (_, rec) = DiskQueue::open(&dir, cfg(1 << 20, 1 << 30)).unwrap();
+    assert_eq!(rec.records, 0);
+    assert_eq!(rec.truncated_bytes, 0, "no torn frame left behind");
+}
+
+#[test]
+fn a_queue_whose_open_failed_opens_on_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    let (mut q, _) = DiskQueue::open(&dir, cfg(64 << 10, 1 << 30)).unwrap();
+    for i in 1..=3 {
+        q.append(&record(i, 100)).unwrap();
+    }
+    q.close().unwrap();
+    // The first open fails (here: the directory cannot be listed).
+    let bad = tmp.path().join("not-a-dir");
+    fs::write(&bad, b"x").unwrap();
+    let err = DiskQueue::open(&bad, cfg(64 << 10, 1 << 30)).unwrap_err();
+    let mut q = DiskQueue::unopened(&dir, cfg(64 << 10, 1 << 30), &err);
+    assert!(q.is_broken());
+    assert!(matches!(
+        q.append(&record(4, 100)),
+        Err(SpillError::Broken { .. })
+    ));
+    let r = q.reopen().unwrap();
+    assert!(r.first_open);
+    assert_eq!(r.recovery.records, 3);
+    assert_eq!(q.append(&record(4, 100)).unwrap().seq, 4);
+    assert_eq!(drain_seqs(&mut q, 100), [1, 2, 3, 4]);
+}
+
+#[test]
+fn reopen_backoff_doubles_to_thirty_seconds_and_resets() {
+    use fanout_gateway::deliver::spill::ReopenBackoff;
+    let t0 = Instant::now();
+    let mut b = ReopenBackoff::default();
+    assert_eq!(b.next_at(), None);
+    assert!(!b.due(t0), "the first sighting only schedules");
+    assert_eq!(b.next_at(), Some(t0 + Duration::from_secs(1)));
+    assert!(!b.due(t0 + Duration::from_millis(999)));
+    let mut now = t0 + Duration::from_secs(1);
+    let mut delays = Vec::new();
+    for _ in 0..7 {
+        assert!(b.due(now));
+        b.failed(now);
+        let next = b.next_at().unwrap();
+        delays.push((next - now).as_secs());
+        now = next;
+    }
+    assert_eq!(delays, [2, 4, 8, 16, 30, 30, 30]);
+    b.reset();
+    assert!(!b.due(now));
+    assert_eq!(b.next_at(), Some(now + Duration::from_secs(1)));
+}
+
+/// A small tmpfs mounted on a fresh directory, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("cannot run mount");
+        assert!(
+            out.status.success(),
+            "mount -t tmpfs -o size={size} on {} failed (this test needs root; .ci/run runs it): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+/// Fills what is left of the file system holding `path` (to the byte).
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = fs::File::create(path).unwrap();
+    let block = vec![0xeeu8; 4096];
+    while f.write_all(&block).is_ok() {}
+    while f.write_all(&[0xee]).is_ok() {}
+}
+
+#[test]
+#[ignore = "needs root to mount a small tmpfs; run by .ci/run"]
+fn full_disk_fails_appends_cleanly_then_breaks_and_reopens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    let _tmpfs = Tmpfs::mount(&mnt, "512k");
+    let dir = mnt.join("q");
+    let len = 10_000;
+    let c = cfg(64 << 10, 1 << 30);
+    let (mut q, _) = DiskQueue::open(&dir, c).unwrap();
+    // Room to free later.
+    fs::write(mnt.join("reserve"), vec![0u8; 64 << 10]).unwrap();
+    let mut n = 0;
+    let err = loop {
+        match q.append(&record(n + 1, len)) {
+            Ok(out) => {
+                n += 1;
+                assert_eq!(out.seq, n);
+            }
+            Err(e) => break e,
+        }
+        assert!(n < 1000, "512 KiB never filled");
+    };
+    assert!(n > 10, "only {n} records fit");
+    let SpillError::Io { op, source, .. } = &err else {
+        panic!("not an I/O error: {err}");
+    };
+    assert_eq!(
+        source.raw_os_error(),
+        Some(28),
+        "ENOSPC expected from {op}: {err}"
+    );
+    // The failed write left no partial frame: segment files hold exactly
+    // the records appended.
+    let on_disk: u64 = segments(&dir)
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    assert_eq!(on_disk, n * (RECORD_OVERHEAD + len) as u64);
+    assert_eq!(q.stats().disk_bytes, on_disk);
+    assert!(!q.is_broken(), "a failed append does not break the queue");
+
+    // Nothing is left free at all: the ledger cannot be written, so the
+    // sync round fails and the queue is broken.
+    fill(&mnt.join("filler"));
+    assert!(q.append(&record(n + 1, len)).is_err());
+    assert_eq!(seq_list(&q.read(3, usize::MAX).unwrap()), [1, 2, 3]);
+    q.ack_through(3);
+    let err = q.flush(true).unwrap_err();
+    assert!(err.to_string().contains("ledger"), "{err}");
+    assert!(q.is_broken());
+    assert!(matches!(
+        q.append(&record(n + 1, len)),
+        Err(SpillError::Broken { .. })
+    ));
+
+    // Space comes back: the queue reopens, nothing acked or read comes back,
+    // numbering goes on, and appends work again.
+    fs::remove_file(mnt.join("filler")).unwrap();
+    fs::remove_file(mnt.join("reserve")).unwrap();
+    let r = q.reopen().unwrap();
+    assert_eq!(r.lost_records, 0);
+    assert_eq!(r.recovery.truncated_bytes, 0, "no torn frame: {r:?}");
+    assert_eq!(r.recovery.corrupt_records_dropped, 0);
+    assert_eq!(q.append(&record(n + 1, len)).unwrap().seq, n + 1);
+    assert_eq!(drain_seqs(&mut q, len), (4..=n + 1).collect::<Vec<_>>());
+    q.ack_through(n + 1);
+    q.close().unwrap();
+    let (_, rec) = DiskQueue::open(&dir, c).unwrap();
+    assert_eq!(rec.records, 0);
+    assert_eq!(rec.truncated_bytes, 0);
+}

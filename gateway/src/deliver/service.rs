@@ -28,8 +28,15 @@
 //! read back by the sender task once the target takes data again (order:
 //! see `queue.rs`). Drops for the disk budget are `disk_full`. A disk error
 //! never stops the gateway: the chunk is dropped as `queue_full`, counted in
-//! `spill_errors`, and logged. A group-commit thread per queue fsyncs every
-//! [`Settings::flush_interval`].
+//! `spill_errors`, and logged; the next overflow tries the disk again. A
+//! group-commit thread per queue fsyncs every [`Settings::flush_interval`].
+//! A failed sync (or a failed open at target start) leaves the queue broken:
+//! no new records (`queue_full`; 503 for `durability: wal`) until the sender
+//! task reopens it, 1 s after it sees it broken and then doubling up to 30 s
+//! (`TargetHandle::recover_spill`, on a blocking thread, without the queue
+//! lock). Seqs, acks and the read cursor survive the reopen, so the core's
+//! `disk_through` / `read_through` stay valid; records lost on disk are
+//! counted in `spill_errors` and no lane waits for them.
 //!
 //! # Shutdown
 //! [`FanoutDelivery::shutdown`] refuses new data, flushes partial batches and
@@ -54,7 +61,7 @@ use super::policy::SendResult;
 use super::queue::{Chunk, CoreConfig, DiskChunk, Event, Overflow, TargetCore};
 use super::route::{Plan, ScratchPool};
 use super::spill::{
-    self as spill_mod, lock_queue, DiskQueue, DiskQueueConfig, GroupCommit, Record,
+    self as spill_mod, lock_queue, DiskQueue, DiskQueueConfig, GroupCommit, Record, ReopenBackoff,
 };
 use super::stats::{self, names, GlobalStats, RecentError};
 use super::{Accepted, Delivery, DeliveryError, MemoryBudget};
@@ -217,6 +224,8 @@ struct Spill {
     disk_full: AtomicU64,
     /// Last spill error logged (ms since start), to log at most every 10s.
     last_warn_ms: AtomicU64,
+    /// When to try reopening the queue while it is broken.
+    reopen: Mutex<ReopenBackoff>,
 }
 
 impl Spill {
@@ -232,8 +241,11 @@ impl Spill {
         let (q, rec) = match DiskQueue::open(&dir, cfg) {
             Ok(x) => x,
             Err(e) => {
-                tracing::error!(target_id = %id, error = %e, "delivery: cannot open the disk spill; this target keeps its backlog in memory only");
-                return None;
+                tracing::error!(target_id = %id, error = %e, "delivery: cannot open the disk spill; this target keeps its backlog in memory only until reopening it works (retried after 1s, doubling up to 30s)");
+                (
+                    DiskQueue::unopened(&dir, cfg, &e),
+                    spill_mod::Recovery::default(),
+                )
             }
         };
         if rec.records > 0 || rec.truncated_bytes > 0 || rec.ledger_reset {
@@ -258,6 +270,7 @@ impl Spill {
                 acked: AtomicU64::new(0),
                 disk_full: AtomicU64::new(0),
                 last_warn_ms: AtomicU64::new(0),
+                reopen: Mutex::new(ReopenBackoff::default()),
             },
             written,
             queued,
@@ -487,6 +500,74 @@ impl TargetHandle {
         }
     }
 
+    /// When the disk queue is broken (a failed fsync, or its open failed at
+    /// start), when to try reopening it ([`ReopenBackoff`]: 1s after it is
+    /// first seen broken, then doubling up to 30s); `None` while it works.
+    fn spill_reopen_at(&self, now: Instant) -> Option<Instant> {
+        let spill = self.spill.as_ref()?;
+        let mut backoff = spill.reopen.lock().unwrap_or_else(|p| p.into_inner());
+        if !lock_queue(&spill.queue).is_broken() {
+            backoff.reset();
+            return None;
+        }
+        if backoff.next_at().is_none() {
+            backoff.due(now);
+        }
+        backoff.next_at()
+    }
+
+    /// Tries to reopen the broken disk queue (blocking: run it off the
+    /// runtime). Recovery reads the directory without the queue lock (a
+    /// broken queue writes nothing), so ingest keeps overflowing to
+    /// `queue_full` meanwhile instead of waiting. Returns when the next
+    /// attempt is due, or `None` when the queue works again.
+    fn recover_spill(&self, stats: &GlobalStats, now: Instant) -> Option<Instant> {
+        let spill = self.spill.as_ref()?;
+        let mut backoff = spill.reopen.lock().unwrap_or_else(|p| p.into_inner());
+        let (dir, cfg) = {
+            let q = lock_queue(&spill.queue);
+            if !q.is_broken() {
+                backoff.reset();
+                return None;
+            }
+            (q.dir().to_path_buf(), q.config())
+        };
+        let recovered = match DiskQueue::recover(&dir, cfg) {
+            Ok(r) => r,
+            Err(e) => {
+                backoff.failed(now);
+                stats.add_spill_error();
+                let retry = backoff.next_at().map(|t| t.saturating_duration_since(now));
+                tracing::warn!(target_id = %self.id, error = %e, retry_in = ?retry,
+                    "delivery: cannot reopen the disk spill yet; this target stays memory-only");
+                return backoff.next_at();
+            }
+        };
+        let (r, written) = {
+            let mut q = lock_queue(&spill.queue);
+            let r = q.adopt(recovered);
+            (r, q.written_seq())
+        };
+        backoff.reset();
+        if r.first_open && r.recovery.records > 0 {
+            // Its backlog is older than anything queued since: every lane
+            // waits for it, as after a restart.
+            if let Ok(mut core) = self.core.lock() {
+                core.set_recovered(0, written);
+            }
+        }
+        if r.lost_records > 0 {
+            stats.add_spill_errors(r.lost_records);
+        }
+        tracing::info!(target_id = %self.id, records = r.recovery.records,
+            truncated_bytes = r.recovery.truncated_bytes,
+            corrupt_records = r.recovery.corrupt_records_dropped,
+            lost_records = r.lost_records, lost_samples = r.lost_samples,
+            "delivery: disk spill reopened; spilling again");
+        self.notify.notify_one();
+        None
+    }
+
     /// Spill gauges: queued bytes and the enqueue time of the oldest record.
     fn spill_stats(&self) -> (u64, Option<u64>) {
         self.spill.as_ref().map_or((0, None), |s| {
@@ -559,6 +640,8 @@ impl TargetHandle {
     /// Shutdown: moves what is still in memory to disk and fsyncs. Returns
     /// the samples that could not be kept.
     fn spill_all(&self, stats: &GlobalStats) -> u64 {
+        // A broken queue gets one more reopen attempt, whatever its backoff.
+        self.recover_spill(stats, Instant::now());
         let Ok(mut core) = self.core.lock() else {
             return 0;
         };
@@ -1255,6 +1338,14 @@ async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
     let mut in_flight = 0u32;
     let mut sends = Vec::new();
     loop {
+        let mut reopen_at = h.spill_reopen_at(Instant::now());
+        if reopen_at.is_some_and(|t| t <= Instant::now()) {
+            let (h2, i2) = (h.clone(), inner.clone());
+            reopen_at =
+                tokio::task::spawn_blocking(move || h2.recover_spill(&i2.stats, Instant::now()))
+                    .await
+                    .unwrap_or(None);
+        }
         h.reload(&inner.stats);
         let now = Instant::now();
         let (wake, idle, pending) = match h.core.lock() {
@@ -1316,6 +1407,10 @@ async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
         if inner.stopped.load(Ordering::SeqCst) {
             break;
         }
+        let wake = match (wake, reopen_at) {
+            (Some(w), Some(r)) => Some(w.min(r)),
+            (w, r) => w.or(r),
+        };
         let sleep_until = wake
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));

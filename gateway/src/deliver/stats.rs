@@ -266,8 +266,13 @@ impl GlobalStats {
 
     /// Counts a failed spill append or read.
     pub fn add_spill_error(&self) {
-        self.spill_errors.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(names::SPILL_ERRORS).increment(1);
+        self.add_spill_errors(1);
+    }
+
+    /// Counts `n` spill failures (e.g. records lost to a disk error).
+    pub fn add_spill_errors(&self, n: u64) {
+        self.spill_errors.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(names::SPILL_ERRORS).increment(n);
     }
 
     /// Sets the bytes held in the shared memory budget.

@@ -53,12 +53,24 @@
 //! - A checksum failure while reading drops that record, counted in
 //!   [`SpillStats::corrupt_records`].
 //! - Every I/O error is returned as [`SpillError::Io`] naming the operation
-//!   and path; nothing panics and nothing exits. A failed write is taken back
-//!   (truncate) or the segment abandoned. A failed sync round marks the queue
-//!   broken (after a failed fsync the kernel may have dropped dirty pages):
-//!   appends then fail with [`SpillError::Broken`], delivery falls back to
-//!   memory and load shedding, and may reopen the queue later, which
-//!   re-verifies what is on disk.
+//!   and path; nothing panics and nothing exits. A failed write (ENOSPC in
+//!   the middle of a record) is taken back (truncate; segments are
+//!   `O_APPEND`) or the segment abandoned; it does not break the queue, and
+//!   the next append works once there is space.
+//! - A failed sync round (fsync, ledger write, directory fsync, segment
+//!   delete) marks the queue broken (after a failed fsync the kernel may
+//!   have dropped dirty pages): appends and sync plans then fail with
+//!   [`SpillError::Broken`], reads go on, delivery falls back to memory and
+//!   load shedding. [`DiskQueue::reopen`] (or [`DiskQueue::recover`] without
+//!   a lock, then [`DiskQueue::adopt`]) re-runs the open recovery on the
+//!   directory, fsyncs what stays, and continues in place: seqs keep rising,
+//!   the in-memory acked seq and read cursor are kept, and unread records no
+//!   longer on disk are reported ([`Reopened`]). [`DiskQueue::unopened`] is
+//!   the broken placeholder of a queue whose first open failed.
+//!   [`ReopenBackoff`] paces the attempts (1 s, doubling to 30 s). Pages the
+//!   kernel dropped but still caches can read back fine without being on
+//!   disk; the reopen cannot see that (`wal` requests that wrote them were
+//!   answered 503, so clients resend them).
 //!
 //! # Durability
 //! Appends are `write(2)`s straight to the segment (no user-space buffer),
@@ -80,7 +92,8 @@ use std::time::SystemTime;
 pub use commit::{lock_queue, Durable, GroupCommit};
 pub use format::{MAX_PAYLOAD, RECORD_OVERHEAD};
 pub use queue::{
-    AppendOutcome, DiskQueue, DiskQueueConfig, QueuedRecord, Record, Recovery, SpillStats, SyncPlan,
+    AppendOutcome, DiskQueue, DiskQueueConfig, QueuedRecord, Record, Recovered, Recovery,
+    ReopenBackoff, Reopened, SpillStats, SyncPlan,
 };
 
 /// Name of the ledger file in a queue directory.

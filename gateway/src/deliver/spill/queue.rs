@@ -96,6 +96,77 @@ pub struct Recovery {
     pub ledger_reset: bool,
 }
 
+/// What [`DiskQueue::reopen`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reopened {
+    /// What recovery of the directory found and repaired.
+    pub recovery: Recovery,
+    /// True when the queue had never opened before (its first open failed):
+    /// the recovered records are unknown to delivery.
+    pub first_open: bool,
+    /// Unacked records not yet handed out by [`DiskQueue::read`] that were no
+    /// longer on disk (cut or retired by recovery): lost in the failure.
+    pub lost_records: u64,
+    /// Samples of those records.
+    pub lost_samples: u64,
+}
+
+/// A queue directory recovered by [`DiskQueue::recover`], to hand to
+/// [`DiskQueue::adopt`].
+#[derive(Debug)]
+pub struct Recovered {
+    queue: DiskQueue,
+    recovery: Recovery,
+}
+
+/// When to try [`DiskQueue::reopen`] again: 1 s after the queue is found
+/// broken, then doubling up to 30 s while reopening fails. Plain state
+/// driven by `now`, so it is tested without sleeping.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReopenBackoff {
+    /// The next attempt, once a failure was seen.
+    next_at: Option<std::time::Instant>,
+    /// Delay after the next failed attempt.
+    delay: std::time::Duration,
+}
+
+impl ReopenBackoff {
+    /// First delay after the queue is found broken.
+    pub const FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+    /// Longest delay between attempts.
+    pub const MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// The queue is (still) broken at `now`: true when an attempt is due.
+    /// The first call only schedules the first attempt.
+    pub fn due(&mut self, now: std::time::Instant) -> bool {
+        match self.next_at {
+            None => {
+                self.next_at = Some(now + Self::FIRST);
+                self.delay = Self::FIRST * 2;
+                false
+            }
+            Some(t) => now >= t,
+        }
+    }
+
+    /// An attempt at `now` failed: the next one waits twice as long (capped).
+    pub fn failed(&mut self, now: std::time::Instant) {
+        let d = self.delay.clamp(Self::FIRST, Self::MAX);
+        self.next_at = Some(now + d);
+        self.delay = (d * 2).min(Self::MAX);
+    }
+
+    /// The queue works again: the next failure starts over at [`Self::FIRST`].
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    /// The next attempt, if one is scheduled.
+    pub fn next_at(&self) -> Option<std::time::Instant> {
+        self.next_at
+    }
+}
+
 /// Gauges and counters of one queue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpillStats {
@@ -216,6 +287,10 @@ pub struct DiskQueue {
     consumed: Vec<PathBuf>,
     reader: Option<(u64, File)>,
     broken: Option<String>,
+    /// Budget drops of appends that then failed, for the next outcome.
+    unreported: AppendOutcome,
+    /// False for a placeholder made by [`DiskQueue::unopened`].
+    opened: bool,
     dropped_records: u64,
     corrupt_records: u64,
 }
@@ -261,28 +336,7 @@ impl DiskQueue {
         }
         ids.sort_unstable();
 
-        let mut q = DiskQueue {
-            dir: dir.clone(),
-            cfg,
-            segments: VecDeque::new(),
-            active: None,
-            index: VecDeque::new(),
-            in_flight: 0,
-            queued_bytes: 0,
-            next_seq: 1,
-            acked_seq,
-            ledger_written: acked_seq,
-            ledger_synced: acked_seq,
-            last_segment_id: 0,
-            unsynced: Vec::new(),
-            active_dirty: false,
-            dir_dirty: false,
-            consumed: Vec::new(),
-            reader: None,
-            broken: None,
-            dropped_records: 0,
-            corrupt_records: 0,
-        };
+        let mut q = DiskQueue::blank(dir.clone(), cfg, acked_seq);
         let mut max_seq = acked_seq;
         // Highest seq seen on disk: seqs must increase across segments too.
         let mut seen_seq = 0;
@@ -335,6 +389,43 @@ impl DiskQueue {
         Ok((q, rec))
     }
 
+    /// A queue with nothing in it and no file touched.
+    fn blank(dir: PathBuf, cfg: DiskQueueConfig, acked_seq: u64) -> DiskQueue {
+        DiskQueue {
+            dir,
+            cfg,
+            segments: VecDeque::new(),
+            active: None,
+            index: VecDeque::new(),
+            in_flight: 0,
+            queued_bytes: 0,
+            next_seq: acked_seq + 1,
+            acked_seq,
+            ledger_written: acked_seq,
+            ledger_synced: acked_seq,
+            last_segment_id: 0,
+            unsynced: Vec::new(),
+            active_dirty: false,
+            dir_dirty: false,
+            consumed: Vec::new(),
+            reader: None,
+            broken: None,
+            unreported: AppendOutcome::default(),
+            opened: true,
+            dropped_records: 0,
+            corrupt_records: 0,
+        }
+    }
+
+    /// A placeholder for a queue whose [`Self::open`] failed with `error`:
+    /// broken (appends fail) until [`Self::reopen`] succeeds.
+    pub fn unopened(dir: impl AsRef<Path>, cfg: DiskQueueConfig, error: &SpillError) -> DiskQueue {
+        let mut q = DiskQueue::blank(dir.as_ref().to_path_buf(), cfg, 0);
+        q.opened = false;
+        q.broken = Some(error.to_string());
+        q
+    }
+
     /// The directory of this queue.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -366,7 +457,9 @@ impl DiskQueue {
                 what: "disk budget",
             });
         }
-        let mut out = AppendOutcome::default();
+        // Drops of appends that failed after dropping are reported here.
+        let mut out = std::mem::take(&mut self.unreported);
+        let before = out.dropped_records;
         while self.queued_bytes + frame_len > self.cfg.budget_bytes {
             let Some(e) = self.index.pop_front() else {
                 break;
@@ -379,11 +472,26 @@ impl DiskQueue {
             out.dropped_samples += u64::from(e.samples);
             out.dropped_through = Some(e.seq);
         }
-        self.dropped_records += out.dropped_records;
-        if out.dropped_records > 0 {
+        self.dropped_records += out.dropped_records - before;
+        if out.dropped_records > before {
             self.collect_consumed();
         }
+        match self.write_record(record, frame_len) {
+            Ok(seq) => {
+                out.seq = seq;
+                Ok(out)
+            }
+            Err(e) => {
+                self.unreported = out;
+                Err(e)
+            }
+        }
+    }
 
+    /// Writes one frame at the end of the active segment (rolling first if
+    /// needed) and indexes it; a failed write is taken back.
+    fn write_record(&mut self, record: &Record, frame_len: u64) -> Result<u64, SpillError> {
+        let payload = &record.body[..];
         let seg_limit = self.cfg.effective_segment_bytes();
         let need_roll = match (self.active.as_ref(), self.segments.back()) {
             (Some(_), Some(s)) => s.len > 0 && s.len + frame_len > seg_limit,
@@ -431,8 +539,7 @@ impl DiskQueue {
             tag: record.tag,
         });
         self.queued_bytes += frame_len;
-        out.seq = seq;
-        Ok(out)
+        Ok(seq)
     }
 
     /// Starts a new segment; the old one is left for the next sync to fsync.
@@ -619,6 +726,105 @@ impl DiskQueue {
     /// dropped the dirty pages): appends fail until it is reopened.
     pub fn mark_broken(&mut self, reason: String) {
         self.broken = Some(reason);
+    }
+
+    /// True after a failed sync (or a failed first open) until a
+    /// successful [`Self::reopen`].
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
+    /// Recovers a broken queue in place: drops every file handle, runs the
+    /// [`Self::open`] recovery on the directory and goes on where the queue
+    /// was. Same as [`Self::recover`] then [`Self::adopt`]; use those two to
+    /// run the recovery (which reads every segment) without holding a lock
+    /// around the queue. On an error the queue is left as it was (still
+    /// broken): try again later.
+    pub fn reopen(&mut self) -> Result<Reopened, SpillError> {
+        self.active = None;
+        self.reader = None;
+        self.unsynced.clear();
+        let fresh = DiskQueue::recover(&self.dir, self.cfg)?;
+        Ok(self.adopt(fresh))
+    }
+
+    /// The configuration the queue was opened with.
+    pub fn config(&self) -> DiskQueueConfig {
+        self.cfg
+    }
+
+    /// First half of [`Self::reopen`]: [`Self::open`] on `dir`, then fsyncs
+    /// every segment that stays (what was written before a failed fsync may
+    /// never have reached the disk) and the directory. Only safe while the
+    /// queue living on `dir` is broken (it then writes nothing).
+    pub fn recover(dir: &Path, cfg: DiskQueueConfig) -> Result<Recovered, SpillError> {
+        let (queue, recovery) = DiskQueue::open(dir, cfg)?;
+        for seg in &queue.segments {
+            File::open(&seg.path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| SpillError::io("fsync", &seg.path, e))?;
+        }
+        sync_dir(&queue.dir)?;
+        Ok(Recovered { queue, recovery })
+    }
+
+    /// Second half of [`Self::reopen`]: replaces this queue's state by the
+    /// recovered one, keeping what delivery relies on:
+    /// - seqs stay monotonic: the next append gets a seq above every seq
+    ///   ever handed out, in a new segment;
+    /// - nothing acked comes back: records up to the in-memory acked seq
+    ///   are skipped even if the ledger on disk is older (it is rewritten at
+    ///   the next sync);
+    /// - the read cursor is kept: records already handed out by
+    ///   [`Self::read`] are not handed out again (only [`Self::rewind`] does
+    ///   that);
+    /// - unacked, not yet read records that recovery no longer found are
+    ///   reported in [`Reopened::lost_records`] and counted in
+    ///   [`SpillStats::corrupt_records`].
+    ///
+    /// The queue is replaced in place, so a [`super::GroupCommit`] holding
+    /// it goes on working.
+    pub fn adopt(&mut self, recovered: Recovered) -> Reopened {
+        let Recovered {
+            queue: mut fresh,
+            recovery,
+        } = recovered;
+        let acked = fresh.acked_seq.max(self.acked_seq);
+        let handed = self
+            .in_flight
+            .checked_sub(1)
+            .and_then(|i| self.index.get(i))
+            .map_or(acked, |e| e.seq.max(acked));
+        while fresh.index.front().is_some_and(|e| e.seq <= acked) {
+            if let Some(e) = fresh.index.pop_front() {
+                fresh.queued_bytes -= e.frame_len;
+            }
+        }
+        if acked > fresh.acked_seq {
+            // The ledger on disk is behind: the next sync rewrites it.
+            fresh.acked_seq = acked;
+        }
+        fresh.collect_consumed();
+        fresh.in_flight = fresh.index.iter().take_while(|e| e.seq <= handed).count();
+
+        let mut out = Reopened {
+            recovery,
+            first_open: !self.opened,
+            ..Reopened::default()
+        };
+        let kept: std::collections::HashSet<u64> = fresh.index.iter().map(|e| e.seq).collect();
+        for e in self.index.iter().filter(|e| e.seq > handed) {
+            if !kept.contains(&e.seq) {
+                out.lost_records += 1;
+                out.lost_samples += u64::from(e.samples);
+            }
+        }
+        fresh.next_seq = fresh.next_seq.max(self.next_seq);
+        fresh.dropped_records += self.dropped_records;
+        fresh.corrupt_records += self.corrupt_records + out.lost_records;
+        fresh.unreported = self.unreported;
+        *self = fresh;
+        out
     }
 
     /// Appends reach the OS at once; `flush(false)` also writes the ledger

@@ -1,0 +1,378 @@
+//! The disk spill on a full disk (issue 6: "disk errors handled by falling
+//! back to memory and load shedding, never by exiting"), with a real full
+//! file system: a 2 MiB tmpfs mounted on `<data-dir>/spill` (the registry
+//! database stays on the normal disk). Needs root for `mount`; `.ci/run`
+//! runs it.
+//!
+//! `full_disk_sheds_load_then_recovers`:
+//! 1. target down, traffic through a 64 KiB memory queue: the spill fills
+//!    the tmpfs, appends fail with ENOSPC, the overflow is dropped as
+//!    `queue_full` and counted in `fanout_spill_errors_total`; ingest keeps
+//!    answering;
+//! 2. the last free byte is taken by a filler file and the target comes up:
+//!    the backlog is sent from disk, but the ledger recording the acks
+//!    cannot be written, so the queue is marked broken (memory-only);
+//! 3. space is freed: the sender reopens the queue (retried with backoff)
+//!    and spilling goes on; every acknowledged sample that was not counted
+//!    as dropped arrives (duplicates allowed).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fanout_loadtest::identity::{now_ms, SampleId, SeriesId};
+use fanout_loadtest::sink::{Sink, SinkConfig, SinkHandle};
+use fanout_loadtest::verify::{Expectation, Problem};
+use fanout_proto::v1;
+use fanout_tests::fanout::tempfile_dir::TempDir;
+use fanout_tests::fanout::{free_port, Gateway};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+const TOKEN: &str = "disk-full-ingest-token";
+const SERIES: u32 = 200;
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// A tmpfs mounted on a directory; unmounted (and the directory removed) on
+/// drop, also when the test fails.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("cannot run mount");
+        assert!(
+            out.status.success(),
+            "`mount -t tmpfs -o size={size} tmpfs {}` failed: {}\n\
+             this test needs root (it is run by .ci/run, which runs as root)",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // Still busy (a process not yet gone): detach it anyway.
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Takes every free byte of the file system holding `path`.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("filler");
+    let block = vec![0xeeu8; 4096];
+    while f.write_all(&block).is_ok() {}
+    while f.write_all(&[0xee]).is_ok() {}
+}
+
+fn registry(port: u16) -> String {
+    format!(
+        "clusters:\n  - {{id: cl-a, organizationId: org-cl-a, cloudProvider: aws, cloudRegion: us-east-1, ingestToken: {TOKEN}}}\n\
+workspaces:\n  - {{id: ws-1, organizationId: org-w1, name: one}}\n\
+deployments:\n  - {{id: d1, workspaceId: ws-1, clusterId: cl-a, namespace: ns-1, type: HOSTED, name: d1}}\n\
+metricsExports:\n  - {{id: s, objectKey: s, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {{endpoint: 'http://127.0.0.1:{port}/api/v1/write', delivery: {{batchSendDeadline: 50ms, maxSamplesPerSend: 500, maxConcurrency: 4, maxBackoff: 200ms}}}}}}\n"
+    )
+}
+
+fn body(seq: u32) -> Bytes {
+    let ts = now_ms();
+    let req = v1::WriteRequest {
+        timeseries: (0..SERIES)
+            .map(|i| v1::TimeSeries {
+                labels: [
+                    ("__name__", "kube_pod_labels".to_owned()),
+                    ("namespace", "ns-1".to_owned()),
+                    ("pod", format!("pod-{i:04}")),
+                ]
+                .into_iter()
+                .map(|(name, value)| v1::Label {
+                    name: name.to_owned(),
+                    value,
+                })
+                .collect(),
+                samples: vec![v1::Sample {
+                    value: SampleId {
+                        id: SeriesId {
+                            cluster: 0,
+                            series: i,
+                        },
+                        seq,
+                    }
+                    .to_value(),
+                    timestamp: ts + i64::from(seq),
+                }],
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    Bytes::from(fanout_proto::snappy::compress(
+        &prost::Message::encode_to_vec(&req),
+    ))
+}
+
+/// One write; the gateway must answer within 10 s, with 2xx, 429 or 503.
+async fn write(client: &HttpClient, gw: &Gateway, seq: u32) -> bool {
+    let req = http::Request::post(format!("http://{}/api/v1/write", gw.ingest))
+        .header("content-encoding", "snappy")
+        .header("content-type", "application/x-protobuf")
+        .header("x-prometheus-remote-write-version", "0.1.0")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::new(body(seq)))
+        .unwrap();
+    let resp = match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => panic!(
+            "request {seq}: gateway unreachable ({e}); log:\n{}",
+            gw.log()
+        ),
+        Err(_) => panic!("request {seq}: no answer within 10s; log:\n{}", gw.log()),
+    };
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    assert!(
+        status / 100 == 2 || status == 429 || status == 503,
+        "request {seq}: status {status}"
+    );
+    status / 100 == 2
+}
+
+fn target(gw: &Gateway) -> serde_json::Value {
+    let (status, body) = gw.request("GET", "/api/v1/targets", None);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let list = v
+        .get("items")
+        .cloned()
+        .unwrap_or(v)
+        .as_array()
+        .cloned()
+        .expect("targets array");
+    list.into_iter().next().expect("one target")
+}
+
+/// Samples the target dropped (`queue_full` + `disk_full`).
+fn dropped(gw: &Gateway) -> u64 {
+    let t = target(gw);
+    t["dropped"]["queue_full"].as_u64().unwrap_or(0)
+        + t["dropped"]["disk_full"].as_u64().unwrap_or(0)
+}
+
+/// `fanout_spill_errors_total` from `/metrics`.
+fn spill_errors(gw: &Gateway) -> u64 {
+    let (status, text) = gw.request("GET", "/metrics", None);
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find(|l| l.starts_with("fanout_spill_errors_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+fn expectation(acked: &[u32]) -> Expectation {
+    let mut e = Expectation::new();
+    for i in 0..SERIES {
+        e.expect(
+            SeriesId {
+                cluster: 0,
+                series: i,
+            },
+            acked.iter().copied(),
+            ["t"],
+            Vec::<(String, String)>::new(),
+        );
+    }
+    e
+}
+
+/// Samples of acknowledged requests that did not arrive.
+fn missing(e: &Expectation, sink: &SinkHandle) -> (u64, Vec<Problem>) {
+    let mut n = 0;
+    let mut other = Vec::new();
+    for p in e.check(&[sink.report()]) {
+        match p {
+            Problem::Missing { count, .. } => n += count,
+            Problem::Duplicated { .. } => {}
+            p => other.push(p),
+        }
+    }
+    (n, other)
+}
+
+async fn wait_for(what: &str, gw: &Gateway, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} not within {timeout:?}; targets: {}\nlog:\n{}",
+            gw.request("GET", "/api/v1/targets", None).1,
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root to mount a small tmpfs; run by .ci/run"]
+async fn full_disk_sheds_load_then_recovers() {
+    let started = Instant::now();
+    let port = free_port();
+    let data = TempDir::new("fanout-disk-full");
+    let spill = data.path().join("spill");
+    let _tmpfs = Tmpfs::mount(&spill, "2m");
+    // Space to free in step 3.
+    std::fs::write(spill.join("reserve"), vec![0u8; 768 << 10]).expect("reserve file");
+    let conf = TempDir::new("fanout-disk-full-conf");
+    let registry_path = conf.path().join("registry.yaml");
+    std::fs::write(&registry_path, registry(port)).unwrap();
+    let gw = Gateway::start_in(
+        "disk-full",
+        data,
+        &[
+            "--registry",
+            registry_path.to_str().unwrap(),
+            "--target-queue-memory",
+            "64KiB",
+        ],
+    );
+    let http = Client::builder(TokioExecutor::new()).build_http();
+    let mut acked = Vec::new();
+    let mut seq = 0u32;
+
+    // 1. Target down until the spill hits ENOSPC, then 20 more requests.
+    let mut after_full = 0;
+    while after_full < 20 {
+        if write(&http, &gw, seq).await {
+            acked.push(seq);
+        }
+        seq += 1;
+        if spill_errors(&gw) > 0 {
+            after_full += 1;
+        }
+        assert!(seq < 400, "the 2 MiB tmpfs never filled");
+    }
+    let errors_full = spill_errors(&gw);
+    assert!(errors_full > 0);
+    let dropped_full = dropped(&gw);
+    println!(
+        "step 1: {seq} requests, {} acked, spill errors {errors_full}, dropped {dropped_full}",
+        acked.len()
+    );
+    assert!(
+        dropped_full > 0,
+        "overflow beyond the full disk is dropped and counted: {}",
+        target(&gw)
+    );
+    assert!(
+        gw.log().contains("No space left on device"),
+        "log:\n{}",
+        gw.log()
+    );
+
+    // 2. Not one byte left; the target comes up and drains from disk, but
+    // the ledger of its acks cannot be written: the queue breaks.
+    fill(&spill.join("filler"));
+    let sink = Sink::start(SinkConfig {
+        name: "t".to_owned(),
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        ..SinkConfig::default()
+    })
+    .await
+    .expect("sink starts");
+    let t0 = Instant::now();
+    while !gw.log().contains("queue marked broken") && t0.elapsed() < Duration::from_secs(10) {
+        if write(&http, &gw, seq).await {
+            acked.push(seq);
+        }
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        gw.log().contains("queue marked broken"),
+        "the failed ledger write marks the queue broken; log:\n{}",
+        gw.log()
+    );
+    println!("step 2: broken after {:?}; {seq} requests", t0.elapsed());
+
+    // 3. Space comes back: the queue is reopened (first attempt 1 s after
+    // the sender saw it broken) and spilling goes on.
+    std::fs::remove_file(spill.join("filler")).unwrap();
+    std::fs::remove_file(spill.join("reserve")).unwrap();
+    let t1 = Instant::now();
+    while !gw.log().contains("disk spill reopened") && t1.elapsed() < Duration::from_secs(10) {
+        if write(&http, &gw, seq).await {
+            acked.push(seq);
+        }
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        gw.log().contains("disk spill reopened"),
+        "the queue is reopened once space is back; log:\n{}",
+        gw.log()
+    );
+    println!("step 3: reopened after {:?}", t1.elapsed());
+    let dropped_before = dropped(&gw);
+    for _ in 0..20 {
+        if write(&http, &gw, seq).await {
+            acked.push(seq);
+        }
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Everything acknowledged and not counted as dropped arrives.
+    let e = expectation(&acked);
+    let deadline = Duration::from_secs(20);
+    wait_for(
+        "delivery of every sample not dropped",
+        &gw,
+        deadline,
+        || {
+            let (miss, other) = missing(&e, &sink);
+            assert!(other.is_empty(), "{other:?}");
+            miss <= dropped(&gw) && target(&gw)["spillBytes"].as_u64() == Some(0)
+        },
+    )
+    .await;
+    let (miss, _) = missing(&e, &sink);
+    let dropped_end = dropped(&gw);
+    println!(
+        "end: {seq} requests, {} acked, {miss} samples missing, {dropped_end} dropped \
+         ({dropped_before} before the last 20 requests), spill errors {}, {:?} in all",
+        acked.len(),
+        spill_errors(&gw),
+        started.elapsed()
+    );
+    assert_eq!(
+        dropped_end,
+        dropped_before,
+        "nothing dropped once the disk had room again: {}",
+        target(&gw)
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    for line in gw.log().lines().filter(|l| {
+        l.contains("marked broken") || l.contains("reopen") || l.contains("No space left")
+    }) {
+        println!("log: {}", line.chars().take(300).collect::<String>());
+    }
+    drop(gw);
+}
