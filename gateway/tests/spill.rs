@@ -593,7 +593,7 @@ fn a_queue_whose_open_failed_opens_on_reopen() {
 }
 
 #[test]
-fn reopen_backoff_doubles_to_thirty_seconds_and_resets() {
+fn reopen_backoff_doubles_to_thirty_seconds_also_across_quick_rebreaks() {
     use fanout_gateway::deliver::spill::ReopenBackoff;
     let t0 = Instant::now();
     let mut b = ReopenBackoff::default();
@@ -611,9 +611,30 @@ fn reopen_backoff_doubles_to_thirty_seconds_and_resets() {
         now = next;
     }
     assert_eq!(delays, [2, 4, 8, 16, 30, 30, 30]);
-    b.reset();
+
+    // Reopened, and broken again within 30 s (the disk is still full): no
+    // starting over at 1 s.
+    assert!(b.due(now));
+    b.reopened(now);
+    assert_eq!(b.next_at(), None);
+    let now = now + Duration::from_secs(2);
     assert!(!b.due(now));
-    assert_eq!(b.next_at(), Some(now + Duration::from_secs(1)));
+    assert_eq!(b.next_at(), Some(now + Duration::from_secs(30)));
+
+    // Reopened and healthy for 30 s: the next failure starts at 1 s again.
+    let mut b = ReopenBackoff::default();
+    assert!(!b.due(t0));
+    assert!(b.due(t0 + Duration::from_secs(1)));
+    b.reopened(t0 + Duration::from_secs(1));
+    let later = t0 + Duration::from_secs(31);
+    assert!(!b.due(later));
+    assert_eq!(b.next_at(), Some(later + Duration::from_secs(1)));
+    // A quick second break after that reopen doubles: 2 s.
+    assert!(b.due(later + Duration::from_secs(1)));
+    b.reopened(later + Duration::from_secs(1));
+    let again = later + Duration::from_secs(3);
+    assert!(!b.due(again));
+    assert_eq!(b.next_at(), Some(again + Duration::from_secs(2)));
 }
 
 /// A small tmpfs mounted on a fresh directory, unmounted on drop.

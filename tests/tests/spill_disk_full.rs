@@ -15,6 +15,11 @@
 //! 3. space is freed: the sender reopens the queue (retried with backoff)
 //!    and spilling goes on; every acknowledged sample that was not counted
 //!    as dropped arrives (duplicates allowed).
+//!
+//! `wal_full_disk_refuses_with_503_until_reopened`: the same with
+//! `--durability wal`: 2xx while the disk has room, 503 for every request
+//! while it is full and while the queue is broken, 2xx again once it is
+//! reopened; every sample answered 2xx arrives.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -129,8 +134,13 @@ fn body(seq: u32) -> Bytes {
     ))
 }
 
-/// One write; the gateway must answer within 10 s, with 2xx, 429 or 503.
+/// One write; true when answered 2xx (see [`status`]).
 async fn write(client: &HttpClient, gw: &Gateway, seq: u32) -> bool {
+    status(client, gw, seq).await / 100 == 2
+}
+
+/// One write; the gateway must answer within 10 s, with 2xx, 429 or 503.
+async fn status(client: &HttpClient, gw: &Gateway, seq: u32) -> u16 {
     let req = http::Request::post(format!("http://{}/api/v1/write", gw.ingest))
         .header("content-encoding", "snappy")
         .header("content-type", "application/x-protobuf")
@@ -152,7 +162,7 @@ async fn write(client: &HttpClient, gw: &Gateway, seq: u32) -> bool {
         status / 100 == 2 || status == 429 || status == 503,
         "request {seq}: status {status}"
     );
-    status / 100 == 2
+    status
 }
 
 fn target(gw: &Gateway) -> serde_json::Value {
@@ -203,14 +213,16 @@ fn expectation(acked: &[u32]) -> Expectation {
     e
 }
 
-/// Samples of acknowledged requests that did not arrive.
-fn missing(e: &Expectation, sink: &SinkHandle) -> (u64, Vec<Problem>) {
+/// Samples of acknowledged requests that did not arrive, and problems other
+/// than duplicates and (with `refused_ok`) samples of refused requests.
+fn missing(e: &Expectation, sink: &SinkHandle, refused_ok: bool) -> (u64, Vec<Problem>) {
     let mut n = 0;
     let mut other = Vec::new();
     for p in e.check(&[sink.report()]) {
         match p {
             Problem::Missing { count, .. } => n += count,
             Problem::Duplicated { .. } => {}
+            Problem::Misrouted { .. } if refused_ok => {}
             p => other.push(p),
         }
     }
@@ -347,13 +359,13 @@ async fn full_disk_sheds_load_then_recovers() {
         &gw,
         deadline,
         || {
-            let (miss, other) = missing(&e, &sink);
+            let (miss, other) = missing(&e, &sink, false);
             assert!(other.is_empty(), "{other:?}");
             miss <= dropped(&gw) && target(&gw)["spillBytes"].as_u64() == Some(0)
         },
     )
     .await;
-    let (miss, _) = missing(&e, &sink);
+    let (miss, _) = missing(&e, &sink, false);
     let dropped_end = dropped(&gw);
     println!(
         "end: {seq} requests, {} acked, {miss} samples missing, {dropped_end} dropped \
@@ -374,5 +386,136 @@ async fn full_disk_sheds_load_then_recovers() {
     }) {
         println!("log: {}", line.chars().take(300).collect::<String>());
     }
+    drop(gw);
+}
+
+/// `--durability wal` on the same full disk: a request is answered 2xx only
+/// once its data is fsynced on disk, so while the disk is full (appends fail
+/// with ENOSPC) and while the queue is broken (its ledger could not be
+/// written) requests are refused with 503, and after space is freed and the
+/// queue reopened they are answered 2xx again; every sample answered 2xx
+/// arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root to mount a small tmpfs; run by .ci/run"]
+async fn wal_full_disk_refuses_with_503_until_reopened() {
+    let started = Instant::now();
+    let port = free_port();
+    let data = TempDir::new("fanout-disk-full-wal");
+    let spill = data.path().join("spill");
+    let _tmpfs = Tmpfs::mount(&spill, "2m");
+    let conf = TempDir::new("fanout-disk-full-wal-conf");
+    let registry_path = conf.path().join("registry.yaml");
+    std::fs::write(&registry_path, registry(port)).unwrap();
+    let gw = Gateway::start_in(
+        "disk-full-wal",
+        data,
+        &[
+            "--registry",
+            registry_path.to_str().unwrap(),
+            "--durability",
+            "wal",
+        ],
+    );
+    let http = Client::builder(TokioExecutor::new()).build_http();
+    let mut acked = Vec::new();
+    let mut seq = 0u32;
+
+    // Target down, disk with room: everything is made durable, answered 2xx.
+    for _ in 0..10 {
+        assert!(
+            write(&http, &gw, seq).await,
+            "request {seq} with room on disk"
+        );
+        acked.push(seq);
+        seq += 1;
+    }
+
+    // Not one byte left: nothing can be made durable, so nothing is 2xx.
+    fill(&spill.join("filler"));
+    let mut refused = 0;
+    for _ in 0..10 {
+        let status = status(&http, &gw, seq).await;
+        assert_eq!(status, 503, "request {seq} on a full disk");
+        refused += 1;
+        seq += 1;
+    }
+    // The target comes up: its acks cannot be written, the queue breaks;
+    // requests keep being refused.
+    let sink = Sink::start(SinkConfig {
+        name: "t".to_owned(),
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        ..SinkConfig::default()
+    })
+    .await
+    .expect("sink starts");
+    let t0 = Instant::now();
+    while !gw.log().contains("queue marked broken") && t0.elapsed() < Duration::from_secs(10) {
+        let status = status(&http, &gw, seq).await;
+        assert_eq!(status, 503, "request {seq} on a full disk");
+        refused += 1;
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        gw.log().contains("queue marked broken"),
+        "the failed ledger write marks the queue broken; log:\n{}",
+        gw.log()
+    );
+    for _ in 0..5 {
+        let status = status(&http, &gw, seq).await;
+        assert_eq!(status, 503, "request {seq} with the queue broken");
+        refused += 1;
+        seq += 1;
+    }
+
+    // Space back: once reopened, requests are made durable again.
+    std::fs::remove_file(spill.join("filler")).unwrap();
+    let t1 = Instant::now();
+    let mut ok_after = 0;
+    while ok_after < 20 {
+        let reopened = gw.log().contains("disk spill reopened");
+        let status = status(&http, &gw, seq).await;
+        if status / 100 == 2 {
+            acked.push(seq);
+            if reopened {
+                ok_after += 1;
+            }
+        } else {
+            assert!(
+                !reopened,
+                "request {seq} refused ({status}) after the reopen"
+            );
+            refused += 1;
+        }
+        seq += 1;
+        assert!(
+            t1.elapsed() < Duration::from_secs(15),
+            "not reopened within 15s; log:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let e = expectation(&acked);
+    wait_for(
+        "every sample answered 2xx",
+        &gw,
+        Duration::from_secs(20),
+        || {
+            let (miss, other) = missing(&e, &sink, true);
+            assert!(other.is_empty(), "{other:?}");
+            miss == 0
+        },
+    )
+    .await;
+    println!(
+        "wal: {seq} requests, {} answered 2xx and delivered, {refused} refused with 503, \
+         spill errors {}, reopened {:?} after space was freed, {:?} in all",
+        acked.len(),
+        spill_errors(&gw),
+        t1.elapsed(),
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
     drop(gw);
 }

@@ -502,12 +502,12 @@ impl TargetHandle {
 
     /// When the disk queue is broken (a failed fsync, or its open failed at
     /// start), when to try reopening it ([`ReopenBackoff`]: 1s after it is
-    /// first seen broken, then doubling up to 30s); `None` while it works.
+    /// first seen broken, then doubling up to 30s, also across a reopen that
+    /// breaks again soon); `None` while it works.
     fn spill_reopen_at(&self, now: Instant) -> Option<Instant> {
         let spill = self.spill.as_ref()?;
         let mut backoff = spill.reopen.lock().unwrap_or_else(|p| p.into_inner());
         if !lock_queue(&spill.queue).is_broken() {
-            backoff.reset();
             return None;
         }
         if backoff.next_at().is_none() {
@@ -527,7 +527,6 @@ impl TargetHandle {
         let (dir, cfg) = {
             let q = lock_queue(&spill.queue);
             if !q.is_broken() {
-                backoff.reset();
                 return None;
             }
             (q.dir().to_path_buf(), q.config())
@@ -548,7 +547,7 @@ impl TargetHandle {
             let r = q.adopt(recovered);
             (r, q.written_seq())
         };
-        backoff.reset();
+        backoff.reopened(now);
         if r.first_open && r.recovery.records > 0 {
             // Its backlog is older than anything queued since: every lane
             // waits for it, as after a restart.

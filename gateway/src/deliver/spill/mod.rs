@@ -67,7 +67,8 @@
 //!   the in-memory acked seq and read cursor are kept, and unread records no
 //!   longer on disk are reported ([`Reopened`]). [`DiskQueue::unopened`] is
 //!   the broken placeholder of a queue whose first open failed.
-//!   [`ReopenBackoff`] paces the attempts (1 s, doubling to 30 s). Pages the
+//!   [`ReopenBackoff`] paces the attempts (1 s, doubling to 30 s, also
+//!   across a reopen that breaks again within 30 s). Pages the
 //!   kernel dropped but still caches can read back fine without being on
 //!   disk; the reopen cannot see that (`wal` requests that wrote them were
 //!   answered 503, so clients resend them).

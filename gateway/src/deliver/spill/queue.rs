@@ -120,14 +120,19 @@ pub struct Recovered {
 }
 
 /// When to try [`DiskQueue::reopen`] again: 1 s after the queue is found
-/// broken, then doubling up to 30 s while reopening fails. Plain state
-/// driven by `now`, so it is tested without sleeping.
+/// broken, then doubling up to 30 s while reopening fails. A queue that
+/// breaks again within 30 s of a successful reopen (a disk still full: the
+/// recovery only reads, the next ledger write fails again) goes on doubling
+/// instead of starting over, so a persistent fault costs one recovery scan
+/// per 30 s. Plain state driven by `now`, so it is tested without sleeping.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReopenBackoff {
-    /// The next attempt, once a failure was seen.
+    /// The next attempt, while the queue is broken.
     next_at: Option<std::time::Instant>,
-    /// Delay after the next failed attempt.
+    /// Delay before the attempt after the next one fails.
     delay: std::time::Duration,
+    /// Last successful reopen.
+    reopened_at: Option<std::time::Instant>,
 }
 
 impl ReopenBackoff {
@@ -137,12 +142,20 @@ impl ReopenBackoff {
     pub const MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
     /// The queue is (still) broken at `now`: true when an attempt is due.
-    /// The first call only schedules the first attempt.
+    /// The first call after it broke only schedules the first attempt.
     pub fn due(&mut self, now: std::time::Instant) -> bool {
         match self.next_at {
             None => {
-                self.next_at = Some(now + Self::FIRST);
-                self.delay = Self::FIRST * 2;
+                let recent = self
+                    .reopened_at
+                    .is_some_and(|t| now.saturating_duration_since(t) < Self::MAX);
+                let d = if recent {
+                    self.delay.clamp(Self::FIRST, Self::MAX)
+                } else {
+                    Self::FIRST
+                };
+                self.next_at = Some(now + d);
+                self.delay = (d * 2).min(Self::MAX);
                 false
             }
             Some(t) => now >= t,
@@ -156,9 +169,10 @@ impl ReopenBackoff {
         self.delay = (d * 2).min(Self::MAX);
     }
 
-    /// The queue works again: the next failure starts over at [`Self::FIRST`].
-    pub fn reset(&mut self) {
-        *self = Self::default();
+    /// The queue was reopened at `now`.
+    pub fn reopened(&mut self, now: std::time::Instant) {
+        self.next_at = None;
+        self.reopened_at = Some(now);
     }
 
     /// The next attempt, if one is scheduled.
