@@ -259,6 +259,9 @@ pub struct TargetCore {
     /// Bytes and samples of reloaded records in the lanes' `disk` queues.
     reload_bytes: u64,
     reload_samples: u64,
+    /// [`TargetCore::drain_memory`] ran: nothing is read back any more and
+    /// the disk ack stays where it was.
+    drained: bool,
 }
 
 /// Samples (floats and histograms) in one `TimeSeries` message.
@@ -330,6 +333,7 @@ impl TargetCore {
             outstanding: BTreeSet::new(),
             reload_bytes: 0,
             reload_samples: 0,
+            drained: false,
         }
     }
 
@@ -399,6 +403,9 @@ impl TargetCore {
     /// Bytes of disk records to read back now, or `None` when no lane waits
     /// for disk records or the reload room is used up.
     pub fn reload_room(&self) -> Option<usize> {
+        if self.drained {
+            return None;
+        }
         let waiting = self
             .lanes
             .iter()
@@ -419,6 +426,9 @@ impl TargetCore {
         now: Instant,
         wall_ms: u64,
     ) {
+        if self.drained {
+            return;
+        }
         let lanes = self.lanes.len() as u64;
         for c in chunks {
             if c.seq <= self.read_through {
@@ -458,7 +468,12 @@ impl TargetCore {
     /// Takes every chunk out of memory for the spill at shutdown, lane by
     /// lane in order: the batch not yet delivered (unless it came from disk,
     /// where it still is) and then the queue. Returns (lane, chunk).
+    /// Afterwards nothing is read back and [`TargetCore::disk_ack`] stays
+    /// below the oldest record read back but not delivered: those are still
+    /// on disk, and acking them would lose them.
     pub fn drain_memory(&mut self) -> Vec<(u32, Chunk)> {
+        self.read_through = self.disk_ack();
+        self.drained = true;
         let mut out = Vec::new();
         for (i, l) in self.lanes.iter_mut().enumerate() {
             if let Some(b) = l.batch.take() {
@@ -1168,6 +1183,41 @@ mod tests {
             });
             Some(seq)
         }
+    }
+
+    #[test]
+    fn deliver_queue_shutdown_drain_never_acks_records_read_back_but_not_delivered() {
+        // SIGTERM while disk records are read back and their batch fails:
+        // they are still on disk, so the ack must not pass them (it did:
+        // every record read back was acked and lost on restart).
+        let t0 = Instant::now();
+        let mut cfg = config();
+        cfg.queue_bytes = 2 * chunk(1, "s0", t0).records.len() as u64;
+        cfg.deadline = Duration::ZERO;
+        let mut core = TargetCore::new("t", cfg, 1);
+        let mut disk = Disk::default();
+        for i in 0..5u64 {
+            core.push(0, chunk(1, &format!("s{i}"), t0), &mut disk);
+        }
+        let recs: Vec<DiskChunk> = disk.0.clone();
+        core.reload(recs, 3, true, t0, 0);
+        let d = core.poll(t0).expect("a disk batch");
+        let fail = SendResult::Connect("refused".into());
+        core.on_result(
+            d.lane,
+            d.batch,
+            &fail,
+            Duration::ZERO,
+            t0,
+            SystemTime::now(),
+        );
+        assert_eq!(core.disk_ack(), 0);
+        let memory = core.drain_memory();
+        assert_eq!(memory.len(), 2, "the two memory chunks go to disk");
+        assert_eq!(core.disk_ack(), 0, "records 1-3 were never delivered");
+        assert_eq!(core.reload_room(), None);
+        core.reload(disk.0.clone(), 5, true, t0, 0);
+        assert_eq!(core.disk_ack(), 0);
     }
 
     #[test]
