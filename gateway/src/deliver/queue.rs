@@ -116,12 +116,19 @@ pub struct CoreConfig {
     pub max_backoff: Duration,
     /// Queued bytes at most before the oldest chunk overflows.
     pub queue_bytes: u64,
+    /// Lane count when it must differ from `max_concurrency`: a resumed disk
+    /// backlog was queued under this many lanes, and its lane tags keep
+    /// per-series order only under the same count. The concurrency limit is
+    /// then at most the smaller of the two.
+    pub lanes: Option<u32>,
 }
 
 impl CoreConfig {
-    /// Lanes of a target with `max_concurrency`.
+    /// Lanes of a target: `lanes`, or `max_concurrency`, at most [`MAX_LANES`].
     pub fn lanes(&self) -> u32 {
-        self.max_concurrency.clamp(1, MAX_LANES)
+        self.lanes
+            .unwrap_or(self.max_concurrency)
+            .clamp(1, MAX_LANES)
     }
 }
 
@@ -311,7 +318,7 @@ impl TargetCore {
         let lanes = (0..config.lanes()).map(|_| Lane::default()).collect();
         TargetCore {
             id: id.into(),
-            concurrency: Concurrency::new(config.max_concurrency),
+            concurrency: Concurrency::new(config.max_concurrency.min(config.lanes())),
             backoff: Backoff::new(config.max_backoff),
             config,
             lanes,
@@ -967,6 +974,7 @@ mod tests {
             max_concurrency: 2,
             max_backoff: Duration::from_secs(5),
             queue_bytes: 1 << 20,
+            lanes: None,
         }
     }
 
@@ -1267,6 +1275,45 @@ mod tests {
         assert_eq!(names, vec!["s0_0", "s1_0", "s2_0", "s3_0", "s4_0"]);
         assert_eq!(core.disk_ack(), 3);
         assert!(core.is_idle());
+    }
+
+    #[test]
+    fn deliver_queue_lane_override_keeps_lanes_and_caps_concurrency() {
+        // A backlog queued under 4 lanes resumed by a target whose
+        // maxConcurrency is now 2: 4 lanes (tags map as before), at most 2
+        // requests in flight.
+        let t0 = Instant::now();
+        let mut cfg = config();
+        cfg.lanes = Some(4);
+        cfg.deadline = Duration::ZERO;
+        let mut core = TargetCore::new("t", cfg, 1);
+        assert_eq!(core.lanes(), 4);
+        let mut most = 0;
+        for i in 0..50u64 {
+            let now = t0 + Duration::from_secs(i);
+            for shard in 0..4 {
+                core.push(shard, chunk(10, &format!("s{shard}"), now), &mut DropOldest);
+            }
+            let mut sent = Vec::new();
+            while let Some(d) = core.poll(now) {
+                sent.push(d);
+            }
+            most = most.max(sent.len());
+            for d in sent {
+                core.on_result(
+                    d.lane,
+                    d.batch,
+                    &ok(),
+                    Duration::from_millis(1),
+                    now,
+                    SystemTime::now(),
+                );
+            }
+        }
+        assert_eq!(
+            most, 2,
+            "the limit grows to maxConcurrency, not to the lanes"
+        );
     }
 
     #[test]

@@ -14,6 +14,28 @@
 //!   its routes (feeds) are updated. A config change is a new id, so the old
 //!   target drains to the old endpoint while the new one starts.
 //!
+//! A target's *successor* is the target whose routes (every Deployment/export
+//! pair that leads to it) are exactly its routes: "my export for these
+//! Deployments", whatever its endpoint, auth, headers, labels or delivery
+//! options became. Each spill directory holds a manifest (target id, lane
+//! count, routes; no secret, no endpoint: `spill/manifest.rs`), rewritten
+//! when the routes change. A target that starts with no records of its own
+//! resumes the backlog of the only orphan (a spill directory of a target
+//! that is neither in the registry nor running nor retired) whose manifest
+//! has its routes: the directory is renamed to the target's (no copy) and
+//! replayed first, like any recovered backlog. Records keep the labels they
+//! were accepted with, and the core keeps the lane count they were queued
+//! with (their lane tags keep per-series order only under that count; the
+//! concurrency limit is capped at the smaller of it and `maxConcurrency`).
+//! Orphans without a manifest (older layout), several orphans with the same
+//! routes, or a target with a backlog of its own leave orphans as they are
+//! (reported, deleted after the retention). This applies at start (a config
+//! changed while the gateway was down) and to any target that starts later.
+//! Live, a retired target is not an orphan: it drains in parallel with its
+//! successor, so per-series order between its backlog and the successor's
+//! new data is not guaranteed, and what it cannot send within
+//! [`Settings::removed_drain`] becomes an orphan until the next start.
+//!
 //! # Isolation and backpressure
 //! Submitting never waits on a target: a full target queue overflows its own
 //! oldest data (`queue_full`). The only wait is for the shared memory budget
@@ -46,7 +68,7 @@
 //! abandoned.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -67,7 +89,7 @@ use super::stats::{self, names, GlobalStats, RecentError};
 use super::{Accepted, Delivery, DeliveryError, MemoryBudget};
 use crate::ingest::args::{ByteSize, HumanDuration};
 use crate::registry::live::Live;
-use crate::registry::{Snapshot, Target};
+use crate::registry::{Snapshot, Target, TargetRoute};
 
 /// Default bound of one target's memory queue.
 pub const DEFAULT_TARGET_QUEUE: u64 = 64 << 20;
@@ -229,15 +251,28 @@ struct Spill {
 }
 
 impl Spill {
-    /// Opens the queue of `id` and starts its sync thread; a failure is
-    /// logged and the target runs memory-only.
-    fn open(id: &str, budget: u64, settings: &Settings) -> Option<(Spill, u64, u64)> {
+    /// Opens the queue of `target` and starts its sync thread; a failure is
+    /// logged and the target runs memory-only. With `adopt` (the backlog of
+    /// its predecessor, see [`Inner::successor_backlog`]) that directory
+    /// becomes the target's queue first, unless the target's own queue holds
+    /// records. Returns the spill, the written seq, the records recovered and
+    /// the lane count to use: the one the backlog was queued with (from its
+    /// manifest) when records were recovered, else `lanes`.
+    fn open(
+        target: &Target,
+        lanes: u32,
+        adopt: Option<&Orphan>,
+        settings: &Settings,
+    ) -> Option<(Spill, u64, u64, u32)> {
+        let id = target.id.0.as_str();
+        let budget = target.config.delivery.disk_budget;
         let data_dir = settings.data_dir.as_ref()?;
         let dir = spill_mod::target_dir(data_dir, id);
         let cfg = DiskQueueConfig {
             budget_bytes: budget.max(1 << 20),
             ..DiskQueueConfig::default()
         };
+        let adopted = adopt.filter(|from| adopt_backlog(id, from, &dir, cfg));
         let (q, rec) = match DiskQueue::open(&dir, cfg) {
             Ok(x) => x,
             Err(e) => {
@@ -248,11 +283,25 @@ impl Spill {
                 )
             }
         };
-        if rec.records > 0 || rec.truncated_bytes > 0 || rec.ledger_reset {
+        if let Some(from) = adopted {
+            tracing::info!(target_id = %id, from_target_id = %from.target_id, records = rec.records,
+                bytes = rec.bytes, "delivery: config of this export changed; resuming the disk backlog of its previous target");
+        } else if rec.records > 0 || rec.truncated_bytes > 0 || rec.ledger_reset {
             tracing::info!(target_id = %id, records = rec.records, bytes = rec.bytes,
                 truncated_bytes = rec.truncated_bytes, corrupt_records = rec.corrupt_records_dropped,
                 "delivery: resuming the disk backlog of this target");
         }
+        // Queued lane tags keep per-series order only under the lane count
+        // they were written with.
+        let lanes = match spill_mod::Manifest::read(&dir) {
+            Ok(Some(m)) if rec.records > 0 && m.lanes > 0 => m.lanes,
+            Ok(_) => lanes,
+            Err(e) => {
+                tracing::warn!(target_id = %id, error = %e, "delivery: unreadable spill manifest; it is rewritten");
+                lanes
+            }
+        };
+        write_manifest(id, lanes, &target.routes, &dir);
         let written = q.written_seq();
         let queued = rec.records;
         let queue = Arc::new(Mutex::new(q));
@@ -274,7 +323,52 @@ impl Spill {
             },
             written,
             queued,
+            lanes,
         ))
+    }
+}
+
+/// Makes `from` (an orphan backlog) the queue `dir` of target `id`, unless
+/// `dir` holds records of its own (then the orphan stays an orphan). Returns
+/// whether it did.
+fn adopt_backlog(id: &str, from: &Orphan, dir: &Path, cfg: DiskQueueConfig) -> bool {
+    if dir.exists() {
+        let own = DiskQueue::open(dir, cfg).and_then(|(q, rec)| q.close().map(|()| rec.records));
+        match own {
+            Ok(0) => {}
+            Ok(records) => {
+                tracing::warn!(target_id = %id, from_target_id = %from.target_id, records,
+                    "delivery: this target has a disk backlog of its own; the backlog of its previous config stays an orphan");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(target_id = %id, error = %e, "delivery: cannot check this target's own disk backlog; the backlog of its previous config stays an orphan");
+                return false;
+            }
+        }
+    }
+    match spill_mod::take_over(&from.dir, dir) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(target_id = %id, from_target_id = %from.target_id, error = %e,
+                "delivery: cannot move the backlog of this export's previous config; it stays an orphan");
+            false
+        }
+    }
+}
+
+/// Writes the manifest of a queue directory (routes and lanes; no secret);
+/// a failure only costs the adoption of this backlog after a config change.
+fn write_manifest(id: &str, lanes: u32, routes: &[TargetRoute], dir: &Path) {
+    let routes = routes
+        .iter()
+        .map(|r| spill_mod::ManifestRoute {
+            deployment_id: r.deployment_id.clone(),
+            export_id: r.export_id.clone(),
+        })
+        .collect();
+    if let Err(e) = spill_mod::Manifest::new(id, lanes, routes).write(dir) {
+        tracing::warn!(target_id = %id, error = %e, "delivery: cannot write the spill manifest; this backlog cannot follow a config change across a restart");
     }
 }
 
@@ -343,26 +437,32 @@ impl std::fmt::Debug for TargetHandle {
 }
 
 impl TargetHandle {
-    fn new(target: Arc<Target>, settings: &Settings) -> TargetHandle {
+    fn new(target: Arc<Target>, settings: &Settings, adopt: Option<&Orphan>) -> TargetHandle {
         let d = &target.config.delivery;
-        let config = CoreConfig {
+        let mut config = CoreConfig {
             max_samples: d.max_samples_per_send.max(1),
             deadline: d.batch_send_deadline,
             max_concurrency: d.max_concurrency.max(1),
             max_backoff: d.max_backoff,
             queue_bytes: settings.target_queue_bytes,
+            lanes: None,
         };
         let seed = target.id.0.bytes().fold(0u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
+        let opened = Spill::open(&target, config.lanes(), adopt, settings);
+        if let Some((_, _, _, lanes)) = &opened {
+            if *lanes != config.lanes() {
+                config.lanes = Some(*lanes);
+            }
+        }
         let mut core = TargetCore::new(target.id.0.clone(), config, seed);
-        let spill =
-            Spill::open(&target.id.0, d.disk_budget, settings).map(|(s, written, queued)| {
-                if queued > 0 {
-                    core.set_recovered(0, written);
-                }
-                s
-            });
+        let spill = opened.map(|(s, written, queued, _)| {
+            if queued > 0 {
+                core.set_recovered(0, written);
+            }
+            s
+        });
         TargetHandle {
             id: target.id.0.clone(),
             endpoint: stats::display_endpoint(&target.config.endpoint),
@@ -378,6 +478,24 @@ impl TargetHandle {
     /// Target id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Takes the registry's current view of this target (same id, so same
+    /// config; its routes may differ) and keeps the spill manifest's routes
+    /// current, for a successor after a config change.
+    fn set_target(&self, t: Arc<Target>) {
+        let routes_changed = match self.target.lock() {
+            Ok(mut cur) => {
+                let changed = cur.routes != t.routes;
+                *cur = t.clone();
+                changed
+            }
+            Err(_) => false,
+        };
+        if let (true, Some(spill)) = (routes_changed, &self.spill) {
+            let dir = lock_queue(&spill.queue).dir().to_path_buf();
+            write_manifest(&self.id, self.lanes(), &t.routes, &dir);
+        }
     }
 
     fn lanes(&self) -> u32 {
@@ -769,6 +887,7 @@ struct Inner {
 #[derive(Debug, Clone)]
 struct Orphan {
     target_id: String,
+    dir: PathBuf,
     disk_bytes: u64,
     segments: u64,
     age: Duration,
@@ -1100,12 +1219,108 @@ impl Inner {
             }
             kept.push(Orphan {
                 target_id: b.target_id,
+                dir: b.dir,
                 disk_bytes: b.disk_bytes,
                 segments: b.segments,
                 age,
             });
         }
         *orphans = kept;
+    }
+
+    /// The orphan backlog that a starting target `t` resumes (docs/spill.md,
+    /// "Config changes"): the only orphan whose manifest has exactly `t`'s
+    /// routes. Orphans are queue directories of targets that are neither in
+    /// `snapshot` nor running nor retired; `candidates` caches their
+    /// manifests for one sync. Without a manifest (older layout) or with
+    /// several matches nothing is resumed and the orphans stay orphans.
+    fn successor_backlog(
+        &self,
+        t: &Target,
+        snapshot: &Snapshot,
+        running: &BTreeMap<String, Arc<TargetHandle>>,
+        candidates: &mut Option<Vec<(Orphan, spill_mod::Manifest)>>,
+    ) -> Option<Orphan> {
+        let data_dir = self.settings.data_dir.as_ref()?;
+        if t.routes.is_empty() {
+            return None;
+        }
+        let candidates =
+            candidates.get_or_insert_with(|| self.orphan_manifests(data_dir, snapshot, running));
+        if candidates.is_empty() {
+            return None;
+        }
+        let routes = t
+            .routes
+            .iter()
+            .map(|r| spill_mod::ManifestRoute {
+                deployment_id: r.deployment_id.clone(),
+                export_id: r.export_id.clone(),
+            })
+            .collect();
+        let routes = spill_mod::Manifest::new(&t.id.0, 0, routes).routes;
+        let manifests: Vec<&spill_mod::Manifest> = candidates.iter().map(|(_, m)| m).collect();
+        match spill_mod::successor(&routes, &manifests) {
+            spill_mod::Successor::None => None,
+            spill_mod::Successor::Unique(i) => {
+                let (orphan, _) = candidates.swap_remove(i);
+                if let Ok(mut o) = self.orphans.lock() {
+                    o.retain(|x| x.target_id != orphan.target_id);
+                }
+                Some(orphan)
+            }
+            spill_mod::Successor::Ambiguous(n) => {
+                tracing::warn!(target_id = %t.id, backlogs = n, "delivery: several disk backlogs of earlier configs lead to exactly this target's routes; none is resumed (they stay orphans)");
+                None
+            }
+        }
+    }
+
+    /// Orphan backlogs (see [`Inner::successor_backlog`]) that have a manifest.
+    fn orphan_manifests(
+        &self,
+        data_dir: &Path,
+        snapshot: &Snapshot,
+        running: &BTreeMap<String, Arc<TargetHandle>>,
+    ) -> Vec<(Orphan, spill_mod::Manifest)> {
+        let retired: Vec<String> = self
+            .retired
+            .lock()
+            .map(|r| r.iter().map(|h| h.id.clone()).collect())
+            .unwrap_or_default();
+        let backlogs = match spill_mod::list_backlogs(data_dir) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "delivery: cannot list the disk backlogs");
+                return Vec::new();
+            }
+        };
+        backlogs
+            .into_iter()
+            .filter(|b| {
+                b.segments > 0
+                    && !running.contains_key(&b.target_id)
+                    && !retired.contains(&b.target_id)
+                    && snapshot.target(&b.target_id).is_none()
+            })
+            .filter_map(|b| {
+                let m = match spill_mod::Manifest::read(&b.dir) {
+                    Ok(m) => m?,
+                    Err(e) => {
+                        tracing::warn!(target_id = %b.target_id, error = %e, "delivery: unreadable manifest; this backlog stays an orphan");
+                        return None;
+                    }
+                };
+                let orphan = Orphan {
+                    target_id: b.target_id,
+                    dir: b.dir,
+                    disk_bytes: b.disk_bytes,
+                    segments: b.segments,
+                    age: Duration::ZERO,
+                };
+                Some((orphan, m))
+            })
+            .collect()
     }
 
     /// Deletes the spill directory of a removed target that drained
@@ -1155,11 +1370,11 @@ impl Inner {
                 }
             }
         }
+        // Orphan backlogs with a manifest, listed when a new target needs them.
+        let mut candidates = None;
         for t in snapshot.targets() {
             if let Some(h) = targets.get(&t.id.0) {
-                if let Ok(mut cur) = h.target.lock() {
-                    *cur = t.clone();
-                }
+                h.set_target(t.clone());
                 continue;
             }
             // A target that comes back while draining is revived.
@@ -1170,13 +1385,12 @@ impl Inner {
             let h = match revived {
                 Some(h) => {
                     h.set_removed(None);
-                    if let Ok(mut cur) = h.target.lock() {
-                        *cur = t.clone();
-                    }
+                    h.set_target(t.clone());
                     h
                 }
                 None => {
-                    let h = Arc::new(TargetHandle::new(t.clone(), &self.settings));
+                    let adopt = self.successor_backlog(t, snapshot, &targets, &mut candidates);
+                    let h = Arc::new(TargetHandle::new(t.clone(), &self.settings, adopt.as_ref()));
                     tracing::info!(target_id = %h.id, endpoint = %h.endpoint, "delivery: target started");
                     tokio::spawn(run_target(self.clone(), h.clone()));
                     h
@@ -1613,6 +1827,143 @@ mod tests {
         assert!(d.orphan_backlogs().is_empty());
         assert_eq!(spill_mod::list_backlogs(&dir).unwrap().len(), 2);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A delivery over the `delivery()` registry with its spill in `dir`
+    /// (targets d1/e1 and d1/e2, both unreachable).
+    fn spill_delivery(dir: &Path) -> FanoutDelivery {
+        let (d, _) = delivery(64 << 20, 1 << 20);
+        let mut settings = d.inner.settings.clone();
+        settings.data_dir = Some(dir.to_path_buf());
+        let d = FanoutDelivery::new(
+            d.inner.snapshot.clone(),
+            MemoryBudget::new(1 << 20),
+            settings,
+        );
+        d.sync_now();
+        d.sweep_orphans_now();
+        d
+    }
+
+    /// Writes a queue of `records` records for `id` with a manifest of
+    /// `routes` (or none) under `dir`.
+    fn backlog(dir: &Path, id: &str, records: u32, routes: Option<&[(&str, &str)]>) -> PathBuf {
+        let qdir = spill_mod::target_dir(dir, id);
+        let (mut q, _) = DiskQueue::open(&qdir, DiskQueueConfig::default()).unwrap();
+        for i in 0..records {
+            q.append(&Record {
+                body: bytes::Bytes::from_static(b"records"),
+                samples: 1,
+                enqueued_ms: 0,
+                tag: u64::from(i),
+            })
+            .unwrap();
+        }
+        q.close().unwrap();
+        if let Some(routes) = routes {
+            let routes = routes
+                .iter()
+                .map(|(d, e)| spill_mod::ManifestRoute {
+                    deployment_id: (*d).into(),
+                    export_id: (*e).into(),
+                })
+                .collect();
+            spill_mod::Manifest::new(id, 4, routes)
+                .write(&qdir)
+                .unwrap();
+        }
+        qdir
+    }
+
+    fn target_of_export(d: &FanoutDelivery, export: &str) -> String {
+        d.snapshot()
+            .targets()
+            .find(|t| t.routes.iter().any(|r| r.export_id == export))
+            .map(|t| t.id.0.clone())
+            .unwrap()
+    }
+
+    fn spill_records(d: &FanoutDelivery, id: &str) -> u64 {
+        let h = d.target(id).unwrap();
+        let s = h.spill.as_ref().unwrap();
+        let n = lock_queue(&s.queue).stats().records;
+        n
+    }
+
+    #[tokio::test]
+    async fn deliver_service_config_change_resumes_the_unique_backlog_with_same_routes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let old = backlog(dir, "e1-old-config", 3, Some(&[("d1", "e1")]));
+        let other = backlog(dir, "e2-superset", 1, Some(&[("d1", "e2"), ("d9", "e2")]));
+        let legacy = backlog(dir, "no-manifest", 1, None);
+        let d = spill_delivery(dir);
+        let e1 = target_of_export(&d, "e1");
+        let e2 = target_of_export(&d, "e2");
+        // e1 took the backlog over: moved (not copied), resumed, and its lane
+        // count is the one the records were queued with.
+        assert!(!old.exists());
+        let dir_e1 = spill_mod::target_dir(dir, &e1);
+        let m = spill_mod::Manifest::read(&dir_e1).unwrap().unwrap();
+        assert_eq!(m.target_id, e1);
+        assert_eq!(m.lanes, 4);
+        assert_eq!(m.routes.len(), 1);
+        assert_eq!(d.target(&e1).unwrap().lanes(), 4);
+        assert_eq!(spill_records(&d, &e1), 3);
+        // e2 has no unique successor backlog (routes differ): orphans stay,
+        // as does the one without a manifest. e2 keeps its configured lanes.
+        assert_eq!(spill_records(&d, &e2), 0);
+        assert_eq!(d.target(&e2).unwrap().lanes(), 16);
+        assert!(other.exists() && legacy.exists());
+        let mut orphans: Vec<String> = d.orphan_backlogs().into_iter().map(|o| o.0).collect();
+        orphans.sort();
+        assert_eq!(orphans, vec!["e2-superset", "no-manifest"]);
+        // The manifest of a running target follows its routes.
+        let text =
+            std::fs::read_to_string(spill_mod::target_dir(dir, &e2).join(spill_mod::MANIFEST_FILE))
+                .unwrap();
+        assert!(
+            text.contains("\"exportId\":\"e2\"") && !text.contains("secret"),
+            "{text}"
+        );
+        d.shutdown(Duration::from_millis(10)).await;
+    }
+
+    #[tokio::test]
+    async fn deliver_service_ambiguous_or_own_backlog_keeps_orphans() {
+        // Two backlogs with e1's routes: neither is taken.
+        let tmp = tempfile::tempdir().unwrap();
+        let a = backlog(tmp.path(), "e1-a", 1, Some(&[("d1", "e1")]));
+        let b = backlog(tmp.path(), "e1-b", 1, Some(&[("d1", "e1")]));
+        let d = spill_delivery(tmp.path());
+        let e1 = target_of_export(&d, "e1");
+        assert!(a.exists() && b.exists());
+        assert_eq!(spill_records(&d, &e1), 0);
+        assert_eq!(d.orphan_backlogs().len(), 2);
+        d.shutdown(Duration::from_millis(10)).await;
+
+        // e1's own queue holds records: it resumes those; the other stays.
+        let tmp = tempfile::tempdir().unwrap();
+        let probe = spill_delivery(tmp.path());
+        let e1 = target_of_export(&probe, "e1");
+        probe.shutdown(Duration::from_millis(10)).await;
+        drop(probe);
+        let tmp = tempfile::tempdir().unwrap();
+        backlog(tmp.path(), &e1, 2, Some(&[("d1", "e1")]));
+        let old = backlog(tmp.path(), "e1-old", 5, Some(&[("d1", "e1")]));
+        let d = spill_delivery(tmp.path());
+        assert!(old.exists());
+        assert_eq!(spill_records(&d, &e1), 2);
+        assert_eq!(
+            d.orphan_backlogs(),
+            vec![(
+                "e1-old".to_string(),
+                std::fs::metadata(old.join("00000000000000000001.seg"))
+                    .unwrap()
+                    .len()
+            )]
+        );
+        d.shutdown(Duration::from_millis(10)).await;
     }
 
     #[tokio::test]

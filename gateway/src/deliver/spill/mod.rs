@@ -11,6 +11,7 @@
 //!     00000000000000000001.seg              segments, append-only, ids increasing
 //!     00000000000000000002.seg
 //!     ledger                                acked seq (written via ledger.tmp + rename)
+//!     target.json                           manifest: target id, lanes, routes (manifest.rs)
 //! ```
 //! A segment is a sequence of records, all integers little-endian:
 //! ```text
@@ -83,6 +84,7 @@
 
 mod commit;
 mod format;
+mod manifest;
 mod queue;
 
 use std::io;
@@ -92,6 +94,9 @@ use std::time::SystemTime;
 
 pub use commit::{lock_queue, Durable, GroupCommit};
 pub use format::{MAX_PAYLOAD, RECORD_OVERHEAD};
+pub use manifest::{
+    successor, take_over, Manifest, ManifestRoute, Successor, MANIFEST_FILE, MANIFEST_VERSION,
+};
 pub use queue::{
     AppendOutcome, DiskQueue, DiskQueueConfig, QueuedRecord, Record, Recovered, Recovery,
     ReopenBackoff, Reopened, SpillStats, SyncPlan,
