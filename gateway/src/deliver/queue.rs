@@ -4,9 +4,11 @@
 //! [`TargetCore::on_result`] with each attempt's outcome.
 //!
 //! # Lanes and order
-//! A target has `maxConcurrency` lanes (at most [`MAX_LANES`]). The router
-//! puts every series in the same lane each time (hash of its labels), and a
-//! lane has at most one batch in flight, retried at the head of the lane until
+//! A target has `maxConcurrency` lanes (at most [`MAX_LANES`]; a target that
+//! resumes a backlog, or whose config changed live, keeps the lane count its
+//! records were queued with: [`CoreConfig::lanes`],
+//! [`TargetCore::reconfigure`]). The router puts every series in the same lane
+//! each time (hash of its labels), and a lane has at most one batch in flight, retried at the head of the lane until
 //! it is delivered or dropped. So samples of one series reach the target in the
 //! order they arrived (SPEC §5) even with retries, while up to
 //! `maxConcurrency` lanes send at once. The adaptive limit
@@ -352,6 +354,24 @@ impl TargetCore {
     /// Number of lanes.
     pub fn lanes(&self) -> u32 {
         self.lanes.len() as u32
+    }
+
+    /// A live config change of the same export (docs/spill.md "Config
+    /// changes"): the target goes on as `id` with the delivery options of
+    /// `config`, keeping everything queued, in flight and on disk, and its
+    /// lane count (lane tags and the router's shards depend on it; the new
+    /// `maxConcurrency` applies as a cap on the concurrency limit, and as
+    /// the lane count from the next start without a backlog). Batches
+    /// already formed keep their size and bytes; the memory bound stays.
+    pub fn reconfigure(&mut self, id: impl Into<String>, mut config: CoreConfig) {
+        let lanes = self.lanes();
+        config.lanes = Some(lanes);
+        config.queue_bytes = self.config.queue_bytes;
+        self.concurrency
+            .set_max(config.max_concurrency.max(1).min(lanes));
+        self.backoff = Backoff::new(config.max_backoff);
+        self.id = id.into();
+        self.config = config;
     }
 
     /// Queues `chunk` on the lane of `shard`; overflows the oldest chunks

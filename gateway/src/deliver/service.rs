@@ -11,8 +11,19 @@
 //!   with partial batches at once, and stops when empty (or after
 //!   [`Settings::removed_drain`], counting what is left as abandoned);
 //! - an id that stays keeps its queue, its in-flight batches and its task; only
-//!   its routes (feeds) are updated. A config change is a new id, so the old
-//!   target drains to the old endpoint while the new one starts.
+//!   its routes (feeds) are updated;
+//! - a config change is a new id. When the gone id's routes equal a new
+//!   target's routes exactly (its *successor*, below) and that id is neither
+//!   running, nor retired, nor holding a disk backlog of its own, the running
+//!   target becomes the new one in place (`TargetHandle::reconfigure`): its
+//!   id, endpoint, config (auth, headers, delivery options) and metrics are
+//!   swapped, its queue, lanes, disk queue and in-flight attempts are kept
+//!   (every later attempt, retries included, uses the new config), and its
+//!   spill directory is renamed under the queue lock. It keeps its lane
+//!   count (order; a new `maxConcurrency` caps the concurrency limit and
+//!   becomes the lane count at the next start without a backlog). Otherwise
+//!   the old id is retired and drains to the old endpoint while the new one
+//!   starts.
 //!
 //! A target's *successor* is the target whose routes (every Deployment/export
 //! pair that leads to it) are exactly its routes: "my export for these
@@ -31,9 +42,10 @@
 //! routes, or a target with a backlog of its own leave orphans as they are
 //! (reported, deleted after the retention). This applies at start (a config
 //! changed while the gateway was down) and to any target that starts later.
-//! Live, a retired target is not an orphan: it drains in parallel with its
-//! successor, so per-series order between its backlog and the successor's
-//! new data is not guaranteed, and what it cannot send within
+//! A live change that does not go in place (routes changed in the same
+//! version, or the new id already has a backlog) retires the old target: it
+//! drains in parallel with the new one, so per-series order between the two
+//! is not guaranteed, and what it cannot send within
 //! [`Settings::removed_drain`] becomes an orphan until the next start.
 //!
 //! # Isolation and backpressure
@@ -418,13 +430,15 @@ fn wall_ms(t: SystemTime) -> u64 {
 
 /// One target: its config, its queue state machine and its sender's wake-up.
 pub struct TargetHandle {
-    id: String,
-    endpoint: String,
+    /// Its id; changes when its export's config changes live
+    /// ([`TargetHandle::reconfigure`]), as do the endpoint and metrics.
+    id: ArcSwap<String>,
+    endpoint: ArcSwap<String>,
     target: Mutex<Arc<Target>>,
     core: Mutex<TargetCore>,
     notify: Notify,
     removed_at: Mutex<Option<Instant>>,
-    metrics: TargetMetrics,
+    metrics: ArcSwap<TargetMetrics>,
     spill: Option<Spill>,
 }
 
@@ -464,11 +478,11 @@ impl TargetHandle {
             s
         });
         TargetHandle {
-            id: target.id.0.clone(),
-            endpoint: stats::display_endpoint(&target.config.endpoint),
+            id: ArcSwap::from_pointee(target.id.0.clone()),
+            endpoint: ArcSwap::from_pointee(stats::display_endpoint(&target.config.endpoint)),
             core: Mutex::new(core),
             spill,
-            metrics: TargetMetrics::new(&target.id.0),
+            metrics: ArcSwap::from_pointee(TargetMetrics::new(&target.id.0)),
             target: Mutex::new(target),
             notify: Notify::new(),
             removed_at: Mutex::new(None),
@@ -476,8 +490,62 @@ impl TargetHandle {
     }
 
     /// Target id.
-    pub fn id(&self) -> &str {
-        &self.id
+    pub fn id(&self) -> String {
+        self.id.load().as_ref().clone()
+    }
+
+    /// A live config change of the same export (docs/spill.md "Config
+    /// changes"): this handle goes on as target `t` (new id, endpoint, auth,
+    /// headers, delivery options) with its queue, lanes, disk backlog and
+    /// in-flight attempts; every attempt from now on uses the new config.
+    /// Its spill directory is renamed to `t`'s (which must hold no records)
+    /// under the queue lock. Returns false, changing nothing, when the
+    /// directory cannot be moved.
+    fn reconfigure(&self, t: Arc<Target>, settings: &Settings) -> bool {
+        let new_id = t.id.0.clone();
+        if let (Some(spill), Some(data_dir)) = (&self.spill, &settings.data_dir) {
+            let to = spill_mod::target_dir(data_dir, &new_id);
+            let mut q = lock_queue(&spill.queue);
+            let from = q.dir().to_path_buf();
+            if let Err(e) = spill_mod::take_over(&from, &to) {
+                tracing::warn!(target_id = %self.id, new_target_id = %new_id, error = %e,
+                    "delivery: cannot move the disk queue to the new config's target; the old target drains in parallel instead");
+                return false;
+            }
+            q.moved_to(&to);
+            drop(q);
+            write_manifest(&new_id, self.lanes(), &t.routes, &to);
+        }
+        let d = &t.config.delivery;
+        let config = CoreConfig {
+            max_samples: d.max_samples_per_send.max(1),
+            deadline: d.batch_send_deadline,
+            max_concurrency: d.max_concurrency.max(1),
+            max_backoff: d.max_backoff,
+            queue_bytes: settings.target_queue_bytes,
+            lanes: None,
+        };
+        if let Ok(mut core) = self.core.lock() {
+            core.reconfigure(new_id.clone(), config);
+        }
+        let old = self.metrics.load();
+        for g in [
+            &old.queue_bytes,
+            &old.spill_bytes,
+            &old.in_flight,
+            &old.concurrency,
+        ] {
+            g.set(0.0);
+        }
+        self.metrics.store(Arc::new(TargetMetrics::new(&new_id)));
+        self.endpoint
+            .store(Arc::new(stats::display_endpoint(&t.config.endpoint)));
+        if let Ok(mut cur) = self.target.lock() {
+            *cur = t;
+        }
+        self.id.store(Arc::new(new_id));
+        self.notify.notify_one();
+        true
     }
 
     /// Takes the registry's current view of this target (same id, so same
@@ -494,7 +562,7 @@ impl TargetHandle {
         };
         if let (true, Some(spill)) = (routes_changed, &self.spill) {
             let dir = lock_queue(&spill.queue).dir().to_path_buf();
-            write_manifest(&self.id, self.lanes(), &t.routes, &dir);
+            write_manifest(&self.id(), self.lanes(), &t.routes, &dir);
         }
     }
 
@@ -541,7 +609,7 @@ impl TargetHandle {
         };
         if dropped > 0 {
             stats.add_queue_full(dropped);
-            self.metrics.queue_full.increment(dropped);
+            self.metrics.load().queue_full.increment(dropped);
         }
         self.count_disk(&to_disk, stats);
         self.notify.notify_one();
@@ -605,7 +673,7 @@ impl TargetHandle {
                 .disk_full
                 .fetch_add(to_disk.disk_full, Ordering::Relaxed);
             stats.add_disk_full(to_disk.disk_full);
-            self.metrics.disk_full.increment(to_disk.disk_full);
+            self.metrics.load().disk_full.increment(to_disk.disk_full);
         }
         if let Some(e) = &to_disk.error {
             stats.add_spill_error();
@@ -810,7 +878,7 @@ impl TargetHandle {
             .as_ref()
             .map_or(0, |s| s.disk_full.load(Ordering::Relaxed));
         let Ok(core) = self.core.lock() else {
-            return json!({"id": self.id, "endpoint": self.endpoint, "state": "failing"});
+            return json!({"id": self.id(), "endpoint": self.endpoint.load().as_str(), "state": "failing"});
         };
         let c = core.counters();
         let h = core.latency_us();
@@ -833,8 +901,8 @@ impl TargetHandle {
             })
             .collect();
         json!({
-            "id": self.id,
-            "endpoint": self.endpoint,
+            "id": self.id(),
+            "endpoint": self.endpoint.load().as_str(),
             "state": core.state(now),
             "paused": core.paused(),
             "queueBytes": core.queue_bytes(),
@@ -1017,7 +1085,7 @@ impl FanoutDelivery {
 
     /// One target by id.
     pub fn target(&self, id: &str) -> Option<Arc<TargetHandle>> {
-        self.targets().into_iter().find(|t| t.id == id)
+        self.targets().into_iter().find(|t| **t.id.load() == id)
     }
 
     /// `GET /api/v1/targets` items.
@@ -1178,7 +1246,7 @@ impl Inner {
         let retired: Vec<String> = self
             .retired
             .lock()
-            .map(|r| r.iter().map(|h| h.id.clone()).collect())
+            .map(|r| r.iter().map(|h| h.id()).collect())
             .unwrap_or_default();
         let backlogs = match spill_mod::list_backlogs(data_dir) {
             Ok(b) => b,
@@ -1276,6 +1344,47 @@ impl Inner {
         }
     }
 
+    /// The target of `snapshot` that running target `h`, whose id is gone,
+    /// becomes in place (docs/spill.md "Config changes"): the one with
+    /// exactly `h`'s routes, if it is not running or retired under its own
+    /// id and has no disk backlog of its own.
+    fn live_successor(
+        &self,
+        h: &TargetHandle,
+        snapshot: &Snapshot,
+        running: &BTreeMap<String, Arc<TargetHandle>>,
+    ) -> Option<Arc<Target>> {
+        let current = h.target();
+        if current.routes.is_empty() {
+            return None;
+        }
+        let t = snapshot.targets().find(|t| t.routes == current.routes)?;
+        if running.contains_key(&t.id.0) {
+            return None;
+        }
+        if let Ok(r) = self.retired.lock() {
+            if r.iter().any(|x| **x.id.load() == t.id.0) {
+                return None;
+            }
+        }
+        if let Some(data_dir) = &self.settings.data_dir {
+            let dir = spill_mod::target_dir(data_dir, &t.id.0);
+            let has_segments = std::fs::read_dir(&dir).is_ok_and(|mut d| {
+                d.any(|e| {
+                    e.is_ok_and(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .ends_with(spill_mod::SEGMENT_EXT)
+                    })
+                })
+            });
+            if has_segments {
+                return None;
+            }
+        }
+        Some(t.clone())
+    }
+
     /// Orphan backlogs (see [`Inner::successor_backlog`]) that have a manifest.
     fn orphan_manifests(
         &self,
@@ -1286,7 +1395,7 @@ impl Inner {
         let retired: Vec<String> = self
             .retired
             .lock()
-            .map(|r| r.iter().map(|h| h.id.clone()).collect())
+            .map(|r| r.iter().map(|h| h.id()).collect())
             .unwrap_or_default();
         let backlogs = match spill_mod::list_backlogs(data_dir) {
             Ok(b) => b,
@@ -1330,7 +1439,7 @@ impl Inner {
         let Ok(targets) = self.targets.lock() else {
             return;
         };
-        if targets.contains_key(&h.id) {
+        if targets.contains_key(&h.id()) {
             return;
         }
         let q = lock_queue(&spill.queue);
@@ -1363,6 +1472,14 @@ impl Inner {
             .collect();
         for id in gone {
             if let Some(h) = targets.remove(&id) {
+                if let Some(t) = self.live_successor(&h, snapshot, &targets) {
+                    if h.reconfigure(t.clone(), &self.settings) {
+                        tracing::info!(from_target_id = %id, target_id = %t.id, endpoint = %h.endpoint,
+                            "delivery: config of this export changed; its target goes on under the new id with its queue and backlog");
+                        targets.insert(t.id.0.clone(), h);
+                        continue;
+                    }
+                }
                 tracing::info!(target_id = %id, "delivery: target removed; draining");
                 h.set_removed(Some(now));
                 if let Ok(mut r) = self.retired.lock() {
@@ -1379,7 +1496,7 @@ impl Inner {
             }
             // A target that comes back while draining is revived.
             let revived = self.retired.lock().ok().and_then(|mut r| {
-                let i = r.iter().position(|h| h.id == t.id.0)?;
+                let i = r.iter().position(|h| h.id() == t.id.0)?;
                 Some(r.swap_remove(i))
             });
             let h = match revived {
@@ -1566,14 +1683,17 @@ async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
                 while let Some(d) = core.poll(now) {
                     sends.push(d);
                 }
-                h.metrics.queue_bytes.set(core.queue_bytes() as f64);
+                h.metrics.load().queue_bytes.set(core.queue_bytes() as f64);
                 if let Some(s) = &h.spill {
                     if let Ok(q) = s.queue.try_lock() {
-                        h.metrics.spill_bytes.set(q.stats().bytes as f64);
+                        h.metrics.load().spill_bytes.set(q.stats().bytes as f64);
                     }
                 }
-                h.metrics.in_flight.set(f64::from(core.in_flight()));
-                h.metrics.concurrency.set(f64::from(core.concurrency()));
+                h.metrics.load().in_flight.set(f64::from(core.in_flight()));
+                h.metrics
+                    .load()
+                    .concurrency
+                    .set(f64::from(core.concurrency()));
                 (core.next_wakeup(), core.is_idle(), core.pending_samples())
             }
             Err(_) => return,
@@ -1581,7 +1701,7 @@ async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
         for d in sends.drain(..) {
             in_flight += 1;
             if d.attempt > 1 {
-                h.metrics.retries.increment(1);
+                h.metrics.load().retries.increment(1);
             }
             let target = h.target();
             let sender = inner.sender.clone();
@@ -1667,13 +1787,13 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
         Err(_) => return,
     };
     if matches!(done.result, SendResult::Status { .. }) {
-        h.metrics.latency.record(done.latency.as_secs_f64());
+        h.metrics.load().latency.record(done.latency.as_secs_f64());
     }
     match event {
         Event::Sent { samples, bytes } => {
-            h.metrics.samples.increment(u64::from(samples));
-            h.metrics.bytes.increment(bytes);
-            h.metrics.requests.increment(1);
+            h.metrics.load().samples.increment(u64::from(samples));
+            h.metrics.load().bytes.increment(bytes);
+            h.metrics.load().requests.increment(1);
             inner
                 .stats
                 .out_samples
@@ -1688,7 +1808,7 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
             status,
             message,
         } => {
-            metrics::counter!(names::TARGET_FAILURES, "target" => h.id.clone(), "status" => kind)
+            metrics::counter!(names::TARGET_FAILURES, "target" => h.id(), "status" => kind)
                 .increment(1);
             if was == "healthy" {
                 tracing::warn!(target_id = %h.id, error = %message, "delivery: target failing; retrying");
@@ -1697,7 +1817,7 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
             }
             inner.stats.push_error(RecentError {
                 time: SystemTime::now(),
-                target: h.id.clone(),
+                target: h.id(),
                 status,
                 message,
             });
@@ -1707,9 +1827,9 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
             samples,
             message,
         } => {
-            metrics::counter!(names::TARGET_FAILURES, "target" => h.id.clone(), "status" => status.to_string())
+            metrics::counter!(names::TARGET_FAILURES, "target" => h.id(), "status" => status.to_string())
                 .increment(1);
-            h.metrics.rejected.increment(u64::from(samples));
+            h.metrics.load().rejected.increment(u64::from(samples));
             metrics::counter!(names::DROPPED, "reason" => "rejected").increment(u64::from(samples));
             inner
                 .stats
@@ -1718,7 +1838,7 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
             tracing::warn!(target_id = %h.id, status, samples, error = %message, "delivery: batch rejected by the target; dropped");
             inner.stats.push_error(RecentError {
                 time: SystemTime::now(),
-                target: h.id.clone(),
+                target: h.id(),
                 status: Some(status),
                 message,
             });
@@ -1964,6 +2084,80 @@ mod tests {
             )]
         );
         d.shutdown(Duration::from_millis(10)).await;
+    }
+
+    #[tokio::test]
+    async fn deliver_service_live_config_change_keeps_the_queue_under_the_new_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (d0, cluster) = delivery(64 << 20, 1 << 20);
+        let mut settings = d0.inner.settings.clone();
+        settings.data_dir = Some(tmp.path().to_path_buf());
+        settings.target_queue_bytes = 256 << 10;
+        let d = FanoutDelivery::new(
+            d0.inner.snapshot.clone(),
+            MemoryBudget::new(64 << 20),
+            settings,
+        );
+        d.sync_now();
+        for t in d.targets() {
+            t.set_paused(true);
+        }
+        let (e1, e2) = (target_of_export(&d, "e1"), target_of_export(&d, "e2"));
+        for _ in 0..20 {
+            d.submit(accepted(&cluster)).await.unwrap();
+        }
+        let h = d.target(&e1).unwrap();
+        let queued = h.core.lock().unwrap().pending_samples();
+        let on_disk = spill_records(&d, &e1);
+        assert!(on_disk > 0, "a backlog on disk");
+        // e1's endpoint and maxConcurrency change (a new id); e2 does not.
+        let yaml = "clusters:\n  - {id: c1, organizationId: o1, cloudProvider: aws, cloudRegion: r, ingestToken: tok}\n\
+            workspaces:\n  - {id: ws, organizationId: o2, name: w}\n\
+            deployments:\n  - {id: d1, workspaceId: ws, clusterId: c1, namespace: ns, type: HOSTED, name: d}\n\
+            metricsExports:\n  - {id: e1, objectKey: e1, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {endpoint: 'http://127.0.0.1:2/w', delivery: {maxConcurrency: 2}}}\n  - {id: e2, objectKey: e2, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {endpoint: 'http://127.0.0.1:1/x'}}\n";
+        let mut registry = Registry::default();
+        ops::replace_all(
+            &mut registry,
+            Document::parse(yaml.as_bytes(), true).unwrap(),
+        )
+        .unwrap();
+        d.inner.snapshot.store(Arc::new(Snapshot::build(
+            Arc::new(registry),
+            2,
+            Arc::from(&b"s"[..]),
+        )));
+        d.sync_now();
+        let new_e1 = target_of_export(&d, "e1");
+        assert_ne!(new_e1, e1);
+        assert_eq!(target_of_export(&d, "e2"), e2);
+        // The same handle goes on under the new id: nothing retired, its
+        // queue, lanes and disk backlog kept, its directory renamed.
+        assert_eq!(d.targets().len(), 2, "no old target draining in parallel");
+        assert!(d.target(&e1).is_none());
+        let h2 = d.target(&new_e1).unwrap();
+        assert!(Arc::ptr_eq(&h, &h2));
+        assert_eq!(h2.lanes(), 16, "lanes kept; the limit is capped at 2");
+        assert_eq!(h2.core.lock().unwrap().pending_samples(), queued);
+        assert_eq!(spill_records(&d, &new_e1), on_disk);
+        assert!(!spill_mod::target_dir(tmp.path(), &e1).exists());
+        let dir = spill_mod::target_dir(tmp.path(), &new_e1);
+        let m = spill_mod::Manifest::read(&dir).unwrap().unwrap();
+        assert_eq!((m.target_id.as_str(), m.lanes), (new_e1.as_str(), 16));
+        assert_eq!(h2.target().config.endpoint, "http://127.0.0.1:2/w");
+        let json = h2.to_json(&d.snapshot());
+        assert_eq!(json["id"], new_e1.as_str());
+        assert_eq!(json["endpoint"], "http://127.0.0.1:2/w");
+        // The queue still works at its new path: more data spills, and
+        // shutdown moves memory to disk there.
+        for _ in 0..5 {
+            d.submit(accepted(&cluster)).await.unwrap();
+        }
+        assert!(spill_records(&d, &new_e1) > on_disk);
+        d.shutdown(Duration::from_millis(10)).await;
+        assert!(d.orphan_backlogs().is_empty());
+        let (q, rec) = DiskQueue::open(&dir, DiskQueueConfig::default()).unwrap();
+        assert!(rec.records > on_disk, "{rec:?}");
+        drop(q);
     }
 
     #[tokio::test]

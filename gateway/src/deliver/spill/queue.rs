@@ -445,6 +445,29 @@ impl DiskQueue {
         &self.dir
     }
 
+    /// The caller renamed this queue's directory to `dir` while holding the
+    /// queue lock (its target's config changed live). Open files stay
+    /// valid; every path the queue keeps (segments, segments to delete, the
+    /// ledger) now points into `dir`. A sync round planned before the rename
+    /// may fail on the old paths: it breaks the queue, which is reopened.
+    pub fn moved_to(&mut self, dir: &Path) {
+        let old = std::mem::replace(&mut self.dir, dir.to_path_buf());
+        let rebase = |p: &mut PathBuf| {
+            if let Ok(rest) = p.strip_prefix(&old) {
+                *p = dir.join(rest);
+            }
+        };
+        for s in &mut self.segments {
+            rebase(&mut s.path);
+        }
+        for p in &mut self.consumed {
+            rebase(p);
+        }
+        for (p, _) in &mut self.unsynced {
+            rebase(p);
+        }
+    }
+
     /// Appends one record, first dropping the oldest records if the budget
     /// would be exceeded. The data reaches the OS at once; it is durable after
     /// the next synced flush (see [`super::GroupCommit`]).
