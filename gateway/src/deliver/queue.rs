@@ -4,11 +4,17 @@
 //! [`TargetCore::on_result`] with each attempt's outcome.
 //!
 //! # Lanes and order
-//! A target has `maxConcurrency` lanes (at most [`MAX_LANES`]; a target that
-//! resumes a backlog, or whose config changed live, keeps the lane count its
-//! records were queued with: [`CoreConfig::lanes`],
-//! [`TargetCore::reconfigure`]). The router puts every series in the same lane
-//! each time (hash of its labels), and a lane has at most one batch in flight, retried at the head of the lane until
+//! A target has `maxConcurrency` lanes rounded up to a power of two (at most
+//! [`MAX_LANES`]; a target that resumes a backlog, or whose config changed
+//! live, keeps the lane count its records were queued with:
+//! [`CoreConfig::lanes`], [`TargetCore::reconfigure`]). The router puts every
+//! series in the same lane each time: it shards a variant's series by their
+//! label hash into as many shards as the variant's largest target has lanes,
+//! and a target takes shard `s` into lane `s % lanes`. Because lane counts are
+//! powers of two, `(hash % shards) % lanes == hash % lanes` whatever the
+//! shards, so a series keeps its lane when targets with other lane counts join
+//! or leave its variant ([`lanes_for`]). A lane has at most one batch in
+//! flight, retried at the head of the lane until
 //! it is delivered or dropped. So samples of one series reach the target in the
 //! order they arrived (SPEC §5) even with retries, while up to
 //! `maxConcurrency` lanes send at once. The adaptive limit
@@ -55,6 +61,7 @@ use super::MemoryPermit;
 
 /// Most lanes (concurrent in-order streams) of one target.
 pub const MAX_LANES: u32 = 64;
+const _: () = assert!(MAX_LANES.is_power_of_two());
 /// A target whose failures last longer than this is `failing`.
 pub const FAILING_AFTER: Duration = Duration::from_secs(30);
 
@@ -112,7 +119,7 @@ pub struct CoreConfig {
     pub max_samples: u32,
     /// `batchSendDeadline`.
     pub deadline: Duration,
-    /// `maxConcurrency` (also the number of lanes, capped at [`MAX_LANES`]).
+    /// `maxConcurrency` (also the number of lanes: [`lanes_for`]).
     pub max_concurrency: u32,
     /// `maxBackoff`.
     pub max_backoff: Duration,
@@ -126,12 +133,18 @@ pub struct CoreConfig {
 }
 
 impl CoreConfig {
-    /// Lanes of a target: `lanes`, or `max_concurrency`, at most [`MAX_LANES`].
+    /// Lanes of a target: `lanes`, or [`lanes_for`] `max_concurrency`.
     pub fn lanes(&self) -> u32 {
-        self.lanes
-            .unwrap_or(self.max_concurrency)
-            .clamp(1, MAX_LANES)
+        lanes_for(self.lanes.unwrap_or(self.max_concurrency))
     }
+}
+
+/// The lane count for `n` wanted lanes: `n` rounded up to a power of two,
+/// between 1 and [`MAX_LANES`]. Powers of two keep a series' lane
+/// (`(hash % shards) % lanes`) independent of the router's shard count, which
+/// follows the largest target of a variant (see the module docs).
+pub fn lanes_for(n: u32) -> u32 {
+    n.clamp(1, MAX_LANES).next_power_of_two()
 }
 
 /// A batch to send now.

@@ -499,4 +499,71 @@ mod tests {
         }
         assert_eq!(per_target["http://h/x"], per_target["http://h/y"]);
     }
+
+    /// A series keeps its lane on a target when another target with a
+    /// different `maxConcurrency` joins its variant (which raises the
+    /// variant's shard count): lanes are powers of two (`lanes_for`).
+    #[test]
+    fn deliver_route_lane_of_a_series_stays_when_a_target_joins_its_variant() {
+        use crate::deliver::queue::lanes_for;
+        let snap = snapshot();
+        let req = v1::WriteRequest {
+            timeseries: (0..200)
+                .map(|i| {
+                    let pod = format!("pod-{i}");
+                    ts(
+                        &[
+                            ("__name__", "kube_pod_labels"),
+                            ("namespace", "ns1"),
+                            ("pod", pod.as_str()),
+                        ],
+                        1,
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let body = Bytes::from(prost::Message::encode_to_vec(&req));
+        let mut series = Vec::new();
+        fanout_proto::scan::scan_v1(&body, &Default::default(), &mut series).unwrap();
+        // x alone (maxConcurrency 3), then x with y (maxConcurrency 5) in its
+        // variant: the lane of every series on x, by pod.
+        let x_lanes = lanes_for(3);
+        let lanes_on_x = |with_y: bool| {
+            let plan: Plan<String> = Plan::build(&snap, |id| {
+                let t = snap.target(id)?;
+                match t.config.endpoint.as_str() {
+                    "http://h/x" => Some((t.config.endpoint.clone(), x_lanes)),
+                    "http://h/y" if with_y => Some((t.config.endpoint.clone(), lanes_for(5))),
+                    _ => None,
+                }
+            });
+            let mut scratch = Scratch::default();
+            scratch.route(&plan, &snap, &Catalog::builtin(), "c1", &body, &series);
+            let records = scratch.encode(&plan, &body, &series);
+            let mut lanes = BTreeMap::new();
+            for (variant, shard, bytes, _, _) in scratch.chunks(&plan, &records) {
+                if !variant.targets.iter().any(|t| t == "http://h/x") {
+                    continue;
+                }
+                let req: v1::WriteRequest = prost::Message::decode(bytes).unwrap();
+                for s in req.timeseries {
+                    let pod = s.labels.iter().find(|l| l.name == "pod").unwrap();
+                    lanes.insert(pod.value.clone(), shard % x_lanes);
+                }
+            }
+            lanes
+        };
+        let alone = lanes_on_x(false);
+        assert_eq!(alone.len(), 200);
+        assert!(
+            alone
+                .values()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                > 1,
+            "series spread over lanes"
+        );
+        assert_eq!(alone, lanes_on_x(true));
+    }
 }
