@@ -314,6 +314,9 @@ impl Spill {
             }
         };
         write_manifest(id, lanes, &target.routes, &dir);
+        if let Err(e) = spill_mod::clear_orphan_mark(&dir) {
+            tracing::warn!(target_id = %id, error = %e, "delivery: cannot clear the orphan mark of this target's disk backlog");
+        }
         let written = q.written_seq();
         let queued = rec.records;
         let queue = Arc::new(Mutex::new(q));
@@ -1263,10 +1266,20 @@ impl Inner {
             if targets.contains_key(&b.target_id) || retired.contains(&b.target_id) {
                 continue;
             }
-            let age = b
-                .oldest_modified
-                .and_then(|m| now.duration_since(m).ok())
-                .unwrap_or(Duration::ZERO);
+            // Retention counts from when the backlog became an orphan; one
+            // that cannot be marked is kept (deleting it would fail too).
+            let since = match b.orphaned_since {
+                Some(t) => Ok(t),
+                None if b.segments == 0 => Ok(now),
+                None => spill_mod::mark_orphan(&b.dir, now),
+            };
+            let age = match since {
+                Ok(t) => now.duration_since(t).unwrap_or(Duration::ZERO),
+                Err(e) => {
+                    tracing::warn!(target_id = %b.target_id, error = %e, "delivery: cannot mark an orphan disk backlog; it is kept");
+                    Duration::ZERO
+                }
+            };
             if b.segments == 0 || age >= self.settings.spill_retention {
                 match std::fs::remove_dir_all(&b.dir) {
                     Ok(()) if b.segments > 0 => {
@@ -1921,6 +1934,19 @@ mod tests {
         })
         .unwrap();
         q.close().unwrap();
+        // Data two days old: the retention counts from when the backlog is
+        // found without its target, not from the age of its data.
+        for seg in std::fs::read_dir(&gone).unwrap() {
+            let seg = seg.unwrap().path();
+            if seg.extension().is_some_and(|e| e == "seg") {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&seg)
+                    .unwrap()
+                    .set_modified(SystemTime::now() - Duration::from_secs(2 * 86_400))
+                    .unwrap();
+            }
+        }
         let (d, _) = delivery(64 << 20, 1 << 20);
         let mut settings = d.inner.settings.clone();
         settings.data_dir = Some(dir.clone());
@@ -1936,8 +1962,18 @@ mod tests {
         assert_eq!(orphans.len(), 1, "{orphans:?}");
         assert_eq!(orphans[0].0, "gone-target");
         assert!(gone.exists());
+        assert!(gone.join(spill_mod::ORPHAN_MARK).exists());
         let stats = d.stats_json("g", true, false);
         assert_eq!(stats["orphanBacklogs"][0]["targetId"], "gone-target");
+        let left = stats["orphanBacklogs"][0]["deleteInSeconds"]
+            .as_f64()
+            .unwrap();
+        assert!(left > 3500.0, "retention counts from the mark: {left}");
+        // Half the retention later it is still kept.
+        d.inner
+            .sweep_orphans(SystemTime::now() + Duration::from_secs(1800));
+        assert!(gone.exists());
+        assert_eq!(d.orphan_backlogs().len(), 1);
         // Running targets' queues are not orphans; after the retention the
         // orphan is deleted.
         assert_eq!(spill_mod::list_backlogs(&dir).unwrap().len(), 3);

@@ -108,6 +108,13 @@ pub const LEDGER_FILE: &str = "ledger";
 pub const SEGMENT_EXT: &str = ".seg";
 /// Folder under `--data-dir` that holds one directory per target.
 pub const SPILL_DIR: &str = "spill";
+/// Marker file of an orphan backlog (a queue directory whose target is not
+/// running): its modification time is when the gateway first found it so.
+/// The retention of orphans counts from there, not from the age of the data,
+/// so a backlog that built up for days is still kept for the whole retention
+/// after its target leaves the registry. A target that opens the directory
+/// again removes the marker ([`clear_orphan_mark`]).
+pub const ORPHAN_MARK: &str = "orphaned";
 
 /// A spill failure; every variant names what and where.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -208,9 +215,33 @@ pub struct Backlog {
     pub disk_bytes: u64,
     /// Number of segment files.
     pub segments: u64,
-    /// Modification time of its oldest segment (for retention of targets
-    /// that left the registry).
+    /// Modification time of its oldest segment.
     pub oldest_modified: Option<SystemTime>,
+    /// Since when it is an orphan ([`ORPHAN_MARK`]), if marked.
+    pub orphaned_since: Option<SystemTime>,
+}
+
+/// Marks the queue directory `dir` as an orphan since `now`, unless it is
+/// marked already; returns since when it is one.
+pub fn mark_orphan(dir: &Path, now: SystemTime) -> Result<SystemTime, SpillError> {
+    let path = dir.join(ORPHAN_MARK);
+    if let Ok(since) = std::fs::metadata(&path).and_then(|m| m.modified()) {
+        return Ok(since);
+    }
+    let file = std::fs::File::create(&path).map_err(|e| SpillError::io("create", &path, e))?;
+    file.set_modified(now)
+        .map_err(|e| SpillError::io("set time of", &path, e))?;
+    Ok(now)
+}
+
+/// Removes the orphan mark of `dir` (its target runs again).
+pub fn clear_orphan_mark(dir: &Path) -> Result<(), SpillError> {
+    let path = dir.join(ORPHAN_MARK);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(SpillError::io("remove", &path, e)),
+    }
 }
 
 /// Every target queue under `data_dir`, including targets no longer in the
@@ -240,6 +271,9 @@ pub fn list_backlogs(data_dir: &Path) -> Result<Vec<Backlog>, SpillError> {
             disk_bytes: 0,
             segments: 0,
             oldest_modified: None,
+            orphaned_since: std::fs::metadata(dir.join(ORPHAN_MARK))
+                .and_then(|m| m.modified())
+                .ok(),
         };
         for seg in std::fs::read_dir(&dir).map_err(|e| SpillError::io("list", &dir, e))? {
             let seg = seg.map_err(|e| SpillError::io("list", &dir, e))?;
