@@ -754,3 +754,69 @@ fn full_disk_fails_appends_cleanly_then_breaks_and_reopens() {
     assert_eq!(rec.records, 0);
     assert_eq!(rec.truncated_bytes, 0);
 }
+
+#[test]
+fn read_error_hands_out_what_was_read_and_skips_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    // 64 KiB segments, three 20 KiB records each: seqs 1-3 and 4-6.
+    let (mut q, _) = DiskQueue::open(&dir, cfg(64 << 10, 1 << 30)).unwrap();
+    for i in 1..=6 {
+        q.append(&record(i, 20 << 10)).unwrap();
+    }
+    q.flush(true).unwrap();
+    let segs = segments(&dir);
+    assert_eq!(segs.len(), 2, "{segs:?}");
+    // The second segment cannot be opened for now (EMFILE, EIO...).
+    let aside = tmp.path().join("aside");
+    fs::rename(&segs[1], &aside).unwrap();
+    // The records read before the error are handed out, not thrown away
+    // with it; the error comes with the next read, which hands out nothing.
+    let first = q.read(10, usize::MAX).unwrap();
+    assert_eq!(seq_list(&first), [1, 2, 3]);
+    assert!(q.read(10, usize::MAX).is_err());
+    // Once readable again, reading goes on exactly after them.
+    fs::rename(&aside, &segs[1]).unwrap();
+    assert_eq!(seq_list(&q.read(10, usize::MAX).unwrap()), [4, 5, 6]);
+    assert_eq!(q.stats().records, 6);
+    assert_eq!(q.stats().corrupt_records, 0);
+}
+
+#[test]
+fn open_deletes_only_the_ledger_temp_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    let (q, _) = DiskQueue::open(&dir, cfg(64 << 10, 1 << 30)).unwrap();
+    q.close().unwrap();
+    // A manifest being written (its temp file) while a broken queue is
+    // recovered in the same directory.
+    fs::write(dir.join("target.json.tmp"), b"{}").unwrap();
+    fs::write(dir.join("ledger.tmp"), b"x").unwrap();
+    let (_q, _) = DiskQueue::open(&dir, cfg(64 << 10, 1 << 30)).unwrap();
+    assert!(dir.join("target.json.tmp").exists());
+    assert!(!dir.join("ledger.tmp").exists());
+}
+
+#[test]
+fn recover_never_creates_a_missing_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    let (mut q, _) = DiskQueue::open(&dir, cfg(64 << 10, 1 << 30)).unwrap();
+    q.append(&record(1, 100)).unwrap();
+    q.flush(true).unwrap();
+    // The directory moved away (a live config change): recovering the old
+    // path is an error, not a new empty queue there.
+    fs::rename(&dir, tmp.path().join("moved")).unwrap();
+    assert!(DiskQueue::recover(&dir, cfg(64 << 10, 1 << 30)).is_err());
+    assert!(!dir.exists());
+    q.mark_broken("test".into());
+    assert!(q.reopen().is_err());
+    assert!(!dir.exists());
+    // A queue that never opened does create its directory on reopen.
+    let fresh = tmp.path().join("new");
+    let err = DiskQueue::recover(&fresh, cfg(64 << 10, 1 << 30)).unwrap_err();
+    let mut q = DiskQueue::unopened(&fresh, cfg(64 << 10, 1 << 30), &err);
+    assert!(!q.is_opened());
+    q.reopen().unwrap();
+    assert!(q.is_opened() && fresh.is_dir());
+}

@@ -10,6 +10,14 @@
 //! is already durable is answered at once without an fsync. With a
 //! `flush_interval` the thread also syncs on that period (`durability:
 //! memory`), and on shutdown it syncs once more.
+//!
+//! A round (plan and fsyncs) runs under the round lock
+//! ([`GroupCommit::hold_rounds`]), so a caller that must change the queue's
+//! paths (a live rename of its directory) or sync it itself can wait for the
+//! round in progress and keep the next one from starting. Lock order: the
+//! round lock before the queue lock, never the other way round (the thread
+//! takes the queue lock only inside a round; nobody waits for the round lock
+//! while holding the queue lock).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -38,6 +46,7 @@ pub struct GroupCommit {
     counters: Arc<Counters>,
     tx: Option<mpsc::Sender<(u64, Reply)>>,
     thread: Option<JoinHandle<()>>,
+    round: Arc<Mutex<()>>,
 }
 
 /// Locks the queue even if a holder panicked: the queue's own state stays
@@ -56,14 +65,24 @@ impl GroupCommit {
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel();
         let c = counters.clone();
+        let round = Arc::new(Mutex::new(()));
+        let r = round.clone();
         let thread = std::thread::Builder::new()
             .name("fanout-spill-sync".into())
-            .spawn(move || run(queue, rx, c, flush_interval))?;
+            .spawn(move || run(queue, rx, c, r, flush_interval))?;
         Ok(Self {
             counters,
             tx: Some(tx),
             thread: Some(thread),
+            round,
         })
+    }
+
+    /// Waits for the sync round in progress, if any, and keeps the next one
+    /// from starting while the guard lives. Take it before the queue lock
+    /// (see the module docs); blocking.
+    pub fn hold_rounds(&self) -> MutexGuard<'_, ()> {
+        self.round.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Resolves once every record up to `seq` is on stable storage.
@@ -103,6 +122,7 @@ fn run(
     queue: Arc<Mutex<DiskQueue>>,
     rx: mpsc::Receiver<(u64, Reply)>,
     counters: Arc<Counters>,
+    round_lock: Arc<Mutex<()>>,
     flush_interval: Option<Duration>,
 ) {
     let mut next_tick = flush_interval.map(|d| Instant::now() + d);
@@ -130,6 +150,7 @@ fn run(
         let durable = counters.durable_seq.load(Ordering::Acquire);
         let need = waiters.iter().any(|(s, _)| *s > durable);
         let result = if need || tick || closing {
+            let _round = round_lock.lock().unwrap_or_else(|p| p.into_inner());
             round(&queue, &counters)
         } else {
             Ok(())

@@ -124,16 +124,39 @@ impl Manifest {
 /// Moves the queue directory `from` (an orphan's) to `to` (its successor's)
 /// with one rename, so nothing is copied and a crash leaves it under one name
 /// or the other. A `to` that exists must hold no records: it is removed.
+/// Then fsyncs the parent directory ([`sync_parent`]).
+///
+/// An error means the directory was *not* moved. Once the rename succeeded
+/// the queue is at `to` whatever happens next, so a failed fsync of the
+/// parent is only logged (a crash may then find it under `from` again,
+/// where the next start adopts it again).
 pub fn take_over(from: &Path, to: &Path) -> Result<(), SpillError> {
+    move_dir(from, to)?;
+    sync_parent(to);
+    Ok(())
+}
+
+/// The rename of [`take_over`] without the fsync of the parent (so a caller
+/// holding a lock can do that after releasing it): removes `to` if it
+/// exists (it must hold no records), then renames `from` to `to`. An error
+/// means `from` was not moved.
+pub fn move_dir(from: &Path, to: &Path) -> Result<(), SpillError> {
     match fs::remove_dir_all(to) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(SpillError::io("remove", to, e)),
     }
-    fs::rename(from, to).map_err(|e| SpillError::io("rename", from, e))?;
-    match to.parent() {
-        Some(root) => sync_dir(root),
-        None => Ok(()),
+    fs::rename(from, to).map_err(|e| SpillError::io("rename", from, e))
+}
+
+/// Fsyncs the parent of `dir` after [`move_dir`]; a failure is logged, not
+/// returned (the rename happened either way).
+pub fn sync_parent(dir: &Path) {
+    if let Some(root) = dir.parent() {
+        if let Err(e) = sync_dir(root) {
+            tracing::warn!(error = %e, dir = %dir.display(),
+                "spill: a queue directory was renamed but the rename may not be durable yet");
+        }
     }
 }
 

@@ -52,7 +52,10 @@
 //!   never thrown away. A damaged ledger replays everything (duplicates, not
 //!   loss).
 //! - A checksum failure while reading drops that record, counted in
-//!   [`SpillStats::corrupt_records`].
+//!   [`SpillStats::corrupt_records`]. An I/O error while reading skips
+//!   nothing: [`DiskQueue::read`] hands out the records read before it and
+//!   returns the error only when it read none (delivery then marks the
+//!   queue broken so the reopen below retries).
 //! - Every I/O error is returned as [`SpillError::Io`] naming the operation
 //!   and path; nothing panics and nothing exits. A failed write (ENOSPC in
 //!   the middle of a record) is taken back (truncate; segments are
@@ -66,8 +69,11 @@
 //!   a lock, then [`DiskQueue::adopt`]) re-runs the open recovery on the
 //!   directory, fsyncs what stays, and continues in place: seqs keep rising,
 //!   the in-memory acked seq and read cursor are kept, and unread records no
-//!   longer on disk are reported ([`Reopened`]). [`DiskQueue::unopened`] is
-//!   the broken placeholder of a queue whose first open failed.
+//!   longer on disk are reported ([`Reopened`]). Recovery never creates
+//!   the directory (one that was moved away must not come back empty),
+//!   except for [`DiskQueue::unopened`], the broken placeholder of a queue
+//!   whose first open failed. Open deletes only `ledger.tmp`, not the temp
+//!   files of other writers (`target.json.tmp`).
 //!   [`ReopenBackoff`] paces the attempts (1 s, doubling to 30 s, also
 //!   across a reopen that breaks again within 30 s). Pages the
 //!   kernel dropped but still caches can read back fine without being on
@@ -95,7 +101,8 @@ use std::time::SystemTime;
 pub use commit::{lock_queue, Durable, GroupCommit};
 pub use format::{MAX_PAYLOAD, RECORD_OVERHEAD};
 pub use manifest::{
-    successor, take_over, Manifest, ManifestRoute, Successor, MANIFEST_FILE, MANIFEST_VERSION,
+    move_dir, successor, sync_parent, take_over, Manifest, ManifestRoute, Successor, MANIFEST_FILE,
+    MANIFEST_VERSION,
 };
 pub use queue::{
     AppendOutcome, DiskQueue, DiskQueueConfig, QueuedRecord, Record, Recovered, Recovery,

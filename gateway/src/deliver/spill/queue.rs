@@ -13,6 +13,9 @@ use bytes::Bytes;
 use super::format::{self, Header, FRAME_PREFIX, RECORD_OVERHEAD};
 use super::{SpillError, LEDGER_FILE, SEGMENT_EXT};
 
+/// The temp file of a ledger write (`ledger` with the extension `tmp`).
+const LEDGER_TMP: &str = "ledger.tmp";
+
 /// Sizes of one queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiskQueueConfig {
@@ -316,8 +319,17 @@ impl DiskQueue {
         dir: impl AsRef<Path>,
         cfg: DiskQueueConfig,
     ) -> Result<(DiskQueue, Recovery), SpillError> {
-        let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(|e| SpillError::io("create", &dir, e))?;
+        let dir = dir.as_ref();
+        fs::create_dir_all(dir).map_err(|e| SpillError::io("create", dir, e))?;
+        DiskQueue::open_existing(dir, cfg)
+    }
+
+    /// [`Self::open`] of a directory that must exist: never creates it.
+    fn open_existing(
+        dir: &Path,
+        cfg: DiskQueueConfig,
+    ) -> Result<(DiskQueue, Recovery), SpillError> {
+        let dir = dir.to_path_buf();
         let mut rec = Recovery::default();
 
         let ledger_path = dir.join(LEDGER_FILE);
@@ -338,8 +350,10 @@ impl DiskQueue {
             let ent = ent.map_err(|e| SpillError::io("list", &dir, e))?;
             let name = ent.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.ends_with(".tmp") {
-                // A ledger write that never reached its rename.
+            if name == LEDGER_TMP {
+                // A ledger write that never reached its rename. Other temp
+                // files (`target.json.tmp`) belong to writers that may run
+                // while a broken queue is recovered: left alone.
                 let _ = fs::remove_file(ent.path());
             } else if let Some(id) = name
                 .strip_suffix(SEGMENT_EXT)
@@ -611,6 +625,11 @@ impl DiskQueue {
     /// payload, but always at least one) after those already handed out.
     /// They stay queued until [`Self::ack_through`]; [`Self::rewind`] hands
     /// them out again. A record whose checksum fails is dropped and counted.
+    ///
+    /// An I/O error ends the read: the records read before it are returned
+    /// (handed out), and the error only when there are none; the record that
+    /// failed and those after it stay unread, so a later read (or a read
+    /// after [`Self::reopen`]) hands them out. Nothing is skipped.
     pub fn read(
         &mut self,
         max_records: usize,
@@ -626,7 +645,16 @@ impl DiskQueue {
             if !out.is_empty() && bytes + payload > max_bytes {
                 break;
             }
-            match self.read_entry(&e)? {
+            let entry = match self.read_entry(&e) {
+                Ok(x) => x,
+                Err(err) if out.is_empty() => return Err(err),
+                Err(err) => {
+                    tracing::debug!(error = %err, seq = e.seq, handed_out = out.len(),
+                        "spill read stopped at an I/O error; the records before it are handed out");
+                    break;
+                }
+            };
+            match entry {
                 Some(body) => {
                     self.in_flight += 1;
                     bytes += payload;
@@ -765,6 +793,13 @@ impl DiskQueue {
         self.broken = Some(reason);
     }
 
+    /// False for the placeholder of a queue whose first open failed
+    /// ([`Self::unopened`]), until a successful [`Self::reopen`] or
+    /// [`Self::adopt`].
+    pub fn is_opened(&self) -> bool {
+        self.opened
+    }
+
     /// True after a failed sync (or a failed first open) until a
     /// successful [`Self::reopen`].
     pub fn is_broken(&self) -> bool {
@@ -781,6 +816,9 @@ impl DiskQueue {
         self.active = None;
         self.reader = None;
         self.unsynced.clear();
+        if !self.opened {
+            fs::create_dir_all(&self.dir).map_err(|e| SpillError::io("create", &self.dir, e))?;
+        }
         let fresh = DiskQueue::recover(&self.dir, self.cfg)?;
         Ok(self.adopt(fresh))
     }
@@ -794,8 +832,12 @@ impl DiskQueue {
     /// every segment that stays (what was written before a failed fsync may
     /// never have reached the disk) and the directory. Only safe while the
     /// queue living on `dir` is broken (it then writes nothing).
+    ///
+    /// It never creates `dir`: a directory that is gone (moved away by a
+    /// live config change) is an error, not an empty queue. Create it first
+    /// for a queue that never opened ([`Self::is_opened`]).
     pub fn recover(dir: &Path, cfg: DiskQueueConfig) -> Result<Recovered, SpillError> {
-        let (queue, recovery) = DiskQueue::open(dir, cfg)?;
+        let (queue, recovery) = DiskQueue::open_existing(dir, cfg)?;
         for seg in &queue.segments {
             File::open(&seg.path)
                 .and_then(|f| f.sync_all())
