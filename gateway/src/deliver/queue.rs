@@ -554,6 +554,20 @@ impl TargetCore {
         out
     }
 
+    /// Takes data again after [`Self::drain_memory`] (a removed target came
+    /// back while its queue went to disk): every lane waits until every
+    /// disk record up to `written_seq` was read back, as after a restart.
+    /// The disk queue must be rewound (records read back before the drain
+    /// but not delivered are read again).
+    pub fn undrain(&mut self, written_seq: u64) {
+        if !self.drained {
+            return;
+        }
+        self.drained = false;
+        let acked = self.disk_ack();
+        self.set_recovered(acked, written_seq);
+    }
+
     fn pop_front(&mut self, lane: usize) -> Option<Chunk> {
         let l = &mut self.lanes[lane];
         let c = l.queue.pop_front()?;
@@ -1259,6 +1273,48 @@ mod tests {
         assert_eq!(core.reload_room(), None);
         core.reload(disk.0.clone(), 5, true, t0, 0);
         assert_eq!(core.disk_ack(), 0);
+    }
+
+    #[test]
+    fn deliver_queue_undrain_reads_every_record_back_in_order() {
+        // A removed target revived while its queue went to disk: it must
+        // read back everything unacked (also what was read back before the
+        // drain) before newer data, and deliver it in order.
+        let t0 = Instant::now();
+        let mut cfg = config();
+        cfg.queue_bytes = 2 * chunk(1, "s0", t0).records.len() as u64;
+        cfg.deadline = Duration::ZERO;
+        let mut core = TargetCore::new("t", cfg, 1);
+        let mut disk = Disk::default();
+        for i in 0..5u64 {
+            core.push(0, chunk(1, &format!("s{i}"), t0), &mut disk);
+        }
+        core.reload(disk.0.clone(), 3, true, t0, 0);
+        let memory = core.drain_memory();
+        for (lane, c) in memory {
+            disk.overflow(lane, c);
+        }
+        assert_eq!(disk.0.len(), 5);
+        core.undrain(5);
+        core.push(0, chunk(1, "s5", t0), &mut disk);
+        assert!(core.reload_room().is_some(), "reads back again");
+        // The disk queue was rewound: every unacked record comes again.
+        core.reload(disk.0.clone(), 5, true, t0, 0);
+        let mut names = Vec::new();
+        while let Some(d) = core.poll(t0) {
+            names.extend(decode(&d.body));
+            core.on_result(
+                d.lane,
+                d.batch,
+                &ok(),
+                Duration::ZERO,
+                t0,
+                SystemTime::now(),
+            );
+        }
+        assert_eq!(names, vec!["s0_0", "s1_0", "s2_0", "s3_0", "s4_0", "s5_0"]);
+        assert_eq!(core.disk_ack(), 5);
+        assert!(core.is_idle());
     }
 
     #[test]

@@ -19,7 +19,10 @@
 //!   id, endpoint, config (auth, headers, delivery options) and metrics are
 //!   swapped, its queue, lanes, disk queue and in-flight attempts are kept
 //!   (every later attempt, retries included, uses the new config), and its
-//!   spill directory is renamed under the queue lock. It keeps its lane
+//!   spill directory is renamed under the queue lock (after the sync round
+//!   in progress; the manifest is rewritten after the lock). A broken disk
+//!   queue is not moved (a reopen may be reading it): the old id is retired
+//!   instead. It keeps its lane
 //!   count (order; a new `maxConcurrency` caps the concurrency limit and
 //!   becomes the lane count at the next start without a backlog). Otherwise
 //!   the old id is retired and drains to the old endpoint while the new one
@@ -295,6 +298,7 @@ impl Spill {
                 )
             }
         };
+        let opened = q.is_opened();
         if let Some(from) = adopted {
             tracing::info!(target_id = %id, from_target_id = %from.target_id, records = rec.records,
                 bytes = rec.bytes, "delivery: config of this export changed; resuming the disk backlog of its previous target");
@@ -304,16 +308,21 @@ impl Spill {
                 "delivery: resuming the disk backlog of this target");
         }
         // Queued lane tags keep per-series order only under the lane count
-        // they were written with.
+        // they were written with. A queue whose open failed may hold records
+        // all the same (read when it reopens): it takes the manifest's lane
+        // count too, and the manifest is only rewritten once the queue opened
+        // (`recover_spill`), so a failed open never loses that count.
         let lanes = match spill_mod::Manifest::read(&dir) {
-            Ok(Some(m)) if rec.records > 0 && m.lanes > 0 => m.lanes,
+            Ok(Some(m)) if (rec.records > 0 || !opened) && m.lanes > 0 => m.lanes,
             Ok(_) => lanes,
             Err(e) => {
-                tracing::warn!(target_id = %id, error = %e, "delivery: unreadable spill manifest; it is rewritten");
+                tracing::warn!(target_id = %id, error = %e, "delivery: unreadable spill manifest; it is rewritten once the queue is open");
                 lanes
             }
         };
-        write_manifest(id, lanes, &target.routes, &dir);
+        if opened {
+            write_manifest(id, lanes, &target.routes, &dir);
+        }
         if let Err(e) = spill_mod::clear_orphan_mark(&dir) {
             tracing::warn!(target_id = %id, error = %e, "delivery: cannot clear the orphan mark of this target's disk backlog");
         }
@@ -502,23 +511,43 @@ impl TargetHandle {
     /// headers, delivery options) with its queue, lanes, disk backlog and
     /// in-flight attempts; every attempt from now on uses the new config.
     /// Its spill directory is renamed to `t`'s (which must hold no records)
-    /// under the queue lock. Returns false, changing nothing, when the
-    /// directory cannot be moved.
+    /// under the queue lock, after the sync round in progress (the round
+    /// lock, then the queue lock: `spill/commit.rs`); the parent directory
+    /// is fsynced and the manifest rewritten after both are released.
+    /// Returns false, changing nothing, when the directory cannot be moved,
+    /// or when the disk queue is broken: a reopen may be reading the
+    /// directory at its current path without the queue lock
+    /// ([`Self::recover_spill`]), so it must not move under it.
     fn reconfigure(&self, t: Arc<Target>, settings: &Settings) -> bool {
         let new_id = t.id.0.clone();
+        let mut moved = None;
         if let (Some(spill), Some(data_dir)) = (&self.spill, &settings.data_dir) {
             let to = spill_mod::target_dir(data_dir, &new_id);
+            let rounds = spill.commit.hold_rounds();
             let mut q = lock_queue(&spill.queue);
+            if q.is_broken() {
+                tracing::warn!(target_id = %self.id, new_target_id = %new_id,
+                    "delivery: the disk queue is broken (being reopened); the old target drains in parallel instead of going on under the new config");
+                return false;
+            }
             let from = q.dir().to_path_buf();
-            if let Err(e) = spill_mod::take_over(&from, &to) {
+            if let Err(e) = spill_mod::move_dir(&from, &to) {
                 tracing::warn!(target_id = %self.id, new_target_id = %new_id, error = %e,
                     "delivery: cannot move the disk queue to the new config's target; the old target drains in parallel instead");
                 return false;
             }
             q.moved_to(&to);
             drop(q);
-            write_manifest(&new_id, self.lanes(), &t.routes, &to);
+            drop(rounds);
+            moved = Some(to);
         }
+        // The target first: the sender reads it for every attempt, so a
+        // batch polled from here on goes to the new endpoint.
+        if let Ok(mut cur) = self.target.lock() {
+            *cur = t.clone();
+        }
+        self.endpoint
+            .store(Arc::new(stats::display_endpoint(&t.config.endpoint)));
         let d = &t.config.delivery;
         let config = CoreConfig {
             max_samples: d.max_samples_per_send.max(1),
@@ -541,12 +570,11 @@ impl TargetHandle {
             g.set(0.0);
         }
         self.metrics.store(Arc::new(TargetMetrics::new(&new_id)));
-        self.endpoint
-            .store(Arc::new(stats::display_endpoint(&t.config.endpoint)));
-        if let Ok(mut cur) = self.target.lock() {
-            *cur = t;
+        self.id.store(Arc::new(new_id.clone()));
+        if let Some(to) = moved {
+            spill_mod::sync_parent(&to);
+            write_manifest(&new_id, self.lanes(), &t.routes, &to);
         }
-        self.id.store(Arc::new(new_id));
         self.notify.notify_one();
         true
     }
@@ -713,14 +741,25 @@ impl TargetHandle {
     fn recover_spill(&self, stats: &GlobalStats, now: Instant) -> Option<Instant> {
         let spill = self.spill.as_ref()?;
         let mut backoff = spill.reopen.lock().unwrap_or_else(|p| p.into_inner());
-        let (dir, cfg) = {
+        let (dir, cfg, opened) = {
             let q = lock_queue(&spill.queue);
             if !q.is_broken() {
                 return None;
             }
-            (q.dir().to_path_buf(), q.config())
+            (q.dir().to_path_buf(), q.config(), q.is_opened())
         };
-        let recovered = match DiskQueue::recover(&dir, cfg) {
+        // Only a queue that never opened may lack its directory; `recover`
+        // never creates one (a directory moved away must not come back
+        // empty).
+        let created = match opened {
+            true => Ok(()),
+            false => std::fs::create_dir_all(&dir).map_err(|e| spill_mod::SpillError::Io {
+                op: "create",
+                path: dir.clone(),
+                source: Arc::new(e),
+            }),
+        };
+        let recovered = match created.and_then(|()| DiskQueue::recover(&dir, cfg)) {
             Ok(r) => r,
             Err(e) => {
                 backoff.failed(now);
@@ -733,10 +772,24 @@ impl TargetHandle {
         };
         let (r, written) = {
             let mut q = lock_queue(&spill.queue);
+            if q.dir() != dir {
+                // Moved while it was recovered (a broken queue is not
+                // renamed by a live config change, so this should not
+                // happen): what was read belongs to the old path. Drop it
+                // and recover again at once from the current one.
+                tracing::warn!(target_id = %self.id, recovered = %dir.display(), now_at = %q.dir().display(),
+                    "delivery: the disk spill moved while it was reopened; reopening it again");
+                return Some(now);
+            }
             let r = q.adopt(recovered);
             (r, q.written_seq())
         };
         backoff.reopened(now);
+        if r.first_open {
+            // The manifest was left as it was while the queue never opened
+            // (its lane count describes the records now recovered).
+            write_manifest(&self.id(), self.lanes(), &self.target().routes, &dir);
+        }
         if r.first_open && r.recovery.records > 0 {
             // Its backlog is older than anything queued since: every lane
             // waits for it, as after a restart.
@@ -772,7 +825,7 @@ impl TargetHandle {
             let Some(room) = self.core.lock().ok().and_then(|c| c.reload_room()) else {
                 break;
             };
-            let (chunks, written, exhausted) = {
+            let (chunks, written, exhausted, failed) = {
                 let mut q = lock_queue(&spill.queue);
                 match q.read(4096, room) {
                     Ok(recs) => {
@@ -787,16 +840,25 @@ impl TargetHandle {
                                 enqueued_ms: r.record.enqueued_ms,
                             })
                             .collect();
-                        (chunks, q.written_seq(), exhausted)
+                        (chunks, q.written_seq(), exhausted, false)
                     }
                     Err(e) => {
-                        // Unreadable records are given up so the lanes go on.
+                        // Nothing is skipped (skipping would ack the unread
+                        // records): the queue is marked broken, so the
+                        // reopen path retries with backoff; the lanes that
+                        // wait for disk records wait meanwhile.
                         stats.add_spill_error();
-                        tracing::error!(target_id = %self.id, error = %e, "delivery: cannot read the disk spill back; its unread records are skipped");
-                        (Vec::new(), q.written_seq(), true)
+                        let unread = q.stats().records;
+                        tracing::error!(target_id = %self.id, error = %e, unread_records = unread,
+                            "delivery: cannot read the disk spill back; the queue is reopened to retry (its records stay queued)");
+                        q.mark_broken(format!("read failed: {e}"));
+                        (Vec::new(), q.written_seq(), false, true)
                     }
                 }
             };
+            if failed {
+                break;
+            }
             if let Ok(mut core) = self.core.lock() {
                 core.reload(
                     chunks,
@@ -826,7 +888,8 @@ impl TargetHandle {
     }
 
     /// Shutdown: moves what is still in memory to disk and fsyncs. Returns
-    /// the samples that could not be kept.
+    /// the samples that could not be kept. Blocking (it may run a recovery
+    /// scan and fsyncs): async code runs it with [`spill_all_blocking`].
     fn spill_all(&self, stats: &GlobalStats) -> u64 {
         // A broken queue gets one more reopen attempt, whatever its backoff.
         self.recover_spill(stats, Instant::now());
@@ -854,10 +917,29 @@ impl TargetHandle {
             }
         }
         self.count_disk(&to_disk, stats);
+        // Not at the same time as a round of the sync thread (both would
+        // write the ledger through the same temp file).
+        let _rounds = spill.commit.hold_rounds();
         if let Err(e) = lock_queue(&spill.queue).flush(true) {
             tracing::error!(target_id = %self.id, error = %e, "delivery: cannot sync the disk spill at shutdown");
         }
         lost
+    }
+
+    /// Undoes [`Self::spill_all`] for a removed target that was revived
+    /// while its queue went to disk: the core reads every unacked disk
+    /// record back again, from the oldest, before anything newer of a lane.
+    fn resume_after_spill(&self) {
+        let Some(spill) = &self.spill else { return };
+        let written = {
+            let mut q = lock_queue(&spill.queue);
+            q.rewind();
+            q.written_seq()
+        };
+        if let Ok(mut core) = self.core.lock() {
+            core.undrain(written);
+        }
+        self.notify.notify_one();
     }
 
     /// Pauses or resumes sending.
@@ -1215,7 +1297,7 @@ impl FanoutDelivery {
         }
         let mut left = 0;
         for t in self.targets() {
-            left += t.spill_all(&inner.stats);
+            left += spill_all_blocking(inner, &t).await;
         }
         if left > 0 {
             inner.stats.abandoned.fetch_add(left, Ordering::Relaxed);
@@ -1734,15 +1816,31 @@ async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
         }
         if let Some(removed) = h.removed_at() {
             if idle && in_flight == 0 {
-                break;
+                if leave_retired(&inner, &h) {
+                    break;
+                }
+                // Revived (or not listed as retired yet): go on.
+                tokio::task::yield_now().await;
+                continue;
             }
             if now.saturating_duration_since(removed) > inner.settings.removed_drain {
                 if h.spill.is_some() {
                     // Keep it on disk for the retention period.
-                    let lost = h.spill_all(&inner.stats);
+                    let lost = spill_all_blocking(&inner, &h).await;
                     inner.stats.abandoned.fetch_add(lost, Ordering::Relaxed);
+                    if !leave_retired(&inner, &h) {
+                        // Revived (its id is back in the registry) while it
+                        // went to disk: it goes on, reading its backlog back.
+                        h.resume_after_spill();
+                        tracing::info!(target_id = %h.id, lost, "delivery: removed target came back while its backlog went to disk; it resumes from disk");
+                        continue;
+                    }
                     tracing::warn!(target_id = %h.id, samples = pending, lost, "delivery: removed target did not drain in time; its backlog stays on disk for the retention period");
                     break;
+                }
+                if !leave_retired(&inner, &h) {
+                    tokio::task::yield_now().await;
+                    continue;
                 }
                 inner.stats.abandoned.fetch_add(pending, Ordering::Relaxed);
                 metrics::counter!(names::DROPPED, "reason" => "removed").increment(pending);
@@ -1781,6 +1879,32 @@ async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
         inner.forget_drained(&h);
     }
     tracing::debug!(target_id = %h.id, "delivery: target sender stopped");
+}
+
+/// [`TargetHandle::spill_all`] on a blocking thread (it may scan and fsync
+/// the disk queue); works on any runtime flavor.
+async fn spill_all_blocking(inner: &Arc<Inner>, h: &Arc<TargetHandle>) -> u64 {
+    let (h2, i2) = (h.clone(), inner.clone());
+    match tokio::task::spawn_blocking(move || h2.spill_all(&i2.stats)).await {
+        Ok(lost) => lost,
+        Err(e) => {
+            tracing::error!(target_id = %h.id, error = %e, "delivery: moving this target's queue to disk failed");
+            0
+        }
+    }
+}
+
+/// A retired target's sender is about to stop: takes `h` out of the retired
+/// list, under the lock [`Inner::sync`] revives retired targets with, so a
+/// revival either happened before (returns false: `h` is active again and
+/// its sender must go on) or finds nothing and starts a new handle.
+fn leave_retired(inner: &Inner, h: &Arc<TargetHandle>) -> bool {
+    let Ok(mut r) = inner.retired.lock() else {
+        return true;
+    };
+    let before = r.len();
+    r.retain(|x| !Arc::ptr_eq(x, h));
+    r.len() != before
 }
 
 fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
@@ -2194,6 +2318,149 @@ mod tests {
         let (q, rec) = DiskQueue::open(&dir, DiskQueueConfig::default()).unwrap();
         assert!(rec.records > on_disk, "{rec:?}");
         drop(q);
+    }
+
+    /// Publishes a registry version in which e1's endpoint and
+    /// maxConcurrency changed (a new id, same routes); e2 is unchanged.
+    fn change_e1(d: &FanoutDelivery) {
+        let yaml = "clusters:\n  - {id: c1, organizationId: o1, cloudProvider: aws, cloudRegion: r, ingestToken: tok}\n\
+            workspaces:\n  - {id: ws, organizationId: o2, name: w}\n\
+            deployments:\n  - {id: d1, workspaceId: ws, clusterId: c1, namespace: ns, type: HOSTED, name: d}\n\
+            metricsExports:\n  - {id: e1, objectKey: e1, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {endpoint: 'http://127.0.0.1:2/w', delivery: {maxConcurrency: 2}}}\n  - {id: e2, objectKey: e2, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {endpoint: 'http://127.0.0.1:1/x'}}\n";
+        let mut registry = Registry::default();
+        ops::replace_all(
+            &mut registry,
+            Document::parse(yaml.as_bytes(), true).unwrap(),
+        )
+        .unwrap();
+        let version = d.snapshot().version() + 1;
+        d.inner.snapshot.store(Arc::new(Snapshot::build(
+            Arc::new(registry),
+            version,
+            Arc::from(&b"s"[..]),
+        )));
+        d.sync_now();
+    }
+
+    /// The id e1 gets in the `delivery()` registry.
+    async fn e1_id() -> String {
+        let tmp = tempfile::tempdir().unwrap();
+        let probe = spill_delivery(tmp.path());
+        let e1 = target_of_export(&probe, "e1");
+        probe.shutdown(Duration::from_millis(10)).await;
+        e1
+    }
+
+    #[tokio::test]
+    async fn deliver_service_live_config_change_of_a_broken_queue_retires_the_old_target() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = spill_delivery(tmp.path());
+        let e1 = target_of_export(&d, "e1");
+        let h = d.target(&e1).unwrap();
+        let old_dir = spill_mod::target_dir(tmp.path(), &e1);
+        // A failed fsync broke the queue: a reopen may be recovering its
+        // directory right now, without the queue lock.
+        lock_queue(&h.spill.as_ref().unwrap().queue).mark_broken("test".into());
+        change_e1(&d);
+        let new_e1 = target_of_export(&d, "e1");
+        assert_ne!(new_e1, e1);
+        // Not in place: the old target keeps its directory and drains; the
+        // new one starts on its own.
+        let h2 = d.target(&new_e1).unwrap();
+        assert!(
+            !Arc::ptr_eq(&h, &h2),
+            "reconfigured a broken queue in place"
+        );
+        assert!(h.removed_at().is_some());
+        assert_eq!(d.targets().len(), 3);
+        assert_eq!(lock_queue(&h.spill.as_ref().unwrap().queue).dir(), old_dir);
+        assert!(old_dir.is_dir());
+        let new_dir = spill_mod::target_dir(tmp.path(), &new_e1);
+        assert_eq!(lock_queue(&h2.spill.as_ref().unwrap().queue).dir(), new_dir);
+        // The old queue reopens at its path.
+        h.spill
+            .as_ref()
+            .unwrap()
+            .reopen
+            .lock()
+            .unwrap()
+            .due(Instant::now());
+        assert_eq!(h.recover_spill(&d.inner.stats, Instant::now()), None);
+        assert!(!lock_queue(&h.spill.as_ref().unwrap().queue).is_broken());
+        d.shutdown(Duration::from_millis(10)).await;
+    }
+
+    #[tokio::test]
+    async fn deliver_service_failed_open_keeps_the_lane_count_of_its_backlog() {
+        let e1 = e1_id().await;
+        let tmp = tempfile::tempdir().unwrap();
+        // A backlog queued under 4 lanes; the configured count is 16.
+        let qdir = backlog(tmp.path(), &e1, 3, Some(&[("d1", "e1")]));
+        // Its open fails (the ledger cannot be read).
+        let _ = std::fs::remove_file(qdir.join(spill_mod::LEDGER_FILE));
+        std::fs::create_dir(qdir.join(spill_mod::LEDGER_FILE)).unwrap();
+        let d = spill_delivery(tmp.path());
+        let h = d.target(&e1).unwrap();
+        let spill = h.spill.as_ref().unwrap();
+        assert!(lock_queue(&spill.queue).is_broken());
+        assert_eq!(
+            h.lanes(),
+            4,
+            "the backlog's lane count, not the configured one"
+        );
+        let m = spill_mod::Manifest::read(&qdir).unwrap().unwrap();
+        assert_eq!(m.lanes, 4, "manifest not rewritten before the queue opened");
+        // The disk works again: the reopen recovers the backlog under the
+        // lane count it was queued with, and the manifest is rewritten.
+        std::fs::remove_dir(qdir.join(spill_mod::LEDGER_FILE)).unwrap();
+        assert_eq!(h.recover_spill(&d.inner.stats, Instant::now()), None);
+        assert_eq!(spill_records(&d, &e1), 3);
+        assert_eq!(h.lanes(), 4);
+        let m = spill_mod::Manifest::read(&qdir).unwrap().unwrap();
+        assert_eq!((m.target_id.as_str(), m.lanes), (e1.as_str(), 4));
+        d.shutdown(Duration::from_millis(10)).await;
+    }
+
+    #[tokio::test]
+    async fn deliver_service_disk_read_error_keeps_the_backlog_and_reopens() {
+        let e1 = e1_id().await;
+        let tmp = tempfile::tempdir().unwrap();
+        let qdir = spill_mod::target_dir(tmp.path(), &e1);
+        let body = Bytes::from(prost::Message::encode_to_vec(
+            &fanout_proto::testdata::realistic_request(20, 1),
+        ));
+        let (mut q, _) = DiskQueue::open(&qdir, DiskQueueConfig::default()).unwrap();
+        for i in 0..3u64 {
+            q.append(&Record {
+                body: body.clone(),
+                samples: 20,
+                enqueued_ms: wall_ms(SystemTime::now()),
+                tag: i,
+            })
+            .unwrap();
+        }
+        q.close().unwrap();
+        let d = spill_delivery(tmp.path());
+        let h = d.target(&e1).unwrap();
+        assert_eq!(spill_records(&d, &e1), 3);
+        // Reading back fails (the segment cannot be opened for now).
+        let seg = qdir.join("00000000000000000001.seg");
+        let aside = tmp.path().join("aside");
+        std::fs::rename(&seg, &aside).unwrap();
+        h.reload(&d.inner.stats);
+        // Nothing was skipped or acked: the queue is broken, to be reopened.
+        assert_eq!(spill_records(&d, &e1), 3, "unread records acked");
+        assert_eq!(h.core.lock().unwrap().disk_ack(), 0);
+        let spill = h.spill.as_ref().unwrap();
+        assert!(lock_queue(&spill.queue).is_broken());
+        assert_eq!(h.core.lock().unwrap().pending_samples(), 0);
+        // Once readable, the reopen goes on and every record is read back.
+        std::fs::rename(&aside, &seg).unwrap();
+        assert_eq!(h.recover_spill(&d.inner.stats, Instant::now()), None);
+        h.reload(&d.inner.stats);
+        assert_eq!(h.core.lock().unwrap().pending_samples(), 60);
+        assert_eq!(spill_records(&d, &e1), 3);
+        d.shutdown(Duration::from_millis(10)).await;
     }
 
     #[tokio::test]

@@ -463,7 +463,9 @@ impl DiskQueue {
     /// queue lock (its target's config changed live). Open files stay
     /// valid; every path the queue keeps (segments, segments to delete, the
     /// ledger) now points into `dir`. A sync round planned before the rename
-    /// may fail on the old paths: it breaks the queue, which is reopened.
+    /// would fail on the old paths (breaking the queue): rename while holding
+    /// [`super::GroupCommit::hold_rounds`], and never while the queue is
+    /// broken (a reopen may be recovering the old path without the lock).
     pub fn moved_to(&mut self, dir: &Path) {
         let old = std::mem::replace(&mut self.dir, dir.to_path_buf());
         let rebase = |p: &mut PathBuf| {
