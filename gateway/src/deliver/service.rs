@@ -67,7 +67,8 @@
 //! never stops the gateway: the chunk is dropped as `queue_full`, counted in
 //! `spill_errors`, and logged; the next overflow tries the disk again. A
 //! group-commit thread per queue fsyncs every [`Settings::flush_interval`].
-//! A failed sync (or a failed open at target start) leaves the queue broken:
+//! A failed sync, a failed read back (nothing is skipped), or a failed open
+//! at target start leaves the queue broken:
 //! no new records (`queue_full`; 503 for `durability: wal`) until the sender
 //! task reopens it, 1 s after it sees it broken and then doubling up to 30 s
 //! (`TargetHandle::recover_spill`, on a blocking thread, without the queue
