@@ -14,66 +14,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use fanout_loadtest::identity::{now_ms, SampleId, SeriesId};
 use fanout_loadtest::sink::{Sink, SinkConfig};
-use fanout_proto::v1;
 use fanout_tests::fanout::{free_port, Gateway};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use fanout_tests::rounds::{self, client, round_of};
 
 const TOKEN: &str = "bench-ingest-token";
 const SERIES: u32 = 500;
 const WRITERS: u32 = 8;
 const RUN: Duration = Duration::from_secs(8);
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
 fn registry(port: u16) -> String {
-    format!(
-        "clusters:\n  - {{id: cl-a, organizationId: org-cl-a, cloudProvider: aws, cloudRegion: us-east-1, ingestToken: {TOKEN}}}\n\
-workspaces:\n  - {{id: ws-1, organizationId: org-w1, name: one}}\n\
-deployments:\n  - {{id: d1, workspaceId: ws-1, clusterId: cl-a, namespace: ns-1, type: HOSTED, name: d1}}\n\
-metricsExports:\n  - {{id: s, objectKey: s, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {{endpoint: 'http://127.0.0.1:{port}/api/v1/write'}}}}\n"
-    )
-}
-
-fn body(writer: u32, seq: u32) -> Bytes {
-    let ts = now_ms();
-    let req = v1::WriteRequest {
-        timeseries: (0..SERIES)
-            .map(|i| v1::TimeSeries {
-                labels: [
-                    ("__name__", "kube_pod_labels".to_owned()),
-                    ("namespace", "ns-1".to_owned()),
-                    ("pod", format!("pod-{writer}-{i:04}")),
-                ]
-                .into_iter()
-                .map(|(name, value)| v1::Label {
-                    name: name.into(),
-                    value,
-                })
-                .collect(),
-                samples: vec![v1::Sample {
-                    value: SampleId {
-                        id: SeriesId {
-                            cluster: writer,
-                            series: i,
-                        },
-                        seq,
-                    }
-                    .to_value(),
-                    timestamp: ts,
-                }],
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
-    Bytes::from(fanout_proto::snappy::compress(
-        &prost::Message::encode_to_vec(&req),
-    ))
+    rounds::registry(TOKEN, &format!("endpoint: '{}'", rounds::endpoint(port)))
 }
 
 /// CPU seconds (user + system) of process `pid` so far.
@@ -105,21 +56,13 @@ async fn run(mode: &str, registry: &std::path::Path) -> (u64, f64, f64) {
     for w in 0..WRITERS {
         let (ingest, stop, acked) = (gw.ingest.clone(), stop.clone(), acked.clone());
         tasks.push(tokio::spawn(async move {
-            let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+            let http = client();
             let mut seq = 0;
             while !stop.load(Ordering::Relaxed) {
-                let req = http::Request::post(format!("http://{ingest}/api/v1/write"))
-                    .header("content-encoding", "snappy")
-                    .header("content-type", "application/x-protobuf")
-                    .header("x-prometheus-remote-write-version", "0.1.0")
-                    .header("authorization", format!("Bearer {TOKEN}"))
-                    .body(Full::new(body(w, seq)))
-                    .expect("request");
-                let resp = http.request(req).await.expect("gateway reachable");
-                if resp.status().is_success() {
+                let status = rounds::write(&http, &ingest, TOKEN, round_of(w, seq, SERIES)).await;
+                if status / 100 == 2 {
                     acked.fetch_add(u64::from(SERIES), Ordering::Relaxed);
                 }
-                let _ = resp.into_body().collect().await;
                 seq += 1;
             }
         }));

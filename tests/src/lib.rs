@@ -4,3 +4,4 @@
 
 pub mod fanout;
 pub mod prometheus;
+pub mod rounds;

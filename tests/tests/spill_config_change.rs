@@ -19,168 +19,48 @@
 //!   that keep failing; they must stay unacked on disk (they were acked and
 //!   lost before `TargetCore::drain_memory` froze the disk ack).
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fanout_loadtest::identity::{now_ms, SampleId, SeriesId};
-use fanout_loadtest::sink::{Sink, SinkConfig, SinkHandle};
-use fanout_loadtest::verify::{Expectation, Problem};
-use fanout_proto::v1;
+use fanout_loadtest::sink::SinkHandle;
+use fanout_loadtest::verify::Expectation;
 use fanout_tests::fanout::{free_port, Gateway};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use fanout_tests::rounds::{
+    self, await_all, client, in_order, orphans, round, target, HttpClient, SERIES,
+};
 
 const TOKEN: &str = "cfg-change-ingest-token";
-const SERIES: u32 = 200;
-
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 /// The registry with export `s` of Deployment d1 sending to `port`, with
 /// `max_concurrency` and header `X-Config: {tag}`.
 fn registry(port: u16, max_concurrency: u32, tag: &str) -> String {
-    format!(
-        "clusters:\n  - {{id: cl-a, organizationId: org-cl-a, cloudProvider: aws, cloudRegion: us-east-1, ingestToken: {TOKEN}}}\n\
-workspaces:\n  - {{id: ws-1, organizationId: org-w1, name: one}}\n\
-deployments:\n  - {{id: d1, workspaceId: ws-1, clusterId: cl-a, namespace: ns-1, type: HOSTED, name: d1}}\n\
-metricsExports:\n  - {{id: s, objectKey: s, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {{endpoint: 'http://127.0.0.1:{port}/api/v1/write', headers: {{X-Config: {tag}}}, delivery: {{batchSendDeadline: 50ms, maxSamplesPerSend: 500, maxConcurrency: {max_concurrency}, maxBackoff: 200ms}}}}}}\n"
+    rounds::registry(
+        TOKEN,
+        &format!(
+            "endpoint: '{}', headers: {{X-Config: {tag}}}, delivery: {{batchSendDeadline: 50ms, maxSamplesPerSend: 500, maxConcurrency: {max_concurrency}, maxBackoff: 200ms}}",
+            rounds::endpoint(port)
+        ),
     )
 }
 
-/// One request: round `seq` of the [`SERIES`] series.
+/// Round `seq` of cluster 0.
 fn body(seq: u32) -> Bytes {
-    let ts = now_ms();
-    let req = v1::WriteRequest {
-        timeseries: (0..SERIES)
-            .map(|i| v1::TimeSeries {
-                labels: [
-                    ("__name__", "kube_pod_labels".to_owned()),
-                    ("namespace", "ns-1".to_owned()),
-                    ("pod", format!("pod-{i:04}")),
-                ]
-                .into_iter()
-                .map(|(name, value)| v1::Label {
-                    name: name.to_owned(),
-                    value,
-                })
-                .collect(),
-                samples: vec![v1::Sample {
-                    value: SampleId {
-                        id: SeriesId {
-                            cluster: 0,
-                            series: i,
-                        },
-                        seq,
-                    }
-                    .to_value(),
-                    timestamp: ts + i64::from(seq),
-                }],
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
-    Bytes::from(fanout_proto::snappy::compress(
-        &prost::Message::encode_to_vec(&req),
-    ))
+    round(0, seq)
 }
 
 async fn write(client: &HttpClient, ingest: &str, body: Bytes) -> u16 {
-    let req = http::Request::post(format!("http://{ingest}/api/v1/write"))
-        .header("content-encoding", "snappy")
-        .header("content-type", "application/x-protobuf")
-        .header("x-prometheus-remote-write-version", "0.1.0")
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(Full::new(body))
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-        .await
-        .expect("ingest answers within 10s")
-        .expect("ingest reachable");
-    let status = resp.status().as_u16();
-    let _ = resp.into_body().collect().await;
-    status
+    rounds::write(client, ingest, TOKEN, body).await
 }
 
 /// A sink named `name` on `port` that refuses requests (400) without the
 /// header `X-Config: {tag}`.
 async fn sink_at(port: u16, name: &str, tag: &str) -> SinkHandle {
-    Sink::start(SinkConfig {
-        name: name.to_owned(),
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        headers: vec![("X-Config".to_owned(), tag.to_owned())],
-        ..SinkConfig::default()
-    })
-    .await
-    .expect("sink starts")
+    rounds::sink_at(port, name, &[("X-Config", tag)]).await
 }
 
 /// Every series in the `acked` rounds, once each, in order.
 fn expectation(acked: &[u32]) -> Expectation {
-    let mut e = Expectation::new();
-    for i in 0..SERIES {
-        let id = SeriesId {
-            cluster: 0,
-            series: i,
-        };
-        e.expect(
-            id,
-            acked.iter().copied(),
-            ["t"],
-            Vec::<(String, String)>::new(),
-        );
-    }
-    e.require_order();
-    e
-}
-
-async fn await_all(e: &Expectation, sink: &SinkHandle, gw: &Gateway, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let problems = e.check(&[sink.report()]);
-        if problems.is_empty() {
-            return;
-        }
-        let disorder = problems
-            .iter()
-            .filter(|p| matches!(p, Problem::OutOfOrder { .. }))
-            .count();
-        if disorder > 0 || Instant::now() > deadline {
-            let shown: Vec<String> = problems.iter().take(10).map(|p| format!("{p:?}")).collect();
-            panic!(
-                "{} problems ({disorder} out of order):\n{}\ntargets: {}\nlog:\n{}",
-                problems.len(),
-                shown.join("\n"),
-                gw.request("GET", "/api/v1/targets", None).1,
-                gw.log()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The only target of `/api/v1/targets`.
-fn target(gw: &Gateway) -> serde_json::Value {
-    let (status, body) = gw.request("GET", "/api/v1/targets", None);
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    let list = v
-        .get("items")
-        .cloned()
-        .unwrap_or(v)
-        .as_array()
-        .cloned()
-        .expect("targets array");
-    assert_eq!(list.len(), 1, "one target: {list:?}");
-    list.into_iter().next().expect("one target")
-}
-
-fn orphans(gw: &Gateway) -> serde_json::Value {
-    let (status, body) = gw.request("GET", "/api/v1/stats", None);
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    v["orphanBacklogs"].clone()
+    in_order("t", acked)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -210,7 +90,7 @@ async fn run(change: bool) {
         "1s",
     ];
     let mut gw = Gateway::start("cfg-change-restart", &args);
-    let http = Client::builder(TokioExecutor::new()).build_http();
+    let http = client();
     let mut acked = Vec::new();
     for seq in 0..40u32 {
         if write(&http, &gw.ingest, body(seq)).await / 100 == 2 {
@@ -250,7 +130,11 @@ async fn run(change: bool) {
     }
     assert_eq!(acked.len(), 60);
     await_all(&expectation(&acked), &sink, &gw, Duration::from_secs(20)).await;
-    assert_eq!(orphans(&gw), serde_json::json!([]), "no orphan backlog");
+    assert_eq!(
+        orphans(&gw),
+        Vec::<serde_json::Value>::new(),
+        "no orphan backlog"
+    );
     let log = gw.log();
     assert_eq!(
         log.contains("resuming the disk backlog of its previous target"),
@@ -280,7 +164,7 @@ async fn live_config_change_goes_on_in_place() {
         "64KiB",
     ];
     let gw = Gateway::start("cfg-change-live", &args);
-    let http = Client::builder(TokioExecutor::new()).build_http();
+    let http = client();
     let mut acked = Vec::new();
     for seq in 0..40u32 {
         if write(&http, &gw.ingest, body(seq)).await / 100 == 2 {
@@ -347,7 +231,11 @@ async fn live_config_change_goes_on_in_place() {
         (0, 0),
         "the old endpoint got data after the change"
     );
-    assert_eq!(orphans(&gw), serde_json::json!([]), "no orphan backlog");
+    assert_eq!(
+        orphans(&gw),
+        Vec::<serde_json::Value>::new(),
+        "no orphan backlog"
+    );
     let log = gw.log();
     assert!(
         log.contains("its target goes on under the new id"),

@@ -1,6 +1,6 @@
 //! The disk spill on a full disk (issue 6: "disk errors handled by falling
 //! back to memory and load shedding, never by exiting"), with a real full
-//! file system: a 2 MiB tmpfs mounted on `<data-dir>/spill` (the registry
+//! file system: a small tmpfs mounted on `<data-dir>/spill` (the registry
 //! database stays on the normal disk). Needs root for `mount`; `.ci/run`
 //! runs it.
 //!
@@ -21,26 +21,17 @@
 //! while it is full and while the queue is broken, 2xx again once it is
 //! reopened; every sample answered 2xx arrives.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use fanout_loadtest::identity::{now_ms, SampleId, SeriesId};
-use fanout_loadtest::sink::{Sink, SinkConfig, SinkHandle};
+use fanout_loadtest::sink::SinkHandle;
 use fanout_loadtest::verify::{Expectation, Problem};
-use fanout_proto::v1;
 use fanout_tests::fanout::tempfile_dir::TempDir;
 use fanout_tests::fanout::{free_port, Gateway};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use fanout_tests::rounds::{self, client, expect_rounds, round, sink_at, target, HttpClient};
 
 const TOKEN: &str = "disk-full-ingest-token";
-const SERIES: u32 = 200;
-
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 /// A tmpfs mounted on a directory; unmounted (and the directory removed) on
 /// drop, also when the test fails.
@@ -89,49 +80,7 @@ fn fill(path: &Path) {
 }
 
 fn registry(port: u16) -> String {
-    format!(
-        "clusters:\n  - {{id: cl-a, organizationId: org-cl-a, cloudProvider: aws, cloudRegion: us-east-1, ingestToken: {TOKEN}}}\n\
-workspaces:\n  - {{id: ws-1, organizationId: org-w1, name: one}}\n\
-deployments:\n  - {{id: d1, workspaceId: ws-1, clusterId: cl-a, namespace: ns-1, type: HOSTED, name: d1}}\n\
-metricsExports:\n  - {{id: s, objectKey: s, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {{endpoint: 'http://127.0.0.1:{port}/api/v1/write', delivery: {{batchSendDeadline: 50ms, maxSamplesPerSend: 500, maxConcurrency: 4, maxBackoff: 200ms}}}}}}\n"
-    )
-}
-
-fn body(seq: u32) -> Bytes {
-    let ts = now_ms();
-    let req = v1::WriteRequest {
-        timeseries: (0..SERIES)
-            .map(|i| v1::TimeSeries {
-                labels: [
-                    ("__name__", "kube_pod_labels".to_owned()),
-                    ("namespace", "ns-1".to_owned()),
-                    ("pod", format!("pod-{i:04}")),
-                ]
-                .into_iter()
-                .map(|(name, value)| v1::Label {
-                    name: name.to_owned(),
-                    value,
-                })
-                .collect(),
-                samples: vec![v1::Sample {
-                    value: SampleId {
-                        id: SeriesId {
-                            cluster: 0,
-                            series: i,
-                        },
-                        seq,
-                    }
-                    .to_value(),
-                    timestamp: ts + i64::from(seq),
-                }],
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
-    Bytes::from(fanout_proto::snappy::compress(
-        &prost::Message::encode_to_vec(&req),
-    ))
+    rounds::registry(TOKEN, &format!("endpoint: '{}'", rounds::endpoint(port)))
 }
 
 /// One write; true when answered 2xx (see [`status`]).
@@ -141,42 +90,17 @@ async fn write(client: &HttpClient, gw: &Gateway, seq: u32) -> bool {
 
 /// One write; the gateway must answer within 10 s, with 2xx, 429 or 503.
 async fn status(client: &HttpClient, gw: &Gateway, seq: u32) -> u16 {
-    let req = http::Request::post(format!("http://{}/api/v1/write", gw.ingest))
-        .header("content-encoding", "snappy")
-        .header("content-type", "application/x-protobuf")
-        .header("x-prometheus-remote-write-version", "0.1.0")
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(Full::new(body(seq)))
-        .unwrap();
-    let resp = match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => panic!(
-            "request {seq}: gateway unreachable ({e}); log:\n{}",
+    let Some(status) = rounds::try_write(client, &gw.ingest, TOKEN, round(0, seq)).await else {
+        panic!(
+            "request {seq}: gateway unreachable or no answer within 10s; log:\n{}",
             gw.log()
-        ),
-        Err(_) => panic!("request {seq}: no answer within 10s; log:\n{}", gw.log()),
+        )
     };
-    let status = resp.status().as_u16();
-    let _ = resp.into_body().collect().await;
     assert!(
         status / 100 == 2 || status == 429 || status == 503,
         "request {seq}: status {status}"
     );
     status
-}
-
-fn target(gw: &Gateway) -> serde_json::Value {
-    let (status, body) = gw.request("GET", "/api/v1/targets", None);
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    let list = v
-        .get("items")
-        .cloned()
-        .unwrap_or(v)
-        .as_array()
-        .cloned()
-        .expect("targets array");
-    list.into_iter().next().expect("one target")
 }
 
 /// Samples the target dropped (`queue_full` + `disk_full`).
@@ -199,17 +123,7 @@ fn spill_errors(gw: &Gateway) -> u64 {
 
 fn expectation(acked: &[u32]) -> Expectation {
     let mut e = Expectation::new();
-    for i in 0..SERIES {
-        e.expect(
-            SeriesId {
-                cluster: 0,
-                series: i,
-            },
-            acked.iter().copied(),
-            ["t"],
-            Vec::<(String, String)>::new(),
-        );
-    }
+    expect_rounds(&mut e, "t", 0, acked);
     e
 }
 
@@ -249,9 +163,11 @@ async fn full_disk_sheds_load_then_recovers() {
     let port = free_port();
     let data = TempDir::new("fanout-disk-full");
     let spill = data.path().join("spill");
-    let _tmpfs = Tmpfs::mount(&spill, "2m");
-    // Space to free in step 3.
-    std::fs::write(spill.join("reserve"), vec![0u8; 768 << 10]).expect("reserve file");
+    let _tmpfs = Tmpfs::mount(&spill, "4m");
+    // Space to free in step 3: more than the ~40 requests (about 26 KiB of
+    // records each) written there before the backlog's segments can go, so
+    // the disk does not fill again however slowly the target drains.
+    std::fs::write(spill.join("reserve"), vec![0u8; 2560 << 10]).expect("reserve file");
     let conf = TempDir::new("fanout-disk-full-conf");
     let registry_path = conf.path().join("registry.yaml");
     std::fs::write(&registry_path, registry(port)).unwrap();
@@ -265,7 +181,7 @@ async fn full_disk_sheds_load_then_recovers() {
             "64KiB",
         ],
     );
-    let http = Client::builder(TokioExecutor::new()).build_http();
+    let http = client();
     let mut acked = Vec::new();
     let mut seq = 0u32;
 
@@ -279,7 +195,7 @@ async fn full_disk_sheds_load_then_recovers() {
         if spill_errors(&gw) > 0 {
             after_full += 1;
         }
-        assert!(seq < 400, "the 2 MiB tmpfs never filled");
+        assert!(seq < 400, "the tmpfs never filled");
     }
     let errors_full = spill_errors(&gw);
     assert!(errors_full > 0);
@@ -302,13 +218,7 @@ async fn full_disk_sheds_load_then_recovers() {
     // 2. Not one byte left; the target comes up and drains from disk, but
     // the ledger of its acks cannot be written: the queue breaks.
     fill(&spill.join("filler"));
-    let sink = Sink::start(SinkConfig {
-        name: "t".to_owned(),
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        ..SinkConfig::default()
-    })
-    .await
-    .expect("sink starts");
+    let sink = sink_at(port, "t", &[]).await;
     let t0 = Instant::now();
     while !gw.log().contains("queue marked broken") && t0.elapsed() < Duration::from_secs(10) {
         if write(&http, &gw, seq).await {
@@ -377,8 +287,9 @@ async fn full_disk_sheds_load_then_recovers() {
     assert_eq!(
         dropped_end,
         dropped_before,
-        "nothing dropped once the disk had room again: {}",
-        target(&gw)
+        "nothing dropped once the disk had room again: {}\nlog:\n{}",
+        target(&gw),
+        gw.log()
     );
     assert!(started.elapsed() < Duration::from_secs(60));
     for line in gw.log().lines().filter(|l| {
@@ -416,7 +327,7 @@ async fn wal_full_disk_refuses_with_503_until_reopened() {
             "wal",
         ],
     );
-    let http = Client::builder(TokioExecutor::new()).build_http();
+    let http = client();
     let mut acked = Vec::new();
     let mut seq = 0u32;
 
@@ -441,13 +352,7 @@ async fn wal_full_disk_refuses_with_503_until_reopened() {
     }
     // The target comes up: its acks cannot be written, the queue breaks;
     // requests keep being refused.
-    let sink = Sink::start(SinkConfig {
-        name: "t".to_owned(),
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        ..SinkConfig::default()
-    })
-    .await
-    .expect("sink starts");
+    let sink = sink_at(port, "t", &[]).await;
     let t0 = Instant::now();
     while !gw.log().contains("queue marked broken") && t0.elapsed() < Duration::from_secs(10) {
         let status = status(&http, &gw, seq).await;

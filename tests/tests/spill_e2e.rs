@@ -24,127 +24,47 @@
 //! order). The kill -9 test runs four writers at once, each on its own
 //! cluster (its own series), for the same reason.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fanout_loadtest::identity::{now_ms, SampleId, SeriesId};
-use fanout_loadtest::sink::{Fault, Sink, SinkConfig, SinkHandle};
+use fanout_loadtest::sink::Fault;
 use fanout_loadtest::verify::{Expectation, Problem};
-use fanout_proto::v1;
 use fanout_tests::fanout::{free_port, Gateway};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use fanout_tests::rounds::{
+    self, await_all, client, expect_rounds, in_order, orphans, round, sink_at, target, HttpClient,
+    SERIES,
+};
 
 const TOKEN: &str = "spill-ingest-token";
-const SERIES: u32 = 200;
-
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 fn registry(port: u16) -> String {
-    format!(
-        "{}metricsExports:\n  - {{id: s, objectKey: s, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {{endpoint: 'http://127.0.0.1:{port}/api/v1/write', delivery: {{batchSendDeadline: 50ms, maxSamplesPerSend: 500, maxConcurrency: 4, maxBackoff: 200ms}}}}}}\n",
-        registry_without_export()
+    rounds::registry(
+        TOKEN,
+        &format!(
+            "endpoint: '{}', delivery: {{batchSendDeadline: 50ms, maxSamplesPerSend: 500, maxConcurrency: 4, maxBackoff: 200ms}}",
+            rounds::endpoint(port)
+        ),
     )
 }
 
 /// The same cluster, workspace and deployment, and no metrics export: the
 /// target of [`registry`] is gone (not changed into a successor).
 fn registry_without_export() -> String {
-    format!(
-        "clusters:\n  - {{id: cl-a, organizationId: org-cl-a, cloudProvider: aws, cloudRegion: us-east-1, ingestToken: {TOKEN}}}\n\
-workspaces:\n  - {{id: ws-1, organizationId: org-w1, name: one}}\n\
-deployments:\n  - {{id: d1, workspaceId: ws-1, clusterId: cl-a, namespace: ns-1, type: HOSTED, name: d1}}\n"
-    )
+    rounds::registry(TOKEN, "")
 }
 
-fn labels(i: u32) -> Vec<(String, String)> {
-    vec![
-        ("__name__".into(), "kube_pod_labels".into()),
-        ("namespace".into(), "ns-1".into()),
-        ("pod".into(), format!("pod-{i:04}")),
-    ]
-}
-
-/// One request: round `seq` of the [`SERIES`] series of cluster 0.
+/// Round `seq` of cluster 0.
 fn body(seq: u32) -> Bytes {
-    body_of(0, seq)
-}
-
-/// One request: round `seq` of the [`SERIES`] series of `cluster`.
-fn body_of(cluster: u32, seq: u32) -> Bytes {
-    let ts = now_ms();
-    let req = v1::WriteRequest {
-        timeseries: (0..SERIES)
-            .map(|i| v1::TimeSeries {
-                labels: labels(i)
-                    .into_iter()
-                    .map(|(name, value)| v1::Label { name, value })
-                    .collect(),
-                samples: vec![v1::Sample {
-                    value: SampleId {
-                        id: SeriesId { cluster, series: i },
-                        seq,
-                    }
-                    .to_value(),
-                    timestamp: ts + i64::from(seq),
-                }],
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
-    Bytes::from(fanout_proto::snappy::compress(
-        &prost::Message::encode_to_vec(&req),
-    ))
+    round(0, seq)
 }
 
 async fn write(client: &HttpClient, ingest: &str, body: Bytes) -> u16 {
-    let req = http::Request::post(format!("http://{ingest}/api/v1/write"))
-        .header("content-encoding", "snappy")
-        .header("content-type", "application/x-protobuf")
-        .header("x-prometheus-remote-write-version", "0.1.0")
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(Full::new(body))
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-        .await
-        .expect("ingest answers within 10s")
-        .expect("ingest reachable");
-    let status = resp.status().as_u16();
-    let _ = resp.into_body().collect().await;
-    status
-}
-
-async fn sink_at(port: u16) -> SinkHandle {
-    Sink::start(SinkConfig {
-        name: "t".to_owned(),
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        ..SinkConfig::default()
-    })
-    .await
-    .expect("sink starts")
+    rounds::write(client, ingest, TOKEN, body).await
 }
 
 /// Every series of cluster 0 in the `acked` rounds, at target `t`, in order.
 fn expectation(acked: &[u32]) -> Expectation {
-    let mut e = Expectation::new();
-    expect_cluster(&mut e, 0, acked);
-    e.require_order();
-    e
-}
-
-fn expect_cluster(e: &mut Expectation, cluster: u32, acked: &[u32]) {
-    for i in 0..SERIES {
-        let id = SeriesId { cluster, series: i };
-        e.expect(
-            id,
-            acked.iter().copied(),
-            ["t"],
-            Vec::<(String, String)>::new(),
-        );
-    }
+    in_order("t", acked)
 }
 
 /// Panics at once on samples out of order: waiting cannot repair that.
@@ -164,42 +84,6 @@ fn fail_on_disorder(problems: &[Problem], gw: &Gateway) {
     }
 }
 
-async fn await_all(e: &Expectation, sink: &SinkHandle, gw: &Gateway, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let problems = e.check(&[sink.report()]);
-        if problems.is_empty() {
-            return;
-        }
-        fail_on_disorder(&problems, gw);
-        if Instant::now() > deadline {
-            let shown: Vec<String> = problems.iter().take(10).map(|p| format!("{p:?}")).collect();
-            panic!(
-                "{} problems:\n{}\ntargets: {}\nlog:\n{}",
-                problems.len(),
-                shown.join("\n"),
-                gw.request("GET", "/api/v1/targets", None).1,
-                gw.log()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn target(gw: &Gateway) -> serde_json::Value {
-    let (status, body) = gw.request("GET", "/api/v1/targets", None);
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    let list = v
-        .get("items")
-        .cloned()
-        .unwrap_or(v)
-        .as_array()
-        .cloned()
-        .expect("targets array");
-    list.into_iter().next().expect("one target")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn down_target_spills_then_replays() {
     let port = free_port();
@@ -215,7 +99,7 @@ async fn down_target_spills_then_replays() {
             "64KiB",
         ],
     );
-    let http = Client::builder(TokioExecutor::new()).build_http();
+    let http = client();
     let mut acked = Vec::new();
     // Down: far more than the memory queue holds.
     for seq in 0..60u32 {
@@ -237,7 +121,7 @@ async fn down_target_spills_then_replays() {
     // of 5xx, 200 ms healthy, 200 ms resetting every second connection,
     // 200 ms healthy; so batches (from disk and memory) are retried at the
     // head of their lane while newer data keeps spilling.
-    let sink = sink_at(port).await;
+    let sink = sink_at(port, "t", &[]).await;
     let up = Instant::now();
     let mut phase = u128::MAX;
     for seq in 60..160u32 {
@@ -296,7 +180,7 @@ async fn sigterm_spills_and_restart_resumes() {
         "1s",
     ];
     let mut gw = Gateway::start("spill-restart", &args);
-    let http = Client::builder(TokioExecutor::new()).build_http();
+    let http = client();
     let mut acked = Vec::new();
     for seq in 0..20u32 {
         if write(&http, &gw.ingest, body(seq)).await / 100 == 2 {
@@ -309,7 +193,7 @@ async fn sigterm_spills_and_restart_resumes() {
     assert!(status.success(), "exit {status:?}; log:\n{}", gw.log());
     let data = gw.take_data_dir();
     drop(gw);
-    let sink = sink_at(port).await;
+    let sink = sink_at(port, "t", &[]).await;
     let gw = Gateway::start_in("spill-restart", data, &args);
     // New traffic at once: it must go after the recovered backlog.
     for seq in 20..40u32 {
@@ -321,25 +205,6 @@ async fn sigterm_spills_and_restart_resumes() {
     await_all(&expectation(&acked), &sink, &gw, Duration::from_secs(20)).await;
 }
 
-/// A write that may fail (the gateway is being killed): `None` on a
-/// transport error.
-async fn try_write(client: &HttpClient, ingest: &str, body: Bytes) -> Option<u16> {
-    let req = http::Request::post(format!("http://{ingest}/api/v1/write"))
-        .header("content-encoding", "snappy")
-        .header("content-type", "application/x-protobuf")
-        .header("x-prometheus-remote-write-version", "0.1.0")
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(Full::new(body))
-        .ok()?;
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
-        .await
-        .ok()?
-        .ok()?;
-    let status = resp.status().as_u16();
-    resp.into_body().collect().await.ok()?;
-    Some(status)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_in_wal_mode_loses_nothing_acknowledged() {
     let port = free_port();
@@ -347,7 +212,7 @@ async fn kill_9_in_wal_mode_loses_nothing_acknowledged() {
     let path = dir.path().join("registry.yaml");
     std::fs::write(&path, registry(port)).unwrap();
     let args = ["--registry", path.to_str().unwrap(), "--durability", "wal"];
-    let sink = sink_at(port).await;
+    let sink = sink_at(port, "t", &[]).await;
     const WRITERS: u32 = 4;
     // Acknowledged rounds per writer; writer w writes cluster w's series.
     let acked = std::sync::Arc::new(std::sync::Mutex::new(vec![Vec::new(); WRITERS as usize]));
@@ -368,10 +233,10 @@ async fn kill_9_in_wal_mode_loses_nothing_acknowledged() {
             let (ingest, stop, acked) = (gw.ingest.clone(), stop.clone(), acked.clone());
             let first = next_seq[w as usize];
             writers.push(tokio::spawn(async move {
-                let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+                let http = client();
                 let mut seq = first;
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let answer = try_write(&http, &ingest, body_of(w, seq)).await;
+                    let answer = rounds::try_write(&http, &ingest, TOKEN, round(w, seq)).await;
                     seq += 1;
                     match answer {
                         Some(s) if s / 100 == 2 => acked.lock().unwrap()[w as usize].push(seq - 1),
@@ -404,7 +269,7 @@ async fn kill_9_in_wal_mode_loses_nothing_acknowledged() {
     let gw = Gateway::start_in("spill-kill", data, &args);
     let mut expected = Expectation::new();
     for (w, rounds) in acked.iter().enumerate() {
-        expect_cluster(&mut expected, w as u32, rounds);
+        expect_rounds(&mut expected, "t", w as u32, rounds);
     }
     // Duplicates are allowed (replayed after a crash), a new sample after a
     // newer one of its series is not.
@@ -477,16 +342,6 @@ fn spill_dirs(data: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<std::path:
     dirs
 }
 
-fn orphans(gw: &Gateway) -> Vec<serde_json::Value> {
-    let (status, body) = gw.request("GET", "/api/v1/stats", None);
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    v["orphanBacklogs"]
-        .as_array()
-        .cloned()
-        .unwrap_or_else(|| panic!("no orphanBacklogs in {v}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn orphan_backlog_is_reported_then_deleted_after_retention() {
     const RETENTION: Duration = Duration::from_secs(4);
@@ -507,7 +362,7 @@ async fn orphan_backlog_is_reported_then_deleted_after_retention() {
         ],
     );
     let id = target(&gw)["id"].as_str().expect("target id").to_owned();
-    let http = Client::builder(TokioExecutor::new()).build_http();
+    let http = client();
     for seq in 0..10u32 {
         assert_eq!(write(&http, &gw.ingest, body(seq)).await / 100, 2);
     }
