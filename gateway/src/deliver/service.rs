@@ -135,7 +135,9 @@ pub struct DeliveryArgs {
     /// (statsd mapping YAML, or one name per line with `*` wildcards).
     #[arg(long, env = "FANOUT_CATALOG")]
     pub catalog: Option<String>,
-    /// Memory queue bound of each target; beyond it the oldest data is dropped [default: 64MiB].
+    /// Memory queue bound of each target; beyond it the oldest data goes to
+    /// the target's disk spill (dropped as `queue_full` only when the spill
+    /// cannot take it) [default: 64MiB].
     #[arg(long, env = "FANOUT_TARGET_QUEUE_MEMORY")]
     pub target_queue_memory: Option<ByteSize>,
     /// On SIGTERM, how long to keep delivering queued data [default: 30s].
