@@ -446,6 +446,12 @@ async fn sink(a: SinkArgs) -> anyhow::Result<i32> {
     for r in &reports {
         problems.extend(verify::self_check(r));
     }
+    // Arrival order per series: reported as counts, not problems, because
+    // `fanout-load run` writes over parallel connections and does not order
+    // a series' rounds at the source (tests that do use `require_order`).
+    let out_of_order = |r: &fanout_loadtest::sink::SinkReport| -> u64 {
+        r.series.values().map(|s| s.out_of_order).sum()
+    };
     if a.json {
         let out: Vec<serde_json::Value> = reports
             .iter()
@@ -453,6 +459,7 @@ async fn sink(a: SinkArgs) -> anyhow::Result<i32> {
                 serde_json::json!({
                     "name": r.name, "addr": r.addr, "requests": r.requests, "responses": r.responses,
                     "samples": r.samples, "series": r.series.len(), "unidentified": r.unidentified,
+                    "outOfOrderSamples": out_of_order(r),
                     "badRequests": r.bad_requests, "authFailures": r.auth_failures,
                     "headerMismatches": r.header_mismatches, "injected": r.injected,
                     "lastError": r.last_error, "protocols": r.protocols, "latencyMs": r.latency_ms,
@@ -473,13 +480,14 @@ async fn sink(a: SinkArgs) -> anyhow::Result<i32> {
                 .collect();
             let l = &r.latency_ms;
             println!(
-                "{}  {} requests ({})  {} samples  {} series  {} unidentified  e2e ms p50 {:.0} p90 {:.0} p99 {:.0} p99.9 {:.0} max {:.0}",
+                "{}  {} requests ({})  {} samples  {} series  {} unidentified  {} out of order  e2e ms p50 {:.0} p90 {:.0} p99 {:.0} p99.9 {:.0} max {:.0}",
                 r.name,
                 r.requests,
                 codes.join(", "),
                 r.samples,
                 r.series.len(),
                 r.unidentified,
+                out_of_order(r),
                 l.p50,
                 l.p90,
                 l.p99,
