@@ -133,9 +133,14 @@ pub struct CoreConfig {
 }
 
 impl CoreConfig {
-    /// Lanes of a target: `lanes`, or [`lanes_for`] `max_concurrency`.
+    /// Lanes of a target: `lanes` as given (the count a backlog was queued
+    /// with; it must not change while that backlog waits), or [`lanes_for`]
+    /// `max_concurrency`.
     pub fn lanes(&self) -> u32 {
-        lanes_for(self.lanes.unwrap_or(self.max_concurrency))
+        match self.lanes {
+            Some(l) => l.clamp(1, MAX_LANES),
+            None => lanes_for(self.max_concurrency),
+        }
     }
 }
 

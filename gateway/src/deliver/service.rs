@@ -738,12 +738,16 @@ impl TargetHandle {
 
     /// Tries to reopen the broken disk queue (blocking: run it off the
     /// runtime). Recovery reads the directory without the queue lock (a
-    /// broken queue writes nothing), so ingest keeps overflowing to
-    /// `queue_full` meanwhile instead of waiting. Returns when the next
+    /// broken queue takes no appends, and no sync round runs meanwhile), so
+    /// ingest keeps overflowing to `queue_full` meanwhile instead of waiting. Returns when the next
     /// attempt is due, or `None` when the queue works again.
     fn recover_spill(&self, stats: &GlobalStats, now: Instant) -> Option<Instant> {
         let spill = self.spill.as_ref()?;
         let mut backoff = spill.reopen.lock().unwrap_or_else(|p| p.into_inner());
+        // No sync round meanwhile: recovery rewrites the directory (it drops
+        // a stale `ledger.tmp`) that a round planned earlier would still
+        // write. Lock order: reopen, round, queue.
+        let _rounds = spill.commit.hold_rounds();
         let (dir, cfg, opened) = {
             let q = lock_queue(&spill.queue);
             if !q.is_broken() {
@@ -830,6 +834,12 @@ impl TargetHandle {
             };
             let (chunks, written, exhausted, failed) = {
                 let mut q = lock_queue(&spill.queue);
+                if q.is_broken() {
+                    // Read back only after the reopen (a read error broke
+                    // it, or a failed sync): retrying on every wake-up would
+                    // repeat a failing disk read under the queue lock.
+                    break;
+                }
                 match q.read(4096, room) {
                     Ok(recs) => {
                         let exhausted = recs.is_empty();
@@ -1127,7 +1137,7 @@ impl FanoutDelivery {
                 match r {
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         let snap = inner.snapshot.load_full();
-                        inner.sync(&snap);
+                        let _ = tokio::task::spawn_blocking(move || inner.sync(&snap)).await;
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
@@ -1629,7 +1639,10 @@ impl Inner {
         let snapshot = self.snapshot.load_full();
         let mut plan = self.plan.load_full();
         if plan.version != snapshot.version() {
-            self.sync(&snapshot);
+            // Applying a registry version opens queues, may adopt or move a
+            // backlog and fsyncs: off the async workers.
+            let (inner, snap) = (Arc::clone(self), Arc::clone(&snapshot));
+            let _ = tokio::task::spawn_blocking(move || inner.sync(&snap)).await;
             plan = self.plan.load_full();
         }
         let s = &batch.summary;
@@ -1775,6 +1788,9 @@ async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
                     .unwrap_or(None);
         }
         h.reload(&inner.stats);
+        // A failed read back just broke the queue: schedule its reopen (the
+        // lanes waiting for disk records have no wake-up of their own).
+        let reopen_at = reopen_at.or_else(|| h.spill_reopen_at(Instant::now()));
         let now = Instant::now();
         let (wake, idle, pending) = match h.core.lock() {
             Ok(mut core) => {
@@ -1838,6 +1854,19 @@ async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
                         tracing::info!(target_id = %h.id, lost, "delivery: removed target came back while its backlog went to disk; it resumes from disk");
                         continue;
                     }
+                    // Revived and removed again while it went to disk: what
+                    // was pushed meanwhile goes to disk too.
+                    let again = match h.core.lock() {
+                        Ok(c) => !c.memory_empty(),
+                        Err(_) => false,
+                    };
+                    let lost = if again {
+                        let more = spill_all_blocking(&inner, &h).await;
+                        inner.stats.abandoned.fetch_add(more, Ordering::Relaxed);
+                        lost + more
+                    } else {
+                        lost
+                    };
                     tracing::warn!(target_id = %h.id, samples = pending, lost, "delivery: removed target did not drain in time; its backlog stays on disk for the retention period");
                     break;
                 }
@@ -2457,6 +2486,20 @@ mod tests {
         let spill = h.spill.as_ref().unwrap();
         assert!(lock_queue(&spill.queue).is_broken());
         assert_eq!(h.core.lock().unwrap().pending_samples(), 0);
+        // Its reopen is scheduled (the sender sleeps until then: the lanes
+        // waiting for disk records have no wake-up of their own), and later
+        // wake-ups do not read the failing disk again.
+        assert!(h.spill_reopen_at(Instant::now()).is_some());
+        let errors = d.inner.stats.spill_errors.load(Ordering::Relaxed);
+        assert!(errors >= 1);
+        for _ in 0..5 {
+            h.reload(&d.inner.stats);
+        }
+        assert_eq!(
+            d.inner.stats.spill_errors.load(Ordering::Relaxed),
+            errors,
+            "a broken queue is not read again before its reopen"
+        );
         // Once readable, the reopen goes on and every record is read back.
         std::fs::rename(&aside, &seg).unwrap();
         assert_eq!(h.recover_spill(&d.inner.stats, Instant::now()), None);

@@ -833,7 +833,9 @@ impl DiskQueue {
     /// First half of [`Self::reopen`]: [`Self::open`] on `dir`, then fsyncs
     /// every segment that stays (what was written before a failed fsync may
     /// never have reached the disk) and the directory. Only safe while the
-    /// queue living on `dir` is broken (it then writes nothing).
+    /// queue living on `dir` is broken (it then takes no appends) and no
+    /// sync round of its [`GroupCommit`](super::GroupCommit) runs (hold
+    /// `hold_rounds`: a round planned earlier would still write the ledger).
     ///
     /// It never creates `dir`: a directory that is gone (moved away by a
     /// live config change) is an error, not an empty queue. Create it first
