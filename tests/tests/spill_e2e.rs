@@ -456,5 +456,5 @@ async fn orphan_backlog_is_reported_then_deleted_after_retention() {
         "log:\n{}",
         gw.log()
     );
-    eprintln!("orphan backlog of {id}: listed, deleted {took:?} after its last write");
+    eprintln!("orphan backlog of {id}: listed, deleted {took:?} after the restart began (retention counts from its orphan marker)");
 }
