@@ -229,6 +229,10 @@ struct SinkArgs {
     /// Reset the connection of every N-th request.
     #[arg(long, default_value_t = 0)]
     reset_every: u64,
+    /// Record every N-th accepted request, then answer it 503 (a lost
+    /// answer: the sender's retry makes duplicates).
+    #[arg(long, default_value_t = 0)]
+    lose_answer_every: u64,
     /// Also serve HTTP/3 on the same ports (UDP) with a self-signed certificate.
     #[arg(long)]
     http3: bool,
@@ -392,6 +396,7 @@ async fn sink(a: SinkArgs) -> anyhow::Result<i32> {
         status_for: a.fail_for,
         delay: a.delay.unwrap_or_default(),
         reset_every: a.reset_every,
+        lose_answer_every: a.lose_answer_every,
     };
     let mut sinks: Vec<SinkHandle> = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {

@@ -86,6 +86,10 @@ pub struct Fault {
     pub delay: Duration,
     /// Reset the connection of every n-th request (0: never).
     pub reset_every: u64,
+    /// Record every n-th accepted request, then answer it 503 as if the
+    /// answer had been lost on the way back (0: never): the sender retries
+    /// and its samples arrive twice (duplicates, never out of order).
+    pub lose_answer_every: u64,
 }
 
 /// How to start a sink.
@@ -593,7 +597,7 @@ async fn process(
         let status = f
             .status
             .filter(|_| f.status_for.is_none_or(|d| since.elapsed() < d));
-        (status, f.delay, f.reset_every)
+        (status, f.delay, f.reset_every, f.lose_answer_every)
     };
     if !fault.1.is_zero() {
         tokio::time::sleep(fault.1).await;
@@ -617,6 +621,11 @@ async fn process(
         return Err(InjectedReset);
     }
     let resp = match receive(st, headers, body, fault.0) {
+        Ok(r) if fault.3 > 0 && n % fault.3 == 0 && r.status().is_success() => {
+            st.refused.fetch_add(1, Ordering::Relaxed);
+            lock(&st.inner).report.injected += 1;
+            reply(StatusCode::SERVICE_UNAVAILABLE, "injected: answer lost")
+        }
         Ok(r) => r,
         Err(r) => {
             st.refused.fetch_add(1, Ordering::Relaxed);

@@ -342,6 +342,73 @@ fn spill_dirs(data: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<std::path:
     dirs
 }
 
+/// Answers lost after the target stored the data (every third request is
+/// recorded, then answered 503): the gateway retries those batches, so their
+/// samples arrive twice and are counted as duplicates, while new samples
+/// still arrive in order per series and none is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_answers_make_duplicates_never_disorder() {
+    let port = free_port();
+    let dir = fanout_tests::fanout::tempfile_dir::TempDir::new("spill-lost");
+    let path = dir.path().join("registry.yaml");
+    std::fs::write(&path, registry(port)).unwrap();
+    let sink = sink_at(port, "t", &[]).await;
+    sink.set_fault(Fault {
+        lose_answer_every: 3,
+        ..Fault::default()
+    });
+    let gw = Gateway::start("spill-lost", &["--registry", path.to_str().unwrap()]);
+    let http = client();
+    let mut acked = Vec::new();
+    for seq in 0..40u32 {
+        if write(&http, &gw.ingest, body(seq)).await / 100 == 2 {
+            acked.push(seq);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(acked.len(), 40);
+    let e = expectation(&acked);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let duplicates = loop {
+        let problems = e.check(&[sink.report()]);
+        fail_on_disorder(&problems, &gw);
+        let other: Vec<&Problem> = problems
+            .iter()
+            .filter(|p| !matches!(p, Problem::Duplicated { .. }))
+            .collect();
+        if other.is_empty() {
+            break problems
+                .iter()
+                .map(|p| match p {
+                    Problem::Duplicated { copies, .. } => *copies,
+                    _ => 0,
+                })
+                .sum::<u64>();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} problems, first: {}\nlog:\n{}",
+            other.len(),
+            other[0],
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let injected = sink.report().injected;
+    assert!(injected > 0, "answers were lost");
+    assert!(
+        duplicates > 0,
+        "a batch whose answer was lost is sent again: its samples arrive twice"
+    );
+    let t = target(&gw);
+    assert!(t["retries"].as_u64().unwrap_or(0) > 0, "{t}");
+    eprintln!(
+        "lost answers: {} acknowledged requests of {SERIES} series delivered in order; {injected} answers lost, {duplicates} duplicate samples, target retries {}",
+        acked.len(),
+        t["retries"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn orphan_backlog_is_reported_then_deleted_after_retention() {
     const RETENTION: Duration = Duration::from_secs(4);
