@@ -121,7 +121,18 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    let Some(token) = &state.token else {
+    check_admin_token(state.token.as_ref(), request, next).await
+}
+
+/// The admin token check of every admin route (registry here, delivery in
+/// `deliver::api`): `Authorization: Bearer <token>`, or 401. Without a token
+/// every request passes (the admin listener is then loopback-only).
+pub(crate) async fn check_admin_token(
+    token: Option<&Secret>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = token else {
         return next.run(request).await;
     };
     let given = request
@@ -129,7 +140,7 @@ async fn require_token(State(state): State<AdminState>, request: Request, next: 
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(token.expose()) {
+    if given.is_some_and(|g| token.matches(g)) {
         next.run(request).await
     } else {
         let body = json!({"error": "missing or wrong admin token (Authorization: Bearer ...)", "problems": []});

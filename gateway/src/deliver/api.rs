@@ -60,24 +60,7 @@ pub fn routes(api: DeliveryApi) -> Router {
 }
 
 async fn require_token(State(api): State<DeliveryApi>, request: Request, next: Next) -> Response {
-    let Some(token) = &api.token else {
-        return next.run(request).await;
-    };
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(token.expose()) {
-        next.run(request).await
-    } else {
-        (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({"error": "missing or wrong admin token (Authorization: Bearer ...)", "problems": []})),
-        )
-            .into_response()
-    }
+    crate::admin::check_admin_token(api.token.as_ref(), request, next).await
 }
 
 async fn targets(State(api): State<DeliveryApi>) -> Response {

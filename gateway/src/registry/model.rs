@@ -48,6 +48,14 @@ impl Secret {
         self.0 == MASK
     }
 
+    /// Whether `given` is this secret, compared without stopping at the
+    /// first differing byte (so the time taken says nothing of how much of a
+    /// guess was right).
+    pub fn matches(&self, given: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), given.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+    }
+
     /// Whether the secret is empty.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

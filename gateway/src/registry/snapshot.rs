@@ -219,7 +219,7 @@ impl Snapshot {
         match cluster_id {
             Some(id) => {
                 let entry = self.clusters.get(id)?;
-                (entry.token.expose() == token).then(|| entry.info.clone())
+                entry.token.matches(token).then(|| entry.info.clone())
             }
             None => self.by_token.get(token).cloned(),
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::live::Live;
-use super::model::{masked, Document, Kind, Object, Registry};
+use super::model::{masked, Document, Kind, Object, Registry, Secret};
 use super::resolve::{effective_exports, Auth, EffectiveExport};
 use super::snapshot::{Attribution, Snapshot};
 use super::store::{self, Store, UpdateError};
@@ -653,4 +653,15 @@ fn snapshot_diff_reports_added_changed_removed() {
     assert_eq!(eps(&diff.changed), ["http://127.0.0.1:1/w"]);
     assert_eq!(diff.removed.len(), 1);
     assert!(b.diff_from(&b).is_empty());
+}
+
+#[test]
+fn secret_matches_only_the_whole_value() {
+    let s = Secret::new("s3cret-token");
+    assert!(s.matches("s3cret-token"));
+    assert!(!s.matches("s3cret-toke"));
+    assert!(!s.matches("s3cret-token2"));
+    assert!(!s.matches("S3cret-token"));
+    assert!(!s.matches(""));
+    assert!(Secret::new("").matches(""));
 }
