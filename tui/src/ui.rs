@@ -35,6 +35,26 @@ pub const DROP_REASONS: [&str; 6] = [
     "rejected",
 ];
 
+/// One throughput line: `label`, (samples, bytes) per second, then totals.
+fn flow_line(label: &'static str, rate: (f64, f64), total: (f64, f64)) -> Line<'static> {
+    Line::from(vec![
+        Span::styled(label, bold()),
+        Span::styled(
+            format!(
+                "{:>8} samples/s {:>10}/s",
+                fmt::si(rate.0),
+                fmt::bytes(rate.1)
+            ),
+            Style::default().fg(Color::Cyan),
+        ),
+        Span::raw(format!(
+            "   total {} samples, {}",
+            fmt::si(total.0),
+            fmt::bytes(total.1)
+        )),
+    ])
+}
+
 fn bold() -> Style {
     Style::default().add_modifier(Modifier::BOLD)
 }
@@ -375,38 +395,12 @@ fn render_overview(state: &State, f: &mut Frame, area: Rect) {
     };
     let attempts = r.delivery_requests + r.delivery_failures;
     let lines = vec![
-        Line::from(vec![
-            Span::styled("in   ", bold()),
-            Span::styled(
-                format!(
-                    "{:>8} samples/s {:>10}/s",
-                    fmt::si(r.samples_in),
-                    fmt::bytes(r.bytes_in)
-                ),
-                Style::default().fg(Color::Cyan),
-            ),
-            Span::raw(format!(
-                "   total {} samples, {}",
-                fmt::si(samples_in),
-                fmt::bytes(bytes_in)
-            )),
-        ]),
-        Line::from(vec![
-            Span::styled("out  ", bold()),
-            Span::styled(
-                format!(
-                    "{:>8} samples/s {:>10}/s",
-                    fmt::si(r.samples_out),
-                    fmt::bytes(r.bytes_out)
-                ),
-                Style::default().fg(Color::Cyan),
-            ),
-            Span::raw(format!(
-                "   total {} samples, {}",
-                fmt::si(samples_out),
-                fmt::bytes(bytes_out)
-            )),
-        ]),
+        flow_line("in   ", (r.samples_in, r.bytes_in), (samples_in, bytes_in)),
+        flow_line(
+            "out  ",
+            (r.samples_out, r.bytes_out),
+            (samples_out, bytes_out),
+        ),
         Line::from(vec![
             Span::styled("errors ", bold()),
             Span::styled(
