@@ -11,7 +11,12 @@
 //!   `maxConcurrency`. It grows by one while there is a backlog and the
 //!   latency stays within twice its moving average, at most once per observed
 //!   latency; it halves on an error or 429, at most once per latency so a
-//!   burst of failures of requests sent together counts once.
+//!   burst of failures of requests sent together counts once. It also
+//!   halves when the load it carries would fit in a quarter of the limit
+//!   ([`Concurrency::on_load`], Little's law: samples per second × average
+//!   latency ÷ samples per request), at most once per [`SHRINK_EVERY`]: the
+//!   queue uses the limit as its number of lane groups, and fewer groups
+//!   fill their batches sooner (docs/delivery.md "Lanes follow load").
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +24,9 @@ use std::time::{Duration, Instant};
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(30);
 /// Longest `Retry-After` honoured.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Least time between two load-driven decreases of the concurrency limit
+/// (and after any change before one).
+pub const SHRINK_EVERY: Duration = Duration::from_secs(1);
 
 /// How one send attempt ended, as the adapter saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +217,24 @@ impl Concurrency {
         }
     }
 
+    /// The load just carried: `samples_per_sec` sent at `max_samples` per
+    /// request. Halves the limit when a quarter of it would carry that load
+    /// with the average latency, at most once per [`SHRINK_EVERY`].
+    pub fn on_load(&mut self, samples_per_sec: f64, max_samples: u32, now: Instant) {
+        if self.limit <= 1 {
+            return;
+        }
+        let latency = self.settle_interval().as_secs_f64();
+        let needed = samples_per_sec * latency / f64::from(max_samples.max(1));
+        let calm = self
+            .last_change
+            .is_none_or(|t| now.saturating_duration_since(t) >= SHRINK_EVERY);
+        if calm && needed * 4.0 < f64::from(self.limit) {
+            self.limit = (self.limit / 2).max(1);
+            self.last_change = Some(now);
+        }
+    }
+
     /// Changes the maximum (config change); the limit follows it down.
     pub fn set_max(&mut self, max: u32) {
         self.max = max.max(1);
@@ -318,6 +344,32 @@ mod tests {
         c.on_error(now + ms(400));
         assert_eq!(c.limit(), 1, "never below 1");
         c.set_max(0);
+        assert_eq!(c.limit(), 1);
+    }
+
+    #[test]
+    fn deliver_policy_concurrency_shrinks_when_a_quarter_carries_the_load() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut c = Concurrency::new(16);
+        let mut now = t0;
+        for _ in 0..20 {
+            now += ms(25);
+            c.on_success(ms(20), true, now);
+        }
+        assert_eq!(c.limit(), 16);
+        // 300k samples/s at 20 ms and 2,000 per request needs 3 requests in
+        // flight: 16 is more than four times that, 8 is not.
+        c.on_load(300_000.0, 2000, now + ms(500));
+        assert_eq!(c.limit(), 16, "not within a second of the last change");
+        c.on_load(300_000.0, 2000, now + ms(1000));
+        assert_eq!(c.limit(), 8);
+        c.on_load(300_000.0, 2000, now + ms(3000));
+        assert_eq!(c.limit(), 8);
+        // Moderate load: back to one, halving once a second.
+        c.on_load(30_000.0, 2000, now + ms(4000));
+        c.on_load(30_000.0, 2000, now + ms(5000));
+        c.on_load(30_000.0, 2000, now + ms(6000));
         assert_eq!(c.limit(), 1);
     }
 

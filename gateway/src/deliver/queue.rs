@@ -64,6 +64,9 @@ pub const MAX_LANES: u32 = 64;
 const _: () = assert!(MAX_LANES.is_power_of_two());
 /// A target whose failures last longer than this is `failing`.
 pub const FAILING_AFTER: Duration = Duration::from_secs(30);
+/// Memory queued on a target beyond which it counts as lagging
+/// ([`TargetCore::lagging`]).
+pub const LAGGING_BYTES: u64 = 4 << 20;
 
 /// A run of encoded `TimeSeries` records (each `0x0a len msg`) for one target lane.
 #[derive(Debug, Clone)]
@@ -208,10 +211,19 @@ struct Batch {
     attempts: u32,
     sending: bool,
     not_before: Instant,
+    /// Lanes whose data it holds (bit `l` for lane `l`): each is busy until
+    /// the batch is delivered or dropped.
+    lanes: u64,
+    /// Lowest lane it holds (reported in [`Dispatch::lane`]).
+    first_lane: u32,
     /// Disk seqs this batch completes when delivered or dropped.
     seqs: Vec<u64>,
     /// Formed from disk records (still on disk until acked).
     from_disk: bool,
+    /// Memory batches: which lane each run of the uncompressed records came
+    /// from, `(lane, end offset)` in order, so a shutdown spill puts every
+    /// record back under its own lane's tag.
+    pieces: Vec<(u32, u32)>,
 }
 
 #[derive(Debug, Default)]
@@ -219,7 +231,8 @@ struct Lane {
     queue: VecDeque<Chunk>,
     samples: u64,
     bytes: u64,
-    batch: Option<Batch>,
+    /// The batch holding data of this lane, not yet delivered or dropped.
+    busy: Option<u64>,
     /// Reloaded disk records, sent before `queue`.
     disk: VecDeque<(u64, Chunk)>,
     /// Highest disk seq holding data of this lane.
@@ -256,6 +269,41 @@ pub struct Counters {
     pub dropped_queue_full: u64,
     /// Samples moved to the disk spill.
     pub spilled: u64,
+    /// Samples lost from memory at shutdown because a batch could not be
+    /// read back for the spill (counted, never silent).
+    pub dropped_unreadable: u64,
+}
+
+/// Samples per second formed into batches, measured over windows of at
+/// least [`LoadMeter::WINDOW`] (for [`Concurrency::on_load`]).
+#[derive(Debug, Default)]
+struct LoadMeter {
+    since: Option<Instant>,
+    samples: u64,
+    rate: f64,
+}
+
+impl LoadMeter {
+    const WINDOW: Duration = Duration::from_millis(250);
+
+    /// Adds `samples` at `now`; returns the rate when a window closed.
+    fn add(&mut self, samples: u32, now: Instant) -> Option<f64> {
+        self.samples += u64::from(samples);
+        let since = *self.since.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed < Self::WINDOW {
+            return None;
+        }
+        let rate = self.samples as f64 / elapsed.as_secs_f64();
+        self.rate = if self.rate == 0.0 {
+            rate
+        } else {
+            self.rate * 0.5 + rate * 0.5
+        };
+        self.since = Some(now);
+        self.samples = 0;
+        Some(self.rate)
+    }
 }
 
 /// A target's delivery state machine.
@@ -264,10 +312,14 @@ pub struct TargetCore {
     id: String,
     config: CoreConfig,
     lanes: Vec<Lane>,
+    /// Batches formed and not yet delivered or dropped (in flight or
+    /// waiting for a retry); at most one per lane.
+    batches: Vec<Batch>,
     cursor: usize,
     in_flight: u32,
     next_batch: u64,
     concurrency: Concurrency,
+    load: LoadMeter,
     backoff: Backoff,
     rng: fastrand::Rng,
     paused: bool,
@@ -289,6 +341,8 @@ pub struct TargetCore {
     /// [`TargetCore::drain_memory`] ran: nothing is read back any more and
     /// the disk ack stays where it was.
     drained: bool,
+    /// [`TargetCore::close`] ran.
+    closed: bool,
 }
 
 /// Samples (floats and histograms) in one `TimeSeries` message.
@@ -322,14 +376,31 @@ fn split_point(records: &[u8], max: u32, at_least_one: bool) -> (usize, u32, u32
             break;
         };
         let n = message_samples(msg);
-        if (series > 0 || !at_least_one) && samples + n > max {
+        if (series > 0 || !at_least_one) && samples.saturating_add(n) > max {
             break;
         }
-        samples += n;
+        samples = samples.saturating_add(n);
         series += 1;
         end = r.pos();
     }
     (end, samples, series)
+}
+
+/// The lanes of group `g` out of `groups` (a power of two) among `n` lanes,
+/// as a bit mask.
+fn group_mask(g: usize, groups: usize, n: usize) -> u64 {
+    (g..n).step_by(groups).fold(0u64, |m, l| m | (1u64 << l))
+}
+
+/// Lane indexes of a mask, lowest first.
+fn mask_lanes(mut mask: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (mask != 0).then(|| {
+            let l = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            l
+        })
+    })
 }
 
 impl TargetCore {
@@ -339,9 +410,11 @@ impl TargetCore {
         TargetCore {
             id: id.into(),
             concurrency: Concurrency::new(config.max_concurrency.min(config.lanes())),
+            load: LoadMeter::default(),
             backoff: Backoff::new(config.max_backoff),
             config,
             lanes,
+            batches: Vec::new(),
             cursor: 0,
             in_flight: 0,
             next_batch: 1,
@@ -361,6 +434,7 @@ impl TargetCore {
             reload_bytes: 0,
             reload_samples: 0,
             drained: false,
+            closed: false,
         }
     }
 
@@ -372,6 +446,14 @@ impl TargetCore {
     /// Number of lanes.
     pub fn lanes(&self) -> u32 {
         self.lanes.len() as u32
+    }
+
+    /// Lane groups in use: the concurrency limit rounded down to a power of
+    /// two. A batch takes data from the lanes of one group only, so fewer
+    /// groups fill batches sooner and more groups can send in parallel.
+    pub fn groups(&self) -> u32 {
+        let limit = self.concurrency.limit().clamp(1, self.lanes());
+        1 << (31 - limit.leading_zeros())
     }
 
     /// A live config change of the same export (docs/spill.md "Config
@@ -426,6 +508,26 @@ impl TargetCore {
                 None => self.counters.dropped_queue_full += samples,
             }
         }
+    }
+
+    /// Whether this target is falling behind: failing, or holding more than
+    /// [`LAGGING_BYTES`] in memory. Chunks queued on a lagging target are
+    /// copied out of their request's buffer, so a backlog pins only its own
+    /// bytes, not whole requests that other targets already sent.
+    pub fn lagging(&self) -> bool {
+        self.failing_since.is_some() || self.queue_bytes > LAGGING_BYTES
+    }
+
+    /// The sender stopped for good (the target left the registry and
+    /// drained): [`Self::push`] must not be called any more; the caller
+    /// counts what it would have pushed as dropped.
+    pub fn close(&mut self) {
+        self.closed = true;
+    }
+
+    /// Whether [`Self::close`] ran.
+    pub fn closed(&self) -> bool {
+        self.closed
     }
 
     /// A chunk of `lane` went straight to disk as `seq` (`durability: wal`).
@@ -511,43 +613,53 @@ impl TargetCore {
     }
 
     /// Takes every chunk out of memory for the spill at shutdown, lane by
-    /// lane in order: the batch not yet delivered (unless it came from disk,
-    /// where it still is) and then the queue. Returns (lane, chunk).
-    /// Afterwards nothing is read back and [`TargetCore::disk_ack`] stays
-    /// below the oldest record read back but not delivered: those are still
-    /// on disk, and acking them would lose them.
+    /// lane in order: the lane's part of the batch not yet delivered (unless
+    /// it came from disk, where it still is) and then the queue. Returns
+    /// (lane, chunk). Afterwards nothing is read back and
+    /// [`TargetCore::disk_ack`] stays below the oldest record read back but
+    /// not delivered: those are still on disk, and acking them would lose
+    /// them. A batch that cannot be read back (it never fails for bytes this
+    /// core compressed) is counted in [`Counters::dropped_unreadable`].
     pub fn drain_memory(&mut self) -> Vec<(u32, Chunk)> {
         self.read_through = self.disk_ack();
         self.drained = true;
+        let mut from_batches: Vec<Vec<Chunk>> = (0..self.lanes.len()).map(|_| Vec::new()).collect();
+        for b in self.batches.drain(..) {
+            if b.sending {
+                self.in_flight = self.in_flight.saturating_sub(1);
+            }
+            if b.from_disk {
+                continue;
+            }
+            let raw = match fanout_proto::snappy::decompress(&b.body, 256 << 20) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    tracing::error!(target_id = %self.id, samples = b.samples, error = %e,
+                        "delivery: a batch could not be read back for the shutdown spill; its samples are lost");
+                    self.counters.dropped_unreadable += u64::from(b.samples);
+                    continue;
+                }
+            };
+            let mut start = 0usize;
+            for &(lane, end) in &b.pieces {
+                let records = raw.slice(start..end as usize);
+                start = end as usize;
+                let (_, samples, series) = split_point(&records, u32::MAX, true);
+                from_batches[lane as usize].push(Chunk {
+                    records,
+                    samples,
+                    series,
+                    enqueued: b.oldest,
+                    permit: None,
+                });
+            }
+        }
         let mut out = Vec::new();
         for (i, l) in self.lanes.iter_mut().enumerate() {
-            if let Some(b) = l.batch.take() {
-                if b.sending {
-                    self.in_flight = self.in_flight.saturating_sub(1);
-                }
-                if !b.from_disk {
-                    if let Ok(raw) = fanout_proto::snappy::decompress(&b.body, 256 << 20) {
-                        let records = raw;
-                        let (_, _, series) = split_point(&records, u32::MAX, true);
-                        out.push((
-                            i as u32,
-                            Chunk {
-                                records,
-                                samples: b.samples,
-                                series,
-                                enqueued: b.oldest,
-                                permit: None,
-                            },
-                        ));
-                    }
-                }
-            }
-            for (_, c) in l.disk.drain(..) {
-                drop(c);
-            }
-            for c in l.queue.drain(..) {
-                out.push((i as u32, c));
-            }
+            l.busy = None;
+            out.extend(from_batches[i].drain(..).map(|c| (i as u32, c)));
+            l.disk.clear();
+            out.extend(l.queue.drain(..).map(|c| (i as u32, c)));
             l.samples = 0;
             l.bytes = 0;
         }
@@ -583,21 +695,45 @@ impl TargetCore {
         Some(c)
     }
 
-    fn lane_ready(&self, lane: usize, now: Instant) -> bool {
-        let l = &self.lanes[lane];
-        if !l.disk.is_empty() {
-            return true;
-        }
-        if l.disk_through > self.read_through {
-            return false;
-        }
-        match l.queue.front() {
-            None => false,
-            Some(front) => {
-                self.flush
-                    || l.samples >= u64::from(self.config.max_samples)
-                    || now.saturating_duration_since(front.enqueued) >= self.config.deadline
+    /// Free lanes of `mask` with reloaded disk records (sent first).
+    fn disk_lanes(&self, mask: u64) -> u64 {
+        mask_lanes(mask)
+            .filter(|&l| self.lanes[l].busy.is_none() && !self.lanes[l].disk.is_empty())
+            .fold(0, |m, l| m | (1 << l))
+    }
+
+    /// Free lanes of `mask` whose memory queue may be sent: nothing of the
+    /// lane is on disk or read back and waiting.
+    fn memory_lanes(&self, mask: u64) -> u64 {
+        mask_lanes(mask)
+            .filter(|&l| {
+                let lane = &self.lanes[l];
+                lane.busy.is_none()
+                    && lane.disk.is_empty()
+                    && lane.disk_through <= self.read_through
+                    && !lane.queue.is_empty()
+            })
+            .fold(0, |m, l| m | (1 << l))
+    }
+
+    /// When the memory lanes `mask` are due: at once when flushing or when
+    /// they hold a full batch, else when their oldest chunk reaches the
+    /// deadline.
+    fn memory_due(&self, mask: u64) -> Option<Instant> {
+        let mut samples = 0u64;
+        let mut oldest: Option<Instant> = None;
+        for l in mask_lanes(mask) {
+            let lane = &self.lanes[l];
+            samples += lane.samples;
+            if let Some(front) = lane.queue.front() {
+                oldest = Some(oldest.map_or(front.enqueued, |o| o.min(front.enqueued)));
             }
+        }
+        let oldest = oldest?;
+        if self.flush || samples >= u64::from(self.config.max_samples) {
+            Some(oldest)
+        } else {
+            Some(oldest + self.config.deadline)
         }
     }
 
@@ -607,112 +743,136 @@ impl TargetCore {
         if self.paused || self.in_flight >= self.concurrency.limit() {
             return None;
         }
+        // Retries first: they hold their lanes until delivered.
+        if let Some(b) = self
+            .batches
+            .iter_mut()
+            .filter(|b| !b.sending && now >= b.not_before)
+            .min_by_key(|b| b.id)
+        {
+            b.sending = true;
+            b.attempts += 1;
+            self.counters.retries += 1;
+            self.in_flight += 1;
+            return Some(Dispatch {
+                lane: b.first_lane,
+                batch: b.id,
+                body: b.body.clone(),
+                attempt: b.attempts,
+                samples: b.samples,
+            });
+        }
         let n = self.lanes.len();
-        for k in 0..n {
-            let i = (self.cursor + k) % n;
-            if let Some(b) = &mut self.lanes[i].batch {
-                if b.sending || now < b.not_before {
-                    continue;
+        let groups = self.groups() as usize;
+        for k in 0..groups {
+            let g = (self.cursor + k) % groups;
+            let mask = group_mask(g, groups, n);
+            let disk = self.disk_lanes(mask);
+            let d = if disk != 0 {
+                self.form_batch(disk, true, now)
+            } else {
+                let memory = self.memory_lanes(mask);
+                match self.memory_due(memory) {
+                    Some(due) if due <= now => self.form_batch(memory, false, now),
+                    _ => continue,
                 }
-                b.sending = true;
-                b.attempts += 1;
-                self.counters.retries += 1;
-                let d = Dispatch {
-                    lane: i as u32,
-                    batch: b.id,
-                    body: b.body.clone(),
-                    attempt: b.attempts,
-                    samples: b.samples,
-                };
-                self.in_flight += 1;
-                self.cursor = i + 1;
-                return Some(d);
-            }
-            if self.lane_ready(i, now) {
-                let d = self.form_batch(i, now);
-                self.in_flight += 1;
-                self.cursor = i + 1;
-                return Some(d);
-            }
+            };
+            self.in_flight += 1;
+            self.cursor = g + 1;
+            return Some(d);
         }
         None
     }
 
-    fn form_disk_batch(&mut self, lane: usize, now: Instant) -> (u32, Instant, Vec<u64>) {
-        let max = self.config.max_samples.max(1);
-        let mut samples = 0u32;
-        let mut oldest = now;
-        let mut seqs = Vec::new();
-        let l = &mut self.lanes[lane];
-        while let Some((seq, front)) = l.disk.front_mut() {
-            oldest = oldest.min(front.enqueued);
-            if samples + front.samples > max {
-                let (end, s, _) = split_point(&front.records, max - samples, seqs.is_empty());
-                if end == 0 {
-                    break;
-                }
-                if end < front.records.len() {
-                    // The seq completes with the batch that takes the rest.
-                    self.scratch.extend_from_slice(&front.records[..end]);
-                    front.records = front.records.slice(end..);
-                    front.samples = front.samples.saturating_sub(s);
-                    self.reload_bytes -= end as u64;
-                    self.reload_samples -= u64::from(s);
-                    samples += s;
-                    break;
-                }
-            }
-            let seq = *seq;
-            let Some((_, c)) = l.disk.pop_front() else {
-                break;
-            };
-            self.scratch.extend_from_slice(&c.records);
-            self.reload_bytes -= c.records.len() as u64;
-            self.reload_samples -= u64::from(c.samples);
-            samples += c.samples;
-            seqs.push(seq);
+    /// The lane of `mask` whose front is oldest: the lowest seq among disk
+    /// queues, the earliest enqueued among memory queues (ties: lowest lane).
+    fn oldest_lane(&self, mask: u64, from_disk: bool) -> Option<usize> {
+        if from_disk {
+            mask_lanes(mask)
+                .filter_map(|l| self.lanes[l].disk.front().map(|(seq, _)| (*seq, l)))
+                .min()
+                .map(|(_, l)| l)
+        } else {
+            mask_lanes(mask)
+                .filter_map(|l| self.lanes[l].queue.front().map(|c| (c.enqueued, l)))
+                .min()
+                .map(|(_, l)| l)
         }
-        (samples, oldest, seqs)
     }
 
-    fn form_batch(&mut self, lane: usize, now: Instant) -> Dispatch {
+    /// Forms one batch from the lanes of `mask` (all free; disk queues when
+    /// `from_disk`, else memory queues), oldest data first across them, up
+    /// to `maxSamplesPerSend` (splitting a chunk at a record boundary; a
+    /// lone series larger than that makes a larger batch), compressed once.
+    /// Every lane it takes data from is busy until the batch is done.
+    fn form_batch(&mut self, mask: u64, from_disk: bool, now: Instant) -> Dispatch {
         let max = self.config.max_samples.max(1);
         self.scratch.clear();
         let mut samples = 0u32;
         let mut oldest = now;
-        let mut taken = 0u32;
-        let from_disk = !self.lanes[lane].disk.is_empty();
         let mut seqs = Vec::new();
-        if from_disk {
-            (samples, oldest, seqs) = self.form_disk_batch(lane, now);
-        }
-        while let Some(front) = self.lanes[lane].queue.front().filter(|_| !from_disk) {
-            if samples + front.samples > max {
-                // Split at a record boundary; the rest stays at the head.
-                let (end, s, _) = split_point(&front.records, max - samples, taken == 0);
-                if end == 0 {
-                    break;
-                }
-                oldest = oldest.min(front.enqueued);
-                if end < front.records.len() {
-                    let l = &mut self.lanes[lane];
-                    let front = l.queue.front_mut().expect("front exists");
-                    self.scratch.extend_from_slice(&front.records[..end]);
-                    front.records = front.records.slice(end..);
-                    front.samples = front.samples.saturating_sub(s);
-                    l.samples -= u64::from(s);
-                    l.bytes -= end as u64;
-                    self.queue_samples -= u64::from(s);
-                    self.queue_bytes -= end as u64;
-                    samples += s;
-                    break;
-                }
+        let mut pieces: Vec<(u32, u32)> = Vec::new();
+        let mut taken = 0u64;
+        while samples < max {
+            let Some(l) = self.oldest_lane(mask, from_disk) else {
+                break;
+            };
+            let room = max - samples;
+            let lane = &mut self.lanes[l];
+            let front = if from_disk {
+                lane.disk.front_mut().map(|(_, c)| c)
+            } else {
+                lane.queue.front_mut()
+            };
+            let Some(front) = front else { break };
+            let (end, s) = if front.samples <= room {
+                (front.records.len(), front.samples)
+            } else {
+                let (end, s, _) = split_point(&front.records, room, samples == 0);
+                (end, s)
+            };
+            if end == 0 {
+                break;
             }
             oldest = oldest.min(front.enqueued);
-            let Some(c) = self.pop_front(lane) else { break };
-            self.scratch.extend_from_slice(&c.records);
-            samples += c.samples;
-            taken += 1;
+            self.scratch.extend_from_slice(&front.records[..end]);
+            taken |= 1 << l;
+            let split = end < front.records.len();
+            if split {
+                // The rest stays at the head (a disk seq completes with the
+                // batch that takes its rest).
+                front.records = front.records.slice(end..);
+                front.samples = front.samples.saturating_sub(s);
+                if from_disk {
+                    self.reload_bytes -= end as u64;
+                    self.reload_samples -= u64::from(s);
+                } else {
+                    lane.samples -= u64::from(s);
+                    lane.bytes -= end as u64;
+                    self.queue_samples -= u64::from(s);
+                    self.queue_bytes -= end as u64;
+                }
+            } else if from_disk {
+                if let Some((seq, c)) = lane.disk.pop_front() {
+                    self.reload_bytes -= c.records.len() as u64;
+                    self.reload_samples -= u64::from(c.samples);
+                    seqs.push(seq);
+                }
+            } else {
+                let _ = self.pop_front(l);
+            }
+            samples = samples.saturating_add(s);
+            let end = self.scratch.len() as u32;
+            match pieces.last_mut() {
+                Some((pl, e)) if *pl == l as u32 => *e = end,
+                _ => pieces.push((l as u32, end)),
+            }
+            if split {
+                break;
+            }
+        }
+        if from_disk {
+            pieces = Vec::new();
         }
         let body = Bytes::from(fanout_proto::snappy::compress(&self.scratch));
         if self.scratch.capacity() > 16 << 20 {
@@ -720,7 +880,16 @@ impl TargetCore {
         }
         let id = self.next_batch;
         self.next_batch += 1;
-        self.lanes[lane].batch = Some(Batch {
+        for l in mask_lanes(taken) {
+            self.lanes[l].busy = Some(id);
+        }
+        let first_lane = taken.trailing_zeros().min(63);
+        if let Some(rate) = self.load.add(samples, now) {
+            if !self.backlog() {
+                self.concurrency.on_load(rate, self.config.max_samples, now);
+            }
+        }
+        self.batches.push(Batch {
             id,
             body: body.clone(),
             samples,
@@ -728,11 +897,14 @@ impl TargetCore {
             attempts: 1,
             sending: true,
             not_before: now,
+            lanes: taken,
+            first_lane,
             seqs,
             from_disk,
+            pieces,
         });
         Dispatch {
-            lane: lane as u32,
+            lane: first_lane,
             batch: id,
             body,
             attempt: 1,
@@ -749,25 +921,34 @@ impl TargetCore {
         if self.paused || self.in_flight >= self.concurrency.limit() {
             return None;
         }
-        self.lanes
+        let retry = self
+            .batches
             .iter()
-            .filter_map(|l| match &l.batch {
-                Some(b) if !b.sending => Some(b.not_before),
-                Some(_) => None,
-                None if !l.disk.is_empty() => l.disk.front().map(|(_, c)| c.enqueued),
-                None if l.disk_through > self.read_through => None,
-                None => l.queue.front().map(|c| {
-                    if self.flush {
-                        c.enqueued
-                    } else {
-                        c.enqueued + self.config.deadline
-                    }
-                }),
+            .filter(|b| !b.sending)
+            .map(|b| b.not_before)
+            .min();
+        let n = self.lanes.len();
+        let groups = self.groups() as usize;
+        let formed = (0..groups)
+            .filter_map(|g| {
+                let mask = group_mask(g, groups, n);
+                let disk = self.disk_lanes(mask);
+                if disk != 0 {
+                    return mask_lanes(disk)
+                        .filter_map(|l| self.lanes[l].disk.front().map(|(_, c)| c.enqueued))
+                        .min();
+                }
+                self.memory_due(self.memory_lanes(mask))
             })
-            .min()
+            .min();
+        match (retry, formed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Records the result of attempt `batch` on `lane`, which took `latency`.
+    /// Records the result of attempt `batch` (sent on `lane`, its lowest
+    /// lane), which took `latency`.
     pub fn on_result(
         &mut self,
         lane: u32,
@@ -777,10 +958,8 @@ impl TargetCore {
         now: Instant,
         wall: SystemTime,
     ) -> Event {
-        let Some(l) = self.lanes.get_mut(lane as usize) else {
-            return Event::Stale;
-        };
-        let Some(b) = l.batch.as_mut().filter(|b| b.id == batch && b.sending) else {
+        let _ = lane;
+        let Some(at) = self.batches.iter().position(|b| b.id == batch && b.sending) else {
             return Event::Stale;
         };
         self.in_flight = self.in_flight.saturating_sub(1);
@@ -790,19 +969,18 @@ impl TargetCore {
         }
         match classify(result) {
             Verdict::Done => {
-                let samples = b.samples;
+                let b = self.finish(at);
                 let bytes = b.body.len() as u64;
-                for s in &b.seqs {
-                    self.outstanding.remove(s);
-                }
-                l.batch = None;
-                self.counters.samples_sent += u64::from(samples);
+                self.counters.samples_sent += u64::from(b.samples);
                 self.counters.bytes_sent += bytes;
                 self.counters.requests_sent += 1;
                 self.failing_since = None;
-                let backlog = self.ready_lanes(now) > self.in_flight as usize;
+                let backlog = self.backlog();
                 self.concurrency.on_success(latency, backlog, now);
-                Event::Sent { samples, bytes }
+                Event::Sent {
+                    samples: b.samples,
+                    bytes,
+                }
             }
             Verdict::Retry {
                 kind,
@@ -810,6 +988,7 @@ impl TargetCore {
                 retry_after,
                 message,
             } => {
+                let b = &mut self.batches[at];
                 b.sending = false;
                 let jitter = self.rng.f64();
                 b.not_before = now + self.backoff.delay(b.attempts, jitter, retry_after);
@@ -828,17 +1007,13 @@ impl TargetCore {
                 }
             }
             Verdict::Drop { status, message } => {
-                let samples = b.samples;
-                for s in &b.seqs {
-                    self.outstanding.remove(s);
-                }
-                l.batch = None;
+                let b = self.finish(at);
                 *self
                     .counters
                     .failures
                     .entry(status.to_string())
                     .or_default() += 1;
-                self.counters.dropped_rejected += u64::from(samples);
+                self.counters.dropped_rejected += u64::from(b.samples);
                 self.last_error = Some(LastError {
                     time: wall,
                     status: Some(status),
@@ -846,17 +1021,33 @@ impl TargetCore {
                 });
                 Event::Dropped {
                     status,
-                    samples,
+                    samples: b.samples,
                     message,
                 }
             }
         }
     }
 
-    fn ready_lanes(&self, now: Instant) -> usize {
-        (0..self.lanes.len())
-            .filter(|&i| self.lanes[i].batch.is_none() && self.lane_ready(i, now))
-            .count()
+    /// More than a full batch per lane group is waiting: one request per
+    /// group in flight does not keep up.
+    fn backlog(&self) -> bool {
+        let waiting = self.queue_samples + self.reload_samples;
+        waiting > u64::from(self.config.max_samples) * u64::from(self.groups())
+    }
+
+    /// Takes batch `at` out (delivered or dropped): frees its lanes and
+    /// completes its disk seqs.
+    fn finish(&mut self, at: usize) -> Batch {
+        let b = self.batches.swap_remove(at);
+        for s in &b.seqs {
+            self.outstanding.remove(s);
+        }
+        for l in mask_lanes(b.lanes) {
+            if self.lanes[l].busy == Some(b.id) {
+                self.lanes[l].busy = None;
+            }
+        }
+        b
     }
 
     /// Pauses or resumes sending (queues keep filling up to the bound).
@@ -876,20 +1067,20 @@ impl TargetCore {
 
     /// Nothing queued and nothing in flight or waiting for a retry.
     pub fn is_idle(&self) -> bool {
-        self.lanes.iter().all(|l| {
-            l.queue.is_empty()
-                && l.batch.is_none()
-                && l.disk.is_empty()
-                && l.disk_through <= self.read_through
-        })
+        self.batches.is_empty()
+            && self.lanes.iter().all(|l| {
+                l.queue.is_empty() && l.disk.is_empty() && l.disk_through <= self.read_through
+            })
     }
 
     /// Nothing in memory (queued, reloaded or in a batch); disk records may
     /// remain.
     pub fn memory_empty(&self) -> bool {
-        self.lanes
-            .iter()
-            .all(|l| l.queue.is_empty() && l.batch.is_none() && l.disk.is_empty())
+        self.batches.is_empty()
+            && self
+                .lanes
+                .iter()
+                .all(|l| l.queue.is_empty() && l.disk.is_empty())
     }
 
     /// Bytes and samples of disk records read back into memory.
@@ -902,9 +1093,8 @@ impl TargetCore {
         self.queue_samples
             + self.reload_samples
             + self
-                .lanes
+                .batches
                 .iter()
-                .filter_map(|l| l.batch.as_ref())
                 .map(|b| u64::from(b.samples))
                 .sum::<u64>()
     }
@@ -942,8 +1132,8 @@ impl TargetCore {
                     .map(|c| c.enqueued)
                     .into_iter()
                     .chain(l.disk.front().map(|(_, c)| c.enqueued))
-                    .chain(l.batch.as_ref().map(|b| b.oldest))
             })
+            .chain(self.batches.iter().map(|b| b.oldest))
             .min()
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
     }
@@ -1462,5 +1652,479 @@ mod tests {
         core.set_paused(false);
         core.set_flush(true);
         assert!(core.poll(later).is_some());
+    }
+
+    /// Records of one series `name`, one sample per value.
+    fn series_records(name: &str, values: &[u64]) -> Bytes {
+        let req = fanout_proto::v1::WriteRequest {
+            timeseries: values
+                .iter()
+                .map(|&v| fanout_proto::v1::TimeSeries {
+                    labels: vec![fanout_proto::v1::Label {
+                        name: "__name__".into(),
+                        value: name.into(),
+                    }],
+                    samples: vec![fanout_proto::v1::Sample {
+                        value: v as f64,
+                        timestamp: 1,
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        Bytes::from(prost::Message::encode_to_vec(&req))
+    }
+
+    /// (series name, value) of every sample in a batch body, in order.
+    fn samples_of(body: &Bytes) -> Vec<(String, u64)> {
+        let raw = fanout_proto::snappy::decompress(body, 1 << 24).unwrap();
+        let req: fanout_proto::v1::WriteRequest = prost::Message::decode(raw).unwrap();
+        req.timeseries
+            .into_iter()
+            .flat_map(|t| {
+                let name = t.labels[0].value.clone();
+                t.samples
+                    .into_iter()
+                    .map(move |s| (name.clone(), s.value as u64))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn deliver_queue_one_group_fills_a_batch_from_every_lane() {
+        // 16 lanes, limit 1: a batch takes the oldest data of every lane,
+        // so 16 chunks of 125 samples make one full batch at once instead of
+        // 16 partial ones waiting for the deadline.
+        let t0 = Instant::now();
+        let mut cfg = config();
+        cfg.max_samples = 2000;
+        cfg.max_concurrency = 16;
+        let mut core = TargetCore::new("t", cfg, 1);
+        assert_eq!(core.groups(), 1);
+        for lane in 0..16u32 {
+            core.push(lane, chunk(125, &format!("l{lane}"), t0), &mut DropOldest);
+        }
+        let d = core.poll(t0).expect("a full batch at once");
+        assert_eq!(d.samples, 2000);
+        assert_eq!(core.queue_samples(), 0);
+        // Every lane is busy until it is delivered: nothing else goes.
+        core.push(3, chunk(2000, "more", t0), &mut DropOldest);
+        assert!(core.poll(t0).is_none());
+        core.on_result(
+            d.lane,
+            d.batch,
+            &ok(),
+            Duration::from_millis(2),
+            t0,
+            SystemTime::now(),
+        );
+        assert_eq!(core.poll(t0).expect("next").samples, 2000);
+    }
+
+    #[test]
+    fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
+        // A series with more samples than maxSamplesPerSend makes a batch of
+        // its own (it cannot be split); what follows goes in the next batch.
+        let t0 = Instant::now();
+        let mut core = TargetCore::new("t", config(), 1);
+        let big: Vec<u64> = (0..25).collect();
+        let records = series_records("big", &big);
+        core.push(
+            0,
+            Chunk {
+                records: records.clone(),
+                samples: 25,
+                series: 25,
+                enqueued: t0,
+                permit: None,
+            },
+            &mut DropOldest,
+        );
+        core.push(0, chunk(3, "after", t0), &mut DropOldest);
+        let d = core.poll(t0).expect("full");
+        assert_eq!(d.samples, 10, "records are one sample each: 10 fit");
+        core.on_result(
+            d.lane,
+            d.batch,
+            &ok(),
+            Duration::ZERO,
+            t0,
+            SystemTime::now(),
+        );
+        let mut total = d.samples;
+        while let Some(d) = core.poll(t0 + Duration::from_secs(2)) {
+            total += d.samples;
+            core.on_result(
+                d.lane,
+                d.batch,
+                &ok(),
+                Duration::ZERO,
+                t0,
+                SystemTime::now(),
+            );
+        }
+        assert_eq!(total, 28);
+        // One record with 25 samples (a histogram-heavy series): alone.
+        let req = fanout_proto::v1::WriteRequest {
+            timeseries: vec![fanout_proto::v1::TimeSeries {
+                labels: vec![fanout_proto::v1::Label {
+                    name: "__name__".into(),
+                    value: "huge".into(),
+                }],
+                samples: (0..25)
+                    .map(|i| fanout_proto::v1::Sample {
+                        value: i as f64,
+                        timestamp: i,
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let huge = Bytes::from(prost::Message::encode_to_vec(&req));
+        for _ in 0..2 {
+            core.push(
+                0,
+                Chunk {
+                    records: huge.clone(),
+                    samples: 25,
+                    series: 1,
+                    enqueued: t0,
+                    permit: None,
+                },
+                &mut DropOldest,
+            );
+        }
+        let a = core.poll(t0).expect("first huge series alone");
+        assert_eq!(a.samples, 25);
+        core.on_result(
+            a.lane,
+            a.batch,
+            &ok(),
+            Duration::ZERO,
+            t0,
+            SystemTime::now(),
+        );
+        let b = core.poll(t0).expect("second");
+        assert_eq!(b.samples, 25);
+    }
+
+    #[test]
+    fn deliver_queue_shutdown_drain_puts_a_batch_back_under_each_lane() {
+        let t0 = Instant::now();
+        let mut cfg = config();
+        cfg.max_concurrency = 4;
+        let mut core = TargetCore::new("t", cfg, 1);
+        core.push(0, chunk(3, "a", t0), &mut DropOldest);
+        core.push(
+            1,
+            chunk(3, "b", t0 + Duration::from_millis(1)),
+            &mut DropOldest,
+        );
+        core.push(
+            0,
+            chunk(3, "c", t0 + Duration::from_millis(2)),
+            &mut DropOldest,
+        );
+        core.push(
+            1,
+            chunk(3, "d", t0 + Duration::from_millis(3)),
+            &mut DropOldest,
+        );
+        let d = core.poll(t0).expect("full batch over lanes 0 and 1");
+        assert_eq!(
+            decode(&d.body),
+            ["a_0", "a_1", "a_2", "b_0", "b_1", "b_2", "c_0", "c_1", "c_2", "d_0"]
+        );
+        let fail = SendResult::Connect("refused".into());
+        core.on_result(
+            d.lane,
+            d.batch,
+            &fail,
+            Duration::ZERO,
+            t0,
+            SystemTime::now(),
+        );
+        let drained: Vec<(u32, Vec<String>)> = core
+            .drain_memory()
+            .into_iter()
+            .map(|(lane, c)| {
+                let mut raw = BytesMut::new();
+                raw.extend_from_slice(&c.records);
+                let body = Bytes::from(fanout_proto::snappy::compress(&raw));
+                (lane, decode(&body))
+            })
+            .collect();
+        let lane = |n: u32| -> Vec<String> {
+            drained
+                .iter()
+                .filter(|(l, _)| *l == n)
+                .flat_map(|(_, names)| names.clone())
+                .collect()
+        };
+        assert_eq!(lane(0), ["a_0", "a_1", "a_2", "c_0", "c_1", "c_2"]);
+        assert_eq!(lane(1), ["b_0", "b_1", "b_2", "d_0", "d_1", "d_2"]);
+        assert!(core.memory_empty());
+    }
+
+    #[test]
+    fn deliver_queue_groups_follow_load() {
+        // A backlog grows the limit (and so the lane groups); a load that a
+        // quarter of them carries shrinks it again within seconds.
+        let t0 = Instant::now();
+        let mut cfg = config();
+        cfg.max_samples = 100;
+        cfg.max_concurrency = 16;
+        cfg.deadline = Duration::from_millis(50);
+        let mut core = TargetCore::new("t", cfg, 1);
+        let mut now = t0;
+        let mut most = 0;
+        for _ in 0..200 {
+            now += Duration::from_millis(10);
+            for lane in 0..16 {
+                core.push(lane, chunk(20, "x", now), &mut DropOldest);
+            }
+            let mut sent = Vec::new();
+            while let Some(d) = core.poll(now) {
+                sent.push(d);
+            }
+            for d in sent {
+                core.on_result(
+                    d.lane,
+                    d.batch,
+                    &ok(),
+                    Duration::from_millis(10),
+                    now,
+                    SystemTime::now(),
+                );
+            }
+            most = most.max(core.groups());
+        }
+        assert!(most >= 4, "grew under a backlog: {most}");
+        for _ in 0..600 {
+            now += Duration::from_millis(10);
+            core.push(0, chunk(1, "slow", now), &mut DropOldest);
+            while let Some(d) = core.poll(now) {
+                core.on_result(
+                    d.lane,
+                    d.batch,
+                    &ok(),
+                    Duration::from_millis(10),
+                    now,
+                    SystemTime::now(),
+                );
+            }
+        }
+        assert_eq!(core.groups(), 1, "shrank at a light load");
+    }
+
+    mod sim {
+        //! A randomized simulation of one target: pushes on random lanes,
+        //! a memory bound that overflows to a (fake) disk read back later,
+        //! attempts that succeed, fail and retry, or are rejected, pauses,
+        //! live config changes, and time passing. Every sample must reach the
+        //! target in order per series, exactly once unless its batch was
+        //! rejected.
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Push {
+                lane: u32,
+                n: u8,
+            },
+            Advance {
+                ms: u16,
+            },
+            Complete {
+                pick: u8,
+                outcome: u8,
+            },
+            Reload,
+            Pause(bool),
+            Reconfigure {
+                max_concurrency: u8,
+                max_samples: u8,
+            },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (0u32..8, 1u8..6).prop_map(|(lane, n)| Op::Push { lane, n }),
+                2 => (0u16..300).prop_map(|ms| Op::Advance { ms }),
+                4 => (any::<u8>(), 0u8..10).prop_map(|(pick, outcome)| Op::Complete { pick, outcome }),
+                1 => Just(Op::Reload),
+                1 => any::<bool>().prop_map(Op::Pause),
+                1 => (1u8..9, 1u8..12).prop_map(|(max_concurrency, max_samples)| Op::Reconfigure { max_concurrency, max_samples }),
+            ]
+        }
+
+        struct World {
+            core: TargetCore,
+            disk: Disk,
+            fed: usize,
+            now: Instant,
+            next_value: u64,
+            flying: Vec<Dispatch>,
+            delivered: BTreeMap<String, Vec<u64>>,
+            rejected: BTreeSet<(String, u64)>,
+            pushed: BTreeSet<(String, u64)>,
+        }
+
+        impl World {
+            fn poll(&mut self) {
+                while let Some(d) = self.core.poll(self.now) {
+                    self.flying.push(d);
+                }
+            }
+
+            fn complete(&mut self, at: usize, outcome: u8) {
+                let d = self.flying.swap_remove(at);
+                let result = match outcome {
+                    0..=5 => ok(),
+                    6 => SendResult::Status {
+                        status: 400,
+                        retry_after: None,
+                        body: "bad".into(),
+                    },
+                    7 => SendResult::Timeout,
+                    8 => SendResult::Status {
+                        status: 503,
+                        retry_after: None,
+                        body: String::new(),
+                    },
+                    _ => SendResult::Connect("refused".into()),
+                };
+                let ev = self.core.on_result(
+                    d.lane,
+                    d.batch,
+                    &result,
+                    Duration::from_millis(3),
+                    self.now,
+                    SystemTime::now(),
+                );
+                match ev {
+                    Event::Sent { samples, .. } => {
+                        let got = samples_of(&d.body);
+                        assert_eq!(got.len() as u32, samples);
+                        for (name, v) in got {
+                            self.delivered.entry(name).or_default().push(v);
+                        }
+                    }
+                    Event::Dropped { .. } => {
+                        self.rejected.extend(samples_of(&d.body));
+                    }
+                    Event::Retrying { .. } => {}
+                    Event::Stale => panic!("a dispatch in flight was stale"),
+                }
+            }
+
+            fn reload(&mut self) {
+                if self.core.reload_room().is_some() {
+                    let recs = self.disk.0[self.fed..].to_vec();
+                    self.fed = self.disk.0.len();
+                    self.core
+                        .reload(recs, self.disk.0.len() as u64, true, self.now, 0);
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+            #[test]
+            fn deliver_queue_sim_keeps_order_per_series_and_loses_nothing(
+                ops in proptest::collection::vec(op(), 1..250),
+                max_concurrency in 1u32..9,
+                max_samples in 1u32..12,
+                queue_records in 2u64..40,
+            ) {
+                let t0 = Instant::now();
+                let one = series_records("L0", &[1]).len() as u64;
+                let cfg = CoreConfig {
+                    max_samples,
+                    deadline: Duration::from_millis(100),
+                    max_concurrency,
+                    max_backoff: Duration::from_millis(200),
+                    queue_bytes: queue_records * one,
+                    lanes: None,
+                };
+                let lanes = cfg.lanes();
+                let mut w = World {
+                    core: TargetCore::new("t", cfg.clone(), 3),
+                    disk: Disk::default(),
+                    fed: 0,
+                    now: t0,
+                    next_value: 1,
+                    flying: Vec::new(),
+                    delivered: BTreeMap::new(),
+                    rejected: BTreeSet::new(),
+                    pushed: BTreeSet::new(),
+                };
+                for op in ops {
+                    match op {
+                        Op::Push { lane, n } => {
+                            // One series per lane: its order is the lane's.
+                            let name = format!("L{}", lane % lanes);
+                            let values: Vec<u64> = (0..u64::from(n)).map(|i| w.next_value + i).collect();
+                            w.next_value += u64::from(n);
+                            for &v in &values {
+                                w.pushed.insert((name.clone(), v));
+                            }
+                            let chunk = Chunk {
+                                records: series_records(&name, &values),
+                                samples: u32::from(n),
+                                series: u32::from(n),
+                                enqueued: w.now,
+                                permit: None,
+                            };
+                            w.core.push(lane, chunk, &mut w.disk);
+                        }
+                        Op::Advance { ms } => w.now += Duration::from_millis(u64::from(ms)),
+                        Op::Complete { pick, outcome } => {
+                            if !w.flying.is_empty() {
+                                let at = usize::from(pick) % w.flying.len();
+                                w.complete(at, outcome);
+                            }
+                        }
+                        Op::Reload => w.reload(),
+                        Op::Pause(p) => w.core.set_paused(p),
+                        Op::Reconfigure { max_concurrency, max_samples } => {
+                            let mut c = cfg.clone();
+                            c.max_concurrency = u32::from(max_concurrency);
+                            c.max_samples = u32::from(max_samples);
+                            w.core.reconfigure("t", c);
+                        }
+                    }
+                    w.poll();
+                }
+                // Then the target comes back for good: everything drains.
+                w.core.set_paused(false);
+                w.core.set_flush(true);
+                for _ in 0..100_000 {
+                    w.reload();
+                    w.poll();
+                    if w.flying.is_empty() {
+                        if w.core.is_idle() {
+                            break;
+                        }
+                        w.now += Duration::from_millis(50);
+                        continue;
+                    }
+                    w.complete(0, 0);
+                }
+                prop_assert!(w.core.is_idle(), "drained");
+                prop_assert_eq!(w.core.counters().dropped_queue_full, 0);
+                let mut seen = BTreeSet::new();
+                for (name, values) in &w.delivered {
+                    prop_assert!(values.windows(2).all(|p| p[0] < p[1]), "{} out of order or duplicated: {:?}", name, values);
+                    seen.extend(values.iter().map(|v| (name.clone(), *v)));
+                }
+                let missing: Vec<_> = w.pushed.difference(&seen).filter(|k| !w.rejected.contains(k)).collect();
+                prop_assert!(missing.is_empty(), "lost: {:?}", missing);
+                prop_assert_eq!(w.core.disk_ack(), w.disk.0.len() as u64, "every disk record acked");
+            }
+        }
     }
 }

@@ -90,6 +90,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 
@@ -438,6 +439,25 @@ impl Overflow for ToDisk<'_> {
     }
 }
 
+/// Copies `chunk` out of its request's buffer when that buffer is more
+/// than twice its size, with a permit of its own from `budget`; unchanged
+/// when the budget has no room for the copy (it then keeps pinning).
+fn unpin(chunk: Chunk, budget: &MemoryBudget) -> Chunk {
+    let len = chunk.records.len() as u64;
+    let pinned = chunk.permit.as_ref().map_or(0, |p| p.bytes());
+    if pinned <= 2 * len {
+        return chunk;
+    }
+    match budget.try_acquire(len) {
+        Ok(permit) => Chunk {
+            records: Bytes::copy_from_slice(&chunk.records),
+            permit: Some(Arc::new(permit)),
+            ..chunk
+        },
+        Err(_) => chunk,
+    }
+}
+
 fn wall_ms(t: SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -626,6 +646,24 @@ impl TargetHandle {
     }
 
     fn push(&self, shard: u32, chunk: Chunk, stats: &GlobalStats, now: Instant, wall: u64) {
+        self.push_all(std::iter::once((shard, chunk)), None, stats, now, wall);
+    }
+
+    /// Queues `chunks` (shard, chunk) under one lock and wakes the sender
+    /// once. On a lagging target ([`TargetCore::lagging`]) a chunk that
+    /// pins a request buffer much larger than itself is copied out first,
+    /// with a permit of its own from `budget` (when it has room), so the
+    /// backlog holds only its own bytes. A handle whose sender already
+    /// stopped (removed for good) takes nothing: the samples are counted as
+    /// dropped (`removed`).
+    fn push_all(
+        &self,
+        chunks: impl Iterator<Item = (u32, Chunk)>,
+        budget: Option<&MemoryBudget>,
+        stats: &GlobalStats,
+        now: Instant,
+        wall: u64,
+    ) {
         let mut to_disk = ToDisk {
             spill: self.spill.as_ref(),
             wall_ms: wall,
@@ -633,17 +671,32 @@ impl TargetHandle {
             disk_full: 0,
             error: None,
         };
+        let mut removed = 0u64;
         let dropped = match self.core.lock() {
             Ok(mut core) => {
                 let before = core.counters().dropped_queue_full;
-                core.push(shard, chunk, &mut to_disk);
+                for (shard, chunk) in chunks {
+                    if core.closed() {
+                        removed += u64::from(chunk.samples);
+                        continue;
+                    }
+                    let chunk = match budget {
+                        Some(b) if core.lagging() => unpin(chunk, b),
+                        _ => chunk,
+                    };
+                    core.push(shard, chunk, &mut to_disk);
+                }
                 core.counters().dropped_queue_full - before
             }
-            Err(_) => u64::from(chunk.samples),
+            Err(_) => chunks.map(|(_, c)| u64::from(c.samples)).sum(),
         };
         if dropped > 0 {
             stats.add_queue_full(dropped);
             self.metrics.load().queue_full.increment(dropped);
+        }
+        if removed > 0 {
+            stats.abandoned.fetch_add(removed, Ordering::Relaxed);
+            metrics::counter!(names::DROPPED, "reason" => "removed").increment(removed);
         }
         self.count_disk(&to_disk, stats);
         self.notify.notify_one();
@@ -912,7 +965,9 @@ impl TargetHandle {
         let Some(spill) = &self.spill else {
             return core.pending_samples();
         };
+        let unreadable = core.counters().dropped_unreadable;
         let chunks = core.drain_memory();
+        let unreadable = core.counters().dropped_unreadable - unreadable;
         drop(core);
         let now = Instant::now();
         let mut to_disk = ToDisk {
@@ -922,7 +977,7 @@ impl TargetHandle {
             disk_full: 0,
             error: None,
         };
-        let mut lost = 0u64;
+        let mut lost = unreadable;
         for (lane, c) in chunks {
             let samples = u64::from(c.samples);
             if to_disk.overflow(lane, c).is_none() {
@@ -1707,7 +1762,45 @@ impl Inner {
         // could not be made durable.
         let mut touched: Vec<(Arc<TargetHandle>, u64)> = Vec::new();
         let mut not_durable = false;
-        for (variant, shard, bytes, samples, series) in scratch.chunks(&plan, &records) {
+        if !wal {
+            // Each target's chunks under one lock and one wake-up: (target,
+            // chunk index, target index in its variant), in chunk order per
+            // target.
+            let chunks: Vec<_> = scratch.chunks(&plan, &records).collect();
+            let mut pairs: Vec<(usize, u32, u32)> = chunks
+                .iter()
+                .enumerate()
+                .flat_map(|(c, (variant, ..))| {
+                    variant
+                        .targets
+                        .iter()
+                        .enumerate()
+                        .map(move |(k, t)| (Arc::as_ptr(t) as usize, c as u32, k as u32))
+                })
+                .collect();
+            pairs.sort_unstable();
+            for run in pairs.chunk_by(|a, b| a.0 == b.0) {
+                let (_, c0, k0) = run[0];
+                let target = &chunks[c0 as usize].0.targets[k0 as usize];
+                let items = run.iter().map(|&(_, c, _)| {
+                    let (_, shard, bytes, samples, series) = &chunks[c as usize];
+                    (
+                        *shard,
+                        Chunk {
+                            records: bytes.clone(),
+                            samples: *samples,
+                            series: *series,
+                            enqueued: now,
+                            permit: Some(permit.clone()),
+                        },
+                    )
+                });
+                target.push_all(items, Some(&self.budget), stats, now, wall);
+            }
+        }
+        for (variant, shard, bytes, samples, series) in
+            scratch.chunks(&plan, &records).filter(|_| wal)
+        {
             let chunk = Chunk {
                 records: bytes,
                 samples,
@@ -1716,10 +1809,6 @@ impl Inner {
                 permit: Some(permit.clone()),
             };
             for t in &variant.targets {
-                if !wal {
-                    t.push(shard, chunk.clone(), stats, now, wall);
-                    continue;
-                }
                 match t.push_wal(shard, chunk.clone(), stats, now, wall) {
                     Some(seq) => match touched.iter_mut().find(|(h, _)| Arc::ptr_eq(h, t)) {
                         Some((_, s)) => *s = (*s).max(seq),
@@ -1906,6 +1995,13 @@ async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
     }
     if let Ok(mut r) = inner.retired.lock() {
         r.retain(|x| !Arc::ptr_eq(x, &h));
+    }
+    if h.removed_at().is_some() {
+        // A request routed with a plan from before the removal may still
+        // push here: it is counted as dropped, not lost silently.
+        if let Ok(mut core) = h.core.lock() {
+            core.close();
+        }
     }
     if h.removed_at().is_some() && !inner.stopped.load(Ordering::SeqCst) {
         inner.forget_drained(&h);
