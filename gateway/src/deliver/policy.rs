@@ -7,16 +7,17 @@
 //! - [`Backoff`]: exponential from 30 ms, doubling up to `maxBackoff`, plus up
 //!   to 25 % jitter (never above `maxBackoff`), and at least `Retry-After`
 //!   (capped at [`MAX_RETRY_AFTER`]) when the endpoint sent one.
-//! - [`Concurrency`]: additive increase, multiplicative decrease between 1 and
-//!   `maxConcurrency`. It grows by one while there is a backlog and the
-//!   latency stays within twice its moving average, at most once per observed
-//!   latency; it halves on an error or 429, at most once per latency so a
-//!   burst of failures of requests sent together counts once. It also
-//!   halves when the load it carries would fit in a quarter of the limit
-//!   ([`Concurrency::on_load`], Little's law: samples per second × average
-//!   latency ÷ samples per request), at most once per [`SHRINK_EVERY`]: the
-//!   queue uses the limit as its number of lane groups, and fewer groups
-//!   fill their batches sooner (docs/delivery.md "Lanes follow load").
+//! - [`Concurrency`]: how many requests a target may have in flight, between
+//!   1 and `maxConcurrency`; the queue also uses it, rounded down to a power
+//!   of two, as its number of lane groups (docs/delivery.md "Lanes follow
+//!   load"). It follows the load by Little's law ([`Concurrency::on_load`]:
+//!   arriving samples per second × average latency ÷ samples per request,
+//!   plus a quarter): it rises to that at once and falls by halves, at most
+//!   once per [`SHRINK_EVERY`]. A backlog that one request per group cannot
+//!   carry doubles it while the latency stays within twice its moving
+//!   average, at most once per observed latency; an error or 429 halves it,
+//!   at most once per latency so a burst of failures of requests sent
+//!   together counts once.
 
 use std::time::{Duration, Instant};
 
@@ -153,7 +154,7 @@ impl Backoff {
     }
 }
 
-/// Adaptive concurrency limit (AIMD).
+/// Adaptive concurrency limit (see the module docs).
 #[derive(Debug, Clone)]
 pub struct Concurrency {
     limit: u32,
@@ -195,7 +196,7 @@ impl Concurrency {
     }
 
     /// A successful request took `latency`; `backlog` tells whether more is
-    /// ready to send than the limit allows.
+    /// waiting than one request per lane group carries.
     pub fn on_success(&mut self, latency: Duration, backlog: bool, now: Instant) {
         let avg = match self.avg_latency {
             None => latency,
@@ -204,7 +205,7 @@ impl Concurrency {
         let steady = self.avg_latency.is_none_or(|a| latency <= a * 2);
         self.avg_latency = Some(avg);
         if backlog && steady && self.limit < self.max && self.may_change(now) {
-            self.limit += 1;
+            self.limit = (self.limit * 2).min(self.max);
             self.last_change = Some(now);
         }
     }
@@ -217,19 +218,32 @@ impl Concurrency {
         }
     }
 
-    /// The load just carried: `samples_per_sec` sent at `max_samples` per
-    /// request. Halves the limit when a quarter of it would carry that load
-    /// with the average latency, at most once per [`SHRINK_EVERY`].
-    pub fn on_load(&mut self, samples_per_sec: f64, max_samples: u32, now: Instant) {
-        if self.limit <= 1 {
+    /// Samples arrive at `samples_per_sec` and go out `max_samples` per
+    /// request: the limit rises at once to what carries that with the
+    /// average latency (Little's law, plus a quarter, as a power of two),
+    /// and halves towards it at most once per [`SHRINK_EVERY`] while no
+    /// `backlog` waits.
+    pub fn on_load(&mut self, samples_per_sec: f64, max_samples: u32, backlog: bool, now: Instant) {
+        let latency = self
+            .avg_latency
+            .unwrap_or(Duration::from_millis(20))
+            .max(Duration::from_millis(1))
+            .as_secs_f64();
+        let needed = samples_per_sec * latency / f64::from(max_samples.max(1)) * 1.25;
+        let want = (needed.ceil().clamp(1.0, 64.0) as u32)
+            .next_power_of_two()
+            .min(self.max);
+        if want > self.limit {
+            if self.may_change(now) {
+                self.limit = want;
+                self.last_change = Some(now);
+            }
             return;
         }
-        let latency = self.settle_interval().as_secs_f64();
-        let needed = samples_per_sec * latency / f64::from(max_samples.max(1));
         let calm = self
             .last_change
             .is_none_or(|t| now.saturating_duration_since(t) >= SHRINK_EVERY);
-        if calm && needed * 4.0 < f64::from(self.limit) {
+        if want < self.limit && calm && !backlog {
             self.limit = (self.limit / 2).max(1);
             self.last_change = Some(now);
         }
@@ -359,18 +373,22 @@ mod tests {
         }
         assert_eq!(c.limit(), 16);
         // 300k samples/s at 20 ms and 2,000 per request needs 3 requests in
-        // flight: 16 is more than four times that, 8 is not.
-        c.on_load(300_000.0, 2000, now + ms(500));
+        // flight (3.75 with the margin): 4.
+        c.on_load(300_000.0, 2000, false, now + ms(500));
         assert_eq!(c.limit(), 16, "not within a second of the last change");
-        c.on_load(300_000.0, 2000, now + ms(1000));
+        c.on_load(300_000.0, 2000, false, now + ms(1000));
         assert_eq!(c.limit(), 8);
-        c.on_load(300_000.0, 2000, now + ms(3000));
-        assert_eq!(c.limit(), 8);
+        c.on_load(300_000.0, 2000, false, now + ms(3000));
+        assert_eq!(c.limit(), 4);
+        c.on_load(300_000.0, 2000, false, now + ms(4000));
+        assert_eq!(c.limit(), 4);
         // Moderate load: back to one, halving once a second.
-        c.on_load(30_000.0, 2000, now + ms(4000));
-        c.on_load(30_000.0, 2000, now + ms(5000));
-        c.on_load(30_000.0, 2000, now + ms(6000));
+        c.on_load(30_000.0, 2000, false, now + ms(5000));
+        c.on_load(30_000.0, 2000, false, now + ms(6000));
         assert_eq!(c.limit(), 1);
+        // A rising load raises it at once.
+        c.on_load(600_000.0, 2000, false, now + ms(6100));
+        assert_eq!(c.limit(), 8);
     }
 
     #[test]

@@ -274,8 +274,9 @@ pub struct Counters {
     pub dropped_unreadable: u64,
 }
 
-/// Samples per second formed into batches, measured over windows of at
-/// least [`LoadMeter::WINDOW`] (for [`Concurrency::on_load`]).
+/// Samples per second arriving at a target (pushed or read back from
+/// disk), over windows of at least [`LoadMeter::WINDOW`] (for
+/// [`Concurrency::on_load`]).
 #[derive(Debug, Default)]
 struct LoadMeter {
     since: Option<Instant>,
@@ -477,6 +478,7 @@ impl TargetCore {
     /// Queues `chunk` on the lane of `shard`; overflows the oldest chunks
     /// while over the memory bound. Never waits.
     pub fn push(&mut self, shard: u32, chunk: Chunk, overflow: &mut dyn Overflow) {
+        self.arrived(chunk.samples, chunk.enqueued);
         let lane = (shard % self.lanes()) as usize;
         let l = &mut self.lanes[lane];
         l.samples += u64::from(chunk.samples);
@@ -507,6 +509,16 @@ impl TargetCore {
                 }
                 None => self.counters.dropped_queue_full += samples,
             }
+        }
+    }
+
+    /// `samples` arrived at `now` (pushed or read back from disk): feeds
+    /// the load meter, and the concurrency limit when a window closed.
+    fn arrived(&mut self, samples: u32, now: Instant) {
+        if let Some(rate) = self.load.add(samples, now) {
+            let backlog = self.backlog();
+            self.concurrency
+                .on_load(rate, self.config.max_samples, backlog, now);
         }
     }
 
@@ -593,6 +605,7 @@ impl TargetCore {
             };
             self.reload_bytes += chunk.records.len() as u64;
             self.reload_samples += u64::from(chunk.samples);
+            self.arrived(chunk.samples, now);
             self.outstanding.insert(c.seq);
             self.lanes[(c.tag % lanes) as usize]
                 .disk
@@ -740,6 +753,8 @@ impl TargetCore {
     /// The next batch to send now, if the limit and the lanes allow one.
     /// Call until `None`.
     pub fn poll(&mut self, now: Instant) -> Option<Dispatch> {
+        // An idle target's meter closes its window here (nothing arrives).
+        self.arrived(0, now);
         if self.paused || self.in_flight >= self.concurrency.limit() {
             return None;
         }
@@ -884,11 +899,6 @@ impl TargetCore {
             self.lanes[l].busy = Some(id);
         }
         let first_lane = taken.trailing_zeros().min(63);
-        if let Some(rate) = self.load.add(samples, now) {
-            if !self.backlog() {
-                self.concurrency.on_load(rate, self.config.max_samples, now);
-            }
-        }
         self.batches.push(Batch {
             id,
             body: body.clone(),
@@ -1028,11 +1038,11 @@ impl TargetCore {
         }
     }
 
-    /// More than a full batch per lane group is waiting: one request per
-    /// group in flight does not keep up.
+    /// More than two full batches per lane group are waiting: one request
+    /// per group in flight does not keep up.
     fn backlog(&self) -> bool {
         let waiting = self.queue_samples + self.reload_samples;
-        waiting > u64::from(self.config.max_samples) * u64::from(self.groups())
+        waiting > 2 * u64::from(self.config.max_samples) * u64::from(self.groups())
     }
 
     /// Takes batch `at` out (delivered or dropped): frees its lanes and
