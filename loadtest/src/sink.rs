@@ -10,7 +10,9 @@
 //!   label sets seen (at most [`MAX_LABEL_SETS`]);
 //! - end-to-end latency, `now - sample timestamp`, in milliseconds;
 //! - requests by status, rejected requests (malformed, wrong auth, missing or
-//!   wrong headers) with the last reason.
+//!   wrong headers) with the last reason;
+//! - request body bytes as received (compressed), of every `POST` whatever
+//!   its answer.
 //!
 //! # Arrival order
 //! Samples are recorded in the order the sink takes them: requests one at a
@@ -256,6 +258,8 @@ pub struct SinkReport {
     pub addr: Option<SocketAddr>,
     /// Requests received.
     pub requests: u64,
+    /// Request body bytes received (compressed, as sent), of every `POST`.
+    pub bytes: u64,
     /// Responses by status.
     pub responses: BTreeMap<u16, u64>,
     /// Samples recorded.
@@ -289,6 +293,8 @@ pub struct SinkStats {
     pub requests: u64,
     /// Samples recorded.
     pub samples: u64,
+    /// Request body bytes received (compressed), of every `POST`.
+    pub bytes: u64,
     /// Requests refused or failed by injection.
     pub refused: u64,
 }
@@ -298,6 +304,7 @@ struct State {
     fault: Mutex<(Fault, Instant)>,
     requests: AtomicU64,
     samples: AtomicU64,
+    bytes: AtomicU64,
     refused: AtomicU64,
     inner: Mutex<Inner>,
 }
@@ -340,6 +347,7 @@ impl Sink {
             config,
             requests: AtomicU64::new(0),
             samples: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 report: SinkReport::default(),
@@ -526,6 +534,7 @@ impl SinkHandle {
         SinkStats {
             requests: self.state.requests.load(Ordering::Relaxed),
             samples: self.state.samples.load(Ordering::Relaxed),
+            bytes: self.state.bytes.load(Ordering::Relaxed),
             refused: self.state.refused.load(Ordering::Relaxed),
         }
     }
@@ -613,10 +622,13 @@ async fn process(
             "",
         ));
     }
+    let bytes = body.as_ref().map_or(0, |b| b.len() as u64);
+    st.bytes.fetch_add(bytes, Ordering::Relaxed);
     if fault.2 > 0 && n % fault.2 == 0 {
         st.refused.fetch_add(1, Ordering::Relaxed);
         let mut inner = lock(&st.inner);
         inner.report.requests += 1;
+        inner.report.bytes += bytes;
         inner.report.injected += 1;
         return Err(InjectedReset);
     }
@@ -634,6 +646,7 @@ async fn process(
     };
     let mut inner = lock(&st.inner);
     inner.report.requests += 1;
+    inner.report.bytes += bytes;
     *inner
         .report
         .responses
