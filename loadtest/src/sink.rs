@@ -992,13 +992,14 @@ mod tests {
     use super::*;
     use fanout_proto::v1;
 
-    fn scan(
-        raw: &[u8],
-    ) -> Option<(
+    /// Label pairs, samples as (identity, timestamp, set index), set count.
+    type Scanned = (
         Vec<(String, String)>,
         Vec<(Option<SampleId>, i64, usize)>,
         usize,
-    )> {
+    );
+
+    fn scan(raw: &[u8]) -> Option<Scanned> {
         let (mut pairs, mut sets, mut got) = (Vec::new(), Vec::new(), Vec::new());
         scan_v1_plain(raw, &mut pairs, &mut sets, &mut got)?;
         Some((
