@@ -18,11 +18,19 @@
 //! passed or `--samples` have been handed out, and waits for what is in
 //! flight (each request is bounded by the request timeout).
 //!
+//! # Retries
+//! By default the generator does not retry. With [`GeneratorConfig::retry`]
+//! a request answered 429 or 503 is sent again, with the same body (same
+//! timestamps), like Prometheus: after the answer's `Retry-After` (seconds)
+//! if it has one, else after a backoff doubling from 30 ms to 5 s, both
+//! capped at 5 s; until it is answered otherwise or the run's deadline would
+//! pass. Each such answer counts in [`RunSummary::retries`].
+//!
 //! # Sample identity
-//! Values and timestamps follow [`crate::identity`]. The generator does not
-//! retry: a request that fails is counted (by status or transport error),
-//! and its samples are listed as not acknowledged in the [`RunSummary`], so
-//! a verifier knows exactly which samples a receiver may have.
+//! Values and timestamps follow [`crate::identity`]. A request that fails
+//! (and is not retried) is counted (by status or transport error), and its
+//! samples are listed as not acknowledged in the [`RunSummary`], so a
+//! verifier knows exactly which samples a receiver may have.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -95,6 +103,8 @@ pub struct GeneratorConfig {
     pub first_round: u32,
     /// Print one progress line per second on stderr.
     pub progress: bool,
+    /// Send a request answered 429 or 503 again (see the module doc).
+    pub retry: bool,
 }
 
 impl Default for GeneratorConfig {
@@ -116,6 +126,7 @@ impl Default for GeneratorConfig {
             ca_cert: None,
             first_round: 0,
             progress: false,
+            retry: false,
         }
     }
 }
@@ -205,6 +216,9 @@ pub struct RunSummary {
     pub responses: BTreeMap<u16, u64>,
     /// Requests that got no response (connect, timeout, reset).
     pub transport_errors: u64,
+    /// Answers 429 or 503 after which the request was sent again
+    /// ([`GeneratorConfig::retry`]; also counted in `responses`).
+    pub retries: u64,
     /// The last error (status and start of the body, or transport error).
     pub last_error: Option<String>,
     /// Request latency (send to response), milliseconds.
@@ -253,6 +267,9 @@ impl RunSummary {
             }
         );
         let _ = writeln!(s, "conn errors   {}", self.transport_errors);
+        if self.retries > 0 {
+            let _ = writeln!(s, "retried       {} (429/503)", self.retries);
+        }
         let l = &self.latency_ms;
         let _ = writeln!(
             s,
@@ -485,6 +502,7 @@ struct Stats {
     samples_failed: AtomicU64,
     bytes: AtomicU64,
     transport_errors: AtomicU64,
+    retries: AtomicU64,
     codes: Mutex<BTreeMap<u16, u64>>,
     /// Microseconds.
     latency: Mutex<Histogram<u64>>,
@@ -544,6 +562,7 @@ pub async fn run(config: GeneratorConfig) -> Result<RunSummary, GeneratorError> 
         samples_failed: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         transport_errors: AtomicU64::new(0),
+        retries: AtomicU64::new(0),
         codes: Mutex::new(BTreeMap::new()),
         latency: Mutex::new(histogram()),
         interval: Mutex::new(histogram()),
@@ -648,6 +667,7 @@ pub async fn run(config: GeneratorConfig) -> Result<RunSummary, GeneratorError> 
         samples_per_sec: samples_ok as f64 / elapsed,
         responses: lock(&stats.codes).clone(),
         transport_errors: stats.transport_errors.load(Ordering::Relaxed),
+        retries: stats.retries.load(Ordering::Relaxed),
         last_error: lock(&stats.last_error).clone(),
         latency_ms: Latency::from_histogram(&lock(&stats.latency), 0.001),
         series_per_cluster: per_cluster,
@@ -717,6 +737,22 @@ fn auth_header(mode: AuthMode, scenario: &Scenario, cluster: u32) -> Option<Head
     let mut v = HeaderValue::from_str(&v).ok()?;
     v.set_sensitive(true);
     Some(v)
+}
+
+/// First retry backoff (Prometheus' `min_backoff`).
+const RETRY_MIN_BACKOFF: Duration = Duration::from_millis(30);
+/// Longest wait before a retry (Prometheus' `max_backoff`).
+const RETRY_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long to wait before retrying: `Retry-After` (whole seconds) if the
+/// answer has one, else `backoff`; at most [`RETRY_MAX_BACKOFF`].
+fn retry_wait(headers: &HeaderMap, backoff: Duration) -> Duration {
+    headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(backoff, Duration::from_secs)
+        .min(RETRY_MAX_BACKOFF)
 }
 
 struct Worker {
@@ -841,16 +877,33 @@ impl Worker {
                 headers.insert(http::header::AUTHORIZATION, a);
             }
             let bytes = body.len() as u64;
-            let t0 = Instant::now();
-            let res =
-                tokio::time::timeout(self.config.timeout, conn.post(&self.target, &headers, body))
-                    .await;
-            let micros = t0.elapsed().as_micros() as u64;
             let s = &self.stats;
-            s.requests.fetch_add(1, Ordering::Relaxed);
-            s.bytes.fetch_add(bytes, Ordering::Relaxed);
-            lock(&s.latency).saturating_record(micros.max(1));
-            lock(&s.interval).saturating_record(micros.max(1));
+            let mut backoff = RETRY_MIN_BACKOFF;
+            let res = loop {
+                let t0 = Instant::now();
+                let res = tokio::time::timeout(
+                    self.config.timeout,
+                    conn.post(&self.target, &headers, body.clone()),
+                )
+                .await;
+                let micros = t0.elapsed().as_micros() as u64;
+                s.requests.fetch_add(1, Ordering::Relaxed);
+                s.bytes.fetch_add(bytes, Ordering::Relaxed);
+                lock(&s.latency).saturating_record(micros.max(1));
+                lock(&s.interval).saturating_record(micros.max(1));
+                let Ok(Ok(reply)) = &res else { break res };
+                if !(self.config.retry && matches!(reply.status.as_u16(), 429 | 503)) {
+                    break res;
+                }
+                let wait = retry_wait(&reply.headers, backoff);
+                if self.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                    break res;
+                }
+                *lock(&s.codes).entry(reply.status.as_u16()).or_default() += 1;
+                s.retries.fetch_add(1, Ordering::Relaxed);
+                backoff = (backoff * 2).min(RETRY_MAX_BACKOFF);
+                tokio::time::sleep(wait).await;
+            };
             let samples = end - start;
             match res {
                 Ok(Ok(reply)) => {
@@ -957,6 +1010,24 @@ mod tests {
                 .collect();
             assert_eq!(Some(labels), s.series_labels(&model, i as u32, 0));
         }
+    }
+
+    #[test]
+    fn retry_waits_for_retry_after_else_backoff_capped() {
+        let mut h = HeaderMap::new();
+        let b = Duration::from_millis(30);
+        assert_eq!(retry_wait(&h, b), b);
+        assert_eq!(retry_wait(&h, Duration::from_secs(9)), RETRY_MAX_BACKOFF);
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("2"));
+        assert_eq!(retry_wait(&h, b), Duration::from_secs(2));
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("120"));
+        assert_eq!(retry_wait(&h, b), RETRY_MAX_BACKOFF);
+        // An HTTP date is not parsed: the backoff applies.
+        h.insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_wait(&h, b), b);
     }
 
     #[test]

@@ -60,9 +60,17 @@ struct BenchArgs {
     /// Override the scenario's sample count.
     #[arg(long)]
     samples: Option<u64>,
-    /// Override the scenario's rate (samples/s).
+    /// Override the scenario's rate (samples/s; rate mode).
     #[arg(long)]
     rate: Option<f64>,
+    /// rate: open loop at the scenario's rate. saturation: closed loop, each
+    /// connection sends its next request as soon as the previous is answered
+    /// (429/503 retried), for the scenario's samples or maxDuration.
+    #[arg(long, value_enum, default_value = "rate")]
+    mode: fanout_loadtest::bench::Mode,
+    /// Override the scenario's generator connections (traffic.connections).
+    #[arg(long)]
+    connections: Option<usize>,
     /// Print the report as JSON on stdout instead of the table.
     #[arg(long)]
     json: bool,
@@ -132,6 +140,10 @@ struct RunArgs {
     /// one sink carry distinct sample identities.
     #[arg(long, default_value_t = 0)]
     first_round: u32,
+    /// Send a request answered 429 or 503 again, like Prometheus (Retry-After,
+    /// else backoff 30 ms doubling to 5 s), until --duration ends.
+    #[arg(long)]
+    retry: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -319,6 +331,7 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
         ca_cert: a.ca_cert,
         first_round: a.first_round,
         progress: !a.quiet,
+        retry: a.retry,
     };
     let summary = generator::run(config).await?;
     if a.json {
@@ -505,6 +518,12 @@ async fn bench(a: BenchArgs) -> anyhow::Result<i32> {
     if let Some(r) = a.rate {
         spec.traffic.rate = Some(r);
     }
+    if let Some(c) = a.connections {
+        if c == 0 {
+            bail!("--connections: at least 1");
+        }
+        spec.traffic.connections = c;
+    }
     let vmagent_bin = match a.vmagent_bin {
         Some(p) if p.is_file() => Some(p),
         Some(p) => bail!("--vmagent-bin {}: not a file", p.display()),
@@ -512,6 +531,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<i32> {
     };
     let opts = BenchOptions {
         spec,
+        mode: a.mode,
         gateways: a.gateways,
         fanout_bin: a.fanout_bin,
         vmagent_bin,

@@ -10,7 +10,9 @@
 //!   label sets seen (at most [`MAX_LABEL_SETS`]);
 //! - end-to-end latency, `now - sample timestamp`, in milliseconds;
 //! - requests by status, rejected requests (malformed, wrong auth, missing or
-//!   wrong headers) with the last reason.
+//!   wrong headers) with the last reason;
+//! - request body bytes as received (compressed), of every `POST` whatever
+//!   its answer.
 //!
 //! # Arrival order
 //! Samples are recorded in the order the sink takes them: requests one at a
@@ -40,6 +42,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash as _, Hasher as _};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -256,6 +259,8 @@ pub struct SinkReport {
     pub addr: Option<SocketAddr>,
     /// Requests received.
     pub requests: u64,
+    /// Request body bytes received (compressed, as sent), of every `POST`.
+    pub bytes: u64,
     /// Responses by status.
     pub responses: BTreeMap<u16, u64>,
     /// Samples recorded.
@@ -289,6 +294,8 @@ pub struct SinkStats {
     pub requests: u64,
     /// Samples recorded.
     pub samples: u64,
+    /// Request body bytes received (compressed), of every `POST`.
+    pub bytes: u64,
     /// Requests refused or failed by injection.
     pub refused: u64,
 }
@@ -298,6 +305,7 @@ struct State {
     fault: Mutex<(Fault, Instant)>,
     requests: AtomicU64,
     samples: AtomicU64,
+    bytes: AtomicU64,
     refused: AtomicU64,
     inner: Mutex<Inner>,
 }
@@ -340,6 +348,7 @@ impl Sink {
             config,
             requests: AtomicU64::new(0),
             samples: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 report: SinkReport::default(),
@@ -526,6 +535,7 @@ impl SinkHandle {
         SinkStats {
             requests: self.state.requests.load(Ordering::Relaxed),
             samples: self.state.samples.load(Ordering::Relaxed),
+            bytes: self.state.bytes.load(Ordering::Relaxed),
             refused: self.state.refused.load(Ordering::Relaxed),
         }
     }
@@ -613,10 +623,13 @@ async fn process(
             "",
         ));
     }
+    let bytes = body.as_ref().map_or(0, |b| b.len() as u64);
+    st.bytes.fetch_add(bytes, Ordering::Relaxed);
     if fault.2 > 0 && n % fault.2 == 0 {
         st.refused.fetch_add(1, Ordering::Relaxed);
         let mut inner = lock(&st.inner);
         inner.report.requests += 1;
+        inner.report.bytes += bytes;
         inner.report.injected += 1;
         return Err(InjectedReset);
     }
@@ -634,6 +647,7 @@ async fn process(
     };
     let mut inner = lock(&st.inner);
     inner.report.requests += 1;
+    inner.report.bytes += bytes;
     *inner
         .report
         .responses
@@ -677,6 +691,87 @@ struct Got {
     id: Option<SampleId>,
     ts: i64,
     set: usize,
+}
+
+impl Got {
+    fn new(value: f64, ts: i64, set: usize) -> Got {
+        Got {
+            id: SampleId::from_value(value),
+            ts,
+            set,
+        }
+    }
+}
+
+/// Ends a series whose labels are `pairs[start..]`: its label set, with the
+/// hash that tells label sets apart (the hash of the `(name, value)` list).
+fn push_set(sets: &mut Vec<(u64, Range<usize>)>, pairs: &[(&str, &str)], start: usize) {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    pairs[start..].hash(&mut h);
+    sets.push((h.finish(), start..pairs.len()));
+}
+
+/// Decodes a remote-write 1.0 body of the plain shape senders use (only
+/// `timeseries`, each only `labels` {name, value} and `samples` {value,
+/// timestamp}) without allocating per label: names and values borrow from
+/// `raw`. Every field must have its schema's wire type and every string must
+/// be UTF-8, so what this accepts prost accepts with the same content.
+/// `None` for any other field or malformed input (the caller then decodes
+/// with prost); the outputs are then partly filled.
+fn scan_v1_plain<'a>(
+    raw: &'a [u8],
+    pairs: &mut Vec<(&'a str, &'a str)>,
+    sets: &mut Vec<(u64, Range<usize>)>,
+    got: &mut Vec<Got>,
+) -> Option<()> {
+    use fanout_proto::wire::{Reader, WireType};
+    let mut r = Reader::new(raw);
+    while !r.is_empty() {
+        if r.key().ok()? != (1, WireType::Len) {
+            return None;
+        }
+        let mut t = Reader::new(r.len_delimited().ok()?);
+        let start = pairs.len();
+        while !t.is_empty() {
+            let (field, wire) = t.key().ok()?;
+            if wire != WireType::Len {
+                return None;
+            }
+            let mut m = Reader::new(t.len_delimited().ok()?);
+            match field {
+                1 => {
+                    let (mut name, mut value) = ("", "");
+                    while !m.is_empty() {
+                        let (f, w) = m.key().ok()?;
+                        if w != WireType::Len {
+                            return None;
+                        }
+                        let s = std::str::from_utf8(m.len_delimited().ok()?).ok()?;
+                        match f {
+                            1 => name = s,
+                            2 => value = s,
+                            _ => return None,
+                        }
+                    }
+                    pairs.push((name, value));
+                }
+                2 => {
+                    let (mut value, mut ts) = (0.0, 0i64);
+                    while !m.is_empty() {
+                        match m.key().ok()? {
+                            (1, WireType::I64) => value = f64::from_bits(m.fixed64().ok()?),
+                            (2, WireType::Varint) => ts = m.varint().ok()? as i64,
+                            _ => return None,
+                        }
+                    }
+                    got.push(Got::new(value, ts, sets.len()));
+                }
+                _ => return None,
+            }
+        }
+        push_set(sets, pairs, start);
+    }
+    Some(())
 }
 
 // The error is the refusal reply itself, built once per refused request:
@@ -774,31 +869,22 @@ fn receive(
             )
         })?;
     let now = now_ms();
-    let mut sets: Vec<(u64, Vec<(String, String)>)> = Vec::new();
+    // Label pairs borrow from the body (v1) or the decoded request; a series'
+    // labels are `pairs[range]`, owned only when new to its record.
+    let decoded_v1: fanout_proto::v1::WriteRequest;
+    let decoded_v2: fanout_proto::v2::Request;
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    let mut sets: Vec<(u64, Range<usize>)> = Vec::new();
     let mut got: Vec<Got> = Vec::new();
     let mut histograms = 0u64;
-    let mut push_series =
-        |labels: Vec<(String, String)>, samples: &mut dyn Iterator<Item = (f64, i64)>| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            labels.hash(&mut h);
-            let hash = h.finish();
-            let set = sets.len();
-            sets.push((hash, labels));
-            for (value, ts) in samples {
-                got.push(Got {
-                    id: SampleId::from_value(value),
-                    ts,
-                    set,
-                });
-            }
-        };
     if v2 {
-        let r = fanout_proto::v2::Request::decode(raw).map_err(|e| {
+        decoded_v2 = fanout_proto::v2::Request::decode(raw).map_err(|e| {
             bad(
                 StatusCode::BAD_REQUEST,
                 format!("remote-write 2.0 body: {e}"),
             )
         })?;
+        let r = &decoded_v2;
         for (i, ts) in r.timeseries.iter().enumerate() {
             if ts.labels_refs.len() % 2 != 0 {
                 return Err(bad(
@@ -806,7 +892,7 @@ fn receive(
                     format!("timeseries {i}: odd number of label references"),
                 ));
             }
-            let mut labels = Vec::with_capacity(ts.labels_refs.len() / 2);
+            let start = pairs.len();
             for p in ts.labels_refs.chunks(2) {
                 let (Some(k), Some(v)) =
                     (r.symbols.get(p[0] as usize), r.symbols.get(p[1] as usize))
@@ -819,28 +905,36 @@ fn receive(
                         ),
                     ));
                 };
-                labels.push((k.clone(), v.clone()));
+                pairs.push((k.as_str(), v.as_str()));
             }
             histograms += ts.histograms.len() as u64;
-            push_series(
-                labels,
-                &mut ts.samples.iter().map(|s| (s.value, s.timestamp)),
-            );
+            for s in &ts.samples {
+                got.push(Got::new(s.value, s.timestamp, sets.len()));
+            }
+            push_set(&mut sets, &pairs, start);
         }
-    } else {
-        let r = fanout_proto::v1::WriteRequest::decode(raw).map_err(|e| {
+    } else if scan_v1_plain(&raw, &mut pairs, &mut sets, &mut got).is_none() {
+        // Not the plain shape (or malformed): prost decodes it, and its
+        // verdict and error message stand.
+        (pairs, sets, got) = (Vec::new(), Vec::new(), Vec::new());
+        decoded_v1 = fanout_proto::v1::WriteRequest::decode(raw).map_err(|e| {
             bad(
                 StatusCode::BAD_REQUEST,
                 format!("remote-write 1.0 body: {e}"),
             )
         })?;
-        for ts in r.timeseries {
+        for ts in &decoded_v1.timeseries {
             histograms += ts.histograms.len() as u64;
-            let labels = ts.labels.into_iter().map(|l| (l.name, l.value)).collect();
-            push_series(
-                labels,
-                &mut ts.samples.iter().map(|s| (s.value, s.timestamp)),
+            let start = pairs.len();
+            pairs.extend(
+                ts.labels
+                    .iter()
+                    .map(|l| (l.name.as_str(), l.value.as_str())),
             );
+            for s in &ts.samples {
+                got.push(Got::new(s.value, s.timestamp, sets.len()));
+            }
+            push_set(&mut sets, &pairs, start);
         }
     }
     let samples = got.len() as u64;
@@ -863,11 +957,16 @@ fn receive(
             };
             let rec = report.series.entry(id.id).or_default();
             rec.arrived(id.seq);
-            let (hash, labels) = &sets[g.set];
+            let (hash, range) = &sets[g.set];
             if !rec.label_hashes.contains(hash) {
                 if rec.label_sets.len() < MAX_LABEL_SETS {
                     rec.label_hashes.push(*hash);
-                    rec.label_sets.push(labels.clone());
+                    rec.label_sets.push(
+                        pairs[range.clone()]
+                            .iter()
+                            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                            .collect(),
+                    );
                 } else {
                     rec.more_label_sets += 1;
                 }
@@ -891,6 +990,105 @@ fn receive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fanout_proto::v1;
+
+    /// Label pairs, samples as (identity, timestamp, set index), set count.
+    type Scanned = (
+        Vec<(String, String)>,
+        Vec<(Option<SampleId>, i64, usize)>,
+        usize,
+    );
+
+    fn scan(raw: &[u8]) -> Option<Scanned> {
+        let (mut pairs, mut sets, mut got) = (Vec::new(), Vec::new(), Vec::new());
+        scan_v1_plain(raw, &mut pairs, &mut sets, &mut got)?;
+        Some((
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            got.iter().map(|g| (g.id, g.ts, g.set)).collect(),
+            sets.len(),
+        ))
+    }
+
+    #[test]
+    fn plain_v1_scan_matches_prost() {
+        let scenario = crate::scenario::Scenario {
+            clusters: 1,
+            deployments: 2,
+            ..crate::scenario::Scenario::default()
+        };
+        let mut b = crate::generator::RequestBuilder::new(scenario).unwrap();
+        let body = b.body(
+            crate::generator::Protocol::V1,
+            0,
+            10,
+            260,
+            1_700_000_000_000,
+        );
+        let raw = fanout_proto::snappy::decompress(&body, 1 << 30).unwrap();
+        let (pairs, got, sets) = scan(&raw).expect("the generator's bodies are plain");
+        let req = v1::WriteRequest::decode(raw.clone()).unwrap();
+        assert_eq!(sets, req.timeseries.len());
+        let want_pairs: Vec<(String, String)> = req
+            .timeseries
+            .iter()
+            .flat_map(|t| t.labels.iter().map(|l| (l.name.clone(), l.value.clone())))
+            .collect();
+        assert_eq!(pairs, want_pairs);
+        let want_got: Vec<_> = req
+            .timeseries
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| {
+                t.samples
+                    .iter()
+                    .map(move |s| (SampleId::from_value(s.value), s.timestamp, i))
+            })
+            .collect();
+        assert_eq!(got, want_got);
+        assert_eq!(got.len(), 250);
+    }
+
+    #[test]
+    fn plain_v1_scan_leaves_the_rest_to_prost() {
+        let series = |labels: Vec<v1::Label>| v1::TimeSeries {
+            labels,
+            samples: vec![v1::Sample {
+                value: 1.0,
+                timestamp: 5,
+            }],
+            ..Default::default()
+        };
+        let label = |n: &str, v: &str| v1::Label {
+            name: n.into(),
+            value: v.into(),
+        };
+        let ok = v1::WriteRequest {
+            timeseries: vec![series(vec![label("__name__", "up")]), series(vec![])],
+            ..Default::default()
+        };
+        let (pairs, got, sets) = scan(&ok.encode_to_vec()).unwrap();
+        assert_eq!(pairs, [("__name__".to_owned(), "up".to_owned())]);
+        assert_eq!((got.len(), sets, got[1].2), (2, 2, 1));
+        // A histogram: another field; prost decodes it.
+        let mut h = series(vec![label("a", "b")]);
+        h.histograms.push(Default::default());
+        let with_histogram = v1::WriteRequest {
+            timeseries: vec![h],
+            ..Default::default()
+        };
+        assert!(scan(&with_histogram.encode_to_vec()).is_none());
+        // Invalid UTF-8 in a label value, and a truncated body: prost's call.
+        let mut bad = ok.encode_to_vec();
+        let at = bad.windows(2).position(|w| w == b"up").unwrap();
+        bad[at] = 0xff;
+        assert!(scan(&bad).is_none());
+        assert!(v1::WriteRequest::decode(&bad[..]).is_err());
+        let whole = ok.encode_to_vec();
+        assert!(scan(&whole[..whole.len() - 1]).is_none());
+    }
 
     fn record(seqs: &[u32]) -> SeriesRecord {
         let mut r = SeriesRecord::default();

@@ -3,6 +3,8 @@
 //! live targets its Deployment is routed to, with the seven metadata labels.
 //! This checks the generated vmagent relabelling and Fanout registry; the
 //! numbers themselves are not asserted (a benchmark reports, it does not test).
+//! Each gateway runs once at a fixed rate and once in saturation mode (closed
+//! loop, 429/503 retried) with a small sample count.
 //!
 //! vmagent: `FANOUT_VMAGENT_BIN` or `vmagent` on PATH; Fanout: `FANOUT_BIN`.
 //! Both are `#[ignore]`d for `cargo test --workspace` and run by `.ci/run`
@@ -11,7 +13,7 @@
 
 use std::path::PathBuf;
 
-use fanout_loadtest::bench::{self, BenchOptions, BenchSpec, Gateway};
+use fanout_loadtest::bench::{self, BenchOptions, BenchSpec, Gateway, Mode};
 
 const SCENARIO: &str = "
 name: small-routed
@@ -25,8 +27,25 @@ drainTimeout: 20s
 ";
 
 async fn check(gateway: Gateway, fanout_bin: PathBuf, vmagent_bin: Option<PathBuf>) {
+    for mode in [Mode::Rate, Mode::Saturation] {
+        check_mode(gateway, mode, fanout_bin.clone(), vmagent_bin.clone()).await;
+    }
+}
+
+async fn check_mode(
+    gateway: Gateway,
+    mode: Mode,
+    fanout_bin: PathBuf,
+    vmagent_bin: Option<PathBuf>,
+) {
+    let mut spec = BenchSpec::parse("small-routed", SCENARIO).unwrap();
+    if mode == Mode::Saturation {
+        spec.traffic.samples = 30_000;
+        spec.traffic.connections = 4;
+    }
     let opts = BenchOptions {
-        spec: BenchSpec::parse("small-routed", SCENARIO).unwrap(),
+        spec,
+        mode,
         gateways: vec![gateway],
         fanout_bin,
         vmagent_bin,
@@ -37,7 +56,13 @@ async fn check(gateway: Gateway, fanout_bin: PathBuf, vmagent_bin: Option<PathBu
     let report = bench::run(&opts).await.unwrap();
     let r = &report.results[0];
     assert_eq!(r.skipped, None);
+    assert_eq!(report.mode, mode);
     assert!(r.samples_acked > 0, "{r:?}");
+    if mode == Mode::Saturation {
+        // Retried until answered: everything is acknowledged in the end.
+        assert_eq!(r.samples_acked, 30_000, "{}", report.table());
+        assert_eq!(r.samples_failed, 0, "{}", report.table());
+    }
     assert!(r.drained, "{}", report.table());
     assert_eq!(r.samples_lost, 0, "{}", report.table());
     assert_eq!(r.other_problems, 0, "{}", report.table());
@@ -46,6 +71,8 @@ async fn check(gateway: Gateway, fanout_bin: PathBuf, vmagent_bin: Option<PathBu
     // the pairs go to t2, and those are not lost.
     assert!(r.deliveries_to_dead > 0 && r.deliveries_to_dead < r.deliveries);
     assert!(r.cpu_secs >= 0.0 && r.peak_rss_bytes > 0);
+    // The sinks counted what they received: some bytes per delivery.
+    assert!(r.bytes_received > 0 && r.bytes_per_delivery > 0.0, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

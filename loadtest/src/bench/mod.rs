@@ -4,7 +4,9 @@
 //! target is a loopback port nothing listens on), start the gateway with
 //! config derived from the scenario ([`config`]), wait until it is ready,
 //! read its CPU ticks, drive it with the generator (a fixed number of
-//! samples, bounded in time), wait until every acknowledged sample reached
+//! samples, bounded in time: at the scenario's rate in [`Mode::Rate`], as
+//! fast as the gateway answers over `connections` in [`Mode::Saturation`]),
+//! wait until every acknowledged sample reached
 //! every live target it should reach or the drain timeout passed, read CPU
 //! ticks and peak RSS again, stop the gateway and verify the sinks' records
 //! against the acknowledged samples ([`crate::verify::Expectation`]).
@@ -33,7 +35,7 @@ use crate::generator::{self, GeneratorConfig};
 use crate::identity::SeriesId;
 use crate::sink::{Sink, SinkConfig, SinkHandle};
 use crate::verify::{Expectation, Problem};
-pub use report::{BenchReport, GatewayResult};
+pub use report::{BenchReport, GatewayResult, Mode};
 pub use spec::BenchSpec;
 
 /// Which gateway to run.
@@ -57,8 +59,10 @@ impl Gateway {
 /// How to run a bench.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    /// The scenario.
+    /// The scenario (with any command-line overrides applied).
     pub spec: BenchSpec,
+    /// How the load is offered.
+    pub mode: Mode,
     /// Gateways, in the order they run.
     pub gateways: Vec<Gateway>,
     /// The `fanout` binary.
@@ -90,6 +94,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let f = &spec.fleet;
     let mut report = BenchReport {
         scenario: spec.name.clone(),
+        mode: opts.mode,
         summary: format!(
             "{} clusters x {} Deployments ({} series), {} targets{}, {} per Deployment, {} samples{}",
             f.clusters,
@@ -103,10 +108,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             },
             spec.targets_per_deployment,
             report::thousands(spec.traffic.samples),
-            spec.traffic
-                .rate
-                .map(|r| format!(" at {} /s", report::thousands(r as u64)))
-                .unwrap_or_default(),
+            traffic_summary(opts.mode, spec),
         ),
         command: opts.command.clone(),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -150,6 +152,21 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         report.results.push(r);
     }
     Ok(report)
+}
+
+/// How the samples are sent, for the report's summary line.
+fn traffic_summary(mode: Mode, spec: &BenchSpec) -> String {
+    let t = &spec.traffic;
+    let rate = match (mode, t.rate) {
+        (Mode::Saturation, _) => "as fast as answered".to_owned(),
+        (Mode::Rate, Some(r)) => format!("at {} /s", report::thousands(r as u64)),
+        (Mode::Rate, None) => "unpaced".to_owned(),
+    };
+    format!(
+        " {rate} over {} connections, {} per request",
+        t.connections,
+        report::thousands(t.samples_per_request as u64)
+    )
 }
 
 fn skipped(g: Gateway, why: String) -> GatewayResult {
@@ -312,10 +329,14 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
         scenario: spec.fleet.clone(),
         connections: spec.traffic.connections,
         samples_per_request: spec.traffic.samples_per_request,
-        rate: spec.traffic.rate,
+        rate: match opts.mode {
+            Mode::Rate => spec.traffic.rate,
+            Mode::Saturation => None,
+        },
         duration: Some(spec.traffic.max_duration),
         total_samples: Some(spec.traffic.samples),
         progress: opts.progress,
+        retry: opts.mode == Mode::Saturation,
         ..GeneratorConfig::default()
     };
     let summary = generator::run(gen).await?;
@@ -386,6 +407,7 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
     proc.stop().await;
     // Late arrivals after the drain would not change CPU; give none a chance.
     let reports: Vec<_> = sinks.iter().map(|s| s.report()).collect();
+    // End-to-end latency over the live targets only: a dead target has no sink.
     let mut latency: Option<hdrhistogram::Histogram<u64>> = None;
     for s in &sinks {
         if let Some(h) = s.latency_histogram() {
@@ -411,6 +433,7 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
             _ => other += 1,
         }
     }
+    let bytes_received: u64 = reports.iter().map(|r| r.bytes).sum();
     let cpu_secs = cpu.as_secs_f64();
     let q = |h: &Option<hdrhistogram::Histogram<u64>>, x: f64| {
         h.as_ref()
@@ -422,6 +445,7 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
         skipped: None,
         samples_acked: summary.samples_ok,
         samples_failed: summary.samples_failed,
+        retries: summary.retries,
         send_secs: summary.duration_secs,
         ingest_p50_ms: summary.latency_ms.p50,
         ingest_p99_ms: summary.latency_ms.p99,
@@ -429,11 +453,10 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
         deliveries,
         deliveries_to_dead: to_dead,
         cpu_secs,
-        samples_per_cpu_sec: if cpu_secs > 0.0 {
-            deliveries as f64 / cpu_secs
-        } else {
-            0.0
-        },
+        ingested_per_cpu_sec: report::per(summary.samples_ok as f64, cpu_secs),
+        deliveries_per_cpu_sec: report::per(deliveries as f64, cpu_secs),
+        bytes_received,
+        bytes_per_delivery: report::per(bytes_received as f64, deliveries as f64),
         peak_rss_bytes: rss,
         latency_p50_ms: q(&latency, 0.5),
         latency_p99_ms: q(&latency, 0.99),
@@ -471,6 +494,23 @@ fn utc_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_says_how_samples_are_sent() {
+        let spec = BenchSpec::parse(
+            "s.yaml",
+            "name: s\ntargets: 1\ntraffic: {samples: 10, rate: 30000, connections: 8, samplesPerRequest: 1000}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            traffic_summary(Mode::Rate, &spec),
+            " at 30,000 /s over 8 connections, 1,000 per request"
+        );
+        assert_eq!(
+            traffic_summary(Mode::Saturation, &spec),
+            " as fast as answered over 8 connections, 1,000 per request"
+        );
+    }
 
     #[test]
     fn utc_format() {

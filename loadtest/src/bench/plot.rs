@@ -1,5 +1,6 @@
-//! An SVG of bench reports: samples per CPU-second (left) and end-to-end
-//! p99 latency (right), one pair of bars (Fanout, vmagent) per scenario.
+//! An SVG of bench reports: (sample, target) deliveries per CPU-second
+//! (left), end-to-end p99 latency (middle) and bytes delivered per sample
+//! per target (right), one pair of bars (Fanout, vmagent) per scenario.
 //! Uses plotters' SVG backend only (no font files: text is SVG `<text>`).
 
 use std::path::Path;
@@ -26,6 +27,9 @@ pub struct Bars {
     pub per_cpu: [Option<f64>; 2],
     /// End-to-end p99 in ms, per gateway.
     pub p99_ms: [Option<f64>; 2],
+    /// Bytes delivered per (sample, target), per gateway (`None` also for
+    /// reports written before it was measured).
+    pub bytes: [Option<f64>; 2],
 }
 
 /// The bars to draw for `reports`, in their order.
@@ -37,6 +41,7 @@ pub fn bars(reports: &[BenchReport]) -> Vec<Bars> {
                 scenario: r.scenario.clone(),
                 per_cpu: [None; 2],
                 p99_ms: [None; 2],
+                bytes: [None; 2],
             };
             for (i, g) in GATEWAYS.iter().enumerate() {
                 if let Some(x) = r
@@ -44,8 +49,9 @@ pub fn bars(reports: &[BenchReport]) -> Vec<Bars> {
                     .iter()
                     .find(|x| x.gateway == *g && x.skipped.is_none())
                 {
-                    b.per_cpu[i] = Some(x.samples_per_cpu_sec);
+                    b.per_cpu[i] = Some(x.deliveries_per_cpu_sec);
                     b.p99_ms[i] = Some(x.latency_p99_ms);
+                    b.bytes[i] = Some(x.bytes_per_delivery).filter(|v| *v > 0.0);
                 }
             }
             b
@@ -68,7 +74,7 @@ pub fn short(v: f64) -> String {
 pub fn svg(reports: &[BenchReport]) -> Result<String, PlotError> {
     let mut out = String::new();
     {
-        let root = SVGBackend::with_string(&mut out, (960, 420)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut out, (1440, 420)).into_drawing_area();
         draw(&root, &bars(reports)).map_err(|e| PlotError(e.to_string()))?;
         root.present().map_err(|e| PlotError(e.to_string()))?;
     }
@@ -91,7 +97,8 @@ where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(480);
+    let (left, rest) = root.split_horizontally(480);
+    let (middle, right) = rest.split_horizontally(480);
     panel(
         root,
         &left,
@@ -102,11 +109,19 @@ where
     )?;
     panel(
         root,
-        &right,
+        &middle,
         bars,
         "end-to-end latency p99 (ms)",
         |b| b.p99_ms,
         |v| format!("{v:.0}"),
+    )?;
+    panel(
+        root,
+        &right,
+        bars,
+        "bytes delivered per sample per target",
+        |b| b.bytes,
+        |v| format!("{v:.2}"),
     )?;
     Ok(())
 }
@@ -190,13 +205,14 @@ mod tests {
     fn report(name: &str, with_vmagent: bool) -> BenchReport {
         let mut results = vec![GatewayResult {
             gateway: "fanout".into(),
-            samples_per_cpu_sec: 2_500_000.0,
+            deliveries_per_cpu_sec: 2_500_000.0,
             latency_p99_ms: 1100.0,
+            bytes_per_delivery: 1.75,
             ..GatewayResult::default()
         }];
         results.push(GatewayResult {
             gateway: "vmagent".into(),
-            samples_per_cpu_sec: 1_000_000.0,
+            deliveries_per_cpu_sec: 1_000_000.0,
             latency_p99_ms: 1900.0,
             skipped: (!with_vmagent).then(|| "missing".to_owned()),
             ..GatewayResult::default()
@@ -214,6 +230,8 @@ mod tests {
         assert_eq!(b[0].per_cpu, [Some(2_500_000.0), Some(1_000_000.0)]);
         assert_eq!(b[1].per_cpu, [Some(2_500_000.0), None]);
         assert_eq!(b[1].p99_ms, [Some(1100.0), None]);
+        // vmagent's report has no bytes figure (an older report): no bar.
+        assert_eq!(b[0].bytes, [Some(1.75), None]);
     }
 
     #[test]
@@ -230,6 +248,8 @@ mod tests {
         for needle in [
             "samples delivered per gateway CPU-second",
             "latency p99",
+            "bytes delivered per sample per target",
+            "1.75",
             "fanout-3",
             "one-dead-target",
             "2.50M",

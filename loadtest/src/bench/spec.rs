@@ -388,6 +388,72 @@ drainTimeout: 5s
         }
     }
 
+    /// The scenario files shipped in `loadtest/scenarios/`.
+    fn shipped(name: &str) -> BenchSpec {
+        let path = format!("{}/scenarios/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let s = BenchSpec::parse(&path, &text).unwrap();
+        assert_eq!(s.name, name, "{path}: name is the file name");
+        s
+    }
+
+    #[test]
+    fn every_shipped_scenario_parses() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                shipped(p.file_stem().unwrap().to_str().unwrap());
+                n += 1;
+            }
+        }
+        assert!(n >= 8, "{n} scenario files");
+    }
+
+    #[test]
+    fn fanout_scenarios_share_the_fleet_and_differ_in_targets() {
+        let base = shipped("fanout-3");
+        for (name, targets) in [("fanout-1", 1), ("fanout-10", 10)] {
+            let s = shipped(name);
+            assert_eq!(s.fleet, base.fleet, "{name}");
+            assert_eq!(s.traffic, base.traffic, "{name}");
+            assert_eq!((s.targets, s.all_to_all()), (targets, true), "{name}");
+            assert!(s.dead_targets.is_empty());
+        }
+        let sat = shipped("saturation-fanout-3");
+        assert_eq!(sat.fleet, base.fleet);
+        assert_eq!(sat.deployment_count(), 20);
+        assert_eq!((sat.targets, sat.all_to_all()), (3, true));
+        assert_eq!(sat.traffic.connections, 8);
+        assert_eq!(sat.traffic.samples_per_request, 1000);
+        assert_eq!(sat.traffic.rate, None);
+    }
+
+    #[test]
+    fn routed_dead_is_routed_alive_with_one_dead_target() {
+        let dead = shipped("routed-dead");
+        let alive = shipped("routed-alive");
+        let routed = shipped("routed");
+        assert_eq!(dead.fleet, routed.fleet);
+        assert_eq!(dead.dead_targets.len(), 1);
+        assert!(alive.dead_targets.is_empty());
+        assert_eq!((dead.targets, dead.targets_per_deployment), (20, 1));
+        // At least 150k samples/s for 60 s.
+        assert_eq!(dead.traffic.samples, 9_000_000);
+        assert_eq!(dead.traffic.rate, Some(150_000.0));
+        assert!(dead.traffic.max_duration >= Duration::from_secs(60));
+        assert!(dead.drain_timeout >= Duration::from_secs(60));
+        // Everything else equal.
+        let strip = |s: &BenchSpec| BenchSpec {
+            name: String::new(),
+            description: String::new(),
+            dead_targets: BTreeSet::new(),
+            ..s.clone()
+        };
+        assert_eq!(strip(&dead), strip(&alive));
+    }
+
     #[test]
     fn durations_round_trip() {
         for s in ["500ms", "30s", "2m"] {
