@@ -688,6 +688,9 @@ mod lane_hash_tests {
             let labels = format!("pod=airflow-worker-6d9f7c8b5-{i:05x}");
             lanes[(lane_hash(labels.as_bytes()) % 8) as usize] += 1;
         }
-        assert!(lanes.iter().all(|&n| (800..1_200).contains(&n)), "{lanes:?}");
+        assert!(
+            lanes.iter().all(|&n| (800..1_200).contains(&n)),
+            "{lanes:?}"
+        );
     }
 }
