@@ -427,9 +427,15 @@ fn scan_series(
                 }
                 series.label_fields.1 = r.pos() as u32;
                 if let Some(which) = RoutingLabel::of(name) {
-                    // `value` is a sub-slice of `msg`: its offset is the
-                    // pointer difference, computed without unsafe.
-                    let offset = value.as_ptr() as usize - msg.as_ptr() as usize;
+                    // A non-empty `value` is a sub-slice of `msg`: its offset
+                    // is the pointer difference (no unsafe). An empty one may
+                    // be a static `&[]` (field absent, as prost writes an
+                    // empty value): any non-zero in-bounds offset will do.
+                    let offset = if value.is_empty() {
+                        r.pos()
+                    } else {
+                        value.as_ptr() as usize - msg.as_ptr() as usize
+                    };
                     series.routing[which as usize] = (offset as u32, value.len() as u32);
                 }
                 check_label_shape(name, value, limits).map_err(|k| at.err(k))?;
@@ -685,25 +691,35 @@ mod tests {
         label_field(&mut plain, "job", "x");
         label_field(&mut plain, "deploymentId", "d");
         let empty = Vec::new();
-        let body = body(&[split, plain, empty]);
+        let bytes = body(&[split, plain, empty]);
         let mut out = Vec::new();
-        scan_v1(&body, &Limits::default(), &mut out).unwrap();
+        scan_v1(&bytes, &Limits::default(), &mut out).unwrap();
 
-        let v = out[0].view(&body);
+        let v = out[0].view(&bytes);
         assert_eq!(v.label_fields(), None);
         assert_eq!(v.routing_label(RoutingLabel::Name), Some(&b"up"[..]));
         assert_eq!(v.routing_label(RoutingLabel::Namespace), Some(&b""[..]));
         assert_eq!(v.routing_label(RoutingLabel::DeploymentId), None);
 
         // Labels after a sample, but adjacent to each other: contiguous.
-        let v = out[1].view(&body);
+        let v = out[1].view(&bytes);
         let raw: Vec<u8> = v.labels().flat_map(|l| l.raw.iter().copied()).collect();
         assert_eq!(v.label_fields(), Some(&raw[..]));
         assert_eq!(v.routing_label(RoutingLabel::DeploymentId), Some(&b"d"[..]));
         assert_eq!(v.metric_name(), None);
 
-        let v = out[2].view(&body);
+        let v = out[2].view(&bytes);
         assert_eq!(v.label_fields(), Some(&b""[..]));
         assert_eq!(v.routing_label(RoutingLabel::Name), None);
+
+        // A label whose value field is absent (how prost writes "").
+        let mut absent = Vec::new();
+        put_len_prefix(&mut absent, 1, 11);
+        put_len_prefix(&mut absent, 1, 9);
+        absent.extend_from_slice(b"namespace");
+        let absent = body(&[absent]);
+        scan_v1(&absent, &Limits::default(), &mut out).unwrap();
+        let v = out[0].view(&absent);
+        assert_eq!(v.routing_label(RoutingLabel::Namespace), Some(&b""[..]));
     }
 }
