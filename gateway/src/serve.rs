@@ -203,18 +203,43 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs the Prometheus recorder behind `/metrics` (once per process).
+/// Installs the Prometheus recorder behind `/metrics` (once per process) and
+/// starts its upkeep: histogram samples are drained into their buckets every
+/// [`stats::UPKEEP_EVERY`](crate::deliver::stats::UPKEEP_EVERY) whether or
+/// not anyone scrapes (with `install_recorder` the crate leaves that to the
+/// caller, and samples would pile up in memory), and counters and gauges of
+/// targets not forgotten are kept out of the idle timeout that removes the
+/// series of forgotten ones (`deliver::stats` module docs). Call within the
+/// runtime.
 fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    use crate::deliver::stats::{self, KeepAlive};
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    use metrics_util::MetricKindMask;
     let buckets = [
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     ];
-    let builder = PrometheusBuilder::new()
+    let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
-        .ok()?;
-    match builder.install_recorder() {
-        Ok(handle) => {
-            crate::deliver::stats::describe();
+        .ok()?
+        .idle_timeout(
+            MetricKindMask::COUNTER | MetricKindMask::GAUGE,
+            Some(stats::IDLE_TIMEOUT),
+        )
+        .build_recorder();
+    let handle = recorder.handle();
+    match KeepAlive::new(recorder).install() {
+        Ok(keep) => {
+            stats::describe();
+            let upkeep = handle.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(stats::UPKEEP_EVERY);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    keep.keep_alive();
+                    upkeep.run_upkeep();
+                }
+            });
             Some(handle)
         }
         Err(e) => {

@@ -22,6 +22,17 @@
 //! Prometheus accept unsorted input); the scanner records whether a series'
 //! labels are sorted so the encoder sorts only when it has to.
 //!
+//! # What routing reads without parsing again
+//! The scanner already parses every label, so it also notes, at the cost of a
+//! length check per label, where the values of the [`RoutingLabel`]s
+//! (`__name__`, `deploymentId`, `namespace`) are, and whether the series'
+//! label fields are one contiguous run of bytes (every sender writes them
+//! that way; 1.0 allows other fields in between). The gateway's router reads
+//! those three values and hashes that run in one call instead of walking the
+//! labels a second time ([`SeriesView::routing_label`],
+//! [`SeriesView::label_fields`]). Positions are `u32` offsets within the
+//! series message: a body is far below 4 GiB (the decompressed-size limit).
+//!
 //! Errors carry the series and label index: `timeseries 12: label 3: truncated varint`.
 
 use std::ops::Range;
@@ -41,7 +52,38 @@ pub struct Series {
     samples: u32,
     exemplars: u32,
     histograms: u32,
+    /// Offsets (in the message) of the first label field's start and the
+    /// last one's end; meaningful only when `contiguous`.
+    label_fields: (u32, u32),
+    /// Where each [`RoutingLabel`]'s value is: (offset in the message, length);
+    /// offset 0 means absent (a value never starts a message: a key precedes it).
+    routing: [(u32, u32); 3],
     sorted: bool,
+    contiguous: bool,
+}
+
+/// The labels whose values the scanner locates for routing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoutingLabel {
+    /// `__name__`.
+    Name = 0,
+    /// `deploymentId`.
+    DeploymentId = 1,
+    /// `namespace`.
+    Namespace = 2,
+}
+
+impl RoutingLabel {
+    /// Which routing label `name` is, if any: one length check for most names.
+    #[inline(always)]
+    fn of(name: &[u8]) -> Option<RoutingLabel> {
+        match name.len() {
+            8 if name == b"__name__" => Some(RoutingLabel::Name),
+            12 if name == b"deploymentId" => Some(RoutingLabel::DeploymentId),
+            9 if name == b"namespace" => Some(RoutingLabel::Namespace),
+            _ => None,
+        }
+    }
 }
 
 impl Series {
@@ -129,7 +171,31 @@ impl<'a> SeriesView<'a> {
 
     /// The metric name (`__name__`).
     pub fn metric_name(&self) -> Option<&'a [u8]> {
-        self.label(b"__name__")
+        self.routing_label(RoutingLabel::Name)
+    }
+
+    /// The value of a [`RoutingLabel`], located by the scan (no parsing).
+    #[inline]
+    pub fn routing_label(&self, which: RoutingLabel) -> Option<&'a [u8]> {
+        let (at, len) = self.series.routing[which as usize];
+        if at == 0 {
+            return None;
+        }
+        let at = at as usize;
+        self.msg.get(at..at + len as usize)
+    }
+
+    /// Every label field of the series (key, length and `Label` message each,
+    /// in wire order) as one slice, when they are contiguous in the message
+    /// (as every sender writes them); `None` when other fields sit between
+    /// labels. An empty slice for a series without labels.
+    #[inline]
+    pub fn label_fields(&self) -> Option<&'a [u8]> {
+        if !self.series.contiguous {
+            return None;
+        }
+        let (start, end) = self.series.label_fields;
+        self.msg.get(start as usize..end as usize)
     }
 
     /// The `TimeSeries` message bytes.
@@ -338,11 +404,15 @@ fn scan_series(
         samples: 0,
         exemplars: 0,
         histograms: 0,
+        label_fields: (0, 0),
+        routing: [(0, 0); 3],
         sorted: true,
+        contiguous: true,
     };
     let mut prev_name: Option<&[u8]> = None;
     let mut r = Reader::new(msg);
     while !r.is_empty() {
+        let field_start = r.pos();
         let (field, wire) = r.key().map_err(|k| at.err(k))?;
         match field {
             1 => {
@@ -350,6 +420,24 @@ fn scan_series(
                 expect_wire(field, wire, WireType::Len).map_err(|k| at.err(k))?;
                 let payload = r.len_delimited().map_err(|k| at.err(k))?;
                 let (name, value) = parse_label(payload).map_err(|k| at.err(k))?;
+                if series.labels == 0 {
+                    series.label_fields.0 = field_start as u32;
+                } else if series.label_fields.1 != field_start as u32 {
+                    series.contiguous = false;
+                }
+                series.label_fields.1 = r.pos() as u32;
+                if let Some(which) = RoutingLabel::of(name) {
+                    // A non-empty `value` is a sub-slice of `msg`: its offset
+                    // is the pointer difference (no unsafe). An empty one may
+                    // be a static `&[]` (field absent, as prost writes an
+                    // empty value): any non-zero in-bounds offset will do.
+                    let offset = if value.is_empty() {
+                        r.pos()
+                    } else {
+                        value.as_ptr() as usize - msg.as_ptr() as usize
+                    };
+                    series.routing[which as usize] = (offset as u32, value.len() as u32);
+                }
                 check_label_shape(name, value, limits).map_err(|k| at.err(k))?;
                 // Name and value are sub-slices of the payload: when it is all
                 // ASCII (the common case) both are, in one word-wise check.
@@ -537,4 +625,101 @@ fn check_bucket_span(payload: &[u8]) -> Result<(), ErrorKind> {
         r.skip(wire)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::put_len_prefix;
+    use bytes::BufMut;
+
+    fn label_field(out: &mut Vec<u8>, name: &str, value: &str) {
+        let mut l = Vec::new();
+        put_len_prefix(&mut l, 1, name.len());
+        l.extend_from_slice(name.as_bytes());
+        put_len_prefix(&mut l, 2, value.len());
+        l.extend_from_slice(value.as_bytes());
+        put_len_prefix(out, 1, l.len());
+        out.extend_from_slice(&l);
+    }
+
+    fn sample_field(out: &mut Vec<u8>) {
+        out.put_slice(&[0x12, 0x0b, 0x09]);
+        out.put_f64_le(1.0);
+        out.put_slice(&[0x10, 0x01]);
+    }
+
+    fn body(series: &[Vec<u8>]) -> Bytes {
+        let mut out = Vec::new();
+        for s in series {
+            put_len_prefix(&mut out, 1, s.len());
+            out.extend_from_slice(s);
+        }
+        Bytes::from(out)
+    }
+
+    /// The positions the scan records agree with a walk over the labels.
+    #[test]
+    fn scan_routing_labels_and_label_fields_match_the_labels() {
+        let req = crate::testdata::realistic_request(64, 3);
+        let body = Bytes::from(prost::Message::encode_to_vec(&req));
+        let mut out = Vec::new();
+        scan_v1(&body, &Limits::default(), &mut out).unwrap();
+        for s in &out {
+            let view = s.view(&body);
+            for (which, name) in [
+                (RoutingLabel::Name, &b"__name__"[..]),
+                (RoutingLabel::DeploymentId, b"deploymentId"),
+                (RoutingLabel::Namespace, b"namespace"),
+            ] {
+                assert_eq!(view.routing_label(which), view.label(name));
+                assert!(view.routing_label(which).is_some());
+            }
+            let raw: Vec<u8> = view.labels().flat_map(|l| l.raw.iter().copied()).collect();
+            assert_eq!(view.label_fields(), Some(&raw[..]));
+        }
+    }
+
+    #[test]
+    fn scan_labels_split_by_another_field_are_not_contiguous() {
+        let mut split = Vec::new();
+        label_field(&mut split, "__name__", "up");
+        sample_field(&mut split);
+        label_field(&mut split, "namespace", "");
+        let mut plain = Vec::new();
+        sample_field(&mut plain);
+        label_field(&mut plain, "job", "x");
+        label_field(&mut plain, "deploymentId", "d");
+        let empty = Vec::new();
+        let bytes = body(&[split, plain, empty]);
+        let mut out = Vec::new();
+        scan_v1(&bytes, &Limits::default(), &mut out).unwrap();
+
+        let v = out[0].view(&bytes);
+        assert_eq!(v.label_fields(), None);
+        assert_eq!(v.routing_label(RoutingLabel::Name), Some(&b"up"[..]));
+        assert_eq!(v.routing_label(RoutingLabel::Namespace), Some(&b""[..]));
+        assert_eq!(v.routing_label(RoutingLabel::DeploymentId), None);
+
+        // Labels after a sample, but adjacent to each other: contiguous.
+        let v = out[1].view(&bytes);
+        let raw: Vec<u8> = v.labels().flat_map(|l| l.raw.iter().copied()).collect();
+        assert_eq!(v.label_fields(), Some(&raw[..]));
+        assert_eq!(v.routing_label(RoutingLabel::DeploymentId), Some(&b"d"[..]));
+        assert_eq!(v.metric_name(), None);
+
+        let v = out[2].view(&bytes);
+        assert_eq!(v.label_fields(), Some(&b""[..]));
+        assert_eq!(v.routing_label(RoutingLabel::Name), None);
+
+        // A label whose value field is absent (how prost writes "").
+        let mut absent = Vec::new();
+        put_len_prefix(&mut absent, 1, 11);
+        put_len_prefix(&mut absent, 1, 9);
+        absent.extend_from_slice(b"namespace");
+        let absent = body(&[absent]);
+        scan_v1(&absent, &Limits::default(), &mut out).unwrap();
+        let v = out[0].view(&absent);
+        assert_eq!(v.routing_label(RoutingLabel::Namespace), Some(&b""[..]));
+    }
 }

@@ -9,19 +9,45 @@
 //! exactly that form. K targets with the same labels cost one encode.
 //!
 //! # One request
-//! [`Scratch::route`] walks the scanned series once: reads `__name__`,
-//! `deploymentId` and `namespace` in one pass over the labels, applies the
-//! catalog, attributes the series (`foreign`, `unattributed` drops), and
-//! assigns it to a group (variant, shard), where the shard is a hash of the
-//! series' labels (so a series always lands in the same target lane, which
-//! keeps per-series order). It returns an upper bound of the encoded size so
-//! the caller can take that much from the memory budget first.
-//! [`Scratch::encode`] then writes every group's records into one buffer
-//! (one allocation per request), and [`Scratch::chunks`] yields each group as
-//! a refcounted slice of it for each of the variant's targets.
+//! [`Scratch::route`] resolves the sending cluster's attribution tables once
+//! ([`Snapshot::cluster_view`]), then walks the scanned series once: it reads
+//! `__name__`, `deploymentId` and `namespace` where the scanner found them
+//! (no second parse of the labels), applies the catalog, attributes the
+//! series (`foreign`, `unattributed` drops), and assigns it to a group
+//! (variant, shard), where the shard is the series' [`lane_hash`] (so a
+//! series always lands in the same target lane, which keeps per-series
+//! order). It returns an upper bound of the encoded size so the caller can
+//! take that much from the memory budget first. [`Scratch::encode`] then
+//! writes every group's records into one buffer (one allocation per
+//! request), and [`Scratch::chunks`] yields each group as a refcounted slice
+//! of it for each of the variant's targets.
 //!
-//! The scratch vectors and map are reused across requests: once warm, the
-//! routing and encoding of a request allocate a constant number of times,
+//! Per series that is: one foldhash lookup by `deploymentId` (or namespace)
+//! in the cluster's tables, one by Deployment id in the plan, one hash over
+//! the series' label bytes, and array indexing for the group: a variant
+//! touched by the request gets a run of `shards` slots in a request-local
+//! vector, so (variant, shard) → group is two loads, not a map lookup.
+//!
+//! # The lane hash is persisted
+//! A chunk spilled to disk carries its lane as a tag, and a restarted
+//! process puts a recovered record back in lane `tag % lanes`, with the lane
+//! count of the backlog's manifest. Its lanes wait only until every
+//! recovered record is *read back*, not delivered; from then on a lane's new
+//! data waits behind only that lane's recovered records. So a series' old
+//! records and its new data stay in order across a restart only if the
+//! series hashes to the same lane in the new process: [`lane_hash`] must be
+//! the same function in every process, on every platform and in every
+//! release (no per-process seed, no hasher whose output may change between
+//! crate versions). It is defined here and pinned by a test.
+//!
+//! The hash covers the series' label fields as they are on the wire (one
+//! call over one contiguous slice, as every sender writes labels), so the
+//! same labels encoded differently (a sender writing an empty value
+//! explicitly, or another label order) would take another lane; senders
+//! encode a series the same way every time.
+//!
+//! The scratch vectors are reused across requests: once warm, the routing
+//! and encoding of a request allocate a constant number of times,
 //! independent of its series count (see `gateway/tests/alloc.rs`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,7 +56,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use fanout_proto::encode::{Encoder, LabelSet};
-use fanout_proto::scan::Series;
+use fanout_proto::scan::{RoutingLabel, Series, SeriesView};
 
 use super::catalog::Catalog;
 use crate::registry::{Attribution, Snapshot};
@@ -65,8 +91,8 @@ pub struct Plan<T> {
     /// Registry version it was built from.
     pub version: u64,
     variants: Vec<Variant<T>>,
-    /// Deployment id → indexes into `variants`.
-    deployments: HashMap<String, Range<u32>>,
+    /// Deployment id → indexes into `variants` (looked up per series).
+    deployments: HashMap<String, Range<u32>, foldhash::fast::RandomState>,
 }
 
 impl<T> Plan<T> {
@@ -75,7 +101,7 @@ impl<T> Plan<T> {
         Plan {
             version: 0,
             variants: Vec::new(),
-            deployments: HashMap::new(),
+            deployments: HashMap::default(),
         }
     }
 
@@ -83,7 +109,7 @@ impl<T> Plan<T> {
     /// and lane count (`None` skips the target).
     pub fn build(snapshot: &Snapshot, mut target: impl FnMut(&str) -> Option<(T, u32)>) -> Plan<T> {
         let mut variants = Vec::new();
-        let mut deployments = HashMap::new();
+        let mut deployments = HashMap::default();
         for d in snapshot.registry().deployments.values() {
             let Some(info) = snapshot.deployment(&d.cluster_id, &d.id) else {
                 continue;
@@ -165,46 +191,78 @@ struct Group {
     range: Range<usize>,
 }
 
+/// Marks an unused slot of [`Scratch::slot_base`] / [`Scratch::slots`].
+const NONE: u32 = u32::MAX;
+
 /// Reusable per-request working space.
 #[derive(Debug, Default)]
 pub struct Scratch {
     items: Vec<(u32, u32)>,
     groups: Vec<Group>,
-    index: HashMap<(u32, u32), u32>,
+    /// Per variant of the plan: where its slots start in `slots`, or `NONE`
+    /// when the request did not touch it yet. All `NONE` between requests.
+    slot_base: Vec<u32>,
+    /// Per (touched variant, shard): its group, or `NONE`.
+    slots: Vec<u32>,
+    /// Variants whose `slot_base` is set, to reset them.
+    touched: Vec<u32>,
     encoder: Encoder,
 }
 
-/// What a series' labels tell the router.
-struct Found<'a> {
-    name: Option<&'a [u8]>,
-    deployment: Option<&'a [u8]>,
-    namespace: Option<&'a [u8]>,
-    hash: u64,
+const LANE_KEYS: [u64; 4] = [
+    0x243f_6a88_85a3_08d3,
+    0x1319_8a2e_0370_7344,
+    0xa409_3822_299f_31d0,
+    0x082e_fa98_ec4e_6c89,
+];
+
+/// The 128-bit product of `a` and `b`, its halves xor-ed: the mixing step of
+/// foldhash and wyhash.
+#[inline(always)]
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
 }
 
-fn inspect<'a>(view: fanout_proto::scan::SeriesView<'a>) -> Found<'a> {
-    // FNV-1a over the sender's labels: a series always hashes the same.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut found = Found {
-        name: None,
-        deployment: None,
-        namespace: None,
-        hash: 0,
-    };
-    for l in view.labels() {
-        match l.name {
-            b"__name__" => found.name = Some(l.value),
-            b"deploymentId" => found.deployment = Some(l.value),
-            b"namespace" => found.namespace = Some(l.value),
-            _ => {}
-        }
-        for b in l.name.iter().chain(&[0xff]).chain(l.value).chain(&[0xfe]) {
-            hash ^= u64::from(*b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
+#[inline(always)]
+fn mix16(h: u64, block: &[u8; 16]) -> u64 {
+    let (a, b) = block.split_at(8);
+    let a = u64::from_le_bytes(a.try_into().unwrap_or_default());
+    let b = u64::from_le_bytes(b.try_into().unwrap_or_default());
+    folded_multiply(a ^ LANE_KEYS[1], b ^ LANE_KEYS[2] ^ h)
+}
+
+/// The hash that picks a series' lane (shard): a fixed function of `bytes`,
+/// the same in every process, platform and release, because lane tags are
+/// persisted in the disk spill (see the module docs). One 128-bit multiply
+/// per 16 bytes; not keyed: a sender can at most crowd its own series into
+/// one lane, as with any unkeyed hash.
+pub fn lane_hash(bytes: &[u8]) -> u64 {
+    let mut h = LANE_KEYS[0] ^ bytes.len() as u64;
+    let mut blocks = bytes.chunks_exact(16);
+    for block in &mut blocks {
+        h = mix16(h, block.try_into().unwrap_or(&[0; 16]));
     }
-    found.hash = hash;
-    found
+    let rest = blocks.remainder();
+    if !rest.is_empty() {
+        let mut tail = [0u8; 16];
+        tail[..rest.len()].copy_from_slice(rest);
+        h = mix16(h, &tail);
+    }
+    folded_multiply(h ^ LANE_KEYS[3], LANE_KEYS[0] ^ bytes.len() as u64)
+}
+
+/// The lane hash of a series: over its label fields in one call, or, when
+/// other fields sit between its labels (allowed, written by no known
+/// sender), over each label field in turn.
+#[inline]
+fn series_hash(view: &SeriesView<'_>) -> u64 {
+    match view.label_fields() {
+        Some(fields) => lane_hash(fields),
+        None => view.labels().fold(LANE_KEYS[3], |h, l| {
+            folded_multiply(h ^ lane_hash(l.raw), LANE_KEYS[1])
+        }),
+    }
 }
 
 impl Scratch {
@@ -219,22 +277,26 @@ impl Scratch {
         body: &[u8],
         series: &[Series],
     ) -> (Drops, usize) {
-        self.items.clear();
-        self.groups.clear();
-        self.index.clear();
+        self.reset(plan.variants.len());
+        let cluster = snapshot.cluster_view(cluster_id);
         let mut drops = Drops::default();
         let mut total = 0usize;
         for (i, s) in series.iter().enumerate() {
             let samples = (s.samples() + s.histograms()) as u64;
-            let found = inspect(s.view(body));
-            if !found.name.is_some_and(|n| catalog.admits(n)) {
+            let view = s.view(body);
+            let name = view.routing_label(RoutingLabel::Name);
+            if !name.is_some_and(|n| catalog.admits(n)) {
                 drops.filtered += samples;
                 continue;
             }
-            // Labels were validated as UTF-8 by the scanner.
-            let dep = found.deployment.and_then(|d| std::str::from_utf8(d).ok());
-            let ns = found.namespace.and_then(|n| std::str::from_utf8(n).ok());
-            let info = match snapshot.attribute(cluster_id, dep, ns) {
+            let attribution = match &cluster {
+                Some(c) => c.attribute(
+                    view.routing_label(RoutingLabel::DeploymentId),
+                    view.routing_label(RoutingLabel::Namespace),
+                ),
+                None => Attribution::Unattributed,
+            };
+            let info = match attribution {
                 Attribution::Deployment(d) => d,
                 Attribution::Foreign => {
                     drops.foreign += samples;
@@ -252,22 +314,12 @@ impl Scratch {
                     continue;
                 }
             };
+            let hash = series_hash(&view);
             let len = s.range().len();
             for v in range {
                 let variant = &plan.variants[v as usize];
-                let shard = (found.hash % u64::from(variant.shards)) as u32;
-                let next = self.groups.len() as u32;
-                let g = *self.index.entry((v, shard)).or_insert(next);
-                if g == next {
-                    self.groups.push(Group {
-                        variant: v,
-                        shard,
-                        bound: 0,
-                        samples: 0,
-                        series: 0,
-                        range: 0..0,
-                    });
-                }
+                let shard = (hash % u64::from(variant.shards)) as u32;
+                let g = self.group_of(v, shard, variant.shards);
                 let bound = len + variant.inject_bound + 11;
                 let group = &mut self.groups[g as usize];
                 group.bound += bound;
@@ -278,6 +330,44 @@ impl Scratch {
             }
         }
         (drops, total)
+    }
+
+    /// Empties the request state; `variants` is the plan's variant count.
+    fn reset(&mut self, variants: usize) {
+        self.items.clear();
+        self.groups.clear();
+        for v in self.touched.drain(..) {
+            self.slot_base[v as usize] = NONE;
+        }
+        self.slots.clear();
+        // Grows only when a plan has more variants than any before it.
+        if self.slot_base.len() < variants {
+            self.slot_base.resize(variants, NONE);
+        }
+    }
+
+    /// The group of (`variant`, `shard`), opened if new.
+    #[inline]
+    fn group_of(&mut self, variant: u32, shard: u32, shards: u32) -> u32 {
+        let base = &mut self.slot_base[variant as usize];
+        if *base == NONE {
+            *base = self.slots.len() as u32;
+            self.slots.resize(self.slots.len() + shards as usize, NONE);
+            self.touched.push(variant);
+        }
+        let slot = &mut self.slots[(*base + shard) as usize];
+        if *slot == NONE {
+            *slot = self.groups.len() as u32;
+            self.groups.push(Group {
+                variant,
+                shard,
+                bound: 0,
+                samples: 0,
+                series: 0,
+                range: 0..0,
+            });
+        }
+        *slot
     }
 
     /// Encodes every routed series with its variant's labels into one buffer.
@@ -565,5 +655,42 @@ mod tests {
             "series spread over lanes"
         );
         assert_eq!(alone, lanes_on_x(true));
+    }
+}
+
+#[cfg(test)]
+mod lane_hash_tests {
+    use super::lane_hash;
+
+    /// Lane tags are persisted in the disk spill and read back by the next
+    /// process (possibly a newer release): these values must never change.
+    /// If this fails, the lane hash changed: recovered backlogs of older
+    /// releases would lose per-series order against new data.
+    #[test]
+    fn deliver_route_lane_hash_is_fixed_across_processes_and_releases() {
+        let pinned: [(&[u8], u64); 4] = [
+            (b"", 0x0a7b_f91b_e9f1_7e87),
+            (b"a", 0x6eff_8eee_a712_ffa5),
+            (b"0123456789abcdef", 0x1c52_2845_35a9_d783),
+            (b"0123456789abcdefX", 0x4886_0196_f170_ebc2),
+        ];
+        for (input, want) in pinned {
+            assert_eq!(lane_hash(input), want, "{input:?}");
+        }
+    }
+
+    /// Low bits pick the lane (`hash % lanes`, lanes a power of two): they
+    /// spread similar label sets evenly.
+    #[test]
+    fn deliver_route_lane_hash_spreads_similar_series_over_lanes() {
+        let mut lanes = [0u32; 8];
+        for i in 0..8_000 {
+            let labels = format!("pod=airflow-worker-6d9f7c8b5-{i:05x}");
+            lanes[(lane_hash(labels.as_bytes()) % 8) as usize] += 1;
+        }
+        assert!(
+            lanes.iter().all(|&n| (800..1_200).contains(&n)),
+            "{lanes:?}"
+        );
     }
 }

@@ -5,11 +5,39 @@
 //! per-transport request map and the recent-error ring take a lock but are
 //! touched once per request or per failure. Metric names live here so the
 //! exposition and the JSON stay consistent.
+//!
+//! # Metric lifetime
+//! `metrics-exporter-prometheus` (0.18) has no call that removes a series:
+//! the only removal is its idle timeout, which deletes a counter or gauge
+//! whose value did not change for that long (checked when `/metrics` is
+//! rendered). Its handles are held for a target's lifetime, though, and a
+//! deleted series stays deleted for a handle that still points at it (a
+//! rarely incremented counter of a live target would vanish). So
+//! [`KeepAlive`] wraps the recorder, remembers every counter and gauge handle
+//! registered (by the value of its `target` label, `""` without one), and
+//! [`KeepAlive::keep_alive`] (run with the upkeep, every
+//! [`UPKEEP_EVERY`]) touches each one (adds zero), so none of them is ever
+//! idle. [`forget_target`] drops a target's handles from that set: once the
+//! delivery service drops its own, nothing touches them and the next render
+//! after [`IDLE_TIMEOUT`] deletes the target's series. A target that comes
+//! back registers again and starts from zero (a counter reset, which
+//! Prometheus' `rate` handles).
+//!
+//! Histograms cannot be touched without recording a value, so they are not
+//! under the idle timeout: a removed target's latency histogram stays in
+//! the exposition until restart (one bucket set per removed target).
+//!
+//! The upkeep (histogram samples drained into their buckets) must run even
+//! when nobody scrapes, or samples pile up in memory: `serve` runs
+//! [`KeepAlive::keep_alive`] and `PrometheusHandle::run_upkeep` every
+//! [`UPKEEP_EVERY`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
 
 use super::route::Drops;
 
@@ -56,6 +84,155 @@ pub mod names {
     pub const CONFIG_VERSION: &str = "fanout_config_version";
     /// Bytes held in the shared memory budget.
     pub const MEMORY_IN_USE: &str = "fanout_memory_budget_used_bytes";
+}
+
+/// How often `serve` runs the recorder's upkeep and [`KeepAlive::keep_alive`].
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// A counter or gauge untouched this long is deleted at the next render:
+/// only series of forgotten targets are (see the module docs).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Counter and gauge handles to keep alive, by `target` label value.
+type Kept = HashMap<String, HashMap<Key, Kept1>>;
+
+#[derive(Clone, Debug)]
+enum Kept1 {
+    Counter(Counter),
+    Gauge(Gauge),
+}
+
+/// The handles of the installed [`KeepAlive`], for [`forget_target`].
+static INSTALLED: OnceLock<Arc<RwLock<Kept>>> = OnceLock::new();
+
+/// A recorder wrapper that keeps every counter and gauge out of the idle
+/// timeout until its target is forgotten (see the module docs).
+pub struct KeepAlive<R> {
+    inner: R,
+    kept: Arc<RwLock<Kept>>,
+}
+
+impl<R> std::fmt::Debug for KeepAlive<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeepAlive").finish_non_exhaustive()
+    }
+}
+
+impl<R: metrics::Recorder> KeepAlive<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> KeepAlive<R> {
+        KeepAlive {
+            inner,
+            kept: Arc::default(),
+        }
+    }
+
+    /// Installs `self` as the global recorder and makes [`forget_target`]
+    /// act on it; returns a handle to run [`KeepAlive::keep_alive`] with.
+    pub fn install(self) -> Result<KeepAliveHandle, metrics::SetRecorderError<Self>>
+    where
+        R: Sync + Send + 'static,
+    {
+        let kept = self.kept.clone();
+        metrics::set_global_recorder(self)?;
+        let _ = INSTALLED.set(kept.clone());
+        Ok(KeepAliveHandle { kept })
+    }
+
+    /// A handle on the kept handles (for a recorder not installed globally).
+    pub fn handle(&self) -> KeepAliveHandle {
+        KeepAliveHandle {
+            kept: self.kept.clone(),
+        }
+    }
+
+    fn keep(&self, key: &Key, handle: impl FnOnce() -> Kept1) {
+        let target = key
+            .labels()
+            .find(|l| l.key() == "target")
+            .map_or("", |l| l.value());
+        let known = |kept: &Kept| kept.get(target).is_some_and(|m| m.contains_key(key));
+        // Most registrations are of known keys (macros that register at
+        // every use): a read lock and no allocation.
+        if self.kept.read().map(|k| known(&k)).unwrap_or(true) {
+            return;
+        }
+        if let Ok(mut kept) = self.kept.write() {
+            kept.entry(target.to_owned())
+                .or_default()
+                .entry(key.clone())
+                .or_insert_with(handle);
+        }
+    }
+}
+
+/// Runs the keep-alive of a [`KeepAlive`] recorder.
+#[derive(Clone, Debug)]
+pub struct KeepAliveHandle {
+    kept: Arc<RwLock<Kept>>,
+}
+
+impl KeepAliveHandle {
+    /// Touches every kept counter and gauge (adds zero: values unchanged)
+    /// so the idle timeout deletes none of them. Run more often than
+    /// [`IDLE_TIMEOUT`].
+    pub fn keep_alive(&self) {
+        let Ok(kept) = self.kept.read() else {
+            return;
+        };
+        for handle in kept.values().flat_map(HashMap::values) {
+            match handle {
+                Kept1::Counter(c) => c.increment(0),
+                Kept1::Gauge(g) => g.increment(0.0),
+            }
+        }
+    }
+
+    /// See [`forget_target`].
+    pub fn forget_target(&self, target_id: &str) {
+        if let Ok(mut kept) = self.kept.write() {
+            kept.remove(target_id);
+        }
+    }
+}
+
+/// Lets the counters and gauges labelled `target="<target_id>"` be deleted
+/// from `/metrics` [`IDLE_TIMEOUT`] after the last update through a handle
+/// the caller still holds. Call when a target is removed for good (drained
+/// or dropped, not coming back); a no-op without an installed [`KeepAlive`].
+pub fn forget_target(target_id: &str) {
+    if let Some(kept) = INSTALLED.get() {
+        KeepAliveHandle { kept: kept.clone() }.forget_target(target_id);
+    }
+}
+
+impl<R: metrics::Recorder> metrics::Recorder for KeepAlive<R> {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_counter(key, unit, description)
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_gauge(key, unit, description)
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_histogram(key, unit, description)
+    }
+
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        let c = self.inner.register_counter(key, metadata);
+        self.keep(key, || Kept1::Counter(c.clone()));
+        c
+    }
+
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        let g = self.inner.register_gauge(key, metadata);
+        self.keep(key, || Kept1::Gauge(g.clone()));
+        g
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        self.inner.register_histogram(key, metadata)
+    }
 }
 
 /// Registers descriptions of every metric (call once after installing a recorder).
@@ -359,6 +536,50 @@ pub fn display_endpoint(endpoint: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A forgotten target's counters and gauges leave the exposition after
+    /// the idle timeout; a live target's and the global ones stay, however
+    /// long they are idle. (The sleep only has to exceed the timeout.)
+    #[test]
+    fn deliver_stats_forgotten_target_series_are_removed_others_stay() {
+        use metrics_exporter_prometheus::PrometheusBuilder;
+        use metrics_util::MetricKindMask;
+        let idle = Duration::from_millis(50);
+        let recorder = PrometheusBuilder::new()
+            .idle_timeout(MetricKindMask::COUNTER | MetricKindMask::GAUGE, Some(idle))
+            .build_recorder();
+        let prom = recorder.handle();
+        let recorder = KeepAlive::new(recorder);
+        let keep = recorder.handle();
+        let handles = metrics::with_local_recorder(&recorder, || {
+            [
+                metrics::counter!(names::TARGET_SAMPLES, "target" => "gone"),
+                metrics::counter!(names::TARGET_SAMPLES, "target" => "live"),
+                metrics::counter!(names::INGEST_SAMPLES),
+            ]
+        });
+        let gauge = metrics::with_local_recorder(
+            &recorder,
+            || metrics::gauge!(names::TARGET_QUEUE_BYTES, "target" => "gone"),
+        );
+        for c in &handles {
+            c.increment(3);
+        }
+        gauge.set(7.0);
+        let before = prom.render();
+        assert_eq!(before.matches("target=\"gone\"").count(), 2, "{before}");
+
+        keep.forget_target("gone");
+        std::thread::sleep(idle * 3);
+        keep.keep_alive();
+        let after = prom.render();
+        assert!(!after.contains("target=\"gone\""), "{after}");
+        assert!(
+            after.contains("fanout_target_samples_sent_total{target=\"live\"} 3"),
+            "{after}"
+        );
+        assert!(after.contains("fanout_ingest_samples_total 3"), "{after}");
+    }
 
     #[test]
     fn deliver_stats_time_formats() {

@@ -45,6 +45,7 @@ mod tests;
 pub use model::{Document, Registry, Secret};
 pub use resolve::{EffectiveExport, TargetConfig, TargetId};
 pub use snapshot::{
-    Attribution, ClusterInfo, DeploymentInfo, Snapshot, SnapshotDiff, Target, TargetRoute,
+    Attribution, ClusterInfo, ClusterView, DeploymentInfo, Snapshot, SnapshotDiff, Target,
+    TargetRoute,
 };
 pub use validate::{validate, ValidationError};

@@ -3,8 +3,17 @@
 //! A [`Snapshot`] is built once per registry version from a validated
 //! [`Registry`] and never changes; `serve` keeps the current one in an
 //! `Arc<ArcSwap<Snapshot>>`, so ingest and delivery read it with one atomic
-//! load and no lock. Every lookup takes `&str` keys and borrows into
-//! `HashMap<String, _>` (`String: Borrow<str>`), so no lookup allocates.
+//! load and no lock. Every lookup borrows its key (`&str`, or `&[u8]` where
+//! the key comes straight from a request body), so no lookup allocates.
+//!
+//! # Per-series lookups
+//! Attribution runs once per series, so its maps use foldhash (keyed with a
+//! random seed once per process: still resistant to a sender choosing
+//! colliding label values, several times cheaper than SipHash on short keys),
+//! and a request resolves its cluster once: [`Snapshot::cluster_view`] gives
+//! the cluster's Deployments by id and by namespace, and
+//! [`ClusterView::attribute`] looks a series up there by its label bytes
+//! (validated UTF-8, compared as bytes: no re-check per series).
 //!
 //! Targets are deduplicated here: every (Deployment, export) pair resolves to a
 //! [`TargetConfig`], and pairs with the same [`TargetId`] share one
@@ -17,6 +26,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
+
+use foldhash::fast::RandomState;
 
 use super::model::{DeploymentType, Registry, Secret};
 use super::resolve::{effective_exports, TargetConfig, TargetId};
@@ -86,11 +97,62 @@ pub enum Attribution<'a> {
     Unattributed,
 }
 
+/// A map looked up on the hot path (see the module docs).
+type FastMap<K, V> = HashMap<K, V, RandomState>;
+
 struct ClusterEntry {
     info: Arc<ClusterInfo>,
     token: Secret,
-    by_id: HashMap<String, Arc<DeploymentInfo>>,
-    by_namespace: HashMap<String, Arc<DeploymentInfo>>,
+    by_id: FastMap<Box<[u8]>, Arc<DeploymentInfo>>,
+    by_namespace: FastMap<Box<[u8]>, Arc<DeploymentInfo>>,
+}
+
+/// One cluster's attribution tables, resolved once per request
+/// ([`Snapshot::cluster_view`]).
+#[derive(Clone, Copy)]
+pub struct ClusterView<'a> {
+    entry: &'a ClusterEntry,
+    deployment_cluster: &'a FastMap<Box<[u8]>, String>,
+}
+
+impl fmt::Debug for ClusterView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterView")
+            .field("cluster", &self.entry.info.id)
+            .field("deployments", &self.entry.by_id.len())
+            .finish()
+    }
+}
+
+impl<'a> ClusterView<'a> {
+    /// The cluster.
+    pub fn info(&self) -> &'a Arc<ClusterInfo> {
+        &self.entry.info
+    }
+
+    /// Attributes a series of this cluster from the bytes of its
+    /// `deploymentId` and `namespace` labels (SPEC §4): by `deploymentId`
+    /// among this cluster's Deployments; one of another cluster is
+    /// `Foreign`; an unknown one, or none, falls back to the namespace.
+    #[inline]
+    pub fn attribute(
+        &self,
+        deployment_id: Option<&[u8]>,
+        namespace: Option<&[u8]>,
+    ) -> Attribution<'a> {
+        if let Some(dep) = deployment_id {
+            if let Some(d) = self.entry.by_id.get(dep) {
+                return Attribution::Deployment(d);
+            }
+            if self.deployment_cluster.contains_key(dep) {
+                return Attribution::Foreign;
+            }
+        }
+        match namespace.and_then(|ns| self.entry.by_namespace.get(ns)) {
+            Some(d) => Attribution::Deployment(d),
+            None => Attribution::Unattributed,
+        }
+    }
 }
 
 /// The registry compiled for lock-free reads.
@@ -98,9 +160,9 @@ pub struct Snapshot {
     version: u64,
     salt: Arc<[u8]>,
     registry: Arc<Registry>,
-    clusters: HashMap<String, ClusterEntry>,
+    clusters: FastMap<String, ClusterEntry>,
     by_token: HashMap<String, Arc<ClusterInfo>>,
-    deployment_cluster: HashMap<String, String>,
+    deployment_cluster: FastMap<Box<[u8]>, String>,
     targets: BTreeMap<TargetId, Arc<Target>>,
 }
 
@@ -123,7 +185,7 @@ impl Snapshot {
 
     /// Compiles a validated registry of `version`; `salt` keys the target ids.
     pub fn build(registry: Arc<Registry>, version: u64, salt: Arc<[u8]>) -> Snapshot {
-        let mut clusters: HashMap<String, ClusterEntry> = HashMap::new();
+        let mut clusters: FastMap<String, ClusterEntry> = FastMap::default();
         let mut by_token = HashMap::new();
         for c in registry.clusters.values() {
             let info = Arc::new(ClusterInfo {
@@ -138,8 +200,8 @@ impl Snapshot {
                 ClusterEntry {
                     info,
                     token: c.ingest_token.clone(),
-                    by_id: HashMap::new(),
-                    by_namespace: HashMap::new(),
+                    by_id: FastMap::default(),
+                    by_namespace: FastMap::default(),
                 },
             );
         }
@@ -171,10 +233,10 @@ impl Snapshot {
             })
             .collect();
 
-        let mut deployment_cluster = HashMap::new();
+        let mut deployment_cluster = FastMap::default();
         for (dep_id, ids) in dep_targets {
             let d = &registry.deployments[dep_id];
-            deployment_cluster.insert(d.id.clone(), d.cluster_id.clone());
+            deployment_cluster.insert(bytes_key(&d.id), d.cluster_id.clone());
             let Some(entry) = clusters.get_mut(&d.cluster_id) else {
                 continue;
             };
@@ -196,8 +258,10 @@ impl Snapshot {
                     .filter_map(|id| targets.get(id).cloned())
                     .collect(),
             });
-            entry.by_namespace.insert(d.namespace.clone(), info.clone());
-            entry.by_id.insert(d.id.clone(), info);
+            entry
+                .by_namespace
+                .insert(bytes_key(&d.namespace), info.clone());
+            entry.by_id.insert(bytes_key(&d.id), info);
         }
 
         Snapshot {
@@ -246,7 +310,10 @@ impl Snapshot {
         cluster_id: &str,
         deployment_id: &str,
     ) -> Option<&Arc<DeploymentInfo>> {
-        self.clusters.get(cluster_id)?.by_id.get(deployment_id)
+        self.clusters
+            .get(cluster_id)?
+            .by_id
+            .get(deployment_id.as_bytes())
     }
 
     /// The Deployment of cluster `cluster_id` in `namespace`.
@@ -255,37 +322,42 @@ impl Snapshot {
         cluster_id: &str,
         namespace: &str,
     ) -> Option<&Arc<DeploymentInfo>> {
-        self.clusters.get(cluster_id)?.by_namespace.get(namespace)
+        self.clusters
+            .get(cluster_id)?
+            .by_namespace
+            .get(namespace.as_bytes())
     }
 
     /// The cluster id of any Deployment, whichever cluster it is on.
     pub fn deployment_cluster_id(&self, deployment_id: &str) -> Option<&str> {
         self.deployment_cluster
-            .get(deployment_id)
+            .get(deployment_id.as_bytes())
             .map(String::as_str)
     }
 
+    /// The attribution tables of cluster `cluster_id` (`None`: unknown
+    /// cluster, whose series are all unattributed); resolve once per request.
+    pub fn cluster_view(&self, cluster_id: &str) -> Option<ClusterView<'_>> {
+        Some(ClusterView {
+            entry: self.clusters.get(cluster_id)?,
+            deployment_cluster: &self.deployment_cluster,
+        })
+    }
+
     /// Attributes a series sent by `cluster_id` from its `deploymentId` and
-    /// `namespace` labels (SPEC §4).
+    /// `namespace` labels (SPEC §4). Per request, prefer one
+    /// [`cluster_view`](Self::cluster_view) and [`ClusterView::attribute`].
     pub fn attribute(
         &self,
         cluster_id: &str,
         deployment_id: Option<&str>,
         namespace: Option<&str>,
     ) -> Attribution<'_> {
-        let Some(entry) = self.clusters.get(cluster_id) else {
-            return Attribution::Unattributed;
-        };
-        if let Some(dep) = deployment_id {
-            if let Some(d) = entry.by_id.get(dep) {
-                return Attribution::Deployment(d);
-            }
-            if self.deployment_cluster.contains_key(dep) {
-                return Attribution::Foreign;
-            }
-        }
-        match namespace.and_then(|ns| entry.by_namespace.get(ns)) {
-            Some(d) => Attribution::Deployment(d),
+        match self.cluster_view(cluster_id) {
+            Some(view) => view.attribute(
+                deployment_id.map(str::as_bytes),
+                namespace.map(str::as_bytes),
+            ),
             None => Attribution::Unattributed,
         }
     }
@@ -327,6 +399,10 @@ impl Snapshot {
         }
         diff
     }
+}
+
+fn bytes_key(s: &str) -> Box<[u8]> {
+    Box::from(s.as_bytes())
 }
 
 /// Targets added, changed (same identity, different routes) and removed between two versions.
