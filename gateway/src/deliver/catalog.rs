@@ -15,7 +15,7 @@
 //! as a statsd mapping file, anything else as the line format above.
 //! `--catalog all` exports every name.
 //!
-//! Matching never allocates: exact names are a `HashSet<Box<[u8]>>` looked up
+//! Matching never allocates: exact names are a `HashSet<Box<[u8]>>` (foldhash) looked up
 //! by `&[u8]`, prefixes and `prefix*suffix` patterns are short lists.
 
 use std::collections::HashSet;
@@ -56,7 +56,7 @@ type Pattern = (Box<[u8]>, Box<[u8]>);
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     all: bool,
-    exact: HashSet<Box<[u8]>>,
+    exact: HashSet<Box<[u8]>, foldhash::fast::RandomState>,
     prefixes: Vec<Box<[u8]>>,
     patterns: Vec<Pattern>,
 }
