@@ -5,7 +5,7 @@
 //! its core's [`Overflow`] seam: chunks beyond the memory bound are appended
 //! there (a `write(2)` under the target lock, never a wait on the target) and
 //! read back by the sender task once the target takes data again (order:
-//! see `queue.rs`). Drops for the disk budget are `disk_full`. A disk error
+//! see `queue/mod.rs`). Drops for the disk budget are `disk_full`. A disk error
 //! never stops the gateway: the chunk is dropped as `queue_full`, counted in
 //! `spill_errors`, and logged; the next overflow tries the disk again. A
 //! group-commit thread per queue fsyncs every [`Settings::flush_interval`].
