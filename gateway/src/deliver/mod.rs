@@ -19,11 +19,31 @@
 //! - [`route`]: attribution, label stamping and fan-out of one request into
 //!   per-target chunks (no IO);
 //! - [`queue`]: one target's lanes, batching, retries, concurrency and memory
-//!   bound (no IO), with the [`queue::Overflow`] seam for the disk spill;
+//!   bound (no IO), with the [`queue::Overflow`] seam for the disk spill:
+//!   - `queue/mod.rs`: the state machine ([`queue::TargetCore`]): push,
+//!     batches, results, state;
+//!   - `queue/types.rs`: the types at its edges (chunks, the overflow seam,
+//!     disk records read back, config, dispatches, events, counters);
+//!   - `queue/records.rs`: counting and splitting encoded records;
+//!   - `queue/groups.rs`: lane groups and the load meter that sizes them;
+//!   - `queue/disk.rs`: disk records (spilled, recovered, read back, acked)
+//!     and the shutdown drain;
 //! - [`policy`]: retry classification, backoff, adaptive concurrency;
 //! - [`sigv4`]: AWS SigV4 signing;
 //! - [`http`]: the shared HTTP client and one send attempt;
-//! - [`service`]: targets, sender tasks, live config, shutdown;
+//! - [`spill`]: a target's durable disk queue (segments, group commit,
+//!   manifest);
+//! - [`service`]: the tokio side:
+//!   - `service/mod.rs`: [`FanoutDelivery`], its settings, `submit`,
+//!     shutdown, the stats JSON;
+//!   - `service/target.rs`: one target ([`service::TargetHandle`]): config,
+//!     metrics, pushes, live reconfiguration, pause, its JSON;
+//!   - `service/target_spill.rs`: a target's disk spill (opening, adopting an
+//!     orphan backlog, writes, reading back, acks, reopening, the shutdown
+//!     spill);
+//!   - `service/sender.rs`: a target's sender task and attempt outcomes;
+//!   - `service/reconcile.rs`: applying a registry version (targets started,
+//!     kept, reconfigured, retired) and the orphan backlogs on disk;
 //! - [`stats`], [`api`]: counters, `/api/v1/stats`, `/api/v1/targets`, `/metrics`.
 //!
 //! [`CountingDelivery`] stays for benchmarks of ingest alone.

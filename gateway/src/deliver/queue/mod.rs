@@ -1,0 +1,781 @@
+//! One target's queue, batching, retries and concurrency: a plain state
+//! machine ([`TargetCore`]) that takes `now` as an argument. The sender
+//! adapter (`service/sender.rs`) calls [`TargetCore::poll`] for batches to
+//! send and [`TargetCore::on_result`] with each attempt's outcome.
+//!
+//! # Lanes and order
+//! A target has `maxConcurrency` lanes rounded up to a power of two (at most
+//! [`MAX_LANES`]; a target that resumes a backlog, or whose config changed
+//! live, keeps the lane count its records were queued with:
+//! [`CoreConfig::lanes`], [`TargetCore::reconfigure`]). The router puts every
+//! series in the same lane each time: it shards a variant's series by their
+//! label hash into as many shards as the variant's largest target has lanes,
+//! and a target takes shard `s` into lane `s % lanes`. Because lane counts are
+//! powers of two, `(hash % shards) % lanes == hash % lanes` whatever the
+//! shards, so a series keeps its lane when targets with other lane counts join
+//! or leave its variant ([`lanes_for`]). A lane has at most one batch in
+//! flight, retried at the head of the lane until
+//! it is delivered or dropped. So samples of one series reach the target in the
+//! order they arrived (SPEC §5) even with retries, while up to
+//! `maxConcurrency` lanes send at once. The adaptive limit
+//! ([`Concurrency`]) caps how many lanes may have a request in flight.
+//!
+//! # Batches
+//! A lane's queue holds [`Chunk`]s: runs of encoded `TimeSeries` records
+//! shared (refcounted `Bytes`) with every other target that needs the same
+//! label variant. A batch takes chunks until `maxSamplesPerSend`, splitting a
+//! chunk at a record boundary when needed (only a single series with more
+//! samples than the maximum makes a larger batch). It is sent when full or
+//! when its oldest chunk waited `batchSendDeadline`, and is compressed once:
+//! every retry sends the same bytes.
+//!
+//! # Memory bound
+//! Queued chunk bytes are bounded per target. Beyond the bound the oldest
+//! chunk (over all lanes) goes to the overflow seam ([`Overflow`]); the memory
+//! implementation drops it and counts `queue_full`, the disk spill appends it
+//! to the target's disk queue and gets its seq back. Pushing never waits.
+//!
+//! # Disk records and order
+//! A lane that overflowed a chunk to disk remembers the highest seq it put
+//! there (`disk_through`). Overflow always takes a lane's *front* chunk, so
+//! everything of a lane on disk is older than everything of it in memory.
+//! The lane therefore sends no memory chunk while records of it are still on
+//! disk (`disk_through > read_through`); the sender reads disk records back
+//! in seq order ([`TargetCore::reload`], bounded by [`TargetCore::reload_room`])
+//! into a per-lane `disk` queue that is sent before the lane's memory queue.
+//! Reloaded records are never overflowed again (they are not in the memory
+//! bound, but bounded by the reload room). A disk batch carries the seqs of
+//! the records it completes; the disk queue is acked through the highest seq
+//! below every outstanding one ([`TargetCore::disk_ack`]). After a restart
+//! every lane waits for all recovered records ([`TargetCore::set_recovered`]).
+//!
+//! # Files
+//! - `types.rs`: the types at the core's edges: [`Chunk`], the [`Overflow`]
+//!   seam, [`DiskChunk`], [`CoreConfig`], [`Dispatch`], [`Event`],
+//!   [`LastError`], [`Counters`];
+//! - `records.rs`: counting and splitting encoded `TimeSeries` records;
+//! - `groups.rs`: lane groups as bit masks, and the load meter that sizes
+//!   them;
+//! - `disk.rs`: disk records (spilled, recovered, read back, acked) and the
+//!   shutdown drain;
+//! - this file: [`TargetCore`]: pushes, batches, results, state.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::policy::{classify, Backoff, Concurrency, SendResult, Verdict};
+use bytes::{Bytes, BytesMut};
+
+mod disk;
+mod groups;
+mod records;
+mod types;
+
+use groups::{group_mask, mask_lanes, LoadMeter};
+use records::split_point;
+pub use types::{
+    lanes_for, Chunk, CoreConfig, Counters, DiskChunk, Dispatch, DropOldest, Event, LastError,
+    Overflow,
+};
+
+/// Most lanes (concurrent in-order streams) of one target.
+pub const MAX_LANES: u32 = 64;
+const _: () = assert!(MAX_LANES.is_power_of_two());
+/// A target whose failures last longer than this is `failing`.
+pub const FAILING_AFTER: Duration = Duration::from_secs(30);
+/// Memory queued on a target beyond which it counts as lagging
+/// ([`TargetCore::lagging`]).
+pub const LAGGING_BYTES: u64 = 4 << 20;
+
+#[derive(Debug)]
+struct Batch {
+    id: u64,
+    body: Bytes,
+    samples: u32,
+    oldest: Instant,
+    attempts: u32,
+    sending: bool,
+    not_before: Instant,
+    /// Lanes whose data it holds (bit `l` for lane `l`): each is busy until
+    /// the batch is delivered or dropped.
+    lanes: u64,
+    /// Lowest lane it holds (reported in [`Dispatch::lane`]).
+    first_lane: u32,
+    /// Disk seqs this batch completes when delivered or dropped.
+    seqs: Vec<u64>,
+    /// Formed from disk records (still on disk until acked).
+    from_disk: bool,
+    /// Memory batches: which lane each run of the uncompressed records came
+    /// from, `(lane, end offset)` in order, so a shutdown spill puts every
+    /// record back under its own lane's tag.
+    pieces: Vec<(u32, u32)>,
+}
+
+#[derive(Debug, Default)]
+struct Lane {
+    queue: VecDeque<Chunk>,
+    samples: u64,
+    bytes: u64,
+    /// The batch holding data of this lane, not yet delivered or dropped.
+    busy: Option<u64>,
+    /// Reloaded disk records, sent before `queue`.
+    disk: VecDeque<(u64, Chunk)>,
+    /// Highest disk seq holding data of this lane.
+    disk_through: u64,
+}
+
+/// A target's delivery state machine.
+#[derive(Debug)]
+pub struct TargetCore {
+    id: String,
+    config: CoreConfig,
+    lanes: Vec<Lane>,
+    /// Batches formed and not yet delivered or dropped (in flight or
+    /// waiting for a retry); at most one per lane.
+    batches: Vec<Batch>,
+    cursor: usize,
+    in_flight: u32,
+    next_batch: u64,
+    concurrency: Concurrency,
+    load: LoadMeter,
+    backoff: Backoff,
+    rng: fastrand::Rng,
+    paused: bool,
+    flush: bool,
+    queue_bytes: u64,
+    queue_samples: u64,
+    failing_since: Option<Instant>,
+    counters: Counters,
+    last_error: Option<LastError>,
+    latency_us: hdrhistogram::Histogram<u64>,
+    scratch: BytesMut,
+    /// Every disk seq up to this one was read back (or dropped from disk).
+    read_through: u64,
+    /// Disk seqs read back and not yet delivered or dropped.
+    outstanding: BTreeSet<u64>,
+    /// Bytes and samples of reloaded records in the lanes' `disk` queues.
+    reload_bytes: u64,
+    reload_samples: u64,
+    /// [`TargetCore::drain_memory`] ran: nothing is read back any more and
+    /// the disk ack stays where it was.
+    drained: bool,
+    /// [`TargetCore::close`] ran.
+    closed: bool,
+}
+
+impl TargetCore {
+    /// A target with `config`; `seed` seeds the jitter.
+    pub fn new(id: impl Into<String>, config: CoreConfig, seed: u64) -> TargetCore {
+        let lanes = (0..config.lanes()).map(|_| Lane::default()).collect();
+        TargetCore {
+            id: id.into(),
+            concurrency: Concurrency::new(config.max_concurrency.min(config.lanes())),
+            load: LoadMeter::default(),
+            backoff: Backoff::new(config.max_backoff),
+            config,
+            lanes,
+            batches: Vec::new(),
+            cursor: 0,
+            in_flight: 0,
+            next_batch: 1,
+            rng: fastrand::Rng::with_seed(seed),
+            paused: false,
+            flush: false,
+            queue_bytes: 0,
+            queue_samples: 0,
+            failing_since: None,
+            counters: Counters::default(),
+            last_error: None,
+            latency_us: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                .unwrap_or_else(|_| hdrhistogram::Histogram::new(2).expect("valid sigfig")),
+            scratch: BytesMut::new(),
+            read_through: 0,
+            outstanding: BTreeSet::new(),
+            reload_bytes: 0,
+            reload_samples: 0,
+            drained: false,
+            closed: false,
+        }
+    }
+
+    /// The target id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Number of lanes.
+    pub fn lanes(&self) -> u32 {
+        self.lanes.len() as u32
+    }
+
+    /// Lane groups in use: the concurrency limit rounded down to a power of
+    /// two. A batch takes data from the lanes of one group only, so fewer
+    /// groups fill batches sooner and more groups can send in parallel.
+    pub fn groups(&self) -> u32 {
+        let limit = self.concurrency.limit().clamp(1, self.lanes());
+        1 << (31 - limit.leading_zeros())
+    }
+
+    /// A live config change of the same export (docs/spill.md "Config
+    /// changes"): the target goes on as `id` with the delivery options of
+    /// `config`, keeping everything queued, in flight and on disk, and its
+    /// lane count (lane tags and the router's shards depend on it; the new
+    /// `maxConcurrency` applies as a cap on the concurrency limit, and as
+    /// the lane count from the next start without a backlog). Batches
+    /// already formed keep their size and bytes; the memory bound stays.
+    pub fn reconfigure(&mut self, id: impl Into<String>, mut config: CoreConfig) {
+        let lanes = self.lanes();
+        config.lanes = Some(lanes);
+        config.queue_bytes = self.config.queue_bytes;
+        self.concurrency
+            .set_max(config.max_concurrency.max(1).min(lanes));
+        self.backoff = Backoff::new(config.max_backoff);
+        self.id = id.into();
+        self.config = config;
+    }
+
+    /// Queues `chunk` on the lane of `shard`; overflows the oldest chunks
+    /// while over the memory bound. Never waits.
+    pub fn push(&mut self, shard: u32, chunk: Chunk, overflow: &mut dyn Overflow) {
+        self.arrived(chunk.samples, chunk.enqueued);
+        let lane = (shard % self.lanes()) as usize;
+        let l = &mut self.lanes[lane];
+        l.samples += u64::from(chunk.samples);
+        l.bytes += chunk.records.len() as u64;
+        self.queue_samples += u64::from(chunk.samples);
+        self.queue_bytes += chunk.records.len() as u64;
+        l.queue.push_back(chunk);
+        while self.queue_bytes > self.config.queue_bytes {
+            let Some(oldest) = self
+                .lanes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| l.queue.front().map(|c| (c.enqueued, i)))
+                .min()
+                .map(|(_, i)| i)
+            else {
+                break;
+            };
+            let Some(c) = self.pop_front(oldest) else {
+                break;
+            };
+            let samples = u64::from(c.samples);
+            match overflow.overflow(oldest as u32, c) {
+                Some(seq) => {
+                    let l = &mut self.lanes[oldest];
+                    l.disk_through = l.disk_through.max(seq);
+                    self.counters.spilled += samples;
+                }
+                None => self.counters.dropped_queue_full += samples,
+            }
+        }
+    }
+
+    /// `samples` arrived at `now` (pushed or read back from disk): feeds
+    /// the load meter, and the concurrency limit when a window closed.
+    pub(super) fn arrived(&mut self, samples: u32, now: Instant) {
+        if let Some(rate) = self.load.add(samples, now) {
+            let backlog = self.backlog();
+            self.concurrency
+                .on_load(rate, self.config.max_samples, backlog, now);
+        }
+    }
+
+    /// Whether this target is falling behind: failing, or holding more than
+    /// [`LAGGING_BYTES`] in memory. Chunks queued on a lagging target are
+    /// copied out of their request's buffer, so a backlog pins only its own
+    /// bytes, not whole requests that other targets already sent.
+    pub fn lagging(&self) -> bool {
+        self.failing_since.is_some() || self.queue_bytes > LAGGING_BYTES
+    }
+
+    /// The sender stopped for good (the target left the registry and
+    /// drained): [`Self::push`] must not be called any more; the caller
+    /// counts what it would have pushed as dropped.
+    pub fn close(&mut self) {
+        self.closed = true;
+    }
+
+    /// Whether [`Self::close`] ran.
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+
+    fn pop_front(&mut self, lane: usize) -> Option<Chunk> {
+        let l = &mut self.lanes[lane];
+        let c = l.queue.pop_front()?;
+        l.samples -= u64::from(c.samples);
+        l.bytes -= c.records.len() as u64;
+        self.queue_samples -= u64::from(c.samples);
+        self.queue_bytes -= c.records.len() as u64;
+        Some(c)
+    }
+
+    /// Free lanes of `mask` with reloaded disk records (sent first).
+    fn disk_lanes(&self, mask: u64) -> u64 {
+        mask_lanes(mask)
+            .filter(|&l| self.lanes[l].busy.is_none() && !self.lanes[l].disk.is_empty())
+            .fold(0, |m, l| m | (1 << l))
+    }
+
+    /// Free lanes of `mask` whose memory queue may be sent: nothing of the
+    /// lane is on disk or read back and waiting.
+    fn memory_lanes(&self, mask: u64) -> u64 {
+        mask_lanes(mask)
+            .filter(|&l| {
+                let lane = &self.lanes[l];
+                lane.busy.is_none()
+                    && lane.disk.is_empty()
+                    && lane.disk_through <= self.read_through
+                    && !lane.queue.is_empty()
+            })
+            .fold(0, |m, l| m | (1 << l))
+    }
+
+    /// When the memory lanes `mask` are due: at once when flushing or when
+    /// they hold a full batch, else when their oldest chunk reaches the
+    /// deadline.
+    fn memory_due(&self, mask: u64) -> Option<Instant> {
+        let mut samples = 0u64;
+        let mut oldest: Option<Instant> = None;
+        for l in mask_lanes(mask) {
+            let lane = &self.lanes[l];
+            samples += lane.samples;
+            if let Some(front) = lane.queue.front() {
+                oldest = Some(oldest.map_or(front.enqueued, |o| o.min(front.enqueued)));
+            }
+        }
+        let oldest = oldest?;
+        if self.flush || samples >= u64::from(self.config.max_samples) {
+            Some(oldest)
+        } else {
+            Some(oldest + self.config.deadline)
+        }
+    }
+
+    /// The next batch to send now, if the limit and the lanes allow one.
+    /// Call until `None`.
+    pub fn poll(&mut self, now: Instant) -> Option<Dispatch> {
+        // An idle target's meter closes its window here (nothing arrives).
+        self.arrived(0, now);
+        if self.paused || self.in_flight >= self.concurrency.limit() {
+            return None;
+        }
+        // Retries first: they hold their lanes until delivered.
+        if let Some(b) = self
+            .batches
+            .iter_mut()
+            .filter(|b| !b.sending && now >= b.not_before)
+            .min_by_key(|b| b.id)
+        {
+            b.sending = true;
+            b.attempts += 1;
+            self.counters.retries += 1;
+            self.in_flight += 1;
+            return Some(Dispatch {
+                lane: b.first_lane,
+                batch: b.id,
+                body: b.body.clone(),
+                attempt: b.attempts,
+                samples: b.samples,
+            });
+        }
+        let n = self.lanes.len();
+        let groups = self.groups() as usize;
+        for k in 0..groups {
+            let g = (self.cursor + k) % groups;
+            let mask = group_mask(g, groups, n);
+            let disk = self.disk_lanes(mask);
+            let d = if disk != 0 {
+                self.form_batch(disk, true, now)
+            } else {
+                let memory = self.memory_lanes(mask);
+                match self.memory_due(memory) {
+                    Some(due) if due <= now => self.form_batch(memory, false, now),
+                    _ => continue,
+                }
+            };
+            self.in_flight += 1;
+            self.cursor = g + 1;
+            return Some(d);
+        }
+        None
+    }
+
+    /// The lane of `mask` whose front is oldest: the lowest seq among disk
+    /// queues, the earliest enqueued among memory queues (ties: lowest lane).
+    fn oldest_lane(&self, mask: u64, from_disk: bool) -> Option<usize> {
+        if from_disk {
+            mask_lanes(mask)
+                .filter_map(|l| self.lanes[l].disk.front().map(|(seq, _)| (*seq, l)))
+                .min()
+                .map(|(_, l)| l)
+        } else {
+            mask_lanes(mask)
+                .filter_map(|l| self.lanes[l].queue.front().map(|c| (c.enqueued, l)))
+                .min()
+                .map(|(_, l)| l)
+        }
+    }
+
+    /// Forms one batch from the lanes of `mask` (all free; disk queues when
+    /// `from_disk`, else memory queues), oldest data first across them, up
+    /// to `maxSamplesPerSend` (splitting a chunk at a record boundary; a
+    /// lone series larger than that makes a larger batch), compressed once.
+    /// Every lane it takes data from is busy until the batch is done.
+    fn form_batch(&mut self, mask: u64, from_disk: bool, now: Instant) -> Dispatch {
+        let max = self.config.max_samples.max(1);
+        self.scratch.clear();
+        let mut samples = 0u32;
+        let mut oldest = now;
+        let mut seqs = Vec::new();
+        let mut pieces: Vec<(u32, u32)> = Vec::new();
+        let mut taken = 0u64;
+        while samples < max {
+            let Some(l) = self.oldest_lane(mask, from_disk) else {
+                break;
+            };
+            let room = max - samples;
+            let lane = &mut self.lanes[l];
+            let front = if from_disk {
+                lane.disk.front_mut().map(|(_, c)| c)
+            } else {
+                lane.queue.front_mut()
+            };
+            let Some(front) = front else { break };
+            let (end, s) = if front.samples <= room {
+                (front.records.len(), front.samples)
+            } else {
+                let (end, s, _) = split_point(&front.records, room, samples == 0);
+                (end, s)
+            };
+            if end == 0 {
+                break;
+            }
+            oldest = oldest.min(front.enqueued);
+            self.scratch.extend_from_slice(&front.records[..end]);
+            taken |= 1 << l;
+            let split = end < front.records.len();
+            if split {
+                // The rest stays at the head (a disk seq completes with the
+                // batch that takes its rest).
+                front.records = front.records.slice(end..);
+                front.samples = front.samples.saturating_sub(s);
+                if from_disk {
+                    self.reload_bytes -= end as u64;
+                    self.reload_samples -= u64::from(s);
+                } else {
+                    lane.samples -= u64::from(s);
+                    lane.bytes -= end as u64;
+                    self.queue_samples -= u64::from(s);
+                    self.queue_bytes -= end as u64;
+                }
+            } else if from_disk {
+                if let Some((seq, c)) = lane.disk.pop_front() {
+                    self.reload_bytes -= c.records.len() as u64;
+                    self.reload_samples -= u64::from(c.samples);
+                    seqs.push(seq);
+                }
+            } else {
+                let _ = self.pop_front(l);
+            }
+            samples = samples.saturating_add(s);
+            let end = self.scratch.len() as u32;
+            match pieces.last_mut() {
+                Some((pl, e)) if *pl == l as u32 => *e = end,
+                _ => pieces.push((l as u32, end)),
+            }
+            if split {
+                break;
+            }
+        }
+        if from_disk {
+            pieces = Vec::new();
+        }
+        let body = Bytes::from(fanout_proto::snappy::compress(&self.scratch));
+        if self.scratch.capacity() > 16 << 20 {
+            self.scratch = BytesMut::new();
+        }
+        let id = self.next_batch;
+        self.next_batch += 1;
+        for l in mask_lanes(taken) {
+            self.lanes[l].busy = Some(id);
+        }
+        let first_lane = taken.trailing_zeros().min(63);
+        self.batches.push(Batch {
+            id,
+            body: body.clone(),
+            samples,
+            oldest,
+            attempts: 1,
+            sending: true,
+            not_before: now,
+            lanes: taken,
+            first_lane,
+            seqs,
+            from_disk,
+            pieces,
+        });
+        Dispatch {
+            lane: first_lane,
+            batch: id,
+            body,
+            attempt: 1,
+            samples,
+        }
+    }
+
+    /// When [`poll`](Self::poll) may next have something (a deadline or a
+    /// retry), besides results and pushes.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        // At the concurrency limit only a result can let `poll` send again,
+        // and results wake the sender themselves; a deadline that passed
+        // meanwhile would otherwise wake it in a loop with nothing to do.
+        if self.paused || self.in_flight >= self.concurrency.limit() {
+            return None;
+        }
+        let retry = self
+            .batches
+            .iter()
+            .filter(|b| !b.sending)
+            .map(|b| b.not_before)
+            .min();
+        let n = self.lanes.len();
+        let groups = self.groups() as usize;
+        let formed = (0..groups)
+            .filter_map(|g| {
+                let mask = group_mask(g, groups, n);
+                let disk = self.disk_lanes(mask);
+                if disk != 0 {
+                    return mask_lanes(disk)
+                        .filter_map(|l| self.lanes[l].disk.front().map(|(_, c)| c.enqueued))
+                        .min();
+                }
+                self.memory_due(self.memory_lanes(mask))
+            })
+            .min();
+        match (retry, formed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Records the result of attempt `batch` (sent on `lane`, its lowest
+    /// lane), which took `latency`.
+    pub fn on_result(
+        &mut self,
+        lane: u32,
+        batch: u64,
+        result: &SendResult,
+        latency: Duration,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Event {
+        let _ = lane;
+        let Some(at) = self.batches.iter().position(|b| b.id == batch && b.sending) else {
+            return Event::Stale;
+        };
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if matches!(result, SendResult::Status { .. }) {
+            let us = latency.as_micros().clamp(1, 3_600_000_000) as u64;
+            let _ = self.latency_us.record(us);
+        }
+        match classify(result) {
+            Verdict::Done => {
+                let b = self.finish(at);
+                let bytes = b.body.len() as u64;
+                self.counters.samples_sent += u64::from(b.samples);
+                self.counters.bytes_sent += bytes;
+                self.counters.requests_sent += 1;
+                self.failing_since = None;
+                let backlog = self.backlog();
+                self.concurrency.on_success(latency, backlog, now);
+                Event::Sent {
+                    samples: b.samples,
+                    bytes,
+                }
+            }
+            Verdict::Retry {
+                kind,
+                status,
+                retry_after,
+                message,
+            } => {
+                let b = &mut self.batches[at];
+                b.sending = false;
+                let jitter = self.rng.f64();
+                b.not_before = now + self.backoff.delay(b.attempts, jitter, retry_after);
+                *self.counters.failures.entry(kind.clone()).or_default() += 1;
+                self.failing_since.get_or_insert(now);
+                self.concurrency.on_error(now);
+                self.last_error = Some(LastError {
+                    time: wall,
+                    status,
+                    message: message.clone(),
+                });
+                Event::Retrying {
+                    kind,
+                    status,
+                    message,
+                }
+            }
+            Verdict::Drop { status, message } => {
+                let b = self.finish(at);
+                *self
+                    .counters
+                    .failures
+                    .entry(status.to_string())
+                    .or_default() += 1;
+                self.counters.dropped_rejected += u64::from(b.samples);
+                self.last_error = Some(LastError {
+                    time: wall,
+                    status: Some(status),
+                    message: message.clone(),
+                });
+                Event::Dropped {
+                    status,
+                    samples: b.samples,
+                    message,
+                }
+            }
+        }
+    }
+
+    /// More than two full batches per lane group are waiting: one request
+    /// per group in flight does not keep up.
+    fn backlog(&self) -> bool {
+        let waiting = self.queue_samples + self.reload_samples;
+        waiting > 2 * u64::from(self.config.max_samples) * u64::from(self.groups())
+    }
+
+    /// Takes batch `at` out (delivered or dropped): frees its lanes and
+    /// completes its disk seqs.
+    fn finish(&mut self, at: usize) -> Batch {
+        let b = self.batches.swap_remove(at);
+        for s in &b.seqs {
+            self.outstanding.remove(s);
+        }
+        for l in mask_lanes(b.lanes) {
+            if self.lanes[l].busy == Some(b.id) {
+                self.lanes[l].busy = None;
+            }
+        }
+        b
+    }
+
+    /// Pauses or resumes sending (queues keep filling up to the bound).
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    /// Whether paused.
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Sends partial batches at once (drain on removal or shutdown).
+    pub fn set_flush(&mut self, flush: bool) {
+        self.flush = flush;
+    }
+
+    /// Nothing queued and nothing in flight or waiting for a retry.
+    pub fn is_idle(&self) -> bool {
+        self.batches.is_empty()
+            && self.lanes.iter().all(|l| {
+                l.queue.is_empty() && l.disk.is_empty() && l.disk_through <= self.read_through
+            })
+    }
+
+    /// Nothing in memory (queued, reloaded or in a batch); disk records may
+    /// remain.
+    pub fn memory_empty(&self) -> bool {
+        self.batches.is_empty()
+            && self
+                .lanes
+                .iter()
+                .all(|l| l.queue.is_empty() && l.disk.is_empty())
+    }
+
+    /// Bytes and samples of disk records read back into memory.
+    pub fn reloaded(&self) -> (u64, u64) {
+        (self.reload_bytes, self.reload_samples)
+    }
+
+    /// Samples queued or in a batch not yet delivered.
+    pub fn pending_samples(&self) -> u64 {
+        self.queue_samples
+            + self.reload_samples
+            + self
+                .batches
+                .iter()
+                .map(|b| u64::from(b.samples))
+                .sum::<u64>()
+    }
+
+    /// `healthy`, `retrying`, `failing` or `paused`.
+    pub fn state(&self, now: Instant) -> &'static str {
+        if self.paused {
+            "paused"
+        } else {
+            match self.failing_since {
+                None => "healthy",
+                Some(t) if now.saturating_duration_since(t) > FAILING_AFTER => "failing",
+                Some(_) => "retrying",
+            }
+        }
+    }
+
+    /// Queued bytes (memory).
+    pub fn queue_bytes(&self) -> u64 {
+        self.queue_bytes
+    }
+
+    /// Queued samples (memory, not yet in a batch).
+    pub fn queue_samples(&self) -> u64 {
+        self.queue_samples
+    }
+
+    /// Age of the oldest data not yet delivered.
+    pub fn oldest_queued(&self, now: Instant) -> Duration {
+        self.lanes
+            .iter()
+            .flat_map(|l| {
+                l.queue
+                    .front()
+                    .map(|c| c.enqueued)
+                    .into_iter()
+                    .chain(l.disk.front().map(|(_, c)| c.enqueued))
+            })
+            .chain(self.batches.iter().map(|b| b.oldest))
+            .min()
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    /// The adaptive concurrency limit.
+    pub fn concurrency(&self) -> u32 {
+        self.concurrency.limit()
+    }
+
+    /// Cumulative counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The last error.
+    pub fn last_error(&self) -> Option<&LastError> {
+        self.last_error.as_ref()
+    }
+
+    /// Send latency histogram (microseconds).
+    pub fn latency_us(&self) -> &hdrhistogram::Histogram<u64> {
+        &self.latency_us
+    }
+}
+
+#[cfg(test)]
+mod tests;

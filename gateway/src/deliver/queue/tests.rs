@@ -1,0 +1,962 @@
+use super::*;
+use fanout_proto::encode::{Encoder, LabelSet};
+use std::collections::BTreeMap;
+
+/// `n` one-sample records, each a distinct series.
+fn records(n: usize, tag: &str) -> (Bytes, u32) {
+    let req = fanout_proto::v1::WriteRequest {
+        timeseries: (0..n)
+            .map(|i| fanout_proto::v1::TimeSeries {
+                labels: vec![fanout_proto::v1::Label {
+                    name: "__name__".into(),
+                    value: format!("{tag}_{i}"),
+                }],
+                samples: vec![fanout_proto::v1::Sample {
+                    value: i as f64,
+                    timestamp: 1,
+                }],
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let body = Bytes::from(prost::Message::encode_to_vec(&req));
+    let mut series = Vec::new();
+    fanout_proto::scan::scan_v1(&body, &Default::default(), &mut series).unwrap();
+    let mut enc = Encoder::new();
+    let mut out = BytesMut::new();
+    for s in &series {
+        enc.encode_series(s.view(&body), &LabelSet::default(), &mut out);
+    }
+    (out.freeze(), n as u32)
+}
+
+fn chunk(n: usize, tag: &str, at: Instant) -> Chunk {
+    let (records, samples) = records(n, tag);
+    Chunk {
+        records,
+        samples,
+        series: samples,
+        enqueued: at,
+        permit: None,
+    }
+}
+
+fn config() -> CoreConfig {
+    CoreConfig {
+        max_samples: 10,
+        deadline: Duration::from_secs(1),
+        max_concurrency: 2,
+        max_backoff: Duration::from_secs(5),
+        queue_bytes: 1 << 20,
+        lanes: None,
+    }
+}
+
+fn ok() -> SendResult {
+    SendResult::Status {
+        status: 204,
+        retry_after: None,
+        body: String::new(),
+    }
+}
+
+fn decode(body: &Bytes) -> Vec<String> {
+    let raw = fanout_proto::snappy::decompress(body, 1 << 20).unwrap();
+    let req: fanout_proto::v1::WriteRequest = prost::Message::decode(raw).unwrap();
+    req.timeseries
+        .into_iter()
+        .map(|t| t.labels[0].value.clone())
+        .collect()
+}
+
+#[test]
+fn deliver_queue_batches_when_full_or_after_deadline() {
+    let t0 = Instant::now();
+    let mut core = TargetCore::new("t", config(), 1);
+    core.push(0, chunk(4, "a", t0), &mut DropOldest);
+    assert!(core.poll(t0).is_none(), "not full, deadline not reached");
+    assert_eq!(core.next_wakeup(), Some(t0 + Duration::from_secs(1)));
+    core.push(0, chunk(8, "b", t0), &mut DropOldest);
+    // 12 samples >= 10: a full batch of 10, split inside the second chunk.
+    let d = core.poll(t0).expect("full batch");
+    assert_eq!(d.samples, 10);
+    let names = decode(&d.body);
+    assert_eq!(names.len(), 10);
+    assert_eq!(names[0], "a_0");
+    assert_eq!(names[9], "b_5");
+    assert_eq!(core.queue_samples(), 2);
+    // One batch in flight per lane: nothing more on lane 0 until the result.
+    assert!(core.poll(t0).is_none());
+    let ev = core.on_result(
+        0,
+        d.batch,
+        &ok(),
+        Duration::from_millis(5),
+        t0,
+        SystemTime::now(),
+    );
+    assert!(matches!(ev, Event::Sent { samples: 10, .. }));
+    assert!(core.poll(t0 + Duration::from_millis(999)).is_none());
+    let d = core
+        .poll(t0 + Duration::from_secs(1))
+        .expect("deadline batch");
+    assert_eq!(decode(&d.body), vec!["b_6", "b_7"]);
+    core.on_result(
+        0,
+        d.batch,
+        &ok(),
+        Duration::from_millis(5),
+        t0,
+        SystemTime::now(),
+    );
+    assert!(core.is_idle());
+    assert_eq!(core.counters().samples_sent, 12);
+    assert_eq!(core.counters().requests_sent, 2);
+    assert_eq!(core.state(t0), "healthy");
+}
+
+#[test]
+fn deliver_queue_retries_same_bytes_with_backoff_then_drops_on_4xx() {
+    let t0 = Instant::now();
+    let mut core = TargetCore::new("t", config(), 7);
+    core.push(1, chunk(10, "x", t0), &mut DropOldest);
+    let d1 = core.poll(t0).unwrap();
+    let err = SendResult::Status {
+        status: 503,
+        retry_after: None,
+        body: "upstream down".into(),
+    };
+    let ev = core.on_result(
+        d1.lane,
+        d1.batch,
+        &err,
+        Duration::from_millis(1),
+        t0,
+        SystemTime::now(),
+    );
+    assert!(matches!(
+        ev,
+        Event::Retrying {
+            status: Some(503),
+            ..
+        }
+    ));
+    assert_eq!(core.state(t0), "retrying");
+    assert!(
+        core.poll(t0 + Duration::from_millis(29)).is_none(),
+        "first retry after 30ms"
+    );
+    let wake = core.next_wakeup().unwrap();
+    assert!(wake >= t0 + Duration::from_millis(30) && wake <= t0 + Duration::from_millis(38));
+    let d2 = core.poll(wake).unwrap();
+    assert_eq!(d2.body, d1.body, "compressed once, same bytes");
+    assert_eq!(d2.attempt, 2);
+    assert_eq!(core.counters().retries, 1);
+    // Retry-After is honoured.
+    let ra = SendResult::Status {
+        status: 429,
+        retry_after: Some(Duration::from_secs(2)),
+        body: String::new(),
+    };
+    core.on_result(
+        d2.lane,
+        d2.batch,
+        &ra,
+        Duration::from_millis(1),
+        wake,
+        SystemTime::now(),
+    );
+    assert!(core.poll(wake + Duration::from_millis(1999)).is_none());
+    let d3 = core.poll(wake + Duration::from_secs(2)).unwrap();
+    assert_eq!(core.state(t0 + Duration::from_secs(31)), "failing");
+    let bad = SendResult::Status {
+        status: 400,
+        retry_after: None,
+        body: "out of order sample".into(),
+    };
+    let ev = core.on_result(
+        d3.lane,
+        d3.batch,
+        &bad,
+        Duration::from_millis(1),
+        wake,
+        SystemTime::now(),
+    );
+    assert!(matches!(
+        ev,
+        Event::Dropped {
+            status: 400,
+            samples: 10,
+            ..
+        }
+    ));
+    let c = core.counters();
+    assert_eq!(c.dropped_rejected, 10);
+    assert_eq!(c.failures.get("503"), Some(&1));
+    assert_eq!(c.failures.get("429"), Some(&1));
+    assert_eq!(c.failures.get("400"), Some(&1));
+    let last = core.last_error().unwrap();
+    assert_eq!(last.status, Some(400));
+    assert!(
+        last.message.contains("out of order sample"),
+        "{}",
+        last.message
+    );
+    assert!(core.is_idle());
+    // A stale result changes nothing.
+    assert_eq!(
+        core.on_result(0, 999, &ok(), Duration::ZERO, wake, SystemTime::now()),
+        Event::Stale
+    );
+}
+
+#[test]
+fn deliver_queue_memory_bound_drops_oldest_and_never_blocks() {
+    let t0 = Instant::now();
+    let mut cfg = config();
+    let one = chunk(1, "m", t0).records.len() as u64;
+    cfg.queue_bytes = 3 * one;
+    let mut core = TargetCore::new("t", cfg, 1);
+    for i in 0..5u32 {
+        core.push(
+            i,
+            chunk(1, "m", t0 + Duration::from_millis(u64::from(i))),
+            &mut DropOldest,
+        );
+    }
+    assert_eq!(core.queue_bytes(), 3 * one);
+    assert_eq!(core.counters().dropped_queue_full, 2);
+    // The survivors are the newest three.
+    assert_eq!(
+        core.oldest_queued(t0 + Duration::from_millis(10)),
+        Duration::from_millis(8)
+    );
+
+    struct Spill(u32);
+    impl Overflow for Spill {
+        fn overflow(&mut self, _: u32, _: Chunk) -> Option<u64> {
+            self.0 += 1;
+            Some(u64::from(self.0))
+        }
+    }
+    let mut spill = Spill(0);
+    core.push(0, chunk(1, "m", t0 + Duration::from_millis(9)), &mut spill);
+    assert_eq!(spill.0, 1);
+    assert_eq!(
+        core.counters().dropped_queue_full,
+        2,
+        "spilled, not dropped"
+    );
+}
+
+/// A fake disk queue: keeps what overflowed, hands it back in seq order.
+#[derive(Default)]
+struct Disk(Vec<DiskChunk>);
+
+impl Overflow for Disk {
+    fn overflow(&mut self, lane: u32, chunk: Chunk) -> Option<u64> {
+        let seq = self.0.len() as u64 + 1;
+        self.0.push(DiskChunk {
+            seq,
+            tag: u64::from(lane),
+            records: chunk.records,
+            samples: chunk.samples,
+            enqueued_ms: 0,
+        });
+        Some(seq)
+    }
+}
+
+#[test]
+fn deliver_queue_shutdown_drain_never_acks_records_read_back_but_not_delivered() {
+    // SIGTERM while disk records are read back and their batch fails:
+    // they are still on disk, so the ack must not pass them (it did:
+    // every record read back was acked and lost on restart).
+    let t0 = Instant::now();
+    let mut cfg = config();
+    cfg.queue_bytes = 2 * chunk(1, "s0", t0).records.len() as u64;
+    cfg.deadline = Duration::ZERO;
+    let mut core = TargetCore::new("t", cfg, 1);
+    let mut disk = Disk::default();
+    for i in 0..5u64 {
+        core.push(0, chunk(1, &format!("s{i}"), t0), &mut disk);
+    }
+    let recs: Vec<DiskChunk> = disk.0.clone();
+    core.reload(recs, 3, true, t0, 0);
+    let d = core.poll(t0).expect("a disk batch");
+    let fail = SendResult::Connect("refused".into());
+    core.on_result(
+        d.lane,
+        d.batch,
+        &fail,
+        Duration::ZERO,
+        t0,
+        SystemTime::now(),
+    );
+    assert_eq!(core.disk_ack(), 0);
+    let memory = core.drain_memory();
+    assert_eq!(memory.len(), 2, "the two memory chunks go to disk");
+    assert_eq!(core.disk_ack(), 0, "records 1-3 were never delivered");
+    assert_eq!(core.reload_room(), None);
+    core.reload(disk.0.clone(), 5, true, t0, 0);
+    assert_eq!(core.disk_ack(), 0);
+}
+
+#[test]
+fn deliver_queue_undrain_reads_every_record_back_in_order() {
+    // A removed target revived while its queue went to disk: it must
+    // read back everything unacked (also what was read back before the
+    // drain) before newer data, and deliver it in order.
+    let t0 = Instant::now();
+    let mut cfg = config();
+    cfg.queue_bytes = 2 * chunk(1, "s0", t0).records.len() as u64;
+    cfg.deadline = Duration::ZERO;
+    let mut core = TargetCore::new("t", cfg, 1);
+    let mut disk = Disk::default();
+    for i in 0..5u64 {
+        core.push(0, chunk(1, &format!("s{i}"), t0), &mut disk);
+    }
+    core.reload(disk.0.clone(), 3, true, t0, 0);
+    let memory = core.drain_memory();
+    for (lane, c) in memory {
+        disk.overflow(lane, c);
+    }
+    assert_eq!(disk.0.len(), 5);
+    core.undrain(5);
+    core.push(0, chunk(1, "s5", t0), &mut disk);
+    assert!(core.reload_room().is_some(), "reads back again");
+    // The disk queue was rewound: every unacked record comes again.
+    core.reload(disk.0.clone(), 5, true, t0, 0);
+    let mut names = Vec::new();
+    while let Some(d) = core.poll(t0) {
+        names.extend(decode(&d.body));
+        core.on_result(
+            d.lane,
+            d.batch,
+            &ok(),
+            Duration::ZERO,
+            t0,
+            SystemTime::now(),
+        );
+    }
+    assert_eq!(names, vec!["s0_0", "s1_0", "s2_0", "s3_0", "s4_0", "s5_0"]);
+    assert_eq!(core.disk_ack(), 5);
+    assert!(core.is_idle());
+}
+
+#[test]
+fn deliver_queue_disk_records_go_before_newer_memory_of_their_lane() {
+    let t0 = Instant::now();
+    let mut cfg = config();
+    cfg.queue_bytes = 2 * chunk(1, "s0", t0).records.len() as u64;
+    cfg.deadline = Duration::ZERO;
+    let mut core = TargetCore::new("t", cfg, 1);
+    let mut disk = Disk::default();
+    for i in 0..5u64 {
+        core.push(
+            0,
+            chunk(1, &format!("s{i}"), t0 + Duration::from_millis(i)),
+            &mut disk,
+        );
+    }
+    assert_eq!(disk.0.len(), 3, "the oldest three went to disk");
+    assert_eq!(core.counters().dropped_queue_full, 0);
+    // The lane waits for its disk records: memory is not sent first.
+    assert!(core.poll(t0 + Duration::from_secs(1)).is_none());
+    assert!(core.reload_room().is_some());
+    let recs: Vec<DiskChunk> = disk.0.drain(..2).collect();
+    core.reload(recs, 3, false, t0, 0);
+    let mut names = Vec::new();
+    let now = t0 + Duration::from_secs(1);
+    let step = |core: &mut TargetCore, names: &mut Vec<String>| {
+        let d = core.poll(now)?;
+        names.extend(decode(&d.body));
+        core.on_result(
+            d.lane,
+            d.batch,
+            &ok(),
+            Duration::ZERO,
+            now,
+            SystemTime::now(),
+        );
+        Some(())
+    };
+    while step(&mut core, &mut names).is_some() {}
+    assert_eq!(names, vec!["s0_0", "s1_0"], "seq 3 still on disk");
+    assert_eq!(core.disk_ack(), 2);
+    let recs: Vec<DiskChunk> = std::mem::take(&mut disk.0);
+    core.reload(recs, 3, false, now, 0);
+    core.reload(Vec::new(), 3, true, now, 0);
+    while step(&mut core, &mut names).is_some() {}
+    assert_eq!(names, vec!["s0_0", "s1_0", "s2_0", "s3_0", "s4_0"]);
+    assert_eq!(core.disk_ack(), 3);
+    assert!(core.is_idle());
+}
+
+#[test]
+fn deliver_queue_lane_override_keeps_lanes_and_caps_concurrency() {
+    // A backlog queued under 4 lanes resumed by a target whose
+    // maxConcurrency is now 2: 4 lanes (tags map as before), at most 2
+    // requests in flight.
+    let t0 = Instant::now();
+    let mut cfg = config();
+    cfg.lanes = Some(4);
+    cfg.deadline = Duration::ZERO;
+    let mut core = TargetCore::new("t", cfg, 1);
+    assert_eq!(core.lanes(), 4);
+    let mut most = 0;
+    for i in 0..50u64 {
+        let now = t0 + Duration::from_secs(i);
+        for shard in 0..4 {
+            core.push(shard, chunk(10, &format!("s{shard}"), now), &mut DropOldest);
+        }
+        let mut sent = Vec::new();
+        while let Some(d) = core.poll(now) {
+            sent.push(d);
+        }
+        most = most.max(sent.len());
+        for d in sent {
+            core.on_result(
+                d.lane,
+                d.batch,
+                &ok(),
+                Duration::from_millis(1),
+                now,
+                SystemTime::now(),
+            );
+        }
+    }
+    assert_eq!(
+        most, 2,
+        "the limit grows to maxConcurrency, not to the lanes"
+    );
+}
+
+#[test]
+fn deliver_queue_lanes_keep_order_and_limit_concurrency() {
+    let t0 = Instant::now();
+    let mut core = TargetCore::new("t", config(), 1);
+    core.push(0, chunk(10, "l0", t0), &mut DropOldest);
+    core.push(1, chunk(10, "l1", t0), &mut DropOldest);
+    core.push(0, chunk(10, "l0b", t0), &mut DropOldest);
+    let a = core.poll(t0).unwrap();
+    assert!(core.poll(t0).is_none(), "limit starts at 1");
+    assert_eq!(
+        core.next_wakeup(),
+        None,
+        "at the concurrency limit only a result wakes the sender"
+    );
+    let fail = SendResult::Connect("refused".into());
+    core.on_result(
+        a.lane,
+        a.batch,
+        &fail,
+        Duration::ZERO,
+        t0,
+        SystemTime::now(),
+    );
+    // Lane 0 retries its head batch before anything newer of lane 0.
+    let later = t0 + Duration::from_secs(1);
+    let mut lanes_seen = Vec::new();
+    while let Some(d) = core.poll(later) {
+        lanes_seen.push((d.lane, decode(&d.body)[0].clone()));
+        core.on_result(
+            d.lane,
+            d.batch,
+            &ok(),
+            Duration::from_millis(1),
+            later,
+            SystemTime::now(),
+        );
+    }
+    let lane0: Vec<_> = lanes_seen
+        .iter()
+        .filter(|(l, _)| *l == 0)
+        .map(|(_, n)| n.as_str())
+        .collect();
+    assert_eq!(lane0, vec!["l0_0", "l0b_0"]);
+    assert!(core.is_idle());
+    // Pause stops dispatch; flush sends partial batches at once.
+    core.push(0, chunk(1, "p", later), &mut DropOldest);
+    core.set_paused(true);
+    assert!(core.poll(later + Duration::from_secs(5)).is_none());
+    assert_eq!(core.state(later), "paused");
+    core.set_paused(false);
+    core.set_flush(true);
+    assert!(core.poll(later).is_some());
+}
+
+/// Records of one series `name`, one sample per value.
+fn series_records(name: &str, values: &[u64]) -> Bytes {
+    let req = fanout_proto::v1::WriteRequest {
+        timeseries: values
+            .iter()
+            .map(|&v| fanout_proto::v1::TimeSeries {
+                labels: vec![fanout_proto::v1::Label {
+                    name: "__name__".into(),
+                    value: name.into(),
+                }],
+                samples: vec![fanout_proto::v1::Sample {
+                    value: v as f64,
+                    timestamp: 1,
+                }],
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    Bytes::from(prost::Message::encode_to_vec(&req))
+}
+
+/// (series name, value) of every sample in a batch body, in order.
+fn samples_of(body: &Bytes) -> Vec<(String, u64)> {
+    let raw = fanout_proto::snappy::decompress(body, 1 << 24).unwrap();
+    let req: fanout_proto::v1::WriteRequest = prost::Message::decode(raw).unwrap();
+    req.timeseries
+        .into_iter()
+        .flat_map(|t| {
+            let name = t.labels[0].value.clone();
+            t.samples
+                .into_iter()
+                .map(move |s| (name.clone(), s.value as u64))
+        })
+        .collect()
+}
+
+#[test]
+fn deliver_queue_one_group_fills_a_batch_from_every_lane() {
+    // 16 lanes, limit 1: a batch takes the oldest data of every lane,
+    // so 16 chunks of 125 samples make one full batch at once instead of
+    // 16 partial ones waiting for the deadline.
+    let t0 = Instant::now();
+    let mut cfg = config();
+    cfg.max_samples = 2000;
+    cfg.max_concurrency = 16;
+    let mut core = TargetCore::new("t", cfg, 1);
+    assert_eq!(core.groups(), 1);
+    for lane in 0..16u32 {
+        core.push(lane, chunk(125, &format!("l{lane}"), t0), &mut DropOldest);
+    }
+    let d = core.poll(t0).expect("a full batch at once");
+    assert_eq!(d.samples, 2000);
+    assert_eq!(core.queue_samples(), 0);
+    // Every lane is busy until it is delivered: nothing else goes.
+    core.push(3, chunk(2000, "more", t0), &mut DropOldest);
+    assert!(core.poll(t0).is_none());
+    core.on_result(
+        d.lane,
+        d.batch,
+        &ok(),
+        Duration::from_millis(2),
+        t0,
+        SystemTime::now(),
+    );
+    assert_eq!(core.poll(t0).expect("next").samples, 2000);
+}
+
+#[test]
+fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
+    // A series with more samples than maxSamplesPerSend makes a batch of
+    // its own (it cannot be split); what follows goes in the next batch.
+    let t0 = Instant::now();
+    let mut core = TargetCore::new("t", config(), 1);
+    let big: Vec<u64> = (0..25).collect();
+    let records = series_records("big", &big);
+    core.push(
+        0,
+        Chunk {
+            records: records.clone(),
+            samples: 25,
+            series: 25,
+            enqueued: t0,
+            permit: None,
+        },
+        &mut DropOldest,
+    );
+    core.push(0, chunk(3, "after", t0), &mut DropOldest);
+    let d = core.poll(t0).expect("full");
+    assert_eq!(d.samples, 10, "records are one sample each: 10 fit");
+    core.on_result(
+        d.lane,
+        d.batch,
+        &ok(),
+        Duration::ZERO,
+        t0,
+        SystemTime::now(),
+    );
+    let mut total = d.samples;
+    while let Some(d) = core.poll(t0 + Duration::from_secs(2)) {
+        total += d.samples;
+        core.on_result(
+            d.lane,
+            d.batch,
+            &ok(),
+            Duration::ZERO,
+            t0,
+            SystemTime::now(),
+        );
+    }
+    assert_eq!(total, 28);
+    // One record with 25 samples (a histogram-heavy series): alone.
+    let req = fanout_proto::v1::WriteRequest {
+        timeseries: vec![fanout_proto::v1::TimeSeries {
+            labels: vec![fanout_proto::v1::Label {
+                name: "__name__".into(),
+                value: "huge".into(),
+            }],
+            samples: (0..25)
+                .map(|i| fanout_proto::v1::Sample {
+                    value: i as f64,
+                    timestamp: i,
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let huge = Bytes::from(prost::Message::encode_to_vec(&req));
+    for _ in 0..2 {
+        core.push(
+            0,
+            Chunk {
+                records: huge.clone(),
+                samples: 25,
+                series: 1,
+                enqueued: t0,
+                permit: None,
+            },
+            &mut DropOldest,
+        );
+    }
+    let a = core.poll(t0).expect("first huge series alone");
+    assert_eq!(a.samples, 25);
+    core.on_result(
+        a.lane,
+        a.batch,
+        &ok(),
+        Duration::ZERO,
+        t0,
+        SystemTime::now(),
+    );
+    let b = core.poll(t0).expect("second");
+    assert_eq!(b.samples, 25);
+}
+
+#[test]
+fn deliver_queue_shutdown_drain_puts_a_batch_back_under_each_lane() {
+    let t0 = Instant::now();
+    let mut cfg = config();
+    cfg.max_concurrency = 4;
+    let mut core = TargetCore::new("t", cfg, 1);
+    core.push(0, chunk(3, "a", t0), &mut DropOldest);
+    core.push(
+        1,
+        chunk(3, "b", t0 + Duration::from_millis(1)),
+        &mut DropOldest,
+    );
+    core.push(
+        0,
+        chunk(3, "c", t0 + Duration::from_millis(2)),
+        &mut DropOldest,
+    );
+    core.push(
+        1,
+        chunk(3, "d", t0 + Duration::from_millis(3)),
+        &mut DropOldest,
+    );
+    let d = core.poll(t0).expect("full batch over lanes 0 and 1");
+    assert_eq!(
+        decode(&d.body),
+        ["a_0", "a_1", "a_2", "b_0", "b_1", "b_2", "c_0", "c_1", "c_2", "d_0"]
+    );
+    let fail = SendResult::Connect("refused".into());
+    core.on_result(
+        d.lane,
+        d.batch,
+        &fail,
+        Duration::ZERO,
+        t0,
+        SystemTime::now(),
+    );
+    let drained: Vec<(u32, Vec<String>)> = core
+        .drain_memory()
+        .into_iter()
+        .map(|(lane, c)| {
+            let mut raw = BytesMut::new();
+            raw.extend_from_slice(&c.records);
+            let body = Bytes::from(fanout_proto::snappy::compress(&raw));
+            (lane, decode(&body))
+        })
+        .collect();
+    let lane = |n: u32| -> Vec<String> {
+        drained
+            .iter()
+            .filter(|(l, _)| *l == n)
+            .flat_map(|(_, names)| names.clone())
+            .collect()
+    };
+    assert_eq!(lane(0), ["a_0", "a_1", "a_2", "c_0", "c_1", "c_2"]);
+    assert_eq!(lane(1), ["b_0", "b_1", "b_2", "d_0", "d_1", "d_2"]);
+    assert!(core.memory_empty());
+}
+
+#[test]
+fn deliver_queue_groups_follow_load() {
+    // A backlog grows the limit (and so the lane groups); a load that a
+    // quarter of them carries shrinks it again within seconds.
+    let t0 = Instant::now();
+    let mut cfg = config();
+    cfg.max_samples = 100;
+    cfg.max_concurrency = 16;
+    cfg.deadline = Duration::from_millis(50);
+    let mut core = TargetCore::new("t", cfg, 1);
+    let mut now = t0;
+    let mut most = 0;
+    for _ in 0..200 {
+        now += Duration::from_millis(10);
+        for lane in 0..16 {
+            core.push(lane, chunk(20, "x", now), &mut DropOldest);
+        }
+        let mut sent = Vec::new();
+        while let Some(d) = core.poll(now) {
+            sent.push(d);
+        }
+        for d in sent {
+            core.on_result(
+                d.lane,
+                d.batch,
+                &ok(),
+                Duration::from_millis(10),
+                now,
+                SystemTime::now(),
+            );
+        }
+        most = most.max(core.groups());
+    }
+    assert!(most >= 4, "grew under a backlog: {most}");
+    for _ in 0..600 {
+        now += Duration::from_millis(10);
+        core.push(0, chunk(1, "slow", now), &mut DropOldest);
+        while let Some(d) = core.poll(now) {
+            core.on_result(
+                d.lane,
+                d.batch,
+                &ok(),
+                Duration::from_millis(10),
+                now,
+                SystemTime::now(),
+            );
+        }
+    }
+    assert_eq!(core.groups(), 1, "shrank at a light load");
+}
+
+mod sim {
+    //! A randomized simulation of one target: pushes on random lanes,
+    //! a memory bound that overflows to a (fake) disk read back later,
+    //! attempts that succeed, fail and retry, or are rejected, pauses,
+    //! live config changes, and time passing. Every sample must reach the
+    //! target in order per series, exactly once unless its batch was
+    //! rejected.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push {
+            lane: u32,
+            n: u8,
+        },
+        Advance {
+            ms: u16,
+        },
+        Complete {
+            pick: u8,
+            outcome: u8,
+        },
+        Reload,
+        Pause(bool),
+        Reconfigure {
+            max_concurrency: u8,
+            max_samples: u8,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u32..8, 1u8..6).prop_map(|(lane, n)| Op::Push { lane, n }),
+            2 => (0u16..300).prop_map(|ms| Op::Advance { ms }),
+            4 => (any::<u8>(), 0u8..10).prop_map(|(pick, outcome)| Op::Complete { pick, outcome }),
+            1 => Just(Op::Reload),
+            1 => any::<bool>().prop_map(Op::Pause),
+            1 => (1u8..9, 1u8..12).prop_map(|(max_concurrency, max_samples)| Op::Reconfigure { max_concurrency, max_samples }),
+        ]
+    }
+
+    struct World {
+        core: TargetCore,
+        disk: Disk,
+        fed: usize,
+        now: Instant,
+        next_value: u64,
+        flying: Vec<Dispatch>,
+        delivered: BTreeMap<String, Vec<u64>>,
+        rejected: BTreeSet<(String, u64)>,
+        pushed: BTreeSet<(String, u64)>,
+    }
+
+    impl World {
+        fn poll(&mut self) {
+            while let Some(d) = self.core.poll(self.now) {
+                self.flying.push(d);
+            }
+        }
+
+        fn complete(&mut self, at: usize, outcome: u8) {
+            let d = self.flying.swap_remove(at);
+            let result = match outcome {
+                0..=5 => ok(),
+                6 => SendResult::Status {
+                    status: 400,
+                    retry_after: None,
+                    body: "bad".into(),
+                },
+                7 => SendResult::Timeout,
+                8 => SendResult::Status {
+                    status: 503,
+                    retry_after: None,
+                    body: String::new(),
+                },
+                _ => SendResult::Connect("refused".into()),
+            };
+            let ev = self.core.on_result(
+                d.lane,
+                d.batch,
+                &result,
+                Duration::from_millis(3),
+                self.now,
+                SystemTime::now(),
+            );
+            match ev {
+                Event::Sent { samples, .. } => {
+                    let got = samples_of(&d.body);
+                    assert_eq!(got.len() as u32, samples);
+                    for (name, v) in got {
+                        self.delivered.entry(name).or_default().push(v);
+                    }
+                }
+                Event::Dropped { .. } => {
+                    self.rejected.extend(samples_of(&d.body));
+                }
+                Event::Retrying { .. } => {}
+                Event::Stale => panic!("a dispatch in flight was stale"),
+            }
+        }
+
+        fn reload(&mut self) {
+            if self.core.reload_room().is_some() {
+                let recs = self.disk.0[self.fed..].to_vec();
+                self.fed = self.disk.0.len();
+                self.core
+                    .reload(recs, self.disk.0.len() as u64, true, self.now, 0);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+        #[test]
+        fn deliver_queue_sim_keeps_order_per_series_and_loses_nothing(
+            ops in proptest::collection::vec(op(), 1..250),
+            max_concurrency in 1u32..9,
+            max_samples in 1u32..12,
+            queue_records in 2u64..40,
+        ) {
+            let t0 = Instant::now();
+            let one = series_records("L0", &[1]).len() as u64;
+            let cfg = CoreConfig {
+                max_samples,
+                deadline: Duration::from_millis(100),
+                max_concurrency,
+                max_backoff: Duration::from_millis(200),
+                queue_bytes: queue_records * one,
+                lanes: None,
+            };
+            let lanes = cfg.lanes();
+            let mut w = World {
+                core: TargetCore::new("t", cfg.clone(), 3),
+                disk: Disk::default(),
+                fed: 0,
+                now: t0,
+                next_value: 1,
+                flying: Vec::new(),
+                delivered: BTreeMap::new(),
+                rejected: BTreeSet::new(),
+                pushed: BTreeSet::new(),
+            };
+            for op in ops {
+                match op {
+                    Op::Push { lane, n } => {
+                        // One series per lane: its order is the lane's.
+                        let name = format!("L{}", lane % lanes);
+                        let values: Vec<u64> = (0..u64::from(n)).map(|i| w.next_value + i).collect();
+                        w.next_value += u64::from(n);
+                        for &v in &values {
+                            w.pushed.insert((name.clone(), v));
+                        }
+                        let chunk = Chunk {
+                            records: series_records(&name, &values),
+                            samples: u32::from(n),
+                            series: u32::from(n),
+                            enqueued: w.now,
+                            permit: None,
+                        };
+                        w.core.push(lane, chunk, &mut w.disk);
+                    }
+                    Op::Advance { ms } => w.now += Duration::from_millis(u64::from(ms)),
+                    Op::Complete { pick, outcome } => {
+                        if !w.flying.is_empty() {
+                            let at = usize::from(pick) % w.flying.len();
+                            w.complete(at, outcome);
+                        }
+                    }
+                    Op::Reload => w.reload(),
+                    Op::Pause(p) => w.core.set_paused(p),
+                    Op::Reconfigure { max_concurrency, max_samples } => {
+                        let mut c = cfg.clone();
+                        c.max_concurrency = u32::from(max_concurrency);
+                        c.max_samples = u32::from(max_samples);
+                        w.core.reconfigure("t", c);
+                    }
+                }
+                w.poll();
+            }
+            // Then the target comes back for good: everything drains.
+            w.core.set_paused(false);
+            w.core.set_flush(true);
+            for _ in 0..100_000 {
+                w.reload();
+                w.poll();
+                if w.flying.is_empty() {
+                    if w.core.is_idle() {
+                        break;
+                    }
+                    w.now += Duration::from_millis(50);
+                    continue;
+                }
+                w.complete(0, 0);
+            }
+            prop_assert!(w.core.is_idle(), "drained");
+            prop_assert_eq!(w.core.counters().dropped_queue_full, 0);
+            let mut seen = BTreeSet::new();
+            for (name, values) in &w.delivered {
+                prop_assert!(values.windows(2).all(|p| p[0] < p[1]), "{} out of order or duplicated: {:?}", name, values);
+                seen.extend(values.iter().map(|v| (name.clone(), *v)));
+            }
+            let missing: Vec<_> = w.pushed.difference(&seen).filter(|k| !w.rejected.contains(k)).collect();
+            prop_assert!(missing.is_empty(), "lost: {:?}", missing);
+            prop_assert_eq!(w.core.disk_ack(), w.disk.0.len() as u64, "every disk record acked");
+        }
+    }
+}

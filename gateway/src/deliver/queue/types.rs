@@ -1,0 +1,184 @@
+//! The types at the edges of [`TargetCore`]: what is pushed, where overflow
+//! goes, what is read back, the config, what to send and what a result did,
+//! and the counters.
+//!
+//! [`TargetCore`]: super::TargetCore
+//! [`TargetCore::reload`]: super::TargetCore::reload
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+
+use super::MAX_LANES;
+use crate::deliver::MemoryPermit;
+
+/// A run of encoded `TimeSeries` records (each `0x0a len msg`) for one target lane.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// The records, shared by every target of the same label variant.
+    pub records: Bytes,
+    /// Float and histogram samples in the records.
+    pub samples: u32,
+    /// Records (series) in the chunk.
+    pub series: u32,
+    /// When it was queued.
+    pub enqueued: Instant,
+    /// The memory it holds in the shared budget (shared by the request's chunks).
+    pub permit: Option<Arc<MemoryPermit>>,
+}
+
+/// Where chunks go when a target's memory queue is full: the disk spill.
+pub trait Overflow {
+    /// Takes `chunk` of `lane` out of memory and returns the disk seq it got;
+    /// `None` when it could not and the chunk is dropped (`queue_full`).
+    fn overflow(&mut self, lane: u32, chunk: Chunk) -> Option<u64>;
+}
+
+/// The memory-only overflow: drops the chunk.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DropOldest;
+
+impl Overflow for DropOldest {
+    fn overflow(&mut self, _lane: u32, _chunk: Chunk) -> Option<u64> {
+        None
+    }
+}
+
+/// A record read back from the disk queue, for [`TargetCore::reload`].
+#[derive(Debug, Clone)]
+pub struct DiskChunk {
+    /// Its disk seq.
+    pub seq: u64,
+    /// Its lane tag (taken modulo the lanes).
+    pub tag: u64,
+    /// The encoded records.
+    pub records: Bytes,
+    /// Samples in them.
+    pub samples: u32,
+    /// When it was first queued (wall clock, ms since the epoch).
+    pub enqueued_ms: u64,
+}
+
+/// Delivery options of a target as the core needs them.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// `maxSamplesPerSend`.
+    pub max_samples: u32,
+    /// `batchSendDeadline`.
+    pub deadline: Duration,
+    /// `maxConcurrency` (also the number of lanes: [`lanes_for`]).
+    pub max_concurrency: u32,
+    /// `maxBackoff`.
+    pub max_backoff: Duration,
+    /// Queued bytes at most before the oldest chunk overflows.
+    pub queue_bytes: u64,
+    /// Lane count when it must differ from `max_concurrency`: a resumed disk
+    /// backlog was queued under this many lanes, and its lane tags keep
+    /// per-series order only under the same count. The concurrency limit is
+    /// then at most the smaller of the two.
+    pub lanes: Option<u32>,
+}
+
+impl CoreConfig {
+    /// Lanes of a target: `lanes` as given (the count a backlog was queued
+    /// with; it must not change while that backlog waits), or [`lanes_for`]
+    /// `max_concurrency`.
+    pub fn lanes(&self) -> u32 {
+        match self.lanes {
+            Some(l) => l.clamp(1, MAX_LANES),
+            None => lanes_for(self.max_concurrency),
+        }
+    }
+}
+
+/// The lane count for `n` wanted lanes: `n` rounded up to a power of two,
+/// between 1 and [`MAX_LANES`]. Powers of two keep a series' lane
+/// (`(hash % shards) % lanes`) independent of the router's shard count, which
+/// follows the largest target of a variant (see the module docs).
+pub fn lanes_for(n: u32) -> u32 {
+    n.clamp(1, MAX_LANES).next_power_of_two()
+}
+
+/// A batch to send now.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    /// Lane index.
+    pub lane: u32,
+    /// Batch id (to match the result).
+    pub batch: u64,
+    /// Snappy-compressed `WriteRequest`.
+    pub body: Bytes,
+    /// Attempt number, 1 for the first.
+    pub attempt: u32,
+    /// Samples in the batch.
+    pub samples: u32,
+}
+
+/// What an attempt's result did, for metrics and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Delivered.
+    Sent {
+        /// Samples.
+        samples: u32,
+        /// Compressed bytes.
+        bytes: u64,
+    },
+    /// Will be retried.
+    Retrying {
+        /// Failure counter key.
+        kind: String,
+        /// Status if any.
+        status: Option<u16>,
+        /// The error.
+        message: String,
+    },
+    /// Dropped as undeliverable.
+    Dropped {
+        /// Status.
+        status: u16,
+        /// Samples dropped.
+        samples: u32,
+        /// The error.
+        message: String,
+    },
+    /// The result did not match a batch in flight (ignored).
+    Stale,
+}
+
+/// The last error of a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastError {
+    /// Wall-clock time.
+    pub time: SystemTime,
+    /// Status, when there was a response.
+    pub status: Option<u16>,
+    /// Status line and start of the body, or the error.
+    pub message: String,
+}
+
+/// Cumulative counters of a target.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Samples delivered.
+    pub samples_sent: u64,
+    /// Compressed bytes delivered.
+    pub bytes_sent: u64,
+    /// Requests delivered.
+    pub requests_sent: u64,
+    /// Retry attempts.
+    pub retries: u64,
+    /// Failed attempts by status or kind.
+    pub failures: BTreeMap<String, u64>,
+    /// Samples dropped by a non-retryable status.
+    pub dropped_rejected: u64,
+    /// Samples dropped because the queue was full.
+    pub dropped_queue_full: u64,
+    /// Samples moved to the disk spill.
+    pub spilled: u64,
+    /// Samples lost from memory at shutdown because a batch could not be
+    /// read back for the spill (counted, never silent).
+    pub dropped_unreadable: u64,
+}

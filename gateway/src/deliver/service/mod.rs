@@ -1,0 +1,1170 @@
+//! The delivery service: [`FanoutDelivery`] takes accepted requests from
+//! ingest, routes them through the current [`Plan`], queues chunks on each
+//! target, and runs one sender task per target.
+//!
+//! - [`target`]: one target ([`TargetHandle`]): config, metrics, pushes,
+//!   live reconfiguration, pause, its `/api/v1/targets` object;
+//! - [`target_spill`]: a target's disk spill behind the core's [`Overflow`]
+//!   seam: opening, adopting an orphan backlog, writing, reading back,
+//!   acking, reopening, and the shutdown spill;
+//! - [`sender`]: a target's sender task and the outcome of each attempt;
+//! - [`reconcile`]: applying a registry version (start, keep, reconfigure,
+//!   retire targets) and the orphan backlogs on disk.
+//!
+//! # Isolation and backpressure
+//! Submitting never waits on a target: a full target queue overflows its own
+//! oldest data (`queue_full`). The only wait is for the shared memory budget
+//! (what queued data holds), and when it stays exhausted for
+//! [`Settings::admission_wait`] ingest answers 429.
+//!
+//! # Shutdown
+//! [`FanoutDelivery::shutdown`] refuses new data, flushes partial batches and
+//! waits up to the grace period for every queue to empty; what is left in
+//! memory is appended to the target's disk queue, which is fsynced and
+//! resumed by the next start. Only what cannot be spilled is counted as
+//! abandoned.
+//!
+//! [`Overflow`]: super::queue::Overflow
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde_json::{json, Value};
+
+use super::catalog::Catalog;
+use super::http::HttpSender;
+use super::queue::Chunk;
+use super::route::{Plan, ScratchPool};
+use super::stats::{self, names, GlobalStats};
+use super::{Accepted, Delivery, DeliveryError, MemoryBudget};
+use crate::ingest::args::{ByteSize, HumanDuration};
+use crate::registry::live::Live;
+use crate::registry::Snapshot;
+
+mod reconcile;
+mod sender;
+mod target;
+mod target_spill;
+
+use reconcile::Orphan;
+use sender::{run_target, spill_all_blocking};
+pub use target::TargetHandle;
+
+/// Default bound of one target's memory queue.
+pub const DEFAULT_TARGET_QUEUE: u64 = 64 << 20;
+/// Default shutdown grace.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default retention of the backlog of a target that left the registry.
+pub const DEFAULT_SPILL_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Default period of the spill fsync.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When an ingest 2xx is sent (SPEC §5 durability).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// After the data is queued in memory; the spill is fsynced every
+    /// `--flush-interval`.
+    #[default]
+    Memory,
+    /// After the data is appended to every target's disk queue and fsynced
+    /// (group commit across concurrent requests).
+    Wal,
+}
+
+/// Delivery flags, flattened into `fanout serve`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DeliveryArgs {
+    /// Catalog of exported metric names: `builtin` (default), `all`, or a file
+    /// (statsd mapping YAML, or one name per line with `*` wildcards).
+    #[arg(long, env = "FANOUT_CATALOG")]
+    pub catalog: Option<String>,
+    /// Memory queue bound of each target; beyond it the oldest data goes to
+    /// the target's disk spill (dropped as `queue_full` only when the spill
+    /// cannot take it) [default: 64MiB].
+    #[arg(long, env = "FANOUT_TARGET_QUEUE_MEMORY")]
+    pub target_queue_memory: Option<ByteSize>,
+    /// On SIGTERM, how long to keep delivering queued data [default: 30s].
+    #[arg(long, env = "FANOUT_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<HumanDuration>,
+    /// How long the disk backlog of a target that left the registry is kept
+    /// (reported in the stats) before it is deleted [default: 24h].
+    #[arg(long, env = "FANOUT_SPILL_RETENTION")]
+    pub spill_retention: Option<HumanDuration>,
+    /// `memory`: answer 2xx once data is queued; `wal`: once it is fsynced
+    /// to every target's disk queue [default: memory].
+    #[arg(long, env = "FANOUT_DURABILITY", value_enum)]
+    pub durability: Option<Durability>,
+    /// How often the disk spill is fsynced in `memory` durability [default: 1s].
+    #[arg(long, env = "FANOUT_FLUSH_INTERVAL")]
+    pub flush_interval: Option<HumanDuration>,
+}
+
+/// Delivery settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Which names are exported.
+    pub catalog: Catalog,
+    /// Memory queue bound per target.
+    pub target_queue_bytes: u64,
+    /// Longest wait for the shared memory budget before 429.
+    pub admission_wait: Duration,
+    /// Longest drain of a removed target.
+    pub removed_drain: Duration,
+    /// Shutdown grace.
+    pub shutdown_grace: Duration,
+    /// Root of the disk spill (`<data-dir>`); `None` keeps everything in
+    /// memory (tests, benchmarks).
+    pub data_dir: Option<PathBuf>,
+    /// Period of the spill fsync.
+    pub flush_interval: Duration,
+    /// How long an orphan backlog (target no longer in the registry) is kept.
+    pub spill_retention: Duration,
+    /// When an ingest 2xx is sent.
+    pub durability: Durability,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            catalog: Catalog::builtin(),
+            target_queue_bytes: DEFAULT_TARGET_QUEUE,
+            admission_wait: Duration::from_secs(1),
+            removed_drain: Duration::from_secs(60),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            data_dir: None,
+            flush_interval: DEFAULT_FLUSH_INTERVAL,
+            spill_retention: DEFAULT_SPILL_RETENTION,
+            durability: Durability::Memory,
+        }
+    }
+}
+
+impl DeliveryArgs {
+    /// The settings these flags give.
+    pub fn settings(&self) -> Result<Settings, super::catalog::CatalogError> {
+        Ok(Settings {
+            catalog: Catalog::from_arg(self.catalog.as_deref())?,
+            target_queue_bytes: self
+                .target_queue_memory
+                .map_or(DEFAULT_TARGET_QUEUE, |b| b.0.max(1)),
+            shutdown_grace: self.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
+            flush_interval: self.flush_interval.map_or(DEFAULT_FLUSH_INTERVAL, |d| {
+                d.0.max(Duration::from_millis(1))
+            }),
+            spill_retention: self
+                .spill_retention
+                .map_or(DEFAULT_SPILL_RETENTION, |d| d.0),
+            durability: self.durability.unwrap_or_default(),
+            ..Settings::default()
+        })
+    }
+}
+
+fn wall_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+type TargetPlan = Plan<Arc<TargetHandle>>;
+
+struct Inner {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    settings: Settings,
+    budget: MemoryBudget,
+    plan: ArcSwap<TargetPlan>,
+    sync_lock: Mutex<()>,
+    targets: Mutex<BTreeMap<String, Arc<TargetHandle>>>,
+    retired: Mutex<Vec<Arc<TargetHandle>>>,
+    sender: HttpSender,
+    scratch: ScratchPool,
+    stats: GlobalStats,
+    started: Instant,
+    closing: AtomicBool,
+    stopped: AtomicBool,
+    /// Backlogs on disk of targets not in the registry, as last seen.
+    orphans: Mutex<Vec<Orphan>>,
+}
+
+/// The real delivery (SPEC §4, §5); cheap to clone.
+#[derive(Clone)]
+pub struct FanoutDelivery {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for FanoutDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FanoutDelivery").finish_non_exhaustive()
+    }
+}
+
+impl FanoutDelivery {
+    /// Delivery over the shared snapshot; targets start on the first sync.
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        budget: MemoryBudget,
+        settings: Settings,
+    ) -> FanoutDelivery {
+        FanoutDelivery {
+            inner: Arc::new(Inner {
+                snapshot,
+                settings,
+                budget,
+                plan: ArcSwap::from_pointee(Plan::empty()),
+                sync_lock: Mutex::new(()),
+                targets: Mutex::new(BTreeMap::new()),
+                retired: Mutex::new(Vec::new()),
+                sender: HttpSender::new(),
+                scratch: ScratchPool::default(),
+                stats: GlobalStats::default(),
+                started: Instant::now(),
+                closing: AtomicBool::new(false),
+                orphans: Mutex::new(Vec::new()),
+                stopped: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Starts delivery for `live`: targets of the current registry, and a
+    /// task that follows registry changes. Needs a tokio runtime.
+    pub fn start(live: &Arc<Live>, budget: MemoryBudget, settings: Settings) -> FanoutDelivery {
+        let d = FanoutDelivery::new(live.shared(), budget, settings);
+        d.inner.sync(&live.current());
+        if d.inner.settings.data_dir.is_some() {
+            let weak = Arc::downgrade(&d.inner);
+            tokio::spawn(async move {
+                loop {
+                    let Some(inner) = weak.upgrade() else { return };
+                    if inner.stopped.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    inner.sweep_orphans(SystemTime::now());
+                    let every = inner
+                        .settings
+                        .spill_retention
+                        .clamp(Duration::from_secs(1), Duration::from_secs(60));
+                    drop(inner);
+                    tokio::time::sleep(every).await;
+                }
+            });
+        }
+        let mut diffs = live.subscribe();
+        let weak = Arc::downgrade(&d.inner);
+        tokio::spawn(async move {
+            loop {
+                let r = diffs.recv().await;
+                let Some(inner) = weak.upgrade() else { return };
+                match r {
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let snap = inner.snapshot.load_full();
+                        let _ = tokio::task::spawn_blocking(move || inner.sync(&snap)).await;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        d
+    }
+
+    /// Applies the current snapshot now (tests; `start` follows changes itself).
+    pub fn sync_now(&self) {
+        let snap = self.inner.snapshot.load_full();
+        self.inner.sync(&snap);
+    }
+
+    /// The registry snapshot in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshot.load_full()
+    }
+
+    /// Gateway-wide counters.
+    pub fn stats(&self) -> &GlobalStats {
+        &self.inner.stats
+    }
+
+    /// The shared memory budget.
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.inner.budget
+    }
+
+    /// Every target (active, then retired ones still draining).
+    pub fn targets(&self) -> Vec<Arc<TargetHandle>> {
+        let mut v: Vec<_> = self
+            .inner
+            .targets
+            .lock()
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default();
+        if let Ok(r) = self.inner.retired.lock() {
+            v.extend(r.iter().cloned());
+        }
+        v
+    }
+
+    /// One target by id.
+    pub fn target(&self, id: &str) -> Option<Arc<TargetHandle>> {
+        self.targets().into_iter().find(|t| **t.id.load() == id)
+    }
+
+    /// `GET /api/v1/targets` items.
+    pub fn targets_json(&self) -> Vec<Value> {
+        let snap = self.inner.snapshot.load_full();
+        self.targets().iter().map(|t| t.to_json(&snap)).collect()
+    }
+
+    /// The snapshot of `GET /api/v1/stats`.
+    pub fn stats_json(&self, gateway: &str, ready: bool, draining: bool) -> Value {
+        let s = &self.inner.stats;
+        let snap = self.inner.snapshot.load_full();
+        let mut requests: BTreeMap<&str, BTreeMap<String, u64>> = [
+            ("http1", BTreeMap::new()),
+            ("h2", BTreeMap::new()),
+            ("h3", BTreeMap::new()),
+        ]
+        .into();
+        for ((transport, code), n) in s.requests() {
+            requests
+                .entry(transport)
+                .or_default()
+                .insert(code.to_string(), n);
+        }
+        let budget = &self.inner.budget;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let errors: Vec<Value> = s
+            .recent_errors()
+            .into_iter()
+            .map(|e| {
+                json!({"time": stats::rfc3339(e.time), "targetId": e.target, "status": e.status, "message": e.message})
+            })
+            .collect();
+        json!({
+            "time": stats::rfc3339_millis(SystemTime::now()),
+            "uptimeSeconds": self.inner.started.elapsed().as_secs_f64(),
+            "gateway": gateway,
+            "configVersion": snap.version(),
+            "ready": ready,
+            "draining": draining,
+            "ingest": {
+                "requests": requests,
+                "samples": load(&s.samples),
+                "series": load(&s.series),
+                "bytes": load(&s.bytes),
+                "inFlightBytes": budget.total_bytes().saturating_sub(budget.available_bytes()),
+                "memoryBudgetBytes": budget.total_bytes(),
+            },
+            "drops": {
+                "unattributed": load(&s.unattributed),
+                "foreign": load(&s.foreign),
+                "filtered": load(&s.filtered),
+                "queue_full": load(&s.queue_full),
+                "disk_full": load(&s.disk_full),
+                "rejected": load(&s.rejected),
+            },
+            "out": {"samples": load(&s.out_samples), "bytes": load(&s.out_bytes)},
+            "orphanBacklogs": self.inner.orphans.lock().map(|o| o.iter().map(|b| json!({
+                "targetId": b.target_id,
+                "diskBytes": b.disk_bytes,
+                "segments": b.segments,
+                "ageSeconds": b.age.as_secs_f64(),
+                "deleteInSeconds": self.inner.settings.spill_retention.saturating_sub(b.age).as_secs_f64(),
+            })).collect::<Vec<_>>()).unwrap_or_default(),
+            "targets": self.targets_json(),
+            "recentErrors": errors,
+        })
+    }
+
+    /// Looks for disk backlogs of targets not in the registry now (the
+    /// start-up scan; a task repeats it every minute).
+    pub fn sweep_orphans_now(&self) {
+        self.inner.sweep_orphans(SystemTime::now());
+    }
+
+    /// Orphan backlogs as `(target id, bytes on disk)`.
+    pub fn orphan_backlogs(&self) -> Vec<(String, u64)> {
+        self.inner
+            .orphans
+            .lock()
+            .map(|o| {
+                o.iter()
+                    .map(|b| (b.target_id.clone(), b.disk_bytes))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Samples queued or in flight over all targets.
+    pub fn pending_samples(&self) -> u64 {
+        self.targets()
+            .iter()
+            .map(|t| t.core.lock().map_or(0, |c| c.pending_samples()))
+            .sum()
+    }
+
+    /// Stops taking data, delivers what is queued within `grace`, then stops
+    /// the senders. Returns the samples left undelivered.
+    pub async fn shutdown(&self, grace: Duration) -> u64 {
+        let inner = &self.inner;
+        inner.closing.store(true, Ordering::SeqCst);
+        for t in self.targets() {
+            if let Ok(mut c) = t.core.lock() {
+                c.set_flush(true);
+            }
+            t.notify.notify_one();
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            let idle = self
+                .targets()
+                .iter()
+                .all(|t| t.core.lock().map_or(true, |c| c.is_idle()));
+            if idle || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Stop the senders first so nothing changes the queues while they go
+        // to disk; in-flight attempts that still succeed become duplicates.
+        inner.stopped.store(true, Ordering::SeqCst);
+        for t in self.targets() {
+            t.notify.notify_one();
+        }
+        let mut left = 0;
+        for t in self.targets() {
+            left += spill_all_blocking(inner, &t).await;
+        }
+        if left > 0 {
+            inner.stats.abandoned.fetch_add(left, Ordering::Relaxed);
+            metrics::counter!(names::DROPPED, "reason" => "shutdown").increment(left);
+            tracing::warn!(
+                samples = left,
+                grace_ms = grace.as_millis() as u64,
+                "delivery: samples not delivered within the shutdown grace"
+            );
+        }
+        inner.stopped.store(true, Ordering::SeqCst);
+        for t in self.targets() {
+            t.notify.notify_one();
+        }
+        left
+    }
+}
+
+impl Inner {
+    async fn submit(self: &Arc<Self>, batch: Accepted) -> Result<(), DeliveryError> {
+        if self.closing.load(Ordering::Relaxed) {
+            return Err(DeliveryError::Unavailable(
+                "delivery is shutting down".into(),
+            ));
+        }
+        let snapshot = self.snapshot.load_full();
+        let mut plan = self.plan.load_full();
+        if plan.version != snapshot.version() {
+            // Applying a registry version opens queues, may adopt or move a
+            // backlog and fsyncs: off the async workers.
+            let (inner, snap) = (Arc::clone(self), Arc::clone(&snapshot));
+            let _ = tokio::task::spawn_blocking(move || inner.sync(&snap)).await;
+            plan = self.plan.load_full();
+        }
+        let s = &batch.summary;
+        let stats = &self.stats;
+        stats.add_ingest(
+            (s.samples + s.histograms) as u64,
+            s.series as u64,
+            batch.body.len() as u64,
+        );
+
+        tracing::debug!(
+            cluster = %batch.cluster.id,
+            series = s.series,
+            samples = s.samples,
+            total_samples = stats.samples.load(Ordering::Relaxed),
+            "accepted batch"
+        );
+        let mut scratch = self.scratch.take();
+        let (drops, bound) = scratch.route(
+            &plan,
+            &snapshot,
+            &self.settings.catalog,
+            &batch.cluster.id,
+            &batch.body,
+            &batch.series,
+        );
+        stats.add_drops(&drops);
+        if bound == 0 {
+            self.scratch.give(scratch);
+            return Ok(());
+        }
+        // A request whose encoded forms exceed half the whole budget (a huge
+        // body times many variants) is accounted at half the budget rather
+        // than refused forever.
+        let want = (bound as u64).min(self.budget.total_bytes() / 2);
+        let mut permit = match self.budget.try_acquire(want) {
+            Ok(p) => p,
+            Err(_) => {
+                match self
+                    .budget
+                    .acquire_timeout(want, self.settings.admission_wait)
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.scratch.give(scratch);
+                        return Err(DeliveryError::Overloaded(format!(
+                            "target queues hold the memory budget: {e}"
+                        )));
+                    }
+                }
+            }
+        };
+        let records = scratch.encode(&plan, &batch.body, &batch.series);
+        drop(batch);
+        permit.shrink_to(records.len() as u64);
+        let permit = Arc::new(permit);
+        let now = Instant::now();
+        let wall = wall_ms(SystemTime::now());
+        let wal = self.settings.durability == Durability::Wal;
+        // wal: the highest seq appended per target, and whether any chunk
+        // could not be made durable.
+        let mut touched: Vec<(Arc<TargetHandle>, u64)> = Vec::new();
+        let mut not_durable = false;
+        if !wal {
+            // Each target's chunks under one lock and one wake-up: (target,
+            // chunk index, target index in its variant), in chunk order per
+            // target.
+            let chunks: Vec<_> = scratch.chunks(&plan, &records).collect();
+            let mut pairs: Vec<(usize, u32, u32)> = chunks
+                .iter()
+                .enumerate()
+                .flat_map(|(c, (variant, ..))| {
+                    variant
+                        .targets
+                        .iter()
+                        .enumerate()
+                        .map(move |(k, t)| (Arc::as_ptr(t) as usize, c as u32, k as u32))
+                })
+                .collect();
+            pairs.sort_unstable();
+            for run in pairs.chunk_by(|a, b| a.0 == b.0) {
+                let (_, c0, k0) = run[0];
+                let target = &chunks[c0 as usize].0.targets[k0 as usize];
+                let items = run.iter().map(|&(_, c, _)| {
+                    let (_, shard, bytes, samples, series) = &chunks[c as usize];
+                    (
+                        *shard,
+                        Chunk {
+                            records: bytes.clone(),
+                            samples: *samples,
+                            series: *series,
+                            enqueued: now,
+                            permit: Some(permit.clone()),
+                        },
+                    )
+                });
+                target.push_all(items, Some(&self.budget), stats, now, wall);
+            }
+        }
+        for (variant, shard, bytes, samples, series) in
+            scratch.chunks(&plan, &records).filter(|_| wal)
+        {
+            let chunk = Chunk {
+                records: bytes,
+                samples,
+                series,
+                enqueued: now,
+                permit: Some(permit.clone()),
+            };
+            for t in &variant.targets {
+                match t.push_wal(shard, chunk.clone(), stats, now, wall) {
+                    Some(seq) => match touched.iter_mut().find(|(h, _)| Arc::ptr_eq(h, t)) {
+                        Some((_, s)) => *s = (*s).max(seq),
+                        None => touched.push((t.clone(), seq)),
+                    },
+                    None => not_durable = true,
+                }
+            }
+        }
+        drop(records);
+        self.scratch.give(scratch);
+        if wal {
+            // Group commit: each queue's sync thread answers every request
+            // waiting while one fsync runs.
+            let waits: Vec<_> = touched
+                .iter()
+                .filter_map(|(h, seq)| h.spill.as_ref().map(|s| s.commit.durable(*seq)))
+                .collect();
+            for w in waits {
+                if let Err(e) = w.await {
+                    not_durable = true;
+                    stats.add_spill_error();
+                    tracing::warn!(error = %e, "delivery: wal fsync failed; the request is refused");
+                }
+            }
+            if not_durable {
+                return Err(DeliveryError::Unavailable(
+                    "durability wal: the data could not be made durable on disk; retry".into(),
+                ));
+            }
+        }
+        stats.set_memory_in_use(
+            self.budget
+                .total_bytes()
+                .saturating_sub(self.budget.available_bytes()),
+        );
+        Ok(())
+    }
+}
+
+impl Delivery for FanoutDelivery {
+    fn submit(
+        &self,
+        batch: Accepted,
+    ) -> impl std::future::Future<Output = Result<(), DeliveryError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.submit(batch).await }
+    }
+
+    fn record_response(&self, transport: &'static str, status: u16) {
+        self.inner.stats.record_request(transport, status);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::spill::{self as spill_mod, lock_queue, DiskQueue, DiskQueueConfig, Record};
+    use super::*;
+    use crate::registry::{ops, Document, Registry};
+    use bytes::Bytes;
+    use std::path::Path;
+
+    fn delivery(budget: u64, queue: u64) -> (FanoutDelivery, Arc<crate::registry::ClusterInfo>) {
+        let yaml = "clusters:\n  - {id: c1, organizationId: o1, cloudProvider: aws, cloudRegion: r, ingestToken: tok}\n\
+            workspaces:\n  - {id: ws, organizationId: o2, name: w}\n\
+            deployments:\n  - {id: d1, workspaceId: ws, clusterId: c1, namespace: ns, type: HOSTED, name: d}\n\
+            metricsExports:\n  - {id: e1, objectKey: e1, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {endpoint: 'http://127.0.0.1:1/w'}}\n  - {id: e2, objectKey: e2, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {endpoint: 'http://127.0.0.1:1/x'}}\n";
+        let mut registry = Registry::default();
+        ops::replace_all(
+            &mut registry,
+            Document::parse(yaml.as_bytes(), true).unwrap(),
+        )
+        .unwrap();
+        let snap = Snapshot::build(Arc::new(registry), 1, Arc::from(&b"s"[..]));
+        let cluster = snap.authenticate(None, "tok").unwrap();
+        let d = FanoutDelivery::new(
+            Arc::new(ArcSwap::from_pointee(snap)),
+            MemoryBudget::new(budget),
+            Settings {
+                target_queue_bytes: queue,
+                admission_wait: Duration::from_millis(20),
+                ..Settings::default()
+            },
+        );
+        d.sync_now();
+        for t in d.targets() {
+            t.set_paused(true);
+        }
+        (d, cluster)
+    }
+
+    fn accepted(cluster: &Arc<crate::registry::ClusterInfo>) -> Accepted {
+        let req = fanout_proto::testdata::realistic_request(500, 1);
+        let mut req = req;
+        for ts in &mut req.timeseries {
+            for l in &mut ts.labels {
+                if l.name == "namespace" {
+                    l.value = "ns".into();
+                }
+                if l.name == "deploymentId" {
+                    l.value = "d1".into();
+                }
+            }
+        }
+        let body = Bytes::from(prost::Message::encode_to_vec(&req));
+        let mut series = Vec::new();
+        let summary = fanout_proto::scan::scan_v1(&body, &Default::default(), &mut series).unwrap();
+        Accepted {
+            cluster: cluster.clone(),
+            body,
+            series,
+            summary,
+            permit: super::super::MemoryPermit::empty(),
+        }
+    }
+
+    #[tokio::test]
+    async fn deliver_service_orphan_backlogs_are_reported_then_deleted() {
+        let dir = std::env::temp_dir().join(format!("fanout-orphans-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let gone = spill_mod::target_dir(&dir, "gone-target");
+        let (mut q, _) = DiskQueue::open(&gone, DiskQueueConfig::default()).unwrap();
+        q.append(&Record {
+            body: bytes::Bytes::from_static(b"records"),
+            samples: 1,
+            enqueued_ms: 0,
+            tag: 0,
+        })
+        .unwrap();
+        q.close().unwrap();
+        // Data two days old: the retention counts from when the backlog is
+        // found without its target, not from the age of its data.
+        for seg in std::fs::read_dir(&gone).unwrap() {
+            let seg = seg.unwrap().path();
+            if seg.extension().is_some_and(|e| e == "seg") {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&seg)
+                    .unwrap()
+                    .set_modified(SystemTime::now() - Duration::from_secs(2 * 86_400))
+                    .unwrap();
+            }
+        }
+        let (d, _) = delivery(64 << 20, 1 << 20);
+        let mut settings = d.inner.settings.clone();
+        settings.data_dir = Some(dir.clone());
+        settings.spill_retention = Duration::from_secs(3600);
+        let d = FanoutDelivery::new(
+            d.inner.snapshot.clone(),
+            MemoryBudget::new(1 << 20),
+            settings,
+        );
+        d.sync_now();
+        d.sweep_orphans_now();
+        let orphans = d.orphan_backlogs();
+        assert_eq!(orphans.len(), 1, "{orphans:?}");
+        assert_eq!(orphans[0].0, "gone-target");
+        assert!(gone.exists());
+        assert!(gone.join(spill_mod::ORPHAN_MARK).exists());
+        let stats = d.stats_json("g", true, false);
+        assert_eq!(stats["orphanBacklogs"][0]["targetId"], "gone-target");
+        let left = stats["orphanBacklogs"][0]["deleteInSeconds"]
+            .as_f64()
+            .unwrap();
+        assert!(left > 3500.0, "retention counts from the mark: {left}");
+        // Half the retention later it is still kept.
+        d.inner
+            .sweep_orphans(SystemTime::now() + Duration::from_secs(1800));
+        assert!(gone.exists());
+        assert_eq!(d.orphan_backlogs().len(), 1);
+        // Running targets' queues are not orphans; after the retention the
+        // orphan is deleted.
+        assert_eq!(spill_mod::list_backlogs(&dir).unwrap().len(), 3);
+        d.inner
+            .sweep_orphans(SystemTime::now() + Duration::from_secs(7200));
+        assert!(!gone.exists());
+        assert!(d.orphan_backlogs().is_empty());
+        assert_eq!(spill_mod::list_backlogs(&dir).unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A delivery over the `delivery()` registry with its spill in `dir`
+    /// (targets d1/e1 and d1/e2, both unreachable).
+    fn spill_delivery(dir: &Path) -> FanoutDelivery {
+        let (d, _) = delivery(64 << 20, 1 << 20);
+        let mut settings = d.inner.settings.clone();
+        settings.data_dir = Some(dir.to_path_buf());
+        let d = FanoutDelivery::new(
+            d.inner.snapshot.clone(),
+            MemoryBudget::new(1 << 20),
+            settings,
+        );
+        d.sync_now();
+        d.sweep_orphans_now();
+        d
+    }
+
+    /// Writes a queue of `records` records for `id` with a manifest of
+    /// `routes` (or none) under `dir`.
+    fn backlog(dir: &Path, id: &str, records: u32, routes: Option<&[(&str, &str)]>) -> PathBuf {
+        let qdir = spill_mod::target_dir(dir, id);
+        let (mut q, _) = DiskQueue::open(&qdir, DiskQueueConfig::default()).unwrap();
+        for i in 0..records {
+            q.append(&Record {
+                body: bytes::Bytes::from_static(b"records"),
+                samples: 1,
+                enqueued_ms: 0,
+                tag: u64::from(i),
+            })
+            .unwrap();
+        }
+        q.close().unwrap();
+        if let Some(routes) = routes {
+            let routes = routes
+                .iter()
+                .map(|(d, e)| spill_mod::ManifestRoute {
+                    deployment_id: (*d).into(),
+                    export_id: (*e).into(),
+                })
+                .collect();
+            spill_mod::Manifest::new(id, 4, routes)
+                .write(&qdir)
+                .unwrap();
+        }
+        qdir
+    }
+
+    fn target_of_export(d: &FanoutDelivery, export: &str) -> String {
+        d.snapshot()
+            .targets()
+            .find(|t| t.routes.iter().any(|r| r.export_id == export))
+            .map(|t| t.id.0.clone())
+            .unwrap()
+    }
+
+    fn spill_records(d: &FanoutDelivery, id: &str) -> u64 {
+        let h = d.target(id).unwrap();
+        let s = h.spill.as_ref().unwrap();
+        let n = lock_queue(&s.queue).stats().records;
+        n
+    }
+
+    #[tokio::test]
+    async fn deliver_service_config_change_resumes_the_unique_backlog_with_same_routes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let old = backlog(dir, "e1-old-config", 3, Some(&[("d1", "e1")]));
+        let other = backlog(dir, "e2-superset", 1, Some(&[("d1", "e2"), ("d9", "e2")]));
+        let legacy = backlog(dir, "no-manifest", 1, None);
+        let d = spill_delivery(dir);
+        let e1 = target_of_export(&d, "e1");
+        let e2 = target_of_export(&d, "e2");
+        // e1 took the backlog over: moved (not copied), resumed, and its lane
+        // count is the one the records were queued with.
+        assert!(!old.exists());
+        let dir_e1 = spill_mod::target_dir(dir, &e1);
+        let m = spill_mod::Manifest::read(&dir_e1).unwrap().unwrap();
+        assert_eq!(m.target_id, e1);
+        assert_eq!(m.lanes, 4);
+        assert_eq!(m.routes.len(), 1);
+        assert_eq!(d.target(&e1).unwrap().lanes(), 4);
+        assert_eq!(spill_records(&d, &e1), 3);
+        // e2 has no unique successor backlog (routes differ): orphans stay,
+        // as does the one without a manifest. e2 keeps its configured lanes.
+        assert_eq!(spill_records(&d, &e2), 0);
+        assert_eq!(d.target(&e2).unwrap().lanes(), 16);
+        assert!(other.exists() && legacy.exists());
+        let mut orphans: Vec<String> = d.orphan_backlogs().into_iter().map(|o| o.0).collect();
+        orphans.sort();
+        assert_eq!(orphans, vec!["e2-superset", "no-manifest"]);
+        // The manifest of a running target follows its routes.
+        let text =
+            std::fs::read_to_string(spill_mod::target_dir(dir, &e2).join(spill_mod::MANIFEST_FILE))
+                .unwrap();
+        assert!(
+            text.contains("\"exportId\":\"e2\"") && !text.contains("secret"),
+            "{text}"
+        );
+        d.shutdown(Duration::from_millis(10)).await;
+    }
+
+    #[tokio::test]
+    async fn deliver_service_ambiguous_or_own_backlog_keeps_orphans() {
+        // Two backlogs with e1's routes: neither is taken.
+        let tmp = tempfile::tempdir().unwrap();
+        let a = backlog(tmp.path(), "e1-a", 1, Some(&[("d1", "e1")]));
+        let b = backlog(tmp.path(), "e1-b", 1, Some(&[("d1", "e1")]));
+        let d = spill_delivery(tmp.path());
+        let e1 = target_of_export(&d, "e1");
+        assert!(a.exists() && b.exists());
+        assert_eq!(spill_records(&d, &e1), 0);
+        assert_eq!(d.orphan_backlogs().len(), 2);
+        d.shutdown(Duration::from_millis(10)).await;
+
+        // e1's own queue holds records: it resumes those; the other stays.
+        let tmp = tempfile::tempdir().unwrap();
+        let probe = spill_delivery(tmp.path());
+        let e1 = target_of_export(&probe, "e1");
+        probe.shutdown(Duration::from_millis(10)).await;
+        drop(probe);
+        let tmp = tempfile::tempdir().unwrap();
+        backlog(tmp.path(), &e1, 2, Some(&[("d1", "e1")]));
+        let old = backlog(tmp.path(), "e1-old", 5, Some(&[("d1", "e1")]));
+        let d = spill_delivery(tmp.path());
+        assert!(old.exists());
+        assert_eq!(spill_records(&d, &e1), 2);
+        assert_eq!(
+            d.orphan_backlogs(),
+            vec![(
+                "e1-old".to_string(),
+                std::fs::metadata(old.join("00000000000000000001.seg"))
+                    .unwrap()
+                    .len()
+            )]
+        );
+        d.shutdown(Duration::from_millis(10)).await;
+    }
+
+    #[tokio::test]
+    async fn deliver_service_live_config_change_keeps_the_queue_under_the_new_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (d0, cluster) = delivery(64 << 20, 1 << 20);
+        let mut settings = d0.inner.settings.clone();
+        settings.data_dir = Some(tmp.path().to_path_buf());
+        settings.target_queue_bytes = 256 << 10;
+        let d = FanoutDelivery::new(
+            d0.inner.snapshot.clone(),
+            MemoryBudget::new(64 << 20),
+            settings,
+        );
+        d.sync_now();
+        for t in d.targets() {
+            t.set_paused(true);
+        }
+        let (e1, e2) = (target_of_export(&d, "e1"), target_of_export(&d, "e2"));
+        for _ in 0..20 {
+            d.submit(accepted(&cluster)).await.unwrap();
+        }
+        let h = d.target(&e1).unwrap();
+        let queued = h.core.lock().unwrap().pending_samples();
+        let on_disk = spill_records(&d, &e1);
+        assert!(on_disk > 0, "a backlog on disk");
+        // e1's endpoint and maxConcurrency change (a new id); e2 does not.
+        let yaml = "clusters:\n  - {id: c1, organizationId: o1, cloudProvider: aws, cloudRegion: r, ingestToken: tok}\n\
+            workspaces:\n  - {id: ws, organizationId: o2, name: w}\n\
+            deployments:\n  - {id: d1, workspaceId: ws, clusterId: c1, namespace: ns, type: HOSTED, name: d}\n\
+            metricsExports:\n  - {id: e1, objectKey: e1, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {endpoint: 'http://127.0.0.1:2/w', delivery: {maxConcurrency: 2}}}\n  - {id: e2, objectKey: e2, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {endpoint: 'http://127.0.0.1:1/x'}}\n";
+        let mut registry = Registry::default();
+        ops::replace_all(
+            &mut registry,
+            Document::parse(yaml.as_bytes(), true).unwrap(),
+        )
+        .unwrap();
+        d.inner.snapshot.store(Arc::new(Snapshot::build(
+            Arc::new(registry),
+            2,
+            Arc::from(&b"s"[..]),
+        )));
+        d.sync_now();
+        let new_e1 = target_of_export(&d, "e1");
+        assert_ne!(new_e1, e1);
+        assert_eq!(target_of_export(&d, "e2"), e2);
+        // The same handle goes on under the new id: nothing retired, its
+        // queue, lanes and disk backlog kept, its directory renamed.
+        assert_eq!(d.targets().len(), 2, "no old target draining in parallel");
+        assert!(d.target(&e1).is_none());
+        let h2 = d.target(&new_e1).unwrap();
+        assert!(Arc::ptr_eq(&h, &h2));
+        assert_eq!(h2.lanes(), 16, "lanes kept; the limit is capped at 2");
+        assert_eq!(h2.core.lock().unwrap().pending_samples(), queued);
+        assert_eq!(spill_records(&d, &new_e1), on_disk);
+        assert!(!spill_mod::target_dir(tmp.path(), &e1).exists());
+        let dir = spill_mod::target_dir(tmp.path(), &new_e1);
+        let m = spill_mod::Manifest::read(&dir).unwrap().unwrap();
+        assert_eq!((m.target_id.as_str(), m.lanes), (new_e1.as_str(), 16));
+        assert_eq!(h2.target().config.endpoint, "http://127.0.0.1:2/w");
+        let json = h2.to_json(&d.snapshot());
+        assert_eq!(json["id"], new_e1.as_str());
+        assert_eq!(json["endpoint"], "http://127.0.0.1:2/w");
+        // The queue still works at its new path: more data spills, and
+        // shutdown moves memory to disk there.
+        for _ in 0..5 {
+            d.submit(accepted(&cluster)).await.unwrap();
+        }
+        assert!(spill_records(&d, &new_e1) > on_disk);
+        d.shutdown(Duration::from_millis(10)).await;
+        assert!(d.orphan_backlogs().is_empty());
+        let (q, rec) = DiskQueue::open(&dir, DiskQueueConfig::default()).unwrap();
+        assert!(rec.records > on_disk, "{rec:?}");
+        drop(q);
+    }
+
+    /// Publishes a registry version in which e1's endpoint and
+    /// maxConcurrency changed (a new id, same routes); e2 is unchanged.
+    fn change_e1(d: &FanoutDelivery) {
+        let yaml = "clusters:\n  - {id: c1, organizationId: o1, cloudProvider: aws, cloudRegion: r, ingestToken: tok}\n\
+            workspaces:\n  - {id: ws, organizationId: o2, name: w}\n\
+            deployments:\n  - {id: d1, workspaceId: ws, clusterId: c1, namespace: ns, type: HOSTED, name: d}\n\
+            metricsExports:\n  - {id: e1, objectKey: e1, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {endpoint: 'http://127.0.0.1:2/w', delivery: {maxConcurrency: 2}}}\n  - {id: e2, objectKey: e2, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {endpoint: 'http://127.0.0.1:1/x'}}\n";
+        let mut registry = Registry::default();
+        ops::replace_all(
+            &mut registry,
+            Document::parse(yaml.as_bytes(), true).unwrap(),
+        )
+        .unwrap();
+        let version = d.snapshot().version() + 1;
+        d.inner.snapshot.store(Arc::new(Snapshot::build(
+            Arc::new(registry),
+            version,
+            Arc::from(&b"s"[..]),
+        )));
+        d.sync_now();
+    }
+
+    /// The id e1 gets in the `delivery()` registry.
+    async fn e1_id() -> String {
+        let tmp = tempfile::tempdir().unwrap();
+        let probe = spill_delivery(tmp.path());
+        let e1 = target_of_export(&probe, "e1");
+        probe.shutdown(Duration::from_millis(10)).await;
+        e1
+    }
+
+    #[tokio::test]
+    async fn deliver_service_live_config_change_of_a_broken_queue_retires_the_old_target() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = spill_delivery(tmp.path());
+        let e1 = target_of_export(&d, "e1");
+        let h = d.target(&e1).unwrap();
+        let old_dir = spill_mod::target_dir(tmp.path(), &e1);
+        // A failed fsync broke the queue: a reopen may be recovering its
+        // directory right now, without the queue lock.
+        lock_queue(&h.spill.as_ref().unwrap().queue).mark_broken("test".into());
+        change_e1(&d);
+        let new_e1 = target_of_export(&d, "e1");
+        assert_ne!(new_e1, e1);
+        // Not in place: the old target keeps its directory and drains; the
+        // new one starts on its own.
+        let h2 = d.target(&new_e1).unwrap();
+        assert!(
+            !Arc::ptr_eq(&h, &h2),
+            "reconfigured a broken queue in place"
+        );
+        assert!(h.removed_at().is_some());
+        assert_eq!(d.targets().len(), 3);
+        assert_eq!(lock_queue(&h.spill.as_ref().unwrap().queue).dir(), old_dir);
+        assert!(old_dir.is_dir());
+        let new_dir = spill_mod::target_dir(tmp.path(), &new_e1);
+        assert_eq!(lock_queue(&h2.spill.as_ref().unwrap().queue).dir(), new_dir);
+        // The old queue reopens at its path.
+        h.spill
+            .as_ref()
+            .unwrap()
+            .reopen
+            .lock()
+            .unwrap()
+            .due(Instant::now());
+        assert_eq!(h.recover_spill(&d.inner.stats, Instant::now()), None);
+        assert!(!lock_queue(&h.spill.as_ref().unwrap().queue).is_broken());
+        d.shutdown(Duration::from_millis(10)).await;
+    }
+
+    #[tokio::test]
+    async fn deliver_service_failed_open_keeps_the_lane_count_of_its_backlog() {
+        let e1 = e1_id().await;
+        let tmp = tempfile::tempdir().unwrap();
+        // A backlog queued under 4 lanes; the configured count is 16.
+        let qdir = backlog(tmp.path(), &e1, 3, Some(&[("d1", "e1")]));
+        // Its open fails (the ledger cannot be read).
+        let _ = std::fs::remove_file(qdir.join(spill_mod::LEDGER_FILE));
+        std::fs::create_dir(qdir.join(spill_mod::LEDGER_FILE)).unwrap();
+        let d = spill_delivery(tmp.path());
+        let h = d.target(&e1).unwrap();
+        let spill = h.spill.as_ref().unwrap();
+        assert!(lock_queue(&spill.queue).is_broken());
+        assert_eq!(
+            h.lanes(),
+            4,
+            "the backlog's lane count, not the configured one"
+        );
+        let m = spill_mod::Manifest::read(&qdir).unwrap().unwrap();
+        assert_eq!(m.lanes, 4, "manifest not rewritten before the queue opened");
+        // The disk works again: the reopen recovers the backlog under the
+        // lane count it was queued with, and the manifest is rewritten.
+        std::fs::remove_dir(qdir.join(spill_mod::LEDGER_FILE)).unwrap();
+        assert_eq!(h.recover_spill(&d.inner.stats, Instant::now()), None);
+        assert_eq!(spill_records(&d, &e1), 3);
+        assert_eq!(h.lanes(), 4);
+        let m = spill_mod::Manifest::read(&qdir).unwrap().unwrap();
+        assert_eq!((m.target_id.as_str(), m.lanes), (e1.as_str(), 4));
+        d.shutdown(Duration::from_millis(10)).await;
+    }
+
+    #[tokio::test]
+    async fn deliver_service_disk_read_error_keeps_the_backlog_and_reopens() {
+        let e1 = e1_id().await;
+        let tmp = tempfile::tempdir().unwrap();
+        let qdir = spill_mod::target_dir(tmp.path(), &e1);
+        let body = Bytes::from(prost::Message::encode_to_vec(
+            &fanout_proto::testdata::realistic_request(20, 1),
+        ));
+        let (mut q, _) = DiskQueue::open(&qdir, DiskQueueConfig::default()).unwrap();
+        for i in 0..3u64 {
+            q.append(&Record {
+                body: body.clone(),
+                samples: 20,
+                enqueued_ms: wall_ms(SystemTime::now()),
+                tag: i,
+            })
+            .unwrap();
+        }
+        q.close().unwrap();
+        let d = spill_delivery(tmp.path());
+        let h = d.target(&e1).unwrap();
+        assert_eq!(spill_records(&d, &e1), 3);
+        // Reading back fails (the segment cannot be opened for now).
+        let seg = qdir.join("00000000000000000001.seg");
+        let aside = tmp.path().join("aside");
+        std::fs::rename(&seg, &aside).unwrap();
+        h.reload(&d.inner.stats);
+        // Nothing was skipped or acked: the queue is broken, to be reopened.
+        assert_eq!(spill_records(&d, &e1), 3, "unread records acked");
+        assert_eq!(h.core.lock().unwrap().disk_ack(), 0);
+        let spill = h.spill.as_ref().unwrap();
+        assert!(lock_queue(&spill.queue).is_broken());
+        assert_eq!(h.core.lock().unwrap().pending_samples(), 0);
+        // Its reopen is scheduled (the sender sleeps until then: the lanes
+        // waiting for disk records have no wake-up of their own), and later
+        // wake-ups do not read the failing disk again.
+        assert!(h.spill_reopen_at(Instant::now()).is_some());
+        let errors = d.inner.stats.spill_errors.load(Ordering::Relaxed);
+        assert!(errors >= 1);
+        for _ in 0..5 {
+            h.reload(&d.inner.stats);
+        }
+        assert_eq!(
+            d.inner.stats.spill_errors.load(Ordering::Relaxed),
+            errors,
+            "a broken queue is not read again before its reopen"
+        );
+        // Once readable, the reopen goes on and every record is read back.
+        std::fs::rename(&aside, &seg).unwrap();
+        assert_eq!(h.recover_spill(&d.inner.stats, Instant::now()), None);
+        h.reload(&d.inner.stats);
+        assert_eq!(h.core.lock().unwrap().pending_samples(), 60);
+        assert_eq!(spill_records(&d, &e1), 3);
+        d.shutdown(Duration::from_millis(10)).await;
+    }
+
+    #[tokio::test]
+    async fn deliver_service_full_target_queue_drops_oldest_without_refusing() {
+        // Budget far larger than both queue bounds: a stuck target drops its
+        // oldest data and ingest keeps being accepted.
+        let (d, cluster) = delivery(64 << 20, 1 << 20);
+        for _ in 0..40 {
+            d.submit(accepted(&cluster)).await.expect("never refused");
+        }
+        let s = d.stats();
+        assert!(s.queue_full.load(Ordering::Relaxed) > 0);
+        for t in d.targets() {
+            let c = t.core.lock().unwrap();
+            assert!(c.queue_bytes() <= 1 << 20);
+        }
+        // Memory is released as chunks are dropped: what the queues hold is
+        // what the budget holds (at most two targets' bounds, shared chunks).
+        let used = d.budget().total_bytes() - d.budget().available_bytes();
+        assert!(used <= 3 << 20, "budget in use {used}");
+    }
+
+    #[tokio::test]
+    async fn deliver_service_exhausted_budget_is_overloaded_then_shutdown_refuses() {
+        // Queue bounds larger than the budget: the budget runs out first.
+        let (d, cluster) = delivery(2 << 20, 64 << 20);
+        let mut refused = None;
+        for i in 0..40 {
+            if let Err(e) = d.submit(accepted(&cluster)).await {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (i, e) = refused.expect("the budget runs out");
+        assert!(i > 0);
+        assert!(matches!(e, DeliveryError::Overloaded(_)), "{e}");
+        let left = d.shutdown(Duration::from_millis(50)).await;
+        assert!(left > 0, "paused targets keep their data");
+        assert!(matches!(
+            d.submit(accepted(&cluster)).await,
+            Err(DeliveryError::Unavailable(_))
+        ));
+    }
+}

@@ -1,0 +1,277 @@
+//! A target's sender task ([`run_target`]): polls the core for batches,
+//! sends them, reads spilled records back, reopens a broken disk queue, and
+//! applies each attempt's outcome ([`on_done`]); a retired target stops
+//! here once empty.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+
+use super::target::TargetHandle;
+use super::Inner;
+use crate::deliver::policy::SendResult;
+use crate::deliver::queue::Event;
+use crate::deliver::stats::{self, names, RecentError};
+
+struct Done {
+    lane: u32,
+    batch: u64,
+    result: SendResult,
+    latency: Duration,
+}
+
+pub(super) async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
+    let (tx, mut rx) = mpsc::channel::<Done>(crate::deliver::queue::MAX_LANES as usize * 2);
+    let mut in_flight = 0u32;
+    let mut sends = Vec::new();
+    loop {
+        let mut reopen_at = h.spill_reopen_at(Instant::now());
+        if reopen_at.is_some_and(|t| t <= Instant::now()) {
+            let (h2, i2) = (h.clone(), inner.clone());
+            reopen_at =
+                tokio::task::spawn_blocking(move || h2.recover_spill(&i2.stats, Instant::now()))
+                    .await
+                    .unwrap_or(None);
+        }
+        h.reload(&inner.stats);
+        // A failed read back just broke the queue: schedule its reopen (the
+        // lanes waiting for disk records have no wake-up of their own).
+        let reopen_at = reopen_at.or_else(|| h.spill_reopen_at(Instant::now()));
+        let now = Instant::now();
+        let (wake, idle, pending) = match h.core.lock() {
+            Ok(mut core) => {
+                while let Some(d) = core.poll(now) {
+                    sends.push(d);
+                }
+                h.metrics.load().queue_bytes.set(core.queue_bytes() as f64);
+                if let Some(s) = &h.spill {
+                    if let Ok(q) = s.queue.try_lock() {
+                        h.metrics.load().spill_bytes.set(q.stats().bytes as f64);
+                    }
+                }
+                h.metrics.load().in_flight.set(f64::from(core.in_flight()));
+                h.metrics
+                    .load()
+                    .concurrency
+                    .set(f64::from(core.concurrency()));
+                (core.next_wakeup(), core.is_idle(), core.pending_samples())
+            }
+            Err(_) => return,
+        };
+        for d in sends.drain(..) {
+            in_flight += 1;
+            if d.attempt > 1 {
+                h.metrics.load().retries.increment(1);
+            }
+            let target = h.target();
+            let sender = inner.sender.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                let result = sender.send(&target.config, d.body).await;
+                let _ = tx
+                    .send(Done {
+                        lane: d.lane,
+                        batch: d.batch,
+                        result,
+                        latency: t0.elapsed(),
+                    })
+                    .await;
+            });
+        }
+        if let Some(removed) = h.removed_at() {
+            if idle && in_flight == 0 {
+                if leave_retired(&inner, &h) {
+                    break;
+                }
+                // Revived (or not listed as retired yet): go on.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if now.saturating_duration_since(removed) > inner.settings.removed_drain {
+                if h.spill.is_some() {
+                    // Keep it on disk for the retention period.
+                    let lost = spill_all_blocking(&inner, &h).await;
+                    inner.stats.abandoned.fetch_add(lost, Ordering::Relaxed);
+                    if !leave_retired(&inner, &h) {
+                        // Revived (its id is back in the registry) while it
+                        // went to disk: it goes on, reading its backlog back.
+                        h.resume_after_spill();
+                        tracing::info!(target_id = %h.id, lost, "delivery: removed target came back while its backlog went to disk; it resumes from disk");
+                        continue;
+                    }
+                    // Revived and removed again while it went to disk: what
+                    // was pushed meanwhile goes to disk too.
+                    let again = match h.core.lock() {
+                        Ok(c) => !c.memory_empty(),
+                        Err(_) => false,
+                    };
+                    let lost = if again {
+                        let more = spill_all_blocking(&inner, &h).await;
+                        inner.stats.abandoned.fetch_add(more, Ordering::Relaxed);
+                        lost + more
+                    } else {
+                        lost
+                    };
+                    tracing::warn!(target_id = %h.id, samples = pending, lost, "delivery: removed target did not drain in time; its backlog stays on disk for the retention period");
+                    break;
+                }
+                if !leave_retired(&inner, &h) {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                inner.stats.abandoned.fetch_add(pending, Ordering::Relaxed);
+                metrics::counter!(names::DROPPED, "reason" => "removed").increment(pending);
+                tracing::warn!(target_id = %h.id, samples = pending, "delivery: removed target did not drain in time; its data is dropped");
+                break;
+            }
+        }
+        if inner.stopped.load(Ordering::SeqCst) {
+            break;
+        }
+        let wake = match (wake, reopen_at) {
+            (Some(w), Some(r)) => Some(w.min(r)),
+            (w, r) => w.or(r),
+        };
+        let sleep_until = wake
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = h.notify.notified() => {}
+            Some(done) = rx.recv() => {
+                in_flight = in_flight.saturating_sub(1);
+                on_done(&inner, &h, done);
+                // Drain every other finished attempt before polling again.
+                while let Ok(done) = rx.try_recv() {
+                    in_flight = in_flight.saturating_sub(1);
+                    on_done(&inner, &h, done);
+                }
+            }
+            _ = tokio::time::sleep_until(sleep_until) => {}
+        }
+    }
+    if let Ok(mut r) = inner.retired.lock() {
+        r.retain(|x| !Arc::ptr_eq(x, &h));
+    }
+    if h.removed_at().is_some() {
+        // A request routed with a plan from before the removal may still
+        // push here: it is counted as dropped, not lost silently.
+        if let Ok(mut core) = h.core.lock() {
+            core.close();
+        }
+    }
+    if h.removed_at().is_some() && !inner.stopped.load(Ordering::SeqCst) {
+        inner.forget_drained(&h);
+    }
+    tracing::debug!(target_id = %h.id, "delivery: target sender stopped");
+}
+
+/// [`TargetHandle::spill_all`] on a blocking thread (it may scan and fsync
+/// the disk queue); works on any runtime flavor.
+pub(super) async fn spill_all_blocking(inner: &Arc<Inner>, h: &Arc<TargetHandle>) -> u64 {
+    let (h2, i2) = (h.clone(), inner.clone());
+    match tokio::task::spawn_blocking(move || h2.spill_all(&i2.stats)).await {
+        Ok(lost) => lost,
+        Err(e) => {
+            tracing::error!(target_id = %h.id, error = %e, "delivery: moving this target's queue to disk failed");
+            0
+        }
+    }
+}
+
+/// A retired target's sender is about to stop: takes `h` out of the retired
+/// list, under the lock [`Inner::sync`] revives retired targets with, so a
+/// revival either happened before (returns false: `h` is active again and
+/// its sender must go on) or finds nothing and starts a new handle.
+fn leave_retired(inner: &Inner, h: &Arc<TargetHandle>) -> bool {
+    let Ok(mut r) = inner.retired.lock() else {
+        return true;
+    };
+    let before = r.len();
+    r.retain(|x| !Arc::ptr_eq(x, h));
+    let gone = r.len() != before;
+    if gone {
+        // Gone for good: its series leave /metrics after the idle timeout.
+        stats::forget_target(&h.id());
+    }
+    gone
+}
+
+fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
+    let (event, was) = match h.core.lock() {
+        Ok(mut core) => {
+            let was = core.state(Instant::now());
+            let ev = core.on_result(
+                done.lane,
+                done.batch,
+                &done.result,
+                done.latency,
+                Instant::now(),
+                SystemTime::now(),
+            );
+            (ev, was)
+        }
+        Err(_) => return,
+    };
+    if matches!(done.result, SendResult::Status { .. }) {
+        h.metrics.load().latency.record(done.latency.as_secs_f64());
+    }
+    match event {
+        Event::Sent { samples, bytes } => {
+            h.metrics.load().samples.increment(u64::from(samples));
+            h.metrics.load().bytes.increment(bytes);
+            h.metrics.load().requests.increment(1);
+            inner
+                .stats
+                .out_samples
+                .fetch_add(u64::from(samples), Ordering::Relaxed);
+            inner.stats.out_bytes.fetch_add(bytes, Ordering::Relaxed);
+            if was != "healthy" && was != "paused" {
+                tracing::info!(target_id = %h.id, "delivery: target recovered");
+            }
+        }
+        Event::Retrying {
+            kind,
+            status,
+            message,
+        } => {
+            metrics::counter!(names::TARGET_FAILURES, "target" => h.id(), "status" => kind)
+                .increment(1);
+            if was == "healthy" {
+                tracing::warn!(target_id = %h.id, error = %message, "delivery: target failing; retrying");
+            } else {
+                tracing::debug!(target_id = %h.id, error = %message, "delivery: retry failed");
+            }
+            inner.stats.push_error(RecentError {
+                time: SystemTime::now(),
+                target: h.id(),
+                status,
+                message,
+            });
+        }
+        Event::Dropped {
+            status,
+            samples,
+            message,
+        } => {
+            metrics::counter!(names::TARGET_FAILURES, "target" => h.id(), "status" => status.to_string())
+                .increment(1);
+            h.metrics.load().rejected.increment(u64::from(samples));
+            metrics::counter!(names::DROPPED, "reason" => "rejected").increment(u64::from(samples));
+            inner
+                .stats
+                .rejected
+                .fetch_add(u64::from(samples), Ordering::Relaxed);
+            tracing::warn!(target_id = %h.id, status, samples, error = %message, "delivery: batch rejected by the target; dropped");
+            inner.stats.push_error(RecentError {
+                time: SystemTime::now(),
+                target: h.id(),
+                status: Some(status),
+                message,
+            });
+        }
+        Event::Stale => {}
+    }
+}

@@ -1,0 +1,401 @@
+//! One target: [`TargetHandle`] holds its config, metrics, queue state
+//! machine ([`TargetCore`]) and its sender's wake-up; pushes chunks into
+//! the core, takes a config change in place ([`TargetHandle::reconfigure`]),
+//! pauses, and renders the TARGET object of docs/stats-api.md. Its disk spill
+//! is in `target_spill.rs`.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use super::reconcile::Orphan;
+use super::target_spill::{write_manifest, Spill, ToDisk};
+use super::{wall_ms, Settings};
+use crate::deliver::queue::{Chunk, CoreConfig, TargetCore};
+use crate::deliver::spill::{self as spill_mod, lock_queue};
+use crate::deliver::stats::{self, names, GlobalStats};
+use crate::deliver::MemoryBudget;
+use crate::registry::{Snapshot, Target};
+
+pub(super) struct TargetMetrics {
+    pub(super) samples: metrics::Counter,
+    pub(super) bytes: metrics::Counter,
+    pub(super) requests: metrics::Counter,
+    pub(super) retries: metrics::Counter,
+    pub(super) queue_full: metrics::Counter,
+    pub(super) disk_full: metrics::Counter,
+    pub(super) rejected: metrics::Counter,
+    pub(super) queue_bytes: metrics::Gauge,
+    pub(super) spill_bytes: metrics::Gauge,
+    pub(super) in_flight: metrics::Gauge,
+    pub(super) concurrency: metrics::Gauge,
+    pub(super) latency: metrics::Histogram,
+}
+
+impl TargetMetrics {
+    fn new(id: &str) -> TargetMetrics {
+        let t = id.to_owned();
+        TargetMetrics {
+            samples: metrics::counter!(names::TARGET_SAMPLES, "target" => t.clone()),
+            bytes: metrics::counter!(names::TARGET_BYTES, "target" => t.clone()),
+            requests: metrics::counter!(names::TARGET_REQUESTS, "target" => t.clone()),
+            retries: metrics::counter!(names::TARGET_RETRIES, "target" => t.clone()),
+            queue_full: metrics::counter!(names::TARGET_DROPPED, "target" => t.clone(), "reason" => "queue_full"),
+            disk_full: metrics::counter!(names::TARGET_DROPPED, "target" => t.clone(), "reason" => "disk_full"),
+            rejected: metrics::counter!(names::TARGET_DROPPED, "target" => t.clone(), "reason" => "rejected"),
+            queue_bytes: metrics::gauge!(names::TARGET_QUEUE_BYTES, "target" => t.clone()),
+            spill_bytes: metrics::gauge!(names::TARGET_SPILL_BYTES, "target" => t.clone()),
+            in_flight: metrics::gauge!(names::TARGET_IN_FLIGHT, "target" => t.clone()),
+            concurrency: metrics::gauge!(names::TARGET_CONCURRENCY, "target" => t.clone()),
+            latency: metrics::histogram!(names::TARGET_LATENCY, "target" => t),
+        }
+    }
+}
+
+/// Copies `chunk` out of its request's buffer when that buffer is more
+/// than twice its size, with a permit of its own from `budget`; unchanged
+/// when the budget has no room for the copy (it then keeps pinning).
+fn unpin(chunk: Chunk, budget: &MemoryBudget) -> Chunk {
+    let len = chunk.records.len() as u64;
+    let pinned = chunk.permit.as_ref().map_or(0, |p| p.bytes());
+    if pinned <= 2 * len {
+        return chunk;
+    }
+    match budget.try_acquire(len) {
+        Ok(permit) => Chunk {
+            records: Bytes::copy_from_slice(&chunk.records),
+            permit: Some(Arc::new(permit)),
+            ..chunk
+        },
+        Err(_) => chunk,
+    }
+}
+
+/// One target: its config, its queue state machine and its sender's wake-up.
+pub struct TargetHandle {
+    /// Its id; changes when its export's config changes live
+    /// ([`TargetHandle::reconfigure`]), as do the endpoint and metrics.
+    pub(super) id: ArcSwap<String>,
+    pub(super) endpoint: ArcSwap<String>,
+    pub(super) target: Mutex<Arc<Target>>,
+    pub(super) core: Mutex<TargetCore>,
+    pub(super) notify: Notify,
+    pub(super) removed_at: Mutex<Option<Instant>>,
+    pub(super) metrics: ArcSwap<TargetMetrics>,
+    pub(super) spill: Option<Spill>,
+}
+
+impl std::fmt::Debug for TargetHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetHandle")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl TargetHandle {
+    pub(super) fn new(
+        target: Arc<Target>,
+        settings: &Settings,
+        adopt: Option<&Orphan>,
+    ) -> TargetHandle {
+        let d = &target.config.delivery;
+        let mut config = CoreConfig {
+            max_samples: d.max_samples_per_send.max(1),
+            deadline: d.batch_send_deadline,
+            max_concurrency: d.max_concurrency.max(1),
+            max_backoff: d.max_backoff,
+            queue_bytes: settings.target_queue_bytes,
+            lanes: None,
+        };
+        let seed = target.id.0.bytes().fold(0u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let opened = Spill::open(&target, config.lanes(), adopt, settings);
+        if let Some((_, _, _, lanes)) = &opened {
+            if *lanes != config.lanes() {
+                config.lanes = Some(*lanes);
+            }
+        }
+        let mut core = TargetCore::new(target.id.0.clone(), config, seed);
+        let spill = opened.map(|(s, written, queued, _)| {
+            if queued > 0 {
+                core.set_recovered(0, written);
+            }
+            s
+        });
+        TargetHandle {
+            id: ArcSwap::from_pointee(target.id.0.clone()),
+            endpoint: ArcSwap::from_pointee(stats::display_endpoint(&target.config.endpoint)),
+            core: Mutex::new(core),
+            spill,
+            metrics: ArcSwap::from_pointee(TargetMetrics::new(&target.id.0)),
+            target: Mutex::new(target),
+            notify: Notify::new(),
+            removed_at: Mutex::new(None),
+        }
+    }
+
+    /// Target id.
+    pub fn id(&self) -> String {
+        self.id.load().as_ref().clone()
+    }
+
+    /// A live config change of the same export (docs/spill.md "Config
+    /// changes"): this handle goes on as target `t` (new id, endpoint, auth,
+    /// headers, delivery options) with its queue, lanes, disk backlog and
+    /// in-flight attempts; every attempt from now on uses the new config.
+    /// Its spill directory is renamed to `t`'s (which must hold no records)
+    /// under the queue lock, after the sync round in progress (the round
+    /// lock, then the queue lock: `spill/commit.rs`); the parent directory
+    /// is fsynced and the manifest rewritten after both are released.
+    /// Returns false, changing nothing, when the directory cannot be moved,
+    /// or when the disk queue is broken: a reopen may be reading the
+    /// directory at its current path without the queue lock
+    /// ([`Self::recover_spill`]), so it must not move under it.
+    pub(super) fn reconfigure(&self, t: Arc<Target>, settings: &Settings) -> bool {
+        let new_id = t.id.0.clone();
+        let mut moved = None;
+        if let (Some(spill), Some(data_dir)) = (&self.spill, &settings.data_dir) {
+            let to = spill_mod::target_dir(data_dir, &new_id);
+            let rounds = spill.commit.hold_rounds();
+            let mut q = lock_queue(&spill.queue);
+            if q.is_broken() {
+                tracing::warn!(target_id = %self.id, new_target_id = %new_id,
+                    "delivery: the disk queue is broken (being reopened); the old target drains in parallel instead of going on under the new config");
+                return false;
+            }
+            let from = q.dir().to_path_buf();
+            if let Err(e) = spill_mod::move_dir(&from, &to) {
+                tracing::warn!(target_id = %self.id, new_target_id = %new_id, error = %e,
+                    "delivery: cannot move the disk queue to the new config's target; the old target drains in parallel instead");
+                return false;
+            }
+            q.moved_to(&to);
+            drop(q);
+            drop(rounds);
+            moved = Some(to);
+        }
+        // The target first: the sender reads it for every attempt, so a
+        // batch polled from here on goes to the new endpoint.
+        if let Ok(mut cur) = self.target.lock() {
+            *cur = t.clone();
+        }
+        self.endpoint
+            .store(Arc::new(stats::display_endpoint(&t.config.endpoint)));
+        let d = &t.config.delivery;
+        let config = CoreConfig {
+            max_samples: d.max_samples_per_send.max(1),
+            deadline: d.batch_send_deadline,
+            max_concurrency: d.max_concurrency.max(1),
+            max_backoff: d.max_backoff,
+            queue_bytes: settings.target_queue_bytes,
+            lanes: None,
+        };
+        if let Ok(mut core) = self.core.lock() {
+            core.reconfigure(new_id.clone(), config);
+        }
+        let old = self.metrics.load();
+        for g in [
+            &old.queue_bytes,
+            &old.spill_bytes,
+            &old.in_flight,
+            &old.concurrency,
+        ] {
+            g.set(0.0);
+        }
+        self.metrics.store(Arc::new(TargetMetrics::new(&new_id)));
+        self.id.store(Arc::new(new_id.clone()));
+        if let Some(to) = moved {
+            spill_mod::sync_parent(&to);
+            write_manifest(&new_id, self.lanes(), &t.routes, &to);
+        }
+        self.notify.notify_one();
+        true
+    }
+
+    /// Takes the registry's current view of this target (same id, so same
+    /// config; its routes may differ) and keeps the spill manifest's routes
+    /// current, for a successor after a config change.
+    pub(super) fn set_target(&self, t: Arc<Target>) {
+        let routes_changed = match self.target.lock() {
+            Ok(mut cur) => {
+                let changed = cur.routes != t.routes;
+                *cur = t.clone();
+                changed
+            }
+            Err(_) => false,
+        };
+        if let (true, Some(spill)) = (routes_changed, &self.spill) {
+            let dir = lock_queue(&spill.queue).dir().to_path_buf();
+            write_manifest(&self.id(), self.lanes(), &t.routes, &dir);
+        }
+    }
+
+    pub(super) fn lanes(&self) -> u32 {
+        self.core.lock().map_or(1, |c| c.lanes())
+    }
+
+    pub(super) fn target(&self) -> Arc<Target> {
+        self.target
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    pub(super) fn removed_at(&self) -> Option<Instant> {
+        self.removed_at.lock().ok().and_then(|r| *r)
+    }
+
+    pub(super) fn set_removed(&self, at: Option<Instant>) {
+        if let Ok(mut r) = self.removed_at.lock() {
+            *r = at;
+        }
+        if let Ok(mut c) = self.core.lock() {
+            c.set_flush(at.is_some());
+        }
+        self.notify.notify_one();
+    }
+
+    pub(super) fn push(
+        &self,
+        shard: u32,
+        chunk: Chunk,
+        stats: &GlobalStats,
+        now: Instant,
+        wall: u64,
+    ) {
+        self.push_all(std::iter::once((shard, chunk)), None, stats, now, wall);
+    }
+
+    /// Queues `chunks` (shard, chunk) under one lock and wakes the sender
+    /// once. On a lagging target ([`TargetCore::lagging`]) a chunk that
+    /// pins a request buffer much larger than itself is copied out first,
+    /// with a permit of its own from `budget` (when it has room), so the
+    /// backlog holds only its own bytes. A handle whose sender already
+    /// stopped (removed for good) takes nothing: the samples are counted as
+    /// dropped (`removed`).
+    pub(super) fn push_all(
+        &self,
+        chunks: impl Iterator<Item = (u32, Chunk)>,
+        budget: Option<&MemoryBudget>,
+        stats: &GlobalStats,
+        now: Instant,
+        wall: u64,
+    ) {
+        let mut to_disk = ToDisk {
+            spill: self.spill.as_ref(),
+            wall_ms: wall,
+            now,
+            disk_full: 0,
+            error: None,
+        };
+        let mut removed = 0u64;
+        let dropped = match self.core.lock() {
+            Ok(mut core) => {
+                let before = core.counters().dropped_queue_full;
+                for (shard, chunk) in chunks {
+                    if core.closed() {
+                        removed += u64::from(chunk.samples);
+                        continue;
+                    }
+                    let chunk = match budget {
+                        Some(b) if core.lagging() => unpin(chunk, b),
+                        _ => chunk,
+                    };
+                    core.push(shard, chunk, &mut to_disk);
+                }
+                core.counters().dropped_queue_full - before
+            }
+            Err(_) => chunks.map(|(_, c)| u64::from(c.samples)).sum(),
+        };
+        if dropped > 0 {
+            stats.add_queue_full(dropped);
+            self.metrics.load().queue_full.increment(dropped);
+        }
+        if removed > 0 {
+            stats.abandoned.fetch_add(removed, Ordering::Relaxed);
+            metrics::counter!(names::DROPPED, "reason" => "removed").increment(removed);
+        }
+        self.count_disk(&to_disk, stats);
+        self.notify.notify_one();
+    }
+
+    /// Pauses or resumes sending.
+    pub fn set_paused(&self, paused: bool) {
+        if let Ok(mut c) = self.core.lock() {
+            c.set_paused(paused);
+        }
+        self.notify.notify_one();
+    }
+
+    /// The TARGET object of docs/stats-api.md.
+    pub fn to_json(&self, snapshot: &Snapshot) -> Value {
+        let target = self.target();
+        let now = Instant::now();
+        let (spill_bytes, oldest_ms) = self.spill_stats();
+        let disk_age = oldest_ms.map_or(0.0, |t| {
+            wall_ms(SystemTime::now()).saturating_sub(t) as f64 / 1000.0
+        });
+        let disk_full = self
+            .spill
+            .as_ref()
+            .map_or(0, |s| s.disk_full.load(Ordering::Relaxed));
+        let Ok(core) = self.core.lock() else {
+            return json!({"id": self.id(), "endpoint": self.endpoint.load().as_str(), "state": "failing"});
+        };
+        let c = core.counters();
+        let h = core.latency_us();
+        let q = |p: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(p) as f64 / 1000.0
+            }
+        };
+        let feeds: Vec<Value> = target
+            .routes
+            .iter()
+            .map(|r| {
+                json!({
+                    "exportId": r.export_id,
+                    "deploymentId": r.deployment_id,
+                    "clusterId": snapshot.deployment_cluster_id(&r.deployment_id).unwrap_or(""),
+                })
+            })
+            .collect();
+        json!({
+            "id": self.id(),
+            "endpoint": self.endpoint.load().as_str(),
+            "state": core.state(now),
+            "paused": core.paused(),
+            "queueBytes": core.queue_bytes(),
+            "queueSamples": core.queue_samples(),
+            "spillBytes": spill_bytes,
+            "oldestQueuedSeconds": core.oldest_queued(now).as_secs_f64().max(disk_age),
+            "samplesSent": c.samples_sent,
+            "bytesSent": c.bytes_sent,
+            "requestsSent": c.requests_sent,
+            "retries": c.retries,
+            "failures": c.failures,
+            "dropped": {"rejected": c.dropped_rejected, "queue_full": c.dropped_queue_full, "disk_full": disk_full},
+            "lastError": core.last_error().map(|e| json!({
+                "time": stats::rfc3339(e.time),
+                "status": e.status,
+                "message": e.message,
+            })),
+            "concurrency": core.concurrency(),
+            "inFlight": core.in_flight(),
+            "latencyMs": {
+                "p50": q(0.5), "p90": q(0.9), "p99": q(0.99),
+                "max": if h.is_empty() { 0.0 } else { h.max() as f64 / 1000.0 },
+            },
+            "feeds": feeds,
+        })
+    }
+}
