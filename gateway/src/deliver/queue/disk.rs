@@ -4,8 +4,6 @@
 //!
 //! At shutdown [`TargetCore::drain_memory`] hands what is in memory to the
 //! disk queue, and [`TargetCore::undrain`] takes the target back.
-//!
-//! [`Counters::dropped_unreadable`]: super::Counters::dropped_unreadable
 
 use std::time::{Duration, Instant};
 
@@ -71,6 +69,7 @@ impl TargetCore {
                 series,
                 enqueued: now.checked_sub(age).unwrap_or(now),
                 permit: None,
+                sharers: 1,
                 records: c.records,
             };
             self.reload_bytes += chunk.records.len() as u64;
@@ -101,8 +100,7 @@ impl TargetCore {
     /// (lane, chunk). Afterwards nothing is read back and
     /// [`TargetCore::disk_ack`] stays below the oldest record read back but
     /// not delivered: those are still on disk, and acking them would lose
-    /// them. A batch that cannot be read back (it never fails for bytes this
-    /// core compressed) is counted in [`Counters::dropped_unreadable`].
+    /// them.
     pub fn drain_memory(&mut self) -> Vec<(u32, Chunk)> {
         self.read_through = self.disk_ack();
         self.drained = true;
@@ -111,30 +109,10 @@ impl TargetCore {
             if b.sending {
                 self.in_flight = self.in_flight.saturating_sub(1);
             }
-            if b.from_disk {
-                continue;
-            }
-            let raw = match fanout_proto::snappy::decompress(&b.body, 256 << 20) {
-                Ok(raw) => raw,
-                Err(e) => {
-                    tracing::error!(target_id = %self.id, samples = b.samples, error = %e,
-                        "delivery: a batch could not be read back for the shutdown spill; its samples are lost");
-                    self.counters.dropped_unreadable += u64::from(b.samples);
-                    continue;
-                }
-            };
-            let mut start = 0usize;
-            for &(lane, end) in &b.pieces {
-                let records = raw.slice(start..end as usize);
-                start = end as usize;
-                let (_, samples, series) = split_point(&records, u32::MAX, true);
-                from_batches[lane as usize].push(Chunk {
-                    records,
-                    samples,
-                    series,
-                    enqueued: b.oldest,
-                    permit: None,
-                });
+            // A disk batch is still on disk; a memory batch goes back as
+            // the chunks it was made of.
+            for (lane, c) in b.pieces {
+                from_batches[lane as usize].push(c);
             }
         }
         let mut out = Vec::new();

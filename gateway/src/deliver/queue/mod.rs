@@ -65,6 +65,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::policy::{classify, Backoff, Concurrency, SendResult, Verdict};
 use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+
+use super::shared::{recipe_key, SharedBatches};
 
 mod disk;
 mod groups;
@@ -72,7 +75,7 @@ mod records;
 mod types;
 
 use groups::{group_mask, mask_lanes, LoadMeter};
-use records::split_point;
+use records::{sort_records, split_point};
 pub use types::{
     lanes_for, Chunk, CoreConfig, Counters, DiskChunk, Dispatch, DropOldest, Event, LastError,
     Overflow,
@@ -103,12 +106,12 @@ struct Batch {
     first_lane: u32,
     /// Disk seqs this batch completes when delivered or dropped.
     seqs: Vec<u64>,
-    /// Formed from disk records (still on disk until acked).
-    from_disk: bool,
-    /// Memory batches: which lane each run of the uncompressed records came
-    /// from, `(lane, end offset)` in order, so a shutdown spill puts every
-    /// record back under its own lane's tag.
-    pieces: Vec<(u32, u32)>,
+    /// Memory batches: the queued chunks (or parts) it was made of, with
+    /// their lanes, in order: a shutdown spill puts every record back under
+    /// its own lane's tag without reading the compressed body (whose
+    /// records may be in another order, [`records::sort_records`]). They
+    /// keep their memory permits until the batch is done.
+    pieces: Vec<(u32, Chunk)>,
 }
 
 #[derive(Debug, Default)]
@@ -161,6 +164,11 @@ pub struct TargetCore {
     drained: bool,
     /// [`TargetCore::close`] ran.
     closed: bool,
+    /// The memo of batches other targets compressed ([`Self::set_shared`]).
+    shared: Option<Arc<SharedBatches>>,
+    /// Scratch for sorting a batch's records.
+    sorted: Vec<u8>,
+    sort_index: Vec<(u32, u32, u32)>,
 }
 
 impl TargetCore {
@@ -195,6 +203,9 @@ impl TargetCore {
             reload_samples: 0,
             drained: false,
             closed: false,
+            shared: None,
+            sorted: Vec::new(),
+            sort_index: Vec::new(),
         }
     }
 
@@ -294,6 +305,13 @@ impl TargetCore {
     /// counts what it would have pushed as dropped.
     pub fn close(&mut self) {
         self.closed = true;
+    }
+
+    /// Shares compressed batches with the other targets of `memo`: a batch
+    /// made of exactly the chunks another target already compressed reuses
+    /// its body ([`crate::deliver::shared`]).
+    pub fn set_shared(&mut self, memo: Arc<SharedBatches>) {
+        self.shared = Some(memo);
     }
 
     /// Whether [`Self::close`] ran.
@@ -425,11 +443,10 @@ impl TargetCore {
     /// Every lane it takes data from is busy until the batch is done.
     fn form_batch(&mut self, mask: u64, from_disk: bool, now: Instant) -> Dispatch {
         let max = self.config.max_samples.max(1);
-        self.scratch.clear();
         let mut samples = 0u32;
         let mut oldest = now;
         let mut seqs = Vec::new();
-        let mut pieces: Vec<(u32, u32)> = Vec::new();
+        let mut pieces: Vec<(u32, Chunk)> = Vec::new();
         let mut taken = 0u64;
         while samples < max {
             let Some(l) = self.oldest_lane(mask, from_disk) else {
@@ -443,24 +460,31 @@ impl TargetCore {
                 lane.queue.front_mut()
             };
             let Some(front) = front else { break };
-            let (end, s) = if front.samples <= room {
-                (front.records.len(), front.samples)
+            let (end, s, series) = if front.samples <= room {
+                (front.records.len(), front.samples, front.series)
             } else {
-                let (end, s, _) = split_point(&front.records, room, samples == 0);
-                (end, s)
+                split_point(&front.records, room, samples == 0)
             };
             if end == 0 {
                 break;
             }
             oldest = oldest.min(front.enqueued);
-            self.scratch.extend_from_slice(&front.records[..end]);
             taken |= 1 << l;
             let split = end < front.records.len();
-            if split {
+            let piece = if split {
                 // The rest stays at the head (a disk seq completes with the
                 // batch that takes its rest).
+                let part = Chunk {
+                    records: front.records.slice(..end),
+                    samples: s,
+                    series,
+                    enqueued: front.enqueued,
+                    permit: front.permit.clone(),
+                    sharers: front.sharers,
+                };
                 front.records = front.records.slice(end..);
                 front.samples = front.samples.saturating_sub(s);
+                front.series = front.series.saturating_sub(series);
                 if from_disk {
                     self.reload_bytes -= end as u64;
                     self.reload_samples -= u64::from(s);
@@ -470,31 +494,28 @@ impl TargetCore {
                     self.queue_samples -= u64::from(s);
                     self.queue_bytes -= end as u64;
                 }
+                Some(part)
             } else if from_disk {
-                if let Some((seq, c)) = lane.disk.pop_front() {
+                lane.disk.pop_front().map(|(seq, c)| {
                     self.reload_bytes -= c.records.len() as u64;
                     self.reload_samples -= u64::from(c.samples);
                     seqs.push(seq);
-                }
+                    c
+                })
             } else {
-                let _ = self.pop_front(l);
-            }
+                self.pop_front(l)
+            };
             samples = samples.saturating_add(s);
-            let end = self.scratch.len() as u32;
-            match pieces.last_mut() {
-                Some((pl, e)) if *pl == l as u32 => *e = end,
-                _ => pieces.push((l as u32, end)),
+            if let Some(piece) = piece {
+                pieces.push((l as u32, piece));
             }
             if split {
                 break;
             }
         }
+        let body = self.compress(&pieces, from_disk, now);
         if from_disk {
             pieces = Vec::new();
-        }
-        let body = Bytes::from(fanout_proto::snappy::compress(&self.scratch));
-        if self.scratch.capacity() > 16 << 20 {
-            self.scratch = BytesMut::new();
         }
         let id = self.next_batch;
         self.next_batch += 1;
@@ -513,7 +534,6 @@ impl TargetCore {
             lanes: taken,
             first_lane,
             seqs,
-            from_disk,
             pieces,
         });
         Dispatch {
@@ -523,6 +543,37 @@ impl TargetCore {
             attempt: 1,
             samples,
         }
+    }
+
+    /// The compressed `WriteRequest` of `pieces`: another target's body
+    /// when it formed the same batch from the same chunks, else the records
+    /// sorted by labels and compressed here (and published for the others).
+    fn compress(&mut self, pieces: &[(u32, Chunk)], from_disk: bool, now: Instant) -> Bytes {
+        let sharers = pieces.iter().map(|(_, c)| c.sharers).min().unwrap_or(1);
+        let memo = self.shared.as_ref().filter(|_| !from_disk && sharers > 1);
+        let slices = pieces.iter().map(|(_, c)| &c.records[..]);
+        let key = memo.map(|_| recipe_key(slices.clone()));
+        if let (Some(memo), Some(key)) = (memo, key) {
+            if let Some(hit) = memo.find(key, slices.clone(), now) {
+                return hit.body;
+            }
+        }
+        self.scratch.clear();
+        for (_, c) in pieces {
+            self.scratch.extend_from_slice(&c.records);
+        }
+        sort_records(&self.scratch, &mut self.sort_index, &mut self.sorted);
+        let body = Bytes::from(fanout_proto::snappy::compress(&self.sorted));
+        if self.scratch.capacity() > 16 << 20 {
+            self.scratch = BytesMut::new();
+            self.sorted = Vec::new();
+            self.sort_index = Vec::new();
+        }
+        if let (Some(memo), Some(key)) = (memo, key) {
+            let recipe = pieces.iter().map(|(_, c)| c.records.clone()).collect();
+            memo.publish(key, recipe, body.clone(), sharers - 1, now);
+        }
+        body
     }
 
     /// When [`poll`](Self::poll) may next have something (a deadline or a

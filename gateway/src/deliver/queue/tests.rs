@@ -1,6 +1,7 @@
 use super::*;
 use fanout_proto::encode::{Encoder, LabelSet};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// `n` one-sample records, each a distinct series.
 fn records(n: usize, tag: &str) -> (Bytes, u32) {
@@ -39,6 +40,7 @@ fn chunk(n: usize, tag: &str, at: Instant) -> Chunk {
         series: samples,
         enqueued: at,
         permit: None,
+        sharers: 1,
     }
 }
 
@@ -571,6 +573,7 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
             series: 25,
             enqueued: t0,
             permit: None,
+            sharers: 1,
         },
         &mut DropOldest,
     );
@@ -625,6 +628,7 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
                 series: 1,
                 enqueued: t0,
                 permit: None,
+                sharers: 1,
             },
             &mut DropOldest,
         );
@@ -750,6 +754,65 @@ fn deliver_queue_groups_follow_load() {
         }
     }
     assert_eq!(core.groups(), 1, "shrank at a light load");
+}
+
+#[test]
+fn deliver_queue_targets_given_the_same_chunks_share_one_compressed_body() {
+    let t0 = Instant::now();
+    let memo = Arc::new(crate::deliver::shared::SharedBatches::new());
+    let mut cfg = config();
+    cfg.max_samples = 100;
+    cfg.max_concurrency = 4;
+    let mut a = TargetCore::new("a", cfg.clone(), 1);
+    let mut b = TargetCore::new("b", cfg.clone(), 2);
+    let mut alone = TargetCore::new("c", cfg, 3);
+    for core in [&mut a, &mut b, &mut alone] {
+        core.set_shared(memo.clone());
+    }
+    for lane in 0..4u32 {
+        let mut c = chunk(25, &format!("l{lane}"), t0);
+        c.sharers = 2;
+        a.push(lane, c.clone(), &mut DropOldest);
+        b.push(lane, c.clone(), &mut DropOldest);
+        // The same bytes given to one target only: never published.
+        c.sharers = 1;
+        alone.push(lane, c, &mut DropOldest);
+    }
+    let da = a.poll(t0).unwrap();
+    let db = b.poll(t0).unwrap();
+    let dc = alone.poll(t0).unwrap();
+    assert_eq!(da.samples, 100);
+    assert_eq!(
+        da.body.as_ptr(),
+        db.body.as_ptr(),
+        "the same bytes, compressed once"
+    );
+    assert_ne!(da.body.as_ptr(), dc.body.as_ptr());
+    assert_eq!(decode(&da.body), decode(&dc.body));
+    assert_eq!(memo.hits_misses(), (1, 1));
+    assert!(memo.is_empty(), "gone once both sharers had it");
+}
+
+#[test]
+fn deliver_queue_batch_records_are_sorted_by_labels_and_stable_per_series() {
+    let mut src = BytesMut::new();
+    for (name, v) in [("b", 1), ("a", 2), ("b", 3), ("a", 4), ("c", 5)] {
+        src.extend_from_slice(&series_records(name, &[v]));
+    }
+    let mut index = Vec::new();
+    let mut out = Vec::new();
+    super::records::sort_records(&src, &mut index, &mut out);
+    let body = Bytes::from(fanout_proto::snappy::compress(&out));
+    let want: Vec<(String, u64)> = [("a", 2), ("a", 4), ("b", 1), ("b", 3), ("c", 5)]
+        .iter()
+        .map(|(n, v)| (n.to_string(), *v))
+        .collect();
+    assert_eq!(samples_of(&body), want);
+    // Bytes that are not records stay, at the end.
+    src.extend_from_slice(&[0x0a, 0xff]);
+    super::records::sort_records(&src, &mut index, &mut out);
+    assert_eq!(out.len(), src.len());
+    assert!(out.ends_with(&[0x0a, 0xff]));
 }
 
 mod sim {
@@ -911,6 +974,7 @@ mod sim {
                             series: u32::from(n),
                             enqueued: w.now,
                             permit: None,
+                            sharers: 1,
                         };
                         w.core.push(lane, chunk, &mut w.disk);
                     }

@@ -27,6 +27,10 @@ pub struct Chunk {
     pub enqueued: Instant,
     /// The memory it holds in the shared budget (shared by the request's chunks).
     pub permit: Option<Arc<MemoryPermit>>,
+    /// How many targets were given these very records (the targets of its
+    /// label variant): above 1, a batch made of them may be formed the same
+    /// way by another target ([`crate::deliver::shared`]).
+    pub sharers: u16,
 }
 
 /// Where chunks go when a target's memory queue is full: the disk spill.
@@ -178,7 +182,4 @@ pub struct Counters {
     pub dropped_queue_full: u64,
     /// Samples moved to the disk spill.
     pub spilled: u64,
-    /// Samples lost from memory at shutdown because a batch could not be
-    /// read back for the spill (counted, never silent).
-    pub dropped_unreadable: u64,
 }

@@ -39,6 +39,7 @@ use super::catalog::Catalog;
 use super::http::HttpSender;
 use super::queue::Chunk;
 use super::route::{Plan, ScratchPool};
+use super::shared::SharedBatches;
 use super::stats::{self, names, GlobalStats};
 use super::{Accepted, Delivery, DeliveryError, MemoryBudget};
 use crate::ingest::args::{ByteSize, HumanDuration};
@@ -187,6 +188,8 @@ struct Inner {
     stopped: AtomicBool,
     /// Backlogs on disk of targets not in the registry, as last seen.
     orphans: Mutex<Vec<Orphan>>,
+    /// Compressed batches shared between targets.
+    shared: Arc<SharedBatches>,
 }
 
 /// The real delivery (SPEC §4, §5); cheap to clone.
@@ -222,6 +225,7 @@ impl FanoutDelivery {
                 stats: GlobalStats::default(),
                 started: Instant::now(),
                 closing: AtomicBool::new(false),
+                shared: Arc::new(SharedBatches::new()),
                 orphans: Mutex::new(Vec::new()),
                 stopped: AtomicBool::new(false),
             }),
@@ -551,7 +555,7 @@ impl Inner {
                 let (_, c0, k0) = run[0];
                 let target = &chunks[c0 as usize].0.targets[k0 as usize];
                 let items = run.iter().map(|&(_, c, _)| {
-                    let (_, shard, bytes, samples, series) = &chunks[c as usize];
+                    let (variant, shard, bytes, samples, series) = &chunks[c as usize];
                     (
                         *shard,
                         Chunk {
@@ -560,6 +564,7 @@ impl Inner {
                             series: *series,
                             enqueued: now,
                             permit: Some(permit.clone()),
+                            sharers: variant.targets.len().min(usize::from(u16::MAX)) as u16,
                         },
                     )
                 });
@@ -575,6 +580,8 @@ impl Inner {
                 series,
                 enqueued: now,
                 permit: Some(permit.clone()),
+                // wal: each target reads its own copy back from disk.
+                sharers: 1,
             };
             for t in &variant.targets {
                 match t.push_wal(shard, chunk.clone(), stats, now, wall) {

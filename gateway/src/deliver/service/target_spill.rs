@@ -486,9 +486,7 @@ impl TargetHandle {
         let Some(spill) = &self.spill else {
             return core.pending_samples();
         };
-        let unreadable = core.counters().dropped_unreadable;
         let chunks = core.drain_memory();
-        let unreadable = core.counters().dropped_unreadable - unreadable;
         drop(core);
         let now = Instant::now();
         let mut to_disk = ToDisk {
@@ -498,7 +496,7 @@ impl TargetHandle {
             disk_full: 0,
             error: None,
         };
-        let mut lost = unreadable;
+        let mut lost = 0u64;
         for (lane, c) in chunks {
             let samples = u64::from(c.samples);
             if to_disk.overflow(lane, c).is_none() {
