@@ -168,7 +168,7 @@ pub struct TargetCore {
     shared: Option<Arc<SharedBatches>>,
     /// Scratch for sorting a batch's records.
     sorted: Vec<u8>,
-    sort_index: Vec<(u32, u32, u32)>,
+    sort_index: Vec<(u32, u32, u32, u32)>,
 }
 
 impl TargetCore {
@@ -547,7 +547,7 @@ impl TargetCore {
 
     /// The compressed `WriteRequest` of `pieces`: another target's body
     /// when it formed the same batch from the same chunks, else the records
-    /// sorted by labels and compressed here (and published for the others).
+    /// grouped by metric and compressed here (and published for the others).
     fn compress(&mut self, pieces: &[(u32, Chunk)], from_disk: bool, now: Instant) -> Bytes {
         let sharers = pieces.iter().map(|(_, c)| c.sharers).min().unwrap_or(1);
         let memo = self.shared.as_ref().filter(|_| !from_disk && sharers > 1);

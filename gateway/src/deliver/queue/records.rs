@@ -44,13 +44,15 @@ pub(super) fn split_point(records: &[u8], max: u32, at_least_one: bool) -> (usiz
     (end, samples, series)
 }
 
-/// Copies the records of `src` into `out` ordered by their labels (stable:
-/// records with the same labels, i.e. of one series, keep their order).
-/// Neighbours that share most of their labels compress far better with
+/// Copies the records of `src` into `out` grouped by metric: ordered by
+/// their first label (`__name__` in a sorted label set), records with the
+/// same first label keeping their order (so a series' records stay in
+/// order, and a scrape's series of one metric stay together). Neighbours of
+/// one metric share most of their labels and compress far better with
 /// snappy, whose matches reach back at most 64 KiB; the order of different
 /// series within one request does not matter. `index` is reused scratch.
 /// Bytes that do not parse as records are appended unchanged at the end.
-pub(super) fn sort_records(src: &[u8], index: &mut Vec<(u32, u32, u32)>, out: &mut Vec<u8>) {
+pub(super) fn sort_records(src: &[u8], index: &mut Vec<(u32, u32, u32, u32)>, out: &mut Vec<u8>) {
     index.clear();
     let mut r = Reader::new(src);
     let mut tail = src.len();
@@ -65,37 +67,23 @@ pub(super) fn sort_records(src: &[u8], index: &mut Vec<(u32, u32, u32)>, out: &m
             break;
         };
         let body = r.pos() - msg.len();
-        // The labels come first (field 1); the key ends where they do.
+        // The first label (field 1) is the key.
         let mut m = Reader::new(msg);
-        let mut labels_end = 0;
-        while !m.is_empty() {
-            let Ok((field, wire)) = m.key() else { break };
-            if field != 1 || m.skip(wire).is_err() {
-                break;
-            }
-            labels_end = m.pos();
-        }
-        index.push((start as u32, r.pos() as u32, (body + labels_end) as u32));
+        let key = match m.key() {
+            Ok((1, wire)) if m.skip(wire).is_ok() => (body, body + m.pos()),
+            _ => (body, body),
+        };
+        index.push((start as u32, r.pos() as u32, key.0 as u32, key.1 as u32));
     }
     index.sort_unstable_by(|a, b| {
-        let ka = &src[label_start(src, a.0 as usize)..a.2 as usize];
-        let kb = &src[label_start(src, b.0 as usize)..b.2 as usize];
+        let ka = &src[a.2 as usize..a.3 as usize];
+        let kb = &src[b.2 as usize..b.3 as usize];
         ka.cmp(kb).then(a.0.cmp(&b.0))
     });
     out.clear();
     out.reserve(src.len());
-    for &(start, end, _) in index.iter() {
+    for &(start, end, _, _) in index.iter() {
         out.extend_from_slice(&src[start as usize..end as usize]);
     }
     out.extend_from_slice(&src[tail..]);
-}
-
-/// Where the message of the record at `start` begins (after its tag and
-/// length varint).
-fn label_start(src: &[u8], start: usize) -> usize {
-    let mut i = start + 1;
-    while i < src.len() && src[i] & 0x80 != 0 {
-        i += 1;
-    }
-    (i + 1).min(src.len())
 }

@@ -794,7 +794,7 @@ fn deliver_queue_targets_given_the_same_chunks_share_one_compressed_body() {
 }
 
 #[test]
-fn deliver_queue_batch_records_are_sorted_by_labels_and_stable_per_series() {
+fn deliver_queue_batch_records_are_grouped_by_metric_and_stable_per_series() {
     let mut src = BytesMut::new();
     for (name, v) in [("b", 1), ("a", 2), ("b", 3), ("a", 4), ("c", 5)] {
         src.extend_from_slice(&series_records(name, &[v]));
