@@ -80,12 +80,58 @@ pub fn compress_into(input: &[u8], out: &mut Vec<u8>) {
     out.truncate(n);
 }
 
+/// Compresses `input` into a *part*: a block without its length header.
+/// Parts concatenate: a block header ([`write_header`]) for their total
+/// decompressed length followed by parts, in order, is a valid block whose
+/// contents are the inputs concatenated, because every copy in a part
+/// refers back only within that part's own output. This is how one series
+/// chunk compressed once goes out in the batches of every target.
+pub fn compress_part(input: &[u8]) -> Vec<u8> {
+    let block = compress(input);
+    let mut r = crate::wire::Reader::new(&block);
+    let skip = match r.varint() {
+        Ok(_) => r.pos(),
+        Err(_) => 0,
+    };
+    block[skip..].to_vec()
+}
+
+/// Appends a block header for `len` decompressed bytes (a varint), to be
+/// followed by parts ([`compress_part`]).
+pub fn write_header(len: u64, out: &mut Vec<u8>) {
+    let mut v = len;
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
 fn corrupt(err: snap::Error) -> SnappyError {
     SnappyError::Corrupt(err.to_string())
 }
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn parts_concatenate_into_one_block() {
+        let a: Vec<u8> = (0..50_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let b = b"abcabcabcabc hello hello hello".repeat(300);
+        let c = b"";
+        let mut body = Vec::new();
+        write_header((a.len() + b.len() + c.len()) as u64, &mut body);
+        for p in [&a[..], &b[..], &c[..]] {
+            body.extend_from_slice(&compress_part(p));
+        }
+        let out = decompress(&body, 1 << 24).unwrap();
+        let mut want = a.clone();
+        want.extend_from_slice(&b);
+        assert_eq!(&out[..], &want[..]);
+    }
+
     use super::*;
 
     #[test]

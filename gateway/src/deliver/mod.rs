@@ -68,7 +68,6 @@ pub mod policy;
 pub mod queue;
 pub mod route;
 pub mod service;
-pub mod shared;
 pub mod sigv4;
 pub mod stats;
 

@@ -70,6 +70,7 @@ impl TargetCore {
                 enqueued: now.checked_sub(age).unwrap_or(now),
                 permit: None,
                 sharers: 1,
+                packed: None,
                 records: c.records,
             };
             self.reload_bytes += chunk.records.len() as u64;

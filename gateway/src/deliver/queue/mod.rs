@@ -65,9 +65,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::policy::{classify, Backoff, Concurrency, SendResult, Verdict};
 use bytes::{Bytes, BytesMut};
-use std::sync::Arc;
-
-use super::shared::{recipe_key, SharedBatches};
 
 mod disk;
 mod groups;
@@ -78,7 +75,7 @@ use groups::{group_mask, mask_lanes, LoadMeter};
 use records::{sort_records, split_point};
 pub use types::{
     lanes_for, Chunk, CoreConfig, Counters, DiskChunk, Dispatch, DropOldest, Event, LastError,
-    Overflow,
+    Overflow, Packed,
 };
 
 /// Most lanes (concurrent in-order streams) of one target.
@@ -164,8 +161,8 @@ pub struct TargetCore {
     drained: bool,
     /// [`TargetCore::close`] ran.
     closed: bool,
-    /// The memo of batches other targets compressed ([`Self::set_shared`]).
-    shared: Option<Arc<SharedBatches>>,
+    /// Scratch for a batch body assembled from parts.
+    parts: Vec<u8>,
     /// Scratch for sorting a batch's records.
     sorted: Vec<u8>,
     sort_index: Vec<(u32, u32, u32, u32)>,
@@ -203,7 +200,7 @@ impl TargetCore {
             reload_samples: 0,
             drained: false,
             closed: false,
-            shared: None,
+            parts: Vec::new(),
             sorted: Vec::new(),
             sort_index: Vec::new(),
         }
@@ -305,13 +302,6 @@ impl TargetCore {
     /// counts what it would have pushed as dropped.
     pub fn close(&mut self) {
         self.closed = true;
-    }
-
-    /// Shares compressed batches with the other targets of `memo`: a batch
-    /// made of exactly the chunks another target already compressed reuses
-    /// its body ([`crate::deliver::shared`]).
-    pub fn set_shared(&mut self, memo: Arc<SharedBatches>) {
-        self.shared = Some(memo);
     }
 
     /// Whether [`Self::close`] ran.
@@ -481,7 +471,10 @@ impl TargetCore {
                     enqueued: front.enqueued,
                     permit: front.permit.clone(),
                     sharers: front.sharers,
+                    packed: None,
                 };
+                // Its compressed form (if any) is of the whole chunk.
+                front.packed = None;
                 front.records = front.records.slice(end..);
                 front.samples = front.samples.saturating_sub(s);
                 front.series = front.series.saturating_sub(series);
@@ -513,7 +506,7 @@ impl TargetCore {
                 break;
             }
         }
-        let body = self.compress(&pieces, from_disk, now);
+        let body = self.compress(&pieces, from_disk);
         if from_disk {
             pieces = Vec::new();
         }
@@ -545,18 +538,33 @@ impl TargetCore {
         }
     }
 
-    /// The compressed `WriteRequest` of `pieces`: another target's body
-    /// when it formed the same batch from the same chunks, else the records
-    /// grouped by metric and compressed here (and published for the others).
-    fn compress(&mut self, pieces: &[(u32, Chunk)], from_disk: bool, now: Instant) -> Bytes {
-        let sharers = pieces.iter().map(|(_, c)| c.sharers).min().unwrap_or(1);
-        let memo = self.shared.as_ref().filter(|_| !from_disk && sharers > 1);
-        let slices = pieces.iter().map(|(_, c)| &c.records[..]);
-        let key = memo.map(|_| recipe_key(slices.clone()));
-        if let (Some(memo), Some(key)) = (memo, key) {
-            if let Some(hit) = memo.find(key, slices.clone(), now) {
-                return hit.body;
+    /// The compressed `WriteRequest` of `pieces`. When some were given to
+    /// other targets too, the body is a snappy header and one part per
+    /// piece, each shared chunk compressed once for all its targets
+    /// ([`Packed`]); else the records are grouped by metric and compressed
+    /// as one block.
+    fn compress(&mut self, pieces: &[(u32, Chunk)], from_disk: bool) -> Bytes {
+        let shared = !from_disk
+            && pieces
+                .iter()
+                .any(|(_, c)| c.sharers > 1 && c.packed.is_some());
+        if shared {
+            let len: usize = pieces.iter().map(|(_, c)| c.records.len()).sum();
+            self.parts.clear();
+            fanout_proto::snappy::write_header(len as u64, &mut self.parts);
+            for (_, c) in pieces {
+                match &c.packed {
+                    Some(p) => self.parts.extend_from_slice(&p.part(&c.records)),
+                    None => self
+                        .parts
+                        .extend_from_slice(&fanout_proto::snappy::compress_part(&c.records)),
+                }
             }
+            let body = Bytes::copy_from_slice(&self.parts);
+            if self.parts.capacity() > 16 << 20 {
+                self.parts = Vec::new();
+            }
+            return body;
         }
         self.scratch.clear();
         for (_, c) in pieces {
@@ -568,10 +576,6 @@ impl TargetCore {
             self.scratch = BytesMut::new();
             self.sorted = Vec::new();
             self.sort_index = Vec::new();
-        }
-        if let (Some(memo), Some(key)) = (memo, key) {
-            let recipe = pieces.iter().map(|(_, c)| c.records.clone()).collect();
-            memo.publish(key, recipe, body.clone(), sharers - 1, now);
         }
         body
     }

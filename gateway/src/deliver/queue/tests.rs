@@ -1,7 +1,6 @@
 use super::*;
 use fanout_proto::encode::{Encoder, LabelSet};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// `n` one-sample records, each a distinct series.
 fn records(n: usize, tag: &str) -> (Bytes, u32) {
@@ -41,6 +40,7 @@ fn chunk(n: usize, tag: &str, at: Instant) -> Chunk {
         enqueued: at,
         permit: None,
         sharers: 1,
+        packed: None,
     }
 }
 
@@ -61,6 +61,12 @@ fn ok() -> SendResult {
         retry_after: None,
         body: String::new(),
     }
+}
+
+/// Series names of encoded records, in order.
+fn decode_records(records: &Bytes) -> Vec<String> {
+    let body = Bytes::from(fanout_proto::snappy::compress(records));
+    decode(&body)
 }
 
 fn decode(body: &Bytes) -> Vec<String> {
@@ -574,6 +580,7 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
             enqueued: t0,
             permit: None,
             sharers: 1,
+            packed: None,
         },
         &mut DropOldest,
     );
@@ -629,6 +636,7 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
                 enqueued: t0,
                 permit: None,
                 sharers: 1,
+                packed: None,
             },
             &mut DropOldest,
         );
@@ -757,40 +765,55 @@ fn deliver_queue_groups_follow_load() {
 }
 
 #[test]
-fn deliver_queue_targets_given_the_same_chunks_share_one_compressed_body() {
+fn deliver_queue_targets_given_the_same_chunks_compress_each_once() {
+    // Two targets given the same four chunks, which they batch differently
+    // (another maxSamplesPerSend): every whole chunk is compressed once,
+    // by whichever target sends it first, and both bodies decode to what
+    // was queued.
     let t0 = Instant::now();
-    let memo = Arc::new(crate::deliver::shared::SharedBatches::new());
     let mut cfg = config();
     cfg.max_samples = 100;
     cfg.max_concurrency = 4;
     let mut a = TargetCore::new("a", cfg.clone(), 1);
-    let mut b = TargetCore::new("b", cfg.clone(), 2);
-    let mut alone = TargetCore::new("c", cfg, 3);
-    for core in [&mut a, &mut b, &mut alone] {
-        core.set_shared(memo.clone());
-    }
+    cfg.max_samples = 50;
+    let mut b = TargetCore::new("b", cfg, 2);
+    let slots = Packed::slots(4);
+    let mut pushed = Vec::new();
     for lane in 0..4u32 {
-        let mut c = chunk(25, &format!("l{lane}"), t0);
+        let mut c = chunk(
+            25,
+            &format!("l{lane}"),
+            t0 + Duration::from_millis(lane.into()),
+        );
         c.sharers = 2;
+        c.packed = Some(Packed::new(slots.clone(), lane));
+        pushed.extend(decode_records(&c.records));
         a.push(lane, c.clone(), &mut DropOldest);
-        b.push(lane, c.clone(), &mut DropOldest);
-        // The same bytes given to one target only: never published.
-        c.sharers = 1;
-        alone.push(lane, c, &mut DropOldest);
+        b.push(lane, c, &mut DropOldest);
     }
     let da = a.poll(t0).unwrap();
-    let db = b.poll(t0).unwrap();
-    let dc = alone.poll(t0).unwrap();
     assert_eq!(da.samples, 100);
-    assert_eq!(
-        da.body.as_ptr(),
-        db.body.as_ptr(),
-        "the same bytes, compressed once"
+    assert!(
+        slots.iter().all(|s| s.get().is_some()),
+        "a compressed each chunk"
     );
-    assert_ne!(da.body.as_ptr(), dc.body.as_ptr());
-    assert_eq!(decode(&da.body), decode(&dc.body));
-    assert_eq!(memo.hits_misses(), (1, 1));
-    assert!(memo.is_empty(), "gone once both sharers had it");
+    let parts: Vec<*const u8> = slots.iter().map(|s| s.get().unwrap().as_ptr()).collect();
+    let mut got_b = Vec::new();
+    while let Some(d) = b.poll(t0 + Duration::from_secs(2)) {
+        got_b.extend(decode(&d.body));
+        b.on_result(
+            d.lane,
+            d.batch,
+            &ok(),
+            Duration::ZERO,
+            t0,
+            SystemTime::now(),
+        );
+    }
+    let again: Vec<*const u8> = slots.iter().map(|s| s.get().unwrap().as_ptr()).collect();
+    assert_eq!(parts, again, "b reused a's parts");
+    assert_eq!(decode(&da.body), pushed);
+    assert_eq!(got_b, pushed);
 }
 
 #[test]
@@ -975,6 +998,7 @@ mod sim {
                             enqueued: w.now,
                             permit: None,
                             sharers: 1,
+                            packed: None,
                         };
                         w.core.push(lane, chunk, &mut w.disk);
                     }

@@ -6,7 +6,7 @@
 //! [`TargetCore::reload`]: super::TargetCore::reload
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -28,9 +28,45 @@ pub struct Chunk {
     /// The memory it holds in the shared budget (shared by the request's chunks).
     pub permit: Option<Arc<MemoryPermit>>,
     /// How many targets were given these very records (the targets of its
-    /// label variant): above 1, a batch made of them may be formed the same
-    /// way by another target ([`crate::deliver::shared`]).
+    /// label variant).
     pub sharers: u16,
+    /// Where the records' compressed form is kept once made, shared by every
+    /// target given them (`None` for a chunk of one target, or a part of a
+    /// split chunk).
+    pub packed: Option<Packed>,
+}
+
+/// The compressed form of a chunk's records, made once by the first target
+/// that sends them whole and reused by the others: a snappy *part*
+/// (`fanout_proto::snappy::compress_part`), which concatenates with other
+/// parts into one batch body.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    slots: Arc<[OnceLock<Bytes>]>,
+    index: u32,
+}
+
+impl Packed {
+    /// Slots for the `n` chunks of one request (one allocation).
+    pub fn slots(n: usize) -> Arc<[OnceLock<Bytes>]> {
+        (0..n).map(|_| OnceLock::new()).collect()
+    }
+
+    /// Slot `index` of `slots`.
+    pub fn new(slots: Arc<[OnceLock<Bytes>]>, index: u32) -> Packed {
+        Packed { slots, index }
+    }
+
+    /// The part of `records` (the chunk these slots were made for),
+    /// compressed now unless a target already did.
+    pub fn part(&self, records: &[u8]) -> Bytes {
+        match self.slots.get(self.index as usize) {
+            Some(slot) => slot
+                .get_or_init(|| Bytes::from(fanout_proto::snappy::compress_part(records)))
+                .clone(),
+            None => Bytes::from(fanout_proto::snappy::compress_part(records)),
+        }
+    }
 }
 
 /// Where chunks go when a target's memory queue is full: the disk spill.

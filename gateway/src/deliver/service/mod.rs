@@ -37,9 +37,8 @@ use serde_json::{json, Value};
 
 use super::catalog::Catalog;
 use super::http::HttpSender;
-use super::queue::Chunk;
+use super::queue::{Chunk, Packed};
 use super::route::{Plan, ScratchPool};
-use super::shared::SharedBatches;
 use super::stats::{self, names, GlobalStats};
 use super::{Accepted, Delivery, DeliveryError, MemoryBudget};
 use crate::ingest::args::{ByteSize, HumanDuration};
@@ -188,8 +187,6 @@ struct Inner {
     stopped: AtomicBool,
     /// Backlogs on disk of targets not in the registry, as last seen.
     orphans: Mutex<Vec<Orphan>>,
-    /// Compressed batches shared between targets.
-    shared: Arc<SharedBatches>,
 }
 
 /// The real delivery (SPEC §4, §5); cheap to clone.
@@ -225,7 +222,6 @@ impl FanoutDelivery {
                 stats: GlobalStats::default(),
                 started: Instant::now(),
                 closing: AtomicBool::new(false),
-                shared: Arc::new(SharedBatches::new()),
                 orphans: Mutex::new(Vec::new()),
                 stopped: AtomicBool::new(false),
             }),
@@ -539,6 +535,7 @@ impl Inner {
             // chunk index, target index in its variant), in chunk order per
             // target.
             let chunks: Vec<_> = scratch.chunks(&plan, &records).collect();
+            let slots = Packed::slots(chunks.len());
             let mut pairs: Vec<(usize, u32, u32)> = chunks
                 .iter()
                 .enumerate()
@@ -565,6 +562,8 @@ impl Inner {
                             enqueued: now,
                             permit: Some(permit.clone()),
                             sharers: variant.targets.len().min(usize::from(u16::MAX)) as u16,
+                            packed: (variant.targets.len() > 1)
+                                .then(|| Packed::new(slots.clone(), c)),
                         },
                     )
                 });
@@ -582,6 +581,7 @@ impl Inner {
                 permit: Some(permit.clone()),
                 // wal: each target reads its own copy back from disk.
                 sharers: 1,
+                packed: None,
             };
             for t in &variant.targets {
                 match t.push_wal(shard, chunk.clone(), stats, now, wall) {

@@ -362,9 +362,6 @@ impl Inner {
                 None => {
                     let adopt = self.successor_backlog(t, snapshot, &targets, &mut candidates);
                     let h = Arc::new(TargetHandle::new(t.clone(), &self.settings, adopt.as_ref()));
-                    if let Ok(mut core) = h.core.lock() {
-                        core.set_shared(self.shared.clone());
-                    }
                     tracing::info!(target_id = %h.id, endpoint = %h.endpoint, "delivery: target started");
                     tokio::spawn(run_target(self.clone(), h.clone()));
                     h

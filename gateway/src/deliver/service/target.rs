@@ -72,6 +72,7 @@ fn unpin(chunk: Chunk, budget: &MemoryBudget) -> Chunk {
             permit: Some(Arc::new(permit)),
             // A copy of its own: no other target forms batches from it.
             sharers: 1,
+            packed: None,
             ..chunk
         },
         Err(_) => chunk,
