@@ -86,14 +86,14 @@ pub fn compress_into(input: &[u8], out: &mut Vec<u8>) {
 /// contents are the inputs concatenated, because every copy in a part
 /// refers back only within that part's own output. This is how one series
 /// chunk compressed once goes out in the batches of every target.
-pub fn compress_part(input: &[u8]) -> Vec<u8> {
+pub fn compress_part(input: &[u8]) -> Bytes {
     let block = compress(input);
     let mut r = crate::wire::Reader::new(&block);
     let skip = match r.varint() {
         Ok(_) => r.pos(),
         Err(_) => 0,
     };
-    block[skip..].to_vec()
+    Bytes::from(block).slice(skip..)
 }
 
 /// Appends a block header for `len` decompressed bytes (a varint), to be

@@ -161,8 +161,6 @@ pub struct TargetCore {
     drained: bool,
     /// [`TargetCore::close`] ran.
     closed: bool,
-    /// Scratch for a batch body assembled from parts.
-    parts: Vec<u8>,
     /// Scratch for sorting a batch's records.
     sorted: Vec<u8>,
     sort_index: Vec<(u32, u32, u32, u32)>,
@@ -200,7 +198,6 @@ impl TargetCore {
             reload_samples: 0,
             drained: false,
             closed: false,
-            parts: Vec::new(),
             sorted: Vec::new(),
             sort_index: Vec::new(),
         }
@@ -290,11 +287,15 @@ impl TargetCore {
     }
 
     /// Whether this target is falling behind: failing, or holding more than
-    /// [`LAGGING_BYTES`] in memory. Chunks queued on a lagging target are
-    /// copied out of their request's buffer, so a backlog pins only its own
-    /// bytes, not whole requests that other targets already sent.
+    /// half its memory bound (at least [`LAGGING_BYTES`]). Chunks queued on
+    /// a lagging target are copied out of their request's buffer, so a
+    /// backlog pins only its own bytes, not whole requests that other
+    /// targets already sent. A healthy target that is merely busy (a queue
+    /// of a few MiB at saturation) keeps sharing its chunks: copying them
+    /// would cost CPU and memory for nothing.
     pub fn lagging(&self) -> bool {
-        self.failing_since.is_some() || self.queue_bytes > LAGGING_BYTES
+        self.failing_since.is_some()
+            || self.queue_bytes > LAGGING_BYTES.max(self.config.queue_bytes / 2)
     }
 
     /// The sender stopped for good (the target left the registry and
@@ -550,21 +551,19 @@ impl TargetCore {
                 .any(|(_, c)| c.sharers > 1 && c.packed.is_some());
         if shared {
             let len: usize = pieces.iter().map(|(_, c)| c.records.len()).sum();
-            self.parts.clear();
-            fanout_proto::snappy::write_header(len as u64, &mut self.parts);
-            for (_, c) in pieces {
-                match &c.packed {
-                    Some(p) => self.parts.extend_from_slice(&p.part(&c.records)),
-                    None => self
-                        .parts
-                        .extend_from_slice(&fanout_proto::snappy::compress_part(&c.records)),
-                }
+            let parts: Vec<Bytes> = pieces
+                .iter()
+                .map(|(_, c)| match &c.packed {
+                    Some(p) => p.part(&c.records),
+                    None => fanout_proto::snappy::compress_part(&c.records),
+                })
+                .collect();
+            let mut body = Vec::with_capacity(10 + parts.iter().map(Bytes::len).sum::<usize>());
+            fanout_proto::snappy::write_header(len as u64, &mut body);
+            for p in &parts {
+                body.extend_from_slice(p);
             }
-            let body = Bytes::copy_from_slice(&self.parts);
-            if self.parts.capacity() > 16 << 20 {
-                self.parts = Vec::new();
-            }
-            return body;
+            return Bytes::from(body);
         }
         self.scratch.clear();
         for (_, c) in pieces {

@@ -62,9 +62,9 @@ impl Packed {
     pub fn part(&self, records: &[u8]) -> Bytes {
         match self.slots.get(self.index as usize) {
             Some(slot) => slot
-                .get_or_init(|| Bytes::from(fanout_proto::snappy::compress_part(records)))
+                .get_or_init(|| fanout_proto::snappy::compress_part(records))
                 .clone(),
-            None => Bytes::from(fanout_proto::snappy::compress_part(records)),
+            None => fanout_proto::snappy::compress_part(records),
         }
     }
 }
