@@ -991,14 +991,18 @@ mod sim {
                         for &v in &values {
                             w.pushed.insert((name.clone(), v));
                         }
+                        // Every other chunk as if given to other targets
+                        // too: it goes out as a compressed part, also when
+                        // split, retried or mixed with own chunks.
+                        let shared = w.next_value % 2 == 0;
                         let chunk = Chunk {
                             records: series_records(&name, &values),
                             samples: u32::from(n),
                             series: u32::from(n),
                             enqueued: w.now,
                             permit: None,
-                            sharers: 1,
-                            packed: None,
+                            sharers: if shared { 2 } else { 1 },
+                            packed: shared.then(|| Packed::new(Packed::slots(1), 0)),
                         };
                         w.core.push(lane, chunk, &mut w.disk);
                     }
