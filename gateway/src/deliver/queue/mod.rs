@@ -437,7 +437,7 @@ impl TargetCore {
         let mut samples = 0u32;
         let mut oldest = now;
         let mut seqs = Vec::new();
-        let mut pieces: Vec<(u32, Chunk)> = Vec::new();
+        let mut pieces: Vec<(u32, Chunk)> = Vec::with_capacity(2 * mask.count_ones() as usize);
         let mut taken = 0u64;
         while samples < max {
             let Some(l) = self.oldest_lane(mask, from_disk) else {
