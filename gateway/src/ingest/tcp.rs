@@ -105,8 +105,15 @@ async fn connection<D: Delivery>(
         async move { Ok::<_, Infallible>(handle(&core, &conn_budget, req).await) }
     });
     let header_timeout = core.config().header_read_timeout;
+    // A connection that sends nothing within the header read timeout is
+    // closed: before its first byte neither hyper's header timeout nor the
+    // HTTP/2 preface detection runs, and a silent socket would hold its
+    // connection slot forever (anyone could fill `max_connections`).
+    let Some(first) = first_byte(&stream, header_timeout).await else {
+        return;
+    };
     let result = match tls {
-        Some(acceptor) if starts_tls(&stream, header_timeout).await => {
+        Some(acceptor) if first == 0x16 => {
             match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     watcher
@@ -131,13 +138,15 @@ async fn connection<D: Delivery>(
     }
 }
 
-/// Whether the client opens with a TLS handshake record.
-async fn starts_tls(stream: &TcpStream, timeout: Duration) -> bool {
+/// The first byte the client sent (left in the socket), or `None` when it
+/// sent nothing within `timeout`, closed, or failed. `0x16` opens a TLS
+/// handshake record.
+async fn first_byte(stream: &TcpStream, timeout: Duration) -> Option<u8> {
     let mut first = [0u8; 1];
-    matches!(
-        tokio::time::timeout(timeout, stream.peek(&mut first)).await,
-        Ok(Ok(1))
-    ) && first[0] == 0x16
+    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => Some(first[0]),
+        _ => None,
+    }
 }
 
 /// Answers one request.

@@ -643,3 +643,53 @@ async fn ingest_drain_refuses_new_writes_and_finishes_in_flight_ones() {
         "listener closed"
     );
 }
+
+/// Sockets that never send a byte are closed after the header read timeout,
+/// so they cannot hold every connection slot (issue: silent connections).
+#[tokio::test]
+async fn ingest_silent_connections_time_out_and_free_their_slots() {
+    let config = IngestConfig {
+        max_connections: 5,
+        header_read_timeout: Duration::from_millis(400),
+        ..small_config()
+    };
+    let h = Harness::start(config, Recording::default()).await;
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(tokio::net::TcpStream::connect(h.addr()).await.unwrap());
+    }
+    // Every slot is held by a silent socket now; within the timeout plus a
+    // second they are gone and a real client is answered.
+    let started = std::time::Instant::now();
+    let mut answered = None;
+    while started.elapsed() < Duration::from_secs(5) {
+        if let Ok(Ok(mut c)) =
+            tokio::time::timeout(Duration::from_millis(500), H1Client::connect(h.addr())).await
+        {
+            if let Ok(Ok(r)) = tokio::time::timeout(
+                Duration::from_millis(500),
+                c.post("/api/v1/write", &[AUTH], v1_body(1, 1)),
+            )
+            .await
+            {
+                answered = Some((r.status, started.elapsed()));
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, after) = answered.expect("a real client got in");
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(after < Duration::from_secs(3), "answered after {after:?}");
+    // The silent sockets were closed by the server.
+    for mut s in silent {
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+        )
+        .await
+        .expect("closed, not hanging");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+}
