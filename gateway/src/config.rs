@@ -174,6 +174,10 @@ impl ServeConfig {
                 .admin_token
                 .clone()
                 .or(server.admin_token)
+                // Surrounding whitespace (a token read from a file) is not
+                // part of it; a token of only whitespace is no token, so the
+                // admin API stays on loopback (`admin::bind`).
+                .map(|t| Secret::new(t.expose().trim()))
                 .filter(|t| !t.is_empty()),
             tls_cert: args.tls_cert.clone().or(server.tls_cert),
             tls_key: args.tls_key.clone().or(server.tls_key),
@@ -215,6 +219,17 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         serve: ServeArgs,
+    }
+
+    #[tokio::test]
+    async fn admin_token_is_trimmed_and_whitespace_is_no_token() {
+        let c = ServeConfig::load(Cli::parse_from(["t", "--admin-token", " tok\n"]).serve).unwrap();
+        assert_eq!(c.admin_token.as_ref().map(Secret::expose), Some("tok"));
+        let c = ServeConfig::load(Cli::parse_from(["t", "--admin-token", " \t "]).serve).unwrap();
+        assert!(c.admin_token.is_none());
+        // So the bind guard refuses every interface without a real token.
+        let err = crate::admin::bind("0.0.0.0:0".parse().unwrap(), c.admin_token.as_ref()).await;
+        assert!(err.is_err());
     }
 
     #[test]
