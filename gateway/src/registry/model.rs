@@ -28,9 +28,55 @@ use serde_json::Value;
 pub const MASK: &str = "***";
 
 /// A write-only value: `Debug` masks it and there is no `Display`.
-#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+/// Only a string is a secret. Anything else is refused with an error that
+/// never repeats the value: serde's own "invalid type: integer `…`"
+/// would echo an unquoted numeric token or password.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        const NOT_A_STRING: &str = "a secret must be a string (quote it in YAML)";
+        impl serde::de::Visitor<'_> for V {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret::new(v))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+                Ok(Secret(v))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom(NOT_A_STRING))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(E::custom(NOT_A_STRING))
+            }
+            fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<Secret, E> {
+                Err(E::custom(NOT_A_STRING))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(E::custom(NOT_A_STRING))
+            }
+            fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<Secret, E> {
+                Err(E::custom(NOT_A_STRING))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom(NOT_A_STRING))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<Secret, E> {
+                Err(E::custom(NOT_A_STRING))
+            }
+        }
+        // `any`: some deserializers (serde_json's Value) answer a typed
+        // request for a string with their own error, value included.
+        d.deserialize_any(V)
+    }
+}
 
 impl Secret {
     /// Wraps a clear value.

@@ -665,3 +665,14 @@ fn secret_matches_only_the_whole_value() {
     assert!(!s.matches(""));
     assert!(Secret::new("").matches(""));
 }
+
+#[test]
+fn registry_numeric_secrets_are_refused_without_echoing_them() {
+    let yaml = "clusters:\n  - {id: c1, organizationId: o, cloudProvider: aws, cloudRegion: r, ingestToken: 987654321098}\n\
+        metricsExports:\n  - {id: x, objectKey: x, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {endpoint: 'http://h/x', authType: BASIC, username: u, password: 123456789012}}\n";
+    let problems = crate::registry::Document::parse(yaml.as_bytes(), true).unwrap_err();
+    let all = problems.join("\n");
+    assert!(all.contains("must be a string"), "{all}");
+    assert!(!all.contains("987654321098"), "{all}");
+    assert!(!all.contains("123456789012"), "{all}");
+}
