@@ -681,7 +681,7 @@ impl Document {
             };
             for (i, item) in items.into_iter().enumerate() {
                 let label = match item.get("id").and_then(Value::as_str) {
-                    Some(id) => format!("{key}[{i}] ({id})"),
+                    Some(id) => format!("{key}[{i}] ({})", super::validate::shown(id)),
                     None => format!("{key}[{i}]"),
                 };
                 match Object::from_json(kind, item) {

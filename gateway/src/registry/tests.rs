@@ -676,3 +676,22 @@ fn registry_numeric_secrets_are_refused_without_echoing_them() {
     assert!(!all.contains("987654321098"), "{all}");
     assert!(!all.contains("123456789012"), "{all}");
 }
+
+#[test]
+fn registry_a_huge_invalid_id_is_not_echoed_whole() {
+    let id = "x".repeat(100_000) + "!";
+    let doc = format!(
+        "{{\"workspaces\": [{{\"id\": \"{id}\", \"organizationId\": \"o\", \"name\": \"n\"}}]}}"
+    );
+    let mut r = Registry::default();
+    let problems = match Document::parse(doc.as_bytes(), false) {
+        Err(p) => p,
+        Ok(d) => {
+            ops::replace_all(&mut r, d).unwrap();
+            validate::validate(&r).unwrap_err().problems
+        }
+    };
+    let all = problems.join("\n");
+    assert!(all.contains("id must be"), "{}", &all[..all.len().min(300)]);
+    assert!(all.len() < 1_000, "{} bytes of errors", all.len());
+}

@@ -27,7 +27,7 @@ pub fn validate(registry: &Registry) -> Result<(), ValidationError> {
 
     let mut tokens: HashMap<&str, &str> = HashMap::new();
     for (id, c) in &registry.clusters {
-        let at = format!("cluster {id}");
+        let at = format!("cluster {}", shown(id));
         check_id(&at, id, &mut push);
         for (name, value) in [
             ("organizationId", &c.organization_id),
@@ -48,7 +48,7 @@ pub fn validate(registry: &Registry) -> Result<(), ValidationError> {
     }
 
     for (id, w) in &registry.workspaces {
-        let at = format!("workspace {id}");
+        let at = format!("workspace {}", shown(id));
         check_id(&at, id, &mut push);
         if w.organization_id.is_empty() {
             push(format!("{at}: organizationId is required"));
@@ -57,7 +57,7 @@ pub fn validate(registry: &Registry) -> Result<(), ValidationError> {
 
     let mut namespaces: HashMap<(&str, &str), &str> = HashMap::new();
     for (id, d) in &registry.deployments {
-        let at = format!("deployment {id}");
+        let at = format!("deployment {}", shown(id));
         check_id(&at, id, &mut push);
         if !registry.workspaces.contains_key(&d.workspace_id) {
             push(format!(
@@ -79,7 +79,7 @@ pub fn validate(registry: &Registry) -> Result<(), ValidationError> {
     }
 
     for (id, e) in &registry.metrics_exports {
-        let at = format!("metricsExport {id}");
+        let at = format!("metricsExport {}", shown(id));
         check_id(&at, id, &mut push);
         if e.object_key.is_empty() {
             push(format!("{at}: objectKey is required"));
@@ -127,7 +127,7 @@ pub fn validate(registry: &Registry) -> Result<(), ValidationError> {
         let mut linked = HashSet::new();
         for link in &e.links {
             let dep_id = &link.scope_entity_id;
-            let at = format!("{at}: link {dep_id}");
+            let at = format!("{at}: link {}", shown(dep_id));
             if !linked.insert(dep_id.as_str()) {
                 push(format!("{at}: linked more than once"));
             }
@@ -153,7 +153,7 @@ pub fn validate(registry: &Registry) -> Result<(), ValidationError> {
         let mut excluded = HashSet::new();
         for ex in &e.exclude_links {
             let dep_id = &ex.scope_entity_id;
-            let at = format!("{at}: excludeLinks {dep_id}");
+            let at = format!("{at}: excludeLinks {}", shown(dep_id));
             if !excluded.insert(dep_id.as_str()) {
                 push(format!("{at}: excluded more than once"));
             }
@@ -202,6 +202,16 @@ fn check_member(
             }
         }
     }
+}
+
+/// An id as errors show it: whole up to 64 characters, else its start and
+/// its length (a 100,000-character id is not echoed back whole).
+pub(crate) fn shown(id: &str) -> String {
+    if id.chars().count() <= 64 {
+        return id.to_owned();
+    }
+    let start: String = id.chars().take(32).collect();
+    format!("{start}… ({} bytes)", id.len())
 }
 
 fn check_id(at: &str, id: &str, push: &mut impl FnMut(String)) {
