@@ -104,6 +104,9 @@ pub enum ErrorKind {
     },
     /// A 2.0 `labels_refs` list with an odd length.
     OddLabelRefs(usize),
+    /// A 2.0 symbol table whose first symbol is not the empty string (the
+    /// spec requires `symbols[0] == ""`).
+    FirstSymbolNotEmpty,
     /// A 2.0 symbol reference beyond the symbol table.
     SymbolOutOfRange {
         /// The reference.
@@ -187,6 +190,9 @@ impl fmt::Display for ErrorKind {
                 write!(f, "labels not sorted: {name:?} after {after:?}")
             }
             ErrorKind::OddLabelRefs(n) => write!(f, "odd number of label references ({n})"),
+            ErrorKind::FirstSymbolNotEmpty => {
+                f.write_str("the first symbol must be the empty string")
+            }
             ErrorKind::SymbolOutOfRange { reference, symbols } => write!(
                 f,
                 "symbol reference {reference} out of range ({symbols} symbols)"

@@ -80,6 +80,9 @@ fn read_symbols(body: &[u8]) -> Result<Vec<(usize, usize)>, ScanError> {
                 let (s, e) = r.len_range().map_err(|k| at.err(k))?;
                 std::str::from_utf8(&body[s..e])
                     .map_err(|_| at.err(ErrorKind::InvalidUtf8String))?;
+                if symbols.is_empty() && s != e {
+                    return Err(at.err(ErrorKind::FirstSymbolNotEmpty));
+                }
                 symbols.push((s, e));
             }
             5 => {

@@ -287,6 +287,11 @@ fn v2_malformed_inputs() {
             "symbol 2: string is not valid UTF-8",
         ),
         (
+            "first symbol not empty",
+            cat(&[symbols(&[b"__name__", b"up"]), v2_series(&[refs(&[0, 1])])]),
+            "symbol 0: the first symbol must be the empty string",
+        ),
+        (
             "exemplar reference past the symbol table",
             cat(&[
                 syms.clone(),
