@@ -13,21 +13,33 @@
 //! and a target takes shard `s` into lane `s % lanes`. Because lane counts are
 //! powers of two, `(hash % shards) % lanes == hash % lanes` whatever the
 //! shards, so a series keeps its lane when targets with other lane counts join
-//! or leave its variant ([`lanes_for`]). A lane has at most one batch in
-//! flight, retried at the head of the lane until
-//! it is delivered or dropped. So samples of one series reach the target in the
-//! order they arrived (SPEC §5) even with retries, while up to
-//! `maxConcurrency` lanes send at once. The adaptive limit
-//! ([`Concurrency`]) caps how many lanes may have a request in flight.
+//! or leave its variant ([`lanes_for`]).
+//!
+//! # Lane groups (lanes follow load)
+//! The lanes are split into groups: the adaptive limit ([`Concurrency`])
+//! rounded down to a power of two, group `g` holding the lanes `l` with
+//! `l % groups == g` ([`TargetCore::groups`]). A batch takes data from the
+//! free lanes of one group only and makes every lane it took from busy until
+//! it is delivered or dropped; a retry resends the same batch. A lane is
+//! therefore in at most one batch at a time, and samples of one series reach
+//! the target in the order they arrived (SPEC §5) even with retries and
+//! whatever the group count did meanwhile (a busy lane just stays busy). At
+//! moderate load there is one group, so a batch fills from every lane at
+//! once; the limit follows the arriving load (Little's law, in `policy`).
 //!
 //! # Batches
 //! A lane's queue holds [`Chunk`]s: runs of encoded `TimeSeries` records
 //! shared (refcounted `Bytes`) with every other target that needs the same
-//! label variant. A batch takes chunks until `maxSamplesPerSend`, splitting a
-//! chunk at a record boundary when needed (only a single series with more
-//! samples than the maximum makes a larger batch). It is sent when full or
-//! when its oldest chunk waited `batchSendDeadline`, and is compressed once:
-//! every retry sends the same bytes.
+//! label variant. A batch takes the oldest chunks across its lanes until
+//! `maxSamplesPerSend`, splitting a chunk at a record boundary when needed
+//! (only a single series with more samples than the maximum makes a larger
+//! batch). It is sent when full or when its oldest chunk waited
+//! `batchSendDeadline`, and is compressed once: every retry sends the same
+//! bytes. A chunk given to several targets is compressed once for all of
+//! them, as a snappy part ([`Packed`]); the body is a header plus the parts.
+//! Other batches are grouped by metric and compressed as one block. A batch
+//! keeps the chunks it was made of until it is done (the shutdown spill puts
+//! them back under their lanes).
 //!
 //! # Memory bound
 //! Queued chunk bytes are bounded per target. Beyond the bound the oldest
