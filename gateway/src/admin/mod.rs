@@ -127,13 +127,6 @@ async fn require_token(State(state): State<AdminState>, request: Request, next: 
 /// The admin token check of every admin route (registry here, delivery in
 /// `deliver::api`): `Authorization: Bearer <token>`, or 401. Without a token
 /// every request passes (the admin listener is then loopback-only).
-/// The credentials of an `Authorization: Bearer ...` value; the scheme is
-/// case-insensitive (RFC 9110 §11.1), as on the ingest port.
-fn bearer(value: &str) -> Option<&str> {
-    let (scheme, rest) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-}
-
 pub(crate) async fn check_admin_token(
     token: Option<&Secret>,
     request: Request,
@@ -146,7 +139,7 @@ pub(crate) async fn check_admin_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer);
+        .and_then(crate::ingest::auth::bearer);
     if given.is_some_and(|g| token.matches(g)) {
         next.run(request).await
     } else {
@@ -197,6 +190,7 @@ mod tests {
 
     #[test]
     fn admin_bearer_scheme_is_case_insensitive() {
+        use crate::ingest::auth::bearer;
         assert_eq!(bearer("Bearer t0k"), Some("t0k"));
         assert_eq!(bearer("bearer t0k"), Some("t0k"));
         assert_eq!(bearer("BEARER  t0k "), Some("t0k"));

@@ -54,28 +54,39 @@ pub enum AuthError {
     Unknown,
 }
 
+/// Splits an `Authorization` value into its scheme and its (trimmed)
+/// credentials.
+fn scheme(value: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    Some((scheme, rest.trim()))
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is
+/// case-insensitive (RFC 9110 §11.1). The admin API uses it too.
+pub fn bearer(value: &str) -> Option<&str> {
+    scheme(value).and_then(|(s, rest)| s.eq_ignore_ascii_case("bearer").then_some(rest))
+}
+
 /// Extracts the credentials of a request.
 pub fn credentials(headers: &HeaderMap) -> Result<Credentials, AuthError> {
     let value = headers
         .get(http::header::AUTHORIZATION)
         .ok_or(AuthError::Missing)?
         .to_str()
-        .map_err(|_| AuthError::Malformed("not visible ASCII"))?
-        .trim();
-    let (scheme, rest) = value.split_once(' ').ok_or(AuthError::Malformed(
-        "expected `Bearer <token>` or `Basic <base64>`",
-    ))?;
-    let rest = rest.trim();
-    if scheme.eq_ignore_ascii_case("bearer") {
-        if rest.is_empty() {
+        .map_err(|_| AuthError::Malformed("not visible ASCII"))?;
+    if let Some(token) = bearer(value) {
+        if token.is_empty() {
             return Err(AuthError::Malformed("empty bearer token"));
         }
         return Ok(Credentials {
             cluster_id: None,
-            token: rest.to_owned(),
+            token: token.to_owned(),
         });
     }
-    if scheme.eq_ignore_ascii_case("basic") {
+    let (kind, rest) = scheme(value).ok_or(AuthError::Malformed(
+        "expected `Bearer <token>` or `Basic <base64>`",
+    ))?;
+    if kind.eq_ignore_ascii_case("basic") {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(rest)
             .map_err(|_| AuthError::Malformed("basic credentials are not valid base64"))?;

@@ -69,7 +69,6 @@ impl TargetCore {
                 series,
                 enqueued: now.checked_sub(age).unwrap_or(now),
                 permit: None,
-                sharers: 1,
                 packed: None,
                 records: c.records,
             };

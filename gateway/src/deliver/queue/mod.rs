@@ -99,6 +99,11 @@ pub const FAILING_AFTER: Duration = Duration::from_secs(30);
 /// ([`TargetCore::lagging`]).
 pub const LAGGING_BYTES: u64 = 4 << 20;
 
+/// The lowest lane of a batch's lane mask (reported in [`Dispatch::lane`]).
+fn first_lane(lanes: u64) -> u32 {
+    lanes.trailing_zeros().min(63)
+}
+
 #[derive(Debug)]
 struct Batch {
     id: u64,
@@ -111,8 +116,6 @@ struct Batch {
     /// Lanes whose data it holds (bit `l` for lane `l`): each is busy until
     /// the batch is delivered or dropped.
     lanes: u64,
-    /// Lowest lane it holds (reported in [`Dispatch::lane`]).
-    first_lane: u32,
     /// Disk seqs this batch completes when delivered or dropped.
     seqs: Vec<u64>,
     /// Memory batches: the queued chunks (or parts) it was made of, with
@@ -394,7 +397,7 @@ impl TargetCore {
             self.counters.retries += 1;
             self.in_flight += 1;
             return Some(Dispatch {
-                lane: b.first_lane,
+                lane: first_lane(b.lanes),
                 batch: b.id,
                 body: b.body.clone(),
                 attempt: b.attempts,
@@ -483,7 +486,6 @@ impl TargetCore {
                     series,
                     enqueued: front.enqueued,
                     permit: front.permit.clone(),
-                    sharers: front.sharers,
                     packed: None,
                 };
                 // Its compressed form (if any) is of the whole chunk.
@@ -528,7 +530,6 @@ impl TargetCore {
         for l in mask_lanes(taken) {
             self.lanes[l].busy = Some(id);
         }
-        let first_lane = taken.trailing_zeros().min(63);
         self.batches.push(Batch {
             id,
             body: body.clone(),
@@ -538,12 +539,11 @@ impl TargetCore {
             sending: true,
             not_before: now,
             lanes: taken,
-            first_lane,
             seqs,
             pieces,
         });
         Dispatch {
-            lane: first_lane,
+            lane: first_lane(taken),
             batch: id,
             body,
             attempt: 1,
@@ -557,10 +557,7 @@ impl TargetCore {
     /// ([`Packed`]); else the records are grouped by metric and compressed
     /// as one block.
     fn compress(&mut self, pieces: &[(u32, Chunk)], from_disk: bool) -> Bytes {
-        let shared = !from_disk
-            && pieces
-                .iter()
-                .any(|(_, c)| c.sharers > 1 && c.packed.is_some());
+        let shared = !from_disk && pieces.iter().any(|(_, c)| c.packed.is_some());
         if shared {
             let len: usize = pieces.iter().map(|(_, c)| c.records.len()).sum();
             let parts: Vec<Bytes> = pieces

@@ -39,7 +39,6 @@ fn chunk(n: usize, tag: &str, at: Instant) -> Chunk {
         series: samples,
         enqueued: at,
         permit: None,
-        sharers: 1,
         packed: None,
     }
 }
@@ -579,7 +578,6 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
             series: 25,
             enqueued: t0,
             permit: None,
-            sharers: 1,
             packed: None,
         },
         &mut DropOldest,
@@ -635,7 +633,6 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
                 series: 1,
                 enqueued: t0,
                 permit: None,
-                sharers: 1,
                 packed: None,
             },
             &mut DropOldest,
@@ -785,7 +782,6 @@ fn deliver_queue_targets_given_the_same_chunks_compress_each_once() {
             &format!("l{lane}"),
             t0 + Duration::from_millis(lane.into()),
         );
-        c.sharers = 2;
         c.packed = Some(Packed::new(slots.clone(), lane));
         pushed.extend(decode_records(&c.records));
         a.push(lane, c.clone(), &mut DropOldest);
@@ -1001,7 +997,6 @@ mod sim {
                             series: u32::from(n),
                             enqueued: w.now,
                             permit: None,
-                            sharers: if shared { 2 } else { 1 },
                             packed: shared.then(|| Packed::new(Packed::slots(1), 0)),
                         };
                         w.core.push(lane, chunk, &mut w.disk);

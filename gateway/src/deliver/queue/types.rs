@@ -27,12 +27,9 @@ pub struct Chunk {
     pub enqueued: Instant,
     /// The memory it holds in the shared budget (shared by the request's chunks).
     pub permit: Option<Arc<MemoryPermit>>,
-    /// How many targets were given these very records (the targets of its
-    /// label variant).
-    pub sharers: u16,
     /// Where the records' compressed form is kept once made, shared by every
-    /// target given them (`None` for a chunk of one target, or a part of a
-    /// split chunk).
+    /// target given these very records (`None` for a chunk of one target
+    /// only, or a part of a split chunk).
     pub packed: Option<Packed>,
 }
 

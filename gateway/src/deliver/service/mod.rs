@@ -533,9 +533,13 @@ impl Inner {
         if !wal {
             // Each target's chunks under one lock and one wake-up: (target,
             // chunk index, target index in its variant), in chunk order per
-            // target.
+            // target. Chunks of a variant with several targets get a slot
+            // for their compressed form (one allocation, only when needed).
             let chunks: Vec<_> = scratch.chunks(&plan, &records).collect();
-            let slots = Packed::slots(chunks.len());
+            let slots = chunks
+                .iter()
+                .any(|(variant, ..)| variant.targets.len() > 1)
+                .then(|| Packed::slots(chunks.len()));
             let mut pairs: Vec<(usize, u32, u32)> = chunks
                 .iter()
                 .enumerate()
@@ -561,35 +565,34 @@ impl Inner {
                             series: *series,
                             enqueued: now,
                             permit: Some(permit.clone()),
-                            sharers: variant.targets.len().min(usize::from(u16::MAX)) as u16,
-                            packed: (variant.targets.len() > 1)
-                                .then(|| Packed::new(slots.clone(), c)),
+                            packed: slots
+                                .as_ref()
+                                .filter(|_| variant.targets.len() > 1)
+                                .map(|slots| Packed::new(slots.clone(), c)),
                         },
                     )
                 });
                 target.push_all(items, Some(&self.budget), stats, now, wall);
             }
-        }
-        for (variant, shard, bytes, samples, series) in
-            scratch.chunks(&plan, &records).filter(|_| wal)
-        {
-            let chunk = Chunk {
-                records: bytes,
-                samples,
-                series,
-                enqueued: now,
-                permit: Some(permit.clone()),
-                // wal: each target reads its own copy back from disk.
-                sharers: 1,
-                packed: None,
-            };
-            for t in &variant.targets {
-                match t.push_wal(shard, chunk.clone(), stats, now, wall) {
-                    Some(seq) => match touched.iter_mut().find(|(h, _)| Arc::ptr_eq(h, t)) {
-                        Some((_, s)) => *s = (*s).max(seq),
-                        None => touched.push((t.clone(), seq)),
-                    },
-                    None => not_durable = true,
+        } else {
+            for (variant, shard, bytes, samples, series) in scratch.chunks(&plan, &records) {
+                let chunk = Chunk {
+                    records: bytes,
+                    samples,
+                    series,
+                    enqueued: now,
+                    permit: Some(permit.clone()),
+                    // wal: each target reads its own copy back from disk.
+                    packed: None,
+                };
+                for t in &variant.targets {
+                    match t.push_wal(shard, chunk.clone(), stats, now, wall) {
+                        Some(seq) => match touched.iter_mut().find(|(h, _)| Arc::ptr_eq(h, t)) {
+                            Some((_, s)) => *s = (*s).max(seq),
+                            None => touched.push((t.clone(), seq)),
+                        },
+                        None => not_durable = true,
+                    }
                 }
             }
         }

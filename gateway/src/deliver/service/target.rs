@@ -70,8 +70,7 @@ fn unpin(chunk: Chunk, budget: &MemoryBudget) -> Chunk {
         Ok(permit) => Chunk {
             records: Bytes::copy_from_slice(&chunk.records),
             permit: Some(Arc::new(permit)),
-            // A copy of its own: no other target forms batches from it.
-            sharers: 1,
+            // A copy of its own: no other target sends these bytes.
             packed: None,
             ..chunk
         },
