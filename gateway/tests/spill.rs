@@ -684,7 +684,7 @@ fn fill(path: &Path) {
 
 #[test]
 #[ignore = "needs root to mount a small tmpfs; run by .ci/run"]
-fn full_disk_fails_appends_cleanly_then_breaks_and_reopens() {
+fn full_disk_fails_appends_cleanly_then_frees_delivered_segments_by_itself() {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("mnt");
     let _tmpfs = Tmpfs::mount(&mnt, "512k");
@@ -692,8 +692,6 @@ fn full_disk_fails_appends_cleanly_then_breaks_and_reopens() {
     let len = 10_000;
     let c = cfg(64 << 10, 1 << 30);
     let (mut q, _) = DiskQueue::open(&dir, c).unwrap();
-    // Room to free later.
-    fs::write(mnt.join("reserve"), vec![0u8; 64 << 10]).unwrap();
     let mut n = 0;
     let err = loop {
         match q.append(&record(n + 1, len)) {
@@ -724,35 +722,60 @@ fn full_disk_fails_appends_cleanly_then_breaks_and_reopens() {
     assert_eq!(q.stats().disk_bytes, on_disk);
     assert!(!q.is_broken(), "a failed append does not break the queue");
 
-    // Nothing is left free at all: the ledger cannot be written, so the
-    // sync round fails and the queue is broken.
+    // Nothing is left free at all, and nobody frees anything: the acks are
+    // still recorded (the ledger is rewritten in place, in blocks it has
+    // had since the queue opened) and the delivered segments are deleted,
+    // so the queue gets its space back by itself, never breaking.
     fill(&mnt.join("filler"));
     assert!(q.append(&record(n + 1, len)).is_err());
-    assert_eq!(seq_list(&q.read(3, usize::MAX).unwrap()), [1, 2, 3]);
-    q.ack_through(3);
-    let err = q.flush(true).unwrap_err();
-    assert!(err.to_string().contains("ledger"), "{err}");
-    assert!(q.is_broken());
-    assert!(matches!(
-        q.append(&record(n + 1, len)),
-        Err(SpillError::Broken { .. })
-    ));
-
-    // Space comes back: the queue reopens, nothing acked or read comes back,
-    // numbering goes on, and appends work again.
-    fs::remove_file(mnt.join("filler")).unwrap();
-    fs::remove_file(mnt.join("reserve")).unwrap();
-    let r = q.reopen().unwrap();
-    assert_eq!(r.lost_records, 0);
-    assert_eq!(r.recovery.truncated_bytes, 0, "no torn frame: {r:?}");
-    assert_eq!(r.recovery.corrupt_records_dropped, 0);
+    assert!(q.stats().space_short);
+    assert_eq!(drain_seqs(&mut q, len), (1..=n).collect::<Vec<_>>());
+    q.ack_through(n);
+    q.flush(true).expect("acks recorded on a full disk");
+    assert!(!q.is_broken());
+    assert!(
+        segments(&dir).is_empty(),
+        "every segment was delivered, the active one too: {:?}",
+        segments(&dir)
+    );
+    // The next append has room again, numbering goes on.
     assert_eq!(q.append(&record(n + 1, len)).unwrap().seq, n + 1);
-    assert_eq!(drain_seqs(&mut q, len), (4..=n + 1).collect::<Vec<_>>());
-    q.ack_through(n + 1);
+    assert!(!q.stats().space_short);
+    assert_eq!(drain_seqs(&mut q, len), [n + 1]);
     q.close().unwrap();
-    let (_, rec) = DiskQueue::open(&dir, c).unwrap();
-    assert_eq!(rec.records, 0);
+    let (mut q, rec) = DiskQueue::open(&dir, c).unwrap();
+    assert_eq!(rec.records, 1, "{rec:?}");
     assert_eq!(rec.truncated_bytes, 0);
+    assert!(!rec.ledger_reset);
+    assert_eq!(drain_seqs(&mut q, len), [n + 1]);
+}
+
+#[test]
+fn fully_acked_active_segment_is_deleted_once_it_holds_a_mebibyte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    let len = 100 << 10;
+    // 64 MiB segments: 12 records stay in the first (active) one.
+    let (mut q, _) = DiskQueue::open(&dir, cfg(64 << 20, 1 << 30)).unwrap();
+    for i in 1..=5 {
+        q.append(&record(i, len)).unwrap();
+    }
+    assert_eq!(drain_seqs(&mut q, len), [1, 2, 3, 4, 5]);
+    q.ack_through(5);
+    q.flush(true).unwrap();
+    // Half a MiB acked: the active segment goes on taking appends.
+    assert_eq!(segments(&dir).len(), 1);
+    for i in 6..=12 {
+        q.append(&record(i, len)).unwrap();
+    }
+    assert_eq!(drain_seqs(&mut q, len), (6..=12).collect::<Vec<_>>());
+    q.ack_through(12);
+    q.flush(true).unwrap();
+    // 1.2 MiB, all delivered: deleted, though it never reached its size.
+    assert!(segments(&dir).is_empty(), "{:?}", segments(&dir));
+    assert_eq!(q.append(&record(13, len)).unwrap().seq, 13);
+    assert_eq!(segments(&dir).len(), 1);
+    assert_eq!(drain_seqs(&mut q, len), [13]);
 }
 
 #[test]

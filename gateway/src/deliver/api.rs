@@ -260,6 +260,7 @@ mod tests {
                 "retries",
                 "samplesSent",
                 "spillBytes",
+                "spillState",
                 "state"
             ]
         );

@@ -72,6 +72,9 @@ pub mod names {
     pub const SPILL_ERRORS: &str = "fanout_spill_errors_total";
     /// Bytes queued in the disk spill per target.
     pub const TARGET_SPILL_BYTES: &str = "fanout_target_spill_bytes";
+    /// 1 while a target's disk spill is out of space (its last append
+    /// failed with ENOSPC or a quota), else 0.
+    pub const TARGET_SPILL_DISK_FULL: &str = "fanout_target_spill_disk_full";
     /// Bytes queued in memory per target.
     pub const TARGET_QUEUE_BYTES: &str = "fanout_target_queue_bytes";
     /// Requests in flight per target.
@@ -277,6 +280,10 @@ pub fn describe() {
         names::TARGET_SPILL_BYTES,
         Unit::Bytes,
         "Bytes queued in the disk spill per target"
+    );
+    describe_gauge!(
+        names::TARGET_SPILL_DISK_FULL,
+        "1 while the disk spill of a target is out of space"
     );
     describe_gauge!(
         names::TARGET_QUEUE_BYTES,

@@ -48,7 +48,11 @@ pub(super) async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
                 h.metrics.load().queue_bytes.set(core.queue_bytes() as f64);
                 if let Some(s) = &h.spill {
                     if let Ok(q) = s.queue.try_lock() {
-                        h.metrics.load().spill_bytes.set(q.stats().bytes as f64);
+                        let st = q.stats();
+                        let m = h.metrics.load();
+                        m.spill_bytes.set(st.bytes as f64);
+                        m.spill_disk_full
+                            .set(if st.space_short { 1.0 } else { 0.0 });
                     }
                 }
                 h.metrics.load().in_flight.set(f64::from(core.in_flight()));

@@ -32,6 +32,7 @@ pub(super) struct TargetMetrics {
     pub(super) rejected: metrics::Counter,
     pub(super) queue_bytes: metrics::Gauge,
     pub(super) spill_bytes: metrics::Gauge,
+    pub(super) spill_disk_full: metrics::Gauge,
     pub(super) in_flight: metrics::Gauge,
     pub(super) concurrency: metrics::Gauge,
     pub(super) latency: metrics::Histogram,
@@ -50,6 +51,7 @@ impl TargetMetrics {
             rejected: metrics::counter!(names::TARGET_DROPPED, "target" => t.clone(), "reason" => "rejected"),
             queue_bytes: metrics::gauge!(names::TARGET_QUEUE_BYTES, "target" => t.clone()),
             spill_bytes: metrics::gauge!(names::TARGET_SPILL_BYTES, "target" => t.clone()),
+            spill_disk_full: metrics::gauge!(names::TARGET_SPILL_DISK_FULL, "target" => t.clone()),
             in_flight: metrics::gauge!(names::TARGET_IN_FLIGHT, "target" => t.clone()),
             concurrency: metrics::gauge!(names::TARGET_CONCURRENCY, "target" => t.clone()),
             latency: metrics::histogram!(names::TARGET_LATENCY, "target" => t),
@@ -206,6 +208,7 @@ impl TargetHandle {
         for g in [
             &old.queue_bytes,
             &old.spill_bytes,
+            &old.spill_disk_full,
             &old.in_flight,
             &old.concurrency,
         ] {
@@ -295,6 +298,7 @@ impl TargetHandle {
             wall_ms: wall,
             now,
             disk_full: 0,
+            appended: 0,
             error: None,
         };
         let mut removed = 0u64;
@@ -340,7 +344,7 @@ impl TargetHandle {
     pub fn to_json(&self, snapshot: &Snapshot) -> Value {
         let target = self.target();
         let now = Instant::now();
-        let (spill_bytes, oldest_ms) = self.spill_stats();
+        let (spill_bytes, oldest_ms, spill_state) = self.spill_stats();
         let disk_age = oldest_ms.map_or(0.0, |t| {
             wall_ms(SystemTime::now()).saturating_sub(t) as f64 / 1000.0
         });
@@ -379,6 +383,7 @@ impl TargetHandle {
             "queueBytes": core.queue_bytes(),
             "queueSamples": core.queue_samples(),
             "spillBytes": spill_bytes,
+            "spillState": spill_state,
             "oldestQueuedSeconds": core.oldest_queued(now).as_secs_f64().max(disk_age),
             "samplesSent": c.samples_sent,
             "bytesSent": c.bytes_sent,

@@ -22,7 +22,7 @@
 //! [`Settings::flush_interval`]: super::Settings::flush_interval
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -48,6 +48,9 @@ pub(super) struct Spill {
     pub(super) disk_full: AtomicU64,
     /// Last spill error logged (ms since start), to log at most every 10s.
     last_warn_ms: AtomicU64,
+    /// The disk was found full (logged once when it happens, once when an
+    /// append works again).
+    full: AtomicBool,
     /// When to try reopening the queue while it is broken.
     pub(super) reopen: Mutex<ReopenBackoff>,
 }
@@ -130,6 +133,7 @@ impl Spill {
                 acked: AtomicU64::new(0),
                 disk_full: AtomicU64::new(0),
                 last_warn_ms: AtomicU64::new(0),
+                full: AtomicBool::new(false),
                 reopen: Mutex::new(ReopenBackoff::default()),
             },
             written,
@@ -190,6 +194,8 @@ pub(super) struct ToDisk<'a> {
     pub(super) wall_ms: u64,
     pub(super) now: Instant,
     pub(super) disk_full: u64,
+    /// Records appended.
+    pub(super) appended: u32,
     pub(super) error: Option<spill_mod::SpillError>,
 }
 
@@ -212,6 +218,7 @@ impl Overflow for ToDisk<'_> {
         match lock_queue(&spill.queue).append(&record) {
             Ok(out) => {
                 self.disk_full += out.dropped_samples;
+                self.appended += 1;
                 Some(out.seq)
             }
             Err(e) => {
@@ -244,6 +251,7 @@ impl TargetHandle {
             wall_ms: wall,
             now,
             disk_full: 0,
+            appended: 0,
             error: None,
         };
         let seq = match self.core.lock() {
@@ -283,7 +291,13 @@ impl TargetHandle {
             stats.add_disk_full(to_disk.disk_full);
             self.metrics.load().disk_full.increment(to_disk.disk_full);
         }
+        if to_disk.appended > 0 && spill.full.swap(false, Ordering::Relaxed) {
+            tracing::info!(target_id = %self.id, "delivery: the disk has space again; spilling goes on");
+        }
         if let Some(e) = &to_disk.error {
+            if e.is_out_of_space() && !spill.full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(target_id = %self.id, error = %e, "delivery: the disk spill is full; until space is back, data beyond the memory queue is dropped (queue_full) and with durability wal requests for this target are answered 503; delivered segments are deleted as the target drains");
+            }
             stats.add_spill_error();
             let now_ms = wall_ms(SystemTime::now());
             let last = spill.last_warn_ms.load(Ordering::Relaxed);
@@ -390,11 +404,21 @@ impl TargetHandle {
         None
     }
 
-    /// Spill gauges: queued bytes and the enqueue time of the oldest record.
-    pub(super) fn spill_stats(&self) -> (u64, Option<u64>) {
-        self.spill.as_ref().map_or((0, None), |s| {
-            let st = lock_queue(&s.queue).stats();
-            (st.bytes, st.oldest_enqueued_ms)
+    /// Spill gauges: queued bytes, the enqueue time of the oldest record,
+    /// and the queue's state (`"ok"`, `"disk_full"`: the last append found
+    /// no space; `"broken"`: being reopened; `"off"`: no spill).
+    pub(super) fn spill_stats(&self) -> (u64, Option<u64>, &'static str) {
+        self.spill.as_ref().map_or((0, None, "off"), |s| {
+            let q = lock_queue(&s.queue);
+            let st = q.stats();
+            let state = if q.is_broken() {
+                "broken"
+            } else if st.space_short {
+                "disk_full"
+            } else {
+                "ok"
+            };
+            (st.bytes, st.oldest_enqueued_ms, state)
         })
     }
 
@@ -494,6 +518,7 @@ impl TargetHandle {
             wall_ms: wall_ms(SystemTime::now()),
             now,
             disk_full: 0,
+            appended: 0,
             error: None,
         };
         let mut lost = 0u64;

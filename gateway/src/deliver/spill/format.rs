@@ -18,8 +18,15 @@ pub const MAX_PAYLOAD: usize = 128 << 20;
 
 /// Magic and version of the ledger file.
 pub const LEDGER_MAGIC: [u8; 8] = *b"FSPLDG01";
-/// Ledger file size: magic, acked seq, crc32.
+/// One ledger slot: magic, acked seq, crc32.
 pub const LEDGER_LEN: usize = 8 + 8 + 4;
+/// Offset of the second slot: its own sector, so a torn write of one slot
+/// never damages the other.
+pub const LEDGER_SLOT: usize = 512;
+/// The ledger file as written since it is rewritten in place: two slots.
+/// Its blocks are allocated once, so recording an ack never needs free
+/// space (a full disk could otherwise never delete its delivered segments).
+pub const LEDGER_FILE_LEN: usize = 2 * LEDGER_SLOT;
 
 /// The metadata half of a record, as stored after the frame prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +140,33 @@ pub fn encode_ledger(acked: u64) -> [u8; LEDGER_LEN] {
     b
 }
 
-/// Decodes a ledger; `None` when it is damaged.
+/// The slot an ack is written to: alternating with the acked seq, so the
+/// previous value usually survives in the other slot.
+pub fn ledger_slot_offset(acked: u64) -> u64 {
+    (acked % 2) * LEDGER_SLOT as u64
+}
+
+/// A whole ledger file recording `acked` in both slots.
+pub fn encode_ledger_file(acked: u64) -> [u8; LEDGER_FILE_LEN] {
+    let mut b = [0u8; LEDGER_FILE_LEN];
+    let slot = encode_ledger(acked);
+    b[..LEDGER_LEN].copy_from_slice(&slot);
+    b[LEDGER_SLOT..LEDGER_SLOT + LEDGER_LEN].copy_from_slice(&slot);
+    b
+}
+
+/// Decodes a ledger file: the highest ack of its valid slots (acks only
+/// rise), or `None` when no slot is valid. A file of one slot (written by
+/// versions that replaced it through a temp file) is read too.
+pub fn decode_ledger_file(b: &[u8]) -> Option<u64> {
+    let first = b.get(..LEDGER_LEN).and_then(decode_ledger);
+    let second = b
+        .get(LEDGER_SLOT..LEDGER_SLOT + LEDGER_LEN)
+        .and_then(decode_ledger);
+    first.max(second)
+}
+
+/// Decodes one ledger slot; `None` when it is damaged.
 pub fn decode_ledger(b: &[u8]) -> Option<u64> {
     if b.len() != LEDGER_LEN || b[0..8] != LEDGER_MAGIC {
         return None;
@@ -260,6 +293,23 @@ fn is_magic_prefix(r: &mut impl Read, remaining: u64) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ledger_file_reads_the_highest_valid_slot() {
+        let mut f = encode_ledger_file(7).to_vec();
+        assert_eq!(decode_ledger_file(&f), Some(7));
+        // Acks alternate between the slots; the higher one wins.
+        f[ledger_slot_offset(8) as usize..][..LEDGER_LEN].copy_from_slice(&encode_ledger(8));
+        assert_eq!(decode_ledger_file(&f), Some(8));
+        // A torn write of one slot leaves the other.
+        f[ledger_slot_offset(8) as usize + 9] ^= 0xff;
+        assert_eq!(decode_ledger_file(&f), Some(7));
+        f[ledger_slot_offset(7) as usize + 9] ^= 0xff;
+        assert_eq!(decode_ledger_file(&f), None);
+        // The one-slot file of older versions.
+        assert_eq!(decode_ledger_file(&encode_ledger(5)), Some(5));
+        assert_eq!(decode_ledger_file(&[]), None);
+    }
 
     fn frame(seq: u64, payload: &[u8]) -> Vec<u8> {
         let h = Header {

@@ -10,7 +10,7 @@
 //! <data-dir>/spill/<target-dir>/            target id, percent-encoded (target_dir)
 //!     00000000000000000001.seg              segments, append-only, ids increasing
 //!     00000000000000000002.seg
-//!     ledger                                acked seq (written via ledger.tmp + rename)
+//!     ledger                                acked seq: two slots, rewritten in place
 //!     target.json                           manifest: target id, lanes, routes (manifest.rs)
 //! ```
 //! A segment is a sequence of records, all integers little-endian:
@@ -20,7 +20,14 @@
 //! ```
 //! `body_len` is 28 + payload length, at most 28 + 128 MiB. A record that
 //! recovery retired has its magic overwritten with `"FSPX"` (a tombstone);
-//! scans skip it. The ledger is `"FSPLDG01" | acked_seq u64 | crc32 u32`.
+//! scans skip it. The ledger is 1 KiB: two 512-byte slots, each
+//! `"FSPLDG01" | acked_seq u64 | crc32 u32`. An ack is written in place into
+//! the slot of its parity and fsynced; open takes the highest valid slot (a
+//! torn write leaves the other). The whole file is written when the queue
+//! opens, so an ack never needs a free block: on a full disk acks are still
+//! recorded and delivered segments deleted, and the disk frees itself as the
+//! backlog drains (a ledger replaced through a temp file and a rename needed
+//! space, and a full disk stayed full).
 //!
 //! # Invariants
 //! - Every record has a queue-wide sequence number, strictly increasing
@@ -33,7 +40,9 @@
 //!   ledger that covers them is durable.
 //! - A segment is deleted only when all its records are acked, and only after
 //!   the ledger recording that is fsynced: a crash can never leave a gap that
-//!   recovery would mistake for loss.
+//!   recovery would mistake for loss. The segment being written goes too once
+//!   all of it is acked and it holds 1 MiB, or an append just failed for lack
+//!   of space (on a disk smaller than a segment it would never roll).
 //! - Budget: the bytes of unacked records (frames, as on disk) stay within
 //!   `budget_bytes`; an append that would exceed it first drops the oldest
 //!   records, counted in [`AppendOutcome`] (`disk_full`). Disk use can exceed
@@ -162,6 +171,18 @@ pub enum SpillError {
 }
 
 impl SpillError {
+    /// True for a failure for lack of space (ENOSPC, or a disk quota): it
+    /// ends by itself once space is freed, delivered segments included.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            Self::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
+    }
+
     fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
         Self::Io {
             op,

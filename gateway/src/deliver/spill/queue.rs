@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,7 +14,12 @@ use bytes::Bytes;
 use super::format::{self, Header, FRAME_PREFIX, RECORD_OVERHEAD};
 use super::{SpillError, LEDGER_FILE, SEGMENT_EXT};
 
-/// The temp file of a ledger write (`ledger` with the extension `tmp`).
+/// A fully acked active segment at least this large is retired (deleted at
+/// the next sync round) instead of growing until it rolls.
+const RETIRE_ACKED_ACTIVE: u64 = 1 << 20;
+
+/// The temp file through which older versions replaced the ledger; deleted
+/// on open.
 const LEDGER_TMP: &str = "ledger.tmp";
 
 /// Sizes of one queue.
@@ -201,6 +207,9 @@ pub struct SpillStats {
     pub dropped_records: u64,
     /// Records found corrupt while reading since open.
     pub corrupt_records: u64,
+    /// The last append failed for lack of space (ENOSPC or a quota); the
+    /// next one that succeeds clears it.
+    pub space_short: bool,
 }
 
 #[derive(Debug)]
@@ -249,8 +258,8 @@ impl SyncPlan {
         !self.files.is_empty()
     }
 
-    /// Runs the round: fsyncs written segments, writes the ledger (temp file,
-    /// fsync, rename), fsyncs the directory, then deletes consumed segments
+    /// Runs the round: fsyncs written segments, writes the ledger (in place,
+    /// fsync), fsyncs the directory, then deletes consumed segments
     /// (deletion must follow a durable ledger, or a crash would look like
     /// data loss).
     pub fn execute(self) -> Result<(), SpillError> {
@@ -310,6 +319,8 @@ pub struct DiskQueue {
     opened: bool,
     dropped_records: u64,
     corrupt_records: u64,
+    /// See [`SpillStats::space_short`].
+    space_short: bool,
 }
 
 impl DiskQueue {
@@ -334,7 +345,7 @@ impl DiskQueue {
 
         let ledger_path = dir.join(LEDGER_FILE);
         let acked_seq = match fs::read(&ledger_path) {
-            Ok(b) => match format::decode_ledger(&b) {
+            Ok(b) => match format::decode_ledger_file(&b) {
                 Some(a) => a,
                 None => {
                     rec.ledger_reset = true;
@@ -351,7 +362,8 @@ impl DiskQueue {
             let name = ent.file_name();
             let Some(name) = name.to_str() else { continue };
             if name == LEDGER_TMP {
-                // A ledger write that never reached its rename. Other temp
+                // Left by a version that replaced the ledger through a
+                // temp file (a write that never reached its rename). Other temp
                 // files (`target.json.tmp`) belong to writers that may run
                 // while a broken queue is recovered: left alone.
                 let _ = fs::remove_file(ent.path());
@@ -413,6 +425,8 @@ impl DiskQueue {
             // Force a rewrite at the next flush.
             q.ledger_written = u64::MAX;
             q.ledger_synced = u64::MAX;
+        } else {
+            reserve_ledger(&ledger_path, acked_seq);
         }
         Ok((q, rec))
     }
@@ -438,6 +452,7 @@ impl DiskQueue {
             consumed: Vec::new(),
             reader: None,
             broken: None,
+            space_short: false,
             unreported: AppendOutcome::default(),
             opened: true,
             dropped_records: 0,
@@ -575,12 +590,20 @@ impl DiskQueue {
             if file.set_len(seg.len).is_err() {
                 self.active = None;
             }
-            return Err(SpillError::io("write", &seg.path, e));
+            let err = SpillError::io("write", &seg.path, e);
+            if err.is_out_of_space() {
+                // Delivered data may be what fills the disk: the active
+                // segment goes too once all of it is acked.
+                self.space_short = true;
+                self.collect_consumed();
+            }
+            return Err(err);
         }
         let offset = seg.len;
         seg.len += frame_len;
         seg.last_seq = seq;
         self.active_dirty = true;
+        self.space_short = false;
         self.next_seq += 1;
         self.index.push_back(Entry {
             seq,
@@ -739,11 +762,24 @@ impl DiskQueue {
     }
 
     /// Moves segments all of whose records are acked out of the live list.
+    /// The active segment goes too once all of it is acked and it holds at
+    /// least [`RETIRE_ACKED_ACTIVE`] (or the disk is short of space): on a
+    /// disk smaller than a segment it would otherwise never roll, and the
+    /// delivered data it holds would keep the disk full.
     fn collect_consumed(&mut self) {
         while let Some(s) = self.segments.front() {
-            let is_active = self.active.is_some() && self.segments.len() == 1;
-            if is_active || s.last_seq > self.acked_seq {
+            if s.last_seq > self.acked_seq {
                 break;
+            }
+            let is_active = self.active.is_some() && self.segments.len() == 1;
+            if is_active {
+                let retire = s.len > 0 && (s.len >= RETIRE_ACKED_ACTIVE || self.space_short);
+                if !retire {
+                    break;
+                }
+                // The next append starts a new segment.
+                self.active = None;
+                self.active_dirty = false;
             }
             if let Some(s) = self.segments.pop_front() {
                 if self.reader.as_ref().is_some_and(|(id, _)| *id == s.id) {
@@ -778,8 +814,7 @@ impl DiskQueue {
             self.ledger_synced = self.acked_seq;
             self.ledger_written = self.acked_seq;
         }
-        let dir =
-            (std::mem::take(&mut self.dir_dirty) || ledger.is_some()).then(|| self.dir.clone());
+        let dir = std::mem::take(&mut self.dir_dirty).then(|| self.dir.clone());
         Ok(SyncPlan {
             files,
             dir,
@@ -906,6 +941,7 @@ impl DiskQueue {
         fresh.dropped_records += self.dropped_records;
         fresh.corrupt_records += self.corrupt_records + out.lost_records;
         fresh.unreported = self.unreported;
+        fresh.space_short = self.space_short;
         *self = fresh;
         out
     }
@@ -948,6 +984,7 @@ impl DiskQueue {
             oldest_enqueued_ms: self.index.front().map(|e| e.enqueued_ms),
             dropped_records: self.dropped_records,
             corrupt_records: self.corrupt_records,
+            space_short: self.space_short,
         }
     }
 }
@@ -1013,17 +1050,45 @@ fn recover_segment(
     Ok(scan)
 }
 
+/// Records `acked` in the ledger, in place: one slot of a file whose blocks
+/// exist already, so it needs no free space (on a full disk the acks must
+/// still be recordable, or delivered segments could never be deleted). A
+/// file shorter than two slots (new, or written by an older version) is
+/// written whole first, which does need space once.
 fn write_ledger(path: &Path, acked: u64, sync: bool) -> Result<(), SpillError> {
-    let tmp = path.with_extension("tmp");
     let res = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&format::encode_ledger(acked))?;
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        if f.metadata()?.len() < format::LEDGER_FILE_LEN as u64 {
+            f.write_all_at(&format::encode_ledger_file(acked), 0)?;
+        } else {
+            f.write_all_at(
+                &format::encode_ledger(acked),
+                format::ledger_slot_offset(acked),
+            )?;
+        }
         if sync {
             f.sync_data()?;
         }
-        fs::rename(&tmp, path)
+        Ok(())
     })();
-    res.map_err(|e| SpillError::io("write ledger", path, e))
+    res.map_err(|e: io::Error| SpillError::io("write ledger", path, e))
+}
+
+/// Gives a queue directory a whole ledger file (both slots) while there is
+/// space, so later acks are written in place. Best effort: on a full disk
+/// the next ledger write tries again.
+fn reserve_ledger(path: &Path, acked: u64) {
+    let short = fs::metadata(path).map_or(true, |m| m.len() < format::LEDGER_FILE_LEN as u64);
+    if short {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if let Err(e) = write_ledger(path, acked, true).and_then(|()| sync_dir(dir)) {
+            tracing::debug!(error = %e, "spill: ledger not reserved yet");
+        }
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpillError> {
