@@ -51,10 +51,18 @@ impl ApiError {
     }
 }
 
+/// Seconds a client is told to wait when the registry store is unavailable.
+const STORE_RETRY_AFTER_SECS: u32 = 10;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": self.error, "problems": self.problems});
-        (self.status, Json(body)).into_response()
+        let mut res = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, STORE_RETRY_AFTER_SECS.into());
+        }
+        res
     }
 }
 
@@ -70,6 +78,17 @@ impl From<UpdateError> for ApiError {
                 error: "conflict: nothing was applied".into(),
                 problems,
             },
+            UpdateError::Store(e) if e.unavailable().is_some() => {
+                let cause = e.unavailable().unwrap_or_default();
+                tracing::warn!(error = %e, "admin: registry store unavailable ({cause}); the change was refused with 503");
+                ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    error: format!(
+                        "the registry store is unavailable ({cause}); nothing was applied, try again later"
+                    ),
+                    problems: Vec::new(),
+                }
+            }
             UpdateError::Store(e) => {
                 tracing::error!(error = %e, "admin: registry store failed");
                 ApiError {

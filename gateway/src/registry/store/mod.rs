@@ -67,6 +67,44 @@ pub enum StoreError {
     UnknownStore(String),
 }
 
+impl StoreError {
+    /// The cause when the store cannot take writes for now but may later
+    /// (a full disk, an I/O error, the database unreachable or overloaded):
+    /// the admin API answers 503 with `Retry-After` instead of 500.
+    pub fn unavailable(&self) -> Option<&'static str> {
+        let StoreError::Database(e) = self else {
+            return None;
+        };
+        match e {
+            sqlx::Error::Database(db) => {
+                let code = db.code()?;
+                // SQLite result codes (extended: the low byte is the primary
+                // code), then PostgreSQL SQLSTATEs.
+                if let Ok(n) = code.parse::<i32>() {
+                    return match n & 0xff {
+                        13 => Some("disk full"),
+                        10 => Some("disk I/O error"),
+                        5 | 6 => Some("database busy"),
+                        _ => None,
+                    };
+                }
+                match code.as_ref() {
+                    "53100" => Some("disk full"),
+                    "53200" => Some("out of memory"),
+                    "53300" => Some("too many connections"),
+                    "57P01" | "57P02" | "57P03" => Some("database restarting"),
+                    c if c.starts_with("08") => Some("connection failure"),
+                    _ => None,
+                }
+            }
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+                Some("database unreachable")
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Why a change to the registry was not applied.
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {

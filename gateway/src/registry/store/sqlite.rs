@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Connection, Row, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{watch, Mutex};
 
 use super::{
@@ -60,6 +60,54 @@ impl SqliteStore {
     }
 }
 
+/// Applies `change` inside `tx`: the registry after it, and whether
+/// anything was written (no-op changes are not).
+async fn write_change(
+    conn: &mut SqliteConnection,
+    change: UpdateFn,
+) -> Result<(Stored, bool), UpdateError> {
+    let current = read_all(conn).await?;
+    let Some(next) = apply_change(&current.registry, change)? else {
+        return Ok((current, false));
+    };
+    let version = current.version + 1;
+    let (upserts, deletes) = row_changes(&current.registry, &next);
+    for (kind, id, doc) in upserts {
+        sqlx::query(
+            "INSERT INTO fanout_objects (kind, id, doc, version) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc, version = excluded.version",
+        )
+        .bind(kind.as_str())
+        .bind(id)
+        .bind(doc)
+        .bind(version as i64)
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::from)?;
+    }
+    for (kind, id) in deletes {
+        sqlx::query("DELETE FROM fanout_objects WHERE kind = ?1 AND id = ?2")
+            .bind(kind.as_str())
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::from)?;
+    }
+    sqlx::query("UPDATE fanout_meta SET value = ?1 WHERE name = 'version'")
+        .bind(version.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::from)?;
+    Ok((
+        Stored {
+            registry: next,
+            version,
+            salt: current.salt,
+        },
+        true,
+    ))
+}
+
 async fn migrate(tx: &mut Transaction<'_, Sqlite>) -> Result<(), StoreError> {
     sqlx::query(MIGRATIONS[0][0]).execute(&mut **tx).await?;
     let level: Option<String> = sqlx::query("SELECT value FROM fanout_meta WHERE name = 'schema'")
@@ -88,13 +136,13 @@ async fn migrate(tx: &mut Transaction<'_, Sqlite>) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn read_all(tx: &mut Transaction<'_, Sqlite>) -> Result<Stored, StoreError> {
+async fn read_all(conn: &mut SqliteConnection) -> Result<Stored, StoreError> {
     let rows = sqlx::query("SELECT kind, id, doc FROM fanout_objects")
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *conn)
         .await?;
     let registry = registry_from_rows(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))))?;
     let meta = sqlx::query("SELECT name, value FROM fanout_meta")
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *conn)
         .await?;
     let mut version = 0;
     let mut salt = String::new();
@@ -139,45 +187,32 @@ impl Store for SqliteStore {
     fn update(&self, change: UpdateFn) -> BoxFuture<'_, Result<Stored, UpdateError>> {
         async move {
             let _writer = self.writer.lock().await;
-            let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-            let current = read_all(&mut tx).await?;
-            let Some(next) = apply_change(&current.registry, change)? else {
-                return Ok(current);
-            };
-            let version = current.version + 1;
-            let (upserts, deletes) = row_changes(&current.registry, &next);
-            for (kind, id, doc) in upserts {
-                sqlx::query(
-                    "INSERT INTO fanout_objects (kind, id, doc, version) VALUES (?1, ?2, ?3, ?4) \
-                     ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc, version = excluded.version",
-                )
-                .bind(kind.as_str())
-                .bind(id)
-                .bind(doc)
-                .bind(version as i64)
-                .execute(&mut *tx)
+            let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+            // The transaction is plain SQL, not sqlx's `Transaction`: when
+            // COMMIT fails (a full disk), SQLite keeps the transaction open,
+            // and sqlx would hand the connection back still inside it (every
+            // later write then fails: "database is locked", or "non-zero
+            // transaction depth"). IMMEDIATE takes the write lock at the
+            // start, where the busy timeout applies.
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut *conn)
                 .await
                 .map_err(StoreError::from)?;
-            }
-            for (kind, id) in deletes {
-                sqlx::query("DELETE FROM fanout_objects WHERE kind = ?1 AND id = ?2")
-                    .bind(kind.as_str())
-                    .bind(id)
-                    .execute(&mut *tx)
+            let done = match write_change(&mut conn, change).await {
+                Ok((stored, true)) => sqlx::query("COMMIT")
+                    .execute(&mut *conn)
                     .await
-                    .map_err(StoreError::from)?;
+                    .map(|_| (stored, true))
+                    .map_err(|e| UpdateError::from(StoreError::from(e))),
+                other => other,
+            };
+            if !matches!(done, Ok((_, true))) {
+                if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                    tracing::warn!(error = %e, "registry store: rollback failed; closing that connection");
+                    let _ = conn.detach().close().await;
+                }
             }
-            sqlx::query("UPDATE fanout_meta SET value = ?1 WHERE name = 'version'")
-                .bind(version.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::from)?;
-            tx.commit().await.map_err(StoreError::from)?;
-            Ok(Stored {
-                registry: next,
-                version,
-                salt: current.salt,
-            })
+            done.map(|(stored, _)| stored)
         }
         .boxed()
     }
