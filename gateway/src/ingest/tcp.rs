@@ -4,12 +4,16 @@
 //! With a certificate configured the same port also takes plaintext: the
 //! first byte decides (0x16 starts a TLS handshake). Header reads and the TLS
 //! handshake are bounded by the header read timeout, bodies by the body
-//! deadline of [`Ingest`]. Connections beyond `max_connections` are closed at
-//! once. On shutdown the listener closes and open connections are asked to
+//! deadline of [`Ingest`]. A connection that sends nothing is closed after
+//! the header read timeout; past `max_connections` the oldest connection
+//! that has not sent its first byte yet is closed at once to make room
+//! ([`Silent`]), so silent sockets cannot keep real clients out even for
+//! that long; with none to close, the new connection is closed. On shutdown the listener closes and open connections are asked to
 //! finish (HTTP/2 GOAWAY, HTTP/1.1 close after the current response).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::budget::ConnReadBudget;
 use super::request::{body_timeout, log_rejection, Ingest, Rejection, Route};
@@ -28,6 +32,54 @@ use crate::deliver::Delivery;
 
 /// How long open connections get to close after the listener stopped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a new connection waits for the slot of the silent connection
+/// it evicted (that one gives it back as soon as its task runs).
+const EVICT_WAIT: Duration = Duration::from_secs(1);
+
+/// Connections that have not sent their first byte yet, oldest first.
+#[derive(Default)]
+struct Silent {
+    next_id: u64,
+    waiting: VecDeque<(u64, Arc<Notify>)>,
+}
+
+type SilentList = Arc<Mutex<Silent>>;
+
+fn lock(list: &SilentList) -> std::sync::MutexGuard<'_, Silent> {
+    list.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Silent {
+    /// Registers a connection waiting for its first byte; the `Notify`
+    /// fires when it is evicted.
+    fn register(list: &SilentList) -> (u64, Arc<Notify>) {
+        let mut s = lock(list);
+        s.next_id += 1;
+        let id = s.next_id;
+        let evict = Arc::new(Notify::new());
+        s.waiting.push_back((id, evict.clone()));
+        (id, evict)
+    }
+
+    fn remove(list: &SilentList, id: u64) {
+        let mut s = lock(list);
+        if let Some(i) = s.waiting.iter().position(|(x, _)| *x == id) {
+            s.waiting.remove(i);
+        }
+    }
+
+    /// Tells the oldest silent connection to close; false when there is none.
+    fn evict_oldest(list: &SilentList) -> bool {
+        match lock(list).waiting.pop_front() {
+            Some((_, evict)) => {
+                evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 /// Serves `listener` until `shutdown` turns true.
 pub(super) async fn serve<D: Delivery>(
@@ -51,6 +103,7 @@ pub(super) async fn serve<D: Delivery>(
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let silent = SilentList::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -63,9 +116,19 @@ pub(super) async fn serve<D: Delivery>(
                         continue;
                     }
                 };
-                let Ok(permit) = conns.clone().try_acquire_owned() else {
-                    tracing::debug!("ingest: connection limit reached, closing new TCP connection");
-                    continue;
+                let permit = match conns.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) if Silent::evict_oldest(&silent) => {
+                        tracing::debug!("ingest: connection limit reached; closed the oldest connection that sent nothing yet");
+                        match tokio::time::timeout(EVICT_WAIT, conns.clone().acquire_owned()).await {
+                            Ok(Ok(p)) => p,
+                            _ => continue,
+                        }
+                    }
+                    Err(_) => {
+                        tracing::debug!("ingest: connection limit reached, closing new TCP connection");
+                        continue;
+                    }
                 };
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(connection(
@@ -74,6 +137,7 @@ pub(super) async fn serve<D: Delivery>(
                     builder.clone(),
                     tls.clone(),
                     graceful.watcher(),
+                    silent.clone(),
                     permit,
                 ));
             }
@@ -95,6 +159,7 @@ async fn connection<D: Delivery>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     watcher: hyper_util::server::graceful::Watcher,
+    silent: SilentList,
     _permit: OwnedSemaphorePermit,
 ) {
     let conn_budget = core.conn_budget();
@@ -109,7 +174,14 @@ async fn connection<D: Delivery>(
     // closed: before its first byte neither hyper's header timeout nor the
     // HTTP/2 preface detection runs, and a silent socket would hold its
     // connection slot forever (anyone could fill `max_connections`).
-    let Some(first) = first_byte(&stream, header_timeout).await else {
+    // Until then it may also be evicted to make room for a new connection.
+    let (id, evict) = Silent::register(&silent);
+    let first = tokio::select! {
+        first = first_byte(&stream, header_timeout) => first,
+        _ = evict.notified() => None,
+    };
+    Silent::remove(&silent, id);
+    let Some(first) = first else {
         return;
     };
     let result = match tls {

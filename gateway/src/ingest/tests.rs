@@ -644,25 +644,29 @@ async fn ingest_drain_refuses_new_writes_and_finishes_in_flight_ones() {
     );
 }
 
-/// Sockets that never send a byte are closed after the header read timeout,
-/// so they cannot hold every connection slot (issue: silent connections).
+/// Sockets that never send a byte cannot keep real clients out: past
+/// `max_connections` the oldest of them is closed to make room, and each is
+/// closed after the header read timeout anyway (issue: silent connections;
+/// with `--max-connections 50`, 60 silent sockets).
 #[tokio::test]
 async fn ingest_silent_connections_time_out_and_free_their_slots() {
+    let timeout = Duration::from_secs(3);
     let config = IngestConfig {
-        max_connections: 5,
-        header_read_timeout: Duration::from_millis(400),
+        max_connections: 50,
+        header_read_timeout: timeout,
         ..small_config()
     };
     let h = Harness::start(config, Recording::default()).await;
     let mut silent = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..60 {
         silent.push(tokio::net::TcpStream::connect(h.addr()).await.unwrap());
     }
-    // Every slot is held by a silent socket now; within the timeout plus a
-    // second they are gone and a real client is answered.
+    // Every slot is held by a silent socket now; a real client is answered
+    // within the first-byte timeout plus a second, and in fact at once: it
+    // takes the slot of the oldest silent socket.
     let started = std::time::Instant::now();
     let mut answered = None;
-    while started.elapsed() < Duration::from_secs(5) {
+    while started.elapsed() < timeout + Duration::from_secs(1) {
         if let Ok(Ok(mut c)) =
             tokio::time::timeout(Duration::from_millis(500), H1Client::connect(h.addr())).await
         {
@@ -680,16 +684,47 @@ async fn ingest_silent_connections_time_out_and_free_their_slots() {
     }
     let (status, after) = answered.expect("a real client got in");
     assert_eq!(status, StatusCode::NO_CONTENT);
-    assert!(after < Duration::from_secs(3), "answered after {after:?}");
+    assert!(
+        after < timeout,
+        "answered after {after:?}: it waited for a timeout instead of taking a silent slot"
+    );
     // The silent sockets were closed by the server.
     for mut s in silent {
         let mut buf = [0u8; 1];
         let n = tokio::time::timeout(
-            Duration::from_secs(2),
+            timeout + Duration::from_secs(2),
             tokio::io::AsyncReadExt::read(&mut s, &mut buf),
         )
         .await
         .expect("closed, not hanging");
         assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     }
+}
+
+/// A body of one remote-write version under the other's Content-Type is a
+/// 400 naming the mismatch, not a 204 with nothing stored.
+#[tokio::test]
+async fn ingest_body_of_the_other_version_is_a_400() {
+    let h = Harness::start(small_config(), Recording::default()).await;
+    let r = h
+        .h1_post(&[AUTH, ("content-type", CONTENT_TYPE_V2)], v1_body(3, 2))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(
+        r.body.contains(
+            "the Content-Type says remote-write 2.0, but the body holds a remote-write 1.0"
+        ),
+        "{}",
+        r.body
+    );
+    let r = h.h1_post(&[AUTH], v2_body(3, 2)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(
+        r.body.contains(
+            "the Content-Type says remote-write 1.0, but the body holds a remote-write 2.0"
+        ),
+        "{}",
+        r.body
+    );
+    assert!(h.delivery.batches().is_empty());
 }
