@@ -107,6 +107,14 @@ pub enum ErrorKind {
     /// A 2.0 symbol table whose first symbol is not the empty string (the
     /// spec requires `symbols[0] == ""`).
     FirstSymbolNotEmpty,
+    /// No series, and fields of the other protocol version: the body does
+    /// not match the version its Content-Type names.
+    WrongVersion {
+        /// The version the Content-Type names (`"1.0"` or `"2.0"`).
+        declared: &'static str,
+        /// The version the body's fields belong to.
+        found: &'static str,
+    },
     /// A 2.0 symbol reference beyond the symbol table.
     SymbolOutOfRange {
         /// The reference.
@@ -193,6 +201,11 @@ impl fmt::Display for ErrorKind {
             ErrorKind::FirstSymbolNotEmpty => {
                 f.write_str("the first symbol must be the empty string")
             }
+            ErrorKind::WrongVersion { declared, found } => write!(
+                f,
+                "the Content-Type says remote-write {declared}, but the body holds a remote-write \
+                 {found} message (no {declared} series; set the Content-Type that matches the body)"
+            ),
             ErrorKind::SymbolOutOfRange { reference, symbols } => write!(
                 f,
                 "symbol reference {reference} out of range ({symbols} symbols)"

@@ -358,6 +358,8 @@ pub fn scan_v1(body: &Bytes, limits: &Limits, out: &mut Vec<Series>) -> Result<S
     let mut summary = Summary::default();
     let mut r = Reader::new(body);
     let top = Location::default();
+    // Fields 4 and 5 (2.0 symbols and series) do not exist in 1.0.
+    let mut v2_fields = false;
     while !r.is_empty() {
         // A broken key between series is reported against the series it would start.
         let (field, wire) = r.key().map_err(|k| Location::series(out.len()).err(k))?;
@@ -384,8 +386,17 @@ pub fn scan_v1(body: &Bytes, limits: &Limits, out: &mut Vec<Series>) -> Result<S
                 check_metadata(payload).map_err(|k| at.err(k))?;
                 summary.metadata += 1;
             }
-            _ => r.skip(wire).map_err(|k| top.err(k))?,
+            _ => {
+                v2_fields |= field == 4 || field == 5;
+                r.skip(wire).map_err(|k| top.err(k))?
+            }
         }
+    }
+    if out.is_empty() && summary.metadata == 0 && v2_fields {
+        return Err(top.err(ErrorKind::WrongVersion {
+            declared: "1.0",
+            found: "2.0",
+        }));
     }
     summary.series = out.len();
     Ok(summary)

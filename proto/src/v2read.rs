@@ -44,10 +44,13 @@ pub fn to_v1(body: &[u8], limits: &Limits) -> Result<(Bytes, Summary), ScanError
     };
     let mut out = BytesMut::with_capacity(body.len() * 2);
     let mut r = Reader::new(body);
+    // Fields 1 and 3 (1.0 series and metadata) do not exist in 2.0.
+    let mut v1_fields = false;
     while !r.is_empty() {
         let at = Location::series(conv.summary.series);
         let (field, wire) = r.key().map_err(|k| at.err(k))?;
         if field != 5 {
+            v1_fields |= field == 1 || field == 3;
             r.skip(wire).map_err(|k| at.err(k))?;
             continue;
         }
@@ -60,6 +63,12 @@ pub fn to_v1(body: &[u8], limits: &Limits) -> Result<(Bytes, Summary), ScanError
         let msg = r.len_delimited().map_err(|k| at.err(k))?;
         conv.series(msg, at, &mut out)?;
         conv.summary.series += 1;
+    }
+    if conv.summary.series == 0 && conv.symbols.is_empty() && v1_fields {
+        return Err(Location::default().err(ErrorKind::WrongVersion {
+            declared: "2.0",
+            found: "1.0",
+        }));
     }
     out.put_slice(&conv.metadata);
     Ok((out.freeze(), conv.summary))

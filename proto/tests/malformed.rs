@@ -325,3 +325,36 @@ fn v2_malformed_inputs() {
         assert_eq!(v2_error(body), want, "case {name:?}");
     }
 }
+
+// -- version mismatch ---------------------------------------------------------
+
+/// A body of one version under the other's Content-Type is refused naming
+/// the mismatch (it would otherwise parse as an empty request, unknown
+/// fields skipped, and be answered 204 with nothing stored).
+#[test]
+fn a_body_of_the_other_version_is_named() {
+    let v2_body = cat(&[
+        symbols(&[b"", b"__name__", b"up"]),
+        v2_series(&[refs(&[1, 2])]),
+    ]);
+    assert_eq!(
+        v1_error(v2_body, &Limits::default()).0,
+        "the Content-Type says remote-write 1.0, but the body holds a remote-write 2.0 message \
+         (no 1.0 series; set the Content-Type that matches the body)"
+    );
+    let v1_body = cat(&[good_series(), good_series()]);
+    assert_eq!(
+        v2_error(v1_body),
+        "the Content-Type says remote-write 2.0, but the body holds a remote-write 1.0 message \
+         (no 2.0 series; set the Content-Type that matches the body)"
+    );
+    // Empty requests stay valid in both.
+    let mut out = Vec::new();
+    assert_eq!(
+        scan_v1(&Bytes::new(), &Limits::default(), &mut out)
+            .unwrap()
+            .series,
+        0
+    );
+    assert_eq!(v2read::to_v1(&[], &Limits::default()).unwrap().1.series, 0);
+}
