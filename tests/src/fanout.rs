@@ -78,7 +78,9 @@ pub mod tempfile_dir {
 
     impl Drop for TempDir {
         fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+            if std::env::var_os("FANOUT_KEEP_TEMP").is_none() {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
         }
     }
 }
@@ -94,7 +96,9 @@ impl Gateway {
         )
     }
 
-    /// Like [`Gateway::start`] on an existing data dir (a restart).
+    /// Like [`Gateway::start`] on an existing data dir (a restart). With
+    /// `--data-dir` in `extra` that one is used, and `data_dir` only holds
+    /// the log.
     pub fn start_in(name: &str, data_dir: tempfile_dir::TempDir, extra: &[&str]) -> Gateway {
         let admin_port = free_port();
         let ingest_port = free_port();
@@ -108,7 +112,12 @@ impl Gateway {
             .arg("serve")
             .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
             .args(["--ingest-listen", &format!("127.0.0.1:{ingest_port}")])
-            .args(["--data-dir", data_dir.path().to_str().expect("utf-8 path")])
+            .args(match extra.contains(&"--data-dir") {
+                // The caller's data dir (say a small file system); the log
+                // stays in `data_dir`.
+                true => vec![],
+                false => vec!["--data-dir", data_dir.path().to_str().expect("utf-8 path")],
+            })
             .args(["--admin-token", &token])
             .args(extra)
             .stdin(Stdio::null())

@@ -1,25 +1,17 @@
-//! The disk spill on a full disk (issue 6: "disk errors handled by falling
-//! back to memory and load shedding, never by exiting"), with a real full
-//! file system: a small tmpfs mounted on `<data-dir>/spill` (the registry
-//! database stays on the normal disk). Needs root for `mount`; `.ci/run`
-//! runs it.
+//! The disk spill on a full disk, with a real full file system: a small
+//! tmpfs mounted as the gateway's `--data-dir` (spill and registry database
+//! on it; the log elsewhere). Needs root for `mount`; `.ci/run` runs it.
 //!
-//! `full_disk_sheds_load_then_recovers`:
-//! 1. target down, traffic through a 64 KiB memory queue: the spill fills
-//!    the tmpfs, appends fail with ENOSPC, the overflow is dropped as
-//!    `queue_full` and counted in `fanout_spill_errors_total`; ingest keeps
-//!    answering;
-//! 2. the last free byte is taken by a filler file and the target comes up:
-//!    the backlog is sent from disk, but the ledger recording the acks
-//!    cannot be written, so the queue is marked broken (memory-only);
-//! 3. space is freed: the sender reopens the queue (retried with backoff)
-//!    and spilling goes on; every acknowledged sample that was not counted
-//!    as dropped arrives (duplicates allowed).
-//!
-//! `wal_full_disk_refuses_with_503_until_reopened`: the same with
-//! `--durability wal`: 2xx while the disk has room, 503 for every request
-//! while it is full and while the queue is broken, 2xx again once it is
-//! reopened; every sample answered 2xx arrives.
+//! A dead target fills the disk with its backlog while traffic flows:
+//! appends fail with ENOSPC, the target's `spillState` is `disk_full`, the
+//! overflow is dropped as `queue_full` (`durability: memory`) or requests
+//! are answered 503 (`wal`), admin writes are 2xx or 503, never 500. Then
+//! the target comes back and nobody frees any space: the backlog drains,
+//! the acks are recorded in place (the ledger needs no new block), the
+//! delivered segments are deleted, and within 30 s of the backlog draining
+//! the disk is free again, `wal` ingest answers 2xx, nothing more is
+//! dropped, and the target receives the new data. Every sample answered 2xx
+//! and not counted as dropped arrives.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -70,22 +62,43 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Takes every free byte of the file system holding `path`.
-fn fill(path: &Path) {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).expect("filler");
-    let block = vec![0xeeu8; 4096];
-    while f.write_all(&block).is_ok() {}
-    while f.write_all(&[0xee]).is_ok() {}
+/// Free and total bytes of the file system holding `path` (`df`).
+fn disk_space(path: &Path) -> (u64, u64) {
+    let out = Command::new("df")
+        .args(["-B1", "--output=avail,size"])
+        .arg(path)
+        .output()
+        .expect("df");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let nums: Vec<u64> = text
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    assert_eq!(nums.len(), 2, "df output: {text}");
+    (nums[0], nums[1])
+}
+
+/// An admin write (a new Workspace): 2xx, or 503 naming the cause with
+/// `Retry-After` while the disk is full; never a 500.
+fn admin_write(gw: &Gateway, n: u32) -> u16 {
+    let body = format!(r#"{{"id": "ws-x{n}", "organizationId": "org-x", "name": "x{n}"}}"#);
+    let (status, text) = gw.request(
+        "POST",
+        "/api/v1/workspaces",
+        Some(("application/json", &body)),
+    );
+    assert!(
+        status / 100 == 2 || (status == 503 && text.contains("disk full")),
+        "admin write {n}: {status} {text}"
+    );
+    status
 }
 
 fn registry(port: u16) -> String {
     rounds::registry(TOKEN, &format!("endpoint: '{}'", rounds::endpoint(port)))
-}
-
-/// One write; true when answered 2xx (see [`status`]).
-async fn write(client: &HttpClient, gw: &Gateway, seq: u32) -> bool {
-    status(client, gw, seq).await / 100 == 2
 }
 
 /// One write; the gateway must answer within 10 s, with 2xx, 429 or 503.
@@ -156,271 +169,225 @@ async fn wait_for(what: &str, gw: &Gateway, timeout: Duration, mut ok: impl FnMu
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs root to mount a small tmpfs; run by .ci/run"]
-async fn full_disk_sheds_load_then_recovers() {
+/// How one run went, for the report line.
+#[derive(Debug, Default)]
+struct Run {
+    requests: u32,
+    acked: Vec<u32>,
+    refused: u32,
+    admin_503: u32,
+}
+
+impl Run {
+    async fn write(&mut self, http: &HttpClient, gw: &Gateway) -> u16 {
+        let seq = self.requests;
+        let status = status(http, gw, seq).await;
+        if status / 100 == 2 {
+            self.acked.push(seq);
+        } else {
+            self.refused += 1;
+        }
+        self.requests += 1;
+        status
+    }
+}
+
+async fn fill_then_recover(durability: &str) {
     let started = Instant::now();
     let port = free_port();
-    let data = TempDir::new("fanout-disk-full");
-    let spill = data.path().join("spill");
-    let _tmpfs = Tmpfs::mount(&spill, "4m");
-    // Space to free in step 3: more than the ~40 requests (about 26 KiB of
-    // records each) written there before the backlog's segments can go, so
-    // the disk does not fill again however slowly the target drains.
-    std::fs::write(spill.join("reserve"), vec![0u8; 2560 << 10]).expect("reserve file");
-    let conf = TempDir::new("fanout-disk-full-conf");
-    let registry_path = conf.path().join("registry.yaml");
+    let home = TempDir::new(&format!("fanout-disk-full-{durability}"));
+    let data = home.path().join("data");
+    let _tmpfs = Tmpfs::mount(&data, "4m");
+    let registry_path = home.path().join("registry.yaml");
     std::fs::write(&registry_path, registry(port)).unwrap();
     let gw = Gateway::start_in(
-        "disk-full",
-        data,
+        &format!("disk-full-{durability}"),
+        home,
         &[
+            "--data-dir",
+            data.to_str().unwrap(),
             "--registry",
             registry_path.to_str().unwrap(),
             "--target-queue-memory",
             "64KiB",
+            "--durability",
+            durability,
         ],
     );
     let http = client();
-    let mut acked = Vec::new();
-    let mut seq = 0u32;
+    let mut run = Run::default();
+    let mut admin_n = 0;
+    let mut admin = |gw: &Gateway, run: &mut Run| {
+        admin_n += 1;
+        if admin_write(gw, admin_n) == 503 {
+            run.admin_503 += 1;
+        }
+    };
 
-    // 1. Target down until the spill hits ENOSPC, then 20 more requests.
+    // 1. Target down until the disk is full, then 20 more requests.
     let mut after_full = 0;
     while after_full < 20 {
-        if write(&http, &gw, seq).await {
-            acked.push(seq);
-        }
-        seq += 1;
+        run.write(&http, &gw).await;
         if spill_errors(&gw) > 0 {
             after_full += 1;
+            if after_full % 5 == 0 {
+                admin(&gw, &mut run);
+            }
         }
-        assert!(seq < 400, "the tmpfs never filled");
+        assert!(run.requests < 1000, "the tmpfs never filled");
     }
-    let errors_full = spill_errors(&gw);
-    assert!(errors_full > 0);
-    let dropped_full = dropped(&gw);
+    let t = target(&gw);
+    assert_eq!(t["spillState"], "disk_full", "{t}");
+    assert!(
+        metric(&gw, "fanout_target_spill_disk_full") == 1,
+        "/metrics shows the full disk"
+    );
+    let log = gw.log();
+    assert!(log.contains("No space left on device"), "log:\n{log}");
+    assert!(log.contains("the disk spill is full"), "log:\n{log}");
+    if durability == "wal" {
+        assert!(run.refused > 0, "wal requests on a full disk are refused");
+    } else {
+        assert_eq!(run.refused, 0, "memory mode answers 2xx and sheds");
+        assert!(dropped(&gw) > 0, "{t}");
+    }
+    let (free_full, size) = disk_space(&data);
     println!(
-        "step 1: {seq} requests, {} acked, spill errors {errors_full}, dropped {dropped_full}",
-        acked.len()
-    );
-    assert!(
-        dropped_full > 0,
-        "overflow beyond the full disk is dropped and counted: {}",
-        target(&gw)
-    );
-    assert!(
-        gw.log().contains("No space left on device"),
-        "log:\n{}",
-        gw.log()
+        "{durability} step 1: {} requests, {} acked, {} refused, spill errors {}, dropped {}, \
+         {free_full} of {size} bytes free",
+        run.requests,
+        run.acked.len(),
+        run.refused,
+        spill_errors(&gw),
+        dropped(&gw)
     );
 
-    // 2. Not one byte left; the target comes up and drains from disk, but
-    // the ledger of its acks cannot be written: the queue breaks.
-    fill(&spill.join("filler"));
+    // 2. The target comes back; nobody frees any space.
     let sink = sink_at(port, "t", &[]).await;
     let t0 = Instant::now();
-    while !gw.log().contains("queue marked broken") && t0.elapsed() < Duration::from_secs(10) {
-        if write(&http, &gw, seq).await {
-            acked.push(seq);
+    let mut drained_at = None;
+    let mut recovered_at = None;
+    let mut ok_in_a_row = 0;
+    while ok_in_a_row < 20 {
+        let status = run.write(&http, &gw).await;
+        if run.requests % 10 == 0 {
+            admin(&gw, &mut run);
         }
-        seq += 1;
+        let t = target(&gw);
+        let backlog = t["spillBytes"].as_u64().unwrap_or(u64::MAX)
+            + t["queueBytes"].as_u64().unwrap_or(u64::MAX);
+        if drained_at.is_none() && backlog < 256 << 10 {
+            drained_at = Some(Instant::now());
+        }
+        let (free, _) = disk_space(&data);
+        let recovered = t["spillState"] == "ok" && free > size / 2;
+        if recovered && recovered_at.is_none() {
+            recovered_at = Some(Instant::now());
+        }
+        if recovered && status / 100 == 2 {
+            ok_in_a_row += 1;
+        } else if recovered_at.is_some() {
+            assert!(
+                status / 100 == 2,
+                "request {} answered {status} after the disk had room again ({free} bytes free); \
+                 target: {t}\nlog:\n{}",
+                run.requests - 1,
+                gw.log()
+            );
+        }
+        if let Some(d) = drained_at {
+            assert!(
+                d.elapsed() < Duration::from_secs(30) || recovered_at.is_some(),
+                "backlog drained {:?} ago, but the disk is not free again: {free} of {size} \
+                 bytes free, target: {t}\nlog:\n{}",
+                d.elapsed(),
+                gw.log()
+            );
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the backlog did not drain within 60s: {t}\nlog:\n{}",
+            gw.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        gw.log().contains("queue marked broken"),
-        "the failed ledger write marks the queue broken; log:\n{}",
-        gw.log()
+    let drained = drained_at.expect("drained").duration_since(t0);
+    let recovered = recovered_at.expect("recovered").duration_since(t0);
+    assert_eq!(
+        admin_write(&gw, 10_000),
+        201,
+        "an admin write once space is back"
     );
-    println!("step 2: broken after {:?}; {seq} requests", t0.elapsed());
+    let dropped_recovered = dropped(&gw);
 
-    // 3. Space comes back: the queue is reopened (first attempt 1 s after
-    // the sender saw it broken) and spilling goes on.
-    std::fs::remove_file(spill.join("filler")).unwrap();
-    std::fs::remove_file(spill.join("reserve")).unwrap();
-    let t1 = Instant::now();
-    while !gw.log().contains("disk spill reopened") && t1.elapsed() < Duration::from_secs(10) {
-        if write(&http, &gw, seq).await {
-            acked.push(seq);
-        }
-        seq += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        gw.log().contains("disk spill reopened"),
-        "the queue is reopened once space is back; log:\n{}",
-        gw.log()
-    );
-    println!("step 3: reopened after {:?}", t1.elapsed());
-    let dropped_before = dropped(&gw);
-    for _ in 0..20 {
-        if write(&http, &gw, seq).await {
-            acked.push(seq);
-        }
-        seq += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    // Everything acknowledged and not counted as dropped arrives.
-    let e = expectation(&acked);
-    let deadline = Duration::from_secs(20);
+    // 3. Everything answered 2xx and not counted as dropped arrives, the
+    // new data included; nothing is dropped after the recovery.
+    let e = expectation(&run.acked);
     wait_for(
         "delivery of every sample not dropped",
         &gw,
-        deadline,
+        Duration::from_secs(20),
         || {
-            let (miss, other) = missing(&e, &sink, false);
+            let (miss, other) = missing(&e, &sink, durability == "wal");
             assert!(other.is_empty(), "{other:?}");
-            miss <= dropped(&gw) && target(&gw)["spillBytes"].as_u64() == Some(0)
+            miss <= dropped(&gw)
         },
     )
     .await;
-    let (miss, _) = missing(&e, &sink, false);
-    let dropped_end = dropped(&gw);
-    println!(
-        "end: {seq} requests, {} acked, {miss} samples missing, {dropped_end} dropped \
-         ({dropped_before} before the last 20 requests), spill errors {}, {:?} in all",
-        acked.len(),
-        spill_errors(&gw),
-        started.elapsed()
-    );
+    let (miss, _) = missing(&e, &sink, durability == "wal");
+    if durability == "wal" {
+        assert_eq!(miss, 0, "every sample answered 2xx arrives");
+    }
     assert_eq!(
-        dropped_end,
-        dropped_before,
-        "nothing dropped once the disk had room again: {}\nlog:\n{}",
-        target(&gw),
+        dropped(&gw),
+        dropped_recovered,
+        "nothing dropped once the disk had room again: {}",
+        target(&gw)
+    );
+    assert!(
+        gw.log().contains("the disk has space again"),
+        "log:\n{}",
         gw.log()
     );
-    assert!(started.elapsed() < Duration::from_secs(60));
-    for line in gw.log().lines().filter(|l| {
-        l.contains("marked broken") || l.contains("reopen") || l.contains("No space left")
-    }) {
-        println!("log: {}", line.chars().take(300).collect::<String>());
-    }
+    assert!(
+        !gw.log().contains("marked broken"),
+        "a full disk does not break the queue; log:\n{}",
+        gw.log()
+    );
+    let (free_end, _) = disk_space(&data);
+    println!(
+        "{durability} end: {} requests, {} acked, {} refused, {miss} samples missing, {} dropped, \
+         admin writes answered 503: {}; backlog drained {drained:?} and disk free again \
+         {recovered:?} after the target came back ({free_end} of {size} bytes free); {:?} in all",
+        run.requests,
+        run.acked.len(),
+        run.refused,
+        dropped(&gw),
+        run.admin_503,
+        started.elapsed()
+    );
     drop(gw);
 }
 
-/// `--durability wal` on the same full disk: a request is answered 2xx only
-/// once its data is fsynced on disk, so while the disk is full (appends fail
-/// with ENOSPC) and while the queue is broken (its ledger could not be
-/// written) requests are refused with 503, and after space is freed and the
-/// queue reopened they are answered 2xx again; every sample answered 2xx
-/// arrives.
+/// A sample of a `/metrics` gauge or counter (the first series of `name`).
+fn metric(gw: &Gateway, name: &str) -> u64 {
+    let (status, text) = gw.request("GET", "/metrics", None);
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs root to mount a small tmpfs; run by .ci/run"]
-async fn wal_full_disk_refuses_with_503_until_reopened() {
-    let started = Instant::now();
-    let port = free_port();
-    let data = TempDir::new("fanout-disk-full-wal");
-    let spill = data.path().join("spill");
-    let _tmpfs = Tmpfs::mount(&spill, "2m");
-    let conf = TempDir::new("fanout-disk-full-wal-conf");
-    let registry_path = conf.path().join("registry.yaml");
-    std::fs::write(&registry_path, registry(port)).unwrap();
-    let gw = Gateway::start_in(
-        "disk-full-wal",
-        data,
-        &[
-            "--registry",
-            registry_path.to_str().unwrap(),
-            "--durability",
-            "wal",
-        ],
-    );
-    let http = client();
-    let mut acked = Vec::new();
-    let mut seq = 0u32;
+async fn dead_target_fills_the_disk_then_memory_mode_recovers_by_itself() {
+    fill_then_recover("memory").await;
+}
 
-    // Target down, disk with room: everything is made durable, answered 2xx.
-    for _ in 0..10 {
-        assert!(
-            write(&http, &gw, seq).await,
-            "request {seq} with room on disk"
-        );
-        acked.push(seq);
-        seq += 1;
-    }
-
-    // Not one byte left: nothing can be made durable, so nothing is 2xx.
-    fill(&spill.join("filler"));
-    let mut refused = 0;
-    for _ in 0..10 {
-        let status = status(&http, &gw, seq).await;
-        assert_eq!(status, 503, "request {seq} on a full disk");
-        refused += 1;
-        seq += 1;
-    }
-    // The target comes up: its acks cannot be written, the queue breaks;
-    // requests keep being refused.
-    let sink = sink_at(port, "t", &[]).await;
-    let t0 = Instant::now();
-    while !gw.log().contains("queue marked broken") && t0.elapsed() < Duration::from_secs(10) {
-        let status = status(&http, &gw, seq).await;
-        assert_eq!(status, 503, "request {seq} on a full disk");
-        refused += 1;
-        seq += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        gw.log().contains("queue marked broken"),
-        "the failed ledger write marks the queue broken; log:\n{}",
-        gw.log()
-    );
-    for _ in 0..5 {
-        let status = status(&http, &gw, seq).await;
-        assert_eq!(status, 503, "request {seq} with the queue broken");
-        refused += 1;
-        seq += 1;
-    }
-
-    // Space back: once reopened, requests are made durable again.
-    std::fs::remove_file(spill.join("filler")).unwrap();
-    let t1 = Instant::now();
-    let mut ok_after = 0;
-    while ok_after < 20 {
-        let reopened = gw.log().contains("disk spill reopened");
-        let status = status(&http, &gw, seq).await;
-        if status / 100 == 2 {
-            acked.push(seq);
-            if reopened {
-                ok_after += 1;
-            }
-        } else {
-            assert!(
-                !reopened,
-                "request {seq} refused ({status}) after the reopen"
-            );
-            refused += 1;
-        }
-        seq += 1;
-        assert!(
-            t1.elapsed() < Duration::from_secs(15),
-            "not reopened within 15s; log:\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    let e = expectation(&acked);
-    wait_for(
-        "every sample answered 2xx",
-        &gw,
-        Duration::from_secs(20),
-        || {
-            let (miss, other) = missing(&e, &sink, true);
-            assert!(other.is_empty(), "{other:?}");
-            miss == 0
-        },
-    )
-    .await;
-    println!(
-        "wal: {seq} requests, {} answered 2xx and delivered, {refused} refused with 503, \
-         spill errors {}, reopened {:?} after space was freed, {:?} in all",
-        acked.len(),
-        spill_errors(&gw),
-        t1.elapsed(),
-        started.elapsed()
-    );
-    assert!(started.elapsed() < Duration::from_secs(60));
-    drop(gw);
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root to mount a small tmpfs; run by .ci/run"]
+async fn dead_target_fills_the_disk_then_wal_mode_recovers_by_itself() {
+    fill_then_recover("wal").await;
 }
