@@ -53,6 +53,7 @@ pub(super) async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
                         m.spill_bytes.set(st.bytes as f64);
                         m.spill_disk_full
                             .set(if st.space_short { 1.0 } else { 0.0 });
+                        h.note_spill_space(st.space_short);
                     }
                 }
                 h.metrics.load().in_flight.set(f64::from(core.in_flight()));

@@ -291,9 +291,6 @@ impl TargetHandle {
             stats.add_disk_full(to_disk.disk_full);
             self.metrics.load().disk_full.increment(to_disk.disk_full);
         }
-        if to_disk.appended > 0 && spill.full.swap(false, Ordering::Relaxed) {
-            tracing::info!(target_id = %self.id, "delivery: the disk has space again; spilling goes on");
-        }
         if let Some(e) = &to_disk.error {
             if e.is_out_of_space() && !spill.full.swap(true, Ordering::Relaxed) {
                 tracing::warn!(target_id = %self.id, error = %e, "delivery: the disk spill is full; until space is back, data beyond the memory queue is dropped (queue_full) and with durability wal requests for this target are answered 503; delivered segments are deleted as the target drains");
@@ -402,6 +399,16 @@ impl TargetHandle {
             "delivery: disk spill reopened; spilling again");
         self.notify.notify_one();
         None
+    }
+
+    /// Logs the end of a full disk (an append worked, or delivered segments
+    /// were deleted), once.
+    pub(super) fn note_spill_space(&self, space_short: bool) {
+        if let Some(spill) = &self.spill {
+            if !space_short && spill.full.swap(false, Ordering::Relaxed) {
+                tracing::info!(target_id = %self.id, "delivery: the disk spill has space again; spilling goes on");
+            }
+        }
     }
 
     /// Spill gauges: queued bytes, the enqueue time of the oldest record,

@@ -184,8 +184,12 @@ fn round(queue: &Mutex<DiskQueue>, counters: &Counters) -> Result<(), SpillError
     }
     let written = plan.written_seq;
     let syncs = plan.syncs_data();
+    let frees = plan.frees_space();
     match plan.execute() {
         Ok(()) => {
+            if frees {
+                lock_queue(queue).space_freed();
+            }
             if syncs {
                 counters.fsyncs.fetch_add(1, Ordering::AcqRel);
             }

@@ -207,8 +207,8 @@ pub struct SpillStats {
     pub dropped_records: u64,
     /// Records found corrupt while reading since open.
     pub corrupt_records: u64,
-    /// The last append failed for lack of space (ENOSPC or a quota); the
-    /// next one that succeeds clears it.
+    /// The last append failed for lack of space (ENOSPC or a quota); an
+    /// append that succeeds, or a sync round that deletes segments, clears it.
     pub space_short: bool,
 }
 
@@ -251,6 +251,12 @@ impl SyncPlan {
             && self.dir.is_none()
             && self.ledger.is_none()
             && self.delete.is_empty()
+    }
+
+    /// True when it deletes segments: space comes back once it ran (then
+    /// call [`DiskQueue::space_freed`]).
+    pub fn frees_space(&self) -> bool {
+        !self.delete.is_empty()
     }
 
     /// True when it calls fsync on segment data.
@@ -810,6 +816,7 @@ impl DiskQueue {
         let ledger = (self.acked_seq != self.ledger_synced)
             .then(|| (self.dir.join(LEDGER_FILE), self.acked_seq));
         let delete = std::mem::take(&mut self.consumed);
+
         if ledger.is_some() {
             self.ledger_synced = self.acked_seq;
             self.ledger_written = self.acked_seq;
@@ -822,6 +829,12 @@ impl DiskQueue {
             delete,
             written_seq: self.next_seq - 1,
         })
+    }
+
+    /// A sync round deleted segments: the disk is no longer taken as full
+    /// (the next append finds out).
+    pub fn space_freed(&mut self) {
+        self.space_short = false;
     }
 
     /// Marks the queue unusable after a failed fsync (the kernel may have
@@ -959,8 +972,13 @@ impl DiskQueue {
             return Ok(());
         }
         let plan = self.plan_sync()?;
+        let frees = plan.frees_space();
         plan.execute()
-            .inspect_err(|e| self.mark_broken(e.to_string()))
+            .inspect_err(|e| self.mark_broken(e.to_string()))?;
+        if frees {
+            self.space_freed();
+        }
+        Ok(())
     }
 
     /// Flushes with fsync and closes: the next open resumes exactly here.

@@ -207,9 +207,14 @@ impl Store for SqliteStore {
                 other => other,
             };
             if !matches!(done, Ok((_, true))) {
-                if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
-                    tracing::warn!(error = %e, "registry store: rollback failed; closing that connection");
-                    let _ = conn.detach().close().await;
+                match sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                    Ok(_) => {}
+                    // SQLite already rolled back (it does on a full disk).
+                    Err(e) if e.to_string().contains("no transaction is active") => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registry store: rollback failed; closing that connection");
+                        let _ = conn.detach().close().await;
+                    }
                 }
             }
             done.map(|(stored, _)| stored)
