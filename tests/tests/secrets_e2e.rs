@@ -15,8 +15,9 @@
 //!   phase the receiver answers 204 to requests with the right credentials
 //!   and the test waits for samples at every target.
 //! - `console_targets_screen_shows_no_secret` (ignored, run by `.ci/run`):
-//!   the same failing targets in `fanout-tui` inside tmux; the Targets and
-//!   Failures screens show the errors, scrubbed.
+//!   the same failing targets in `fanout-tui` inside a 250-column tmux pane;
+//!   the Targets table, each target's detail, the Failures and Config views
+//!   show the errors and exports without a secret.
 //!
 //! Everything binds 127.0.0.1 and every wait is bounded.
 
@@ -596,6 +597,167 @@ async fn secrets_never_leave_the_gateway_and_still_reach_targets() {
         );
         assert!(msg.contains("***"), "nothing was scrubbed in {msg:?}");
     }
+}
+
+/// Runs `tmux` on a private socket.
+fn tmux(socket: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("tmux")
+        .arg("-L")
+        .arg(socket)
+        .args(args)
+        .env_remove("TMUX")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("cannot run tmux")
+}
+
+/// Kills its tmux server when dropped.
+struct TmuxServer(String);
+
+impl Drop for TmuxServer {
+    fn drop(&mut self) {
+        let _ = tmux(&self.0, &["kill-server"]);
+    }
+}
+
+/// The pane once it contains `want` (at most 30 s); panics with the screen.
+fn screen_with(socket: &str, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = tmux(socket, &["capture-pane", "-p", "-t", "tui"]);
+        let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+        if screen.contains(want) {
+            return screen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {want:?} on the console; screen:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs tmux and builds fanout-tui; run by .ci/run"]
+async fn console_targets_screen_shows_no_secret() {
+    assert!(
+        std::process::Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "tmux is not installed (apt-get install tmux)"
+    );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = std::process::Command::new(cargo)
+        .args(["build", "-p", "fanout-tui", "--bin", "fanout-tui"])
+        .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .status()
+        .expect("cannot run cargo build");
+    assert!(built.success(), "cargo build of fanout-tui failed");
+    let tui = fanout_tests::prometheus::target_dir().join("debug/fanout-tui");
+
+    let rx = Receiver::start().await;
+    let dir = fanout_tests::fanout::tempfile_dir::TempDir::new("e2e-secrets-tui");
+    let file = dir.path().join("registry.yaml");
+    std::fs::write(&file, registry(&rx)).unwrap();
+    let gw = Gateway::start_with_env(
+        "e2e-secrets-tui",
+        &["--catalog", "builtin", "--registry", file.to_str().unwrap()],
+        &[
+            ("AWS_ACCESS_KEY_ID", ENV_ACCESS),
+            ("AWS_SECRET_ACCESS_KEY", ENV_SECRET),
+            ("AWS_SESSION_TOKEN", ENV_SESSION),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for seq in 1.. {
+        send_traffic(&gw.ingest, seq).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let failed = targets(&gw)
+            .iter()
+            .filter(|t| t["lastError"]["message"].is_string())
+            .count();
+        if failed == TARGETS.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "targets never failed");
+    }
+
+    // The console in a 250x50 pane: wide enough for the error column.
+    let socket = format!("fanout-secrets-tui-{}", std::process::id());
+    let _server = TmuxServer(socket.clone());
+    let out = std::process::Command::new("tmux")
+        .args([
+            "-L",
+            &socket,
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-s",
+            "tui",
+        ])
+        .args(["-x", "250", "-y", "50"])
+        .arg(format!(
+            "{} --admin {}; exec sleep 600",
+            tui.display(),
+            gw.admin
+        ))
+        .env("FANOUT_ADMIN_TOKEN", &gw.token)
+        .env("TERM", "xterm-256color")
+        .env_remove("TMUX")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("tmux new-session");
+    assert!(out.status.success(), "tmux new-session: {out:?}");
+
+    let mut screens = Vec::new();
+    let keys = |k: &str| {
+        let out = tmux(&socket, &["send-keys", "-t", "tui", k]);
+        assert!(out.status.success(), "send-keys: {out:?}");
+    };
+    keys("2");
+    screens.push(("Targets", screen_with(&socket, "bad creds")));
+    for _ in 0..TARGETS.len() {
+        keys("Enter");
+        screens.push(("target detail", screen_with(&socket, "last err")));
+        keys("Escape");
+        screen_with(&socket, "bad creds");
+        keys("j");
+    }
+    keys("3");
+    screens.push(("Failures", screen_with(&socket, "bad creds")));
+    keys("4");
+    screens.push(("Config", screen_with(&socket, "x-headers")));
+    keys("q");
+
+    let mut found = Vec::new();
+    for (name, screen) in &screens {
+        for h in hits(screen) {
+            found.push(format!("{name}: {h}"));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "secrets on the console:\n{}\nscreens:\n{}",
+        found.join("\n"),
+        screens
+            .iter()
+            .map(|(n, s)| format!("--- {n}\n{s}"))
+            .collect::<String>()
+    );
+    // What the console shows is the scrubbed error and the masked endpoint.
+    assert!(
+        screens[0].1.contains("authorization: ***"),
+        "{}",
+        screens[0].1
+    );
+    assert!(
+        screens
+            .iter()
+            .any(|(_, s)| s.contains("/query/api/v1/write?api_key=***&tenant=***")),
+        "no target detail shows the query endpoint masked"
+    );
 }
 
 fn tail(s: &str, n: usize) -> String {
