@@ -96,10 +96,29 @@ impl Gateway {
         )
     }
 
+    /// Like [`Gateway::start`] with `env` added to the process environment.
+    pub fn start_with_env(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
+        Gateway::launch(
+            name,
+            tempfile_dir::TempDir::new(&format!("fanout-{name}")),
+            extra,
+            env,
+        )
+    }
+
     /// Like [`Gateway::start`] on an existing data dir (a restart). With
     /// `--data-dir` in `extra` that one is used, and `data_dir` only holds
     /// the log.
     pub fn start_in(name: &str, data_dir: tempfile_dir::TempDir, extra: &[&str]) -> Gateway {
+        Gateway::launch(name, data_dir, extra, &[])
+    }
+
+    fn launch(
+        name: &str,
+        data_dir: tempfile_dir::TempDir,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let admin_port = free_port();
         let ingest_port = free_port();
         let token = format!("admin-token-{name}");
@@ -120,6 +139,7 @@ impl Gateway {
             })
             .args(["--admin-token", &token])
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -196,13 +216,28 @@ impl Gateway {
         path: &str,
         body: Option<(&str, &str)>,
     ) -> std::io::Result<(u16, String)> {
+        self.try_request_with(method, path, &[], body)
+    }
+
+    /// Like [`Gateway::try_request`] with extra request headers (`Accept`, ...).
+    pub fn try_request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&str, &str)>,
+    ) -> std::io::Result<(u16, String)> {
         let addr = self.admin.trim_start_matches("http://");
         let mut stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let (ctype, text) = body.unwrap_or(("application/json", ""));
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
-             Content-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+             Content-Type: {ctype}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{text}",
             self.token,
             text.len()
         );

@@ -236,7 +236,8 @@ async fn effective(State(s): State<AdminState>, Path(id): Path<String>) -> ApiRe
         .into_iter()
         .map(|e| {
             let mut fields = serde_json::to_value(&e.fields).unwrap_or(Value::Null);
-            let set = mask_export_fields(&mut fields);
+            // The merged fields carry the merged publicHeaders.
+            let set = mask_export_fields(&mut fields, &[]);
             json!({
                 "id": e.export_id,
                 "objectKey": e.object_key,

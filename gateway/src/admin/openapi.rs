@@ -64,7 +64,8 @@ pub fn document() -> Value {
         "authType": {"type": "string", "enum": ["NONE", "AUTH_TOKEN", "BASIC", "SIGV4"]},
         "basicToken": secret, "username": s("string"), "password": secret,
         "sigv4Region": s("string"), "sigv4AccessKey": s("string"), "sigv4SecretKey": secret, "sigv4RoleArn": s("string"),
-        "headers": {"type": "object", "additionalProperties": s("string")},
+        "headers": {"type": "object", "additionalProperties": s("string"), "description": "values are secrets (\"***\" in reads) unless named in publicHeaders"},
+        "publicHeaders": {"type": "array", "items": s("string"), "description": "header names whose values reads show (never Authorization)"},
         "labels": {"type": "object", "additionalProperties": s("string")},
         "delivery": {"type": "object", "properties": {
             "maxSamplesPerSend": s("integer"), "batchSendDeadline": s("string"), "maxConcurrency": s("integer"),

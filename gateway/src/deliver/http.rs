@@ -6,9 +6,11 @@
 //! Requests carry the remote-write 1.0 headers (`Content-Encoding: snappy`,
 //! `Content-Type: application/x-protobuf`,
 //! `X-Prometheus-Remote-Write-Version: 0.1.0`, `User-Agent`), the target's
-//! custom headers and its auth. Error messages name the kind of failure and
-//! never contain credentials (endpoints cannot carry any: validation refuses
-//! userinfo).
+//! custom headers and its auth. Error messages name the kind of failure;
+//! every text that comes from the target or from the request (error bodies,
+//! error chains) passes the target's scrubber before it leaves [`HttpSender::send`],
+//! so no credential reaches `lastError`, the logs or the stats API
+//! (endpoints carry no userinfo: validation refuses it).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,11 +31,14 @@ use tokio::net::TcpStream;
 use super::policy::{parse_retry_after, SendResult};
 use super::sigv4;
 use crate::registry::resolve::{Auth, TargetConfig};
+use crate::registry::Target;
 
 /// `User-Agent` of every delivery request.
 pub const USER_AGENT: &str = concat!("fanout/", env!("CARGO_PKG_VERSION"));
 /// Bytes of a response body kept for the last error.
 pub const BODY_START: usize = 256;
+/// Bytes of an error body scrubbed before it is cut to [`BODY_START`].
+const BODY_SCRUBBED: usize = 8 << 10;
 /// Bytes of a response body read at most (so the connection can be reused).
 const BODY_READ_MAX: usize = 64 << 10;
 
@@ -217,10 +222,13 @@ impl HttpSender {
         for (k, v) in &target.headers {
             let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(k.as_bytes()),
-                HeaderValue::from_str(v),
+                HeaderValue::from_str(v.expose()),
             ) else {
                 return Err(format!("invalid custom header {k:?}"));
             };
+            // Every custom header value is a secret (docs/registry.md).
+            let mut value = value;
+            value.set_sensitive(true);
             headers.insert(name, value);
         }
         let sensitive = |s: String| {
@@ -313,23 +321,30 @@ impl HttpSender {
     }
 
     /// One attempt: sends `body` to `target` within its `timeout`.
-    pub async fn send(&self, target: &TargetConfig, body: Bytes) -> SendResult {
-        let req = match Self::request(target, body, SystemTime::now()) {
+    ///
+    /// Every text in the result that did not come from Fanout itself (an
+    /// error body, an error chain) has passed the target's
+    /// [`Scrubber`](crate::registry::secrets::Scrubber); a 2xx body is not
+    /// kept at all.
+    pub async fn send(&self, target: &Target, body: Bytes) -> SendResult {
+        let config = &target.config;
+        let scrub = |text: &str| target.scrubber.scrub(text).into_owned();
+        let req = match Self::request(config, body, SystemTime::now()) {
             Ok(r) => r,
             // A request that cannot be built is never deliverable.
             Err(message) => {
                 return SendResult::Status {
                     status: 400,
                     retry_after: None,
-                    body: format!("not sent: {message}"),
+                    body: scrub(&format!("not sent: {message}")),
                 }
             }
         };
         let attempt = async {
             let resp = match self.client.request(req).await {
                 Ok(r) => r,
-                Err(e) if e.is_connect() => return SendResult::Connect(error_chain(&e)),
-                Err(e) => return SendResult::Io(error_chain(&e)),
+                Err(e) if e.is_connect() => return SendResult::Connect(scrub(&error_chain(&e))),
+                Err(e) => return SendResult::Io(scrub(&error_chain(&e))),
             };
             let status = resp.status().as_u16();
             let retry_after = resp
@@ -337,6 +352,10 @@ impl HttpSender {
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            let success = (200..300).contains(&status);
+            // An error body is scrubbed before it is cut to its start, so
+            // the cut never leaves the beginning of a secret behind.
+            let keep = if success { 0 } else { BODY_SCRUBBED };
             let mut body = resp.into_body();
             let mut start = Vec::new();
             let mut read = 0usize;
@@ -345,20 +364,32 @@ impl HttpSender {
                     Some(Ok(frame)) => {
                         if let Some(data) = frame.data_ref() {
                             read += data.len();
-                            let room = BODY_START.saturating_sub(start.len());
+                            let room = keep.saturating_sub(start.len());
                             start.extend_from_slice(&data[..data.len().min(room)]);
                         }
                     }
                     _ => break,
                 }
             }
+            let body = if success {
+                String::new()
+            } else {
+                let text = String::from_utf8_lossy(&start);
+                let mut text = target.scrubber.scrub(&text).into_owned();
+                let mut end = BODY_START.min(text.len());
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
+                text
+            };
             SendResult::Status {
                 status,
                 retry_after,
-                body: String::from_utf8_lossy(&start).into_owned(),
+                body,
             }
         };
-        match tokio::time::timeout(target.delivery.timeout, attempt).await {
+        match tokio::time::timeout(config.delivery.timeout, attempt).await {
             Ok(r) => r,
             Err(_) => SendResult::Timeout,
         }
@@ -377,7 +408,7 @@ mod tests {
                 "https://aps-workspaces.us-east-1.amazonaws.com/workspaces/ws-1/api/v1/remote_write"
                     .into(),
             auth,
-            headers: [("x-scope-orgid".to_owned(), "team-a".to_owned())].into(),
+            headers: [("x-scope-orgid".to_owned(), Secret::new("team-a"))].into(),
             labels: Default::default(),
             delivery: DeliveryOptions::default(),
         }

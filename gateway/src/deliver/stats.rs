@@ -40,6 +40,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
 
 use super::route::Drops;
+use crate::registry::secrets::mask_endpoint;
 
 /// Recent errors kept for the stats snapshot.
 pub const RECENT_ERRORS: usize = 50;
@@ -522,22 +523,28 @@ pub fn rfc3339(t: SystemTime) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
-/// An endpoint without userinfo and query string (docs/stats-api.md).
+/// An endpoint without userinfo or fragment, its query values masked
+/// (`…/write?api_key=***`, docs/stats-api.md).
 pub fn display_endpoint(endpoint: &str) -> String {
     let (scheme, rest) = match endpoint.split_once("://") {
         Some((s, r)) => (Some(s), r),
         None => (None, endpoint),
     };
-    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let rest = rest.split('#').next().unwrap_or("");
+    let (rest, query) = match rest.find('?') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
     let host = authority.rsplit('@').next().unwrap_or(authority);
-    match scheme {
-        Some(s) => format!("{s}://{host}{path}"),
-        None => format!("{host}{path}"),
-    }
+    let shown = match scheme {
+        Some(s) => format!("{s}://{host}{path}{query}"),
+        None => format!("{host}{path}{query}"),
+    };
+    mask_endpoint(&shown).into_owned()
 }
 
 #[cfg(test)]
@@ -599,10 +606,10 @@ mod tests {
     }
 
     #[test]
-    fn deliver_stats_endpoint_display_strips_credentials_and_query() {
+    fn deliver_stats_endpoint_display_strips_credentials_and_masks_query_values() {
         assert_eq!(
-            display_endpoint("https://user:pw@prom.example.com:9090/api/v1/write?token=x"),
-            "https://prom.example.com:9090/api/v1/write"
+            display_endpoint("https://user:pw@prom.example.com:9090/api/v1/write?token=x&a=b#f"),
+            "https://prom.example.com:9090/api/v1/write?token=***&a=***"
         );
         assert_eq!(
             display_endpoint("http://127.0.0.1:9201/api/v1/write"),

@@ -13,6 +13,9 @@
 //!   field override merge, defaults, and the target identity (a SHA-256 over a
 //!   canonical encoding of endpoint, auth, headers, labels and delivery options).
 //!   No IO, no clock.
+//! - [`secrets`]: which values of a target's config are secret, the masked
+//!   form of endpoints, and the [`secrets::Scrubber`] that takes every form of
+//!   a target's secrets out of what the target sends back.
 //! - [`snapshot`]: the immutable, pre-indexed view the hot path reads through an
 //!   `ArcSwap` without locks; [`snapshot::SnapshotDiff`] tells what targets were
 //!   added, changed or removed between two snapshots.
@@ -35,6 +38,7 @@ pub mod live;
 pub mod model;
 pub mod ops;
 pub mod resolve;
+pub mod secrets;
 pub mod snapshot;
 pub mod store;
 pub mod validate;

@@ -6,23 +6,31 @@
 //! in [`super::resolve`].
 //!
 //! # Secrets
-//! `ingestToken`, `basicToken`, `password` and `sigv4SecretKey` are [`Secret`]s.
-//! They serialize in clear because the store must keep them, so nothing outside
-//! the store may serialize a model object directly: every read goes through
-//! [`masked`], which writes `"***"` instead and lists the set secrets in
-//! `setFields`. A secret written back as `"***"` means "keep the stored value"
-//! ([`restore_secrets`]), so a read-modify-write round trip never loses one.
+//! `ingestToken`, `basicToken`, `password`, `sigv4SecretKey` and every custom
+//! header value are [`Secret`]s. They serialize in clear because the store
+//! must keep them, so nothing outside the store may serialize a model object
+//! directly: every read goes through [`masked`], which writes `"***"` instead
+//! and lists the set secrets in `setFields` (`headers.X-Api-Key` for a
+//! header). Headers named in `publicHeaders` (never `Authorization`) are
+//! shown. The endpoint's query values are secrets too: reads show
+//! `…?api_key=***` ([`super::secrets::mask_endpoint`]). A secret written back
+//! as `"***"` means "keep the stored value" ([`restore_secrets`]), and an
+//! endpoint equal to the stored one's read form means the stored endpoint,
+//! so a read-modify-write round trip never loses one.
 //!
 //! # `unsetFields`
 //! An override may carry `unsetFields` (`"password"`, `"headers.X-Key"`,
 //! `"labels.tier"`, `"delivery.timeout"`). [`apply_unset_fields`] removes those
 //! fields from the override and drops the list, so it is never stored.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use super::secrets::{endpoint_has_mask, mask_endpoint};
 
 /// What every read shows instead of a secret.
 pub const MASK: &str = "***";
@@ -359,9 +367,13 @@ pub struct ExportFields {
     /// Role to assume for `SIGV4`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sigv4_role_arn: Option<String>,
-    /// Extra request headers.
+    /// Extra request headers; every value is a secret unless its name is in
+    /// `publicHeaders`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
+    /// Names of headers whose values reads may show (case-insensitive).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_headers: Vec<String>,
     /// Labels added to every series sent to the target.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -732,18 +744,20 @@ pub fn masked(object: &Object) -> Value {
             }
             obj.insert("setFields".into(), Value::from(set));
         }
-        Object::MetricsExport(_) => {
+        Object::MetricsExport(e) => {
             let set = obj
                 .get_mut("metricsExport")
-                .map(mask_export_fields)
+                .map(|f| mask_export_fields(f, &[]))
                 .unwrap_or_default();
             obj.insert("setFields".into(), Value::from(set));
+            // An override's headers are public if the export or the override says so.
+            let public = &e.metrics_export.public_headers;
             if let Some(links) = obj.get_mut("links").and_then(Value::as_array_mut) {
                 for link in links {
                     if let Some(ov) = link.get_mut("overrides").and_then(Value::as_object_mut) {
                         let set = ov
                             .get_mut("metricsExport")
-                            .map(mask_export_fields)
+                            .map(|f| mask_export_fields(f, public))
                             .unwrap_or_default();
                         ov.insert("setFields".into(), Value::from(set));
                     }
@@ -755,18 +769,56 @@ pub fn masked(object: &Object) -> Value {
     value
 }
 
-/// Masks the secrets of a serialized [`ExportFields`]; returns the names that were set.
-pub fn mask_export_fields(fields: &mut Value) -> Vec<String> {
+/// Masks the secrets of a serialized [`ExportFields`]; returns the names that
+/// were set (`basicToken`, `headers.X-Api-Key`, ...).
+///
+/// Header values are masked unless the header is named in the fields'
+/// `publicHeaders` or in `public`; the endpoint's query values always are.
+pub fn mask_export_fields(fields: &mut Value, public: &[String]) -> Vec<String> {
     let mut set = Vec::new();
-    if let Some(obj) = fields.as_object_mut() {
-        for name in EXPORT_SECRET_FIELDS {
-            if let Some(v) = obj.get_mut(name) {
-                *v = Value::from(MASK);
-                set.push(name.to_owned());
+    let Some(obj) = fields.as_object_mut() else {
+        return set;
+    };
+    for name in EXPORT_SECRET_FIELDS {
+        if let Some(v) = obj.get_mut(name) {
+            *v = Value::from(MASK);
+            set.push(name.to_owned());
+        }
+    }
+    if let Some(Value::String(endpoint)) = obj.get_mut("endpoint") {
+        if let Cow::Owned(m) = mask_endpoint(endpoint) {
+            *endpoint = m;
+        }
+    }
+    let own: Vec<String> = obj
+        .get("publicHeaders")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(headers) = obj.get_mut("headers").and_then(Value::as_object_mut) {
+        for (name, value) in headers.iter_mut() {
+            if !is_public_header(name, public) && !is_public_header(name, &own) {
+                *value = Value::from(MASK);
+                set.push(format!("headers.{name}"));
             }
         }
     }
     set
+}
+
+/// Headers whose values are credentials whatever `publicHeaders` says.
+pub const ALWAYS_SECRET_HEADERS: [&str; 2] = ["authorization", "proxy-authorization"];
+
+/// Whether reads may show the value of header `name` given a `publicHeaders` list.
+pub fn is_public_header(name: &str, public: &[String]) -> bool {
+    !ALWAYS_SECRET_HEADERS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+        && public.iter().any(|p| p.eq_ignore_ascii_case(name))
 }
 
 /// A whole registry in its read form.
@@ -864,6 +916,37 @@ fn restore_export_fields(
             }
         }
     }
+    for (name, value) in new.headers.iter_mut() {
+        if !value.is_mask() {
+            continue;
+        }
+        let stored = old.and_then(|o| {
+            o.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        });
+        match stored {
+            Some(s) => *value = s.clone(),
+            None => problems.push(format!(
+                "{where_}.headers.{name} is \"***\" but no value is stored; send the value"
+            )),
+        }
+    }
+    if let Some(endpoint) = new.endpoint.as_mut() {
+        if endpoint_has_mask(endpoint) {
+            // Only the read form of the stored endpoint stands for it: a
+            // changed URL with a "***" in it would be sent as written.
+            match old.and_then(|o| o.endpoint.as_deref()) {
+                Some(stored) if mask_endpoint(stored) == endpoint.as_str() => {
+                    *endpoint = stored.to_owned();
+                }
+                _ => problems.push(format!(
+                    "{where_}.endpoint has a query value \"***\" but is not the stored endpoint as reads show it; send the query values"
+                )),
+            }
+        }
+    }
 }
 
 /// Applies and drops the `unsetFields` of every link override of an export.
@@ -936,6 +1019,7 @@ fn unset_field(fields: &mut ExportFields, name: &str) -> bool {
         "sigv4SecretKey" => fields.sigv4_secret_key = None,
         "sigv4RoleArn" => fields.sigv4_role_arn = None,
         "headers" => fields.headers.clear(),
+        "publicHeaders" => fields.public_headers.clear(),
         "labels" => fields.labels.clear(),
         "delivery" => fields.delivery = None,
         _ => return false,

@@ -28,8 +28,9 @@ use sha2::{Digest, Sha256};
 
 use super::model::{
     AuthType, ByteSize, DeliveryFields, DeploymentType, ExportFields, MetricsExport, Protocol,
-    Registry, Scope, Secret,
+    Registry, Scope, Secret, ALWAYS_SECRET_HEADERS,
 };
+use super::secrets::mask_endpoint;
 
 /// The nine labels Fanout stamps; a target's `labels` may not set them.
 pub const METADATA_LABELS: [&str; 9] = [
@@ -132,18 +133,31 @@ impl Default for DeliveryOptions {
 }
 
 /// Everything that makes a delivery target; equal configs share one target.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// `Debug` shows the endpoint with its query values masked.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TargetConfig {
     /// Remote-write URL (never carries credentials: validation refuses them).
     pub endpoint: String,
     /// Authentication.
     pub auth: Auth,
-    /// Extra headers, names lower-cased.
-    pub headers: BTreeMap<String, String>,
+    /// Extra headers, names lower-cased; the values are secrets.
+    pub headers: BTreeMap<String, Secret>,
     /// Labels added to every series.
     pub labels: BTreeMap<String, String>,
     /// Delivery options.
     pub delivery: DeliveryOptions,
+}
+
+impl fmt::Debug for TargetConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TargetConfig")
+            .field("endpoint", &mask_endpoint(&self.endpoint))
+            .field("auth", &self.auth)
+            .field("headers", &self.headers)
+            .field("labels", &self.labels)
+            .field("delivery", &self.delivery)
+            .finish()
+    }
 }
 
 impl TargetConfig {
@@ -181,12 +195,15 @@ impl TargetConfig {
                 put(role_arn.as_deref().unwrap_or("").as_bytes());
             }
         }
-        for map in [&self.headers, &self.labels] {
-            put(&(map.len() as u64).to_le_bytes());
-            for (k, v) in map {
-                put(k.as_bytes());
-                put(v.as_bytes());
-            }
+        put(&(self.headers.len() as u64).to_le_bytes());
+        for (k, v) in &self.headers {
+            put(k.as_bytes());
+            put(v.expose().as_bytes());
+        }
+        put(&(self.labels.len() as u64).to_le_bytes());
+        for (k, v) in &self.labels {
+            put(k.as_bytes());
+            put(v.as_bytes());
         }
         let d = &self.delivery;
         put(&u64::from(d.max_samples_per_send).to_le_bytes());
@@ -305,6 +322,12 @@ pub fn merge(base: &ExportFields, ov: &ExportFields) -> ExportFields {
     }
     let mut labels = base.labels.clone();
     labels.extend(ov.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut public_headers = base.public_headers.clone();
+    for name in &ov.public_headers {
+        if !public_headers.iter().any(|p| p.eq_ignore_ascii_case(name)) {
+            public_headers.push(name.clone());
+        }
+    }
     let delivery = match (&base.delivery, &ov.delivery) {
         (None, None) => None,
         (Some(d), None) | (None, Some(d)) => Some(d.clone()),
@@ -345,6 +368,7 @@ pub fn merge(base: &ExportFields, ov: &ExportFields) -> ExportFields {
             .clone()
             .or_else(|| base.sigv4_role_arn.clone()),
         headers,
+        public_headers,
         labels,
         delivery,
         unset_fields: Vec::new(),
@@ -418,12 +442,26 @@ pub fn compile(fields: &ExportFields) -> Result<TargetConfig, Vec<String>> {
             problems.push("headers: Authorization conflicts with authType".into());
         } else if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
             problems.push(format!("headers: {name:?} is not a valid header name"));
-        } else if http::HeaderValue::from_str(value).is_err() {
+        } else if http::HeaderValue::from_str(value.expose()).is_err() {
             problems.push(format!(
                 "headers: {name}: value is not a valid header value"
             ));
         }
         headers.insert(lower, value.clone());
+    }
+    for name in &fields.public_headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            problems.push(format!(
+                "publicHeaders: {name:?} is not a valid header name"
+            ));
+        } else if ALWAYS_SECRET_HEADERS
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
+        {
+            problems.push(format!(
+                "publicHeaders: {name} is always a secret and cannot be public"
+            ));
+        }
     }
     for name in fields.labels.keys() {
         if METADATA_LABELS.contains(&name.as_str()) {

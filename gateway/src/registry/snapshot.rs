@@ -31,6 +31,7 @@ use foldhash::fast::RandomState;
 
 use super::model::{DeploymentType, Registry, Secret};
 use super::resolve::{effective_exports, TargetConfig, TargetId};
+use super::secrets::Scrubber;
 
 /// The cluster an ingest request comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +85,8 @@ pub struct Target {
     pub config: TargetConfig,
     /// Every (Deployment, export) that leads here, sorted.
     pub routes: Vec<TargetRoute>,
+    /// Takes this target's secrets out of what it sends back (built from `config`).
+    pub scrubber: Scrubber,
 }
 
 /// Where a series belongs (SPEC §4).
@@ -229,7 +232,16 @@ impl Snapshot {
             .into_iter()
             .map(|(id, (config, mut routes))| {
                 routes.sort();
-                (id.clone(), Arc::new(Target { id, config, routes }))
+                let scrubber = Scrubber::new(&config);
+                (
+                    id.clone(),
+                    Arc::new(Target {
+                        id,
+                        config,
+                        routes,
+                        scrubber,
+                    }),
+                )
             })
             .collect();
 

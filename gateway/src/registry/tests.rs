@@ -6,6 +6,7 @@
 //! a target, and that a fresh load from the store resolves the same.
 //! PostgreSQL runs when `FANOUT_TEST_POSTGRES_URL` is set.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -371,9 +372,15 @@ fn describe(e: &EffectiveExport) -> String {
         Auth::Basic { username, password } => format!("basic:{username}:{}", password.expose()),
         Auth::Sigv4 { region, .. } => format!("sigv4:{region}"),
     };
+    let headers: BTreeMap<&String, &str> = e
+        .config
+        .headers
+        .iter()
+        .map(|(k, v)| (k, v.expose()))
+        .collect();
     format!(
-        "{} {} {auth} {:?} {:?}",
-        e.export_id, e.config.endpoint, e.config.headers, e.config.labels
+        "{} {} {auth} {headers:?} {:?}",
+        e.export_id, e.config.endpoint, e.config.labels
     )
 }
 
@@ -567,6 +574,145 @@ fn secrets_are_masked_in_reads_and_debug_and_kept_on_write_back() {
     )
     .unwrap_err();
     assert!(matches!(err, UpdateError::Invalid(_)));
+}
+
+#[test]
+fn header_values_and_query_values_are_secrets_unless_public() {
+    let r = base_registry(
+        r#"
+- id: prom
+  objectKey: prom
+  scope: WORKSPACE
+  scopeEntityId: ws-1
+  links:
+    - scope: DEPLOYMENT
+      scopeEntityId: dep-a
+      overrides:
+        metricsExport:
+          endpoint: "http://127.0.0.1:2/w?api_key=link-q-secret"
+          headers: {X-Api-Key: link-hdr-secret, X-Scope-OrgID: team-b, X-Tenant: t-b}
+          publicHeaders: [X-Tenant]
+  metricsExport:
+    endpoint: "http://127.0.0.1:1/w?api_key=q-secret&flag"
+    headers: {Authorization: "Bearer hdr-auth-secret", X-Api-Key: hdr-key-secret, X-Scope-OrgID: team-a}
+    publicHeaders: [x-scope-orgid]
+"#,
+    );
+    let export = r.get(Kind::MetricsExport, "prom").unwrap();
+    let read = masked(&export);
+    let text = read.to_string();
+    for secret in [
+        "q-secret",
+        "hdr-auth-secret",
+        "hdr-key-secret",
+        "link-hdr-secret",
+    ] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    let me = &read["metricsExport"];
+    assert_eq!(
+        me["endpoint"],
+        json!("http://127.0.0.1:1/w?api_key=***&***")
+    );
+    assert_eq!(me["headers"]["Authorization"], json!("***"));
+    assert_eq!(me["headers"]["X-Api-Key"], json!("***"));
+    assert_eq!(me["headers"]["X-Scope-OrgID"], json!("team-a"));
+    assert_eq!(
+        read["setFields"],
+        json!(["headers.Authorization", "headers.X-Api-Key"])
+    );
+    // The export's publicHeaders apply to its overrides too.
+    let ov = &read["links"][0]["overrides"];
+    assert_eq!(
+        ov["metricsExport"]["headers"],
+        json!({"X-Api-Key": "***", "X-Scope-OrgID": "team-b", "X-Tenant": "t-b"})
+    );
+    assert_eq!(ov["setFields"], json!(["headers.X-Api-Key"]));
+    assert_eq!(
+        ov["metricsExport"]["endpoint"],
+        json!("http://127.0.0.1:2/w?api_key=***")
+    );
+    let debug = format!("{r:?}");
+    for secret in ["hdr-auth-secret", "hdr-key-secret", "link-hdr-secret"] {
+        assert!(!debug.contains(secret), "{secret} in Debug output");
+    }
+    let eff = effective_exports(&r, "dep-a", b"salt");
+    let config = format!("{:?}", eff[0].config);
+    assert!(
+        !config.contains("link-q-secret") && !config.contains("link-hdr-secret"),
+        "{config}"
+    );
+    assert_eq!(
+        eff[0].config.headers["x-api-key"].expose(),
+        "link-hdr-secret"
+    );
+
+    // The read written back keeps every stored value.
+    let mut r2 = r.clone();
+    ops::replace(&mut r2, Kind::MetricsExport, "prom", read.clone()).unwrap();
+    assert_eq!(r2, r);
+    // A merge patch with "***" keeps the header; unsetFields still works.
+    ops::patch(
+        &mut r2,
+        Kind::MetricsExport,
+        "prom",
+        json!({"metricsExport": {"headers": {"x-api-key": "***", "X-New": "v"}},
+               "links": [{"scope": "DEPLOYMENT", "scopeEntityId": "dep-a", "overrides": {"metricsExport": {
+                   "endpoint": "http://127.0.0.1:2/w?api_key=***",
+                   "headers": {"X-Api-Key": "***", "X-Scope-OrgID": "team-b", "X-Tenant": "t-b"},
+                   "unsetFields": ["headers.X-Api-Key"]}}}]}),
+    )
+    .unwrap();
+    let e2 = &r2.metrics_exports["prom"];
+    assert_eq!(
+        e2.metrics_export.headers["x-api-key"].expose(),
+        "hdr-key-secret"
+    );
+    assert_eq!(e2.metrics_export.headers["X-New"].expose(), "v");
+    let ov2 = &e2.links[0].overrides.as_ref().unwrap().metrics_export;
+    assert!(!ov2.headers.contains_key("X-Api-Key"), "unset");
+    assert_eq!(
+        ov2.endpoint.as_deref(),
+        Some("http://127.0.0.1:2/w?api_key=link-q-secret")
+    );
+
+    // A masked endpoint that is not the stored one's read form is refused,
+    // as is a header "***" with nothing stored.
+    let mut bad = read.clone();
+    bad["metricsExport"]["endpoint"] = json!("http://127.0.0.1:9/w?api_key=***&***");
+    bad["metricsExport"]["headers"]["X-Other"] = json!("***");
+    let Err(UpdateError::Invalid(problems)) =
+        ops::replace(&mut r.clone(), Kind::MetricsExport, "prom", bad)
+    else {
+        panic!("a masked endpoint of another URL was accepted");
+    };
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].contains("headers.X-Other is \"***\""),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].contains("endpoint has a query value"),
+        "{problems:?}"
+    );
+
+    // Authorization is never public.
+    let mut public_auth = read;
+    public_auth["metricsExport"]["publicHeaders"] = json!(["Authorization"]);
+    let mut r3 = r.clone();
+    ops::replace(&mut r3, Kind::MetricsExport, "prom", public_auth).unwrap();
+    let problems = validate(&r3).unwrap_err().problems;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("publicHeaders: Authorization is always a secret")),
+        "{problems:?}"
+    );
+    let reread = masked(&r3.get(Kind::MetricsExport, "prom").unwrap());
+    assert_eq!(
+        reread["metricsExport"]["headers"]["Authorization"],
+        json!("***")
+    );
 }
 
 #[test]
