@@ -347,6 +347,9 @@ impl Admin {
             };
             let events = parser.feed(&data).map_err(|e| e.to_string())?;
             for ev in events {
+                if ev.name == "stopped" {
+                    return Err("the gateway is shutting down".into());
+                }
                 if ev.name != "stats" && ev.name != "message" {
                     continue;
                 }

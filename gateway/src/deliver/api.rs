@@ -36,6 +36,9 @@ pub struct DeliveryApi {
     pub gateway: String,
     /// Whether the gateway is draining.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Turns true when the gateway stops: stats streams end with a last
+    /// `stopped` event (an open stream must never hold up the shutdown).
+    pub stopped: tokio::sync::watch::Receiver<bool>,
 }
 
 impl DeliveryApi {
@@ -95,14 +98,36 @@ async fn stats(State(api): State<DeliveryApi>) -> Response {
     Json(api.stats()).into_response()
 }
 
+/// One `stats` event a second until the gateway stops; then one `stopped`
+/// event, and the stream ends.
 async fn stream(State(api): State<DeliveryApi>) -> impl IntoResponse {
     let ticks = tokio::time::interval(Duration::from_secs(1));
-    let events = futures::stream::unfold((api, ticks), |(api, mut ticks)| async move {
-        ticks.tick().await;
+    let stop = api.stopped.clone();
+    let events = futures::stream::unfold(Some((api, ticks, stop)), |state| async move {
+        let (api, mut ticks, mut stop) = state?;
+        let stopped = tokio::select! {
+            stopped = stop.wait_for(|s| *s) => Some(stopped.is_ok()),
+            _ = ticks.tick() => None,
+        };
+        let stopping = match stopped {
+            Some(true) => true,
+            // No one can stop it any more (tests): just tick.
+            Some(false) => {
+                ticks.tick().await;
+                false
+            }
+            None => *stop.borrow(),
+        };
+        if stopping {
+            let event = Event::default()
+                .event("stopped")
+                .data(r#"{"reason":"the gateway is shutting down"}"#);
+            return Some((Ok::<_, Infallible>(event), None));
+        }
         let event = Event::default()
             .event("stats")
             .data(api.stats().to_string());
-        Some((Ok::<_, Infallible>(event), (api, ticks)))
+        Some((Ok(event), Some((api, ticks, stop))))
     });
     Sse::new(events).keep_alive(KeepAlive::default())
 }
@@ -161,6 +186,7 @@ mod tests {
             metrics: None,
             gateway: "host:9556".into(),
             draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            stopped: tokio::sync::watch::channel(false).1,
         }
     }
 
@@ -300,6 +326,46 @@ mod tests {
         let (status, e) = call(&router, "POST", "/api/v1/targets/none/pause", true).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(e["error"].as_str().unwrap().contains("none"));
+    }
+
+    /// An open stats stream ends when the gateway stops, with a last
+    /// `stopped` event, so it never holds up the admin server's shutdown.
+    #[tokio::test]
+    async fn deliver_api_stream_ends_with_a_stopped_event() {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let router = routes(DeliveryApi { stopped, ..api() });
+        let resp = router
+            .oneshot(
+                axum::http::Request::get("/api/v1/stats/stream")
+                    .header("authorization", "Bearer admin-t")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let mut body = resp.into_body();
+        let mut text = String::new();
+        let mut sent = false;
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .expect("the stream goes on or ends, never hangs");
+            let Some(frame) = frame else { break };
+            if let Ok(data) = frame.unwrap().into_data() {
+                text.push_str(std::str::from_utf8(&data).unwrap());
+            }
+            if !sent && text.contains("event: stats") {
+                stop.send(true).unwrap();
+                sent = true;
+            }
+        }
+        assert!(sent, "{text}");
+        assert!(
+            text.trim_end()
+                .ends_with(r#"data: {"reason":"the gateway is shutting down"}"#),
+            "{text}"
+        );
+        assert!(text.contains("event: stopped"), "{text}");
     }
 
     #[tokio::test]
