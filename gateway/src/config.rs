@@ -49,6 +49,11 @@ pub struct ServeArgs {
     /// PEM private key for `--tls-cert`.
     #[arg(long, env = "FANOUT_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// On SIGTERM, how long ingest keeps answering new writes (and
+    /// `/readyz`) 503 with `Retry-After` before its listeners close, so load
+    /// balancers see the drain first [default: 5s].
+    #[arg(long, env = "FANOUT_DRAIN_DELAY")]
+    pub drain_delay: Option<crate::ingest::args::HumanDuration>,
     /// Ingest limits, timeouts and the memory budget.
     #[command(flatten)]
     pub ingest: crate::ingest::IngestArgs,
@@ -97,11 +102,10 @@ pub enum ConfigError {
 }
 
 /// The `server:` section of a `--config` file (camelCase keys, all optional).
-///
-/// Unknown keys are allowed here so that other parts (ingest limits, delivery)
-/// can read their own keys from [`ServeConfig::file`].
+/// An unknown key is an error naming it and the accepted ones (a misspelled
+/// key silently ignored would leave a setting at its default).
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerSection {
     /// Same as `--ingest-listen`.
     pub ingest_listen: Option<SocketAddr>,
@@ -198,6 +202,19 @@ fn read_file(path: &Path) -> Result<(serde_yaml::Value, ServerSection), ConfigEr
         reason,
     };
     let file: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| parse(e.to_string()))?;
+    if let serde_yaml::Value::Mapping(top) = &file {
+        for key in top.keys() {
+            if key.as_str() != Some("server") {
+                let key = key
+                    .as_str()
+                    .map_or_else(|| format!("{key:?}"), str::to_owned);
+                return Err(parse(format!(
+                    "unknown top-level key `{key}`: the settings go under `server:` \
+                     (camelCase, e.g. `server: {{ingestListen: 0.0.0.0:9555}}`)"
+                )));
+            }
+        }
+    }
     let server = match file.get("server") {
         None | Some(serde_yaml::Value::Null) => ServerSection::default(),
         Some(v) => serde_yaml::from_value(v.clone()).map_err(|e| parse(format!("server: {e}")))?,
@@ -233,12 +250,34 @@ mod tests {
     }
 
     #[test]
+    fn config_file_with_an_unknown_key_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fanout.yaml");
+        let load = |yaml: &str| {
+            std::fs::write(&path, yaml).unwrap();
+            let cli = Cli::parse_from(["t", "--config", path.to_str().unwrap()]);
+            ServeConfig::load(cli.serve).unwrap_err().to_string()
+        };
+        let e = load("server:\n  ingest-listen: 0.0.0.0:1\n");
+        assert!(e.contains("unknown field `ingest-listen`"), "{e}");
+        assert!(e.contains("ingestListen"), "the accepted spellings: {e}");
+        let e = load("server:\n  data_dir: /x\n");
+        assert!(
+            e.contains("unknown field `data_dir`") && e.contains("dataDir"),
+            "{e}"
+        );
+        let e = load("ingestListen: 0.0.0.0:1\n");
+        assert!(e.contains("unknown top-level key `ingestListen`"), "{e}");
+        assert!(e.contains("server:"), "{e}");
+    }
+
+    #[test]
     fn defaults_file_and_flags_in_that_order_of_precedence() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fanout.yaml");
         std::fs::write(
             &path,
-            "server:\n  adminListen: 127.0.0.1:7000\n  dataDir: /tmp/x\n  adminToken: from-file\nlimits: {other: part}\n",
+            "server:\n  adminListen: 127.0.0.1:7000\n  dataDir: /tmp/x\n  adminToken: from-file\n",
         )
         .unwrap();
         let cli = Cli::parse_from([
@@ -257,6 +296,6 @@ mod tests {
             Some("from-file")
         );
         assert!(!format!("{c:?}").contains("from-file"));
-        assert!(c.file.get("limits").is_some());
+        assert!(c.file.get("server").is_some());
     }
 }

@@ -1,6 +1,7 @@
 //! The `fanout` binary: `fanout serve` runs a gateway, `fanout apply` sends a
 //! declarative registry to a running one.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -31,7 +32,18 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("fanout: {err:#}");
+            // Each cause once: many errors already end with their source's
+            // text, and `{:#}` would repeat it.
+            let mut text = err.to_string();
+            for cause in err.chain().skip(1) {
+                let cause = cause.to_string();
+                if !text.contains(&cause) {
+                    text.push_str(": ");
+                    text.push_str(&cause);
+                }
+            }
+            // A closed stderr must not turn into a panic here either.
+            let _ = writeln!(std::io::stderr(), "fanout: {text}");
             ExitCode::FAILURE
         }
     }

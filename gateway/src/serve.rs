@@ -5,9 +5,17 @@
 //! address fails before anything serves), ingest, then readiness. The current
 //! registry is shared as `Arc<ArcSwap<Snapshot>>` ([`Gateway::snapshot`]).
 //!
-//! Stop: SIGTERM or ctrl-c marks the gateway draining (`/readyz` 503), drains
-//! ingest and delivery, stops the admin server and returns `Ok(())`, so the
-//! process exits 0.
+//! One gateway per data dir: `<data-dir>/fanout.lock` is locked (`flock`)
+//! for the life of the process and holds its pid; a second gateway on the
+//! same dir refuses to start, naming that pid (two would write into the same
+//! spill queues and lose each other's data).
+//!
+//! Stop: SIGTERM or ctrl-c marks the gateway draining (`/readyz` and new
+//! writes 503 with `Retry-After` for `--drain-delay`, while writes in flight
+//! finish), closes ingest, delivers for up to `--shutdown-grace`, spills the
+//! rest, ends the stats streams (a last `stopped` event), stops the admin
+//! server and returns `Ok(())`, so the process exits 0. A second signal cuts
+//! every wait short: what is queued is spilled at once and the process exits.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +42,11 @@ pub struct Gateway {
     pub health: Arc<Health>,
 }
 
+/// Default of `--drain-delay`.
+pub const DEFAULT_DRAIN_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+/// Name of the lock file in the data dir.
+pub const LOCK_FILE: &str = "fanout.lock";
+
 /// Runs `fanout serve` until SIGTERM or ctrl-c.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing();
@@ -52,11 +65,56 @@ fn init_tracing() {
     // A second init (tests) is harmless.
     // Colours only on a terminal: log files and journald get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // A log line that cannot be written (stderr piped into a process that
+    // is gone, as with `fanout serve 2>&1 | tee log` and Ctrl-C) is lost,
+    // never a panic: the subscriber would otherwise report it with
+    // `eprintln!`, which panics on the same closed stderr and skips the drain.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
+        .log_internal_errors(false)
         .try_init();
+}
+
+/// Locks `<data-dir>/fanout.lock` for the life of the process (the returned
+/// file), writing this process's pid into it.
+pub fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Seek, Write};
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data dir {}", dir.display()))?;
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // flock(2): released by the kernel when the process ends, however it ends.
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            let holder = if holder.is_empty() { "unknown" } else { holder };
+            anyhow::bail!(
+                "the data dir {} is in use by another fanout serve (pid {holder}); \
+                 two gateways on one data dir would overwrite each other's disk spill: \
+                 give each its own --data-dir",
+                dir.display()
+            );
+        }
+        Err(e) => {
+            return Err(std::io::Error::from(e))
+                .with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(file)
 }
 
 /// Opens the store and loads the registry, applying `config.registry` if set.
@@ -105,6 +163,7 @@ async fn apply_file(live: &Live, path: &Path) -> anyhow::Result<()> {
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    let _lock = lock_data_dir(&config.data_dir)?;
     let live = open_registry(&config).await?;
     let health = Arc::new(Health::default());
     let gateway = Gateway {
@@ -136,6 +195,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let metrics_handle = install_metrics();
     let delivery = crate::deliver::FanoutDelivery::start(&live, budget.clone(), settings);
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let router = admin::router(AdminState {
         live: live.clone(),
         token: config.admin_token.clone(),
@@ -149,6 +209,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             metrics: metrics_handle,
             gateway: format!("{}:{}", hostname(), admin_addr.port()),
             draining: draining.clone(),
+            stopped: stop_rx.clone(),
         },
     ));
 
@@ -168,7 +229,6 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     .await?;
     // ===== end INGEST =====
 
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let admin_task = tokio::spawn(async move {
         axum::serve(admin_listener, router)
             .with_graceful_shutdown(async move {
@@ -179,25 +239,48 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     health.set_ready();
     tracing::info!(admin = %admin_addr, version = live.current().version(), "fanout gateway ready");
 
-    shutdown_signal().await;
-    tracing::info!("shutting down: draining");
+    // Every SIGTERM / ctrl-c counts: the first starts the drain, the second
+    // cuts it short.
+    let (signals_tx, signals) = tokio::sync::watch::channel(0u32);
+    tokio::spawn(async move {
+        loop {
+            shutdown_signal().await;
+            signals_tx.send_modify(|n| *n += 1);
+        }
+    });
+    let signal = |n: u32| {
+        let mut signals = signals.clone();
+        async move {
+            let _ = signals.wait_for(|s| *s >= n).await;
+        }
+    };
+    signal(1).await;
+    tracing::info!("shutting down: draining (a second SIGTERM or ctrl-c stops at once)");
     health.set_draining();
-
     draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    let hurry = signal(2);
+    tokio::spawn(async move {
+        hurry.await;
+        tracing::warn!("second signal: not waiting any more; what is queued goes to disk now");
+    });
 
-    // ===== INGEST: drain here (stop accepting with 503, finish in-flight writes) =====
-    ingest.shutdown(std::time::Duration::from_secs(30)).await;
+    let drain_delay = config.args.drain_delay.map_or(DEFAULT_DRAIN_DELAY, |d| d.0);
+    ingest
+        .drain_and_stop(drain_delay, std::time::Duration::from_secs(30), signal(2))
+        .await;
     tracing::info!("ingest stopped");
-    // ===== end INGEST drain =====
 
-    let left = delivery.shutdown(shutdown_grace).await;
+    let left = delivery.shutdown_or(shutdown_grace, signal(2)).await;
     tracing::info!(undelivered_samples = left, "delivery stopped");
 
+    // Stats streams end now (a last `stopped` event), so the admin server's
+    // graceful stop does not wait for their clients.
     let _ = stop_tx.send(true);
-    match admin_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "admin server ended with an error"),
-        Err(e) => tracing::warn!(error = %e, "admin server task failed"),
+    match tokio::time::timeout(std::time::Duration::from_secs(5), admin_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "admin server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "admin server task failed"),
+        Err(_) => tracing::warn!("admin connections still open after 5s; closing them"),
     }
     tracing::info!("stopped");
     Ok(())

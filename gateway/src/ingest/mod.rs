@@ -172,14 +172,35 @@ impl IngestServer {
     /// Drains, waits up to `grace` for in-flight writes, then stops the
     /// listeners and closes connections.
     pub async fn shutdown(self, grace: Duration) {
-        self.drain.begin();
-        if tokio::time::timeout(grace, self.drain.wait_idle())
+        self.drain_and_stop(Duration::ZERO, grace, std::future::pending())
             .await
-            .is_err()
-        {
+    }
+
+    /// Drains, then stops: new writes (and `/readyz`) are answered 503 with
+    /// `Retry-After` for at least `delay` (so a load balancer's health check
+    /// sees the drain and sends new connections elsewhere) and until the
+    /// writes in flight are done, at most `grace`; then the listeners close.
+    /// `hurry` (a second SIGTERM) cuts both waits short.
+    pub async fn drain_and_stop(
+        self,
+        delay: Duration,
+        grace: Duration,
+        hurry: impl std::future::Future<Output = ()>,
+    ) {
+        self.drain.begin();
+        let idle = async {
+            let in_flight = tokio::time::timeout(grace, self.drain.wait_idle());
+            let (done, ()) = tokio::join!(in_flight, tokio::time::sleep(delay.min(grace)));
+            done.is_ok()
+        };
+        let idle = tokio::select! {
+            idle = idle => idle,
+            _ = hurry => false,
+        };
+        if !idle {
             tracing::warn!(
                 in_flight = self.drain.in_flight(),
-                "ingest: writes still in flight after the drain grace period"
+                "ingest: writes still in flight when the listeners close"
             );
         }
         let _ = self.stop.send(true);

@@ -27,6 +27,7 @@
 //! [`Overflow`]: super::queue::Overflow
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -406,7 +407,14 @@ impl FanoutDelivery {
     /// Stops taking data, delivers what is queued within `grace`, then stops
     /// the senders. Returns the samples left undelivered.
     pub async fn shutdown(&self, grace: Duration) -> u64 {
+        self.shutdown_or(grace, std::future::pending()).await
+    }
+
+    /// [`Self::shutdown`] whose grace ends early when `hurry` resolves (a
+    /// second SIGTERM): what is left is spilled at once.
+    pub async fn shutdown_or(&self, grace: Duration, hurry: impl Future<Output = ()>) -> u64 {
         let inner = &self.inner;
+        let mut hurry = std::pin::pin!(hurry);
         inner.closing.store(true, Ordering::SeqCst);
         for t in self.targets() {
             if let Ok(mut c) = t.core.lock() {
@@ -423,7 +431,10 @@ impl FanoutDelivery {
             if idle || Instant::now() >= deadline {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = &mut hurry => break,
+            }
         }
         // Stop the senders first so nothing changes the queues while they go
         // to disk; in-flight attempts that still succeed become duplicates.
