@@ -138,6 +138,12 @@ impl Gateway {
                 false => vec!["--data-dir", data_dir.path().to_str().expect("utf-8 path")],
             })
             .args(["--admin-token", &token])
+            .args(match extra.contains(&"--drain-delay") {
+                // Tests stop gateways often; the default 5 s of 503s before
+                // the listeners close is tested on its own (tests/operator.rs).
+                true => vec![],
+                false => vec!["--drain-delay", "0s"],
+            })
             .args(extra)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -177,6 +183,18 @@ impl Gateway {
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Waits up to `timeout` for it to exit (after a signal sent otherwise).
+    pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
         None
     }
