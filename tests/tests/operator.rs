@@ -255,3 +255,61 @@ fn sigterm_answers_503_with_retry_after_for_the_drain_delay_then_closes() {
     );
     println!("503 with Retry-After during the drain; exited {took:?} after SIGTERM");
 }
+
+/// With a target down and `--shutdown-grace 30s`, the first SIGTERM waits
+/// for delivery; a second one stops at once, after spilling what is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_stops_at_once_and_spills() {
+    let conf = TempDir::new("fanout-op-second-conf");
+    let down = free_port();
+    let registry = conf.path().join("registry.yaml");
+    let export = format!("endpoint: '{}'", rounds::endpoint(down));
+    std::fs::write(&registry, rounds::registry(TOKEN, &export)).unwrap();
+    let mut gw = Gateway::start(
+        "op-second",
+        &[
+            "--registry",
+            registry.to_str().unwrap(),
+            "--shutdown-grace",
+            "30s",
+        ],
+    );
+    let http = client();
+    for seq in 0..5 {
+        assert_eq!(
+            rounds::write(&http, &gw.ingest, TOKEN, round(0, seq)).await,
+            204
+        );
+    }
+    signal(gw.pid(), "-TERM");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        gw.wait(Duration::ZERO).is_none(),
+        "still delivering within the grace"
+    );
+    let second = Instant::now();
+    signal(gw.pid(), "-TERM");
+    let status = gw.wait(Duration::from_secs(10)).unwrap_or_else(|| {
+        panic!(
+            "still running 10s after the second SIGTERM; log:\n{}",
+            gw.log()
+        )
+    });
+    let took = second.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}; log:\n{}",
+        gw.log()
+    );
+    assert!(gw.log().contains("second signal"), "log:\n{}", gw.log());
+    let spilled: u64 = std::fs::read_dir(gw.data_dir.path().join("spill"))
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .filter(|f| f.path().extension().is_some_and(|e| e == "seg"))
+        .map(|f| f.metadata().map_or(0, |m| m.len()))
+        .sum();
+    assert!(spilled > 0, "nothing spilled; log:\n{}", gw.log());
+    println!("exited {took:?} after the second SIGTERM; {spilled} bytes spilled");
+}
