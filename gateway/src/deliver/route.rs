@@ -206,6 +206,8 @@ pub struct Scratch {
     slots: Vec<u32>,
     /// Variants whose `slot_base` is set, to reset them.
     touched: Vec<u32>,
+    /// [`Self::wholes`]' reused buffer: (variant, start, end, groups).
+    wholes: Vec<(u32, usize, usize, u32)>,
     encoder: Encoder,
 }
 
@@ -372,9 +374,12 @@ impl Scratch {
 
     /// Encodes every routed series with its variant's labels into one buffer.
     pub fn encode<T>(&mut self, plan: &Plan<T>, body: &[u8], series: &[Series]) -> Bytes {
-        // (group, series index) order keeps a request's series in order
-        // within each group.
-        self.items.sort_unstable();
+        // (variant, group, series index) order keeps a request's series in
+        // order within each group, and a variant's groups in one range
+        // ([`Self::wholes`]).
+        let groups = &self.groups;
+        self.items
+            .sort_unstable_by_key(|&(g, i)| (groups[g as usize].variant, g, i));
         let total: usize = self.groups.iter().map(|g| g.bound).sum();
         let mut out = BytesMut::with_capacity(total);
         let mut current: Option<u32> = None;
@@ -394,6 +399,35 @@ impl Scratch {
             self.groups[prev as usize].range.end = out.len();
         }
         out.freeze()
+    }
+
+    /// After [`encode`](Self::encode): finds each variant's range for
+    /// [`Self::wholes`]. Allocates nothing once warm.
+    pub fn find_wholes(&mut self) {
+        self.wholes.clear();
+        for g in &self.groups {
+            match self.wholes.iter_mut().find(|w| w.0 == g.variant) {
+                Some(w) => {
+                    w.1 = w.1.min(g.range.start);
+                    w.2 = w.2.max(g.range.end);
+                    w.3 += 1;
+                }
+                None => self.wholes.push((g.variant, g.range.start, g.range.end, 1)),
+            }
+        }
+    }
+
+    /// After [`find_wholes`](Self::find_wholes), per variant cut into more
+    /// than one group: (variant index, all its records, groups). A
+    /// variant's groups are one range of the buffer.
+    pub fn wholes<'a>(
+        &'a self,
+        records: &'a Bytes,
+    ) -> impl Iterator<Item = (u32, Bytes, u32)> + 'a {
+        self.wholes
+            .iter()
+            .filter(|w| w.3 > 1)
+            .map(|&(v, start, end, n)| (v, records.slice(start..end), n))
     }
 
     /// Each group after [`encode`](Self::encode): (variant, shard, records,

@@ -70,6 +70,8 @@ impl TargetCore {
                 enqueued: now.checked_sub(age).unwrap_or(now),
                 permit: None,
                 packed: None,
+                whole: None,
+                push: 0,
                 records: c.records,
             };
             self.reload_bytes += chunk.records.len() as u64;

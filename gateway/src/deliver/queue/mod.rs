@@ -87,7 +87,7 @@ use groups::{group_mask, mask_lanes, LoadMeter};
 use records::{sort_records, split_point};
 pub use types::{
     lanes_for, Chunk, CoreConfig, Counters, DiskChunk, Dispatch, DropOldest, Event, LastError,
-    Overflow, Packed,
+    Overflow, Packed, Whole, WholeRef,
 };
 
 /// Most lanes (concurrent in-order streams) of one target.
@@ -148,6 +148,8 @@ pub struct TargetCore {
     /// Batches formed and not yet delivered or dropped (in flight or
     /// waiting for a retry); at most one per lane.
     batches: Vec<Batch>,
+    /// Pushes so far ([`Self::begin_push`]), stamped on each chunk.
+    pushes: u64,
     cursor: usize,
     in_flight: u32,
     next_batch: u64,
@@ -194,6 +196,7 @@ impl TargetCore {
             lanes,
             batches: Vec::new(),
             cursor: 0,
+            pushes: 0,
             in_flight: 0,
             next_batch: 1,
             rng: fastrand::Rng::with_seed(seed),
@@ -256,7 +259,8 @@ impl TargetCore {
 
     /// Queues `chunk` on the lane of `shard`; overflows the oldest chunks
     /// while over the memory bound. Never waits.
-    pub fn push(&mut self, shard: u32, chunk: Chunk, overflow: &mut dyn Overflow) {
+    pub fn push(&mut self, shard: u32, mut chunk: Chunk, overflow: &mut dyn Overflow) {
+        chunk.push = self.pushes;
         self.arrived(chunk.samples, chunk.enqueued);
         let lane = (shard % self.lanes()) as usize;
         let l = &mut self.lanes[lane];
@@ -487,9 +491,13 @@ impl TargetCore {
                     enqueued: front.enqueued,
                     permit: front.permit.clone(),
                     packed: None,
+                    whole: None,
+                    push: front.push,
                 };
-                // Its compressed form (if any) is of the whole chunk.
+                // Its compressed forms (if any) are of the whole chunk and
+                // of all of its request: neither fits a part of it.
                 front.packed = None;
+                front.whole = None;
                 front.records = front.records.slice(end..);
                 front.samples = front.samples.saturating_sub(s);
                 front.series = front.series.saturating_sub(series);
@@ -557,22 +565,12 @@ impl TargetCore {
     /// ([`Packed`]); else the records are grouped by metric and compressed
     /// as one block.
     fn compress(&mut self, pieces: &[(u32, Chunk)], from_disk: bool) -> Bytes {
-        let shared = !from_disk && pieces.iter().any(|(_, c)| c.packed.is_some());
-        if shared {
-            let len: usize = pieces.iter().map(|(_, c)| c.records.len()).sum();
-            let parts: Vec<Bytes> = pieces
+        let shared = !from_disk
+            && pieces
                 .iter()
-                .map(|(_, c)| match &c.packed {
-                    Some(p) => p.part(&c.records),
-                    None => fanout_proto::snappy::compress_part(&c.records),
-                })
-                .collect();
-            let mut body = Vec::with_capacity(10 + parts.iter().map(Bytes::len).sum::<usize>());
-            fanout_proto::snappy::write_header(len as u64, &mut body);
-            for p in &parts {
-                body.extend_from_slice(p);
-            }
-            return Bytes::from(body);
+                .any(|(_, c)| c.packed.is_some() || c.whole.is_some());
+        if shared {
+            return compress_parts(pieces);
         }
         self.scratch.clear();
         for (_, c) in pieces {
@@ -621,6 +619,12 @@ impl TargetCore {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Starts a push: the chunks [`push`](Self::push)ed until the next call
+    /// belong to one request (see [`Chunk::push`]).
+    pub fn begin_push(&mut self) {
+        self.pushes += 1;
     }
 
     /// Records the result of attempt `batch` (sent on `lane`, its lowest
@@ -842,3 +846,45 @@ impl TargetCore {
 
 #[cfg(test)]
 mod tests;
+
+/// The body of a batch whose chunks were given to several targets: a snappy
+/// header, then per push (request), in push order (the order of every
+/// lane, so per-series order holds): one [`Whole`] part for each request
+/// variant all of whose chunks are here, else one part per chunk (shared
+/// through [`Packed`], or made now). Within one request the order of
+/// series does not matter.
+fn compress_parts(pieces: &[(u32, Chunk)]) -> Bytes {
+    let len: usize = pieces.iter().map(|(_, c)| c.records.len()).sum();
+    let mut order: Vec<usize> = (0..pieces.len()).collect();
+    // Stable: chunks of one push keep their lane order.
+    order.sort_by_key(|&i| pieces[i].1.push);
+    let complete = |w: &WholeRef| {
+        pieces
+            .iter()
+            .filter(|(_, c)| c.whole.as_ref().is_some_and(|x| x.same(w)))
+            .count()
+            == w.get().chunks() as usize
+    };
+    let mut parts: Vec<Bytes> = Vec::with_capacity(pieces.len());
+    let mut sent: Vec<&WholeRef> = Vec::new();
+    for &i in &order {
+        let c = &pieces[i].1;
+        match &c.whole {
+            Some(w) if sent.iter().any(|s| s.same(w)) => {}
+            Some(w) if complete(w) => {
+                sent.push(w);
+                parts.push(w.get().part());
+            }
+            _ => parts.push(match &c.packed {
+                Some(p) => p.part(&c.records),
+                None => fanout_proto::snappy::compress_part(&c.records),
+            }),
+        }
+    }
+    let mut body = Vec::with_capacity(10 + parts.iter().map(Bytes::len).sum::<usize>());
+    fanout_proto::snappy::write_header(len as u64, &mut body);
+    for p in &parts {
+        body.extend_from_slice(p);
+    }
+    Bytes::from(body)
+}

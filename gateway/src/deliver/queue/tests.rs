@@ -1,6 +1,7 @@
 use super::*;
 use fanout_proto::encode::{Encoder, LabelSet};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// `n` one-sample records, each a distinct series.
 fn records(n: usize, tag: &str) -> (Bytes, u32) {
@@ -40,6 +41,8 @@ fn chunk(n: usize, tag: &str, at: Instant) -> Chunk {
         enqueued: at,
         permit: None,
         packed: None,
+        whole: None,
+        push: 0,
     }
 }
 
@@ -579,6 +582,8 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
             enqueued: t0,
             permit: None,
             packed: None,
+            whole: None,
+            push: 0,
         },
         &mut DropOldest,
     );
@@ -634,6 +639,8 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
                 enqueued: t0,
                 permit: None,
                 packed: None,
+                whole: None,
+                push: 0,
             },
             &mut DropOldest,
         );
@@ -850,6 +857,12 @@ mod sim {
             lane: u32,
             n: u8,
         },
+        /// One request given to several targets: a chunk for each lane of
+        /// `mask`, all of them one [`Whole`].
+        Request {
+            mask: u8,
+            n: u8,
+        },
         Advance {
             ms: u16,
         },
@@ -868,6 +881,7 @@ mod sim {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => (0u32..8, 1u8..6).prop_map(|(lane, n)| Op::Push { lane, n }),
+            3 => (any::<u8>(), 1u8..4).prop_map(|(mask, n)| Op::Request { mask, n }),
             2 => (0u16..300).prop_map(|ms| Op::Advance { ms }),
             4 => (any::<u8>(), 0u8..10).prop_map(|(pick, outcome)| Op::Complete { pick, outcome }),
             1 => Just(Op::Reload),
@@ -998,8 +1012,43 @@ mod sim {
                             enqueued: w.now,
                             permit: None,
                             packed: shared.then(|| Packed::new(Packed::slots(1), 0)),
+                            whole: None,
+                            push: 0,
                         };
                         w.core.push(lane, chunk, &mut w.disk);
+                    }
+                    Op::Request { mask, n } => {
+                        let mut chunks = Vec::new();
+                        for lane in (0..8u32).filter(|l| mask & (1 << l) != 0) {
+                            let name = format!("L{}", lane % lanes);
+                            let values: Vec<u64> = (0..u64::from(n)).map(|i| w.next_value + i).collect();
+                            w.next_value += u64::from(n);
+                            for &v in &values {
+                                w.pushed.insert((name.clone(), v));
+                            }
+                            chunks.push((lane, series_records(&name, &values)));
+                        }
+                        let all: Vec<u8> = chunks.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+                        let n_chunks = chunks.len() as u32;
+                        let whole = (chunks.len() > 1).then(|| {
+                            let wholes: Arc<[Whole]> = Arc::from(vec![Whole::new(Bytes::from(all), n_chunks)]);
+                            WholeRef::new(wholes, 0)
+                        });
+                        let slots = Packed::slots(chunks.len());
+                        w.core.begin_push();
+                        for (k, (lane, records)) in chunks.into_iter().enumerate() {
+                            let chunk = Chunk {
+                                records,
+                                samples: u32::from(n),
+                                series: u32::from(n),
+                                enqueued: w.now,
+                                permit: None,
+                                packed: Some(Packed::new(slots.clone(), k as u32)),
+                                whole: whole.clone(),
+                                push: 0,
+                            };
+                            w.core.push(lane, chunk, &mut w.disk);
+                        }
                     }
                     Op::Advance { ms } => w.now += Duration::from_millis(u64::from(ms)),
                     Op::Complete { pick, outcome } => {

@@ -31,6 +31,85 @@ pub struct Chunk {
     /// target given these very records (`None` for a chunk of one target
     /// only, or a part of a split chunk).
     pub packed: Option<Packed>,
+    /// All of its request's records for its label variant, of which this
+    /// chunk is one of [`Whole::chunks`] (`None` for a variant of one
+    /// target, a variant cut into one chunk, or a chunk split or copied).
+    pub whole: Option<WholeRef>,
+    /// Which push to its target brought it (set by the target under its
+    /// lock): the order of a target's pushes is the order of every lane.
+    pub push: u64,
+}
+
+/// A chunk's [`Whole`]: one of its request's wholes (one allocation for all
+/// of them).
+#[derive(Debug, Clone)]
+pub struct WholeRef {
+    wholes: Arc<[Whole]>,
+    index: u32,
+}
+
+impl WholeRef {
+    /// Whole `index` of `wholes`.
+    pub fn new(wholes: Arc<[Whole]>, index: u32) -> WholeRef {
+        WholeRef { wholes, index }
+    }
+
+    /// The whole (an index past the end cannot be made by [`Self::new`]'s
+    /// callers; it reads as the first).
+    pub fn get(&self) -> &Whole {
+        &self.wholes[(self.index as usize).min(self.wholes.len().saturating_sub(1))]
+    }
+
+    /// True when both refer to the same whole.
+    pub fn same(&self, other: &WholeRef) -> bool {
+        Arc::ptr_eq(&self.wholes, &other.wholes) && self.index == other.index
+    }
+}
+
+/// One request's records for one label variant, every lane's chunk of them
+/// in one range, compressed once (grouped by metric, as a whole) for all the
+/// targets of the variant. A batch holding every chunk of it sends this one
+/// part instead of one small part per chunk: parts compress apart, so many
+/// small ones cost bytes on the wire (each repeats the label strings the
+/// others already carry).
+#[derive(Debug)]
+pub struct Whole {
+    records: Bytes,
+    chunks: u32,
+    part: OnceLock<Bytes>,
+}
+
+impl Whole {
+    /// The records of `chunks` chunks, in one range.
+    pub fn new(records: Bytes, chunks: u32) -> Whole {
+        Whole {
+            records,
+            chunks,
+            part: OnceLock::new(),
+        }
+    }
+
+    /// How many chunks it was cut into.
+    pub fn chunks(&self) -> u32 {
+        self.chunks
+    }
+
+    /// Uncompressed length.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when it holds no records.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Its snappy part, made now unless a target already did: the records
+    /// grouped by metric (their order does not matter within one request),
+    /// then compressed.
+    pub fn part(&self) -> Bytes {
+        self.part.get_or_init(|| sorted_part(&self.records)).clone()
+    }
 }
 
 /// The compressed form of a chunk's records, made once by the first target
@@ -64,6 +143,14 @@ impl Packed {
             None => fanout_proto::snappy::compress_part(records),
         }
     }
+}
+
+/// `records` grouped by metric, as one snappy part.
+fn sorted_part(records: &[u8]) -> Bytes {
+    let mut index = Vec::new();
+    let mut sorted = Vec::new();
+    super::records::sort_records(records, &mut index, &mut sorted);
+    fanout_proto::snappy::compress_part(&sorted)
 }
 
 /// Where chunks go when a target's memory queue is full: the disk spill.

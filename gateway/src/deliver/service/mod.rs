@@ -38,7 +38,7 @@ use serde_json::{json, Value};
 
 use super::catalog::Catalog;
 use super::http::HttpSender;
-use super::queue::{Chunk, Packed};
+use super::queue::{Chunk, Packed, Whole, WholeRef};
 use super::route::{Plan, ScratchPool};
 use super::stats::{self, names, GlobalStats};
 use super::{Accepted, Delivery, DeliveryError, MemoryBudget};
@@ -546,15 +546,44 @@ impl Inner {
             // chunk index, target index in its variant), in chunk order per
             // target. Chunks of a variant with several targets get a slot
             // for their compressed form (one allocation, only when needed).
-            let chunks: Vec<_> = scratch.chunks(&plan, &records).collect();
+            scratch.find_wholes();
+            let mut chunks: Vec<_> = scratch
+                .chunks(&plan, &records)
+                .map(|c| (c, None::<WholeRef>))
+                .collect();
             let slots = chunks
                 .iter()
-                .any(|(variant, ..)| variant.targets.len() > 1)
+                .any(|((variant, ..), _)| variant.targets.len() > 1)
                 .then(|| Packed::slots(chunks.len()));
+            // A variant of several targets cut into several chunks (lanes)
+            // is also compressed whole, once, for batches that take all of
+            // it (`queue::Whole`): one allocation for the request's wholes.
+            let shared = |v: u32| plan.variants()[v as usize].targets.len() > 1;
+            let n = match slots {
+                Some(_) => scratch.wholes(&records).filter(|w| shared(w.0)).count(),
+                None => 0,
+            };
+            if n > 0 {
+                let mut found = scratch.wholes(&records).filter(|w| shared(w.0));
+                let wholes: Arc<[Whole]> = (0..n)
+                    .map(|_| match found.next() {
+                        Some((_, range, k)) => Whole::new(range, k),
+                        None => Whole::new(bytes::Bytes::new(), 0),
+                    })
+                    .collect();
+                for (i, (v, ..)) in scratch.wholes(&records).filter(|w| shared(w.0)).enumerate() {
+                    let variant = &plan.variants()[v as usize];
+                    for ((of, ..), w) in chunks.iter_mut() {
+                        if std::ptr::eq(*of, variant) {
+                            *w = Some(WholeRef::new(wholes.clone(), i as u32));
+                        }
+                    }
+                }
+            }
             let mut pairs: Vec<(usize, u32, u32)> = chunks
                 .iter()
                 .enumerate()
-                .flat_map(|(c, (variant, ..))| {
+                .flat_map(|(c, ((variant, ..), _))| {
                     variant
                         .targets
                         .iter()
@@ -565,9 +594,9 @@ impl Inner {
             pairs.sort_unstable();
             for run in pairs.chunk_by(|a, b| a.0 == b.0) {
                 let (_, c0, k0) = run[0];
-                let target = &chunks[c0 as usize].0.targets[k0 as usize];
+                let target = &chunks[c0 as usize].0 .0.targets[k0 as usize];
                 let items = run.iter().map(|&(_, c, _)| {
-                    let (variant, shard, bytes, samples, series) = &chunks[c as usize];
+                    let ((variant, shard, bytes, samples, series), whole) = &chunks[c as usize];
                     (
                         *shard,
                         Chunk {
@@ -580,6 +609,8 @@ impl Inner {
                                 .as_ref()
                                 .filter(|_| variant.targets.len() > 1)
                                 .map(|slots| Packed::new(slots.clone(), c)),
+                            whole: whole.clone(),
+                            push: 0,
                         },
                     )
                 });
@@ -595,6 +626,8 @@ impl Inner {
                     permit: Some(permit.clone()),
                     // wal: each target reads its own copy back from disk.
                     packed: None,
+                    whole: None,
+                    push: 0,
                 };
                 for t in &variant.targets {
                     match t.push_wal(shard, chunk.clone(), stats, now, wall) {

@@ -74,6 +74,8 @@ fn unpin(chunk: Chunk, budget: &MemoryBudget) -> Chunk {
             permit: Some(Arc::new(permit)),
             // A copy of its own: no other target sends these bytes.
             packed: None,
+            whole: None,
+            push: 0,
             ..chunk
         },
         Err(_) => chunk,
@@ -305,6 +307,7 @@ impl TargetHandle {
         let dropped = match self.core.lock() {
             Ok(mut core) => {
                 let before = core.counters().dropped_queue_full;
+                core.begin_push();
                 for (shard, chunk) in chunks {
                     if core.closed() {
                         removed += u64::from(chunk.samples);
