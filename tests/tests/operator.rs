@@ -313,3 +313,50 @@ async fn a_second_sigterm_stops_at_once_and_spills() {
     assert!(spilled > 0, "nothing spilled; log:\n{}", gw.log());
     println!("exited {took:?} after the second SIGTERM; {spilled} bytes spilled");
 }
+
+/// A cluster whose series all go nowhere (here: no Deployment has their
+/// namespace) gets 204 like any other, so the log says why, once a minute
+/// per cluster, with an example series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dropped_whole_is_logged_with_the_reason_and_an_example() {
+    let conf = TempDir::new("fanout-op-dropped-conf");
+    let registry = conf.path().join("registry.yaml");
+    let yaml = rounds::registry(TOKEN, "").replace("namespace: ns-1", "namespace: ns-other");
+    std::fs::write(&registry, yaml).unwrap();
+    let gw = Gateway::start("op-dropped", &["--registry", registry.to_str().unwrap()]);
+    let http = client();
+    for seq in 0..3 {
+        assert_eq!(
+            rounds::write(&http, &gw.ingest, TOKEN, round(0, seq)).await,
+            204
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let log = gw.log();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("every series of a request"))
+        {
+            break l.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no drop line; log:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(line.contains("cluster=cl-a"), "{line}");
+    assert!(line.contains("unattributed=200"), "{line}");
+    assert!(
+        line.contains(r#"namespace=\"ns-1\""#) || line.contains(r#"namespace="ns-1""#),
+        "{line}"
+    );
+    let count = gw
+        .log()
+        .lines()
+        .filter(|l| l.contains("every series of a request"))
+        .count();
+    assert_eq!(
+        count, 1,
+        "logged once a minute per cluster, not per request"
+    );
+    println!("{line}");
+}

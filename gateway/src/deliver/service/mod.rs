@@ -188,6 +188,8 @@ struct Inner {
     stopped: AtomicBool,
     /// Backlogs on disk of targets not in the registry, as last seen.
     orphans: Mutex<Vec<Orphan>>,
+    /// When each cluster last had a request logged as dropped whole.
+    dropped_logged: Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 /// The real delivery (SPEC §4, §5); cheap to clone.
@@ -225,6 +227,7 @@ impl FanoutDelivery {
                 closing: AtomicBool::new(false),
                 orphans: Mutex::new(Vec::new()),
                 stopped: AtomicBool::new(false),
+                dropped_logged: Mutex::new(std::collections::HashMap::new()),
             }),
         }
     }
@@ -463,7 +466,70 @@ impl FanoutDelivery {
     }
 }
 
+/// How often a cluster's requests dropped whole are logged.
+const DROPPED_LOG_EVERY: Duration = Duration::from_secs(60);
+
 impl Inner {
+    /// A request none of whose series goes anywhere for a reason the sender
+    /// can fix (no Deployment matches, another cluster's Deployment, not in
+    /// the catalog) is answered 2xx like any other, which looks like
+    /// success: say so in the log, at most once a minute per cluster, with
+    /// the reasons and one of its series.
+    fn log_all_dropped(&self, batch: &Accepted, drops: &crate::deliver::route::Drops) {
+        if drops.unattributed + drops.foreign + drops.filtered == 0 {
+            return;
+        }
+        let now = Instant::now();
+        {
+            let Ok(mut logged) = self.dropped_logged.lock() else {
+                return;
+            };
+            let cluster = batch.cluster.id.as_str();
+            match logged.get(cluster) {
+                Some(at) if now.duration_since(*at) < DROPPED_LOG_EVERY => return,
+                _ => {}
+            }
+            if logged.len() > 10_000 {
+                logged.clear();
+            }
+            logged.insert(cluster.to_owned(), now);
+        }
+        let example = batch
+            .series
+            .first()
+            .map(|s| {
+                let mut text = String::from("{");
+                for (i, l) in s.view(&batch.body).labels().enumerate() {
+                    if text.len() > 300 {
+                        text.push_str(", ...");
+                        break;
+                    }
+                    if i > 0 {
+                        text.push_str(", ");
+                    }
+                    text.push_str(&String::from_utf8_lossy(l.name));
+                    text.push_str("=\"");
+                    text.push_str(&String::from_utf8_lossy(l.value));
+                    text.push('"');
+                }
+                text.push('}');
+                text
+            })
+            .unwrap_or_default();
+        tracing::warn!(
+            cluster = %batch.cluster.id,
+            unattributed = drops.unattributed,
+            foreign = drops.foreign,
+            filtered = drops.filtered,
+            no_target = drops.no_target,
+            example = %example,
+            "delivery: every series of a request from this cluster was dropped \
+             (unattributed: no Deployment of the cluster matches its namespace or \
+             deploymentId label; filtered: not in the catalog, see --catalog); \
+             logged at most once a minute per cluster"
+        );
+    }
+
     async fn submit(self: &Arc<Self>, batch: Accepted) -> Result<(), DeliveryError> {
         if self.closing.load(Ordering::Relaxed) {
             return Err(DeliveryError::Unavailable(
@@ -506,6 +572,7 @@ impl Inner {
         stats.add_drops(&drops);
         if bound == 0 {
             self.scratch.give(scratch);
+            self.log_all_dropped(&batch, &drops);
             return Ok(());
         }
         // A request whose encoded forms exceed half the whole budget (a huge
