@@ -145,7 +145,7 @@ pub struct ServeConfig {
     /// TLS key.
     pub tls_key: Option<PathBuf>,
     /// The whole `--config` file (`Null` without one), for sections other parts own.
-    pub file: serde_yaml::Value,
+    pub file: serde_yaml_ng::Value,
     /// The flags as given, for parts that read their own.
     pub args: ServeArgs,
 }
@@ -155,7 +155,7 @@ impl ServeConfig {
     pub fn load(args: ServeArgs) -> Result<ServeConfig, ConfigError> {
         let (file, server) = match &args.config {
             Some(path) => read_file(path)?,
-            None => (serde_yaml::Value::Null, ServerSection::default()),
+            None => (serde_yaml_ng::Value::Null, ServerSection::default()),
         };
         let default_addr = |s: &str| s.parse::<SocketAddr>().expect("valid default address");
         Ok(ServeConfig {
@@ -191,7 +191,7 @@ impl ServeConfig {
     }
 }
 
-fn read_file(path: &Path) -> Result<(serde_yaml::Value, ServerSection), ConfigError> {
+fn read_file(path: &Path) -> Result<(serde_yaml_ng::Value, ServerSection), ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: shown.clone(),
@@ -201,8 +201,8 @@ fn read_file(path: &Path) -> Result<(serde_yaml::Value, ServerSection), ConfigEr
         path: shown.clone(),
         reason,
     };
-    let file: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| parse(e.to_string()))?;
-    if let serde_yaml::Value::Mapping(top) = &file {
+    let file: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).map_err(|e| parse(e.to_string()))?;
+    if let serde_yaml_ng::Value::Mapping(top) = &file {
         for key in top.keys() {
             if key.as_str() != Some("server") {
                 let key = key
@@ -216,12 +216,12 @@ fn read_file(path: &Path) -> Result<(serde_yaml::Value, ServerSection), ConfigEr
         }
     }
     let server = match file.get("server") {
-        None | Some(serde_yaml::Value::Null) => ServerSection::default(),
-        Some(v) => serde_yaml::from_value(v.clone()).map_err(|e| parse(format!("server: {e}")))?,
+        None | Some(serde_yaml_ng::Value::Null) => ServerSection::default(),
+        Some(v) => serde_yaml_ng::from_value(v.clone()).map_err(|e| parse(format!("server: {e}")))?,
     };
     // The token now lives in a `Secret`; keep no clear copy in the raw file.
     let mut file = file;
-    if let Some(serde_yaml::Value::Mapping(section)) = file.get_mut("server") {
+    if let Some(serde_yaml_ng::Value::Mapping(section)) = file.get_mut("server") {
         section.remove("adminToken");
     }
     Ok((file, server))

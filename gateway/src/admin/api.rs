@@ -256,7 +256,7 @@ async fn get_registry(State(s): State<AdminState>, headers: HeaderMap) -> ApiRes
     let snapshot = s.live.current();
     let doc = masked_document(snapshot.registry());
     if is_yaml(&headers, header::ACCEPT) {
-        let text = serde_yaml::to_string(&doc).map_err(|e| ApiError {
+        let text = serde_yaml_ng::to_string(&doc).map_err(|e| ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             error: format!("cannot render YAML: {e}"),
             problems: Vec::new(),

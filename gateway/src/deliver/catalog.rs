@@ -127,7 +127,7 @@ impl Catalog {
     }
 
     fn add_mappings(&mut self, text: &str, what: &str) -> Result<(), CatalogError> {
-        let file: MappingFile = serde_yaml::from_str(text).map_err(|e| CatalogError::Invalid {
+        let file: MappingFile = serde_yaml_ng::from_str(text).map_err(|e| CatalogError::Invalid {
             what: what.to_owned(),
             message: e.to_string(),
         })?;

@@ -721,8 +721,8 @@ impl Document {
 /// Parses JSON or YAML text into a JSON value.
 pub fn parse_value(text: &[u8], yaml: bool) -> Result<Value, String> {
     if yaml {
-        let value: serde_yaml::Value =
-            serde_yaml::from_slice(text).map_err(|e| format!("invalid YAML: {e}"))?;
+        let value: serde_yaml_ng::Value =
+            serde_yaml_ng::from_slice(text).map_err(|e| format!("invalid YAML: {e}"))?;
         serde_json::to_value(value).map_err(|e| format!("invalid YAML: {e}"))
     } else {
         serde_json::from_slice(text).map_err(|e| format!("invalid JSON: {e}"))

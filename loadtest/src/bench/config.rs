@@ -234,7 +234,7 @@ mod tests {
         assert_eq!(e[2]["metricsExport"]["endpoint"], urls(3)[2]);
         assert_eq!(e[2]["metricsExport"]["delivery"]["maxSamplesPerSend"], 5000);
         // The YAML form is what `fanout serve --registry` reads.
-        let y = serde_yaml::to_string(&r).unwrap();
+        let y = serde_yaml_ng::to_string(&r).unwrap();
         assert!(y.contains("metricsExports:"));
     }
 
@@ -288,7 +288,7 @@ mod tests {
             .iter()
             .find(|(p, _)| p.ends_with("url-1.yaml"))
             .unwrap();
-        let parsed: serde_yaml::Value = serde_yaml::from_str(url1).unwrap();
+        let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(url1).unwrap();
         let regex = parsed[0]["regex"].as_str().unwrap();
         assert_eq!(
             regex,
@@ -301,7 +301,7 @@ mod tests {
         assert_eq!(parsed[0]["action"].as_str(), Some("keep"));
         // The global file maps every namespace to its Deployment id.
         let (_, global) = &v.files[0];
-        let parsed: serde_yaml::Value = serde_yaml::from_str(global).unwrap();
+        let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(global).unwrap();
         let rules = parsed.as_sequence().unwrap();
         assert_eq!(rules.len(), 4);
         assert_eq!(rules[3]["regex"].as_str().unwrap(), s.fleet.namespace(1, 1));

@@ -295,7 +295,7 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
             let registry = dir.path().join("registry.yaml");
             std::fs::write(
                 &registry,
-                serde_yaml::to_string(&config::registry(spec, &urls))?,
+                serde_yaml_ng::to_string(&config::registry(spec, &urls))?,
             )?;
             let args: Vec<String> = vec![
                 "serve".into(),

@@ -123,7 +123,7 @@ impl BenchSpec {
             file: file.to_owned(),
             what,
         };
-        let raw: RawSpec = serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let raw: RawSpec = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
         // The fleet is the generator's Scenario with defaults for what the file omits.
         let mut fleet =
             serde_json::to_value(Scenario::default()).map_err(|e| err(e.to_string()))?;
