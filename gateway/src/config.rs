@@ -22,28 +22,33 @@ pub const DEFAULT_DATA_DIR: &str = "./fanout-data";
 /// Flags of `fanout serve`.
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// TCP (HTTP/1.1, HTTP/2) and UDP (HTTP/3) address for remote-write ingest.
+    /// TCP (HTTP/1.1, HTTP/2) and UDP (HTTP/3) address for remote-write ingest
+    /// [default: 0.0.0.0:9555].
     #[arg(long, env = "FANOUT_INGEST_LISTEN")]
     pub ingest_listen: Option<SocketAddr>,
-    /// TCP address of the admin API, `/metrics` and the stats stream.
+    /// TCP address of the admin API, `/metrics` and the stats stream
+    /// [default: 127.0.0.1:9556].
     #[arg(long, env = "FANOUT_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
-    /// Directory for the embedded store, spill queues and the QUIC certificate.
+    /// Directory for the embedded store, spill queues and the QUIC
+    /// certificate; one gateway per directory [default: ./fanout-data].
     #[arg(long, env = "FANOUT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Declarative registry file applied at start.
     #[arg(long, env = "FANOUT_REGISTRY")]
     pub registry: Option<PathBuf>,
-    /// `sqlite` (default, in the data dir) or a `postgres://` URL.
+    /// `sqlite` (in the data dir) or a `postgres://` URL [default: sqlite].
     #[arg(long, env = "FANOUT_STORE")]
     pub store: Option<String>,
     /// Bearer token for the admin API. Without one the admin port binds to loopback only.
     #[arg(long, env = "FANOUT_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
-    /// YAML file with any of these settings.
+    /// YAML file with the settings above (`server:` section, camelCase keys;
+    /// an unknown key is an error).
     #[arg(long, env = "FANOUT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// PEM certificate chain for TLS (h2 by ALPN) and QUIC.
+    /// PEM certificate chain for TLS (h2 by ALPN) and QUIC [default: none:
+    /// plaintext TCP, QUIC with a self-signed certificate in the data dir].
     #[arg(long, env = "FANOUT_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `--tls-cert`.
@@ -201,7 +206,8 @@ fn read_file(path: &Path) -> Result<(serde_yaml_ng::Value, ServerSection), Confi
         path: shown.clone(),
         reason,
     };
-    let file: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).map_err(|e| parse(e.to_string()))?;
+    let file: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).map_err(|e| parse(e.to_string()))?;
     if let serde_yaml_ng::Value::Mapping(top) = &file {
         for key in top.keys() {
             if key.as_str() != Some("server") {
@@ -217,7 +223,9 @@ fn read_file(path: &Path) -> Result<(serde_yaml_ng::Value, ServerSection), Confi
     }
     let server = match file.get("server") {
         None | Some(serde_yaml_ng::Value::Null) => ServerSection::default(),
-        Some(v) => serde_yaml_ng::from_value(v.clone()).map_err(|e| parse(format!("server: {e}")))?,
+        Some(v) => {
+            serde_yaml_ng::from_value(v.clone()).map_err(|e| parse(format!("server: {e}")))?
+        }
     };
     // The token now lives in a `Secret`; keep no clear copy in the raw file.
     let mut file = file;

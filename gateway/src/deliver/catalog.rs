@@ -127,10 +127,11 @@ impl Catalog {
     }
 
     fn add_mappings(&mut self, text: &str, what: &str) -> Result<(), CatalogError> {
-        let file: MappingFile = serde_yaml_ng::from_str(text).map_err(|e| CatalogError::Invalid {
-            what: what.to_owned(),
-            message: e.to_string(),
-        })?;
+        let file: MappingFile =
+            serde_yaml_ng::from_str(text).map_err(|e| CatalogError::Invalid {
+                what: what.to_owned(),
+                message: e.to_string(),
+            })?;
         for m in file.mappings {
             if m.action.as_deref() == Some("drop") {
                 continue;

@@ -79,8 +79,9 @@ pub enum Durability {
 /// Delivery flags, flattened into `fanout serve`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct DeliveryArgs {
-    /// Catalog of exported metric names: `builtin` (default), `all`, or a file
-    /// (statsd mapping YAML, or one name per line with `*` wildcards).
+    /// Catalog of exported metric names: `builtin` (Airflow's metrics as the
+    /// statsd mapping names them), `all`, or a file (statsd mapping YAML, or
+    /// one name per line with `*` wildcards) [default: builtin].
     #[arg(long, env = "FANOUT_CATALOG")]
     pub catalog: Option<String>,
     /// Memory queue bound of each target; beyond it the oldest data goes to
