@@ -7,7 +7,10 @@
 //! moving rates; `p` on one pauses it (the screen says so and the gateway's
 //! `GET /api/v1/targets` agrees, the other target stays unpaused); `q` exits
 //! 0, leaves the alternate screen and restores the terminal modes (`stty -g`
-//! before and after are equal).
+//! before and after are equal). Before that, the gateway gets SIGTERM with
+//! the console attached and must exit 0 within its drain delay and grace
+//! (the stats stream ends with a `stopped` event); the console flags it and
+//! reconnects when it is back.
 //!
 //! Needs tmux and the gateway's stats API (`docs/stats-api.md`); `.ci/run`
 //! installs tmux and runs it with `--ignored`.
@@ -324,6 +327,7 @@ fn console_shows_targets_pauses_one_and_quits_cleanly() {
                 .args(["--ingest-listen", &format!("127.0.0.1:{ingest_port}")])
                 .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
                 .args(["--admin-token", ADMIN_TOKEN])
+                .args(["--drain-delay", "1s", "--shutdown-grace", "2s"])
                 .arg("--data-dir")
                 .arg(dir.join("data"))
                 .arg("--registry")
@@ -513,8 +517,27 @@ fn console_shows_targets_pauses_one_and_quits_cleanly() {
         "target B should not be paused: {b}"
     );
 
-    // Losing the gateway: the console says since when, and reconnects when
-    // it is back (same ports, same data directory).
+    // The gateway stops (SIGTERM) with the console attached: its stats
+    // stream ends with a `stopped` event, so the console does not hold up
+    // the shutdown (drain delay 1 s + grace 2 s + 1 s), and the console
+    // says since when it lost the gateway; it reconnects when the gateway
+    // is back (same ports, same data directory).
+    let stopping = Instant::now();
+    let status = gateway
+        .as_mut()
+        .expect("gateway running")
+        .terminate(Duration::from_secs(20));
+    let took = stopping.elapsed();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "gateway did not exit 0 on SIGTERM with the console attached: {status:?}{context}",
+        context = context()
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "gateway took {took:?} to stop with the console attached{context}",
+        context = context()
+    );
     drop(gateway.take());
     tmux.wait_screen(
         "the Targets view to flag the lost gateway",
