@@ -201,11 +201,15 @@ impl HttpSender {
         HttpSender { client }
     }
 
-    /// Builds the request for `body` to `target` at wall time `now`.
+    /// Builds attempt `attempt` (1 for the first) of the request for `body`
+    /// to `target` at wall time `now`. A retry carries `Retry-Attempt: N`
+    /// (N retries so far, as Prometheus 3 sends it), so a receiver can tell
+    /// a resent batch from a new one.
     pub fn request(
         target: &TargetConfig,
         body: Bytes,
         now: SystemTime,
+        attempt: u32,
     ) -> Result<Request<Full<Bytes>>, String> {
         let uri: Uri = target
             .endpoint
@@ -219,6 +223,9 @@ impl HttpSender {
             .body(Full::new(body.clone()))
             .map_err(|e| format!("cannot build the request: {e}"))?;
         let headers = req.headers_mut();
+        if attempt > 1 {
+            headers.insert("retry-attempt", HeaderValue::from(attempt - 1));
+        }
         for (k, v) in &target.headers {
             let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(k.as_bytes()),
@@ -326,10 +333,10 @@ impl HttpSender {
     /// error body, an error chain) has passed the target's
     /// [`Scrubber`](crate::registry::secrets::Scrubber); a 2xx body is not
     /// kept at all.
-    pub async fn send(&self, target: &Target, body: Bytes) -> SendResult {
+    pub async fn send(&self, target: &Target, body: Bytes, attempt: u32) -> SendResult {
         let config = &target.config;
         let scrub = |text: &str| target.scrubber.scrub(text).into_owned();
-        let req = match Self::request(config, body, SystemTime::now()) {
+        let req = match Self::request(config, body, SystemTime::now(), attempt) {
             Ok(r) => r,
             // A request that cannot be built is never deliverable.
             Err(message) => {
@@ -423,9 +430,11 @@ mod tests {
             }),
             body.clone(),
             SystemTime::now(),
+            1,
         )
         .unwrap();
         let h = r.headers();
+        assert!(h.get("retry-attempt").is_none(), "not on a first attempt");
         assert_eq!(h["content-encoding"], "snappy");
         assert_eq!(h["content-type"], "application/x-protobuf");
         assert_eq!(h["x-prometheus-remote-write-version"], "0.1.0");
@@ -441,9 +450,11 @@ mod tests {
             }),
             body.clone(),
             SystemTime::now(),
+            3,
         )
         .unwrap();
         assert_eq!(r.headers()["authorization"], "Basic dTpw");
+        assert_eq!(r.headers()["retry-attempt"], "2", "the second retry");
 
         let t = std::time::UNIX_EPOCH + Duration::from_secs(1_369_353_600);
         let r = HttpSender::request(
@@ -455,6 +466,7 @@ mod tests {
             }),
             body,
             t,
+            1,
         )
         .unwrap();
         let h = r.headers();

@@ -75,7 +75,7 @@ pub(super) async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
             let tx = tx.clone();
             tokio::spawn(async move {
                 let t0 = Instant::now();
-                let result = sender.send(&target, d.body).await;
+                let result = sender.send(&target, d.body, d.attempt).await;
                 let _ = tx
                     .send(Done {
                         lane: d.lane,
