@@ -281,6 +281,10 @@ pub struct SinkReport {
     pub last_error: Option<String>,
     /// Requests by remote-write version ("v1", "v2").
     pub protocols: BTreeMap<String, u64>,
+    /// TCP connections accepted.
+    pub connections: u64,
+    /// Requests received over HTTP/2.
+    pub h2_requests: u64,
     /// Per series.
     pub series: HashMap<SeriesId, SeriesRecord>,
     /// End-to-end latency (ms).
@@ -303,6 +307,8 @@ pub struct SinkStats {
 struct State {
     config: SinkConfig,
     fault: Mutex<(Fault, Instant)>,
+    connections: AtomicU64,
+    h2_requests: AtomicU64,
     requests: AtomicU64,
     samples: AtomicU64,
     bytes: AtomicU64,
@@ -346,6 +352,8 @@ impl Sink {
         let state = Arc::new(State {
             fault: Mutex::new((config.fault.clone(), Instant::now())),
             config,
+            connections: AtomicU64::new(0),
+            h2_requests: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             samples: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -368,6 +376,7 @@ impl Sink {
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
+                st.connections.fetch_add(1, Ordering::Relaxed);
                 let st = st.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
@@ -518,6 +527,8 @@ impl SinkHandle {
     pub fn report(&self) -> SinkReport {
         let inner = lock(&self.state.inner);
         let mut r = inner.report.clone();
+        r.connections = self.state.connections.load(Ordering::Relaxed);
+        r.h2_requests = self.state.h2_requests.load(Ordering::Relaxed);
         if let Some(h) = &inner.latency {
             r.latency_ms = Latency::from_histogram(h, 1.0);
         }
@@ -583,6 +594,9 @@ struct InjectedReset;
 
 async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Reply, InjectedReset> {
     let (parts, body) = req.into_parts();
+    if parts.version == http::Version::HTTP_2 {
+        st.h2_requests.fetch_add(1, Ordering::Relaxed);
+    }
     let body = match http_body_util::Limited::new(body, st.config.max_body)
         .collect()
         .await

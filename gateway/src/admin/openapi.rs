@@ -68,7 +68,7 @@ pub fn document() -> Value {
         "publicHeaders": {"type": "array", "items": s("string"), "description": "header names whose values reads show (never Authorization)"},
         "labels": {"type": "object", "additionalProperties": s("string")},
         "delivery": {"type": "object", "properties": {
-            "maxSamplesPerSend": s("integer"), "batchSendDeadline": s("string"), "maxConcurrency": s("integer"),
+            "maxSamplesPerSend": s("integer"), "batchSendDeadline": s("string"), "maxConcurrency": s("integer"), "http2": s("boolean"),
             "timeout": s("string"), "maxBackoff": s("string"), "diskBudget": {"oneOf": [s("integer"), s("string")]},
             "protocol": {"type": "string", "enum": ["V1", "V2"]}}},
         "unsetFields": {"type": "array", "items": s("string"), "description": "in a link's overrides only; not stored"}}});

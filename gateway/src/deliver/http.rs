@@ -106,6 +106,15 @@ pub struct Connector {
 impl Connector {
     /// A connector trusting the webpki roots.
     pub fn new() -> Connector {
+        Connector::with_alpn(Vec::new())
+    }
+
+    /// [`Self::new`] offering `h2` by ALPN, for HTTP/2 targets.
+    pub fn h2() -> Connector {
+        Connector::with_alpn(vec![b"h2".to_vec()])
+    }
+
+    fn with_alpn(alpn: Vec<Vec<u8>>) -> Connector {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -127,6 +136,8 @@ impl Connector {
                 .with_root_certificates(rustls::RootCertStore::empty())
                 .with_no_client_auth()
             });
+        let mut config = config;
+        config.alpn_protocols = alpn;
         Connector {
             http,
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
@@ -172,6 +183,9 @@ impl tower::Service<Uri> for Connector {
 #[derive(Clone)]
 pub struct HttpSender {
     client: Client<Connector, Full<Bytes>>,
+    /// For targets with `delivery.http2`: one connection per target
+    /// multiplexing its lanes' requests.
+    h2: Client<Connector, Full<Bytes>>,
 }
 
 impl Default for HttpSender {
@@ -198,7 +212,14 @@ impl HttpSender {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
             .build(Connector::new());
-        HttpSender { client }
+        let h2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .http2_only(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_timeout(Duration::from_secs(20))
+            .timer(hyper_util::rt::TokioTimer::new())
+            .build(Connector::h2());
+        HttpSender { client, h2 }
     }
 
     /// Builds attempt `attempt` (1 for the first) of the request for `body`
@@ -348,7 +369,11 @@ impl HttpSender {
             }
         };
         let attempt = async {
-            let resp = match self.client.request(req).await {
+            let client = match config.delivery.http2 {
+                true => &self.h2,
+                false => &self.client,
+            };
+            let resp = match client.request(req).await {
                 Ok(r) => r,
                 Err(e) if e.is_connect() => return SendResult::Connect(scrub(&error_chain(&e))),
                 Err(e) => return SendResult::Io(scrub(&error_chain(&e))),

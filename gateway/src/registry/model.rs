@@ -324,6 +324,10 @@ pub struct DeliveryFields {
     /// `V1` or `V2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
+    /// Send over HTTP/2: ALPN `h2` for `https://`, prior knowledge for
+    /// `http://` (default false: HTTP/1.1, as Prometheus).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2: Option<bool>,
 }
 
 impl DeliveryFields {
@@ -1000,6 +1004,7 @@ fn unset_field(fields: &mut ExportFields, name: &str) -> bool {
             "maxBackoff" => d.max_backoff = None,
             "diskBudget" => d.disk_budget = None,
             "protocol" => d.protocol = None,
+            "http2" => d.http2 = None,
             _ => return false,
         }
         if d.is_empty() {
@@ -1027,7 +1032,7 @@ fn unset_field(fields: &mut ExportFields, name: &str) -> bool {
     true
 }
 
-const DELIVERY_FIELDS: [&str; 7] = [
+const DELIVERY_FIELDS: [&str; 8] = [
     "maxSamplesPerSend",
     "batchSendDeadline",
     "maxConcurrency",
@@ -1035,6 +1040,7 @@ const DELIVERY_FIELDS: [&str; 7] = [
     "maxBackoff",
     "diskBudget",
     "protocol",
+    "http2",
 ];
 
 /// RFC 7396 JSON merge patch: `patch` applied onto `target`.

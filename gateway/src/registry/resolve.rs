@@ -116,6 +116,8 @@ pub struct DeliveryOptions {
     pub disk_budget: u64,
     /// Remote-write version.
     pub protocol: Protocol,
+    /// HTTP/2 (ALPN `h2` over TLS, prior knowledge over plain TCP).
+    pub http2: bool,
 }
 
 impl Default for DeliveryOptions {
@@ -128,6 +130,7 @@ impl Default for DeliveryOptions {
             max_backoff: Duration::from_secs(5),
             disk_budget: 1 << 30,
             protocol: Protocol::V1,
+            http2: false,
         }
     }
 }
@@ -216,6 +219,10 @@ impl TargetConfig {
             Protocol::V1 => b"v1",
             Protocol::V2 => b"v2",
         });
+        // Only when set, so that ids from before the option stay the same.
+        if d.http2 {
+            put(b"h2");
+        }
         let digest = h.finalize();
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         TargetId(hex)
@@ -342,6 +349,7 @@ pub fn merge(base: &ExportFields, ov: &ExportFields) -> ExportFields {
             max_backoff: o.max_backoff.clone().or_else(|| b.max_backoff.clone()),
             disk_budget: o.disk_budget.clone().or_else(|| b.disk_budget.clone()),
             protocol: o.protocol.or(b.protocol),
+            http2: o.http2.or(b.http2),
         }),
     };
     ExportFields {
@@ -536,6 +544,9 @@ fn compile_delivery(
             Ok(v) => d.disk_budget = v,
             Err(e) => problems.push(format!("delivery.diskBudget: {e}")),
         }
+    }
+    if let Some(h2) = f.http2 {
+        d.http2 = h2;
     }
     if let Some(p) = f.protocol {
         d.protocol = p;
