@@ -22,6 +22,7 @@ pub mod fuzzing;
 pub mod scan;
 pub mod snappy;
 pub mod testdata;
+pub mod units;
 pub mod v2read;
 pub mod wire;
 

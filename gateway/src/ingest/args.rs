@@ -11,56 +11,25 @@ use clap::Args;
 
 use super::IngestConfig;
 
-/// A size in bytes: `1048576`, `64KiB`, `32MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1000).
+/// A size in bytes, in the grammar of [`fanout_proto::units`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
 impl FromStr for ByteSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid size {s:?}: expected bytes or e.g. 64MiB"))?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KiB" | "Ki" => 1 << 10,
-            "MiB" | "Mi" => 1 << 20,
-            "GiB" | "Gi" => 1 << 30,
-            "KB" | "K" => 1_000,
-            "MB" | "M" => 1_000_000,
-            "GB" | "G" => 1_000_000_000,
-            other => return Err(format!("invalid size unit {other:?} in {s:?}")),
-        };
-        n.checked_mul(mult)
-            .map(ByteSize)
-            .ok_or_else(|| format!("size {s:?} is too large"))
+        fanout_proto::units::parse_size(s).map(ByteSize)
     }
 }
 
-/// A duration: `500ms`, `10s`, `2m`, `1h`.
+/// A duration, in the grammar of [`fanout_proto::units`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
 impl FromStr for HumanDuration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 10s, 2m"))?;
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            _ => return Err(format!("invalid duration {s:?}: use ms, s, m or h")),
-        };
-        Ok(HumanDuration(d))
+        fanout_proto::units::parse_duration(s).map(HumanDuration)
     }
 }
 

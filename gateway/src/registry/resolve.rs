@@ -579,66 +579,17 @@ pub fn valid_label_name(name: &str) -> bool {
     first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') && !name.starts_with("__")
 }
 
-/// Parses `500ms`, `1s`, `2m`, `1h`, `1m30s`.
+/// Parses a duration in the grammar of [`fanout_proto::units`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration like 500ms, 1s, 2m, 1h");
-    if text.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            _ => return Err(bad()),
-        };
-        total = total.saturating_add(unit);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
+    fanout_proto::units::parse_duration(text)
 }
 
-/// Parses a size: an integer of bytes, or `64KiB`, `64MiB`, `1GiB`, `10MB`, `512B`.
+/// Parses a size: bytes, or text in the grammar of [`fanout_proto::units`].
 pub fn parse_size(size: &ByteSize) -> Result<u64, String> {
-    let text = match size {
-        ByteSize::Bytes(n) => return Ok(*n),
-        ByteSize::Text(t) => t.trim(),
-    };
-    let bad = || format!("{text:?} is not a size like 1048576, 64MiB or 1GiB");
-    let digits = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    if digits == 0 {
-        return Err(bad());
+    match size {
+        ByteSize::Bytes(n) => Ok(*n),
+        ByteSize::Text(t) => fanout_proto::units::parse_size(t),
     }
-    let n: u64 = text[..digits].parse().map_err(|_| bad())?;
-    let mult: u64 = match text[digits..].trim() {
-        "" | "B" => 1,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(mult).ok_or_else(bad)
 }
 
 #[cfg(test)]

@@ -253,33 +253,15 @@ pub mod duration_str {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    /// Parses `500ms`, `30s`, `2m`, `1h` or a bare number of seconds.
+    /// Parses a duration in the grammar of `fanout_proto::units` (the one
+    /// of `fanout serve` and the registry).
     pub fn parse(s: &str) -> Result<Duration, String> {
-        let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("{s:?}: expected a duration like 500ms, 10s, 2m"))?;
-        let secs = match unit {
-            "ms" => n / 1000.0,
-            "s" | "" => n,
-            "m" => n * 60.0,
-            "h" => n * 3600.0,
-            _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
-        };
-        Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+        fanout_proto::units::parse_duration(s)
     }
 
-    /// Writes `Ns` or `Nms`.
+    /// Writes it back in that grammar.
     pub fn format(d: Duration) -> String {
-        if d.subsec_millis() == 0 {
-            format!("{}s", d.as_secs())
-        } else {
-            format!("{}ms", d.as_millis())
-        }
+        fanout_proto::units::format_duration(d)
     }
 
     /// serde `serialize_with`.
@@ -460,6 +442,6 @@ drainTimeout: 5s
             let d = duration_str::parse(s).unwrap();
             assert_eq!(duration_str::parse(&duration_str::format(d)).unwrap(), d);
         }
-        assert!(duration_str::parse("3d").is_err());
+        assert!(duration_str::parse("3w").is_err());
     }
 }
