@@ -192,6 +192,11 @@ fn status_error(path: &str, status: StatusCode, body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
     let hint = match status {
         StatusCode::UNAUTHORIZED => " (check --token or FANOUT_ADMIN_TOKEN)",
+        // The ingest port answers every other path so.
+        StatusCode::NOT_FOUND if detail.contains("remote-write goes to POST /api/v1/write") => {
+            " (this is a gateway's ingest port: point the console at its admin port, \
+             --admin-listen, 127.0.0.1:9556 by default)"
+        }
         StatusCode::NOT_FOUND if path.contains("stats") || path.contains("targets") => {
             " (this gateway has no stats API: upgrade it)"
         }
@@ -402,6 +407,21 @@ impl Admin {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_ingest_port_is_named_as_such() {
+        let body = b"not found: remote-write goes to POST /api/v1/write (or /api/v1/push)\n";
+        let e = status_error("/api/v1/stats/stream", StatusCode::NOT_FOUND, body);
+        assert!(e.contains("this is a gateway's ingest port"), "{e}");
+        assert!(e.contains("admin port"), "{e}");
+        let e = status_error(
+            "/api/v1/stats/stream",
+            StatusCode::NOT_FOUND,
+            b"{\"error\":\"nope\"}",
+        );
+        assert!(e.contains("no stats API"), "{e}");
+    }
+
     use super::*;
 
     #[test]
