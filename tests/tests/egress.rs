@@ -63,3 +63,70 @@ async fn a_target_without_http2_gets_http1() {
     assert_eq!(h2, 0);
     assert!(requests > 30);
 }
+
+/// A target that answers 413 to bodies over 4 KiB (batches of up to 2,000
+/// samples are ~10x that): every batch is split in halves until it fits;
+/// every sample arrives, in order per series, none is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_413_splits_batches_until_they_fit() {
+    use fanout_loadtest::sink::{Sink, SinkConfig};
+    use fanout_loadtest::verify::Problem;
+    use std::net::SocketAddr;
+    let port = free_port();
+    let dir = fanout_tests::fanout::tempfile_dir::TempDir::new("fanout-egress-413");
+    let registry = dir.path().join("registry.yaml");
+    let export = format!("endpoint: '{}'", rounds::endpoint(port));
+    std::fs::write(&registry, rounds::registry(TOKEN, &export)).unwrap();
+    let sink = Sink::start(SinkConfig {
+        name: "t".into(),
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        max_body: 4 << 10,
+        ..SinkConfig::default()
+    })
+    .await
+    .expect("sink");
+    let gw = Gateway::start("egress-413", &["--registry", registry.to_str().unwrap()]);
+    let http = client();
+    let sent: Vec<u32> = (0..20).collect();
+    for &seq in &sent {
+        assert_eq!(
+            rounds::write(&http, &gw.ingest, TOKEN, round(0, seq)).await,
+            204
+        );
+    }
+    // Everything arrives, in order; the refusals (413) are the point.
+    let e = in_order("t", &sent);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let problems: Vec<_> = e
+            .check(&[sink.report()])
+            .into_iter()
+            .filter(|p| !matches!(p, Problem::Refused { .. }))
+            .collect();
+        if problems.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline
+                && !problems
+                    .iter()
+                    .any(|p| matches!(p, Problem::OutOfOrder { .. })),
+            "{problems:?}\ntargets: {}\nlog:\n{}",
+            gw.request("GET", "/api/v1/targets", None).1,
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = rounds::target(&gw);
+    let r = sink.report();
+    println!(
+        "413: {} requests, {:?} answers; target failures {}, dropped {}",
+        r.requests, r.responses, t["failures"], t["dropped"]
+    );
+    assert!(
+        r.responses.get(&413).copied().unwrap_or(0) > 0,
+        "the sink refused some batches as too large: {:?}",
+        r.responses
+    );
+    assert_eq!(t["dropped"]["rejected"], 0, "{t}");
+}

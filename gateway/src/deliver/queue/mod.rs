@@ -148,6 +148,11 @@ pub struct TargetCore {
     /// Batches formed and not yet delivered or dropped (in flight or
     /// waiting for a retry); at most one per lane.
     batches: Vec<Batch>,
+    /// After a 413: batches hold at most this many samples (halved at each
+    /// 413, doubled after 16 successes in a row, until `maxSamplesPerSend`).
+    split_cap: Option<u32>,
+    /// Successes in a row at `split_cap`.
+    split_ok: u32,
     /// Pushes so far ([`Self::begin_push`]), stamped on each chunk.
     pushes: u64,
     cursor: usize,
@@ -197,6 +202,8 @@ impl TargetCore {
             batches: Vec::new(),
             cursor: 0,
             pushes: 0,
+            split_cap: None,
+            split_ok: 0,
             in_flight: 0,
             next_batch: 1,
             rng: fastrand::Rng::with_seed(seed),
@@ -374,7 +381,7 @@ impl TargetCore {
             }
         }
         let oldest = oldest?;
-        if self.flush || samples >= u64::from(self.config.max_samples) {
+        if self.flush || samples >= u64::from(self.batch_max()) {
             Some(oldest)
         } else {
             Some(oldest + self.config.deadline)
@@ -452,7 +459,7 @@ impl TargetCore {
     /// lone series larger than that makes a larger batch), compressed once.
     /// Every lane it takes data from is busy until the batch is done.
     fn form_batch(&mut self, mask: u64, from_disk: bool, now: Instant) -> Dispatch {
-        let max = self.config.max_samples.max(1);
+        let max = self.batch_max();
         let mut samples = 0u32;
         let mut oldest = now;
         let mut seqs = Vec::new();
@@ -621,6 +628,50 @@ impl TargetCore {
         }
     }
 
+    /// Samples per batch: `maxSamplesPerSend`, or less after a 413.
+    fn batch_max(&self) -> u32 {
+        let max = self.config.max_samples;
+        self.split_cap.map_or(max, |c| c.min(max)).max(1)
+    }
+
+    /// A 413 (payload too large) on memory batch `at` of more than one
+    /// series: its chunks go back to the head of their lanes, in their
+    /// order (its lanes were busy, so nothing of theirs was taken since),
+    /// and batches are capped at half its samples from now on, so the same
+    /// data goes again in two (and, on another 413, in four...). Returns
+    /// false when it cannot split: one series, read back from disk, or a lane
+    /// of it has spilled newer data since (then it is dropped as before).
+    fn split_back(&mut self, at: usize) -> bool {
+        let b = &self.batches[at];
+        let series: u32 = b.pieces.iter().map(|(_, c)| c.series).sum();
+        if b.pieces.is_empty() || series <= 1 || !b.seqs.is_empty() {
+            return false;
+        }
+        // Newer data of one of its lanes went to disk meanwhile (the queue
+        // overflowed): it is sent before that lane's memory, so these
+        // chunks cannot go back there without passing it.
+        let spilled = mask_lanes(b.lanes).any(|l| {
+            let lane = &self.lanes[l];
+            !lane.disk.is_empty() || lane.disk_through > self.read_through
+        });
+        if spilled {
+            return false;
+        }
+        let cap = (b.samples / 2).max(1);
+        let b = self.finish(at);
+        for (l, c) in b.pieces.into_iter().rev() {
+            let lane = &mut self.lanes[l as usize];
+            lane.samples += u64::from(c.samples);
+            lane.bytes += c.records.len() as u64;
+            self.queue_samples += u64::from(c.samples);
+            self.queue_bytes += c.records.len() as u64;
+            lane.queue.push_front(c);
+        }
+        self.split_cap = Some(cap);
+        self.split_ok = 0;
+        true
+    }
+
     /// Starts a push: the chunks [`push`](Self::push)ed until the next call
     /// belong to one request (see [`Chunk::push`]).
     pub fn begin_push(&mut self) {
@@ -647,8 +698,40 @@ impl TargetCore {
             let us = latency.as_micros().clamp(1, 3_600_000_000) as u64;
             let _ = self.latency_us.record(us);
         }
+        if let SendResult::Status {
+            status: 413, body, ..
+        } = result
+        {
+            if self.split_back(at) {
+                *self.counters.failures.entry("413".into()).or_default() += 1;
+                let message = format!(
+                    "413 Payload Too Large: {}; sent again in smaller batches (at most {} samples)",
+                    body.trim(),
+                    self.batch_max()
+                );
+                self.last_error = Some(LastError {
+                    time: wall,
+                    status: Some(413),
+                    message: message.clone(),
+                });
+                return Event::Retrying {
+                    kind: "413".into(),
+                    status: Some(413),
+                    message,
+                };
+            }
+        }
         match classify(result) {
             Verdict::Done => {
+                // After 16 successes in a row at the cap, try twice as much.
+                if let Some(cap) = self.split_cap {
+                    self.split_ok += 1;
+                    if self.split_ok >= 16 {
+                        self.split_ok = 0;
+                        self.split_cap = Some(cap.saturating_mul(2))
+                            .filter(|&c| c < self.config.max_samples);
+                    }
+                }
                 let b = self.finish(at);
                 let bytes = b.body.len() as u64;
                 self.counters.samples_sent += u64::from(b.samples);

@@ -883,7 +883,7 @@ mod sim {
             4 => (0u32..8, 1u8..6).prop_map(|(lane, n)| Op::Push { lane, n }),
             3 => (any::<u8>(), 1u8..4).prop_map(|(mask, n)| Op::Request { mask, n }),
             2 => (0u16..300).prop_map(|ms| Op::Advance { ms }),
-            4 => (any::<u8>(), 0u8..10).prop_map(|(pick, outcome)| Op::Complete { pick, outcome }),
+            4 => (any::<u8>(), 0u8..11).prop_map(|(pick, outcome)| Op::Complete { pick, outcome }),
             1 => Just(Op::Reload),
             1 => any::<bool>().prop_map(Op::Pause),
             1 => (1u8..9, 1u8..12).prop_map(|(max_concurrency, max_samples)| Op::Reconfigure { max_concurrency, max_samples }),
@@ -923,6 +923,12 @@ mod sim {
                     status: 503,
                     retry_after: None,
                     body: String::new(),
+                },
+                // Too large: split and sent again (one series: dropped).
+                9 => SendResult::Status {
+                    status: 413,
+                    retry_after: None,
+                    body: "too big".into(),
                 },
                 _ => SendResult::Connect("refused".into()),
             };
