@@ -2,8 +2,9 @@
 //! framed stream format).
 //!
 //! The decompressed length is a varint at the start of a block; [`decompress`]
-//! reads it and refuses anything over the caller's limit before allocating a
-//! byte, so a 20-byte request claiming 4 GiB costs nothing.
+//! reads it and refuses anything over the caller's limit, or over what the
+//! block's size can possibly hold ([`max_expansion`]), before allocating a
+//! byte, so a 14-byte request claiming 250 MiB costs nothing.
 
 use bytes::Bytes;
 
@@ -39,12 +40,28 @@ pub fn decompressed_len(input: &[u8]) -> Result<u64, SnappyError> {
         .map_err(|e| SnappyError::Corrupt(format!("header: {e}")))
 }
 
+/// The most bytes `compressed` bytes of a block can decompress to. The
+/// densest element is a copy with a 2-byte offset: 3 bytes that produce 64;
+/// so no block of `n` bytes holds more than `n * 64 / 3` (rounded up).
+pub fn max_expansion(compressed: usize) -> u64 {
+    (compressed as u64).saturating_mul(64).div_ceil(3)
+}
+
 /// Decompresses a block of at most `max_len` decompressed bytes into `buf`,
 /// reusing its capacity (for pooled buffers). `buf` is cleared first.
 pub fn decompress_into(input: &[u8], max_len: usize, buf: &mut Vec<u8>) -> Result<(), SnappyError> {
     let len = decompressed_len(input)?;
     if len > max_len as u64 {
         return Err(SnappyError::TooLarge { len, max: max_len });
+    }
+    let most = max_expansion(input.len());
+    if len > most {
+        // A small body claiming a large size would otherwise make us
+        // allocate (and zero) that size before finding it corrupt.
+        return Err(SnappyError::Corrupt(format!(
+            "header declares {len} bytes, more than {} compressed bytes can hold (at most {most})",
+            input.len()
+        )));
     }
     let len = len as usize;
     buf.clear();
@@ -133,6 +150,30 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_header_claiming_more_than_the_block_can_hold_is_refused_before_allocating() {
+        // 250 MiB claimed in a 14-byte body.
+        let mut body = Vec::new();
+        write_header(250 << 20, &mut body);
+        body.resize(14, 0);
+        let mut buf = Vec::new();
+        let e = decompress_into(&body, 256 << 20, &mut buf).unwrap_err();
+        assert!(!e.is_limit(), "corrupt, not a limit: {e}");
+        assert!(
+            e.to_string()
+                .contains("more than 14 compressed bytes can hold"),
+            "{e}"
+        );
+        assert_eq!(buf.capacity(), 0, "nothing allocated");
+        // The bound holds for the densest real block: long runs of one byte.
+        for n in [64usize, 1000, 100_000, 1 << 20] {
+            let data = vec![7u8; n];
+            let c = compress(&data);
+            assert!(max_expansion(c.len()) >= n as u64, "{n} from {}", c.len());
+            assert_eq!(decompress(&c, 1 << 21).unwrap().len(), n);
+        }
+    }
 
     #[test]
     fn round_trip() {

@@ -518,6 +518,15 @@ impl<D: Delivery> Ingest<D> {
                 ),
             ));
         }
+        // A header claiming more than the body can hold is corrupt: refused
+        // before any memory is reserved or allocated for it.
+        let most = fanout_proto::snappy::max_expansion(compressed.len());
+        if declared > most {
+            return Err(bad(format!(
+                "corrupt snappy body: the header declares {declared} bytes, more than {} compressed bytes can hold (at most {most})",
+                compressed.len()
+            )));
+        }
         // 2.0 bodies are converted to a new 1.0 body; reserve for both.
         let first = match admitted.protocol {
             Protocol::V1 => declared,

@@ -728,3 +728,46 @@ async fn ingest_body_of_the_other_version_is_a_400() {
     );
     assert!(h.delivery.batches().is_empty());
 }
+
+/// Peak RSS of this process (`VmHWM`), in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// 1,000 bodies of 14 bytes whose snappy header claims 250 MiB: each is a
+/// 400 naming the lie, refused before any memory is reserved or allocated
+/// (the process's peak RSS does not move), and a real write still gets 204.
+#[tokio::test]
+async fn ingest_snappy_header_bombs_cost_nothing() {
+    // The defaults: a 512 MiB budget and 256 MiB bodies admit the claim.
+    let h = Harness::start(IngestConfig::default(), Recording::default()).await;
+    let mut bomb = Vec::new();
+    fanout_proto::snappy::write_header(250 << 20, &mut bomb);
+    bomb.resize(14, 0);
+    let before = peak_rss_kib();
+    let mut c = within(H1Client::connect(h.addr())).await;
+    for i in 0..1_000 {
+        let r = within(c.post("/api/v1/write", &[AUTH], bomb.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "request {i}: {}", r.body);
+        if i == 0 {
+            assert!(
+                r.body.contains("more than 14 compressed bytes can hold"),
+                "{}",
+                r.body
+            );
+        }
+    }
+    let grown = peak_rss_kib().saturating_sub(before);
+    assert!(grown < 32 << 10, "peak RSS grew by {grown} KiB");
+    let r = h.h1_post(&[AUTH], v1_body(3, 2)).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_eq!(h.budget.available_bytes(), h.budget.total_bytes());
+}

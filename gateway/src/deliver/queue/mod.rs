@@ -728,8 +728,8 @@ impl TargetCore {
                     self.split_ok += 1;
                     if self.split_ok >= 16 {
                         self.split_ok = 0;
-                        self.split_cap = Some(cap.saturating_mul(2))
-                            .filter(|&c| c < self.config.max_samples);
+                        self.split_cap =
+                            Some(cap.saturating_mul(2)).filter(|&c| c < self.config.max_samples);
                     }
                 }
                 let b = self.finish(at);
