@@ -102,12 +102,12 @@ impl Secret {
         self.0 == MASK
     }
 
-    /// Whether `given` is this secret, compared without stopping at the
-    /// first differing byte (so the time taken says nothing of how much of a
-    /// guess was right).
+    /// Whether `given` is this secret, compared in constant time
+    /// (`subtle`): the time taken says nothing of how much of a guess was
+    /// right (only whether its length was).
     pub fn matches(&self, given: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), given.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(given.as_bytes()).into()
     }
 
     /// Whether the secret is empty.
@@ -729,7 +729,66 @@ pub fn parse_value(text: &[u8], yaml: bool) -> Result<Value, String> {
             serde_yaml_ng::from_slice(text).map_err(|e| format!("invalid YAML: {e}"))?;
         serde_json::to_value(value).map_err(|e| format!("invalid YAML: {e}"))
     } else {
+        // serde_json keeps the last of duplicate keys without a word; a
+        // document saying two things about one field is refused instead.
+        serde_json::from_slice::<NoDuplicateKeys>(text)
+            .map_err(|e| format!("invalid JSON: {e}"))?;
         serde_json::from_slice(text).map_err(|e| format!("invalid JSON: {e}"))
+    }
+}
+
+/// Deserializes any JSON document, failing on an object with a key twice
+/// ("duplicate key \"x\" at line 1 column 20").
+struct NoDuplicateKeys;
+
+impl<'de> Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(self)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(self)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                let shown: String = key.chars().take(64).collect();
+                return Err(serde::de::Error::custom(format!("duplicate key {shown:?}")));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(self)
     }
 }
 

@@ -841,3 +841,29 @@ fn registry_a_huge_invalid_id_is_not_echoed_whole() {
     assert!(all.contains("id must be"), "{}", &all[..all.len().min(300)]);
     assert!(all.len() < 1_000, "{} bytes of errors", all.len());
 }
+
+#[test]
+fn registry_documents_with_a_key_twice_are_refused() {
+    use crate::registry::model::parse_value;
+    let e = parse_value(
+        br#"{"id": "e", "metricsExport": {"endpoint": "http://a/w", "endpoint": "http://b/w"}}"#,
+        false,
+    )
+    .unwrap_err();
+    assert!(e.contains("duplicate key \"endpoint\""), "{e}");
+    assert!(e.contains("line 1"), "where: {e}");
+    let e = parse_value(b"id: e\nid: f\n", true).unwrap_err();
+    assert!(e.contains("duplicate"), "{e}");
+    assert!(parse_value(br#"{"a": [{"b": 1}, {"b": 2}]}"#, false).is_ok());
+}
+
+#[test]
+fn registry_salts_are_random_and_long() {
+    let (a, b) = (
+        crate::registry::store::new_salt(),
+        crate::registry::store::new_salt(),
+    );
+    assert_eq!(a.len(), 64);
+    assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_ne!(a, b);
+}

@@ -225,22 +225,21 @@ pub(crate) fn apply_change(
     Ok((next != *current).then_some(next))
 }
 
-/// A fresh random salt (hex), from the OS-seeded hasher keys of std.
+/// A fresh random salt: 32 bytes from the OS random source (`getrandom`), as hex.
 pub(crate) fn new_salt() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = String::new();
-    for i in 0..4u64 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(i);
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        h.write_u32(std::process::id());
-        out.push_str(&format!("{:016x}", h.finish()));
+    let mut bytes = [0u8; 32];
+    if let Err(e) = getrandom::fill(&mut bytes) {
+        // No OS randomness at all: fall back to the process's hasher keys
+        // (still unpredictable enough for a salt that only keeps ids apart).
+        tracing::warn!(error = %e, "registry: the OS random source failed; salting with the hasher's keys");
+        use std::hash::{BuildHasher, Hasher};
+        for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(i);
+            chunk.copy_from_slice(&h.finish().to_le_bytes());
+        }
     }
-    out
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A URL with any password replaced by `***`, for logs and errors.
