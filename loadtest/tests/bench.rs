@@ -70,7 +70,15 @@ async fn check_mode(
     // Every Deployment goes to 2 of 3 targets and t2 is dead: a third of
     // the pairs go to t2, and those are not lost.
     assert!(r.deliveries_to_dead > 0 && r.deliveries_to_dead < r.deliveries);
-    assert!(r.cpu_secs >= 0.0 && r.peak_rss_bytes > 0);
+    // The gateway did work: some CPU, and not absurdly much for 30,000
+    // samples (a sanity bound, not a performance target).
+    assert!(
+        r.cpu_secs > 0.0 && r.cpu_secs < 60.0,
+        "gateway CPU {} s: {}",
+        r.cpu_secs,
+        report.table()
+    );
+    assert!(r.peak_rss_bytes > 0);
     // The sinks counted what they received: some bytes per delivery.
     assert!(r.bytes_received > 0 && r.bytes_per_delivery > 0.0, "{r:?}");
 }

@@ -216,6 +216,9 @@ async fn kill_9_in_wal_mode_loses_nothing_acknowledged() {
     const WRITERS: u32 = 4;
     // Acknowledged rounds per writer; writer w writes cluster w's series.
     let acked = std::sync::Arc::new(std::sync::Mutex::new(vec![Vec::new(); WRITERS as usize]));
+    // Rounds sent but not answered 2xx (cut by a kill, or refused): their
+    // samples may arrive or not; no other sample may.
+    let unanswered = std::sync::Arc::new(std::sync::Mutex::new(vec![Vec::new(); WRITERS as usize]));
     let mut data = fanout_tests::fanout::tempfile_dir::TempDir::new("fanout-spill-kill");
     // The next round of each writer: a round cut by a kill is never reused.
     let mut next_seq = [0u32; WRITERS as usize];
@@ -231,6 +234,7 @@ async fn kill_9_in_wal_mode_loses_nothing_acknowledged() {
         // sequential on its own series, so their order is defined.
         for w in 0..WRITERS {
             let (ingest, stop, acked) = (gw.ingest.clone(), stop.clone(), acked.clone());
+            let unanswered = unanswered.clone();
             let first = next_seq[w as usize];
             writers.push(tokio::spawn(async move {
                 let http = client();
@@ -240,8 +244,11 @@ async fn kill_9_in_wal_mode_loses_nothing_acknowledged() {
                     seq += 1;
                     match answer {
                         Some(s) if s / 100 == 2 => acked.lock().unwrap()[w as usize].push(seq - 1),
-                        Some(_) => {}
-                        None => break,
+                        Some(_) => unanswered.lock().unwrap()[w as usize].push(seq - 1),
+                        None => {
+                            unanswered.lock().unwrap()[w as usize].push(seq - 1);
+                            break;
+                        }
                     }
                 }
                 seq
@@ -264,6 +271,15 @@ async fn kill_9_in_wal_mode_loses_nothing_acknowledged() {
         data = gw.take_data_dir();
     }
     let acked: Vec<Vec<u32>> = acked.lock().unwrap().clone();
+    let unanswered: Vec<Vec<u32>> = unanswered.lock().unwrap().clone();
+    // Acknowledged or not answered: the only rounds that may arrive.
+    let mut possible = Expectation::new();
+    for (w, rounds) in acked.iter().enumerate() {
+        let mut all = rounds.clone();
+        all.extend(&unanswered[w]);
+        all.sort_unstable();
+        expect_rounds(&mut possible, "t", w as u32, &all);
+    }
     let total: usize = acked.iter().map(Vec::len).sum();
     assert!(total > 10, "too little traffic: {total}");
     let gw = Gateway::start_in("spill-kill", data, &args);
@@ -299,6 +315,19 @@ async fn kill_9_in_wal_mode_loses_nothing_acknowledged() {
             .iter()
             .filter(|p| !matches!(p, Problem::Duplicated { .. } | Problem::Misrouted { .. }))
             .collect();
+        // A sample of a round never sent, or of another writer's series,
+        // is a real misroute, not an unanswered request.
+        let misrouted: Vec<Problem> = possible
+            .check(&[sink.report()])
+            .into_iter()
+            .filter(|p| matches!(p, Problem::Misrouted { .. }))
+            .collect();
+        assert!(
+            misrouted.is_empty(),
+            "samples of rounds never sent or of other series: {:?}\nlog:\n{}",
+            &misrouted[..misrouted.len().min(5)],
+            gw.log()
+        );
         if real.is_empty() {
             eprintln!(
                 "kill -9 x3 (wal): {total} acknowledged requests of {SERIES} samples all delivered in order; {duplicates} duplicate samples, {unacked} samples of unanswered requests"
