@@ -48,6 +48,18 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid}");
 }
 
+/// Bytes of spill segments under `<data_dir>/spill/`.
+fn spilled_bytes(data_dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(data_dir.join("spill"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .filter(|f| f.path().extension().is_some_and(|e| e == "seg"))
+        .map(|f| f.metadata().map_or(0, |m| m.len()))
+        .sum()
+}
+
 fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
@@ -203,13 +215,7 @@ async fn ctrl_c_with_stderr_to_a_closed_pipe_drains_and_exits_0() {
     let status = status.expect("exited within 20s of SIGINT");
     assert_eq!(status.code(), Some(0), "{status:?}");
     // The drain ran: the down target's queue is on disk.
-    let spilled: u64 = std::fs::read_dir(data.path().join("spill"))
-        .unwrap()
-        .flatten()
-        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
-        .filter(|f| f.path().extension().is_some_and(|e| e == "seg"))
-        .map(|f| f.metadata().map_or(0, |m| m.len()))
-        .sum();
+    let spilled = spilled_bytes(data.path());
     assert!(spilled > 0, "nothing was spilled at shutdown");
     println!("exit {status:?}; {spilled} bytes spilled at shutdown");
 }
@@ -303,13 +309,7 @@ async fn a_second_sigterm_stops_at_once_and_spills() {
         gw.log()
     );
     assert!(gw.log().contains("second signal"), "log:\n{}", gw.log());
-    let spilled: u64 = std::fs::read_dir(gw.data_dir.path().join("spill"))
-        .unwrap()
-        .flatten()
-        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
-        .filter(|f| f.path().extension().is_some_and(|e| e == "seg"))
-        .map(|f| f.metadata().map_or(0, |m| m.len()))
-        .sum();
+    let spilled = spilled_bytes(gw.data_dir.path());
     assert!(spilled > 0, "nothing spilled; log:\n{}", gw.log());
     println!("exited {took:?} after the second SIGTERM; {spilled} bytes spilled");
 }
