@@ -125,13 +125,13 @@ struct RunArgs {
     #[arg(long)]
     rate: Option<f64>,
     /// Stop after this long (e.g. 30s, 2m); default 10s unless --samples is given.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = fanout_proto::units::parse_duration)]
     duration: Option<Duration>,
     /// Stop after this many samples.
     #[arg(long)]
     samples: Option<u64>,
     /// Timeout of one request.
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = fanout_proto::units::parse_duration, default_value = "30s")]
     timeout: Duration,
     /// PEM certificate to trust (pinned) for https URLs and HTTP/3.
     #[arg(long)]
@@ -233,10 +233,10 @@ struct SinkArgs {
     #[arg(long)]
     fail_status: Option<u16>,
     /// ... for this long from the start (default: for the whole run).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = fanout_proto::units::parse_duration)]
     fail_for: Option<Duration>,
     /// Delay every answer by this much.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = fanout_proto::units::parse_duration)]
     delay: Option<Duration>,
     /// Reset the connection of every N-th request.
     #[arg(long, default_value_t = 0)]
@@ -252,7 +252,7 @@ struct SinkArgs {
     #[arg(long, requires = "http3")]
     cert_out: Option<PathBuf>,
     /// Stop after this long (default: until Ctrl-C).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = fanout_proto::units::parse_duration)]
     duration: Option<Duration>,
     /// Print the final report as JSON on stdout.
     #[arg(long)]
@@ -270,11 +270,6 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         return Err(format!("{s:?}: empty name"));
     }
     Ok((k.to_owned(), v.to_owned()))
-}
-
-/// Durations as everywhere in Fanout (`500ms`, `10s`, `2m`).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    fanout_loadtest::bench::spec::duration_str::parse(s)
 }
 
 fn main() {

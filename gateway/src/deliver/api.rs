@@ -328,13 +328,9 @@ mod tests {
         assert!(e["error"].as_str().unwrap().contains("none"));
     }
 
-    /// An open stats stream ends when the gateway stops, with a last
-    /// `stopped` event, so it never holds up the admin server's shutdown.
-    #[tokio::test]
-    async fn deliver_api_stream_ends_with_a_stopped_event() {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let router = routes(DeliveryApi { stopped, ..api() });
-        let resp = router
+    /// `GET /api/v1/stats/stream` with the admin token.
+    async fn open_stream(router: Router) -> axum::response::Response {
+        router
             .oneshot(
                 axum::http::Request::get("/api/v1/stats/stream")
                     .header("authorization", "Bearer admin-t")
@@ -342,7 +338,15 @@ mod tests {
                     .unwrap(),
             )
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// An open stats stream ends when the gateway stops, with a last
+    /// `stopped` event, so it never holds up the admin server's shutdown.
+    #[tokio::test]
+    async fn deliver_api_stream_ends_with_a_stopped_event() {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let resp = open_stream(routes(DeliveryApi { stopped, ..api() })).await;
         let mut body = resp.into_body();
         let mut text = String::new();
         let mut sent = false;
@@ -370,16 +374,7 @@ mod tests {
 
     #[tokio::test]
     async fn deliver_api_stream_sends_stats_events() {
-        let router = routes(api());
-        let resp = router
-            .oneshot(
-                axum::http::Request::get("/api/v1/stats/stream")
-                    .header("authorization", "Bearer admin-t")
-                    .body(Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let resp = open_stream(routes(api())).await;
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()["content-type"], "text/event-stream");
         let mut body = resp.into_body();

@@ -65,6 +65,12 @@ pub enum Verdict {
         /// Status line and body start, or the error.
         message: String,
     },
+    /// 413: too large as a whole; smaller batches may go (the queue splits
+    /// the batch when it can, else drops it like [`Verdict::Drop`]).
+    TooLarge {
+        /// Status line and body start.
+        message: String,
+    },
     /// Never deliverable: drop and record.
     Drop {
         /// Status.
@@ -91,7 +97,9 @@ pub fn classify(result: &SendResult) -> Verdict {
             body,
         } => {
             let message = format!("{status} {}: {}", reason(*status), body.trim());
-            if *status >= 500 || *status == 429 || *status == 408 {
+            if *status == 413 {
+                Verdict::TooLarge { message }
+            } else if *status >= 500 || *status == 429 || *status == 408 {
                 Verdict::Retry {
                     kind: status.to_string(),
                     status: Some(*status),
@@ -282,7 +290,11 @@ mod tests {
         for s in [500, 502, 503, 429, 408] {
             assert!(matches!(classify(&st(s)), Verdict::Retry { .. }), "{s}");
         }
-        for s in [400, 401, 403, 404, 413] {
+        match classify(&st(413)) {
+            Verdict::TooLarge { message } => assert!(message.contains("oops"), "{message}"),
+            v => panic!("413: {v:?}"),
+        }
+        for s in [400, 401, 403, 404] {
             match classify(&st(s)) {
                 Verdict::Drop { status, message } => {
                     assert_eq!(status, s);

@@ -189,6 +189,8 @@ struct Group {
     samples: u32,
     series: u32,
     range: Range<usize>,
+    /// Its variant's entry in [`Scratch::wholes`], or `NONE`.
+    whole: u32,
 }
 
 /// Marks an unused slot of [`Scratch::slot_base`] / [`Scratch::slots`].
@@ -206,7 +208,7 @@ pub struct Scratch {
     slots: Vec<u32>,
     /// Variants whose `slot_base` is set, to reset them.
     touched: Vec<u32>,
-    /// [`Self::wholes`]' reused buffer: (variant, start, end, groups).
+    /// [`Self::find_wholes`]' reused buffer: (variant, start, end, groups).
     wholes: Vec<(u32, usize, usize, u32)>,
     encoder: Encoder,
 }
@@ -367,6 +369,7 @@ impl Scratch {
                 samples: 0,
                 series: 0,
                 range: 0..0,
+                whole: NONE,
             });
         }
         *slot
@@ -401,9 +404,11 @@ impl Scratch {
         out.freeze()
     }
 
-    /// After [`encode`](Self::encode): finds each variant's range for
-    /// [`Self::wholes`]. Allocates nothing once warm.
-    pub fn find_wholes(&mut self) {
+    /// After [`encode`](Self::encode): the variants cut into more than one
+    /// group for which `keep` holds (a variant's groups are one range of the
+    /// buffer), for [`Self::wholes`] and [`Self::chunk_whole`]. Allocates
+    /// nothing once warm.
+    pub fn find_wholes(&mut self, keep: impl Fn(u32) -> bool) {
         self.wholes.clear();
         for g in &self.groups {
             match self.wholes.iter_mut().find(|w| w.0 == g.variant) {
@@ -415,19 +420,31 @@ impl Scratch {
                 None => self.wholes.push((g.variant, g.range.start, g.range.end, 1)),
             }
         }
+        self.wholes.retain(|w| w.3 > 1 && keep(w.0));
+        for g in &mut self.groups {
+            g.whole = self
+                .wholes
+                .iter()
+                .position(|w| w.0 == g.variant)
+                .map_or(NONE, |i| i as u32);
+        }
     }
 
-    /// After [`find_wholes`](Self::find_wholes), per variant cut into more
-    /// than one group: (variant index, all its records, groups). A
-    /// variant's groups are one range of the buffer.
+    /// After [`find_wholes`](Self::find_wholes): each variant found, as
+    /// (all its records, groups).
     pub fn wholes<'a>(
         &'a self,
         records: &'a Bytes,
-    ) -> impl Iterator<Item = (u32, Bytes, u32)> + 'a {
+    ) -> impl ExactSizeIterator<Item = (Bytes, u32)> + 'a {
         self.wholes
             .iter()
-            .filter(|w| w.3 > 1)
-            .map(|&(v, start, end, n)| (v, records.slice(start..end), n))
+            .map(|&(_, start, end, n)| (records.slice(start..end), n))
+    }
+
+    /// The index in [`Self::wholes`] of chunk `c`'s variant (chunks as
+    /// [`Self::chunks`] yields them).
+    pub fn chunk_whole(&self, c: usize) -> Option<u32> {
+        self.groups.get(c).map(|g| g.whole).filter(|&w| w != NONE)
     }
 
     /// Each group after [`encode`](Self::encode): (variant, shard, records,

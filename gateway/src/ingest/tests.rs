@@ -706,26 +706,20 @@ async fn ingest_silent_connections_time_out_and_free_their_slots() {
 #[tokio::test]
 async fn ingest_body_of_the_other_version_is_a_400() {
     let h = Harness::start(small_config(), Recording::default()).await;
-    let r = h
-        .h1_post(&[AUTH, ("content-type", CONTENT_TYPE_V2)], v1_body(3, 2))
-        .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
-    assert!(
-        r.body.contains(
-            "the Content-Type says remote-write 2.0, but the body holds a remote-write 1.0"
-        ),
-        "{}",
-        r.body
-    );
-    let r = h.h1_post(&[AUTH], v2_body(3, 2)).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
-    assert!(
-        r.body.contains(
-            "the Content-Type says remote-write 1.0, but the body holds a remote-write 2.0"
-        ),
-        "{}",
-        r.body
-    );
+    let cases = [
+        (Some(CONTENT_TYPE_V2), v1_body(3, 2), "2.0", "1.0"),
+        (None, v2_body(3, 2), "1.0", "2.0"),
+    ];
+    for (content_type, body, declared, found) in cases {
+        let mut headers = vec![AUTH];
+        headers.extend(content_type.map(|ct| ("content-type", ct)));
+        let r = h.h1_post(&headers, body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        let want = format!(
+            "the Content-Type says remote-write {declared}, but the body holds a remote-write {found}"
+        );
+        assert!(r.body.contains(&want), "{}", r.body);
+    }
     assert!(h.delivery.batches().is_empty());
 }
 

@@ -24,6 +24,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use fanout_proto::units::parse_duration;
+
 use sha2::{Digest, Sha256};
 
 use super::model::{
@@ -577,11 +579,6 @@ pub fn valid_label_name(name: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') && !name.starts_with("__")
-}
-
-/// Parses a duration in the grammar of [`fanout_proto::units`].
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    fanout_proto::units::parse_duration(text)
 }
 
 /// Parses a size: bytes, or text in the grammar of [`fanout_proto::units`].

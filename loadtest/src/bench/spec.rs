@@ -253,26 +253,17 @@ pub mod duration_str {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    /// Parses a duration in the grammar of `fanout_proto::units` (the one
-    /// of `fanout serve` and the registry).
-    pub fn parse(s: &str) -> Result<Duration, String> {
-        fanout_proto::units::parse_duration(s)
-    }
-
-    /// Writes it back in that grammar.
-    pub fn format(d: Duration) -> String {
-        fanout_proto::units::format_duration(d)
-    }
+    use fanout_proto::units::{format_duration, parse_duration};
 
     /// serde `serialize_with`.
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format(*d))
+        s.serialize_str(&format_duration(*d))
     }
 
     /// serde `deserialize_with`.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        parse(&s).map_err(serde::de::Error::custom)
+        parse_duration(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -438,10 +429,11 @@ drainTimeout: 5s
 
     #[test]
     fn durations_round_trip() {
+        use fanout_proto::units::{format_duration as format, parse_duration as parse};
         for s in ["500ms", "30s", "2m"] {
-            let d = duration_str::parse(s).unwrap();
-            assert_eq!(duration_str::parse(&duration_str::format(d)).unwrap(), d);
+            let d = parse(s).unwrap();
+            assert_eq!(parse(&format(d)).unwrap(), d);
         }
-        assert!(duration_str::parse("3w").is_err());
+        assert!(parse("3w").is_err());
     }
 }

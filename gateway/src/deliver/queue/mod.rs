@@ -270,12 +270,8 @@ impl TargetCore {
         chunk.push = self.pushes;
         self.arrived(chunk.samples, chunk.enqueued);
         let lane = (shard % self.lanes()) as usize;
-        let l = &mut self.lanes[lane];
-        l.samples += u64::from(chunk.samples);
-        l.bytes += chunk.records.len() as u64;
-        self.queue_samples += u64::from(chunk.samples);
-        self.queue_bytes += chunk.records.len() as u64;
-        l.queue.push_back(chunk);
+        self.count_queued(lane, &chunk, true);
+        self.lanes[lane].queue.push_back(chunk);
         while self.queue_bytes > self.config.queue_bytes {
             let Some(oldest) = self
                 .lanes
@@ -337,13 +333,26 @@ impl TargetCore {
     }
 
     fn pop_front(&mut self, lane: usize) -> Option<Chunk> {
-        let l = &mut self.lanes[lane];
-        let c = l.queue.pop_front()?;
-        l.samples -= u64::from(c.samples);
-        l.bytes -= c.records.len() as u64;
-        self.queue_samples -= u64::from(c.samples);
-        self.queue_bytes -= c.records.len() as u64;
+        let c = self.lanes[lane].queue.pop_front()?;
+        self.count_queued(lane, &c, false);
         Some(c)
+    }
+
+    /// Counts `c` into (`add`) or out of lane `lane`'s memory queue totals.
+    fn count_queued(&mut self, lane: usize, c: &Chunk, add: bool) {
+        let (samples, bytes) = (u64::from(c.samples), c.records.len() as u64);
+        let l = &mut self.lanes[lane];
+        if add {
+            l.samples += samples;
+            l.bytes += bytes;
+            self.queue_samples += samples;
+            self.queue_bytes += bytes;
+        } else {
+            l.samples -= samples;
+            l.bytes -= bytes;
+            self.queue_samples -= samples;
+            self.queue_bytes -= bytes;
+        }
     }
 
     /// Free lanes of `mask` with reloaded disk records (sent first).
@@ -660,12 +669,8 @@ impl TargetCore {
         let cap = (b.samples / 2).max(1);
         let b = self.finish(at);
         for (l, c) in b.pieces.into_iter().rev() {
-            let lane = &mut self.lanes[l as usize];
-            lane.samples += u64::from(c.samples);
-            lane.bytes += c.records.len() as u64;
-            self.queue_samples += u64::from(c.samples);
-            self.queue_bytes += c.records.len() as u64;
-            lane.queue.push_front(c);
+            self.count_queued(l as usize, &c, true);
+            self.lanes[l as usize].queue.push_front(c);
         }
         self.split_cap = Some(cap);
         self.split_ok = 0;
@@ -697,29 +702,6 @@ impl TargetCore {
         if matches!(result, SendResult::Status { .. }) {
             let us = latency.as_micros().clamp(1, 3_600_000_000) as u64;
             let _ = self.latency_us.record(us);
-        }
-        if let SendResult::Status {
-            status: 413, body, ..
-        } = result
-        {
-            if self.split_back(at) {
-                *self.counters.failures.entry("413".into()).or_default() += 1;
-                let message = format!(
-                    "413 Payload Too Large: {}; sent again in smaller batches (at most {} samples)",
-                    body.trim(),
-                    self.batch_max()
-                );
-                self.last_error = Some(LastError {
-                    time: wall,
-                    status: Some(413),
-                    message: message.clone(),
-                });
-                return Event::Retrying {
-                    kind: "413".into(),
-                    status: Some(413),
-                    message,
-                };
-            }
         }
         match classify(result) {
             Verdict::Done => {
@@ -769,25 +751,46 @@ impl TargetCore {
                     message,
                 }
             }
-            Verdict::Drop { status, message } => {
-                let b = self.finish(at);
-                *self
-                    .counters
-                    .failures
-                    .entry(status.to_string())
-                    .or_default() += 1;
-                self.counters.dropped_rejected += u64::from(b.samples);
+            Verdict::TooLarge { message } if self.split_back(at) => {
+                *self.counters.failures.entry("413".into()).or_default() += 1;
+                let message = format!(
+                    "{message}; sent again in smaller batches (at most {} samples)",
+                    self.batch_max()
+                );
                 self.last_error = Some(LastError {
                     time: wall,
-                    status: Some(status),
+                    status: Some(413),
                     message: message.clone(),
                 });
-                Event::Dropped {
-                    status,
-                    samples: b.samples,
+                Event::Retrying {
+                    kind: "413".into(),
+                    status: Some(413),
                     message,
                 }
             }
+            Verdict::TooLarge { message } => self.drop_batch(at, 413, message, wall),
+            Verdict::Drop { status, message } => self.drop_batch(at, status, message, wall),
+        }
+    }
+
+    /// Drops batch `at`, refused with `status`: counted as `rejected`.
+    fn drop_batch(&mut self, at: usize, status: u16, message: String, wall: SystemTime) -> Event {
+        let b = self.finish(at);
+        *self
+            .counters
+            .failures
+            .entry(status.to_string())
+            .or_default() += 1;
+        self.counters.dropped_rejected += u64::from(b.samples);
+        self.last_error = Some(LastError {
+            time: wall,
+            status: Some(status),
+            message: message.clone(),
+        });
+        Event::Dropped {
+            status,
+            samples: b.samples,
+            message,
         }
     }
 

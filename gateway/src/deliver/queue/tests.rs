@@ -1036,10 +1036,8 @@ mod sim {
                         }
                         let all: Vec<u8> = chunks.iter().flat_map(|(_, r)| r.iter().copied()).collect();
                         let n_chunks = chunks.len() as u32;
-                        let whole = (chunks.len() > 1).then(|| {
-                            let wholes: Arc<[Whole]> = Arc::from(vec![Whole::new(Bytes::from(all), n_chunks)]);
-                            WholeRef::new(wholes, 0)
-                        });
+                        let wholes: Arc<[Whole]> = Arc::from(vec![Whole::new(Bytes::from(all), n_chunks)]);
+                        let whole = WholeRef::new(wholes, 0).filter(|_| n_chunks > 1);
                         let slots = Packed::slots(chunks.len());
                         w.core.begin_push();
                         for (k, (lane, records)) in chunks.into_iter().enumerate() {

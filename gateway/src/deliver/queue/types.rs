@@ -49,15 +49,14 @@ pub struct WholeRef {
 }
 
 impl WholeRef {
-    /// Whole `index` of `wholes`.
-    pub fn new(wholes: Arc<[Whole]>, index: u32) -> WholeRef {
-        WholeRef { wholes, index }
+    /// Whole `index` of `wholes` (`None` when there is no such whole).
+    pub fn new(wholes: Arc<[Whole]>, index: u32) -> Option<WholeRef> {
+        ((index as usize) < wholes.len()).then_some(WholeRef { wholes, index })
     }
 
-    /// The whole (an index past the end cannot be made by [`Self::new`]'s
-    /// callers; it reads as the first).
+    /// The whole.
     pub fn get(&self) -> &Whole {
-        &self.wholes[(self.index as usize).min(self.wholes.len().saturating_sub(1))]
+        &self.wholes[self.index as usize]
     }
 
     /// True when both refer to the same whole.
@@ -92,16 +91,6 @@ impl Whole {
     /// How many chunks it was cut into.
     pub fn chunks(&self) -> u32 {
         self.chunks
-    }
-
-    /// Uncompressed length.
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    /// True when it holds no records.
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
     }
 
     /// Its snappy part, made now unless a target already did: the records

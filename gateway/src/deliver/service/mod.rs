@@ -614,44 +614,25 @@ impl Inner {
             // chunk index, target index in its variant), in chunk order per
             // target. Chunks of a variant with several targets get a slot
             // for their compressed form (one allocation, only when needed).
-            scratch.find_wholes();
-            let mut chunks: Vec<_> = scratch
-                .chunks(&plan, &records)
-                .map(|c| (c, None::<WholeRef>))
-                .collect();
-            let slots = chunks
-                .iter()
-                .any(|((variant, ..), _)| variant.targets.len() > 1)
-                .then(|| Packed::slots(chunks.len()));
             // A variant of several targets cut into several chunks (lanes)
             // is also compressed whole, once, for batches that take all of
             // it (`queue::Whole`): one allocation for the request's wholes.
-            let shared = |v: u32| plan.variants()[v as usize].targets.len() > 1;
-            let n = match slots {
-                Some(_) => scratch.wholes(&records).filter(|w| shared(w.0)).count(),
-                None => 0,
-            };
-            if n > 0 {
-                let mut found = scratch.wholes(&records).filter(|w| shared(w.0));
-                let wholes: Arc<[Whole]> = (0..n)
-                    .map(|_| match found.next() {
-                        Some((_, range, k)) => Whole::new(range, k),
-                        None => Whole::new(bytes::Bytes::new(), 0),
-                    })
-                    .collect();
-                for (i, (v, ..)) in scratch.wholes(&records).filter(|w| shared(w.0)).enumerate() {
-                    let variant = &plan.variants()[v as usize];
-                    for ((of, ..), w) in chunks.iter_mut() {
-                        if std::ptr::eq(*of, variant) {
-                            *w = Some(WholeRef::new(wholes.clone(), i as u32));
-                        }
-                    }
-                }
-            }
+            scratch.find_wholes(|v| plan.variants()[v as usize].targets.len() > 1);
+            let chunks: Vec<_> = scratch.chunks(&plan, &records).collect();
+            let slots = chunks
+                .iter()
+                .any(|(variant, ..)| variant.targets.len() > 1)
+                .then(|| Packed::slots(chunks.len()));
+            let wholes: Option<Arc<[Whole]>> = (scratch.wholes(&records).len() > 0).then(|| {
+                scratch
+                    .wholes(&records)
+                    .map(|(range, n)| Whole::new(range, n))
+                    .collect()
+            });
             let mut pairs: Vec<(usize, u32, u32)> = chunks
                 .iter()
                 .enumerate()
-                .flat_map(|(c, ((variant, ..), _))| {
+                .flat_map(|(c, (variant, ..))| {
                     variant
                         .targets
                         .iter()
@@ -662,9 +643,9 @@ impl Inner {
             pairs.sort_unstable();
             for run in pairs.chunk_by(|a, b| a.0 == b.0) {
                 let (_, c0, k0) = run[0];
-                let target = &chunks[c0 as usize].0 .0.targets[k0 as usize];
+                let target = &chunks[c0 as usize].0.targets[k0 as usize];
                 let items = run.iter().map(|&(_, c, _)| {
-                    let ((variant, shard, bytes, samples, series), whole) = &chunks[c as usize];
+                    let (variant, shard, bytes, samples, series) = &chunks[c as usize];
                     (
                         *shard,
                         Chunk {
@@ -677,7 +658,10 @@ impl Inner {
                                 .as_ref()
                                 .filter(|_| variant.targets.len() > 1)
                                 .map(|slots| Packed::new(slots.clone(), c)),
-                            whole: whole.clone(),
+                            whole: wholes
+                                .as_ref()
+                                .zip(scratch.chunk_whole(c as usize))
+                                .and_then(|(w, i)| WholeRef::new(w.clone(), i)),
                             push: 0,
                         },
                     )
