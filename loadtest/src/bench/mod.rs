@@ -457,6 +457,7 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
         deliveries_per_cpu_sec: report::per(deliveries as f64, cpu_secs),
         bytes_received,
         bytes_per_delivery: report::per(bytes_received as f64, deliveries as f64),
+        requests_received: reports.iter().map(|r| r.requests).sum(),
         peak_rss_bytes: rss,
         latency_p50_ms: q(&latency, 0.5),
         latency_p99_ms: q(&latency, 0.99),

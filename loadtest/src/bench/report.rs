@@ -85,6 +85,9 @@ pub struct GatewayResult {
     pub bytes_received: u64,
     /// `bytes_received / deliveries`: bytes delivered per sample per target.
     pub bytes_per_delivery: f64,
+    /// `POST` requests the sinks received (every attempt).
+    #[serde(default)]
+    pub requests_received: u64,
     /// Peak resident set size (VmHWM), bytes.
     pub peak_rss_bytes: u64,
     /// End-to-end latency over the live targets' samples, median (ms).
@@ -180,6 +183,9 @@ impl BenchReport {
         });
         row("bytes / sample / target", &|r| {
             format!("{:.2}", r.bytes_per_delivery)
+        });
+        row("samples / request sent", &|r| {
+            thousands(per(r.deliveries as f64, r.requests_received as f64).round() as u64)
         });
         row("peak RSS MiB", &|r| {
             format!("{:.1}", r.peak_rss_bytes as f64 / (1024.0 * 1024.0))
@@ -282,6 +288,7 @@ mod tests {
             deliveries_per_cpu_sec: per_cpu,
             bytes_received: 4_500_000,
             bytes_per_delivery: per(4_500_000.0, 3_000_000.0),
+            requests_received: 1_500,
             peak_rss_bytes: 64 << 20,
             latency_p50_ms: 1002.4,
             latency_p99_ms: 1890.0,
@@ -357,6 +364,7 @@ mod tests {
         assert!(i.contains("666,667") && i.ends_with("333,333"), "{i}");
         let b = row(&t, "bytes / sample / target");
         assert!(b.ends_with("1.50"), "{b}");
+        assert!(row(&t, "samples / request sent").ends_with("2,000"));
         assert!(row(&t, "e2e p99 ms (live targets)").ends_with("1890"));
         assert!(t.contains("peak RSS MiB"));
         assert!(t.contains("done 1.2s") || t.contains("done 1.3s"));

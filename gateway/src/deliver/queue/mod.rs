@@ -936,30 +936,47 @@ mod tests;
 /// The body of a batch whose chunks were given to several targets: a snappy
 /// header, then per push (request), in push order (the order of every
 /// lane, so per-series order holds): one [`Whole`] part for each request
-/// variant all of whose chunks are here, else one part per chunk (shared
-/// through [`Packed`], or made now). Within one request the order of
-/// series does not matter.
+/// variant with chunks here (all of them, or the set of this batch's lanes),
+/// else one part per chunk (shared through [`Packed`], or made now). Within
+/// one request the order of series does not matter.
 fn compress_parts(pieces: &[(u32, Chunk)]) -> Bytes {
     let len: usize = pieces.iter().map(|(_, c)| c.records.len()).sum();
     let mut order: Vec<usize> = (0..pieces.len()).collect();
     // Stable: chunks of one push keep their lane order.
     order.sort_by_key(|&i| pieces[i].1.push);
-    let complete = |w: &WholeRef| {
-        pieces
-            .iter()
-            .filter(|(_, c)| c.whole.as_ref().is_some_and(|x| x.same(w)))
-            .count()
-            == w.get().chunks() as usize
-    };
+    // Each whole with chunks here: which of its chunks.
+    let mut wholes: Vec<(&WholeRef, u64)> = Vec::new();
+    for (_, c) in pieces {
+        if let Some(w) = &c.whole {
+            match wholes.iter_mut().find(|(x, _)| x.same(w)) {
+                Some((_, mask)) => *mask |= w.bit(),
+                None => wholes.push((w, w.bit())),
+            }
+        }
+    }
     let mut parts: Vec<Bytes> = Vec::with_capacity(pieces.len());
-    let mut sent: Vec<&WholeRef> = Vec::new();
     for &i in &order {
         let c = &pieces[i].1;
-        match &c.whole {
-            Some(w) if sent.iter().any(|s| s.same(w)) => {}
-            Some(w) if complete(w) => {
-                sent.push(w);
-                parts.push(w.get().part());
+        let whole = c.whole.as_ref().and_then(|w| {
+            let at = wholes.iter().position(|(x, _)| x.same(w))?;
+            Some((at, w.get(), wholes[at].1))
+        });
+        match whole {
+            // Sent already with the first of its chunks here.
+            Some((_, _, 0)) => {}
+            Some((at, w, mask)) if mask.count_ones() > 1 => {
+                wholes[at].1 = 0;
+                parts.push(if mask.count_ones() == w.chunks() {
+                    w.part()
+                } else {
+                    let mut mine: Vec<&Chunk> = pieces
+                        .iter()
+                        .map(|(_, c)| c)
+                        .filter(|c| c.whole.as_ref().is_some_and(|x| x.same(wholes[at].0)))
+                        .collect();
+                    mine.sort_by_key(|c| c.whole.as_ref().map_or(0, WholeRef::bit));
+                    w.subset_part(mask, mine.iter().map(|c| &c.records[..]))
+                });
             }
             _ => parts.push(match &c.packed {
                 Some(p) => p.part(&c.records),

@@ -1037,7 +1037,6 @@ mod sim {
                         let all: Vec<u8> = chunks.iter().flat_map(|(_, r)| r.iter().copied()).collect();
                         let n_chunks = chunks.len() as u32;
                         let wholes: Arc<[Whole]> = Arc::from(vec![Whole::new(Bytes::from(all), n_chunks)]);
-                        let whole = WholeRef::new(wholes, 0).filter(|_| n_chunks > 1);
                         let slots = Packed::slots(chunks.len());
                         w.core.begin_push();
                         for (k, (lane, records)) in chunks.into_iter().enumerate() {
@@ -1048,7 +1047,7 @@ mod sim {
                                 enqueued: w.now,
                                 permit: None,
                                 packed: Some(Packed::new(slots.clone(), k as u32)),
-                                whole: whole.clone(),
+                                whole: WholeRef::new(wholes.clone(), 0, lane).filter(|_| n_chunks > 1),
                                 push: 0,
                             };
                             w.core.push(lane, chunk, &mut w.disk);
@@ -1099,4 +1098,54 @@ mod sim {
             prop_assert_eq!(w.core.disk_ack(), w.disk.0.len() as u64, "every disk record acked");
         }
     }
+}
+
+#[test]
+fn deliver_queue_some_chunks_of_a_whole_go_as_one_part_made_once() {
+    // A request cut into four lanes; a batch of lanes 0 and 2 only (as the
+    // lane group {0, 2} of two groups takes them) sends those two chunks as
+    // one part, the same bytes for every target, made once, and smaller
+    // than one part per chunk.
+    let t0 = Instant::now();
+    let chunks: Vec<Chunk> = (0..4).map(|l| chunk(25, &format!("l{l}"), t0)).collect();
+    let all: Vec<u8> = chunks.iter().flat_map(|c| c.records.to_vec()).collect();
+    let wholes: Arc<[Whole]> = Arc::from(vec![Whole::new(Bytes::from(all), 4)]);
+    let slots = Packed::slots(4);
+    let pieces = |lanes: &[u32]| -> Vec<(u32, Chunk)> {
+        lanes
+            .iter()
+            .map(|&l| {
+                let mut c = chunks[l as usize].clone();
+                c.whole = WholeRef::new(wholes.clone(), 0, l);
+                c.packed = Some(Packed::new(slots.clone(), l));
+                c.push = 7;
+                (l, c)
+            })
+            .collect()
+    };
+    let a = compress_parts(&pieces(&[0, 2]));
+    let b = compress_parts(&pieces(&[2, 0]));
+    assert_eq!(a, b, "the same bytes for every target");
+    let mut want: Vec<String> = [0, 2]
+        .iter()
+        .flat_map(|&l| decode_records(&chunks[l].records))
+        .collect();
+    let mut got = decode(&a);
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    let kept = wholes[0].subset_part(0b101, std::iter::empty());
+    assert!(a.ends_with(&kept), "made once and kept");
+    let apart: usize = [0usize, 2]
+        .iter()
+        .map(|&l| fanout_proto::snappy::compress_part(&chunks[l].records).len())
+        .sum();
+    assert!(a.len() < apart, "{} bytes, apart {apart}", a.len());
+    assert!(
+        slots.iter().all(|s| s.get().is_none()),
+        "no per-chunk parts"
+    );
+    // All four: the whole's own part.
+    let whole = compress_parts(&pieces(&[0, 1, 2, 3]));
+    assert!(whole.ends_with(&wholes[0].part()));
 }

@@ -6,7 +6,7 @@
 //! [`TargetCore::reload`]: super::TargetCore::reload
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -41,22 +41,33 @@ pub struct Chunk {
 }
 
 /// A chunk's [`Whole`]: one of its request's wholes (one allocation for all
-/// of them).
+/// of them), and which of the whole's chunks it is (its shard, below 64).
 #[derive(Debug, Clone)]
 pub struct WholeRef {
     wholes: Arc<[Whole]>,
     index: u32,
+    shard: u8,
 }
 
 impl WholeRef {
-    /// Whole `index` of `wholes` (`None` when there is no such whole).
-    pub fn new(wholes: Arc<[Whole]>, index: u32) -> Option<WholeRef> {
-        ((index as usize) < wholes.len()).then_some(WholeRef { wholes, index })
+    /// Whole `index` of `wholes`, for its chunk of `shard` (`None` when there
+    /// is no such whole or the shard is 64 or more).
+    pub fn new(wholes: Arc<[Whole]>, index: u32, shard: u32) -> Option<WholeRef> {
+        ((index as usize) < wholes.len() && shard < 64).then_some(WholeRef {
+            wholes,
+            index,
+            shard: shard as u8,
+        })
     }
 
     /// The whole.
     pub fn get(&self) -> &Whole {
         &self.wholes[self.index as usize]
+    }
+
+    /// This chunk's bit in a mask of the whole's chunks.
+    pub fn bit(&self) -> u64 {
+        1 << self.shard
     }
 
     /// True when both refer to the same whole.
@@ -70,13 +81,21 @@ impl WholeRef {
 /// targets of the variant. A batch holding every chunk of it sends this one
 /// part instead of one small part per chunk: parts compress apart, so many
 /// small ones cost bytes on the wire (each repeats the label strings the
-/// others already carry).
+/// others already carry). A batch holding only some of its chunks (with
+/// several lane groups, each takes the lanes of its own) sends those as one
+/// part too, made once per set of chunks and kept in [`Whole::subset_part`]'s
+/// small cache: the targets of a variant usually cut the same sets.
 #[derive(Debug)]
 pub struct Whole {
     records: Bytes,
     chunks: u32,
     part: OnceLock<Bytes>,
+    subsets: Mutex<Vec<(u64, Bytes)>>,
 }
+
+/// Subset parts kept per [`Whole`] at most; another set is compressed for
+/// its batch only.
+const SUBSETS_KEPT: usize = 4;
 
 impl Whole {
     /// The records of `chunks` chunks, in one range.
@@ -85,6 +104,7 @@ impl Whole {
             records,
             chunks,
             part: OnceLock::new(),
+            subsets: Mutex::new(Vec::new()),
         }
     }
 
@@ -98,6 +118,37 @@ impl Whole {
     /// then compressed.
     pub fn part(&self) -> Bytes {
         self.part.get_or_init(|| sorted_part(&self.records)).clone()
+    }
+
+    /// The part of the chunks in `mask` (bits as [`WholeRef::bit`]), whose
+    /// records `pieces` gives in shard order: made now, grouped by metric,
+    /// unless a target already made the same set.
+    pub fn subset_part<'a>(&self, mask: u64, pieces: impl Iterator<Item = &'a [u8]>) -> Bytes {
+        let cached = |s: &Mutex<Vec<(u64, Bytes)>>| {
+            let kept = s.lock().unwrap_or_else(|e| e.into_inner());
+            kept.iter()
+                .find(|(m, _)| *m == mask)
+                .map(|(_, p)| p.clone())
+        };
+        if let Some(p) = cached(&self.subsets) {
+            return p;
+        }
+        let mut records = Vec::new();
+        for r in pieces {
+            records.extend_from_slice(r);
+        }
+        let part = sorted_part(&records);
+        let mut kept = self.subsets.lock().unwrap_or_else(|e| e.into_inner());
+        match kept.iter().find(|(m, _)| *m == mask) {
+            // Another target made it meanwhile: send the same bytes.
+            Some((_, p)) => p.clone(),
+            None => {
+                if kept.len() < SUBSETS_KEPT {
+                    kept.push((mask, part.clone()));
+                }
+                part
+            }
+        }
     }
 }
 

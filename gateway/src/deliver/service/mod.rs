@@ -661,7 +661,7 @@ impl Inner {
                             whole: wholes
                                 .as_ref()
                                 .zip(scratch.chunk_whole(c as usize))
-                                .and_then(|(w, i)| WholeRef::new(w.clone(), i)),
+                                .and_then(|(w, i)| WholeRef::new(w.clone(), i, *shard)),
                             push: 0,
                         },
                     )
