@@ -121,8 +121,9 @@ impl Whole {
     }
 
     /// The part of the chunks in `mask` (bits as [`WholeRef::bit`]), whose
-    /// records `pieces` gives in shard order: made now, grouped by metric,
-    /// unless a target already made the same set.
+    /// records `pieces` gives in shard order: made now unless a target
+    /// already made the same set. Not grouped by metric: on saturation-fanout-3
+    /// that saved 0.2 of 1.85 CPU-s for 0.6 more bytes per sample (46.7 → 47.3).
     pub fn subset_part<'a>(&self, mask: u64, pieces: impl Iterator<Item = &'a [u8]>) -> Bytes {
         let cached = |s: &Mutex<Vec<(u64, Bytes)>>| {
             let kept = s.lock().unwrap_or_else(|e| e.into_inner());
@@ -137,7 +138,7 @@ impl Whole {
         for r in pieces {
             records.extend_from_slice(r);
         }
-        let part = sorted_part(&records);
+        let part = fanout_proto::snappy::compress_part(&records);
         let mut kept = self.subsets.lock().unwrap_or_else(|e| e.into_inner());
         match kept.iter().find(|(m, _)| *m == mask) {
             // Another target made it meanwhile: send the same bytes.
