@@ -122,6 +122,11 @@ pub enum ErrorKind {
         /// Size of the symbol table.
         symbols: usize,
     },
+    /// A 2.0 request whose 1.0 form would be larger than the limit.
+    ConvertsTooLarge {
+        /// The limit, bytes.
+        limit: usize,
+    },
     /// More series than the limit.
     TooManySeries {
         /// The limit.
@@ -210,6 +215,10 @@ impl fmt::Display for ErrorKind {
                 f,
                 "symbol reference {reference} out of range ({symbols} symbols)"
             ),
+            ErrorKind::ConvertsTooLarge { limit } => write!(
+                f,
+                "the request expands to more than {limit} bytes as remote-write 1.0 (limit max_decompressed_body)"
+            ),
             ErrorKind::TooManySeries { limit } => {
                 write!(f, "more than {limit} series in one request (limit max_series)")
             }
@@ -245,6 +254,7 @@ impl ScanError {
         matches!(
             self.kind,
             ErrorKind::TooManySeries { .. }
+                | ErrorKind::ConvertsTooLarge { .. }
                 | ErrorKind::TooManyLabels { .. }
                 | ErrorKind::LabelNameTooLong { .. }
                 | ErrorKind::LabelValueTooLong { .. }

@@ -127,7 +127,7 @@ pub fn expected_labels(sender: &[v1::Label], inject: &LabelSet) -> Vec<v1::Label
 /// Reads `data` as 2.0; if accepted, checks it against prost's 2.0 decoding
 /// and checks that the 1.0 output scans and carries the same series.
 pub fn roundtrip_v2(data: &[u8]) -> Result<(), ScanError> {
-    let (v1_body, summary) = crate::v2read::to_v1(data, &Limits::default())?;
+    let (v1_body, summary) = crate::v2read::to_v1(data, &Limits::default(), usize::MAX)?;
     let decoded = v2::Request::decode(data).expect("prost rejects a 2.0 body the reader accepted");
     let mut series = Vec::new();
     let scanned =

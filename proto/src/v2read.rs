@@ -30,8 +30,34 @@ use crate::scan::{check_exemplar_label, check_histogram, check_label, check_samp
 use crate::wire::{expect_wire, len_field_size, put_len_prefix, put_varint, Reader, WireType};
 use crate::Limits;
 
-/// Reads a decompressed 2.0 request and returns the equivalent 1.0 body.
-pub fn to_v1(body: &[u8], limits: &Limits) -> Result<(Bytes, Summary), ScanError> {
+/// Reads a decompressed 2.0 request and returns the equivalent 1.0 body,
+/// refused with [`ErrorKind::ConvertsTooLarge`] when that body would exceed
+/// `max_out` bytes: measured first ([`v1_len`]), so nothing past the limit is
+/// ever allocated, then written into one buffer of exactly that size.
+pub fn to_v1(body: &[u8], limits: &Limits, max_out: usize) -> Result<(Bytes, Summary), ScanError> {
+    let len = v1_len(body, limits, max_out)?;
+    let mut out = BytesMut::with_capacity(len);
+    let (summary, _) = convert(body, limits, max_out, Some(&mut out))?;
+    Ok((out.freeze(), summary))
+}
+
+/// The size of the 1.0 body [`to_v1`] makes of `body`, after validating it
+/// entirely; [`ErrorKind::ConvertsTooLarge`] past `max_out`. A 2.0 series
+/// names its labels by reference, so a small request can expand without
+/// bound (a million series naming one 16 KiB symbol): the caller reserves
+/// memory for this size before converting.
+pub fn v1_len(body: &[u8], limits: &Limits, max_out: usize) -> Result<usize, ScanError> {
+    convert(body, limits, max_out, None).map(|(_, len)| len)
+}
+
+/// Converts `body`, writing into `out` when given (else only measuring);
+/// returns the summary and the size of the 1.0 body.
+fn convert(
+    body: &[u8],
+    limits: &Limits,
+    max_out: usize,
+    out: Option<&mut BytesMut>,
+) -> Result<(Summary, usize), ScanError> {
     let symbols = read_symbols(body)?;
     let mut conv = Converter {
         body,
@@ -41,8 +67,12 @@ pub fn to_v1(body: &[u8], limits: &Limits) -> Result<(Bytes, Summary), ScanError
         series_buf: BytesMut::new(),
         metadata: BytesMut::new(),
         summary: Summary::default(),
+        out_len: 0,
+        max_out,
+        write: out.is_some(),
     };
-    let mut out = BytesMut::with_capacity(body.len() * 2);
+    let mut sink = BytesMut::new();
+    let out = out.unwrap_or(&mut sink);
     let mut r = Reader::new(body);
     // Fields 1 and 3 (1.0 series and metadata) do not exist in 2.0.
     let mut v1_fields = false;
@@ -61,7 +91,7 @@ pub fn to_v1(body: &[u8], limits: &Limits) -> Result<(Bytes, Summary), ScanError
             }));
         }
         let msg = r.len_delimited().map_err(|k| at.err(k))?;
-        conv.series(msg, at, &mut out)?;
+        conv.series(msg, at, out)?;
         conv.summary.series += 1;
     }
     if conv.summary.series == 0 && conv.symbols.is_empty() && v1_fields {
@@ -71,7 +101,7 @@ pub fn to_v1(body: &[u8], limits: &Limits) -> Result<(Bytes, Summary), ScanError
         }));
     }
     out.put_slice(&conv.metadata);
-    Ok((out.freeze(), conv.summary))
+    Ok((conv.summary, conv.out_len))
 }
 
 /// Pass 1: the symbol table as ranges of `body`, every symbol checked for UTF-8.
@@ -116,6 +146,13 @@ struct Converter<'a> {
     /// 1.0 `MetricMetadata` fields, appended after all series.
     metadata: BytesMut,
     summary: Summary,
+    /// Bytes of 1.0 output so far (series and metadata), written or not.
+    out_len: usize,
+    /// The most output allowed.
+    max_out: usize,
+    /// False while only measuring: nothing is appended to the output or
+    /// `metadata`.
+    write: bool,
 }
 
 impl<'a> Converter<'a> {
@@ -222,12 +259,15 @@ impl<'a> Converter<'a> {
                 _ => r.skip(wire).map_err(|k| at.err(k))?,
             }
         }
-        put_len_prefix(out, 1, self.series_buf.len());
-        out.put_slice(&self.series_buf);
+        self.grow(at, len_field_size(self.series_buf.len()))?;
+        if self.write {
+            put_len_prefix(out, 1, self.series_buf.len());
+            out.put_slice(&self.series_buf);
+        }
 
         if let Some((kind, help, unit)) = metadata {
             if kind != 0 || !help.is_empty() || !unit.is_empty() {
-                self.put_metadata(kind, name, help, unit);
+                self.put_metadata(at, kind, name, help, unit)?;
             }
         }
         self.summary.samples += samples;
@@ -335,12 +375,35 @@ impl<'a> Converter<'a> {
         Ok((kind, help, unit))
     }
 
-    fn put_metadata(&mut self, kind: u64, name: &[u8], help: &[u8], unit: &[u8]) {
+    /// Counts `n` more bytes of output, refused past the limit.
+    fn grow(&mut self, at: Location, n: usize) -> Result<(), ScanError> {
+        self.out_len = self.out_len.saturating_add(n);
+        if self.out_len > self.max_out {
+            return Err(at.err(ErrorKind::ConvertsTooLarge {
+                limit: self.max_out,
+            }));
+        }
+        Ok(())
+    }
+
+    fn put_metadata(
+        &mut self,
+        at: Location,
+        kind: u64,
+        name: &[u8],
+        help: &[u8],
+        unit: &[u8],
+    ) -> Result<(), ScanError> {
         let mut len = 1 + crate::wire::varint_len(kind) + len_field_size(name.len());
         for s in [help, unit] {
             if !s.is_empty() {
                 len += len_field_size(s.len());
             }
+        }
+        self.grow(at, len_field_size(len))?;
+        self.summary.metadata += 1;
+        if !self.write {
+            return Ok(());
         }
         put_len_prefix(&mut self.metadata, 3, len);
         put_varint(&mut self.metadata, 1 << 3);
@@ -353,7 +416,7 @@ impl<'a> Converter<'a> {
                 self.metadata.put_slice(s);
             }
         }
-        self.summary.metadata += 1;
+        Ok(())
     }
 }
 

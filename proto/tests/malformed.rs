@@ -243,7 +243,7 @@ fn v2_series(parts: &[Vec<u8>]) -> Vec<u8> {
 }
 
 fn v2_error(body: Vec<u8>) -> String {
-    match v2read::to_v1(&body, &Limits::default()) {
+    match v2read::to_v1(&body, &Limits::default(), usize::MAX) {
         Ok((_, s)) => panic!("accepted: {s:?}"),
         Err(e) => e.to_string(),
     }
@@ -356,5 +356,39 @@ fn a_body_of_the_other_version_is_named() {
             .series,
         0
     );
-    assert_eq!(v2read::to_v1(&[], &Limits::default()).unwrap().1.series, 0);
+    assert_eq!(
+        v2read::to_v1(&[], &Limits::default(), usize::MAX)
+            .unwrap()
+            .1
+            .series,
+        0
+    );
+}
+
+/// A 2.0 body whose series name one long symbol expands as 1.0: its size is
+/// measured exactly, and past the limit it is refused as a limit (413) that
+/// names it, before any output is made.
+#[test]
+fn v2_expansion_is_measured_and_bounded() {
+    let big = vec![b'x'; 16 << 10];
+    let syms = symbols(&[b"", b"__name__", b"m", b"big", &big]);
+    let series: Vec<Vec<u8>> = (0..100)
+        .map(|_| v2_series(&[refs(&[1, 2, 3, 4])]))
+        .collect();
+    let body = cat(&[syms, cat(&series)]);
+    let d = Limits::default();
+    let (v1, summary) = v2read::to_v1(&body, &d, usize::MAX).unwrap();
+    assert_eq!(summary.series, 100);
+    assert!(v1.len() > 100 * (16 << 10), "{}", v1.len());
+    assert_eq!(v2read::v1_len(&body, &d, usize::MAX).unwrap(), v1.len());
+    assert_eq!(v2read::to_v1(&body, &d, v1.len()).unwrap().0, v1);
+    let e = v2read::to_v1(&body, &d, v1.len() - 1).unwrap_err();
+    assert!(e.is_limit());
+    assert!(
+        e.to_string().contains(&format!(
+            "more than {} bytes as remote-write 1.0",
+            v1.len() - 1
+        )),
+        "{e}"
+    );
 }

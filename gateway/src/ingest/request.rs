@@ -550,15 +550,22 @@ impl<D: Delivery> Ingest<D> {
         let v1 = match admitted.protocol {
             Protocol::V1 => raw,
             Protocol::V2 => {
-                let (v1, _) = fanout_proto::v2read::to_v1(&raw, &limits.scan)
+                // A 2.0 body can expand without bound (series name their
+                // labels by reference): measured first, refused past the
+                // decompressed limit, and the memory for the 1.0 body is
+                // held before it is made.
+                let max = limits.max_decompressed_body;
+                let need = fanout_proto::v2read::v1_len(&raw, &limits.scan, max)
+                    .map_err(|e| scan_err("2.0", e))?;
+                let want = (raw.len() + need) as u64;
+                let have = permit.bytes();
+                if want > have {
+                    self.grow(&mut permit, want - have).await?;
+                }
+                let (v1, _) = fanout_proto::v2read::to_v1(&raw, &limits.scan, max)
                     .map_err(|e| scan_err("2.0", e))?;
                 drop(raw);
-                let have = permit.bytes();
-                if (v1.len() as u64) > have {
-                    self.grow(&mut permit, v1.len() as u64 - have).await?;
-                } else {
-                    permit.shrink_to(v1.len() as u64);
-                }
+                permit.shrink_to(v1.len() as u64);
                 v1
             }
         };

@@ -765,3 +765,56 @@ async fn ingest_snappy_header_bombs_cost_nothing() {
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     assert_eq!(h.budget.available_bytes(), h.budget.total_bytes());
 }
+
+/// A 2.0 request of a few MiB whose series all name one 16 KiB symbol
+/// would be 1.6 GB as 1.0: a 413 naming the limit, measured before the 1.0
+/// body is made (peak RSS does not move), the budget untouched after, and
+/// the next write still a 204.
+#[tokio::test]
+async fn ingest_v2_expansion_bomb_is_a_413_before_allocation() {
+    use fanout_proto::v2;
+    use prost::Message as _;
+    let h = Harness::start(IngestConfig::default(), Recording::default()).await;
+    let big = "x".repeat(16 << 10);
+    let req = v2::Request {
+        symbols: vec![
+            String::new(),
+            "__name__".into(),
+            "m".into(),
+            "big".into(),
+            big,
+        ],
+        timeseries: (0..100_000)
+            .map(|i| v2::TimeSeries {
+                labels_refs: vec![1, 2, 3, 4],
+                samples: vec![v2::Sample {
+                    value: 1.0,
+                    timestamp: i,
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let body = fanout_proto::snappy::compress(&req.encode_to_vec());
+    assert!(body.len() < 32 << 20);
+    let before = peak_rss_kib();
+    let r = h
+        .h1_post(&[AUTH, ("content-type", CONTENT_TYPE_V2)], body)
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
+    assert!(
+        r.body
+            .contains("more than 268435456 bytes as remote-write 1.0")
+            && r.body.contains("max_decompressed_body"),
+        "{}",
+        r.body
+    );
+    let grown = peak_rss_kib().saturating_sub(before);
+    assert!(grown < 64 << 10, "peak RSS grew by {grown} KiB");
+    assert_eq!(h.budget.available_bytes(), h.budget.total_bytes());
+    let r = h
+        .h1_post(&[AUTH, ("content-type", CONTENT_TYPE_V2)], v2_body(3, 2))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert!(h.delivery.batches().iter().all(|b| b.1.series == 3));
+}
