@@ -21,9 +21,14 @@
 //! - [`queue`]: one target's lanes, batching, retries, concurrency and memory
 //!   bound (no IO), with the [`queue::Overflow`] seam for the disk spill:
 //!   - `queue/mod.rs`: the state machine ([`queue::TargetCore`]): push,
-//!     batches, results, state;
+//!     batches, results;
+//!   - `queue/gauges.rs`: what it shows (state, queued bytes, oldest data,
+//!     counters, last error, latency);
 //!   - `queue/types.rs`: the types at its edges (chunks, the overflow seam,
 //!     disk records read back, config, dispatches, events, counters);
+//!   - `queue/parts.rs`: compressed parts shared by the targets of a label
+//!     variant (per chunk, per request, per set of a request's chunks) and
+//!     the batch bodies made of them;
 //!   - `queue/records.rs`: counting and splitting encoded records;
 //!   - `queue/groups.rs`: lane groups and the load meter that sizes them;
 //!   - `queue/disk.rs`: disk records (spilled, recovered, read back, acked)
@@ -32,7 +37,8 @@
 //! - [`sigv4`]: AWS SigV4 signing;
 //! - [`http`]: the shared HTTP client and one send attempt;
 //! - [`spill`]: a target's durable disk queue (segments, group commit,
-//!   manifest);
+//!   manifest; `spill/queue.rs` the queue, `spill/types.rs` its edge types,
+//!   `spill/files.rs` segment recovery and the ledger written in place);
 //! - [`service`]: the tokio side:
 //!   - `service/mod.rs`: [`FanoutDelivery`], its settings, `submit`,
 //!     shutdown, the stats JSON;

@@ -79,15 +79,19 @@ use super::policy::{classify, Backoff, Concurrency, SendResult, Verdict};
 use bytes::{Bytes, BytesMut};
 
 mod disk;
+mod gauges;
 mod groups;
+mod parts;
 mod records;
 mod types;
 
 use groups::{group_mask, mask_lanes, LoadMeter};
+use parts::compress_parts;
+pub use parts::{Packed, Whole, WholeRef};
 use records::{sort_records, split_point};
 pub use types::{
     lanes_for, Chunk, CoreConfig, Counters, DiskChunk, Dispatch, DropOldest, Event, LastError,
-    Overflow, Packed, Whole, WholeRef,
+    Overflow,
 };
 
 /// Most lanes (concurrent in-order streams) of one target.
@@ -830,164 +834,7 @@ impl TargetCore {
     pub fn set_flush(&mut self, flush: bool) {
         self.flush = flush;
     }
-
-    /// Nothing queued and nothing in flight or waiting for a retry.
-    pub fn is_idle(&self) -> bool {
-        self.batches.is_empty()
-            && self.lanes.iter().all(|l| {
-                l.queue.is_empty() && l.disk.is_empty() && l.disk_through <= self.read_through
-            })
-    }
-
-    /// Nothing in memory (queued, reloaded or in a batch); disk records may
-    /// remain.
-    pub fn memory_empty(&self) -> bool {
-        self.batches.is_empty()
-            && self
-                .lanes
-                .iter()
-                .all(|l| l.queue.is_empty() && l.disk.is_empty())
-    }
-
-    /// Bytes and samples of disk records read back into memory.
-    pub fn reloaded(&self) -> (u64, u64) {
-        (self.reload_bytes, self.reload_samples)
-    }
-
-    /// Samples queued or in a batch not yet delivered.
-    pub fn pending_samples(&self) -> u64 {
-        self.queue_samples
-            + self.reload_samples
-            + self
-                .batches
-                .iter()
-                .map(|b| u64::from(b.samples))
-                .sum::<u64>()
-    }
-
-    /// `healthy`, `retrying`, `failing` or `paused`.
-    pub fn state(&self, now: Instant) -> &'static str {
-        if self.paused {
-            "paused"
-        } else {
-            match self.failing_since {
-                None => "healthy",
-                Some(t) if now.saturating_duration_since(t) > FAILING_AFTER => "failing",
-                Some(_) => "retrying",
-            }
-        }
-    }
-
-    /// Queued bytes (memory).
-    pub fn queue_bytes(&self) -> u64 {
-        self.queue_bytes
-    }
-
-    /// Queued samples (memory, not yet in a batch).
-    pub fn queue_samples(&self) -> u64 {
-        self.queue_samples
-    }
-
-    /// Age of the oldest data not yet delivered.
-    pub fn oldest_queued(&self, now: Instant) -> Duration {
-        self.lanes
-            .iter()
-            .flat_map(|l| {
-                l.queue
-                    .front()
-                    .map(|c| c.enqueued)
-                    .into_iter()
-                    .chain(l.disk.front().map(|(_, c)| c.enqueued))
-            })
-            .chain(self.batches.iter().map(|b| b.oldest))
-            .min()
-            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
-    }
-
-    /// Requests in flight.
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight
-    }
-
-    /// The adaptive concurrency limit.
-    pub fn concurrency(&self) -> u32 {
-        self.concurrency.limit()
-    }
-
-    /// Cumulative counters.
-    pub fn counters(&self) -> &Counters {
-        &self.counters
-    }
-
-    /// The last error.
-    pub fn last_error(&self) -> Option<&LastError> {
-        self.last_error.as_ref()
-    }
-
-    /// Send latency histogram (microseconds).
-    pub fn latency_us(&self) -> &hdrhistogram::Histogram<u64> {
-        &self.latency_us
-    }
 }
 
 #[cfg(test)]
 mod tests;
-
-/// The body of a batch whose chunks were given to several targets: a snappy
-/// header, then per push (request), in push order (the order of every
-/// lane, so per-series order holds): one [`Whole`] part for each request
-/// variant with chunks here (all of them, or the set of this batch's lanes),
-/// else one part per chunk (shared through [`Packed`], or made now). Within
-/// one request the order of series does not matter.
-fn compress_parts(pieces: &[(u32, Chunk)]) -> Bytes {
-    let len: usize = pieces.iter().map(|(_, c)| c.records.len()).sum();
-    let mut order: Vec<usize> = (0..pieces.len()).collect();
-    // Stable: chunks of one push keep their lane order.
-    order.sort_by_key(|&i| pieces[i].1.push);
-    // Each whole with chunks here: which of its chunks.
-    let mut wholes: Vec<(&WholeRef, u64)> = Vec::new();
-    for (_, c) in pieces {
-        if let Some(w) = &c.whole {
-            match wholes.iter_mut().find(|(x, _)| x.same(w)) {
-                Some((_, mask)) => *mask |= w.bit(),
-                None => wholes.push((w, w.bit())),
-            }
-        }
-    }
-    let mut parts: Vec<Bytes> = Vec::with_capacity(pieces.len());
-    for &i in &order {
-        let c = &pieces[i].1;
-        let whole = c.whole.as_ref().and_then(|w| {
-            let at = wholes.iter().position(|(x, _)| x.same(w))?;
-            Some((at, w.get(), wholes[at].1))
-        });
-        match whole {
-            // Sent already with the first of its chunks here.
-            Some((_, _, 0)) => {}
-            Some((at, w, mask)) if mask.count_ones() > 1 => {
-                wholes[at].1 = 0;
-                parts.push(if mask.count_ones() == w.chunks() {
-                    w.part()
-                } else {
-                    let mut mine: Vec<&Chunk> = pieces
-                        .iter()
-                        .map(|(_, c)| c)
-                        .filter(|c| c.whole.as_ref().is_some_and(|x| x.same(wholes[at].0)))
-                        .collect();
-                    mine.sort_by_key(|c| c.whole.as_ref().map_or(0, WholeRef::bit));
-                    w.subset_part(mask, mine.iter().map(|c| &c.records[..]))
-                });
-            }
-            _ => parts.push(match &c.packed {
-                Some(p) => p.part(&c.records),
-                None => fanout_proto::snappy::compress_part(&c.records),
-            }),
-        }
-    }
-    let mut body = Vec::with_capacity(10 + parts.iter().map(Bytes::len).sum::<usize>());
-    fanout_proto::snappy::write_header(len as u64, &mut body);
-    for p in &parts {
-        body.extend_from_slice(p);
-    }
-    Bytes::from(body)
-}

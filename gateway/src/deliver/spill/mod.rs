@@ -98,9 +98,11 @@
 //! `memory` it syncs every `flush_interval`.
 
 mod commit;
+mod files;
 mod format;
 mod manifest;
 mod queue;
+mod types;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -113,9 +115,10 @@ pub use manifest::{
     move_dir, successor, sync_parent, take_over, Manifest, ManifestRoute, Successor, MANIFEST_FILE,
     MANIFEST_VERSION,
 };
-pub use queue::{
-    AppendOutcome, DiskQueue, DiskQueueConfig, QueuedRecord, Record, Recovered, Recovery,
-    ReopenBackoff, Reopened, SpillStats, SyncPlan,
+pub use queue::{DiskQueue, SyncPlan};
+pub use types::{
+    AppendOutcome, DiskQueueConfig, QueuedRecord, Record, Recovered, Recovery, ReopenBackoff,
+    Reopened, SpillStats,
 };
 
 /// Name of the ledger file in a queue directory.
