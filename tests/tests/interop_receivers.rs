@@ -6,15 +6,14 @@
 //! Needs both binaries (`FANOUT_PROMETHEUS_BIN`, `FANOUT_VICTORIA_METRICS_BIN`,
 //! or on `PATH`); `.ci/run` installs them. A missing peer fails under `CI`.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fanout_proto::v1;
 use fanout_tests::fanout::Gateway;
-use fanout_tests::prometheus::{free_port, prometheus_binary, temp_dir, wait_for, Proc};
+use fanout_tests::prometheus::{free_port, http, prometheus_binary, temp_dir, wait_for, Proc};
 
 const TOKEN: &str = "interop-receivers-token-51c2";
 
@@ -28,37 +27,6 @@ fn victoria_metrics_binary() -> Option<PathBuf> {
         .chain([PathBuf::from("/usr/bin")])
         .map(|d| d.join("victoria-metrics"))
         .find(|p| p.is_file())
-}
-
-/// A blocking HTTP/1.1 request; (status, body).
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
 }
 
 fn write_request(seq: u32) -> Vec<u8> {
