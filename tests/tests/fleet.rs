@@ -1,0 +1,530 @@
+//! A fleet: three `fanout serve --store postgres://… --durability wal`
+//! gateways behind HAProxy (TCP mode, health checks on `/readyz`), three
+//! simulated clusters writing through HAProxy and retrying like Prometheus
+//! (429, 5xx, connection errors and timeouts: the same body again), while
+//! the test
+//!
+//! 1. restarts every gateway in turn with SIGTERM, waiting for `/readyz`
+//!    before the next (a rolling restart);
+//! 2. kills one with SIGKILL and restarts it on the same data dir;
+//! 3. changes the registry through one gateway while traffic flows: an
+//!    export added for Deployment `d-1`, the export of `d-0` removed;
+//! 4. makes the shared target answer 503 for a while.
+//!
+//! Then every acknowledged sample must be at every target it should reach,
+//! nothing at a target it should not, and the clients must have seen only
+//! retryable answers. Duplicates (a request whose answer a kill cut off is
+//! sent again) are counted and printed, not failures; so are the figures of
+//! `docs/fleet.md` (acknowledged, duplicates, longest pause a client saw).
+//!
+//! Needs `FANOUT_TEST_POSTGRES_URL` (an empty database; `.ci/run` starts a
+//! private PostgreSQL) and `haproxy` (`FANOUT_HAPROXY_BIN` or `PATH`,
+//! `.ci/run` installs Debian's).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fanout_loadtest::identity::SeriesId;
+use fanout_loadtest::sink::{Fault, SinkHandle, SinkReport};
+use fanout_tests::fanout::{fanout_bin, free_port};
+use fanout_tests::prometheus::{http, temp_dir, wait_for};
+use fanout_tests::rounds::{self, client, round_of, sink_at};
+
+const CLUSTERS: u32 = 3;
+const SERIES: u32 = 100;
+const ADMIN_TOKEN: &str = "fleet-admin-token";
+/// How long a registry change may take to reach every gateway (LISTEN/NOTIFY
+/// takes well under a second).
+const PROPAGATION: Duration = Duration::from_secs(3);
+
+fn token(c: u32) -> String {
+    format!("fleet-ingest-{c}")
+}
+
+/// Clusters `cl-0..2`, each with Deployment `d-c` (namespace `ns-1`, the
+/// namespace `round_of` writes); export `shared` linked to every
+/// Deployment, `own0` of `d-0` only; with `changed`, `own0` is gone and
+/// `new1` of `d-1` exists.
+fn registry(sinks: &HashMap<&str, u16>, changed: bool) -> String {
+    let mut y = String::from("clusters:\n");
+    for c in 0..CLUSTERS {
+        y.push_str(&format!(
+            "  - {{id: cl-{c}, organizationId: org-c, cloudProvider: aws, cloudRegion: us-east-1, ingestToken: {}}}\n",
+            token(c)
+        ));
+    }
+    y.push_str("workspaces:\n  - {id: ws, organizationId: org-w, name: fleet}\ndeployments:\n");
+    for c in 0..CLUSTERS {
+        y.push_str(&format!(
+            "  - {{id: d-{c}, workspaceId: ws, clusterId: cl-{c}, namespace: ns-1, type: HOSTED, name: d{c}}}\n"
+        ));
+    }
+    let export = |id: &str, scope: &str, entity: &str, extra: &str| {
+        format!(
+            "  - {{id: {id}, objectKey: {id}, scope: {scope}, scopeEntityId: {entity}{extra}, metricsExport: {{endpoint: '{}', delivery: {{batchSendDeadline: 100ms, maxBackoff: 500ms}}}}}}\n",
+            rounds::endpoint(sinks[id])
+        )
+    };
+    y.push_str("metricsExports:\n");
+    y.push_str(&export(
+        "shared",
+        "WORKSPACE",
+        "ws",
+        ", autoLinkDeployments: true",
+    ));
+    if changed {
+        y.push_str(&export("new1", "DEPLOYMENT", "d-1", ""));
+    } else {
+        y.push_str(&export("own0", "DEPLOYMENT", "d-0", ""));
+    }
+    y
+}
+
+/// One gateway of the fleet: fixed ports (HAProxy knows them) and data dir.
+struct Member {
+    name: String,
+    ingest: SocketAddr,
+    admin: SocketAddr,
+    data: PathBuf,
+    store: String,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn new(name: &str, root: &Path, store: &str) -> Member {
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        Member {
+            name: name.to_owned(),
+            ingest: addr(free_port()),
+            admin: addr(free_port()),
+            data: root.join(name),
+            store: store.to_owned(),
+            child: None,
+        }
+    }
+
+    fn log(&self) -> PathBuf {
+        self.data.with_extension("log")
+    }
+
+    /// Starts it and waits until `/readyz` answers 200.
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .unwrap();
+        let child = Command::new(fanout_bin())
+            .arg("serve")
+            .args(["--store", &self.store])
+            .args(["--durability", "wal"])
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["--ingest-listen", &self.ingest.to_string()])
+            .args(["--admin-listen", &self.admin.to_string()])
+            .args(["--admin-token", ADMIN_TOKEN])
+            .args(["--drain-delay", "1s", "--shutdown-grace", "15s"])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("fanout starts");
+        self.child = Some(child);
+        let ready = wait_for(Duration::from_secs(60), || {
+            http(self.ingest, "GET", "/readyz", &[], b"").filter(|(s, _)| *s == 200)
+        });
+        assert!(ready.is_some(), "{} not ready:\n{}", self.name, self.tail());
+    }
+
+    fn signal(&mut self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args(["-s", sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -s {sig} {pid}");
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit; it must be 0.
+    fn stop(&mut self) {
+        self.signal("TERM");
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop:\n{}",
+                self.name,
+                self.tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            status.success(),
+            "{} exited {status}:\n{}",
+            self.name,
+            self.tail()
+        );
+    }
+
+    fn kill(&mut self) {
+        self.signal("KILL");
+        let _ = self.child.take().expect("running").wait();
+    }
+
+    fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let mut headers = vec![("Authorization", auth.as_str())];
+        if body.is_some() {
+            headers.push(("Content-Type", "application/yaml"));
+        }
+        http(
+            self.admin,
+            method,
+            path,
+            &headers,
+            body.unwrap_or("").as_bytes(),
+        )
+        .unwrap_or_else(|| panic!("{} admin API unreachable", self.name))
+    }
+
+    fn tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// HAProxy in front of the members' ingest ports; killed when dropped.
+struct Balancer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Balancer {
+    fn start(dir: &Path, members: &[Member]) -> Balancer {
+        let bin = std::env::var_os("FANOUT_HAPROXY_BIN")
+            .map(PathBuf::from)
+            .or_else(|| {
+                let path = std::env::var_os("PATH").unwrap_or_default();
+                std::env::split_paths(&path)
+                    .chain([PathBuf::from("/usr/sbin")])
+                    .map(|d| d.join("haproxy"))
+                    .find(|p| p.is_file())
+            })
+            .expect("haproxy not found (install Debian's `haproxy` or set FANOUT_HAPROXY_BIN)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cfg = format!(
+            "global\n  maxconn 2000\n\
+defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n  retries 3\n  option redispatch\n\
+frontend ingest\n  bind {addr}\n  default_backend gateways\n\
+backend gateways\n  balance roundrobin\n  option httpchk GET /readyz\n  http-check expect status 200\n\
+  default-server inter 200ms fall 1 rise 2\n"
+        );
+        for m in members {
+            cfg.push_str(&format!("  server {} {} check\n", m.name, m.ingest));
+        }
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, cfg).unwrap();
+        let child = Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("haproxy.log")).unwrap())
+            .spawn()
+            .expect("haproxy starts");
+        Balancer { child, addr }
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A round a writer sent: when it was first sent and when it was answered
+/// 2xx (`None`: never, the run ended while it was being retried).
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    seq: u32,
+    first: Instant,
+    acked: Option<Instant>,
+}
+
+/// What the writers saw.
+#[derive(Default)]
+struct Client {
+    sent: Vec<Vec<Sent>>,
+    retries: u64,
+    non_retryable: Vec<String>,
+    longest_pause: Duration,
+}
+
+/// Writer of cluster `c`: one round after another through `lb`, each sent
+/// again (same body) after 429, 5xx, a connection error or a timeout, with
+/// a backoff from 30 ms doubling to 1 s, until answered 2xx or `stop`.
+async fn writer(c: u32, lb: SocketAddr, stop: Arc<AtomicBool>, out: Arc<Mutex<Client>>) {
+    let http = client();
+    let lb = lb.to_string();
+    let mut seq = 0u32;
+    while !stop.load(Ordering::SeqCst) {
+        let body = round_of(c, seq, SERIES);
+        let first = Instant::now();
+        let mut backoff = Duration::from_millis(30);
+        let acked = loop {
+            match rounds::try_write(&http, &lb, &token(c), body.clone()).await {
+                Some(s) if s / 100 == 2 => break Some(Instant::now()),
+                Some(s) if s != 429 && s < 500 => {
+                    out.lock()
+                        .unwrap()
+                        .non_retryable
+                        .push(format!("cluster {c} round {seq}: {s}"));
+                    break None;
+                }
+                _ => {}
+            }
+            out.lock().unwrap().retries += 1;
+            if stop.load(Ordering::SeqCst) && first.elapsed() > Duration::from_secs(30) {
+                break None;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        };
+        {
+            let mut o = out.lock().unwrap();
+            if let Some(at) = acked {
+                o.longest_pause = o.longest_pause.max(at - first);
+            }
+            o.sent[c as usize].push(Sent { seq, first, acked });
+        }
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `ok` holds for the sinks' reports, or panics after `limit`
+/// with what `missing` says.
+async fn settle(
+    sinks: &HashMap<&str, SinkHandle>,
+    limit: Duration,
+    missing: impl Fn(&HashMap<String, SinkReport>) -> Vec<String>,
+) -> HashMap<String, SinkReport> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let reports: HashMap<String, SinkReport> = sinks
+            .iter()
+            .map(|(n, s)| (n.to_string(), s.report()))
+            .collect();
+        let left = missing(&reports);
+        if left.is_empty() {
+            return reports;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} problems, e.g.:\n{}",
+            left.len(),
+            left[..left.len().min(10)].join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL (FANOUT_TEST_POSTGRES_URL) and haproxy; run by .ci/run"]
+async fn a_fleet_behind_haproxy_loses_nothing_acknowledged() {
+    let store = std::env::var("FANOUT_TEST_POSTGRES_URL").expect(
+        "FANOUT_TEST_POSTGRES_URL: an empty PostgreSQL database for this test (.ci/run starts one)",
+    );
+    let dir = temp_dir("fleet");
+    let mut ports: HashMap<&str, u16> = HashMap::new();
+    let mut sinks: HashMap<&str, SinkHandle> = HashMap::new();
+    for name in ["shared", "own0", "new1"] {
+        let port = free_port();
+        ports.insert(name, port);
+        sinks.insert(name, sink_at(port, name, &[]).await);
+    }
+    let mut members: Vec<Member> = (0..3)
+        .map(|i| Member::new(&format!("g{i}"), &dir, &store))
+        .collect();
+    members[0].start();
+    let (status, body) =
+        members[0].admin("PUT", "/api/v1/registry", Some(&registry(&ports, false)));
+    assert_eq!(status, 200, "{body}");
+    for m in &mut members[1..] {
+        m.start();
+    }
+    let lb = Balancer::start(&dir, &members);
+    let up = wait_for(Duration::from_secs(30), || {
+        http(lb.addr, "GET", "/readyz", &[], b"").filter(|(s, _)| *s == 200)
+    });
+    assert!(up.is_some(), "haproxy does not answer on {}", lb.addr);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let out = Arc::new(Mutex::new(Client {
+        sent: vec![Vec::new(); CLUSTERS as usize],
+        ..Client::default()
+    }));
+    let writers: Vec<_> = (0..CLUSTERS)
+        .map(|c| tokio::spawn(writer(c, lb.addr, stop.clone(), out.clone())))
+        .collect();
+    let pause = |d: u64| tokio::time::sleep(Duration::from_millis(d));
+    pause(1500).await;
+
+    // 1. Rolling restart.
+    for m in &mut members {
+        m.stop();
+        m.start();
+        pause(1000).await;
+    }
+    // 2. kill -9 and restart on the same data dir.
+    members[1].kill();
+    pause(1000).await;
+    members[1].start();
+    pause(1000).await;
+    // 3. A registry change through one gateway while traffic flows.
+    let changed_at = Instant::now();
+    let (status, body) = members[2].admin("PUT", "/api/v1/registry", Some(&registry(&ports, true)));
+    assert_eq!(status, 200, "{body}");
+    pause(PROPAGATION.as_millis() as u64 + 1000).await;
+    // 4. The shared target fails for a while and comes back.
+    sinks["shared"].set_fault(Fault {
+        status: Some(503),
+        status_for: Some(Duration::from_secs(3)),
+        ..Fault::default()
+    });
+    pause(5000).await;
+
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let client = std::mem::take(&mut *out.lock().unwrap());
+    assert!(
+        client.non_retryable.is_empty(),
+        "the clients saw answers they may not retry: {:?}",
+        client.non_retryable
+    );
+
+    // What each target must hold, and what it must not.
+    let acked = |c: u32| -> Vec<Sent> {
+        client.sent[c as usize]
+            .iter()
+            .filter(|s| s.acked.is_some())
+            .copied()
+            .collect()
+    };
+    let before = |s: &Sent| s.acked.is_some_and(|a| a < changed_at);
+    let after = |s: &Sent| s.first > changed_at + PROPAGATION;
+    let must = |target: &str, c: u32| -> Vec<u32> {
+        acked(c)
+            .iter()
+            .filter(|s| match target {
+                "shared" => true,
+                "own0" => c == 0 && before(s),
+                "new1" => c == 1 && after(s),
+                _ => false,
+            })
+            .map(|s| s.seq)
+            .collect()
+    };
+    let must_not = |target: &str, c: u32| -> Vec<u32> {
+        client.sent[c as usize]
+            .iter()
+            .filter(|s| match target {
+                "shared" => false,
+                "own0" => c != 0 || after(s),
+                "new1" => c != 1 || s.acked.is_some_and(|a| a < changed_at),
+                _ => true,
+            })
+            .map(|s| s.seq)
+            .collect()
+    };
+    let reports = settle(&sinks, Duration::from_secs(60), |reports| {
+        let mut problems = Vec::new();
+        for (target, r) in reports {
+            for c in 0..CLUSTERS {
+                for i in 0..SERIES {
+                    let got = r.series.get(&SeriesId {
+                        cluster: c,
+                        series: i,
+                    });
+                    let has = |seq: u32| got.is_some_and(|g| g.seqs.contains(seq));
+                    if let Some(seq) = must(target, c).into_iter().find(|&q| !has(q)) {
+                        problems.push(format!(
+                            "{target}: cluster {c} series {i} round {seq} missing"
+                        ));
+                    }
+                    if let Some(seq) = must_not(target, c).into_iter().find(|&q| has(q)) {
+                        problems.push(format!(
+                            "{target}: cluster {c} series {i} round {seq} should not be there"
+                        ));
+                    }
+                    let deployment = format!("d-{c}");
+                    if got.is_some_and(|g| {
+                        !g.label_sets.iter().all(|l| {
+                            l.iter()
+                                .any(|(k, v)| k == "deploymentId" && *v == deployment)
+                        })
+                    }) {
+                        problems.push(format!(
+                            "{target}: cluster {c} series {i} without deploymentId {deployment}"
+                        ));
+                    }
+                }
+            }
+        }
+        problems
+    })
+    .await;
+
+    let acked_samples: usize =
+        (0..CLUSTERS).map(|c| acked(c).len()).sum::<usize>() * SERIES as usize;
+    let duplicates: u64 = reports
+        .values()
+        .flat_map(|r| r.series.values())
+        .map(|s| s.duplicates)
+        .sum();
+    let unanswered: usize = client
+        .sent
+        .iter()
+        .flatten()
+        .filter(|s| s.acked.is_none())
+        .count();
+    println!(
+        "fleet: {acked_samples} samples acknowledged ({} rounds of {SERIES} series), {} client retries, \
+         {unanswered} rounds unanswered at the end, {duplicates} duplicate deliveries, longest pause a client saw {:?}; \
+         delivered: shared {}, own0 {}, new1 {}",
+        acked_samples / SERIES as usize,
+        client.retries,
+        client.longest_pause,
+        reports["shared"].samples,
+        reports["own0"].samples,
+        reports["new1"].samples,
+    );
+    assert!(acked_samples > 0);
+    for m in &mut members {
+        m.stop();
+    }
+    drop(lb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
