@@ -867,3 +867,103 @@ fn registry_salts_are_random_and_long() {
     assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
     assert_ne!(a, b);
 }
+
+/// A store migrated and written by a newer gateway (simulated: a higher
+/// `schema` level, and stored documents with fields this binary does not
+/// know, at the top and nested): this gateway loads it, keeps the fields it
+/// knows, and never moves the level down. A store whose `schema_compat`
+/// says it needs a newer gateway is refused with a message that says so.
+#[tokio::test]
+async fn a_store_written_by_a_newer_gateway_is_used_not_rewritten_down() {
+    use sqlx::{Connection, Row};
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = r#"
+- id: prom
+  objectKey: prom
+  scope: WORKSPACE
+  scopeEntityId: ws-1
+  autoLinkDeployments: true
+  metricsExport: {endpoint: "http://127.0.0.1:9201/api/v1/write", labels: {env: dev}}
+"#;
+    {
+        let store = store::open(None, dir.path()).await.unwrap();
+        let doc = document(yaml);
+        store
+            .update(Box::new(move |r| ops::replace_all(r, doc)))
+            .await
+            .unwrap();
+    }
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join(store::sqlite::FILE_NAME).display()
+    );
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let newer = store::MIGRATIONS.len() + 2;
+    sqlx::query("UPDATE fanout_meta SET value = ?1 WHERE name = 'schema'")
+        .bind(newer.to_string())
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let row = sqlx::query("SELECT doc FROM fanout_objects WHERE id = 'prom'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let mut doc: Value = serde_json::from_str(&row.get::<String, _>(0)).unwrap();
+    doc["futureField"] = Value::from(1);
+    doc["metricsExport"]["futureOption"] = Value::from(true);
+    sqlx::query("UPDATE fanout_objects SET doc = ?1 WHERE id = 'prom'")
+        .bind(doc.to_string())
+        .execute(&mut db)
+        .await
+        .unwrap();
+
+    let store = store::open(None, dir.path()).await.unwrap();
+    let stored = store.load().await.unwrap();
+    let Some(Object::MetricsExport(e)) = stored.registry.get(Kind::MetricsExport, "prom") else {
+        panic!("export prom not loaded")
+    };
+    let json = serde_json::to_value(e).unwrap();
+    assert_eq!(
+        json["metricsExport"]["endpoint"],
+        "http://127.0.0.1:9201/api/v1/write"
+    );
+    assert_eq!(json["metricsExport"]["labels"]["env"], "dev");
+    drop(store);
+    let level: String = sqlx::query("SELECT value FROM fanout_meta WHERE name = 'schema'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(level, newer.to_string(), "the level was moved down");
+
+    sqlx::query("UPDATE fanout_meta SET value = ?1 WHERE name = 'schema_compat'")
+        .bind((store::MIGRATIONS.len() + 1).to_string())
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let e = store::open(None, dir.path()).await.err().expect("refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("migrated by a newer gateway") && msg.contains("upgrade it"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_stored_field_unknown_here_is_skipped_only_where_it_is_unknown() {
+    // `labels` is known inside metricsExport; a newer top-level `labels`
+    // goes, the nested one stays.
+    let doc = serde_json::json!({
+        "id": "prom", "objectKey": "prom", "scope": "WORKSPACE", "scopeEntityId": "ws-1",
+        "labels": {"x": "y"},
+        "metricsExport": {"endpoint": "http://127.0.0.1:1/w", "labels": {"env": "dev"}}
+    });
+    let (object, unknown) = store::parse_stored(Kind::MetricsExport, doc).unwrap();
+    assert_eq!(unknown, ["labels"]);
+    let json = object.to_stored_json();
+    assert_eq!(json["metricsExport"]["labels"]["env"], "dev");
+    assert!(json.get("labels").is_none());
+    // A wrong type is still an error, not skipped.
+    let bad = serde_json::json!({"id": 5});
+    assert!(store::parse_stored(Kind::MetricsExport, bad).is_err());
+}

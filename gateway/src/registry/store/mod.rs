@@ -34,6 +34,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use serde_json::Value;
 use tokio::sync::watch;
 
 use super::model::{Kind, Object, Registry};
@@ -65,6 +66,19 @@ pub enum StoreError {
     /// The `--store` setting is neither `sqlite` nor a `postgres://` URL.
     #[error("unknown store {0:?}: use sqlite or a postgres:// URL")]
     UnknownStore(String),
+    /// The schema was migrated by a newer gateway in a way this one cannot use.
+    #[error(
+        "registry store: its schema (level {level}) was migrated by a newer gateway and needs one \
+         that knows level {needs} or later; this gateway knows level {knows}: upgrade it"
+    )]
+    SchemaTooNew {
+        /// The stored level.
+        level: usize,
+        /// The oldest level a gateway must know to use it.
+        needs: usize,
+        /// The level this binary knows ([`MIGRATIONS`]).
+        knows: usize,
+    },
 }
 
 impl StoreError {
@@ -163,6 +177,48 @@ pub async fn open(setting: Option<&str>, data_dir: &Path) -> Result<Arc<dyn Stor
     }
 }
 
+/// The oldest migration level a gateway must know to use a store that this
+/// binary migrated, stored as `schema_compat`. Migrations only add (tables,
+/// columns with defaults, fields that older gateways skip), so a gateway of
+/// the previous release keeps working on a store migrated by this one during
+/// a rolling upgrade; a migration that older gateways cannot work with
+/// raises this, and they then refuse to start with
+/// [`StoreError::SchemaTooNew`] instead of misreading the store.
+pub const SCHEMA_COMPAT: usize = 1;
+
+/// What [`MIGRATIONS`] to run on a store at `level` (stored `schema`) whose
+/// stored `schema_compat` is `compat`: the first level to apply, and the
+/// `schema` and `schema_compat` values to store. Never moves either down:
+/// an older gateway on a newer store leaves the newer levels in place.
+pub(crate) fn schema_plan(
+    level: Option<String>,
+    compat: Option<String>,
+) -> Result<(usize, String, String), StoreError> {
+    let level: usize = level.and_then(|l| l.parse().ok()).unwrap_or(0);
+    let compat: usize = compat.and_then(|l| l.parse().ok()).unwrap_or(0);
+    let knows = MIGRATIONS.len();
+    if compat > knows {
+        return Err(StoreError::SchemaTooNew {
+            level,
+            needs: compat,
+            knows,
+        });
+    }
+    if level > knows {
+        tracing::warn!(
+            level,
+            knows,
+            "registry store: its schema was migrated by a newer gateway; working with the levels \
+             this gateway knows (fields only newer gateways know are kept in rows this one does not change)"
+        );
+    }
+    Ok((
+        level,
+        level.max(knows).to_string(),
+        compat.max(SCHEMA_COMPAT).to_string(),
+    ))
+}
+
 /// Schema migrations; each entry is one level, applied in order, statement by statement.
 pub const MIGRATIONS: &[&[&str]] = &[&[
     "CREATE TABLE IF NOT EXISTS fanout_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -210,9 +266,65 @@ pub(crate) fn registry_from_rows(
         };
         let k = Kind::from_str_opt(&kind).ok_or_else(|| corrupt("unknown kind".into()))?;
         let value = serde_json::from_str(&doc).map_err(|e| corrupt(e.to_string()))?;
-        registry.insert(Object::from_json(k, value).map_err(corrupt)?);
+        let (object, unknown) = parse_stored(k, value).map_err(corrupt)?;
+        if !unknown.is_empty() {
+            tracing::warn!(
+                kind = %kind,
+                id = %id,
+                fields = ?unknown,
+                "registry store: a newer gateway stored fields this one does not know; they are \
+                 ignored here (and dropped if this gateway changes the object)"
+            );
+        }
+        registry.insert(object);
     }
     Ok(registry)
+}
+
+/// A stored document as this binary knows it, and the fields it skipped:
+/// documents are parsed strictly (an unknown field is an error, so that a
+/// typo in the admin API never passes), and a stored field that a newer
+/// gateway wrote is removed from the object serde names as its place (the
+/// one holding it whose other keys are all among the expected ones) and
+/// the parse tried again.
+pub(crate) fn parse_stored(kind: Kind, mut value: Value) -> Result<(Object, Vec<String>), String> {
+    let mut unknown = Vec::new();
+    loop {
+        let e = match Object::from_json(kind, value.clone()) {
+            Ok(object) => return Ok((object, unknown)),
+            Err(e) => e,
+        };
+        // serde: "unknown field `x`, expected one of `a`, `b`" (or "expected `a`").
+        let names: Vec<&str> = e.split('`').skip(1).step_by(2).collect();
+        let (true, Some((field, expected))) = (e.starts_with("unknown field"), names.split_first())
+        else {
+            return Err(e);
+        };
+        if unknown.len() >= 64 || !remove_unknown(&mut value, field, expected) {
+            return Err(e);
+        }
+        unknown.push((*field).to_owned());
+    }
+}
+
+/// Removes `field` from the first object (depth first) that has it and no
+/// key outside `expected`; false when there is none.
+fn remove_unknown(value: &mut Value, field: &str, expected: &[&str]) -> bool {
+    match value {
+        Value::Object(map) => {
+            if map.contains_key(field)
+                && map
+                    .keys()
+                    .all(|k| k == field || expected.contains(&k.as_str()))
+            {
+                map.remove(field);
+                return true;
+            }
+            map.values_mut().any(|v| remove_unknown(v, field, expected))
+        }
+        Value::Array(items) => items.iter_mut().any(|v| remove_unknown(v, field, expected)),
+        _ => false,
+    }
 }
 
 /// Runs `change` on a copy of `current`; the new registry if it differs.

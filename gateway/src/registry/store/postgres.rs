@@ -21,8 +21,8 @@ use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::watch;
 
 use super::{
-    apply_change, new_salt, redact_url, registry_from_rows, row_changes, Store, StoreError, Stored,
-    UpdateError, UpdateFn, MIGRATIONS,
+    apply_change, new_salt, redact_url, registry_from_rows, row_changes, schema_plan, Store,
+    StoreError, Stored, UpdateError, UpdateFn, MIGRATIONS,
 };
 
 /// The LISTEN/NOTIFY channel.
@@ -110,23 +110,33 @@ async fn migrate(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
         .execute(&mut **tx)
         .await?;
     sqlx::query(MIGRATIONS[0][0]).execute(&mut **tx).await?;
-    let level: Option<String> = sqlx::query("SELECT value FROM fanout_meta WHERE name = 'schema'")
+    let meta = |name: &'static str| {
+        sqlx::query("SELECT value FROM fanout_meta WHERE name = $1").bind(name)
+    };
+    let level: Option<String> = meta("schema")
         .fetch_optional(&mut **tx)
         .await?
         .map(|r| r.get(0));
-    let level: usize = level.and_then(|l| l.parse().ok()).unwrap_or(0);
-    for statements in MIGRATIONS.iter().skip(level) {
+    let compat: Option<String> = meta("schema_compat")
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| r.get(0));
+    let (from, level, compat) = schema_plan(level, compat)?;
+    for statements in MIGRATIONS.iter().skip(from) {
         for statement in *statements {
             sqlx::query(statement).execute(&mut **tx).await?;
         }
     }
-    sqlx::query(
-        "INSERT INTO fanout_meta (name, value) VALUES ('schema', $1) \
-         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-    )
-    .bind(MIGRATIONS.len().to_string())
-    .execute(&mut **tx)
-    .await?;
+    for (name, value) in [("schema", level), ("schema_compat", compat)] {
+        sqlx::query(
+            "INSERT INTO fanout_meta (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&mut **tx)
+        .await?;
+    }
     sqlx::query(
         "INSERT INTO fanout_meta (name, value) VALUES ('target_salt', $1) ON CONFLICT (name) DO NOTHING",
     )
