@@ -428,6 +428,17 @@ pub fn compile(fields: &ExportFields) -> Result<TargetConfig, Vec<String>> {
             if region.is_empty() {
                 problems.push("sigv4Region: required by authType SIGV4".into());
             }
+            if fields
+                .sigv4_role_arn
+                .as_deref()
+                .is_some_and(|r| !r.is_empty())
+            {
+                // Never silently ignored: requests would be signed with other
+                // credentials than the user asked for.
+                problems.push(
+                    "sigv4RoleArn: assuming a role is not supported yet; give sigv4AccessKey and sigv4SecretKey, or neither to use the environment's AWS credentials".into(),
+                );
+            }
             if fields.sigv4_access_key.is_some() != fields.sigv4_secret_key.is_some() {
                 problems.push(
                     "sigv4AccessKey and sigv4SecretKey: set both or neither (neither uses the environment's credentials)".into(),

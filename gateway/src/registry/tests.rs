@@ -499,6 +499,11 @@ fn every_rule_violation_is_listed_at_once() {
   scopeEntityId: dep-a
   autoLinkDeployments: true
   metricsExport: {endpoint: "http://127.0.0.1:1/w"}
+- id: role
+  objectKey: role
+  scope: DEPLOYMENT
+  scopeEntityId: dep-a
+  metricsExport: {endpoint: "https://aps.example/w", authType: SIGV4, sigv4Region: us-east-1, sigv4RoleArn: "arn:aws:iam::1:role/w"}
 "#,
     );
     let problems = validate(&r).unwrap_err().problems;
@@ -516,6 +521,7 @@ fn every_rule_violation_is_listed_at_once() {
         "delivery.timeout:",
         "delivery.diskBudget:",
         "metricsExport dep-scoped: autoLinkDeployments applies to WORKSPACE scope only",
+        "metricsExport.sigv4RoleArn: assuming a role is not supported yet",
     ] {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }
