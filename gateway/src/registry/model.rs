@@ -328,6 +328,9 @@ pub struct DeliveryFields {
     /// `http://` (default false: HTTP/1.1, as Prometheus).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2: Option<bool>,
+    /// Most compressed bytes in one request (`4MiB`); unset: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_send: Option<ByteSize>,
 }
 
 impl DeliveryFields {
@@ -1064,6 +1067,7 @@ fn unset_field(fields: &mut ExportFields, name: &str) -> bool {
             "diskBudget" => d.disk_budget = None,
             "protocol" => d.protocol = None,
             "http2" => d.http2 = None,
+            "maxBytesPerSend" => d.max_bytes_per_send = None,
             _ => return false,
         }
         if d.is_empty() {
@@ -1091,7 +1095,7 @@ fn unset_field(fields: &mut ExportFields, name: &str) -> bool {
     true
 }
 
-const DELIVERY_FIELDS: [&str; 8] = [
+const DELIVERY_FIELDS: [&str; 9] = [
     "maxSamplesPerSend",
     "batchSendDeadline",
     "maxConcurrency",
@@ -1100,6 +1104,7 @@ const DELIVERY_FIELDS: [&str; 8] = [
     "diskBudget",
     "protocol",
     "http2",
+    "maxBytesPerSend",
 ];
 
 /// RFC 7396 JSON merge patch: `patch` applied onto `target`.

@@ -120,6 +120,8 @@ pub struct DeliveryOptions {
     pub protocol: Protocol,
     /// HTTP/2 (ALPN `h2` over TLS, prior knowledge over plain TCP).
     pub http2: bool,
+    /// Most compressed bytes in one request (`None`: no cap).
+    pub max_bytes_per_send: Option<u64>,
 }
 
 impl Default for DeliveryOptions {
@@ -133,6 +135,7 @@ impl Default for DeliveryOptions {
             disk_budget: 1 << 30,
             protocol: Protocol::V1,
             http2: false,
+            max_bytes_per_send: None,
         }
     }
 }
@@ -224,6 +227,10 @@ impl TargetConfig {
         // Only when set, so that ids from before the option stay the same.
         if d.http2 {
             put(b"h2");
+        }
+        if let Some(max) = d.max_bytes_per_send {
+            put(b"max-bytes");
+            put(&max.to_le_bytes());
         }
         let digest = h.finalize();
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
@@ -352,6 +359,10 @@ pub fn merge(base: &ExportFields, ov: &ExportFields) -> ExportFields {
             disk_budget: o.disk_budget.clone().or_else(|| b.disk_budget.clone()),
             protocol: o.protocol.or(b.protocol),
             http2: o.http2.or(b.http2),
+            max_bytes_per_send: o
+                .max_bytes_per_send
+                .clone()
+                .or_else(|| b.max_bytes_per_send.clone()),
         }),
     };
     ExportFields {
@@ -561,11 +572,23 @@ fn compile_delivery(
     if let Some(h2) = f.http2 {
         d.http2 = h2;
     }
+    if let Some(size) = &f.max_bytes_per_send {
+        match parse_size(size) {
+            Ok(v) if v >= MIN_BYTES_PER_SEND => d.max_bytes_per_send = Some(v),
+            Ok(v) => problems.push(format!(
+                "delivery.maxBytesPerSend: {v} bytes is too small (at least {MIN_BYTES_PER_SEND})"
+            )),
+            Err(e) => problems.push(format!("delivery.maxBytesPerSend: {e}")),
+        }
+    }
     if let Some(p) = f.protocol {
         d.protocol = p;
     }
     d
 }
+
+/// The smallest `maxBytesPerSend`: one series must still fit.
+const MIN_BYTES_PER_SEND: u64 = 1024;
 
 fn check_endpoint(endpoint: &str) -> Result<(), String> {
     let uri: http::Uri = endpoint.parse().map_err(|_| "not a valid URL".to_owned())?;

@@ -492,7 +492,7 @@ fn every_rule_violation_is_listed_at_once() {
     authType: BASIC
     headers: {Content-Type: text/plain}
     labels: {namespace: x, __bad: y}
-    delivery: {timeout: soon, diskBudget: lots}
+    delivery: {timeout: soon, diskBudget: lots, maxBytesPerSend: 100}
 - id: dep-scoped
   objectKey: d
   scope: DEPLOYMENT
@@ -520,6 +520,7 @@ fn every_rule_violation_is_listed_at_once() {
         "labels: \"__bad\" is not a valid label name",
         "delivery.timeout:",
         "delivery.diskBudget:",
+        "delivery.maxBytesPerSend: 100 bytes is too small (at least 1024)",
         "metricsExport dep-scoped: autoLinkDeployments applies to WORKSPACE scope only",
         "metricsExport.sigv4RoleArn: assuming a role is not supported yet",
     ] {

@@ -439,7 +439,13 @@ impl TargetCore {
             } else {
                 let memory = self.memory_lanes(mask);
                 match self.memory_due(memory) {
-                    Some(due) if due <= now => self.form_batch(memory, false, now),
+                    Some(due) if due <= now => {
+                        let mut d = self.form_batch(memory, false, now);
+                        while self.cut_for_size(&d) {
+                            d = self.form_batch(memory, false, now);
+                        }
+                        d
+                    }
                     _ => continue,
                 }
             };
@@ -678,6 +684,30 @@ impl TargetCore {
         }
         self.split_cap = Some(cap);
         self.split_ok = 0;
+        true
+    }
+
+    /// `maxBytesPerSend`: when the body of `d` (just formed, not sent) is
+    /// larger, its chunks go back as after a 413 ([`Self::split_back`]) and
+    /// batches are capped at the share of its samples that fits (less a
+    /// tenth): true when the caller is to form a smaller one. A batch that
+    /// cannot be cut (one series) goes as it is; the target may take it.
+    fn cut_for_size(&mut self, d: &Dispatch) -> bool {
+        let Some(max) = self.config.max_bytes else {
+            return false;
+        };
+        let len = d.body.len() as u64;
+        if len <= max {
+            return false;
+        }
+        let Some(at) = self.batches.iter().position(|b| b.id == d.batch) else {
+            return false;
+        };
+        if !self.split_back(at) {
+            return false;
+        }
+        let fit = (u64::from(d.samples) * max / len * 9 / 10).max(1) as u32;
+        self.split_cap = Some(self.split_cap.unwrap_or(u32::MAX).min(fit));
         true
     }
 

@@ -54,6 +54,7 @@ fn config() -> CoreConfig {
         max_backoff: Duration::from_secs(5),
         queue_bytes: 1 << 20,
         lanes: None,
+        max_bytes: None,
     }
 }
 
@@ -984,6 +985,7 @@ mod sim {
                 max_backoff: Duration::from_millis(200),
                 queue_bytes: queue_records * one,
                 lanes: None,
+                max_bytes: None,
             };
             let lanes = cfg.lanes();
             let mut w = World {
@@ -1148,4 +1150,45 @@ fn deliver_queue_some_chunks_of_a_whole_go_as_one_part_made_once() {
     // All four: the whole's own part.
     let whole = compress_parts(&pieces(&[0, 1, 2, 3]));
     assert!(whole.ends_with(&wholes[0].part()));
+}
+
+#[test]
+fn deliver_queue_batches_are_cut_to_max_bytes_per_send() {
+    // 400 series queued, a batch may hold 1,000 samples but only 2 KiB
+    // compressed: every batch sent fits, and every series goes once (one
+    // sample each, so there is no per-series order to check here; a batch
+    // groups its records by metric).
+    let t0 = Instant::now();
+    let mut cfg = config();
+    cfg.max_samples = 1000;
+    cfg.max_bytes = Some(2048);
+    let mut core = TargetCore::new("t", cfg, 1);
+    let mut pushed = Vec::new();
+    for k in 0..4 {
+        let c = chunk(100, &format!("c{k}"), t0);
+        pushed.extend(decode_records(&c.records));
+        core.push(0, c, &mut DropOldest);
+    }
+    core.set_flush(true);
+    let mut got = Vec::new();
+    let mut batches = 0;
+    while let Some(d) = core.poll(t0) {
+        assert!(d.body.len() <= 2048, "a batch of {} bytes", d.body.len());
+        got.extend(decode(&d.body));
+        batches += 1;
+        core.on_result(
+            d.lane,
+            d.batch,
+            &ok(),
+            Duration::ZERO,
+            t0,
+            SystemTime::now(),
+        );
+        assert!(batches < 400, "no progress");
+    }
+    got.sort();
+    pushed.sort();
+    assert_eq!(got, pushed);
+    assert!(batches > 1);
+    assert_eq!(core.counters().dropped_rejected, 0);
 }

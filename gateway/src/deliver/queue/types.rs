@@ -90,6 +90,9 @@ pub struct CoreConfig {
     /// per-series order only under the same count. The concurrency limit is
     /// then at most the smaller of the two.
     pub lanes: Option<u32>,
+    /// `maxBytesPerSend`: a batch whose body is larger is cut (as after a
+    /// 413) before it is sent.
+    pub max_bytes: Option<u64>,
 }
 
 impl CoreConfig {

@@ -118,6 +118,7 @@ impl TargetHandle {
             max_backoff: d.max_backoff,
             queue_bytes: settings.target_queue_bytes,
             lanes: None,
+            max_bytes: d.max_bytes_per_send,
         };
         let seed = target.id.0.bytes().fold(0u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -202,6 +203,7 @@ impl TargetHandle {
             max_backoff: d.max_backoff,
             queue_bytes: settings.target_queue_bytes,
             lanes: None,
+            max_bytes: d.max_bytes_per_send,
         };
         if let Ok(mut core) = self.core.lock() {
             core.reconfigure(new_id.clone(), config);
