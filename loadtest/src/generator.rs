@@ -20,11 +20,15 @@
 //!
 //! # Retries
 //! By default the generator does not retry. With [`GeneratorConfig::retry`]
-//! a request answered 429 or 503 is sent again, with the same body (same
-//! timestamps), like Prometheus: after the answer's `Retry-After` (seconds)
-//! if it has one, else after a backoff doubling from 30 ms to 5 s, both
-//! capped at 5 s; until it is answered otherwise or the run's deadline would
-//! pass. Each such answer counts in [`RunSummary::retries`].
+//! a request answered 429 or 503, or not answered at all (a connection
+//! refused or reset, a timeout: a gateway restarting), is sent again, with
+//! the same body (same timestamps), like Prometheus: after the answer's
+//! `Retry-After` (seconds) if it has one, else after a backoff doubling from
+//! 30 ms to 5 s, both capped at 5 s, on a new connection when the old one is
+//! gone; until it is answered otherwise or the run's deadline would pass.
+//! Each such attempt counts in [`RunSummary::retries`] (and a missing answer
+//! in `transport_errors` too). A request that was processed but whose
+//! answer was lost arrives twice: a duplicate, never a loss.
 //!
 //! # Sample identity
 //! Values and timestamps follow [`crate::identity`]. A request that fails
@@ -879,7 +883,7 @@ impl Worker {
             let bytes = body.len() as u64;
             let s = &self.stats;
             let mut backoff = RETRY_MIN_BACKOFF;
-            let res = loop {
+            let res = 'attempts: loop {
                 let t0 = Instant::now();
                 let res = tokio::time::timeout(
                     self.config.timeout,
@@ -891,18 +895,60 @@ impl Worker {
                 s.bytes.fetch_add(bytes, Ordering::Relaxed);
                 lock(&s.latency).saturating_record(micros.max(1));
                 lock(&s.interval).saturating_record(micros.max(1));
-                let Ok(Ok(reply)) = &res else { break res };
-                if !(self.config.retry && matches!(reply.status.as_u16(), 429 | 503)) {
+                if !self.config.retry {
                     break res;
                 }
-                let wait = retry_wait(&reply.headers, backoff);
+                let wait = match &res {
+                    Ok(Ok(reply)) if matches!(reply.status.as_u16(), 429 | 503) => {
+                        retry_wait(&reply.headers, backoff)
+                    }
+                    Ok(Ok(_)) => break res,
+                    // No answer (a gateway restarting, a reset, a timeout).
+                    _ => backoff,
+                };
                 if self.deadline.is_some_and(|d| Instant::now() + wait >= d) {
                     break res;
                 }
-                *lock(&s.codes).entry(reply.status.as_u16()).or_default() += 1;
+                match &res {
+                    Ok(Ok(reply)) => {
+                        *lock(&s.codes).entry(reply.status.as_u16()).or_default() += 1;
+                    }
+                    Ok(Err(e)) => {
+                        s.transport_errors.fetch_add(1, Ordering::Relaxed);
+                        self.note_error(format!("{e} (sent again)"));
+                    }
+                    Err(_) => {
+                        s.transport_errors.fetch_add(1, Ordering::Relaxed);
+                        self.note_error(format!(
+                            "request timed out after {:?} (sent again)",
+                            self.config.timeout
+                        ));
+                    }
+                }
                 s.retries.fetch_add(1, Ordering::Relaxed);
                 backoff = (backoff * 2).min(RETRY_MAX_BACKOFF);
                 tokio::time::sleep(wait).await;
+                if res.as_ref().is_ok_and(|r| r.is_ok()) {
+                    continue;
+                }
+                // The connection is gone: a new one, until the deadline.
+                loop {
+                    match tokio::time::timeout(self.config.timeout, Conn::connect(&self.target))
+                        .await
+                    {
+                        Ok(Ok(c)) => {
+                            conn = c;
+                            break;
+                        }
+                        Ok(Err(e)) => self.note_error(format!("{e} (reconnecting)")),
+                        Err(_) => self.note_error("connect: timed out (reconnecting)".into()),
+                    }
+                    if self.deadline.is_some_and(|d| Instant::now() + backoff >= d) {
+                        break 'attempts res;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX_BACKOFF);
+                }
             };
             let samples = end - start;
             match res {

@@ -140,8 +140,9 @@ struct RunArgs {
     /// one sink carry distinct sample identities.
     #[arg(long, default_value_t = 0)]
     first_round: u32,
-    /// Send a request answered 429 or 503 again, like Prometheus (Retry-After,
-    /// else backoff 30 ms doubling to 5 s), until --duration ends.
+    /// Send a request answered 429 or 503, or not answered (refused, reset,
+    /// timed out), again like Prometheus (Retry-After, else backoff 30 ms
+    /// doubling to 5 s; a new connection if needed), until --duration ends.
     #[arg(long)]
     retry: bool,
     /// Print the summary as JSON on stdout.

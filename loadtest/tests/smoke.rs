@@ -268,3 +268,39 @@ async fn a_dead_target_ends_the_run_by_itself() {
         summary.table()
     );
 }
+
+#[tokio::test]
+async fn with_retry_connection_resets_are_sent_again_until_acknowledged() {
+    // Every 3rd request's connection is reset: with retries every sample is
+    // acknowledged in the end, and each arrives (at least) once.
+    let sink = sink(Fault {
+        reset_every: 3,
+        ..Fault::default()
+    })
+    .await;
+    let samples = 20_000;
+    let mut c = config(sink.url(), Transport::Http1, Protocol::V1, samples);
+    c.retry = true;
+    c.duration = Some(Duration::from_secs(20));
+    let summary = tokio::time::timeout(Duration::from_secs(30), generator::run(c))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.samples_ok, samples, "{}", summary.table());
+    assert_eq!(summary.samples_failed, 0, "{}", summary.table());
+    assert!(
+        summary.transport_errors > 0 && summary.retries > 0,
+        "{}",
+        summary.table()
+    );
+    let problems: Vec<_> = expectation(&scenario(), &summary, "t")
+        .check(&[sink.report()])
+        .into_iter()
+        .filter(|p| !matches!(p, fanout_loadtest::verify::Problem::Duplicated { .. }))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "{:#?}",
+        &problems[..problems.len().min(10)]
+    );
+}
