@@ -65,7 +65,7 @@ struct BenchArgs {
     rate: Option<f64>,
     /// rate: open loop at the scenario's rate. saturation: closed loop, each
     /// connection sends its next request as soon as the previous is answered
-    /// (429/503 retried), for the scenario's samples or maxDuration.
+    /// (429/503 and missing answers sent again), for the scenario's samples or maxDuration.
     #[arg(long, value_enum, default_value = "rate")]
     mode: fanout_loadtest::bench::Mode,
     /// Override the scenario's generator connections (traffic.connections).

@@ -4,7 +4,7 @@
 //! This checks the generated vmagent relabelling and Fanout registry; the
 //! numbers themselves are not asserted (a benchmark reports, it does not test).
 //! Each gateway runs once at a fixed rate and once in saturation mode (closed
-//! loop, 429/503 retried) with a small sample count.
+//! loop, 429/503 and missing answers sent again) with a small sample count.
 //!
 //! vmagent: `FANOUT_VMAGENT_BIN` or `vmagent` on PATH; Fanout: `FANOUT_BIN`.
 //! Both are `#[ignore]`d for `cargo test --workspace` and run by `.ci/run`

@@ -19,7 +19,7 @@ pub enum Mode {
     #[default]
     Rate,
     /// Closed loop: each connection sends its next request as soon as the
-    /// previous one is answered (429/503 retried); measures how many samples
+    /// previous one is answered (429/503 and missing answers sent again); measures how many samples
     /// per CPU-second the gateway takes in when pushed.
     Saturation,
 }
@@ -168,7 +168,7 @@ impl BenchReport {
         };
         row("samples acked (ingested)", &|r| thousands(r.samples_acked));
         row("samples refused", &|r| thousands(r.samples_failed));
-        row("429/503 retried", &|r| thousands(r.retries));
+        row("requests sent again", &|r| thousands(r.retries));
         row("send s", &|r| format!("{:.1}", r.send_secs));
         row("ingest p99 ms", &|r| format!("{:.0}", r.ingest_p99_ms));
         row("deliveries expected", &|r| thousands(r.deliveries_expected));
