@@ -36,6 +36,25 @@ enum Cmd {
     Bench(BenchArgs),
     /// Draw bench JSON reports as an SVG (throughput and latency).
     Plot(PlotArgs),
+    /// A long run of one fanout serve under load while a target flaps, the
+    /// registry changes and the gateway restarts; reports what leaks.
+    Soak(SoakArgs),
+}
+
+#[derive(Args)]
+struct SoakArgs {
+    /// How long traffic flows, in minutes.
+    #[arg(long, default_value_t = 5.0)]
+    minutes: f64,
+    /// Samples per second offered.
+    #[arg(long, default_value_t = 50_000.0)]
+    rate: f64,
+    /// The fanout binary.
+    #[arg(long, env = "FANOUT_BIN", default_value = "target/release/fanout")]
+    fanout_bin: PathBuf,
+    /// No line per resource sample.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -288,6 +307,7 @@ fn main() {
             Cmd::Sink(a) => sink(a).await,
             Cmd::Bench(a) => bench(a).await,
             Cmd::Plot(a) => plot(a),
+            Cmd::Soak(a) => soak(a).await,
         }
     });
     match res {
@@ -501,6 +521,27 @@ async fn sink(a: SinkArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(if problems.is_empty() { 0 } else { 2 })
+}
+
+async fn soak(a: SoakArgs) -> anyhow::Result<i32> {
+    if !(a.minutes > 0.0 && a.minutes.is_finite() && a.rate > 0.0 && a.rate.is_finite()) {
+        anyhow::bail!("--minutes and --rate must be positive numbers");
+    }
+    let opts = fanout_loadtest::bench::soak::SoakOptions {
+        duration: Duration::from_secs_f64(a.minutes * 60.0),
+        rate: a.rate,
+        fanout_bin: a.fanout_bin,
+        progress: !a.quiet,
+    };
+    let report = fanout_loadtest::bench::soak::run(&opts).await?;
+    print!("{}", report.table());
+    Ok(match report.failed() {
+        Some(why) => {
+            eprintln!("fanout-load soak: FAILED: {why}");
+            1
+        }
+        None => 0,
+    })
 }
 
 async fn bench(a: BenchArgs) -> anyhow::Result<i32> {

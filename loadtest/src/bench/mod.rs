@@ -19,6 +19,7 @@ pub mod config;
 pub mod plot;
 pub mod procfs;
 pub mod report;
+pub mod soak;
 pub mod spec;
 
 use std::collections::HashMap;
