@@ -281,15 +281,25 @@ fn parse_label_slow(payload: &[u8]) -> Result<(&[u8], &[u8]), ErrorKind> {
     let mut r = Reader::new(payload);
     let mut name: &[u8] = &[];
     let mut value: &[u8] = &[];
+    // A field given twice: the last one counts (protobuf), but every one
+    // must be a valid string, as a decoder checks each (the last one is
+    // checked with the label's other rules).
+    let utf8 = |s: &[u8]| {
+        std::str::from_utf8(s)
+            .map(drop)
+            .map_err(|_| ErrorKind::InvalidUtf8String)
+    };
     while !r.is_empty() {
         let (field, wire) = r.key()?;
         match field {
             1 => {
                 expect_wire(field, wire, WireType::Len)?;
+                utf8(name)?;
                 name = r.len_delimited()?;
             }
             2 => {
                 expect_wire(field, wire, WireType::Len)?;
+                utf8(value)?;
                 value = r.len_delimited()?;
             }
             _ => r.skip(wire)?,
