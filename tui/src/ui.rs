@@ -23,7 +23,9 @@ use ratatui::Frame;
 use crate::api::{field_lines, Registry};
 use crate::fmt;
 use crate::keys::HELP;
-use crate::state::{state_rank, ConfigItem, Gateway, Link, State, View, HISTORY_SECONDS};
+use crate::state::{
+    state_rank, ConfigItem, Gateway, Link, State, TargetRow, View, HISTORY_SECONDS,
+};
 
 /// Drop reasons always listed, in this order (others follow).
 pub const DROP_REASONS: [&str; 6] = [
@@ -609,14 +611,17 @@ fn render_targets(state: &State, f: &mut Frame, area: Rect) {
                 Cell::from(Line::from(fmt::bytes_short(t.spill_bytes)).right_aligned()),
                 Cell::from(Line::from(fmt::si(t.rate)).right_aligned()),
                 Cell::from(Line::from(fmt::si(t.failures_total())).right_aligned()),
-                Cell::from(Line::from(fmt::millis(t.p50)).right_aligned()),
-                Cell::from(Line::from(fmt::millis(t.p99)).right_aligned()),
+                Cell::from(Line::from(latency(t, t.p50)).right_aligned()),
+                Cell::from(Line::from(latency(t, t.p99)).right_aligned()),
                 Cell::from(Span::styled(
-                    t.last_error.as_ref().map_or(String::new(), error_text),
+                    t.last_error
+                        .as_ref()
+                        .map_or(String::new(), |e| aged_error(e, state.now_ms)),
+                    // An error of a target that recovered is history.
                     if state_rank(&t.state) >= 2 {
                         Style::default().fg(Color::Red)
                     } else {
-                        Style::default()
+                        Style::default().fg(Color::DarkGray)
                     },
                 )),
             ]);
@@ -633,6 +638,37 @@ fn render_targets(state: &State, f: &mut Frame, area: Rect) {
 }
 
 /// An error's status and message, the status once.
+/// A latency column: `–` for a target that has delivered nothing yet (its
+/// histogram is empty, not fast).
+fn latency(t: &TargetRow, ms: f64) -> String {
+    if t.samples_sent > 0.0 {
+        fmt::millis(ms)
+    } else {
+        "–".into()
+    }
+}
+
+/// Like [`latency`], with the unit.
+fn unit_latency(t: &TargetRow, ms: f64) -> String {
+    if t.samples_sent > 0.0 {
+        fmt::millis_unit(ms)
+    } else {
+        "–".into()
+    }
+}
+
+/// A last error with its age first: `12s 503 Service Unavailable: ...`.
+fn aged_error(e: &crate::api::LastError, now_ms: i64) -> String {
+    match fmt::parse_time_ms(&e.time) {
+        Some(at) => format!(
+            "{} {}",
+            fmt::duration((now_ms - at).max(0) as f64 / 1000.0),
+            error_text(e)
+        ),
+        None => error_text(e),
+    }
+}
+
 fn error_text(e: &crate::api::LastError) -> String {
     let msg = fmt::one_line(&e.message);
     match e.status {
@@ -691,7 +727,11 @@ fn render_detail(state: &State, f: &mut Frame, area: Rect, id: &str) {
             Span::styled(t.state.clone(), state_style(&t.state)),
             Span::raw(format!(
                 "{}  concurrency {}  in flight {}  on {}",
-                if t.paused { " (paused)" } else { "" },
+                if t.paused && t.state != "paused" {
+                    " (paused)"
+                } else {
+                    ""
+                },
                 fmt::si(t.concurrency),
                 fmt::si(t.in_flight),
                 names.join(", ")
@@ -730,10 +770,10 @@ fn render_detail(state: &State, f: &mut Frame, area: Rect, id: &str) {
             "latency",
             format!(
                 "p50 {} · p90 {} · p99 {} · max {}",
-                fmt::millis_unit(t.p50),
-                fmt::millis_unit(t.p90),
-                fmt::millis_unit(t.p99),
-                fmt::millis_unit(t.max)
+                unit_latency(&t, t.p50),
+                unit_latency(&t, t.p90),
+                unit_latency(&t, t.p99),
+                unit_latency(&t, t.max)
             ),
         ),
         Line::from(vec![

@@ -1,5 +1,5 @@
 //! Snapshot tests: fixed console states rendered into ratatui's `TestBackend`
-//! at 80×24 and 160×48, compared with the text under `tests/snapshots/`.
+//! at 80×24, 120×35 and 160×48, compared with the text under `tests/snapshots/`.
 //!
 //! Deterministic: every time comes from the fixtures (snapshot `time`,
 //! `State::now_ms`). After an intended change of the screens, regenerate
@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 /// 2026-11-25T13:00:00Z in ms.
 const T0: i64 = 1_795_611_600_000;
-const SIZES: [(u16, u16); 2] = [(80, 24), (160, 48)];
+const SIZES: [(u16, u16); 3] = [(80, 24), (120, 35), (160, 48)];
 
 fn time(secs: i64) -> String {
     let s = (13 * 3600 + secs) as u64;
