@@ -238,15 +238,37 @@ impl Proc {
 
 /// A minimal HTTP/1.0 GET on loopback: (status, body).
 async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    http_request(addr, "GET", path, None, Duration::from_secs(2)).await
+}
+
+/// A minimal HTTP/1.0 request on loopback, with an optional `(content type,
+/// body)`, answered within `limit`: (status, body).
+async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &str)>,
+    limit: Duration,
+) -> anyhow::Result<(u16, String)> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await?;
+        let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+        if let Some((content_type, text)) = body {
+            head.push_str(&format!(
+                "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+                text.len()
+            ));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).await?;
+        if let Some((_, text)) = body {
+            s.write_all(text.as_bytes()).await?;
+        }
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
         anyhow::Ok(buf)
     };
-    let buf = tokio::time::timeout(Duration::from_secs(2), fut).await??;
+    let buf = tokio::time::timeout(limit, fut).await??;
     let text = String::from_utf8_lossy(&buf);
     let status = text
         .split_whitespace()

@@ -27,10 +27,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::spec::BenchSpec;
-use super::{config, free_port, Proc};
+use super::{config, free_port, http_request, Proc};
 use crate::generator::{self, GeneratorConfig};
 use crate::identity::SeriesId;
 use crate::sink::{Fault, Sink, SinkConfig, SinkHandle};
@@ -254,7 +253,14 @@ pub async fn run(opts: &SoakOptions) -> anyhow::Result<SoakReport> {
         if t.as_secs() / 30 > u64::from(report.registry_changes) {
             t2_on = !t2_on;
             let body = if t2_on { &with_t2 } else { &without_t2 };
-            let (status, text) = http_put(admin, "/api/v1/registry", body).await?;
+            let (status, text) = http_request(
+                admin,
+                "PUT",
+                "/api/v1/registry",
+                Some(("application/yaml", body)),
+                Duration::from_secs(10),
+            )
+            .await?;
             if status != 200 {
                 bail!("registry change answered {status}: {text}");
             }
@@ -433,36 +439,4 @@ fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
         bail!("kill -s {sig} {pid} failed");
     }
     Ok(())
-}
-
-/// `PUT path` with a YAML body on loopback: (status, body).
-async fn http_put(
-    addr: std::net::SocketAddr,
-    path: &str,
-    body: &str,
-) -> anyhow::Result<(u16, String)> {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let head = format!(
-            "PUT {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).await?;
-        s.write_all(body.as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        anyhow::Ok(buf)
-    };
-    let buf = tokio::time::timeout(Duration::from_secs(10), fut).await??;
-    let text = String::from_utf8_lossy(&buf);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status")?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
 }
