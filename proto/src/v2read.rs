@@ -36,18 +36,28 @@ use crate::Limits;
 /// ever allocated, then written into one buffer of exactly that size.
 pub fn to_v1(body: &[u8], limits: &Limits, max_out: usize) -> Result<(Bytes, Summary), ScanError> {
     let len = v1_len(body, limits, max_out)?;
-    let mut out = BytesMut::with_capacity(len);
-    let (summary, _) = convert(body, limits, max_out, Some(&mut out))?;
-    Ok((out.freeze(), summary))
+    to_v1_measured(body, limits, len)
 }
 
 /// The size of the 1.0 body [`to_v1`] makes of `body`, after validating it
 /// entirely; [`ErrorKind::ConvertsTooLarge`] past `max_out`. A 2.0 series
 /// names its labels by reference, so a small request can expand without
 /// bound (a million series naming one 16 KiB symbol): the caller reserves
-/// memory for this size before converting.
+/// memory for this size, then converts with [`to_v1_measured`].
 pub fn v1_len(body: &[u8], limits: &Limits, max_out: usize) -> Result<usize, ScanError> {
     convert(body, limits, max_out, None).map(|(_, len)| len)
+}
+
+/// Converts `body`, which [`v1_len`] measured at `len` bytes, into one
+/// buffer of that size (without measuring it again).
+pub fn to_v1_measured(
+    body: &[u8],
+    limits: &Limits,
+    len: usize,
+) -> Result<(Bytes, Summary), ScanError> {
+    let mut out = BytesMut::with_capacity(len);
+    let (summary, _) = convert(body, limits, len, Some(&mut out))?;
+    Ok((out.freeze(), summary))
 }
 
 /// Converts `body`, writing into `out` when given (else only measuring);
@@ -71,8 +81,7 @@ fn convert(
         max_out,
         write: out.is_some(),
     };
-    let mut sink = BytesMut::new();
-    let out = out.unwrap_or(&mut sink);
+    let mut out = out;
     let mut r = Reader::new(body);
     // Fields 1 and 3 (1.0 series and metadata) do not exist in 2.0.
     let mut v1_fields = false;
@@ -91,7 +100,7 @@ fn convert(
             }));
         }
         let msg = r.len_delimited().map_err(|k| at.err(k))?;
-        conv.series(msg, at, out)?;
+        conv.series(msg, at, out.as_deref_mut())?;
         conv.summary.series += 1;
     }
     if conv.summary.series == 0 && conv.symbols.is_empty() && v1_fields {
@@ -100,7 +109,9 @@ fn convert(
             found: "1.0",
         }));
     }
-    out.put_slice(&conv.metadata);
+    if let Some(out) = out {
+        out.put_slice(&conv.metadata);
+    }
     Ok((conv.summary, conv.out_len))
 }
 
@@ -185,7 +196,12 @@ impl<'a> Converter<'a> {
         }
     }
 
-    fn series(&mut self, msg: &[u8], at: Location, out: &mut BytesMut) -> Result<(), ScanError> {
+    fn series(
+        &mut self,
+        msg: &[u8],
+        at: Location,
+        out: Option<&mut BytesMut>,
+    ) -> Result<(), ScanError> {
         // Validate and collect the series' label references first: they are
         // written before anything else in the 1.0 message.
         self.refs.clear();
@@ -260,7 +276,7 @@ impl<'a> Converter<'a> {
             }
         }
         self.grow(at, len_field_size(self.series_buf.len()))?;
-        if self.write {
+        if let Some(out) = out {
             put_len_prefix(out, 1, self.series_buf.len());
             out.put_slice(&self.series_buf);
         }

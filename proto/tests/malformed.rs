@@ -382,6 +382,7 @@ fn v2_expansion_is_measured_and_bounded() {
     assert!(v1.len() > 100 * (16 << 10), "{}", v1.len());
     assert_eq!(v2read::v1_len(&body, &d, usize::MAX).unwrap(), v1.len());
     assert_eq!(v2read::to_v1(&body, &d, v1.len()).unwrap().0, v1);
+    assert_eq!(v2read::to_v1_measured(&body, &d, v1.len()).unwrap().0, v1);
     let e = v2read::to_v1(&body, &d, v1.len() - 1).unwrap_err();
     assert!(e.is_limit());
     assert!(

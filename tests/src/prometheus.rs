@@ -58,15 +58,44 @@ impl Drop for Proc {
 
 /// The Prometheus server binary, if installed.
 pub fn prometheus_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("FANOUT_PROMETHEUS_BIN") {
+    peer_binary("FANOUT_PROMETHEUS_BIN", "prometheus")
+}
+
+/// A peer's binary: the file `env` names if set (and only that), else
+/// `name` on `PATH`, in `/usr/bin` or `/usr/sbin` (Debian's packages).
+pub fn peer_binary(env: &str, name: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
         let p = PathBuf::from(p);
         return p.is_file().then_some(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|d| d.join("prometheus"))
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// A Prometheus server from `bin` on `127.0.0.1:port` with `config`, its
+/// TSDB in `data`, stderr to `log`; with `receiver` it also takes
+/// remote-write (`--web.enable-remote-write-receiver`).
+pub fn prometheus_server(
+    bin: &Path,
+    config: &Path,
+    port: u16,
+    data: &Path,
+    receiver: bool,
+    log: &Path,
+) -> Proc {
+    let mut cmd = Command::new(bin);
+    cmd.arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", data.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).expect("prometheus log file"));
+    if receiver {
+        cmd.arg("--web.enable-remote-write-receiver");
+    }
+    Proc::spawn("prometheus", &mut cmd)
 }
 
 /// The workspace's `target/` directory.

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use fanout_loadtest::identity::SeriesId;
 use fanout_loadtest::sink::{Fault, SinkHandle, SinkReport};
 use fanout_tests::fanout::{fanout_bin, free_port};
-use fanout_tests::prometheus::{http, temp_dir, wait_for};
+use fanout_tests::prometheus::{http, peer_binary, temp_dir, wait_for};
 use fanout_tests::rounds::{self, client, round_of, sink_at};
 
 const CLUSTERS: u32 = 3;
@@ -220,15 +220,7 @@ struct Balancer {
 
 impl Balancer {
     fn start(dir: &Path, members: &[Member]) -> Balancer {
-        let bin = std::env::var_os("FANOUT_HAPROXY_BIN")
-            .map(PathBuf::from)
-            .or_else(|| {
-                let path = std::env::var_os("PATH").unwrap_or_default();
-                std::env::split_paths(&path)
-                    .chain([PathBuf::from("/usr/sbin")])
-                    .map(|d| d.join("haproxy"))
-                    .find(|p| p.is_file())
-            })
+        let bin = peer_binary("FANOUT_HAPROXY_BIN", "haproxy")
             .expect("haproxy not found (install Debian's `haproxy` or set FANOUT_HAPROXY_BIN)");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cfg = format!(

@@ -10,7 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fanout_tests::prometheus::{
-    fanout_binary, free_port, http_get_status, prometheus_binary, temp_dir, wait_for, Proc,
+    fanout_binary, free_port, http_get_status, prometheus_binary, prometheus_server, temp_dir,
+    wait_for, Proc,
 };
 
 const TOKEN: &str = "interop-ingest-token-7f3a";
@@ -81,17 +82,13 @@ remote_write:
     )
     .unwrap();
     let prom_log = dir.join("prometheus.log");
-    let _prom = Proc::spawn(
-        "prometheus",
-        Command::new(&prometheus)
-            .arg(format!("--config.file={}", prom_config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{web_port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&prom_log).unwrap()),
+    let _prom = prometheus_server(
+        &prometheus,
+        &prom_config,
+        web_port,
+        &dir.join("tsdb"),
+        false,
+        &prom_log,
     );
 
     // Fanout logs every accepted batch with running totals per cluster.

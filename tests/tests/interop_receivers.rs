@@ -13,20 +13,14 @@ use std::time::Duration;
 
 use fanout_proto::v1;
 use fanout_tests::fanout::Gateway;
-use fanout_tests::prometheus::{free_port, http, prometheus_binary, temp_dir, wait_for, Proc};
+use fanout_tests::prometheus::{
+    free_port, http, peer_binary, prometheus_binary, prometheus_server, temp_dir, wait_for, Proc,
+};
 
 const TOKEN: &str = "interop-receivers-token-51c2";
 
 fn victoria_metrics_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("FANOUT_VICTORIA_METRICS_BIN") {
-        let p = PathBuf::from(p);
-        return p.is_file().then_some(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|d| d.join("victoria-metrics"))
-        .find(|p| p.is_file())
+    peer_binary("FANOUT_VICTORIA_METRICS_BIN", "victoria-metrics")
 }
 
 fn write_request(seq: u32) -> Vec<u8> {
@@ -102,21 +96,13 @@ fn delivers_to_prometheus_and_victoria_metrics_with_metadata_labels() {
         "global:\n  scrape_interval: 1m\n",
     )
     .unwrap();
-    let _prom = Proc::spawn(
-        "prometheus",
-        Command::new(&prometheus)
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("prom-data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .arg("--web.enable-remote-write-receiver")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap()),
+    let _prom = prometheus_server(
+        &prometheus,
+        &dir.join("prometheus.yml"),
+        prom_port,
+        &dir.join("prom-data"),
+        true,
+        &dir.join("prometheus.log"),
     );
     let _vm = Proc::spawn(
         "victoria-metrics",

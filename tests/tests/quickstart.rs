@@ -10,11 +10,12 @@
 //! Needs the `prometheus` binary (`.ci/run` installs it).
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fanout_tests::fanout::Gateway;
-use fanout_tests::prometheus::{free_port, http, prometheus_binary, temp_dir, wait_for, Proc};
+use fanout_tests::prometheus::{
+    free_port, http, prometheus_binary, prometheus_server, temp_dir, wait_for,
+};
 
 /// The repository root (this crate is `tests/`).
 fn repo() -> std::path::PathBuf {
@@ -66,21 +67,13 @@ fn the_readme_quickstart_delivers_prometheus_series_with_the_stamped_labels() {
     );
 
     // 2. The target: a Prometheus receiving remote-write.
-    let _target = Proc::spawn(
-        "prometheus (target)",
-        Command::new(&prometheus)
-            .arg(format!(
-                "--config.file={}",
-                repo().join("examples/prometheus-receiver.yml").display()
-            ))
-            .arg("--web.enable-remote-write-receiver")
-            .arg(format!("--web.listen-address=127.0.0.1:{target}"))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("target").display()
-            ))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("target.log")).unwrap()),
+    let _target = prometheus_server(
+        &prometheus,
+        &repo().join("examples/prometheus-receiver.yml"),
+        target,
+        &dir.join("target"),
+        true,
+        &dir.join("target.log"),
     );
     let target_addr: SocketAddr = format!("127.0.0.1:{target}").parse().unwrap();
     wait_for(Duration::from_secs(60), || {
@@ -95,20 +88,13 @@ fn the_readme_quickstart_delivers_prometheus_series_with_the_stamped_labels() {
     std::fs::write(dir.join("prometheus.yml"), cluster).unwrap();
 
     // 3. The cluster's Prometheus.
-    let _cluster = Proc::spawn(
-        "prometheus (cluster)",
-        Command::new(&prometheus)
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("cluster").display()
-            ))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("cluster.log")).unwrap()),
+    let _cluster = prometheus_server(
+        &prometheus,
+        &dir.join("prometheus.yml"),
+        web,
+        &dir.join("cluster"),
+        false,
+        &dir.join("cluster.log"),
     );
 
     // 4. The query of the README, until the series is there.

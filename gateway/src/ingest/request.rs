@@ -562,7 +562,7 @@ impl<D: Delivery> Ingest<D> {
                 if want > have {
                     self.grow(&mut permit, want - have).await?;
                 }
-                let (v1, _) = fanout_proto::v2read::to_v1(&raw, &limits.scan, max)
+                let (v1, _) = fanout_proto::v2read::to_v1_measured(&raw, &limits.scan, need)
                     .map_err(|e| scan_err("2.0", e))?;
                 drop(raw);
                 permit.shrink_to(v1.len() as u64);

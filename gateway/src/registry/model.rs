@@ -509,12 +509,20 @@ impl Object {
     /// `setFields`, which reads add, is accepted and ignored so that a read can be
     /// written back unchanged.
     pub fn from_json(kind: Kind, mut value: Value) -> Result<Object, String> {
-        strip_set_fields(&mut value);
+        Object::from_json_in_place(kind, &mut value)
+    }
+
+    /// Like [`Object::from_json`], reading `value` in place (it only loses
+    /// `setFields`), so that a caller can change it and try again.
+    pub fn from_json_in_place(kind: Kind, value: &mut Value) -> Result<Object, String> {
+        use serde::Deserialize as _;
+        strip_set_fields(value);
+        let value = &*value;
         let parsed = match kind {
-            Kind::Cluster => serde_json::from_value(value).map(Object::Cluster),
-            Kind::Workspace => serde_json::from_value(value).map(Object::Workspace),
-            Kind::Deployment => serde_json::from_value(value).map(Object::Deployment),
-            Kind::MetricsExport => serde_json::from_value(value).map(Object::MetricsExport),
+            Kind::Cluster => Cluster::deserialize(value).map(Object::Cluster),
+            Kind::Workspace => Workspace::deserialize(value).map(Object::Workspace),
+            Kind::Deployment => Deployment::deserialize(value).map(Object::Deployment),
+            Kind::MetricsExport => MetricsExport::deserialize(value).map(Object::MetricsExport),
         };
         parsed.map_err(|e| e.to_string())
     }

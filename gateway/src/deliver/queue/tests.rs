@@ -1136,8 +1136,13 @@ fn deliver_queue_some_chunks_of_a_whole_go_as_one_part_made_once() {
     want.sort();
     got.sort();
     assert_eq!(got, want);
+    // Asked again with no records, the kept part comes back (made anew it
+    // would be the empty part).
     let kept = wholes[0].subset_part(0b101, std::iter::empty());
-    assert!(a.ends_with(&kept), "made once and kept");
+    assert!(
+        kept.len() > a.len() / 2 && a.ends_with(&kept),
+        "made once and kept"
+    );
     let apart: usize = [0usize, 2]
         .iter()
         .map(|&l| fanout_proto::snappy::compress_part(&chunks[l].records).len())

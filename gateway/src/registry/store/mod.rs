@@ -290,7 +290,7 @@ pub(crate) fn registry_from_rows(
 pub(crate) fn parse_stored(kind: Kind, mut value: Value) -> Result<(Object, Vec<String>), String> {
     let mut unknown = Vec::new();
     loop {
-        let e = match Object::from_json(kind, value.clone()) {
+        let e = match Object::from_json_in_place(kind, &mut value) {
             Ok(object) => return Ok((object, unknown)),
             Err(e) => e,
         };
