@@ -58,7 +58,7 @@ pub struct ServeArgs {
     /// `/readyz`) 503 with `Retry-After` before its listeners close, so load
     /// balancers see the drain first [default: 5s].
     #[arg(long, env = "FANOUT_DRAIN_DELAY")]
-    pub drain_delay: Option<crate::ingest::args::HumanDuration>,
+    pub drain_delay: Option<crate::units::HumanDuration>,
     /// Ingest limits, timeouts and the memory budget.
     #[command(flatten)]
     pub ingest: crate::ingest::IngestArgs,

@@ -8,13 +8,20 @@
 //!   without locks; the SQLite and PostgreSQL stores.
 //! - [`ingest`]: the remote-write listeners (HTTP/1.1, HTTP/2, HTTP/3), cluster
 //!   authentication, limits and status codes.
-//! - [`deliver`]: the hand-off from ingest to per-target queues and senders.
+//! - [`handoff`]: the seam between ingest and delivery ([`handoff::Delivery`],
+//!   [`handoff::Accepted`]); [`budget`]: the memory budget both share;
+//!   [`units`]: the size and duration flag types. `ingest` and `deliver`
+//!   meet only through these and never import each other.
+//! - [`deliver`]: per-target queues and senders.
 //! - [`admin`]: the admin API on its own port.
 //! - [`serve`]: wires the parts together for `fanout serve`.
 
 pub mod admin;
+pub mod budget;
 pub mod config;
 pub mod deliver;
+pub mod handoff;
 pub mod ingest;
 pub mod registry;
 pub mod serve;
+pub mod units;

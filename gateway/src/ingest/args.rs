@@ -4,34 +4,10 @@
 //! left out; [`IngestArgs::config`] applies the defaults. Sizes are bytes or
 //! strings like `32MiB`; durations are strings like `500ms`, `10s`, `2m`.
 
-use std::str::FromStr;
-use std::time::Duration;
-
 use clap::Args;
 
 use super::IngestConfig;
-
-/// A size in bytes, in the grammar of [`fanout_proto::units`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl FromStr for ByteSize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        fanout_proto::units::parse_size(s).map(ByteSize)
-    }
-}
-
-/// A duration, in the grammar of [`fanout_proto::units`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl FromStr for HumanDuration {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        fanout_proto::units::parse_duration(s).map(HumanDuration)
-    }
-}
+pub use crate::units::{ByteSize, HumanDuration};
 
 /// Ingest flags, flattened into `fanout serve`.
 #[derive(Args, Debug, Clone, Default)]
@@ -107,6 +83,7 @@ impl IngestArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn ingest_args_parse_sizes_and_durations() {

@@ -8,8 +8,9 @@
 //! - [`tcp`] and [`quic`]: thin adapters. One TCP port serves HTTP/1.1 and
 //!   HTTP/2 (h2c by prior knowledge; h2 over TLS by ALPN when a certificate is
 //!   configured), and the same port number over UDP serves HTTP/3.
-//! - [`budget`]: the shared [`MemoryBudget`] (bytes, in KiB permits) and the
-//!   per-connection read budget; [`pool`]: pooled body buffers; [`auth`]:
+//! - [`crate::budget`] (not ingest's own: delivery shares it): the
+//!   [`MemoryBudget`] (bytes, in KiB permits) and the per-connection read
+//!   budget; [`pool`]: pooled body buffers; [`auth`]:
 //!   credentials and the [`Authenticator`] trait; [`tls`]: certificates.
 //!
 //! # Admission and memory
@@ -30,7 +31,6 @@
 
 pub mod args;
 pub mod auth;
-pub mod budget;
 pub mod pool;
 pub mod quic;
 pub mod request;
@@ -51,12 +51,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+pub use crate::budget::{MemoryBudget, MemoryPermit};
 pub use args::IngestArgs;
 pub use auth::Authenticator;
-pub use budget::{MemoryBudget, MemoryPermit};
 pub use request::{DrainState, Ingest, Rejection};
 
-use crate::deliver::Delivery;
+use crate::handoff::Delivery;
 
 /// Limits and timeouts of ingest.
 #[derive(Debug, Clone)]

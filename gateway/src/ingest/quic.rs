@@ -13,9 +13,9 @@ use bytes::{Buf, Bytes};
 use http::{Response, StatusCode};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use super::budget::ConnReadBudget;
 use super::request::{body_timeout, log_rejection, Ingest, Rejection, Route};
-use crate::deliver::Delivery;
+use crate::budget::ConnReadBudget;
+use crate::handoff::Delivery;
 
 type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
 type H3Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;

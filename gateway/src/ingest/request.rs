@@ -29,10 +29,10 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::auth::{self, AuthError, Authenticator};
-use super::budget::{BudgetError, ConnReadBudget, MemoryBudget};
 use super::pool::{BufferPool, PooledBuf};
 use super::IngestConfig;
-use crate::deliver::{Accepted, Delivery, DeliveryError};
+use crate::budget::{BudgetError, ConnReadBudget, MemoryBudget};
+use crate::handoff::{Accepted, Delivery, DeliveryError};
 use crate::registry::ClusterInfo;
 
 /// Response header counting the samples of a 2.0 request.
@@ -608,7 +608,7 @@ impl<D: Delivery> Ingest<D> {
         })
     }
 
-    async fn admit(&self, bytes: u64) -> Result<super::budget::MemoryPermit, Rejection> {
+    async fn admit(&self, bytes: u64) -> Result<crate::budget::MemoryPermit, Rejection> {
         self.budget
             .acquire_timeout(bytes, self.config.admission_timeout)
             .await
@@ -617,7 +617,7 @@ impl<D: Delivery> Ingest<D> {
 
     async fn grow(
         &self,
-        permit: &mut super::budget::MemoryPermit,
+        permit: &mut crate::budget::MemoryPermit,
         bytes: u64,
     ) -> Result<(), Rejection> {
         self.budget

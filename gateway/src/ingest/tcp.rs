@@ -26,9 +26,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::budget::ConnReadBudget;
 use super::request::{body_timeout, log_rejection, Ingest, Rejection, Route};
-use crate::deliver::Delivery;
+use crate::budget::ConnReadBudget;
+use crate::handoff::Delivery;
 
 /// How long open connections get to close after the listener stopped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);

@@ -14,7 +14,7 @@ use super::testing::{
     v1_body, v2_body, H1Client, H2Client, H3Client, Reply, StaticAuth, CONTENT_TYPE_V2,
 };
 use super::*;
-use crate::deliver::{Accepted, Delivery, DeliveryError};
+use crate::handoff::{Accepted, Delivery, DeliveryError};
 
 const TOKEN: &str = "tok-a-s3cret";
 const AUTH: (&str, &str) = ("authorization", "Bearer tok-a-s3cret");

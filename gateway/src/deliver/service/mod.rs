@@ -42,9 +42,9 @@ use super::queue::{Chunk, Packed, Whole, WholeRef};
 use super::route::{Plan, ScratchPool};
 use super::stats::{self, names, GlobalStats};
 use super::{Accepted, Delivery, DeliveryError, MemoryBudget};
-use crate::ingest::args::{ByteSize, HumanDuration};
 use crate::registry::live::Live;
 use crate::registry::Snapshot;
+use crate::units::{ByteSize, HumanDuration};
 
 mod reconcile;
 mod sender;
