@@ -250,6 +250,10 @@ impl SeriesRecord {
     }
 }
 
+/// A sink's records per series, keyed by a fast hash with a fixed seed (the
+/// ids come from the generator, not from an adversary).
+pub type SeriesMap = HashMap<SeriesId, SeriesRecord, foldhash::fast::FixedState>;
+
 /// Everything a sink saw.
 #[derive(Clone, Debug, Default)]
 pub struct SinkReport {
@@ -286,7 +290,7 @@ pub struct SinkReport {
     /// Requests received over HTTP/2.
     pub h2_requests: u64,
     /// Per series.
-    pub series: HashMap<SeriesId, SeriesRecord>,
+    pub series: SeriesMap,
     /// End-to-end latency (ms).
     pub latency_ms: Latency,
 }
@@ -302,6 +306,10 @@ pub struct SinkStats {
     pub bytes: u64,
     /// Requests refused or failed by injection.
     pub refused: u64,
+    /// CPU time the sink spent checking, decompressing, decoding and
+    /// recording bodies (per-thread CPU clock around that work; the socket
+    /// IO hyper does is not in it), nanoseconds.
+    pub cpu_nanos: u64,
 }
 
 struct State {
@@ -313,13 +321,65 @@ struct State {
     samples: AtomicU64,
     bytes: AtomicU64,
     refused: AtomicU64,
-    inner: Mutex<Inner>,
+    cpu_nanos: AtomicU64,
+    /// The records, in [`SHARDS`] parts so that concurrent requests rarely
+    /// wait for each other: a series' record lives in the shard of its id
+    /// ([`shard_of`]), a request's own counts in the shard of its number.
+    /// [`SinkHandle::report`] merges them.
+    shards: Box<[Mutex<Inner>]>,
 }
 
-#[derive(Default)]
+/// How many parts the records are split into (more than the cores of the
+/// machines it runs on, so that two receiving threads seldom meet).
+const SHARDS: usize = 16;
+
+/// The shard that holds the record of series `id`.
+fn shard_of(id: SeriesId) -> usize {
+    let h =
+        ((u64::from(id.cluster) << 32) | u64::from(id.series)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> 32) as usize % SHARDS
+}
+
 struct Inner {
     report: SinkReport,
-    latency: Option<Histogram<u64>>,
+    latency: Histogram<u64>,
+    /// The number of the request that set `report.last_error` (the newest
+    /// wins when shards are merged).
+    last_error_at: u64,
+}
+
+impl Inner {
+    fn new() -> Inner {
+        Inner {
+            report: SinkReport::default(),
+            latency: histogram(),
+            last_error_at: 0,
+        }
+    }
+}
+
+impl SinkReport {
+    /// Adds `other`'s counts and records to `self` (series records of the
+    /// same id are not merged: the shards hold disjoint ids).
+    fn absorb(&mut self, other: &SinkReport) {
+        self.requests += other.requests;
+        self.bytes += other.bytes;
+        for (k, v) in &other.responses {
+            *self.responses.entry(*k).or_default() += v;
+        }
+        self.samples += other.samples;
+        self.unidentified += other.unidentified;
+        self.histograms += other.histograms;
+        self.bad_requests += other.bad_requests;
+        self.auth_failures += other.auth_failures;
+        self.header_mismatches += other.header_mismatches;
+        self.injected += other.injected;
+        for (k, v) in &other.protocols {
+            *self.protocols.entry(k.clone()).or_default() += v;
+        }
+        self.series
+            .extend(other.series.iter().map(|(id, r)| (*id, r.clone())));
+    }
 }
 
 /// A running sink; dropping it stops the listener.
@@ -358,16 +418,9 @@ impl Sink {
             samples: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            inner: Mutex::new(Inner {
-                report: SinkReport::default(),
-                latency: Some(histogram()),
-            }),
+            cpu_nanos: AtomicU64::new(0),
+            shards: (0..SHARDS).map(|_| Mutex::new(Inner::new())).collect(),
         });
-        {
-            let mut inner = lock(&state.inner);
-            inner.report.name = state.config.name.clone();
-            inner.report.addr = Some(addr);
-        }
         let st = state.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -525,20 +578,37 @@ impl SinkHandle {
 
     /// Everything recorded so far.
     pub fn report(&self) -> SinkReport {
-        let inner = lock(&self.state.inner);
-        let mut r = inner.report.clone();
-        r.connections = self.state.connections.load(Ordering::Relaxed);
-        r.h2_requests = self.state.h2_requests.load(Ordering::Relaxed);
-        if let Some(h) = &inner.latency {
-            r.latency_ms = Latency::from_histogram(h, 1.0);
+        let mut r = SinkReport {
+            name: self.state.config.name.clone(),
+            addr: Some(self.addr),
+            connections: self.state.connections.load(Ordering::Relaxed),
+            h2_requests: self.state.h2_requests.load(Ordering::Relaxed),
+            ..SinkReport::default()
+        };
+        let mut latency = histogram();
+        let mut last_error_at = 0;
+        for shard in self.state.shards.iter() {
+            let inner = lock(shard);
+            r.absorb(&inner.report);
+            // Same bounds in every shard: adding cannot fail.
+            let _ = latency.add(&inner.latency);
+            if inner.report.last_error.is_some() && inner.last_error_at >= last_error_at {
+                last_error_at = inner.last_error_at;
+                r.last_error.clone_from(&inner.report.last_error);
+            }
         }
+        r.latency_ms = Latency::from_histogram(&latency, 1.0);
         r
     }
 
     /// A copy of the end-to-end latency histogram (ms), so several sinks'
     /// latencies can be merged into one distribution.
     pub fn latency_histogram(&self) -> Option<Histogram<u64>> {
-        lock(&self.state.inner).latency.clone()
+        let mut latency = histogram();
+        for shard in self.state.shards.iter() {
+            let _ = latency.add(&lock(shard).latency);
+        }
+        Some(latency)
     }
 
     /// Running totals (no copy of the per-series records).
@@ -548,6 +618,7 @@ impl SinkHandle {
             samples: self.state.samples.load(Ordering::Relaxed),
             bytes: self.state.bytes.load(Ordering::Relaxed),
             refused: self.state.refused.load(Ordering::Relaxed),
+            cpu_nanos: self.state.cpu_nanos.load(Ordering::Relaxed),
         }
     }
 
@@ -564,14 +635,9 @@ impl SinkHandle {
 
     /// Forgets everything recorded.
     pub fn reset(&self) {
-        let mut inner = lock(&self.state.inner);
-        let (name, addr) = (inner.report.name.clone(), inner.report.addr);
-        inner.report = SinkReport {
-            name,
-            addr,
-            ..SinkReport::default()
-        };
-        inner.latency = Some(histogram());
+        for shard in self.state.shards.iter() {
+            *lock(shard) = Inner::new();
+        }
     }
 }
 
@@ -605,6 +671,14 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Reply, Injecte
         Err(e) => Err(e.to_string()),
     };
     process(&st, &parts.method, parts.uri.path(), &parts.headers, body).await
+}
+
+/// CPU time used by the calling thread so far, nanoseconds.
+fn thread_cpu_nanos() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
 }
 
 /// Answers one request whose body was read (or failed to be read, with why).
@@ -641,16 +715,21 @@ async fn process(
     st.bytes.fetch_add(bytes, Ordering::Relaxed);
     if fault.2 > 0 && n % fault.2 == 0 {
         st.refused.fetch_add(1, Ordering::Relaxed);
-        let mut inner = lock(&st.inner);
+        let mut inner = lock(st.shard(n));
         inner.report.requests += 1;
         inner.report.bytes += bytes;
         inner.report.injected += 1;
         return Err(InjectedReset);
     }
-    let resp = match receive(st, headers, body, fault.0) {
+    // `receive` never awaits, so the thread's CPU clock measures just it.
+    let cpu0 = thread_cpu_nanos();
+    let received = receive(st, n, headers, body, fault.0);
+    st.cpu_nanos
+        .fetch_add(thread_cpu_nanos().saturating_sub(cpu0), Ordering::Relaxed);
+    let resp = match received {
         Ok(r) if fault.3 > 0 && n % fault.3 == 0 && r.status().is_success() => {
             st.refused.fetch_add(1, Ordering::Relaxed);
-            lock(&st.inner).report.injected += 1;
+            lock(st.shard(n)).report.injected += 1;
             reply(StatusCode::SERVICE_UNAVAILABLE, "injected: answer lost")
         }
         Ok(r) => r,
@@ -659,7 +738,7 @@ async fn process(
             r
         }
     };
-    let mut inner = lock(&st.inner);
+    let mut inner = lock(st.shard(n));
     inner.report.requests += 1;
     inner.report.bytes += bytes;
     *inner
@@ -676,11 +755,19 @@ fn reply(status: StatusCode, body: &str) -> Reply {
     r
 }
 
-fn refuse(st: &State, status: StatusCode, kind: fn(&mut SinkReport), msg: String) -> Reply {
-    let mut inner = lock(&st.inner);
+fn refuse(st: &State, n: u64, status: StatusCode, kind: fn(&mut SinkReport), msg: String) -> Reply {
+    let mut inner = lock(st.shard(n));
     kind(&mut inner.report);
     inner.report.last_error = Some(msg.clone());
+    inner.last_error_at = n;
     reply(status, &msg)
+}
+
+impl State {
+    /// The shard that takes request `n`'s own counts.
+    fn shard(&self, n: u64) -> &Mutex<Inner> {
+        &self.shards[n as usize % SHARDS]
+    }
 }
 
 fn check_auth(expected: &ExpectedAuth, headers: &HeaderMap) -> bool {
@@ -720,7 +807,7 @@ impl Got {
 /// Ends a series whose labels are `pairs[start..]`: its label set, with the
 /// hash that tells label sets apart (the hash of the `(name, value)` list).
 fn push_set(sets: &mut Vec<(u64, Range<usize>)>, pairs: &[(&str, &str)], start: usize) {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = std::hash::BuildHasher::build_hasher(&foldhash::fast::FixedState::default());
     pairs[start..].hash(&mut h);
     sets.push((h.finish(), start..pairs.len()));
 }
@@ -793,6 +880,7 @@ fn scan_v1_plain<'a>(
 #[allow(clippy::result_large_err)]
 fn receive(
     st: &State,
+    n: u64,
     headers: &HeaderMap,
     body: Result<Bytes, String>,
     injected: Option<u16>,
@@ -802,6 +890,7 @@ fn receive(
         if !check_auth(a, headers) {
             return Err(refuse(
                 st,
+                n,
                 StatusCode::UNAUTHORIZED,
                 |r| r.auth_failures += 1,
                 "missing or wrong Authorization".into(),
@@ -815,6 +904,7 @@ fn receive(
         if got.as_deref() != Some(v.as_str()) {
             return Err(refuse(
                 st,
+                n,
                 StatusCode::BAD_REQUEST,
                 |r| r.header_mismatches += 1,
                 format!("header {k}: expected {v:?}, got {got:?}"),
@@ -823,7 +913,7 @@ fn receive(
     }
     if let Some(code) = injected {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        lock(&st.inner).report.injected += 1;
+        lock(st.shard(n)).report.injected += 1;
         let mut r = reply(status, "injected failure");
         if code == 429 || code == 503 {
             r.headers_mut().insert(
@@ -833,7 +923,7 @@ fn receive(
         }
         return Err(r);
     }
-    let bad = |status, msg: String| refuse(st, status, |r| r.bad_requests += 1, msg);
+    let bad = |status, msg: String| refuse(st, n, status, |r| r.bad_requests += 1, msg);
     let encoding = headers
         .get(http::header::CONTENT_ENCODING)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase());
@@ -953,22 +1043,55 @@ fn receive(
     }
     let samples = got.len() as u64;
     {
-        let mut inner = lock(&st.inner);
-        let Inner { report, latency } = &mut *inner;
+        let mut inner = lock(st.shard(n));
+        let report = &mut inner.report;
         *report
             .protocols
             .entry(if v2 { "v2" } else { "v1" }.to_owned())
             .or_default() += 1;
         report.samples += samples;
         report.histograms += histograms;
-        for g in &got {
-            if let Some(h) = latency.as_mut() {
-                h.saturating_record((now - g.ts).max(0) as u64);
-            }
-            let Some(id) = g.id else {
-                report.unidentified += 1;
-                continue;
-            };
+        let Inner {
+            report, latency, ..
+        } = &mut *inner;
+        for g in got.iter().filter(|g| g.id.is_none()) {
+            report.unidentified += 1;
+            latency.saturating_record((now - g.ts).max(0) as u64);
+        }
+    }
+    // Each series' record under its own shard's lock: the samples in shard
+    // order (a counting sort), one lock per shard touched.
+    let mut starts = [0usize; SHARDS + 1];
+    for g in &got {
+        if let Some(id) = g.id {
+            starts[shard_of(id.id) + 1] += 1;
+        }
+    }
+    for i in 1..=SHARDS {
+        starts[i] += starts[i - 1];
+    }
+    let mut order = vec![0usize; starts[SHARDS]];
+    let mut next = starts;
+    for (i, g) in got.iter().enumerate() {
+        if let Some(id) = g.id {
+            let s = shard_of(id.id);
+            order[next[s]] = i;
+            next[s] += 1;
+        }
+    }
+    for shard in 0..SHARDS {
+        let (from, to) = (starts[shard], starts[shard + 1]);
+        if from == to {
+            continue;
+        }
+        let mut inner = lock(&st.shards[shard]);
+        let Inner {
+            report, latency, ..
+        } = &mut *inner;
+        for &i in &order[from..to] {
+            let g = &got[i];
+            let Some(id) = g.id else { continue };
+            latency.saturating_record((now - g.ts).max(0) as u64);
             let rec = report.series.entry(id.id).or_default();
             rec.arrived(id.seq);
             let (hash, range) = &sets[g.set];

@@ -83,8 +83,14 @@ async fn round_trip(transport: Transport, protocol: Protocol) {
     assert_eq!(summary.samples_ok, samples, "{}", summary.table());
     assert_eq!(summary.responses.get(&204), Some(&summary.requests));
     assert!(summary.latency_ms.count == summary.requests && summary.latency_ms.max > 0.0);
+    // The sink's records are sharded by series and its counts by request:
+    // the merged report adds up to what was sent.
     let report = sink.report();
     assert_eq!(report.samples, samples);
+    assert_eq!(report.requests, summary.requests);
+    assert_eq!(report.responses.get(&204), Some(&summary.requests));
+    assert!(report.series.len() > 16, "{} series", report.series.len());
+    assert!(sink.stats().cpu_nanos > 0);
     let problems = expectation(&scenario(), &summary, "t").check(std::slice::from_ref(&report));
     assert!(
         problems.is_empty(),

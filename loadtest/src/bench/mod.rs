@@ -346,6 +346,8 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
     };
     let ticks = procfs::ticks_per_sec();
     let cpu0 = procfs::cpu(proc.pid)?;
+    let own_cpu0 = procfs::cpu(std::process::id())?;
+    let sink_cpu0: u64 = sinks.iter().map(|s| s.stats().cpu_nanos).sum();
     let url = format!("http://{ingest}/api/v1/write");
     let gen = GeneratorConfig {
         url,
@@ -418,6 +420,10 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
         let _ = dir.keep();
     }
     let cpu = procfs::cpu(proc.pid)?.since(cpu0).duration(ticks);
+    let own_cpu = procfs::cpu(std::process::id())?
+        .since(own_cpu0)
+        .duration(ticks);
+    let sink_cpu: u64 = sinks.iter().map(|s| s.stats().cpu_nanos).sum::<u64>() - sink_cpu0;
     let rss = procfs::peak_rss(proc.pid)?;
     if let (Some(admin), true) = (admin, opts.progress) {
         // Policy drops explain a loss that is not the sinks' fault.
@@ -477,6 +483,8 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
         deliveries_to_dead: to_dead,
         cpu_secs,
         ingested_per_cpu_sec: report::per(summary.samples_ok as f64, cpu_secs),
+        sink_cpu_secs: sink_cpu as f64 / 1e9,
+        load_cpu_secs: own_cpu.as_secs_f64(),
         deliveries_per_cpu_sec: report::per(deliveries as f64, cpu_secs),
         bytes_received,
         bytes_per_delivery: report::per(bytes_received as f64, deliveries as f64),

@@ -77,6 +77,15 @@ pub struct GatewayResult {
     pub cpu_secs: f64,
     /// `samples_acked / cpu_secs`: ingested samples per CPU-second.
     pub ingested_per_cpu_sec: f64,
+    /// CPU the verifying sinks spent on the bodies they received
+    /// (decompressing, decoding, recording; not their socket IO) over the
+    /// same span: to tell whether the sinks, not the gateway, limited the run.
+    #[serde(default)]
+    pub sink_cpu_secs: f64,
+    /// CPU of the whole `fanout-load` process (generator and sinks) over the
+    /// same span: a bound on the sinks' CPU with their socket IO.
+    #[serde(default)]
+    pub load_cpu_secs: f64,
     /// `deliveries / cpu_secs`: (sample, target) deliveries per CPU-second.
     /// (Reports before saturation mode called it `samplesPerCpuSec`.)
     #[serde(alias = "samplesPerCpuSec")]
@@ -175,6 +184,12 @@ impl BenchReport {
         row("deliveries (sample,target)", &|r| thousands(r.deliveries));
         row("to dead target", &|r| thousands(r.deliveries_to_dead));
         row("gateway CPU s", &|r| format!("{:.2}", r.cpu_secs));
+        row("sinks CPU s (bodies)", &|r| {
+            format!("{:.2}", r.sink_cpu_secs)
+        });
+        row("fanout-load CPU s (all)", &|r| {
+            format!("{:.2}", r.load_cpu_secs)
+        });
         row("ingested samples / CPU-s", &|r| {
             thousands(r.ingested_per_cpu_sec.round() as u64)
         });
