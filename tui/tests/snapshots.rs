@@ -1,12 +1,12 @@
 //! Snapshot tests: fixed console states rendered into ratatui's `TestBackend`
-//! at 80×24, 120×35 and 160×48, compared with the text under `tests/snapshots/`.
+//! at 80×24, 120×35 and 160×48, compared by `insta` with the snapshots under
+//! `tests/snapshots/` (`NAME_WxH.snap`).
 //!
 //! Deterministic: every time comes from the fixtures (snapshot `time`,
-//! `State::now_ms`). After an intended change of the screens, regenerate
-//! with `UPDATE_SNAPSHOTS=1 cargo test -p fanout-tui --test snapshots` and
-//! review the diff.
-
-use std::path::PathBuf;
+//! `State::now_ms`). After an intended change of the screens, run the tests
+//! and review the new screens with `cargo insta review` (or accept them all
+//! with `INSTA_UPDATE=always cargo test -p fanout-tui --test snapshots` and
+//! read the diff). Under `CI=true` a missing or different snapshot fails.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use fanout_tui::api::{EffectiveList, Registry, Snapshot};
@@ -196,8 +196,6 @@ fn key(s: &mut State, c: KeyCode) {
 }
 
 fn check(name: &str, state: &State) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
-    let mut failures = Vec::new();
     for (w, h) in SIZES {
         let text = render_text(state, w, h);
         assert!(
@@ -205,25 +203,10 @@ fn check(name: &str, state: &State) {
             "{name}: a secret reached the screen:\n{text}"
         );
         assert_eq!(text.lines().count(), h as usize);
-        let path = dir.join(format!("{name}_{w}x{h}.txt"));
-        if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-            std::fs::write(&path, &text).expect("write snapshot");
-            continue;
-        }
-        let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-            panic!(
-                "{} missing: run with UPDATE_SNAPSHOTS=1 and review it",
-                path.display()
-            )
+        insta::with_settings!({ prepend_module_to_snapshot => false, omit_expression => true }, {
+            insta::assert_snapshot!(format!("{name}_{w}x{h}"), text);
         });
-        if expected != text {
-            failures.push(format!(
-                "{} differs.\n--- expected\n{expected}\n--- actual\n{text}",
-                path.display()
-            ));
-        }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
