@@ -129,9 +129,9 @@ fn hot_path_allocations_do_not_grow_with_series() {
     );
     // Everything reached the queues (paused, bounded: drop-oldest keeps them).
     let queued: u64 = delivery
-        .targets_json()
+        .target_statuses()
         .iter()
-        .map(|t| t["queueSamples"].as_u64().unwrap())
+        .map(|t| t.queue_samples)
         .sum();
     assert!(queued > 0);
 }

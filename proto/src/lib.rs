@@ -10,12 +10,15 @@
 //! - [`encode`]: the batch encoder that stamps labels on scanned series and
 //!   copies everything else verbatim.
 //! - [`snappy`]: block compression with a size limit checked before allocating.
+//! - [`api`]: the admin API's JSON shapes, shared by the gateway and the
+//!   console.
 //! - [`testdata`]: realistic requests for benchmarks and seeds.
 //! - [`fuzzing`]: the checks the fuzz targets run, also run on the checked-in
 //!   corpus by `cargo test`.
 //!
 //! Performance figures and the commands that produce them are in `proto/README.md`.
 
+pub mod api;
 pub mod encode;
 pub mod error;
 pub mod fuzzing;

@@ -204,23 +204,26 @@ impl Gateway {
     fn apply(&mut self, snap: Snapshot, received_ms: i64) {
         let time_ms = fmt::parse_time_ms(&snap.time).unwrap_or(received_ms);
         let (ingest_total, ingest_errors) = snap.ingest.responses();
-        let requests: f64 = snap.targets.iter().map(|t| t.requests_sent).sum();
-        let failures: f64 = snap.targets.iter().map(Target::failures_total).sum();
+        let requests = snap.targets.iter().map(|t| t.requests_sent).sum::<u64>() as f64;
+        let failures = snap.targets.iter().map(Target::failures_total).sum::<u64>() as f64;
         let now = Previous {
             time_ms,
             uptime: snap.uptime_seconds,
-            samples_in: snap.ingest.samples,
-            bytes_in: snap.ingest.bytes,
-            samples_out: snap.out.samples,
-            bytes_out: snap.out.bytes,
-            ingest_total,
-            ingest_errors,
+            samples_in: snap.ingest.samples as f64,
+            bytes_in: snap.ingest.bytes as f64,
+            samples_out: snap.out.samples as f64,
+            bytes_out: snap.out.bytes as f64,
+            ingest_total: ingest_total as f64,
+            ingest_errors: ingest_errors as f64,
             requests,
             failures,
             targets: snap
                 .targets
                 .iter()
-                .map(|t| (t.id.clone(), (t.samples_sent, t.failures_total())))
+                .map(|t| {
+                    let sent = t.samples_sent as f64;
+                    (t.id.clone(), (sent, t.failures_total() as f64))
+                })
                 .collect(),
         };
         let second = time_ms.div_euclid(1000);
@@ -252,7 +255,7 @@ impl Gateway {
                         second,
                         TargetPoint {
                             rate,
-                            backlog: t.queue_bytes + t.spill_bytes,
+                            backlog: (t.queue_bytes + t.spill_bytes) as f64,
                             failures: frate,
                         },
                     );
@@ -400,7 +403,7 @@ pub struct FailureRow {
     /// Target id.
     pub target_id: String,
     /// HTTP status.
-    pub status: Option<f64>,
+    pub status: Option<u16>,
     /// Message, on one line.
     pub message: String,
 }
@@ -483,7 +486,7 @@ pub struct State {
     /// Why the registry could not be read.
     pub registry_error: Option<String>,
     /// The config version the registry was read at.
-    pub registry_version: Option<f64>,
+    pub registry_version: Option<u64>,
     /// Effective exports of the selected Deployment.
     pub effective: Option<Effective>,
     /// Status bar line.
@@ -714,23 +717,23 @@ impl State {
                     row.state = t.state.clone();
                 }
                 row.paused &= t.paused || t.state == "paused";
-                row.queue_bytes += t.queue_bytes;
-                row.queue_samples += t.queue_samples;
-                row.spill_bytes += t.spill_bytes;
+                row.queue_bytes += t.queue_bytes as f64;
+                row.queue_samples += t.queue_samples as f64;
+                row.spill_bytes += t.spill_bytes as f64;
                 row.oldest_queued_seconds = row.oldest_queued_seconds.max(t.oldest_queued_seconds);
                 // A lost gateway's last rate is not a rate any more.
                 if g.is_connected() {
                     row.rate += g.target_rates.get(&t.id).copied().unwrap_or(0.0);
                 }
-                row.samples_sent += t.samples_sent;
-                row.bytes_sent += t.bytes_sent;
-                row.requests_sent += t.requests_sent;
-                row.retries += t.retries;
+                row.samples_sent += t.samples_sent as f64;
+                row.bytes_sent += t.bytes_sent as f64;
+                row.requests_sent += t.requests_sent as f64;
+                row.retries += t.retries as f64;
                 for (k, v) in &t.failures {
-                    *row.failures.entry(k.clone()).or_default() += v;
+                    *row.failures.entry(k.clone()).or_default() += *v as f64;
                 }
                 for (k, v) in &t.dropped {
-                    *row.dropped.entry(k.clone()).or_default() += v;
+                    *row.dropped.entry(k.clone()).or_default() += *v as f64;
                 }
                 let newer = match (&row.last_error, &t.last_error) {
                     (_, None) => false,
@@ -744,8 +747,8 @@ impl State {
                 row.p90 = row.p90.max(t.latency_ms.p90);
                 row.p99 = row.p99.max(t.latency_ms.p99);
                 row.max = row.max.max(t.latency_ms.max);
-                row.concurrency += t.concurrency;
-                row.in_flight += t.in_flight;
+                row.concurrency += f64::from(t.concurrency);
+                row.in_flight += f64::from(t.in_flight);
                 row.feeds.extend(t.feeds.iter().cloned());
                 row.gateways.push(gi);
             }
@@ -993,11 +996,11 @@ mod tests {
         let doc = serde_json::json!({
             "time": time, "uptimeSeconds": uptime, "gateway": "gw-a:9556", "configVersion": 3,
             "ready": true,
-            "ingest": {"samples": samples_in, "bytes": samples_in * 2.0,
-                       "requests": {"http1": {"204": samples_in / 100.0}}},
-            "out": {"samples": sent, "bytes": sent},
+            "ingest": {"samples": samples_in as u64, "bytes": (samples_in * 2.0) as u64,
+                       "requests": {"http1": {"204": (samples_in / 100.0) as u64}}},
+            "out": {"samples": sent as u64, "bytes": sent as u64},
             "targets": [{"id": "t-1", "endpoint": "http://a/w", "state": state,
-                          "samplesSent": sent, "requestsSent": 1, "failures": {"503": 1}}],
+                          "samplesSent": sent as u64, "requestsSent": 1, "failures": {"503": 1}}],
             "recentErrors": [{"time": time, "targetId": "t-1", "status": 503, "message": "down\nhard"}]
         });
         serde_json::from_value(doc).unwrap()

@@ -242,7 +242,7 @@ pub fn gateway_lines(state: &State, g: &Gateway) -> Vec<Line<'static>> {
                 spans.push(Span::raw(format!(
                     "  up {}  config v{}",
                     fmt::duration(s.uptime_seconds),
-                    fmt::si(s.config_version)
+                    fmt::si(s.config_version as f64)
                 )));
                 if s.draining {
                     spans.push(Span::styled(
@@ -357,12 +357,12 @@ fn render_overview(state: &State, f: &mut Frame, area: Rect) {
     let mut drops: BTreeMap<String, f64> =
         DROP_REASONS.iter().map(|r| (r.to_string(), 0.0)).collect();
     for s in state.gateways.iter().filter_map(|g| g.snapshot.as_ref()) {
-        samples_in += s.ingest.samples;
-        bytes_in += s.ingest.bytes;
-        samples_out += s.out.samples;
-        bytes_out += s.out.bytes;
+        samples_in += s.ingest.samples as f64;
+        bytes_in += s.ingest.bytes as f64;
+        samples_out += s.out.samples as f64;
+        bytes_out += s.out.bytes as f64;
         for (k, v) in &s.drops {
-            *drops.entry(k.clone()).or_default() += v;
+            *drops.entry(k.clone()).or_default() += *v as f64;
         }
     }
     let targets = state.all_targets();
@@ -973,7 +973,7 @@ fn render_config(state: &State, f: &mut Frame, area: Rect) {
         match state.registry_version {
             Some(v) => format!(
                 " Registry v{}{} ",
-                fmt::si(v),
+                fmt::si(v as f64),
                 filter_note(state, View::Config)
             ),
             None => format!(" Registry{} ", filter_note(state, View::Config)),

@@ -28,6 +28,11 @@ fn time(secs: i64) -> String {
     )
 }
 
+/// A counter as the gateway sends it: a whole number.
+fn n(x: f64) -> u64 {
+    x.round() as u64
+}
+
 fn target(id: &str, state: &str, i: i64, rate: f64) -> Value {
     let sent = rate * i as f64;
     let failing = state == "failing" || state == "retrying";
@@ -35,12 +40,12 @@ fn target(id: &str, state: &str, i: i64, rate: f64) -> Value {
         "id": id,
         "endpoint": format!("http://prom-{id}.example:9090/api/v1/write"),
         "state": state, "paused": state == "paused",
-        "queueBytes": if failing { 1_572_864.0 + 2048.0 * i as f64 } else { 4096.0 },
-        "queueSamples": if failing { 48_000.0 } else { 120.0 },
-        "spillBytes": if state == "failing" { 52_428_800.0 } else { 0.0 },
+        "queueBytes": if failing { 1_572_864 + 2048 * i } else { 4096 },
+        "queueSamples": if failing { 48_000 } else { 120 },
+        "spillBytes": if state == "failing" { 52_428_800 } else { 0 },
         "oldestQueuedSeconds": if failing { 95.0 } else { 0.4 },
-        "samplesSent": sent, "bytesSent": sent * 1.6, "requestsSent": sent / 2000.0,
-        "retries": if failing { 3.0 * i as f64 } else { 0.0 },
+        "samplesSent": n(sent), "bytesSent": n(sent * 1.6), "requestsSent": n(sent / 2000.0),
+        "retries": if failing { 3 * i } else { 0 },
         "failures": if failing { json!({"503": 3 * i, "timeout": i / 10}) } else { json!({}) },
         "dropped": {"rejected": 0, "queue_full": 0, "disk_full": if state == "failing" { 1200 } else { 0 }},
         "lastError": if failing {
@@ -63,10 +68,10 @@ fn snapshot(i: i64) -> Snapshot {
         "time": time(i), "uptimeSeconds": 3600 + i, "gateway": "gw-a:9556", "configVersion": 7,
         "ready": true, "draining": false,
         "ingest": {"requests": {"http1": {"204": 10 * i, "400": i / 30}, "h2": {"204": 5 * i}, "h3": {}},
-                   "samples": samples, "series": 18_500, "bytes": samples * 2.2,
+                   "samples": n(samples), "series": 18_500, "bytes": n(samples * 2.2),
                    "inFlightBytes": 0, "memoryBudgetBytes": 536_870_912},
         "drops": {"unattributed": 120, "foreign": 0, "filtered": 4_200 + 10 * i, "queue_full": 0, "disk_full": 1200, "rejected": 0},
-        "out": {"samples": samples * 1.8, "bytes": samples * 1.8 * 1.6},
+        "out": {"samples": n(samples * 1.8), "bytes": n(samples * 1.8 * 1.6)},
         "targets": [
             target("t-3f2a9c01d4e5", "healthy", i, 20_000.0),
             target("t-77b1e0aa9f30", "failing", i, 0.0),

@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
-use serde_json::{json, Value};
+use fanout_proto::api;
+use serde_json::Value;
 
 use super::AdminState;
 use crate::registry::model::{
@@ -56,7 +57,10 @@ const STORE_RETRY_AFTER_SECS: u32 = 10;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": self.error, "problems": self.problems});
+        let body = api::ErrorBody {
+            error: self.error,
+            problems: self.problems,
+        };
         let mut res = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             res.headers_mut()
@@ -145,7 +149,7 @@ async fn list(State(s): State<AdminState>, Path(kind): Path<String>) -> ApiResul
     let kind = kind_of(&kind)?;
     let snapshot = s.live.current();
     let items: Vec<Value> = snapshot.registry().list(kind).iter().map(masked).collect();
-    Ok(Json(json!({ "items": items })).into_response())
+    Ok(Json(api::Items { items }).into_response())
 }
 
 async fn get_one(
@@ -232,24 +236,24 @@ async fn effective(State(s): State<AdminState>, Path(id): Path<String>) -> ApiRe
     if !registry.deployments.contains_key(&id) {
         return Err(ApiError::not_found(&format!("deployment {id}")));
     }
-    let items: Vec<Value> = effective_exports(registry, &id, snapshot.salt())
+    let items = effective_exports(registry, &id, snapshot.salt())
         .into_iter()
         .map(|e| {
             let mut fields = serde_json::to_value(&e.fields).unwrap_or(Value::Null);
             // The merged fields carry the merged publicHeaders.
-            let set = mask_export_fields(&mut fields, &[]);
-            json!({
-                "id": e.export_id,
-                "objectKey": e.object_key,
-                "sourceScope": e.source_scope.as_str(),
-                "sourceScopeEntityId": e.source_scope_entity_id,
-                "targetId": e.target_id.0,
-                "metricsExport": fields,
-                "setFields": set,
-            })
+            let set_fields = mask_export_fields(&mut fields, &[]);
+            api::EffectiveExport {
+                id: e.export_id,
+                object_key: e.object_key,
+                source_scope: e.source_scope.as_str().to_owned(),
+                source_scope_entity_id: e.source_scope_entity_id,
+                target_id: e.target_id.0,
+                metrics_export: fields,
+                set_fields,
+            }
         })
         .collect();
-    Ok(Json(json!({ "items": items })).into_response())
+    Ok(Json(api::Items { items }).into_response())
 }
 
 async fn get_registry(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult {
@@ -273,14 +277,14 @@ async fn put_registry(State(s): State<AdminState>, headers: HeaderMap, body: Byt
         })?;
     let snapshot = s.live.update(move |r| ops::replace_all(r, doc)).await?;
     let r = snapshot.registry();
-    Ok(Json(json!({
-        "version": snapshot.version(),
-        "clusters": r.clusters.len(),
-        "workspaces": r.workspaces.len(),
-        "deployments": r.deployments.len(),
-        "metricsExports": r.metrics_exports.len(),
-        "targets": snapshot.targets().count(),
-    }))
+    Ok(Json(api::Applied {
+        version: snapshot.version(),
+        clusters: r.clusters.len() as u64,
+        workspaces: r.workspaces.len() as u64,
+        deployments: r.deployments.len() as u64,
+        metrics_exports: r.metrics_exports.len() as u64,
+        targets: snapshot.targets().count() as u64,
+    })
     .into_response())
 }
 

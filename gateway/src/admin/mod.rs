@@ -29,7 +29,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::registry::live::Live;
@@ -143,7 +142,10 @@ pub(crate) async fn check_admin_token(
     if given.is_some_and(|g| token.matches(g)) {
         next.run(request).await
     } else {
-        let body = json!({"error": "missing or wrong admin token (Authorization: Bearer ...)", "problems": []});
+        let body = fanout_proto::api::ErrorBody {
+            error: "missing or wrong admin token (Authorization: Bearer ...)".into(),
+            problems: Vec::new(),
+        };
         (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],

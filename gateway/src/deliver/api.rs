@@ -15,7 +15,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
+use fanout_proto::api;
 
 use super::service::FanoutDelivery;
 use crate::admin::Health;
@@ -42,10 +42,10 @@ pub struct DeliveryApi {
 }
 
 impl DeliveryApi {
-    fn stats(&self) -> serde_json::Value {
+    fn stats(&self) -> api::Snapshot {
         let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
         self.delivery
-            .stats_json(&self.gateway, self.health.is_ready(), draining)
+            .stats_snapshot(&self.gateway, self.health.is_ready(), draining)
     }
 }
 
@@ -67,7 +67,10 @@ async fn require_token(State(api): State<DeliveryApi>, request: Request, next: N
 }
 
 async fn targets(State(api): State<DeliveryApi>) -> Response {
-    Json(json!({"items": api.delivery.targets_json()})).into_response()
+    Json(api::Items {
+        items: api.delivery.target_statuses(),
+    })
+    .into_response()
 }
 
 fn set_paused(api: &DeliveryApi, id: &str, paused: bool) -> Response {
@@ -76,11 +79,14 @@ fn set_paused(api: &DeliveryApi, id: &str, paused: bool) -> Response {
             t.set_paused(paused);
             tracing::info!(target_id = %id, paused, "delivery: target paused state changed by the admin API");
             let snap = api.delivery.snapshot();
-            Json(t.to_json(&snap)).into_response()
+            Json(t.status(&snap)).into_response()
         }
         None => (
             StatusCode::NOT_FOUND,
-            Json(json!({"error": format!("no target {id:?}"), "problems": []})),
+            Json(api::ErrorBody {
+                error: format!("no target {id:?}"),
+                problems: Vec::new(),
+            }),
         )
             .into_response(),
     }
@@ -119,14 +125,19 @@ async fn stream(State(api): State<DeliveryApi>) -> impl IntoResponse {
             None => *stop.borrow(),
         };
         if stopping {
+            let stopped = api::Stopped {
+                reason: "the gateway is shutting down".into(),
+            };
             let event = Event::default()
                 .event("stopped")
-                .data(r#"{"reason":"the gateway is shutting down"}"#);
+                .json_data(stopped)
+                .unwrap_or_else(|_| Event::default().event("stopped"));
             return Some((Ok::<_, Infallible>(event), None));
         }
         let event = Event::default()
             .event("stats")
-            .data(api.stats().to_string());
+            .json_data(api.stats())
+            .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
         Some((Ok(event), Some((api, ticks, stop))))
     });
     Sse::new(events).keep_alive(KeepAlive::default())

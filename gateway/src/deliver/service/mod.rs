@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use serde_json::{json, Value};
+use fanout_proto::api;
 
 use super::catalog::Catalog;
 use super::http::HttpSender;
@@ -315,70 +315,90 @@ impl FanoutDelivery {
     }
 
     /// `GET /api/v1/targets` items.
-    pub fn targets_json(&self) -> Vec<Value> {
+    pub fn target_statuses(&self) -> Vec<api::Target> {
         let snap = self.inner.snapshot.load_full();
-        self.targets().iter().map(|t| t.to_json(&snap)).collect()
+        self.targets().iter().map(|t| t.status(&snap)).collect()
     }
 
     /// The snapshot of `GET /api/v1/stats`.
-    pub fn stats_json(&self, gateway: &str, ready: bool, draining: bool) -> Value {
+    pub fn stats_snapshot(&self, gateway: &str, ready: bool, draining: bool) -> api::Snapshot {
         let s = &self.inner.stats;
         let snap = self.inner.snapshot.load_full();
-        let mut requests: BTreeMap<&str, BTreeMap<String, u64>> = [
-            ("http1", BTreeMap::new()),
-            ("h2", BTreeMap::new()),
-            ("h3", BTreeMap::new()),
-        ]
-        .into();
+        let mut requests: BTreeMap<String, BTreeMap<String, u64>> = ["http1", "h2", "h3"]
+            .into_iter()
+            .map(|t| (t.to_owned(), BTreeMap::new()))
+            .collect();
         for ((transport, code), n) in s.requests() {
             requests
-                .entry(transport)
+                .entry(transport.to_owned())
                 .or_default()
                 .insert(code.to_string(), n);
         }
         let budget = &self.inner.budget;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        let errors: Vec<Value> = s
+        let recent_errors = s
             .recent_errors()
             .into_iter()
-            .map(|e| {
-                json!({"time": stats::rfc3339(e.time), "targetId": e.target, "status": e.status, "message": e.message})
+            .map(|e| api::RecentError {
+                time: stats::rfc3339(e.time),
+                target_id: e.target,
+                status: e.status,
+                message: e.message,
             })
             .collect();
-        json!({
-            "time": stats::rfc3339_millis(SystemTime::now()),
-            "uptimeSeconds": self.inner.started.elapsed().as_secs_f64(),
-            "gateway": gateway,
-            "configVersion": snap.version(),
-            "ready": ready,
-            "draining": draining,
-            "ingest": {
-                "requests": requests,
-                "samples": load(&s.samples),
-                "series": load(&s.series),
-                "bytes": load(&s.bytes),
-                "inFlightBytes": budget.total_bytes().saturating_sub(budget.available_bytes()),
-                "memoryBudgetBytes": budget.total_bytes(),
+        let retention = self.inner.settings.spill_retention;
+        let orphan_backlogs = self
+            .inner
+            .orphans
+            .lock()
+            .map(|o| {
+                o.iter()
+                    .map(|b| api::OrphanBacklog {
+                        target_id: b.target_id.clone(),
+                        disk_bytes: b.disk_bytes,
+                        segments: b.segments,
+                        age_seconds: b.age.as_secs_f64(),
+                        delete_in_seconds: retention.saturating_sub(b.age).as_secs_f64(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        api::Snapshot {
+            time: stats::rfc3339_millis(SystemTime::now()),
+            uptime_seconds: self.inner.started.elapsed().as_secs_f64(),
+            gateway: gateway.to_owned(),
+            config_version: snap.version(),
+            ready,
+            draining,
+            ingest: api::Ingest {
+                requests,
+                samples: load(&s.samples),
+                series: load(&s.series),
+                bytes: load(&s.bytes),
+                in_flight_bytes: budget
+                    .total_bytes()
+                    .saturating_sub(budget.available_bytes()),
+                memory_budget_bytes: budget.total_bytes(),
             },
-            "drops": {
-                "unattributed": load(&s.unattributed),
-                "foreign": load(&s.foreign),
-                "filtered": load(&s.filtered),
-                "queue_full": load(&s.queue_full),
-                "disk_full": load(&s.disk_full),
-                "rejected": load(&s.rejected),
+            drops: [
+                ("unattributed", load(&s.unattributed)),
+                ("foreign", load(&s.foreign)),
+                ("filtered", load(&s.filtered)),
+                ("queue_full", load(&s.queue_full)),
+                ("disk_full", load(&s.disk_full)),
+                ("rejected", load(&s.rejected)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+            out: api::Counters {
+                samples: load(&s.out_samples),
+                bytes: load(&s.out_bytes),
             },
-            "out": {"samples": load(&s.out_samples), "bytes": load(&s.out_bytes)},
-            "orphanBacklogs": self.inner.orphans.lock().map(|o| o.iter().map(|b| json!({
-                "targetId": b.target_id,
-                "diskBytes": b.disk_bytes,
-                "segments": b.segments,
-                "ageSeconds": b.age.as_secs_f64(),
-                "deleteInSeconds": self.inner.settings.spill_retention.saturating_sub(b.age).as_secs_f64(),
-            })).collect::<Vec<_>>()).unwrap_or_default(),
-            "targets": self.targets_json(),
-            "recentErrors": errors,
-        })
+            orphan_backlogs,
+            targets: self.target_statuses(),
+            recent_errors,
+        }
     }
 
     /// Looks for disk backlogs of targets not in the registry now (the
@@ -842,11 +862,9 @@ mod tests {
         assert_eq!(orphans[0].0, "gone-target");
         assert!(gone.exists());
         assert!(gone.join(spill_mod::ORPHAN_MARK).exists());
-        let stats = d.stats_json("g", true, false);
-        assert_eq!(stats["orphanBacklogs"][0]["targetId"], "gone-target");
-        let left = stats["orphanBacklogs"][0]["deleteInSeconds"]
-            .as_f64()
-            .unwrap();
+        let stats = d.stats_snapshot("g", true, false);
+        assert_eq!(stats.orphan_backlogs[0].target_id, "gone-target");
+        let left = stats.orphan_backlogs[0].delete_in_seconds;
         assert!(left > 3500.0, "retention counts from the mark: {left}");
         // Half the retention later it is still kept.
         d.inner
@@ -1059,9 +1077,9 @@ mod tests {
         let m = spill_mod::Manifest::read(&dir).unwrap().unwrap();
         assert_eq!((m.target_id.as_str(), m.lanes), (new_e1.as_str(), 16));
         assert_eq!(h2.target().config.endpoint, "http://127.0.0.1:2/w");
-        let json = h2.to_json(&d.snapshot());
-        assert_eq!(json["id"], new_e1.as_str());
-        assert_eq!(json["endpoint"], "http://127.0.0.1:2/w");
+        let status = h2.status(&d.snapshot());
+        assert_eq!(status.id, new_e1.as_str());
+        assert_eq!(status.endpoint, "http://127.0.0.1:2/w");
         // The queue still works at its new path: more data spills, and
         // shutdown moves memory to disk there.
         for _ in 0..5 {

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use serde_json::{json, Value};
+use fanout_proto::api;
 use tokio::sync::Notify;
 
 use super::reconcile::Orphan;
@@ -345,8 +345,8 @@ impl TargetHandle {
         self.notify.notify_one();
     }
 
-    /// The TARGET object of docs/stats-api.md.
-    pub fn to_json(&self, snapshot: &Snapshot) -> Value {
+    /// Its status: the TARGET object of docs/stats-api.md.
+    pub fn status(&self, snapshot: &Snapshot) -> api::Target {
         let target = self.target();
         let now = Instant::now();
         let (spill_bytes, oldest_ms, spill_state) = self.spill_stats();
@@ -358,7 +358,12 @@ impl TargetHandle {
             .as_ref()
             .map_or(0, |s| s.disk_full.load(Ordering::Relaxed));
         let Ok(core) = self.core.lock() else {
-            return json!({"id": self.id(), "endpoint": self.endpoint.load().as_str(), "state": "failing"});
+            return api::Target {
+                id: self.id().to_string(),
+                endpoint: self.endpoint.load().to_string(),
+                state: "failing".into(),
+                ..api::Target::default()
+            };
         };
         let c = core.counters();
         let h = core.latency_us();
@@ -369,45 +374,57 @@ impl TargetHandle {
                 h.value_at_quantile(p) as f64 / 1000.0
             }
         };
-        let feeds: Vec<Value> = target
+        let feeds = target
             .routes
             .iter()
-            .map(|r| {
-                json!({
-                    "exportId": r.export_id,
-                    "deploymentId": r.deployment_id,
-                    "clusterId": snapshot.deployment_cluster_id(&r.deployment_id).unwrap_or(""),
-                })
+            .map(|r| api::Feed {
+                export_id: r.export_id.clone(),
+                deployment_id: r.deployment_id.clone(),
+                cluster_id: snapshot
+                    .deployment_cluster_id(&r.deployment_id)
+                    .unwrap_or("")
+                    .to_owned(),
             })
             .collect();
-        json!({
-            "id": self.id(),
-            "endpoint": self.endpoint.load().as_str(),
-            "state": core.state(now),
-            "paused": core.paused(),
-            "queueBytes": core.queue_bytes(),
-            "queueSamples": core.queue_samples(),
-            "spillBytes": spill_bytes,
-            "spillState": spill_state,
-            "oldestQueuedSeconds": core.oldest_queued(now).as_secs_f64().max(disk_age),
-            "samplesSent": c.samples_sent,
-            "bytesSent": c.bytes_sent,
-            "requestsSent": c.requests_sent,
-            "retries": c.retries,
-            "failures": c.failures,
-            "dropped": {"rejected": c.dropped_rejected, "queue_full": c.dropped_queue_full, "disk_full": disk_full},
-            "lastError": core.last_error().map(|e| json!({
-                "time": stats::rfc3339(e.time),
-                "status": e.status,
-                "message": e.message,
-            })),
-            "concurrency": core.concurrency(),
-            "inFlight": core.in_flight(),
-            "latencyMs": {
-                "p50": q(0.5), "p90": q(0.9), "p99": q(0.99),
-                "max": if h.is_empty() { 0.0 } else { h.max() as f64 / 1000.0 },
+        api::Target {
+            id: self.id().to_string(),
+            endpoint: self.endpoint.load().to_string(),
+            state: core.state(now).to_owned(),
+            paused: core.paused(),
+            queue_bytes: core.queue_bytes(),
+            queue_samples: core.queue_samples(),
+            spill_bytes,
+            spill_state: spill_state.to_owned(),
+            oldest_queued_seconds: core.oldest_queued(now).as_secs_f64().max(disk_age),
+            samples_sent: c.samples_sent,
+            bytes_sent: c.bytes_sent,
+            requests_sent: c.requests_sent,
+            retries: c.retries,
+            failures: c.failures.clone(),
+            dropped: [
+                ("rejected".to_owned(), c.dropped_rejected),
+                ("queue_full".to_owned(), c.dropped_queue_full),
+                ("disk_full".to_owned(), disk_full),
+            ]
+            .into(),
+            last_error: core.last_error().map(|e| api::LastError {
+                time: stats::rfc3339(e.time),
+                status: e.status,
+                message: e.message.clone(),
+            }),
+            concurrency: core.concurrency(),
+            in_flight: core.in_flight(),
+            latency_ms: api::Latency {
+                p50: q(0.5),
+                p90: q(0.9),
+                p99: q(0.99),
+                max: if h.is_empty() {
+                    0.0
+                } else {
+                    h.max() as f64 / 1000.0
+                },
             },
-            "feeds": feeds,
-        })
+            feeds,
+        }
     }
 }

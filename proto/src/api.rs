@@ -1,0 +1,452 @@
+//! The admin API's JSON shapes, shared by the gateway (which serializes
+//! them) and the console (which reads them): `/api/v1/stats` and its SSE
+//! stream, `/api/v1/targets`, a Deployment's effective exports, the
+//! registry as read back, errors.
+//!
+//! One definition per shape, so a field renamed here is renamed on both
+//! sides, and a field removed fails to compile wherever it was used. The
+//! gateway's OpenAPI document is checked against these types by a test
+//! (`gateway/src/admin/openapi.rs`).
+//!
+//! Reading is lenient, for a console one version ahead of or behind its
+//! gateway: every field has a default when missing (`#[serde(default)]`)
+//! and unknown fields are ignored. Counters are integers; ages, rates and
+//! latencies are floating point.
+//!
+//! The registry objects here are the *read* view (secrets masked, export
+//! fields left as JSON): the gateway's own model, which validates what is
+//! written, is stricter and lives with the registry.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `{"items": [...]}`: every list the admin API answers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Items<T> {
+    /// The listed things.
+    pub items: Vec<T>,
+}
+
+/// An error answer: what went wrong and, for a rejected document, every
+/// problem found in it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: String,
+    /// Each problem, with where it is.
+    pub problems: Vec<String>,
+}
+
+/// One stats snapshot (`GET /api/v1/stats`, and each `stats` event of
+/// `GET /api/v1/stats/stream`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Snapshot {
+    /// When the gateway took it (RFC 3339, milliseconds).
+    pub time: String,
+    /// Seconds since the gateway started.
+    pub uptime_seconds: f64,
+    /// The gateway's name (`host:port` of its admin API).
+    pub gateway: String,
+    /// Registry version in force.
+    pub config_version: u64,
+    /// `/readyz` would answer 200.
+    pub ready: bool,
+    /// The gateway is draining (SIGTERM).
+    pub draining: bool,
+    /// Ingest counters.
+    pub ingest: Ingest,
+    /// Dropped samples by reason (`unattributed`, `foreign`, `filtered`,
+    /// `queue_full`, `disk_full`, `rejected`).
+    pub drops: BTreeMap<String, u64>,
+    /// Delivered to targets.
+    pub out: Counters,
+    /// Disk backlogs of targets no longer in the registry.
+    pub orphan_backlogs: Vec<OrphanBacklog>,
+    /// Every target.
+    pub targets: Vec<Target>,
+    /// The latest delivery errors, newest first.
+    pub recent_errors: Vec<RecentError>,
+}
+
+/// Ingest counters of a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Ingest {
+    /// Responses by transport (`http1`, `h2`, `h3`) and status code.
+    pub requests: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Samples accepted.
+    pub samples: u64,
+    /// Series accepted.
+    pub series: u64,
+    /// Request bytes received.
+    pub bytes: u64,
+    /// Bytes of the memory budget in use.
+    pub in_flight_bytes: u64,
+    /// The memory budget.
+    pub memory_budget_bytes: u64,
+}
+
+impl Ingest {
+    /// Total responses and those that were not 2xx.
+    pub fn responses(&self) -> (u64, u64) {
+        let mut total = 0;
+        let mut errors = 0;
+        for by_status in self.requests.values() {
+            for (status, n) in by_status {
+                total += n;
+                if !status.starts_with('2') {
+                    errors += n;
+                }
+            }
+        }
+        (total, errors)
+    }
+}
+
+/// Samples and bytes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Counters {
+    /// Samples.
+    pub samples: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// A disk backlog whose target left the registry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OrphanBacklog {
+    /// The target it was spilled for.
+    pub target_id: String,
+    /// Bytes on disk.
+    pub disk_bytes: u64,
+    /// Segment files.
+    pub segments: u64,
+    /// Seconds since it became an orphan.
+    pub age_seconds: f64,
+    /// Seconds until it is deleted (`--spill-retention`).
+    pub delete_in_seconds: f64,
+}
+
+/// One delivery target (an item of `GET /api/v1/targets`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Target {
+    /// Target id (never a URL).
+    pub id: String,
+    /// Endpoint without userinfo and query.
+    pub endpoint: String,
+    /// `healthy`, `retrying`, `failing` or `paused`.
+    pub state: String,
+    /// Paused by an operator.
+    pub paused: bool,
+    /// Bytes queued in memory.
+    pub queue_bytes: u64,
+    /// Samples queued in memory.
+    pub queue_samples: u64,
+    /// Bytes in the disk spill.
+    pub spill_bytes: u64,
+    /// The disk spill: `off`, `ok`, `broken` or `disk_full`.
+    pub spill_state: String,
+    /// Age of the oldest undelivered data, memory or disk.
+    pub oldest_queued_seconds: f64,
+    /// Samples delivered.
+    pub samples_sent: u64,
+    /// Bytes delivered (compressed, as sent).
+    pub bytes_sent: u64,
+    /// Requests that succeeded.
+    pub requests_sent: u64,
+    /// Attempts sent again.
+    pub retries: u64,
+    /// Failed attempts by status or kind (`503`, `timeout`, `connect`).
+    pub failures: BTreeMap<String, u64>,
+    /// Dropped samples by reason (`rejected`, `queue_full`, `disk_full`).
+    pub dropped: BTreeMap<String, u64>,
+    /// The last error, if any.
+    pub last_error: Option<LastError>,
+    /// Current concurrency limit.
+    pub concurrency: u32,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Request latency percentiles.
+    pub latency_ms: Latency,
+    /// The (export, Deployment) pairs that route to it.
+    pub feeds: Vec<Feed>,
+}
+
+impl Target {
+    /// All failed attempts.
+    pub fn failures_total(&self) -> u64 {
+        self.failures.values().sum()
+    }
+}
+
+/// A target's last error.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LastError {
+    /// When (RFC 3339).
+    pub time: String,
+    /// HTTP status, absent for connection errors and timeouts.
+    pub status: Option<u16>,
+    /// What happened (status line and start of the body, or the error; no
+    /// secrets).
+    pub message: String,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+/// One export × Deployment that routes to a target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Feed {
+    /// Metrics export id.
+    pub export_id: String,
+    /// Deployment id.
+    pub deployment_id: String,
+    /// The Deployment's cluster id.
+    pub cluster_id: String,
+}
+
+/// A delivery error of the `recentErrors` list.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RecentError {
+    /// When (RFC 3339).
+    pub time: String,
+    /// Target id.
+    pub target_id: String,
+    /// HTTP status, absent for connection errors and timeouts.
+    pub status: Option<u16>,
+    /// What happened.
+    pub message: String,
+}
+
+/// The last event of `GET /api/v1/stats/stream` (event name `stopped`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Stopped {
+    /// Why the stream ends.
+    pub reason: String,
+}
+
+/// One effective export of a Deployment (an item of
+/// `GET /api/v1/deployments/{id}/metrics-exports`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EffectiveExport {
+    /// Export id.
+    pub id: String,
+    /// Object key.
+    pub object_key: String,
+    /// Where it comes from: `WORKSPACE` or `DEPLOYMENT`.
+    pub source_scope: String,
+    /// The Workspace or Deployment id.
+    pub source_scope_entity_id: String,
+    /// The target it resolves to.
+    pub target_id: String,
+    /// The merged fields (overrides applied), secrets masked.
+    pub metrics_export: Value,
+    /// Secret fields that are set.
+    pub set_fields: Vec<String>,
+}
+
+/// The answer to `PUT /api/v1/registry`: the version now in force and what
+/// it holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Applied {
+    /// Registry version.
+    pub version: u64,
+    /// Clusters.
+    pub clusters: u64,
+    /// Workspaces.
+    pub workspaces: u64,
+    /// Deployments.
+    pub deployments: u64,
+    /// Metrics exports.
+    pub metrics_exports: u64,
+    /// Delivery targets they resolve to.
+    pub targets: u64,
+}
+
+/// The registry as read back (`GET /api/v1/registry`), secrets masked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Registry {
+    /// Clusters.
+    pub clusters: Vec<Cluster>,
+    /// Workspaces.
+    pub workspaces: Vec<Workspace>,
+    /// Deployments.
+    pub deployments: Vec<Deployment>,
+    /// Metrics exports.
+    pub metrics_exports: Vec<MetricsExport>,
+}
+
+impl Registry {
+    /// Nothing at all is registered.
+    pub fn is_empty(&self) -> bool {
+        self.clusters.is_empty()
+            && self.workspaces.is_empty()
+            && self.deployments.is_empty()
+            && self.metrics_exports.is_empty()
+    }
+}
+
+/// A cluster as read back (its ingest token is never shown).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Cluster {
+    /// Id.
+    pub id: String,
+    /// Organization of the cluster.
+    pub organization_id: String,
+    /// Cloud provider.
+    pub cloud_provider: String,
+    /// Cloud region.
+    pub cloud_region: String,
+    /// `***` when a token is set (the token itself is never read back).
+    pub ingest_token: String,
+    /// Secret fields that are set (`ingestToken`).
+    pub set_fields: Vec<String>,
+}
+
+/// A Workspace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Workspace {
+    /// Id.
+    pub id: String,
+    /// Organization.
+    pub organization_id: String,
+    /// Display name.
+    pub name: String,
+}
+
+/// A Deployment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Deployment {
+    /// Id.
+    pub id: String,
+    /// Its Workspace.
+    pub workspace_id: String,
+    /// Its cluster.
+    pub cluster_id: String,
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// `HOSTED` or `HYBRID`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Display name.
+    pub name: String,
+}
+
+/// A metrics export as read back.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MetricsExport {
+    /// Id.
+    pub id: String,
+    /// Object key.
+    pub object_key: String,
+    /// `WORKSPACE` or `DEPLOYMENT`.
+    pub scope: String,
+    /// The Workspace or Deployment id.
+    pub scope_entity_id: String,
+    /// Description.
+    pub description: String,
+    /// Linked to all Deployments of the Workspace.
+    pub auto_link_deployments: bool,
+    /// Links to Deployments, with overrides.
+    pub links: Vec<Link>,
+    /// Deployments excluded from auto-linking.
+    pub exclude_links: Vec<Link>,
+    /// The export's fields (secrets masked).
+    pub metrics_export: Value,
+    /// Secret fields that are set.
+    pub set_fields: Vec<String>,
+}
+
+/// A link (or exclusion) of an export to a Deployment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Link {
+    /// `DEPLOYMENT`.
+    pub scope: String,
+    /// Deployment id.
+    pub scope_entity_id: String,
+    /// Overrides (`{"metricsExport": {...}, "setFields": [...]}`), if any.
+    #[serde(skip_serializing_if = "Value::is_null")]
+    pub overrides: Value,
+}
+
+impl Link {
+    /// The overridden field names, dotted (`endpoint`, `headers.X-Debug`).
+    pub fn override_fields(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(Value::Object(fields)) = self.overrides.get("metricsExport") {
+            for (k, v) in fields {
+                match (k.as_str(), v) {
+                    ("unsetFields" | "setFields", _) => {}
+                    (_, Value::Object(inner)) => {
+                        out.extend(inner.keys().map(|i| format!("{k}.{i}")));
+                    }
+                    _ => out.push(k.clone()),
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_reading_is_lenient_and_writing_is_camel_case() {
+        let doc = r#"{"time":"2026-11-25T13:00:00.123Z","configVersion":7,"extra":1,
+          "ingest":{"requests":{"http1":{"204":10,"400":1}}},
+          "targets":[{"id":"t-1","failures":{"503":2,"timeout":1},"lastError":null,
+             "latencyMs":{"p50":3.1}}],
+          "recentErrors":[{"targetId":"t-1","status":503,"message":"down"}]}"#;
+        let s: Snapshot = serde_json::from_str(doc).unwrap();
+        assert_eq!(s.ingest.responses(), (11, 1));
+        assert_eq!(s.targets[0].failures_total(), 3);
+        assert_eq!(s.recent_errors[0].status, Some(503));
+        let back = serde_json::to_value(&s).unwrap();
+        assert_eq!(back["configVersion"], 7);
+        assert_eq!(back["targets"][0]["latencyMs"]["p50"], 3.1);
+        assert!(back["targets"][0].get("queueBytes").is_some());
+    }
+
+    #[test]
+    fn api_override_fields_are_dotted() {
+        let l = Link {
+            overrides: serde_json::json!({"metricsExport": {"endpoint": "e",
+                "headers": {"X-Debug": "1"}, "unsetFields": ["password"]}}),
+            ..Link::default()
+        };
+        assert_eq!(l.override_fields(), vec!["endpoint", "headers.X-Debug"]);
+    }
+}
