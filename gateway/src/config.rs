@@ -54,6 +54,14 @@ pub struct ServeArgs {
     /// PEM private key for `--tls-cert`.
     #[arg(long, env = "FANOUT_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// PEM certificate chain for the admin API: it then serves HTTPS only
+    /// (the console and `fanout apply` take `https://` URLs and `--ca-cert`)
+    /// [default: none: plain HTTP].
+    #[arg(long, env = "FANOUT_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// PEM private key for `--admin-tls-cert`.
+    #[arg(long, env = "FANOUT_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
     /// On SIGTERM, how long ingest keeps answering new writes (and
     /// `/readyz`) 503 with `Retry-After` before its listeners close, so load
     /// balancers see the drain first [default: 5s].
@@ -83,6 +91,10 @@ pub struct ApplyArgs {
     /// Admin bearer token.
     #[arg(long, env = "FANOUT_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
+    /// PEM certificate(s) to trust for an `https://` admin URL, besides the
+    /// usual public roots (a private CA or a self-signed certificate).
+    #[arg(long, env = "FANOUT_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// A problem with the configuration file or flags.
@@ -128,6 +140,10 @@ pub struct ServerSection {
     pub tls_cert: Option<PathBuf>,
     /// Same as `--tls-key`.
     pub tls_key: Option<PathBuf>,
+    /// Same as `--admin-tls-cert`.
+    pub admin_tls_cert: Option<PathBuf>,
+    /// Same as `--admin-tls-key`.
+    pub admin_tls_key: Option<PathBuf>,
 }
 
 /// The settings of `fanout serve` after merging flags, env, file and defaults.
@@ -149,6 +165,10 @@ pub struct ServeConfig {
     pub tls_cert: Option<PathBuf>,
     /// TLS key.
     pub tls_key: Option<PathBuf>,
+    /// The admin API's certificate chain (HTTPS when set).
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The admin API's key.
+    pub admin_tls_key: Option<PathBuf>,
     /// The whole `--config` file (`Null` without one), for sections other parts own.
     pub file: serde_yaml_ng::Value,
     /// The flags as given, for parts that read their own.
@@ -190,6 +210,8 @@ impl ServeConfig {
                 .filter(|t| !t.is_empty()),
             tls_cert: args.tls_cert.clone().or(server.tls_cert),
             tls_key: args.tls_key.clone().or(server.tls_key),
+            admin_tls_cert: args.admin_tls_cert.clone().or(server.admin_tls_cert),
+            admin_tls_key: args.admin_tls_key.clone().or(server.admin_tls_key),
             file,
             args,
         })

@@ -229,15 +229,28 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     .await?;
     // ===== end INGEST =====
 
-    let admin_task = tokio::spawn(async move {
-        axum::serve(admin_listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
+    let admin_stop = async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    };
+    let admin_tls = admin_tls_config(&config)?;
+    let https = admin_tls.is_some();
+    let admin_task = match admin_tls {
+        Some(tls) => {
+            let listener = admin::tls::TlsListener::new(admin_listener, tls)?;
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(admin_stop)
+                    .await
             })
-            .await
-    });
+        }
+        None => tokio::spawn(async move {
+            axum::serve(admin_listener, router)
+                .with_graceful_shutdown(admin_stop)
+                .await
+        }),
+    };
     health.set_ready();
-    tracing::info!(admin = %admin_addr, version = live.current().version(), "fanout gateway ready");
+    tracing::info!(admin = %admin_addr, admin_https = https, version = live.current().version(), "fanout gateway ready");
 
     // Every SIGTERM / ctrl-c counts: the first starts the drain, the second
     // cuts it short.
@@ -284,6 +297,20 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The admin API's TLS configuration, when `--admin-tls-cert` is set.
+fn admin_tls_config(config: &ServeConfig) -> anyhow::Result<Option<rustls::ServerConfig>> {
+    use crate::ingest::tls;
+    match (&config.admin_tls_cert, &config.admin_tls_key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            tls::install_crypto_provider();
+            let pair = tls::load_pem(cert, key).context("admin TLS certificate")?;
+            Ok(Some(tls::tcp_server_config(&pair).context("admin TLS")?))
+        }
+        _ => anyhow::bail!("--admin-tls-cert and --admin-tls-key go together"),
+    }
 }
 
 /// Installs the Prometheus recorder behind `/metrics` (once per process) and

@@ -419,6 +419,34 @@ impl Link {
     }
 }
 
+/// An HTTP client error with its causes, on one line, without the wrappers
+/// that only repeat the URL ("error sending request for url (…)", "client
+/// error (Connect)"), and a hint for the usual TLS mistakes. Used by the
+/// admin API's clients (`fanout apply`, the console).
+pub fn client_error(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        let t = c.to_string();
+        let wrapper = t.starts_with("error sending request") || t.starts_with("client error (");
+        if !wrapper && !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = c.source();
+    }
+    let mut s = if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    };
+    if s.contains("certificate") {
+        s.push_str(" (trust the gateway's certificate or its CA with --ca-cert)");
+    } else if s.contains("invalid HTTP version") {
+        s.push_str(" (the admin API may be serving HTTPS: use an https:// URL)");
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

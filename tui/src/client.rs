@@ -1,4 +1,5 @@
-//! The console's only IO: HTTP/1.1 to each gateway's admin API.
+//! The console's only IO: HTTP to each gateway's admin API (`http://` or
+//! `https://`; reqwest on rustls, trusting the public roots and `--ca-cert`).
 //!
 //! One task per gateway reads `GET /api/v1/stats/stream` (server-sent events)
 //! and sends [`Msg`]s to the event loop over a bounded channel. When the
@@ -9,14 +10,11 @@
 //! with a timeout. Bodies are read with a size bound. The admin token goes
 //! into the `Authorization` header only: no message here contains it.
 
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::{header, Method, StatusCode};
 use tokio::sync::mpsc;
 
 use crate::api::{self, EffectiveExport, Registry, Snapshot, Target};
@@ -93,12 +91,57 @@ pub struct BadUrl {
     reason: &'static str,
 }
 
+/// Why the console cannot talk to its gateways at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// An `--admin` URL is not usable.
+    #[error(transparent)]
+    Url(#[from] BadUrl),
+    /// `--ca-cert` cannot be used.
+    #[error("--ca-cert {path}: {what}")]
+    CaCert {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Client(String),
+}
+
+/// The HTTP client shared by every gateway's [`Admin`]: rustls with the
+/// public roots, plus the certificates in `ca_cert` (a private CA, or a
+/// gateway's self-signed admin certificate).
+pub fn http_client(ca_cert: Option<&Path>) -> Result<reqwest::Client, SetupError> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .user_agent(concat!("fanout-tui/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_cert {
+        let bad = |what: String| SetupError::CaCert {
+            path: path.display().to_string(),
+            what,
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no CERTIFICATE block".into()));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| SetupError::Client(chain(&e)))
+}
+
 /// A client for one gateway's admin API.
 #[derive(Clone)]
 pub struct Admin {
     base: String,
     token: Option<String>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: reqwest::Client,
 }
 
 impl std::fmt::Debug for Admin {
@@ -109,7 +152,7 @@ impl std::fmt::Debug for Admin {
 }
 
 /// Normalises an `--admin` value: `host:port` gets `http://`, a trailing `/`
-/// goes; `https://` and URLs with a path or credentials are refused.
+/// goes; other schemes and URLs with a path or credentials are refused.
 pub fn normalize_url(url: &str) -> Result<String, BadUrl> {
     // The URL in an error never shows userinfo (it may hold a password).
     let shown = match url.rsplit_once('@') {
@@ -124,14 +167,14 @@ pub fn normalize_url(url: &str) -> Result<String, BadUrl> {
         reason,
     };
     let url = url.trim().trim_end_matches('/');
-    let rest = if let Some(r) = url.strip_prefix("http://") {
-        r
-    } else if url.starts_with("https://") {
-        return Err(bad("https is not supported: the admin API is plain HTTP on a private port (use an SSH tunnel)"));
+    let (scheme, rest) = if let Some(r) = url.strip_prefix("http://") {
+        ("http", r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        ("https", r)
     } else if url.contains("://") {
-        return Err(bad("only http:// URLs are supported"));
+        return Err(bad("only http:// and https:// URLs are supported"));
     } else {
-        url
+        ("http", url)
     };
     if rest.is_empty() {
         return Err(bad("no host"));
@@ -146,7 +189,7 @@ pub fn normalize_url(url: &str) -> Result<String, BadUrl> {
             "give the admin address only, like http://127.0.0.1:9556",
         ));
     }
-    let full = format!("http://{rest}");
+    let full = format!("{scheme}://{rest}");
     full.parse::<http::Uri>()
         .map_err(|_| bad("not a valid URL"))?;
     Ok(full)
@@ -165,24 +208,8 @@ pub fn encode_segment(s: &str) -> String {
     out
 }
 
-/// An error with its causes, on one line.
 fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    // hyper-util's outer "client error (Connect)" says less than its cause.
-    if let (true, Some(c)) = (s.starts_with("client error"), cur) {
-        s = c.to_string();
-        cur = c.source();
-    }
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
+    fanout_proto::api::client_error(e)
 }
 
 fn status_error(path: &str, status: StatusCode, body: &[u8]) -> String {
@@ -209,13 +236,14 @@ fn status_error(path: &str, status: StatusCode, body: &[u8]) -> String {
 }
 
 impl Admin {
-    /// A client for `base` (see [`normalize_url`]).
-    pub fn new(base: &str, token: Option<String>) -> Result<Admin, BadUrl> {
+    /// A client for `base` (see [`normalize_url`]) over `client` (see
+    /// [`http_client`]).
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        client: reqwest::Client,
+    ) -> Result<Admin, BadUrl> {
         let base = normalize_url(base)?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(Admin {
             base,
             token: token.filter(|t| !t.is_empty()),
@@ -228,44 +256,39 @@ impl Admin {
         &self.base
     }
 
-    fn request(
-        &self,
-        method: Method,
-        path: &str,
-        accept: &str,
-    ) -> Result<Request<Full<Bytes>>, String> {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header(header::ACCEPT, accept)
-            .header(
-                header::USER_AGENT,
-                concat!("fanout-tui/", env!("CARGO_PKG_VERSION")),
-            );
+    fn request(&self, method: Method, path: &str, accept: &str) -> reqwest::RequestBuilder {
+        let mut b = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header(header::ACCEPT, accept);
         if let Some(t) = &self.token {
-            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+            b = b.bearer_auth(t);
         }
-        b.body(Full::new(Bytes::new()))
-            .map_err(|_| format!("{path}: cannot build the request"))
+        b
     }
 
     /// A one-shot request; returns the body of a 2xx answer.
     pub async fn call(&self, method: Method, path: &str) -> Result<Bytes, String> {
-        let req = self.request(method, path, "application/json")?;
+        let req = self.request(method, path, "application/json");
         let work = async {
-            let resp = self
-                .client
-                .request(req)
+            let mut resp = req
+                .send()
                 .await
                 .map_err(|e| format!("{path}: {}", chain(&e)))?;
             let status = resp.status();
-            let body = Limited::new(resp.into_body(), MAX_BODY)
-                .collect()
+            let mut body = Vec::new();
+            while let Some(chunk) = resp
+                .chunk()
                 .await
-                .map_err(|e| format!("{path}: reading the body: {}", chain(&*e)))?
-                .to_bytes();
+                .map_err(|e| format!("{path}: reading the body: {}", chain(&e)))?
+            {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(format!("{path}: the body is over {MAX_BODY} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
             if status.is_success() {
-                Ok(body)
+                Ok(Bytes::from(body))
             } else {
                 Err(status_error(path, status, &body))
             }
@@ -323,32 +346,29 @@ impl Admin {
         got_one: &mut bool,
     ) -> Result<(), String> {
         const PATH: &str = "/api/v1/stats/stream";
-        let req = self.request(Method::GET, PATH, "text/event-stream")?;
-        let resp = tokio::time::timeout(STALL, self.client.request(req))
+        let req = self.request(Method::GET, PATH, "text/event-stream");
+        let mut resp = tokio::time::timeout(STALL, req.send())
             .await
             .map_err(|_| format!("{PATH}: no answer within {}s", STALL.as_secs()))?
             .map_err(|e| chain(&e))?;
         let status = resp.status();
-        let mut body = resp.into_body();
         if !status.is_success() {
-            let bytes = tokio::time::timeout(STALL, Limited::new(body, 64 << 10).collect())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
+            let mut bytes = Vec::new();
+            while let Ok(Ok(Some(chunk))) = tokio::time::timeout(STALL, resp.chunk()).await {
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() >= 64 << 10 {
+                    break;
+                }
+            }
             return Err(status_error(PATH, status, &bytes));
         }
         let mut parser = sse::Parser::new();
         loop {
-            let frame = match tokio::time::timeout(STALL, body.frame()).await {
+            let data = match tokio::time::timeout(STALL, resp.chunk()).await {
                 Err(_) => return Err(format!("no snapshot for {}s", STALL.as_secs())),
-                Ok(None) => return Err("the gateway closed the stats stream".into()),
-                Ok(Some(Err(e))) => return Err(chain(&e)),
-                Ok(Some(Ok(frame))) => frame,
-            };
-            let Ok(data) = frame.into_data() else {
-                continue;
+                Ok(Ok(None)) => return Err("the gateway closed the stats stream".into()),
+                Ok(Err(e)) => return Err(chain(&e)),
+                Ok(Ok(Some(data))) => data,
             };
             let events = parser.feed(&data).map_err(|e| e.to_string())?;
             for ev in events {
@@ -440,7 +460,8 @@ mod tests {
             "http://127.0.0.1:9556"
         );
         assert_eq!(normalize_url("http://h:1/").unwrap(), "http://h:1");
-        for bad in ["https://h", "http://u:p@h", "http://h/x", "", "ftp://h"] {
+        assert_eq!(normalize_url("https://h:1/").unwrap(), "https://h:1");
+        for bad in ["http://u:p@h", "https://u:p@h", "http://h/x", "", "ftp://h"] {
             let e = normalize_url(bad).unwrap_err().to_string();
             assert!(!e.contains("p@"), "{e}");
         }
@@ -454,7 +475,12 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let admin = Admin::new(&format!("127.0.0.1:{port}"), Some("sekret-token".into())).unwrap();
+        let admin = Admin::new(
+            &format!("127.0.0.1:{port}"),
+            Some("sekret-token".into()),
+            http_client(None).unwrap(),
+        )
+        .unwrap();
         assert!(!format!("{admin:?}").contains("sekret"));
         let (tx, mut rx) = mpsc::channel(8);
         let task = tokio::spawn(admin.follow_stats(0, tx));
@@ -499,7 +525,12 @@ mod tests {
             s.write_all(head.as_bytes()).await.unwrap();
             s.write_all(body.as_bytes()).await.unwrap();
         });
-        let admin = Admin::new(&format!("http://{addr}"), Some("tok".into())).unwrap();
+        let admin = Admin::new(
+            &format!("http://{addr}"),
+            Some("tok".into()),
+            http_client(None).unwrap(),
+        )
+        .unwrap();
         let (tx, mut rx) = mpsc::channel(8);
         let task = tokio::spawn(admin.follow_stats(3, tx));
         assert!(matches!(rx.recv().await, Some(Msg::Connecting(3))));

@@ -16,7 +16,7 @@ use crossterm::{cursor, execute, terminal};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use fanout_tui::client::{Admin, Msg};
+use fanout_tui::client::{http_client, Admin, Msg, SetupError};
 use fanout_tui::state::{Command, State};
 use fanout_tui::ui;
 
@@ -30,6 +30,10 @@ struct Args {
     /// Admin bearer token.
     #[arg(long, env = "FANOUT_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM certificate(s) to trust for `https://` admin URLs, besides the
+    /// public roots (a private CA, or a gateway's self-signed certificate).
+    #[arg(long, env = "FANOUT_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 fn now_ms() -> i64 {
@@ -46,11 +50,13 @@ fn restore_terminal() {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let admins: Result<Vec<Admin>, _> = args
-        .admin
-        .iter()
-        .map(|u| Admin::new(u, args.token.clone()))
-        .collect();
+    let admins: Result<Vec<Admin>, SetupError> =
+        http_client(args.ca_cert.as_deref()).and_then(|client| {
+            args.admin
+                .iter()
+                .map(|u| Ok(Admin::new(u, args.token.clone(), client.clone())?))
+                .collect()
+        });
     let admins = match admins {
         Ok(a) => a,
         Err(e) => {

@@ -3,16 +3,15 @@
 //!
 //! The file is checked locally first (so a typo is reported without a round
 //! trip), then sent as-is with a Content-Type chosen by its extension
-//! (`.json`: JSON, anything else: YAML). Plain `http://` only: the admin port
-//! is loopback or a private network, never the load balancer's port.
+//! (`.json`: JSON, anything else: YAML). `http://` and `https://` admin URLs
+//! work; for HTTPS the public roots are trusted, plus `--ca-cert` (a private
+//! CA or the gateway's self-signed certificate).
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use fanout_proto::api;
 
 use crate::config::ApplyArgs;
 use crate::registry::model::Document;
@@ -24,6 +23,29 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(apply(args))
+}
+
+/// An HTTP client for an admin API: rustls, the public roots, and the
+/// certificates of `ca_cert` if given.
+pub fn admin_client(ca_cert: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .user_agent(concat!("fanout/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--ca-cert {}: not PEM certificates", path.display()))?;
+        if certs.is_empty() {
+            bail!("--ca-cert {}: no CERTIFICATE block", path.display());
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().context("cannot set up the HTTP client")
 }
 
 async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
@@ -41,11 +63,12 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         );
     }
     let base = args.admin.trim_end_matches('/');
-    if !base.starts_with("http://") {
-        bail!("--admin must be an http:// URL (got {base:?})");
+    if !base.starts_with("http://") && !base.starts_with("https://") {
+        bail!("--admin must be an http:// or https:// URL (got {base:?})");
     }
     let url = format!("{base}/api/v1/registry");
-    let mut request = Request::put(&url).header(
+    let client = admin_client(args.ca_cert.as_deref())?;
+    let mut request = client.put(&url).header(
         "content-type",
         if yaml {
             "application/yaml"
@@ -54,47 +77,43 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         },
     );
     if let Some(token) = &args.admin_token {
-        request = request.header("authorization", format!("Bearer {}", token.expose()));
+        request = request.bearer_auth(token.expose());
     }
-    let request = request
-        .body(Full::new(bytes::Bytes::from(text)))
-        .context("cannot build the request")?;
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+    let response = request
+        .body(text)
+        .send()
         .await
-        .with_context(|| format!("{url}: no answer within 30s"))?
-        .with_context(|| format!("cannot reach {url}"))?;
+        .map_err(|e| anyhow::anyhow!("{url}: {}", api::client_error(&e)))?;
     let status = response.status();
     let body = response
-        .into_body()
-        .collect()
+        .bytes()
         .await
-        .context("cannot read the answer")?
-        .to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        .map_err(|e| anyhow::anyhow!("{url}: reading the answer: {}", api::client_error(&e)))?;
     if status.is_success() {
+        let a: api::Applied =
+            serde_json::from_slice(&body).with_context(|| format!("{url}: unreadable answer"))?;
         println!(
             "applied {}: version {}, {} clusters, {} workspaces, {} deployments, {} metrics exports, {} targets",
             args.file.display(),
-            value["version"],
-            value["clusters"],
-            value["workspaces"],
-            value["deployments"],
-            value["metricsExports"],
-            value["targets"],
+            a.version,
+            a.clusters,
+            a.workspaces,
+            a.deployments,
+            a.metrics_exports,
+            a.targets,
         );
         return Ok(());
     }
-    let error = value["error"]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-    let problems: Vec<&str> = value["problems"]
-        .as_array()
-        .map(|ps| ps.iter().filter_map(|p| p.as_str()).collect())
-        .unwrap_or_default();
-    if problems.is_empty() {
-        bail!("{url}: {status}: {error}");
+    let answer: api::ErrorBody = serde_json::from_slice(&body).unwrap_or_else(|_| api::ErrorBody {
+        error: String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned(),
+        problems: Vec::new(),
+    });
+    if answer.problems.is_empty() {
+        bail!("{url}: {status}: {}", answer.error);
     }
-    bail!("{url}: {status}: {error}\n  {}", problems.join("\n  "))
+    bail!(
+        "{url}: {status}: {}\n  {}",
+        answer.error,
+        answer.problems.join("\n  ")
+    )
 }

@@ -7,6 +7,7 @@
 //!   [`crate::registry::ops`] inside the store's transaction.
 //! - [`openapi`]: the OpenAPI 3 document served at `/api/v1/openapi.json`.
 //! - [`apply`]: the `fanout apply` client.
+//! - [`tls`]: HTTPS on the admin port (`--admin-tls-cert`, `--admin-tls-key`).
 //!
 //! # Security
 //! Every `/api/` route requires `Authorization: Bearer <admin token>` when a
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod apply;
 pub mod openapi;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
