@@ -40,7 +40,7 @@
 //! status or reset is not recorded: the sender must send it again.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash as _, Hasher as _};
+
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +63,9 @@ use crate::identity::{now_ms, SampleId, SeriesId};
 pub const MAX_LABEL_SETS: usize = 8;
 /// Duplicate rounds listed per series (more are counted, not listed).
 pub const MAX_DUPLICATES_LISTED: usize = 16;
+/// Label-set hashes a record remembers (a label set can have several: one
+/// per encoding seen).
+const MAX_LABEL_HASHES: usize = 32;
 
 /// Auth a sink requires.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,22 +155,40 @@ pub enum SinkError {
     },
 }
 
-/// A set of rounds (a bitmap).
+/// A set of rounds (a bitmap). The first 128 rounds live in the set itself,
+/// so that recording an arrival usually touches no memory beyond the series'
+/// record (the sink does it for every sample at every target).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SeqSet {
-    bits: Vec<u64>,
+    inline: [u64; INLINE_WORDS],
     count: u64,
+    more: Vec<u64>,
 }
 
+const INLINE_WORDS: usize = 2;
+
 impl SeqSet {
+    fn word(&self, w: usize) -> u64 {
+        match w.checked_sub(INLINE_WORDS) {
+            None => self.inline[w],
+            Some(m) => self.more.get(m).copied().unwrap_or(0),
+        }
+    }
+
     /// Adds `seq`; false if it was already there.
     pub fn insert(&mut self, seq: u32) -> bool {
         let (w, b) = ((seq / 64) as usize, seq % 64);
-        if w >= self.bits.len() {
-            self.bits.resize(w + 1, 0);
-        }
-        let had = self.bits[w] & (1 << b) != 0;
-        self.bits[w] |= 1 << b;
+        let word = match w.checked_sub(INLINE_WORDS) {
+            None => &mut self.inline[w],
+            Some(m) => {
+                if m >= self.more.len() {
+                    self.more.resize(m + 1, 0);
+                }
+                &mut self.more[m]
+            }
+        };
+        let had = *word & (1 << b) != 0;
+        *word |= 1 << b;
         if !had {
             self.count += 1;
         }
@@ -176,9 +197,7 @@ impl SeqSet {
 
     /// Whether `seq` is in the set.
     pub fn contains(&self, seq: u32) -> bool {
-        self.bits
-            .get((seq / 64) as usize)
-            .is_some_and(|w| w & (1 << (seq % 64)) != 0)
+        self.word((seq / 64) as usize) & (1 << (seq % 64)) != 0
     }
 
     /// Number of rounds in the set.
@@ -191,9 +210,13 @@ impl SeqSet {
         self.count == 0
     }
 
+    fn words(&self) -> impl DoubleEndedIterator<Item = (usize, u64)> + '_ {
+        (0..INLINE_WORDS + self.more.len()).map(|w| (w, self.word(w)))
+    }
+
     /// The rounds, ascending.
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        self.bits.iter().enumerate().flat_map(|(w, &word)| {
+        self.words().flat_map(|(w, word)| {
             (0..64u32)
                 .filter(move |b| word & (1 << b) != 0)
                 .map(move |b| w as u32 * 64 + b)
@@ -202,7 +225,7 @@ impl SeqSet {
 
     /// The largest round, if any.
     pub fn max(&self) -> Option<u32> {
-        let (w, word) = self.bits.iter().enumerate().rev().find(|(_, w)| **w != 0)?;
+        let (w, word) = self.words().rev().find(|(_, w)| *w != 0)?;
         Some(w as u32 * 64 + 63 - word.leading_zeros())
     }
 }
@@ -210,14 +233,17 @@ impl SeqSet {
 /// What one target received of one series.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SeriesRecord {
+    /// The hash of the first label set (kept in the record: almost every
+    /// series has only one), then of the others.
+    first_label_hash: Option<u64>,
+    /// The highest round received so far.
+    pub max_seq: Option<u32>,
     /// Rounds received.
     pub seqs: SeqSet,
     /// Samples received again after their first arrival.
     pub duplicates: u64,
     /// The first duplicated rounds (at most [`MAX_DUPLICATES_LISTED`]).
     pub duplicate_seqs: Vec<u32>,
-    /// The highest round received so far.
-    pub max_seq: Option<u32>,
     /// Samples that arrived (for the first time) after a higher round of
     /// the series had already arrived.
     pub out_of_order: u64,
@@ -804,25 +830,79 @@ impl Got {
     }
 }
 
+/// Where a series' labels are: the checked text of its encoded labels (the
+/// plain 1.0 path), or `pairs[range]`.
+enum LabelSet<'a> {
+    /// The series' label messages as they arrived, valid UTF-8.
+    Raw(&'a str),
+    /// Decoded pairs.
+    Pairs(Range<usize>),
+}
+
+impl LabelSet<'_> {
+    /// The labels as owned pairs (only for a label set new to a record).
+    fn owned(&self, pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        match self {
+            LabelSet::Raw(text) => raw_pairs(text),
+            LabelSet::Pairs(r) => pairs[r.clone()]
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+}
+
+fn fast_hash<T: std::hash::Hash + ?Sized>(h: &T) -> u64 {
+    std::hash::BuildHasher::hash_one(&foldhash::fast::FixedState::default(), h)
+}
+
 /// Ends a series whose labels are `pairs[start..]`: its label set, with the
 /// hash that tells label sets apart (the hash of the `(name, value)` list).
-fn push_set(sets: &mut Vec<(u64, Range<usize>)>, pairs: &[(&str, &str)], start: usize) {
-    let mut h = std::hash::BuildHasher::build_hasher(&foldhash::fast::FixedState::default());
-    pairs[start..].hash(&mut h);
-    sets.push((h.finish(), start..pairs.len()));
+fn push_set<'a>(sets: &mut Vec<(u64, LabelSet<'a>)>, pairs: &[(&'a str, &'a str)], start: usize) {
+    sets.push((
+        fast_hash(&pairs[start..]),
+        LabelSet::Pairs(start..pairs.len()),
+    ));
+}
+
+/// The `(name, value)` pairs of label messages checked by [`scan_v1_plain`].
+fn raw_pairs(text: &str) -> Vec<(String, String)> {
+    use fanout_proto::wire::Reader;
+    let mut out = Vec::new();
+    let mut r = Reader::new(text.as_bytes());
+    while let (Ok(_), Ok((ma, mb))) = (r.key(), r.len_range()) {
+        let mut m = Reader::new(&text.as_bytes()[ma..mb]);
+        let (mut name, mut value) = (String::new(), String::new());
+        while let (Ok((f, _)), Ok((a, b))) = (m.key(), m.len_range()) {
+            let s = text
+                .get(ma + a..ma + b)
+                .map(str::to_owned)
+                .unwrap_or_else(|| {
+                    String::from_utf8_lossy(&text.as_bytes()[ma + a..ma + b]).into_owned()
+                });
+            if f == 1 {
+                name = s;
+            } else {
+                value = s;
+            }
+        }
+        out.push((name, value));
+    }
+    out
 }
 
 /// Decodes a remote-write 1.0 body of the plain shape senders use (only
-/// `timeseries`, each only `labels` {name, value} and `samples` {value,
-/// timestamp}) without allocating per label: names and values borrow from
-/// `raw`. Every field must have its schema's wire type and every string must
-/// be UTF-8, so what this accepts prost accepts with the same content.
-/// `None` for any other field or malformed input (the caller then decodes
-/// with prost); the outputs are then partly filled.
+/// `timeseries`, each only `labels` {name, value} first, then `samples`
+/// {value, timestamp}) without allocating per series or label: a series'
+/// label messages are checked as UTF-8 in one piece and kept as that text
+/// ([`LabelSet::Raw`]), parsed into pairs only when new to a record. Every
+/// field must have its schema's wire type and the labels must be UTF-8, so
+/// what this accepts prost accepts with the same content. `None` for any
+/// other field or layout, or malformed input (the caller then decodes with
+/// prost); the outputs are then partly filled.
 fn scan_v1_plain<'a>(
     raw: &'a [u8],
-    pairs: &mut Vec<(&'a str, &'a str)>,
-    sets: &mut Vec<(u64, Range<usize>)>,
+    sets: &mut Vec<(u64, LabelSet<'a>)>,
     got: &mut Vec<Got>,
 ) -> Option<()> {
     use fanout_proto::wire::{Reader, WireType};
@@ -831,32 +911,30 @@ fn scan_v1_plain<'a>(
         if r.key().ok()? != (1, WireType::Len) {
             return None;
         }
-        let mut t = Reader::new(r.len_delimited().ok()?);
-        let start = pairs.len();
+        let ts = r.len_delimited().ok()?;
+        let mut t = Reader::new(ts);
+        let (mut head_end, mut seen_sample) = (0, false);
         while !t.is_empty() {
             let (field, wire) = t.key().ok()?;
             if wire != WireType::Len {
                 return None;
             }
-            let mut m = Reader::new(t.len_delimited().ok()?);
+            let (ma, mb) = t.len_range().ok()?;
+            let mut m = Reader::new(&ts[ma..mb]);
             match field {
+                // A label after a sample: not the plain layout.
+                1 if seen_sample => return None,
                 1 => {
-                    let (mut name, mut value) = ("", "");
                     while !m.is_empty() {
-                        let (f, w) = m.key().ok()?;
-                        if w != WireType::Len {
-                            return None;
-                        }
-                        let s = std::str::from_utf8(m.len_delimited().ok()?).ok()?;
-                        match f {
-                            1 => name = s,
-                            2 => value = s,
+                        match m.key().ok()? {
+                            (1 | 2, WireType::Len) => m.len_range().ok()?,
                             _ => return None,
-                        }
+                        };
                     }
-                    pairs.push((name, value));
+                    head_end = mb;
                 }
                 2 => {
+                    seen_sample = true;
                     let (mut value, mut ts) = (0.0, 0i64);
                     while !m.is_empty() {
                         match m.key().ok()? {
@@ -870,7 +948,8 @@ fn scan_v1_plain<'a>(
                 _ => return None,
             }
         }
-        push_set(sets, pairs, start);
+        let labels = std::str::from_utf8(&ts[..head_end]).ok()?;
+        sets.push((fast_hash(&labels), LabelSet::Raw(labels)));
     }
     Some(())
 }
@@ -973,12 +1052,13 @@ fn receive(
             )
         })?;
     let now = now_ms();
-    // Label pairs borrow from the body (v1) or the decoded request; a series'
-    // labels are `pairs[range]`, owned only when new to its record.
+    // A series' labels borrow from the body (v1: its label messages as text)
+    // or from the decoded request (`pairs[range]`), owned only when new to
+    // its record.
     let decoded_v1: fanout_proto::v1::WriteRequest;
     let decoded_v2: fanout_proto::v2::Request;
     let mut pairs: Vec<(&str, &str)> = Vec::new();
-    let mut sets: Vec<(u64, Range<usize>)> = Vec::new();
+    let mut sets: Vec<(u64, LabelSet)> = Vec::new();
     let mut got: Vec<Got> = Vec::new();
     let mut histograms = 0u64;
     if v2 {
@@ -1017,7 +1097,7 @@ fn receive(
             }
             push_set(&mut sets, &pairs, start);
         }
-    } else if scan_v1_plain(&raw, &mut pairs, &mut sets, &mut got).is_none() {
+    } else if scan_v1_plain(&raw, &mut sets, &mut got).is_none() {
         // Not the plain shape (or malformed): prost decodes it, and its
         // verdict and error message stand.
         (pairs, sets, got) = (Vec::new(), Vec::new(), Vec::new());
@@ -1094,16 +1174,23 @@ fn receive(
             latency.saturating_record((now - g.ts).max(0) as u64);
             let rec = report.series.entry(id.id).or_default();
             rec.arrived(id.seq);
-            let (hash, range) = &sets[g.set];
-            if !rec.label_hashes.contains(hash) {
-                if rec.label_sets.len() < MAX_LABEL_SETS {
-                    rec.label_hashes.push(*hash);
-                    rec.label_sets.push(
-                        pairs[range.clone()]
-                            .iter()
-                            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                            .collect(),
-                    );
+            let (hash, set) = &sets[g.set];
+            if rec.first_label_hash != Some(*hash) && !rec.label_hashes.contains(hash) {
+                // New to this record as bytes; maybe not as labels (the same
+                // labels encoded otherwise, or decoded by the other path).
+                let owned = set.owned(&pairs);
+                let known = rec.label_sets.contains(&owned);
+                if known || rec.label_sets.len() < MAX_LABEL_SETS {
+                    match rec.first_label_hash {
+                        None => rec.first_label_hash = Some(*hash),
+                        Some(_) if rec.label_hashes.len() < MAX_LABEL_HASHES => {
+                            rec.label_hashes.push(*hash)
+                        }
+                        Some(_) => {}
+                    }
+                    if !known {
+                        rec.label_sets.push(owned);
+                    }
                 } else {
                     rec.more_label_sets += 1;
                 }
@@ -1137,13 +1224,10 @@ mod tests {
     );
 
     fn scan(raw: &[u8]) -> Option<Scanned> {
-        let (mut pairs, mut sets, mut got) = (Vec::new(), Vec::new(), Vec::new());
-        scan_v1_plain(raw, &mut pairs, &mut sets, &mut got)?;
+        let (mut sets, mut got) = (Vec::new(), Vec::new());
+        scan_v1_plain(raw, &mut sets, &mut got)?;
         Some((
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            sets.iter().flat_map(|(_, s)| s.owned(&[])).collect(),
             got.iter().map(|g| (g.id, g.ts, g.set)).collect(),
             sets.len(),
         ))
@@ -1209,6 +1293,40 @@ mod tests {
         let (pairs, got, sets) = scan(&ok.encode_to_vec()).unwrap();
         assert_eq!(pairs, [("__name__".to_owned(), "up".to_owned())]);
         assert_eq!((got.len(), sets, got[1].2), (2, 2, 1));
+        // Text beyond ASCII is scanned; a value of 200 bytes (a two-byte
+        // length, not UTF-8 with the text around it) is left to prost.
+        let wide = v1::WriteRequest {
+            timeseries: vec![series(vec![label("ns", "é中"), label("x", "ü")])],
+            ..Default::default()
+        };
+        let (pairs, _, _) = scan(&wide.encode_to_vec()).unwrap();
+        assert_eq!(pairs[0], ("ns".to_owned(), "é中".to_owned()));
+        assert_eq!(pairs[1], ("x".to_owned(), "ü".to_owned()));
+        let long = v1::WriteRequest {
+            timeseries: vec![series(vec![label("x", &"é中".repeat(40))])],
+            ..Default::default()
+        };
+        assert!(scan(&long.encode_to_vec()).is_none());
+        // Invalid UTF-8 split across a label's end is refused too.
+        let mut split = wide.encode_to_vec();
+        let at = split.windows(2).position(|w| w == "é".as_bytes()).unwrap();
+        split[at + 1] = b'a';
+        assert!(scan(&split).is_none());
+        // A label after a sample: not the plain layout.
+        let mut late = v1::TimeSeries::default().encode_to_vec();
+        late.extend(series(vec![]).encode_to_vec());
+        late.extend(
+            v1::TimeSeries {
+                labels: vec![label("a", "b")],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        let mut body = Vec::new();
+        prost::encoding::bytes::encode(1, &late, &mut body);
+        assert!(scan(&body).is_none());
+        let decoded = v1::WriteRequest::decode(&body[..]).unwrap();
+        assert_eq!(decoded.timeseries[0].labels.len(), 1);
         // A histogram: another field; prost decodes it.
         let mut h = series(vec![label("a", "b")]);
         h.histograms.push(Default::default());
@@ -1225,6 +1343,19 @@ mod tests {
         assert!(v1::WriteRequest::decode(&bad[..]).is_err());
         let whole = ok.encode_to_vec();
         assert!(scan(&whole[..whole.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn seq_set_spans_its_inline_words_and_the_rest() {
+        let mut s = SeqSet::default();
+        for seq in [300, 0, 127, 128, 63, 64] {
+            assert!(s.insert(seq));
+        }
+        assert!(!s.insert(128));
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 63, 64, 127, 128, 300]);
+        assert_eq!((s.len(), s.max()), (6, Some(300)));
+        assert!(s.contains(127) && s.contains(300) && !s.contains(299) && !s.contains(9999));
+        assert_eq!(SeqSet::default().max(), None);
     }
 
     fn record(seqs: &[u32]) -> SeriesRecord {
