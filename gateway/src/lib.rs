@@ -15,11 +15,14 @@
 //! - [`deliver`]: per-target queues and senders.
 //! - [`admin`]: the admin API on its own port.
 //! - [`serve`]: wires the parts together for `fanout serve`.
+//! - [`fuzzing`]: the checks behind the fuzz targets of the registry, admin
+//!   and spill parsers.
 
 pub mod admin;
 pub mod budget;
 pub mod config;
 pub mod deliver;
+pub mod fuzzing;
 pub mod handoff;
 pub mod ingest;
 pub mod registry;

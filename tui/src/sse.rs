@@ -33,6 +33,34 @@ pub struct Parser {
     has_data: bool,
 }
 
+/// Fuzz target `sse_stream` (`proto/fuzz`), also run on its corpus by
+/// `cargo test`: byte 0 is a chunk size, the rest a stream. Fed whole or in
+/// chunks of that size, the parser must complete the same events (a chunk
+/// boundary may fall anywhere: inside a line, between `\r` and `\n`, inside
+/// a UTF-8 character), and never panic.
+pub fn fuzz_target(data: &[u8]) {
+    let Some((&size, stream)) = data.split_first() else {
+        return;
+    };
+    let whole = Parser::new().feed(stream);
+    let mut parser = Parser::new();
+    let mut events = Vec::new();
+    let mut failed = false;
+    for chunk in stream.chunks(usize::from(size).max(1)) {
+        match parser.feed(chunk) {
+            Ok(e) => events.extend(e),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    if let Ok(whole) = whole {
+        assert!(!failed, "chunked feeding failed where whole did not");
+        assert_eq!(whole, events, "chunked feeding completed other events");
+    }
+}
+
 impl Parser {
     /// A parser at the start of a stream.
     pub fn new() -> Parser {

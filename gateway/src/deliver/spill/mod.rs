@@ -99,7 +99,7 @@
 
 mod commit;
 mod files;
-mod format;
+pub(crate) mod format;
 mod manifest;
 mod queue;
 mod types;
