@@ -109,6 +109,9 @@ pub struct GeneratorConfig {
     pub progress: bool,
     /// Send a request answered 429 or 503 again (see the module doc).
     pub retry: bool,
+    /// Set (by Ctrl-C) to end the run early: no new request is sent, those
+    /// in flight get their answer, and the summary says so.
+    pub interrupt: Option<Arc<AtomicBool>>,
 }
 
 impl Default for GeneratorConfig {
@@ -131,6 +134,7 @@ impl Default for GeneratorConfig {
             first_round: 0,
             progress: false,
             retry: false,
+            interrupt: None,
         }
     }
 }
@@ -231,6 +235,9 @@ pub struct RunSummary {
     pub series_per_cluster: u64,
     /// Acknowledged samples per cluster (positions, see the module doc).
     pub acked: Vec<ClusterAck>,
+    /// Why the run stopped before its duration or sample count, if it did
+    /// (interrupted, or every connection gave up).
+    pub ended_early: Option<String>,
 }
 
 impl RunSummary {
@@ -272,7 +279,7 @@ impl RunSummary {
         );
         let _ = writeln!(s, "conn errors   {}", self.transport_errors);
         if self.retries > 0 {
-            let _ = writeln!(s, "retried       {} (429/503)", self.retries);
+            let _ = writeln!(s, "sent again    {} (429/503 or no answer)", self.retries);
         }
         let l = &self.latency_ms;
         let _ = writeln!(
@@ -282,6 +289,9 @@ impl RunSummary {
         );
         if let Some(e) = &self.last_error {
             let _ = writeln!(s, "last error    {e}");
+        }
+        if let Some(e) = &self.ended_early {
+            let _ = writeln!(s, "ended early   {e}");
         }
         s
     }
@@ -584,12 +594,22 @@ pub async fn run(config: GeneratorConfig) -> Result<RunSummary, GeneratorError> 
         Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.tick().await;
-            let (mut last_req, mut last_ok) = (0, 0);
+            let (mut last_req, mut last_ok, mut last_again) = (0, 0, 0);
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let req = stats.requests.load(Ordering::Relaxed);
                 let ok = stats.samples_ok.load(Ordering::Relaxed);
                 let failed = stats.samples_failed.load(Ordering::Relaxed);
+                // Requests sent again this second, and why (a gateway
+                // restarting, 429s): the run goes on and says so.
+                let again = stats.retries.load(Ordering::Relaxed);
+                let note = if again > last_again {
+                    let why = lock(&stats.last_error).clone().unwrap_or_default();
+                    format!("  {} sent again: {why}", again - last_again)
+                } else {
+                    String::new()
+                };
+                last_again = again;
                 let l = {
                     let mut h = lock(&stats.interval);
                     let l = Latency::from_histogram(&h, 0.001);
@@ -597,7 +617,7 @@ pub async fn run(config: GeneratorConfig) -> Result<RunSummary, GeneratorError> 
                     l
                 };
                 eprintln!(
-                    "[{:>5.1}s] {:>6} req/s {:>9} samples/s  total {:>11} ok {:>9} failed  p50 {:.1} ms p99 {:.1} ms",
+                    "[{:>5.1}s] {:>6} req/s {:>9} samples/s  total {:>11} ok {:>9} failed  p50 {:.1} ms p99 {:.1} ms{note}",
                     start.elapsed().as_secs_f64(),
                     req - last_req,
                     ok - last_ok,
@@ -648,6 +668,21 @@ pub async fn run(config: GeneratorConfig) -> Result<RunSummary, GeneratorError> 
         p.abort();
     }
     let elapsed = start.elapsed().as_secs_f64().max(1e-9);
+    let interrupted = config
+        .interrupt
+        .as_ref()
+        .is_some_and(|i| i.load(Ordering::Relaxed));
+    let complete = deadline.is_some_and(|d| Instant::now() >= d)
+        || next.load(Ordering::Relaxed).saturating_mul(spr) >= total;
+    let ended_early = if interrupted {
+        Some(format!("interrupted after {elapsed:.1} s"))
+    } else if !complete {
+        Some(format!(
+            "after {elapsed:.1} s: every connection gave up (last error above)"
+        ))
+    } else {
+        None
+    };
     let requests = stats.requests.load(Ordering::Relaxed);
     let samples_ok = stats.samples_ok.load(Ordering::Relaxed);
     let acked = lock(&stats.acked)
@@ -676,6 +711,7 @@ pub async fn run(config: GeneratorConfig) -> Result<RunSummary, GeneratorError> 
         latency_ms: Latency::from_histogram(&lock(&stats.latency), 0.001),
         series_per_cluster: per_cluster,
         acked,
+        ended_early,
     };
     Ok(summary)
 }
@@ -836,8 +872,18 @@ impl Worker {
         }
     }
 
+    /// Whether `at` is past the run's end: its deadline, or an interrupt.
+    fn over(&self, at: Instant) -> bool {
+        self.deadline.is_some_and(|d| at >= d)
+            || self
+                .config
+                .interrupt
+                .as_ref()
+                .is_some_and(|i| i.load(Ordering::Relaxed))
+    }
+
     fn finished(&self) -> bool {
-        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+        if self.over(Instant::now()) {
             return true;
         }
         let b = self.next.load(Ordering::Relaxed);
@@ -851,7 +897,7 @@ impl Worker {
     /// Sends requests on `conn` until the run ends or the connection fails.
     async fn stream_loop(&self, mut conn: Conn, mut builder: RequestBuilder) -> RequestBuilder {
         loop {
-            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            if self.over(Instant::now()) {
                 return builder;
             }
             let b = self.next.fetch_add(1, Ordering::Relaxed);
@@ -870,7 +916,7 @@ impl Worker {
             }
             if let Some(rate) = self.config.rate {
                 let at = self.start + Duration::from_secs_f64(first as f64 / rate);
-                if self.deadline.is_some_and(|d| at >= d) {
+                if self.over(at) {
                     return builder;
                 }
                 tokio::time::sleep_until(at.into()).await;
@@ -906,7 +952,7 @@ impl Worker {
                     // No answer (a gateway restarting, a reset, a timeout).
                     _ => backoff,
                 };
-                if self.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                if self.over(Instant::now() + wait) {
                     break res;
                 }
                 match &res {
@@ -943,7 +989,7 @@ impl Worker {
                         Ok(Err(e)) => self.note_error(format!("{e} (reconnecting)")),
                         Err(_) => self.note_error("connect: timed out (reconnecting)".into()),
                     }
-                    if self.deadline.is_some_and(|d| Instant::now() + backoff >= d) {
+                    if self.over(Instant::now() + backoff) {
                         break 'attempts res;
                     }
                     tokio::time::sleep(backoff).await;

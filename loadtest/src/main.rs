@@ -39,6 +39,21 @@ enum Cmd {
     /// A long run of one fanout serve under load while a target flaps, the
     /// registry changes and the gateway restarts; reports what leaks.
     Soak(SoakArgs),
+    /// Print a registry (YAML) for `run`'s simulated clusters: their tokens,
+    /// one Workspace, their Deployments with the generator's namespaces, and
+    /// one Workspace export per --target linked to every Deployment. Apply it
+    /// with `fanout apply -f FILE` or `fanout serve --registry FILE`.
+    PrintRegistry(PrintRegistryArgs),
+}
+
+#[derive(Args)]
+struct PrintRegistryArgs {
+    /// Remote-write URL of a target that every Deployment exports to
+    /// (repeatable; e.g. a `fanout-load sink`).
+    #[arg(long = "target", required = true)]
+    targets: Vec<String>,
+    #[command(flatten)]
+    scenario: ScenarioArgs,
 }
 
 #[derive(Args)]
@@ -308,6 +323,7 @@ fn main() {
             Cmd::Bench(a) => bench(a).await,
             Cmd::Plot(a) => plot(a),
             Cmd::Soak(a) => soak(a).await,
+            Cmd::PrintRegistry(a) => print_registry(a),
         }
     });
     match res {
@@ -330,6 +346,7 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
         (None, None) => Some(Duration::from_secs(10)),
         (d, _) => d,
     };
+    let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let config = GeneratorConfig {
         url: a.url,
         scenario,
@@ -348,7 +365,19 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
         first_round: a.first_round,
         progress: !a.quiet,
         retry: a.retry,
+        interrupt: Some(interrupt.clone()),
     };
+    // The first Ctrl-C ends the run (requests in flight get their answer)
+    // and the summary is printed; a second one quits at once.
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            interrupt.store(true, std::sync::atomic::Ordering::Relaxed);
+            eprintln!("interrupted: waiting for the requests in flight (Ctrl-C again quits now)");
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
     let summary = generator::run(config).await?;
     if a.json {
         let mut v = serde_json::to_value(&summary)?;
@@ -366,6 +395,37 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
             summary.last_error.unwrap_or_default()
         );
     }
+    Ok(0)
+}
+
+fn print_registry(a: PrintRegistryArgs) -> anyhow::Result<i32> {
+    let scenario = a.scenario.scenario();
+    scenario.validate()?;
+    let spec = fanout_loadtest::bench::BenchSpec {
+        name: "print-registry".into(),
+        description: String::new(),
+        fleet: scenario,
+        targets: a.targets.len(),
+        targets_per_deployment: a.targets.len(),
+        dead_targets: Default::default(),
+        traffic: fanout_loadtest::bench::spec::Traffic {
+            samples: 0,
+            rate: None,
+            connections: 1,
+            samples_per_request: 2000,
+            max_duration: Duration::from_secs(60),
+        },
+        batch: 2000,
+        drain_timeout: Duration::from_secs(60),
+    };
+    let doc = fanout_loadtest::bench::config::registry(&spec, &a.targets);
+    print!(
+        "# fanout-load print-registry: {} clusters x {} Deployments, {} target(s)\n{}",
+        spec.fleet.clusters,
+        spec.fleet.deployments,
+        a.targets.len(),
+        serde_yaml_ng::to_string(&doc)?
+    );
     Ok(0)
 }
 
