@@ -401,28 +401,11 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
 fn print_registry(a: PrintRegistryArgs) -> anyhow::Result<i32> {
     let scenario = a.scenario.scenario();
     scenario.validate()?;
-    let spec = fanout_loadtest::bench::BenchSpec {
-        name: "print-registry".into(),
-        description: String::new(),
-        fleet: scenario,
-        targets: a.targets.len(),
-        targets_per_deployment: a.targets.len(),
-        dead_targets: Default::default(),
-        traffic: fanout_loadtest::bench::spec::Traffic {
-            samples: 0,
-            rate: None,
-            connections: 1,
-            samples_per_request: 2000,
-            max_duration: Duration::from_secs(60),
-        },
-        batch: 2000,
-        drain_timeout: Duration::from_secs(60),
-    };
-    let doc = fanout_loadtest::bench::config::registry(&spec, &a.targets);
+    let doc = fanout_loadtest::bench::config::registry_for(&scenario, &a.targets);
     print!(
         "# fanout-load print-registry: {} clusters x {} Deployments, {} target(s)\n{}",
-        spec.fleet.clusters,
-        spec.fleet.deployments,
+        scenario.clusters,
+        scenario.deployments,
         a.targets.len(),
         serde_yaml_ng::to_string(&doc)?
     );

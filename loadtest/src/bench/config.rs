@@ -39,6 +39,29 @@ pub fn export_id(t: usize) -> String {
     format!("bench-t{t}")
 }
 
+/// The registry of `fanout-load print-registry`: `scenario`'s clusters and
+/// Deployments, and one Workspace export per URL linked to every Deployment.
+pub fn registry_for(scenario: &crate::scenario::Scenario, urls: &[String]) -> Value {
+    let spec = BenchSpec {
+        name: "print-registry".into(),
+        description: String::new(),
+        fleet: scenario.clone(),
+        targets: urls.len(),
+        targets_per_deployment: urls.len(),
+        dead_targets: Default::default(),
+        traffic: super::spec::Traffic {
+            samples: 0,
+            rate: None,
+            connections: 1,
+            samples_per_request: 2000,
+            max_duration: std::time::Duration::from_secs(60),
+        },
+        batch: 2000,
+        drain_timeout: std::time::Duration::from_secs(60),
+    };
+    registry(&spec, urls)
+}
+
 /// The registry document (serialize as YAML or JSON) for `spec`, with
 /// target `t` at `urls[t]`.
 pub fn registry(spec: &BenchSpec, urls: &[String]) -> Value {
