@@ -4,8 +4,9 @@
 //!
 //! It drives the console with `tmux send-keys` and reads the screen with
 //! `tmux capture-pane`: the Targets view lists both targets with non-zero,
-//! moving rates; `p` on one pauses it (the screen says so and the gateway's
-//! `GET /api/v1/targets` agrees, the other target stays unpaused); `q` exits
+//! moving rates; `p` on one asks to pause it (naming its export) and `y`
+//! pauses it (the screen says so and the gateway's `GET /api/v1/targets`
+//! agrees, the other target stays unpaused); `q` exits
 //! 0, leaves the alternate screen and restores the terminal modes (`stty -g`
 //! before and after are equal). Before that, the gateway gets SIGTERM with
 //! the console attached and must exit 0 within its drain delay and grace
@@ -492,7 +493,12 @@ fn console_shows_targets_pauses_one_and_quits_cleanly() {
     for _ in 0..index_a {
         tmux.keys(&["j"]);
     }
+    // `p` asks first (naming the target by its export); `y` confirms.
     tmux.keys(&["p"]);
+    tmux.wait_screen("the pause prompt", Duration::from_secs(10), &context, |s| {
+        s.contains("Pause sink-a ·2") && s.contains("y confirms")
+    });
+    tmux.keys(&["y"]);
     let screen = tmux.wait_screen("target A paused", Duration::from_secs(20), &context, |s| {
         target_rows(s)
             .iter()

@@ -31,6 +31,17 @@ impl State {
         if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
             return vec![Command::Quit];
         }
+        if let Some(command) = self.confirm.take() {
+            if let (KeyCode::Char('y' | 'Y'), Command::Pause { id, pause, .. }) =
+                (key.code, &command)
+            {
+                let doing = if *pause { "pausing" } else { "resuming" };
+                self.notify(format!("{doing} target {id}…"), false);
+                return vec![command];
+            }
+            self.notify("not changed", false);
+            return Vec::new();
+        }
         if self.editing_filter {
             self.edit_filter(key);
             return self.follow_selection();
@@ -72,25 +83,24 @@ impl State {
             }
             KeyCode::Char('r') if self.view == View::Targets => self.sort_desc = !self.sort_desc,
             KeyCode::Char('p') if self.view == View::Targets => {
-                return match self.selected_target() {
-                    Some(t) => {
-                        let pause = !t.paused;
-                        self.notify(
-                            format!(
-                                "{} target {}…",
-                                if pause { "pausing" } else { "resuming" },
-                                t.id
-                            ),
-                            false,
-                        );
-                        vec![Command::Pause {
-                            id: t.id,
-                            pause,
-                            gateways: t.gateways,
-                        }]
-                    }
-                    None => Vec::new(),
-                };
+                if let Some(t) = self.selected_target() {
+                    let pause = !t.paused;
+                    self.notify(
+                        format!(
+                            "{} {} ({})? y confirms, any other key cancels",
+                            if pause { "Pause" } else { "Resume" },
+                            t.name(),
+                            t.id
+                        ),
+                        false,
+                    );
+                    self.confirm = Some(Command::Pause {
+                        id: t.id,
+                        pause,
+                        gateways: t.gateways,
+                    });
+                }
+                return Vec::new();
             }
             KeyCode::Enter => match self.view {
                 View::Targets if self.detail.is_none() => {
@@ -207,9 +217,16 @@ mod tests {
     fn p_pauses_the_selected_target_and_resumes_a_paused_one() {
         let mut s = state_with_targets();
         s.on_key(key(KeyCode::Char('2')));
-        // Sorted worst first: t-b (failing), t-c (paused), t-a.
+        // Sorted worst first: t-b (failing), t-c (paused), t-a. `p` asks
+        // first; any key but `y` leaves the target as it is.
+        assert_eq!(s.on_key(key(KeyCode::Char('p'))), vec![]);
+        assert!(s.notice.as_ref().unwrap().text.contains("Pause"));
+        assert_eq!(s.on_key(key(KeyCode::Char('j'))), vec![]);
+        assert_eq!(s.notice.as_ref().unwrap().text, "not changed");
+        assert_eq!(s.selection(), 0, "the cancelling key does nothing else");
+        s.on_key(key(KeyCode::Char('p')));
         assert_eq!(
-            s.on_key(key(KeyCode::Char('p'))),
+            s.on_key(key(KeyCode::Char('y'))),
             vec![Command::Pause {
                 id: "t-b".into(),
                 pause: true,
@@ -217,8 +234,10 @@ mod tests {
             }]
         );
         s.on_key(key(KeyCode::Char('j')));
+        s.on_key(key(KeyCode::Char('p')));
+        assert!(s.notice.as_ref().unwrap().text.contains("Resume"));
         assert_eq!(
-            s.on_key(key(KeyCode::Char('p'))),
+            s.on_key(key(KeyCode::Char('y'))),
             vec![Command::Pause {
                 id: "t-c".into(),
                 pause: false,

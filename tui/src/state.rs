@@ -337,6 +337,31 @@ impl TargetRow {
     pub fn failures_total(&self) -> f64 {
         self.failures.values().sum()
     }
+
+    /// What people call the target: the export(s) that route to it and how
+    /// many Deployments they carry (`prom-dev ·2`), or its id when nothing
+    /// feeds it (a target being retired).
+    pub fn name(&self) -> String {
+        self.name_within(usize::MAX)
+    }
+
+    /// [`TargetRow::name`] in at most `width` characters: the exports are
+    /// cut, the Deployment count kept.
+    pub fn name_within(&self, width: usize) -> String {
+        let mut exports: Vec<&str> = self.feeds.iter().map(|f| f.export_id.as_str()).collect();
+        exports.dedup();
+        if exports.is_empty() {
+            return fmt::cut(&self.id, width);
+        }
+        let deployments: BTreeSet<&str> = self
+            .feeds
+            .iter()
+            .map(|f| f.deployment_id.as_str())
+            .collect();
+        let count = format!(" ·{}", deployments.len());
+        let room = width.saturating_sub(count.chars().count()).max(1);
+        format!("{}{count}", fmt::cut(&exports.join(","), room))
+    }
 }
 
 /// Severity order of target states (worst last).
@@ -491,6 +516,9 @@ pub struct State {
     pub effective: Option<Effective>,
     /// Status bar line.
     pub notice: Option<Notice>,
+    /// A command waiting for `y` (pausing or resuming a target): any other
+    /// key cancels it.
+    pub confirm: Option<Command>,
 }
 
 /// Something the event loop has to do for the state.
@@ -536,6 +564,7 @@ impl State {
             registry_version: None,
             effective: None,
             notice: None,
+            confirm: None,
         }
     }
 
@@ -991,6 +1020,23 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_target_is_named_by_its_exports_and_deployment_count() {
+        let feed = |e: &str, d: &str| Feed {
+            export_id: e.into(),
+            deployment_id: d.into(),
+            cluster_id: "c".into(),
+        };
+        let mut t = TargetRow {
+            id: "0123456789abcdef".into(),
+            ..TargetRow::default()
+        };
+        assert_eq!(t.name(), "0123456789abcdef", "nothing feeds it: its id");
+        t.feeds = [feed("prom", "d1"), feed("prom", "d2"), feed("mimir", "d1")].into();
+        assert_eq!(t.name(), "mimir,prom ·2");
+        assert_eq!(t.name_within(8), "mimi… ·2", "the count stays when cut");
+    }
 
     fn snap(time: &str, uptime: f64, samples_in: f64, sent: f64, state: &str) -> Snapshot {
         let doc = serde_json::json!({

@@ -566,11 +566,14 @@ fn render_targets(state: &State, f: &mut Frame, area: Rect) {
         return empty_message(f, area, title, lines);
     }
     let wide = area.width >= 120;
+    // A target is named by its export(s) and Deployment count (its id is in
+    // the detail view and the pause prompt).
+    let name_width: usize = if wide { 22 } else { 14 };
     let mut header = vec!["TARGET"];
-    let mut widths = vec![Constraint::Length(if wide { 14 } else { 9 })];
+    let mut widths = vec![Constraint::Length(name_width as u16)];
     if wide {
         header.push("ENDPOINT");
-        widths.push(Constraint::Length(32));
+        widths.push(Constraint::Length(26));
     }
     header.extend([
         "STATE",
@@ -592,13 +595,25 @@ fn render_targets(state: &State, f: &mut Frame, area: Rect) {
         Constraint::Length(5),
         Constraint::Min(8),
     ]);
-    let id_width = if wide { 14 } else { 9 };
+    // Two targets of one export (overrides per Deployment) share a name:
+    // those are told apart by the start of their id.
+    let names: Vec<String> = rows.iter().map(TargetRow::name).collect();
+    let shown = |i: usize| -> String {
+        let n = &names[i];
+        if names.iter().filter(|m| *m == n).count() > 1 {
+            let id: String = rows[i].id.chars().take(6).collect();
+            format!("{} {id}", rows[i].name_within(name_width.saturating_sub(7)))
+        } else {
+            rows[i].name_within(name_width)
+        }
+    };
     let table_rows: Vec<Row> = rows
         .iter()
-        .map(|t| {
-            let mut cells = vec![Cell::from(fmt::cut(&t.id, id_width))];
+        .enumerate()
+        .map(|(i, t)| {
+            let mut cells = vec![Cell::from(shown(i))];
             if wide {
-                cells.push(Cell::from(fmt::cut(&t.endpoint, 32)));
+                cells.push(Cell::from(fmt::cut(&t.endpoint, 26)));
             }
             let state_text = if t.paused && t.state != "paused" {
                 format!("{}*", t.state)
@@ -809,9 +824,11 @@ fn render_detail(state: &State, f: &mut Frame, area: Rect, id: &str) {
     ])
     .areas(area);
     f.render_widget(
-        Paragraph::new(info).block(
-            Block::bordered().title(format!(" Target {} · Esc back · p pause/resume ", t.id)),
-        ),
+        Paragraph::new(info).block(Block::bordered().title(format!(
+            " Target {} ({}) · Esc back · p pause/resume ",
+            t.name(),
+            t.id
+        ))),
         info_area,
     );
     f.render_widget(

@@ -8,6 +8,8 @@
 //! with `INSTA_UPDATE=always cargo test -p fanout-tui --test snapshots` and
 //! read the diff). Under `CI=true` a missing or different snapshot fails.
 
+use std::path::PathBuf;
+
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use fanout_tui::api::{EffectiveList, Registry, Snapshot};
 use fanout_tui::state::{State, View};
@@ -26,6 +28,27 @@ fn time(secs: i64) -> String {
         (s / 60) % 60,
         s % 60
     )
+}
+
+/// What routes to each fixture target: a Workspace export shared by two
+/// Deployments (twice: one Deployment overrides its endpoint, so it is a
+/// target of its own), and exports of one Deployment.
+fn feeds(id: &str) -> Value {
+    match id {
+        "t-3f2a9c01d4e5" => json!([
+            {"exportId": "dev-prom", "deploymentId": "dep-etl", "clusterId": "cluster-us"},
+            {"exportId": "dev-prom", "deploymentId": "dep-reports", "clusterId": "cluster-eu"}
+        ]),
+        "t-77b1e0aa9f30" => json!([
+            {"exportId": "dev-prom", "deploymentId": "dep-ml", "clusterId": "cluster-us"}
+        ]),
+        "t-c0ffee123456" => json!([
+            {"exportId": "mimir-onprem", "deploymentId": "dep-etl", "clusterId": "cluster-us"}
+        ]),
+        _ => json!([
+            {"exportId": "grafana-cloud", "deploymentId": "dep-reports", "clusterId": "cluster-eu"}
+        ]),
+    }
 }
 
 /// A counter as the gateway sends it: a whole number.
@@ -54,10 +77,7 @@ fn target(id: &str, state: &str, i: i64, rate: f64) -> Value {
         "concurrency": 4, "inFlight": if failing { 4 } else { 1 },
         "latencyMs": if failing { json!({"p50": 30000.0, "p90": 30000.0, "p99": 30000.0, "max": 30000.0}) }
                      else { json!({"p50": 3.1, "p90": 5.0, "p99": 9.7, "max": 14.2}) },
-        "feeds": [
-            {"exportId": "dev-prom", "deploymentId": "dep-etl", "clusterId": "cluster-us"},
-            {"exportId": "dev-prom", "deploymentId": "dep-reports", "clusterId": "cluster-eu"}
-        ]
+        "feeds": feeds(id)
     })
 }
 
@@ -250,7 +270,7 @@ fn target_detail_shows_history_and_feeds() {
     assert_eq!(s.detail.as_deref(), Some("t-77b1e0aa9f30"));
     let text = render_text(&s, 160, 48);
     assert!(
-        text.contains("export dev-prom → Deployment dep-etl"),
+        text.contains("export dev-prom → Deployment dep-ml"),
         "{text}"
     );
     check("target_detail_fleet", &s);
@@ -322,4 +342,37 @@ fn gateway_that_never_answered() {
     check("targets_down", &s);
     key(&mut s, KeyCode::Char('4'));
     check("config_down", &s);
+}
+
+#[test]
+fn readme_captures_are_the_80x24_snapshots() {
+    // The README shows the console with the 80×24 snapshots: each capture
+    // must be one of them, so a changed screen cannot leave the README stale.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("../README.md")).unwrap();
+    let mut snaps = Vec::new();
+    for entry in std::fs::read_dir(root.join("tests/snapshots")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().ends_with("_80x24.snap") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let body = text.splitn(3, "---\n").nth(2).unwrap_or_default();
+            snaps.push(body.trim_end_matches('\n').to_owned());
+        }
+    }
+    let mut captures = 0;
+    for block in readme.split("```text\n").skip(1) {
+        let capture = block.split("```").next().unwrap_or_default();
+        let capture = capture.trim_end_matches('\n');
+        if capture.starts_with("Fanout  1 Overview") {
+            captures += 1;
+            assert!(
+                snaps.iter().any(|s| s == capture),
+                "a README capture is no 80x24 snapshot any more:\n{capture}"
+            );
+        }
+    }
+    assert!(
+        captures >= 4,
+        "only {captures} captures found in the README"
+    );
 }
