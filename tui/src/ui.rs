@@ -468,6 +468,13 @@ fn render_overview(state: &State, f: &mut Frame, area: Rect) {
     );
 }
 
+/// A throughput chart of the last five minutes.
+///
+/// The scale follows the window's 95th percentile (with a quarter of room
+/// above it), not its maximum, so one spike does not flatten the chart for
+/// five minutes: points above the top are drawn at the top and the title
+/// gives the peak. The legend is in the title, so it never covers the
+/// newest points on the right.
 fn render_chart(
     f: &mut Frame,
     area: Rect,
@@ -475,18 +482,34 @@ fn render_chart(
     data: &[(&str, &[(f64, f64)])],
     label: fn(f64) -> String,
 ) {
-    let max = data
+    let mut values: Vec<f64> = data
         .iter()
         .flat_map(|(_, d)| d.iter().map(|p| p.1))
-        .fold(0.0_f64, f64::max);
-    let top = if max > 0.0 { max * 1.1 } else { 1.0 };
+        .filter(|v| v.is_finite())
+        .collect();
+    values.sort_by(f64::total_cmp);
+    let max = values.last().copied().unwrap_or(0.0);
+    let p95 = values
+        .get((values.len() * 95).div_ceil(100).saturating_sub(1))
+        .copied()
+        .unwrap_or(0.0);
+    let top = if max <= 0.0 {
+        1.0
+    } else if p95 <= 0.0 {
+        max * 1.1
+    } else {
+        (p95 * 1.25).min(max * 1.1)
+    };
+    let clipped: Vec<Vec<(f64, f64)>> = data
+        .iter()
+        .map(|(_, d)| d.iter().map(|&(x, y)| (x, y.min(top))).collect())
+        .collect();
     let styles = [Color::Cyan, Color::Magenta];
-    let datasets: Vec<Dataset> = data
+    let datasets: Vec<Dataset> = clipped
         .iter()
         .zip(styles)
-        .map(|((name, d), c)| {
+        .map(|(d, c)| {
             Dataset::default()
-                .name(name.to_string())
                 .marker(Marker::Braille)
                 .graph_type(GraphType::Line)
                 .style(Style::default().fg(c))
@@ -494,13 +517,19 @@ fn render_chart(
         })
         .collect();
     let empty = data.iter().all(|(_, d)| d.is_empty());
-    let title = if empty {
-        format!("{title}(waiting for data) ")
+    let mut spans = vec![Span::raw(title.to_owned())];
+    if empty {
+        spans.push(Span::raw("(waiting for data) "));
     } else {
-        title.to_owned()
-    };
+        for ((name, _), c) in data.iter().zip(styles) {
+            spans.push(Span::styled(format!("━ {name} "), Style::default().fg(c)));
+        }
+        if max > top {
+            spans.push(Span::raw(format!("· peak {} ", label(max))));
+        }
+    }
     let chart = Chart::new(datasets)
-        .block(Block::bordered().title(title))
+        .block(Block::bordered().title(Line::from(spans)))
         .x_axis(
             Axis::default()
                 .bounds([-(HISTORY_SECONDS as f64), 0.0])
@@ -1200,4 +1229,44 @@ pub fn render_text(state: &State, width: u16, height: u16) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chart_text(data: &[(f64, f64)]) -> String {
+        let backend = ratatui::backend::TestBackend::new(60, 12);
+        let mut terminal = ratatui::Terminal::new(backend).unwrap();
+        terminal
+            .draw(|f| render_chart(f, f.area(), " samples/s ", &[("in", data)], fmt::si))
+            .unwrap();
+        let buf = terminal.backend().buffer();
+        (0..buf.area.height)
+            .map(|y| {
+                (0..buf.area.width)
+                    .map(|x| buf[(x, y)].symbol().to_owned())
+                    .collect::<String>()
+                    + "\n"
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_spike_does_not_flatten_the_chart() {
+        // Five minutes at about 1,000/s with one second at 1,000,000.
+        let mut data: Vec<(f64, f64)> = (-300..=0)
+            .map(|s| (f64::from(s), 1_000.0 + f64::from(s % 7) * 10.0))
+            .collect();
+        data[150].1 = 1_000_000.0;
+        let text = chart_text(&data);
+        assert!(text.contains("peak 1.00M"), "{text}");
+        // The top of the scale is near the usual rate, not the spike.
+        assert!(text.contains("│1.2k│"), "{text}");
+        // The legend is in the title line only.
+        assert!(text.lines().next().unwrap().contains("━ in"), "{text}");
+        // Without a spike nothing is clipped.
+        data[150].1 = 1_000.0;
+        assert!(!chart_text(&data).contains("peak"));
+    }
 }
