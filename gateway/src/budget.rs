@@ -13,9 +13,22 @@
 //! still arriving (HTTP/2 and HTTP/3 multiplex many streams on one
 //! connection): at most the compressed body limit, before any global budget is
 //! taken. A slow client therefore holds its own connection's bytes, never the
-//! shared budget.
+//! shared memory budget.
+//!
+//! [`ReadBudget`] bounds the same bytes over all connections together
+//! (`--body-read-budget`, default 64 MiB): without it, 10,000 connections
+//! each trickling a partial body could hold 10,000 times the body limit.
+//! Each body being read is a [`Reader`] that grows its share as bytes
+//! arrive. When a body needs more than is left, the reader that started
+//! first and still holds some is *evicted*: told to stop (its request is
+//! answered 503 with `Retry-After`), which gives its bytes back. A flood of
+//! slow partial bodies is therefore what gives way, and a client that sends
+//! its body at once keeps being served. A body that still finds nothing
+//! within [`READ_WAIT`] is answered 503 itself.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
@@ -245,9 +258,242 @@ impl ConnReadBudget {
     }
 }
 
+/// How long a body waits for read budget (evicting older readers meanwhile)
+/// before its request is answered 503.
+pub const READ_WAIT: Duration = Duration::from_secs(1);
+
+/// The gateway-wide budget of request bodies still arriving (module docs).
+#[derive(Clone, Debug)]
+pub struct ReadBudget {
+    inner: Arc<ReadInner>,
+}
+
+#[derive(Debug)]
+struct ReadInner {
+    sem: Arc<Semaphore>,
+    total_kib: u64,
+    next_id: AtomicU64,
+    /// Readers by start order, with what they hold (KiB) and their eviction
+    /// signal.
+    readers: Mutex<BTreeMap<u64, Arc<Signal>>>,
+}
+
+#[derive(Debug, Default)]
+struct Signal {
+    held_kib: AtomicU64,
+    evicted: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+/// Why a [`Reader`] could not grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReadBudgetError {
+    /// Nothing was freed within [`READ_WAIT`].
+    #[error("the gateway is reading as many request bodies as it can hold (--body-read-budget)")]
+    Full,
+    /// This reader was evicted for a newer one.
+    #[error("request body stopped: the gateway needed its memory for other requests, and this body had been arriving the longest (--body-read-budget)")]
+    Evicted,
+}
+
+impl ReadBudget {
+    /// A budget of `bytes` (in KiB, rounded up).
+    pub fn new(bytes: u64) -> Self {
+        let total_kib = kib(bytes).clamp(1, Semaphore::MAX_PERMITS as u64);
+        Self {
+            inner: Arc::new(ReadInner {
+                sem: Arc::new(Semaphore::new(total_kib as usize)),
+                total_kib,
+                next_id: AtomicU64::new(0),
+                readers: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// Bytes not held by any reader.
+    pub fn available_bytes(&self) -> u64 {
+        self.inner.sem.available_permits() as u64 * KIB
+    }
+
+    /// Registers a body about to be read.
+    pub fn reader(&self) -> Reader {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let signal = Arc::new(Signal::default());
+        self.lock().insert(id, signal.clone());
+        Reader {
+            budget: self.clone(),
+            id,
+            signal,
+            held: None,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Signal>>> {
+        self.inner.readers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tells the oldest reader other than `me` that holds bytes to stop;
+    /// false when there is none.
+    fn evict_oldest(&self, me: u64) -> bool {
+        let readers = self.lock();
+        let victim = readers.iter().find(|(id, s)| {
+            **id != me
+                && s.held_kib.load(Ordering::Relaxed) > 0
+                && !s.evicted.load(Ordering::Relaxed)
+        });
+        match victim {
+            Some((_, s)) => {
+                s.evicted.store(true, Ordering::Relaxed);
+                s.notify.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// One body's share of the [`ReadBudget`]; dropping it gives the share back.
+pub struct Reader {
+    budget: ReadBudget,
+    id: u64,
+    signal: Arc<Signal>,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl Reader {
+    /// Grows the share to cover `total` bytes, evicting older readers if the
+    /// budget is short, waiting at most [`READ_WAIT`].
+    pub async fn reserve_to(&mut self, total: u64) -> Result<(), ReadBudgetError> {
+        if self.signal.evicted.load(Ordering::Relaxed) {
+            return Err(ReadBudgetError::Evicted);
+        }
+        let inner = &self.budget.inner;
+        let need = kib(total);
+        if need > inner.total_kib {
+            return Err(ReadBudgetError::Full);
+        }
+        let have = self.held.as_ref().map_or(0, |p| p.num_permits() as u64);
+        if need <= have {
+            return Ok(());
+        }
+        let more = (need - have) as u32;
+        let permit = match inner.sem.clone().try_acquire_many_owned(more) {
+            Ok(p) => p,
+            Err(_) => {
+                let deadline = tokio::time::Instant::now() + READ_WAIT;
+                loop {
+                    let evicted = self.budget.evict_oldest(self.id);
+                    // An evicted reader gives its bytes back when its task
+                    // next runs; look again soon.
+                    let wait = if evicted {
+                        Duration::from_millis(50)
+                    } else {
+                        Duration::from_millis(200)
+                    };
+                    let until = (tokio::time::Instant::now() + wait).min(deadline);
+                    match tokio::time::timeout_at(until, inner.sem.clone().acquire_many_owned(more))
+                        .await
+                    {
+                        Ok(Ok(p)) => break p,
+                        Ok(Err(_)) => return Err(ReadBudgetError::Full),
+                        Err(_) if tokio::time::Instant::now() >= deadline => {
+                            return Err(ReadBudgetError::Full)
+                        }
+                        Err(_) => {}
+                    }
+                    if self.signal.evicted.load(Ordering::Relaxed) {
+                        return Err(ReadBudgetError::Evicted);
+                    }
+                }
+            }
+        };
+        match &mut self.held {
+            Some(h) => h.merge(permit),
+            None => self.held = Some(permit),
+        }
+        self.signal.held_kib.store(need, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Resolves once this reader has been evicted.
+    pub async fn evicted(&self) {
+        while !self.signal.evicted.load(Ordering::Relaxed) {
+            self.signal.notify.notified().await;
+        }
+    }
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("id", &self.id)
+            .field("held_kib", &self.signal.held_kib.load(Ordering::Relaxed))
+            .field("evicted", &self.signal.evicted.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.budget.lock().remove(&self.id);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn read_budget_evicts_the_oldest_reader_for_a_new_one() {
+        let budget = ReadBudget::new(100 * 1024);
+        let mut slow = budget.reader();
+        slow.reserve_to(60 * 1024).await.unwrap();
+        let mut slower = budget.reader();
+        slower.reserve_to(30 * 1024).await.unwrap();
+        assert_eq!(budget.available_bytes(), 10 * 1024);
+        // A new body needs 50 KiB: the oldest reader is told to stop, and
+        // when it lets go, the new one gets its bytes.
+        let mut fresh = budget.reader();
+        let evicted = tokio::spawn(async move {
+            slow.evicted().await;
+            assert_eq!(
+                slow.reserve_to(70 * 1024).await,
+                Err(ReadBudgetError::Evicted)
+            );
+            drop(slow);
+        });
+        fresh.reserve_to(50 * 1024).await.unwrap();
+        evicted.await.unwrap();
+        assert!(
+            !slower.signal.evicted.load(Ordering::Relaxed),
+            "only the oldest"
+        );
+        drop((fresh, slower));
+        assert_eq!(budget.available_bytes(), 100 * 1024);
+        assert!(budget.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn read_budget_full_when_nothing_can_be_freed() {
+        let budget = ReadBudget::new(10 * 1024);
+        let mut only = budget.reader();
+        assert_eq!(only.reserve_to(20 * 1024).await, Err(ReadBudgetError::Full));
+        only.reserve_to(10 * 1024).await.unwrap();
+        // A reader holding nothing is no victim; an evicted one is not
+        // evicted twice.
+        let mut idle = budget.reader();
+        let started = std::time::Instant::now();
+        let mut other = budget.reader();
+        let held = tokio::spawn(async move {
+            // `only` never lets go: the new reader gets nothing within READ_WAIT.
+            tokio::time::sleep(READ_WAIT * 2).await;
+            drop(only);
+        });
+        assert_eq!(other.reserve_to(1024).await, Err(ReadBudgetError::Full));
+        assert!(started.elapsed() >= READ_WAIT);
+        assert_eq!(idle.reserve_to(0).await, Ok(()));
+        held.abort();
+    }
 
     #[tokio::test]
     async fn ingest_budget_counts_kib_and_releases_on_drop() {

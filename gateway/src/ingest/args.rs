@@ -42,6 +42,11 @@ pub struct IngestArgs {
     /// How long a request waits for memory before 429 [default: 1s].
     #[arg(long, env = "FANOUT_ADMISSION_TIMEOUT")]
     pub admission_timeout: Option<HumanDuration>,
+    /// Bytes of request bodies still arriving, over all connections; when a
+    /// body needs more, the body that has been arriving the longest is
+    /// stopped with 503 [default: 64MiB; at least --max-compressed-body].
+    #[arg(long, env = "FANOUT_BODY_READ_BUDGET")]
+    pub body_read_budget: Option<ByteSize>,
     /// Most open ingest connections (TCP plus QUIC) [default: 10000].
     #[arg(long, env = "FANOUT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -59,6 +64,7 @@ impl IngestArgs {
             max_decompressed_body: self
                 .max_decompressed_body
                 .map_or(d.max_decompressed_body, |s| s.0 as usize),
+            body_read_budget: self.body_read_budget.map_or(d.body_read_budget, |s| s.0),
             scan: fanout_proto::Limits {
                 max_series: self.max_series_per_request.unwrap_or(d.scan.max_series),
                 max_labels_per_series: self

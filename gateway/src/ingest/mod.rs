@@ -65,6 +65,9 @@ pub struct IngestConfig {
     pub memory_budget: u64,
     /// Largest compressed body.
     pub max_compressed_body: usize,
+    /// Bytes of request bodies still arriving, over all connections
+    /// (`crate::budget::ReadBudget`; at least `max_compressed_body`).
+    pub body_read_budget: u64,
     /// Largest decompressed body.
     pub max_decompressed_body: usize,
     /// Per-request scanner limits (series, labels, name and value lengths).
@@ -86,6 +89,7 @@ impl Default for IngestConfig {
         Self {
             memory_budget: 512 << 20,
             max_compressed_body: 32 << 20,
+            body_read_budget: 64 << 20,
             max_decompressed_body: 256 << 20,
             scan: fanout_proto::Limits::default(),
             header_read_timeout: Duration::from_secs(10),

@@ -13,7 +13,7 @@ use bytes::{Buf, Bytes};
 use http::{Response, StatusCode};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use super::request::{body_timeout, log_rejection, Ingest, Rejection, Route};
+use super::request::{log_rejection, Ingest, Rejection, Route};
 use crate::budget::ConnReadBudget;
 use crate::handoff::Delivery;
 
@@ -152,16 +152,15 @@ async fn respond<D: Delivery>(
     let mut reader = core.body_reader(&admitted, conn_budget);
     let result = async {
         loop {
-            match tokio::time::timeout_at(reader.deadline(), stream.recv_data()).await {
-                Err(_) => return Err(body_timeout()),
-                Ok(Ok(None)) => break,
-                Ok(Err(e)) => {
+            match reader.within(stream.recv_data()).await? {
+                Ok(None) => break,
+                Err(e) => {
                     return Err(Rejection::new(
                         StatusCode::BAD_REQUEST,
                         format!("reading request body: {e}"),
                     ))
                 }
-                Ok(Ok(Some(mut chunk))) => {
+                Ok(Some(mut chunk)) => {
                     while chunk.has_remaining() {
                         let part = chunk.chunk();
                         let n = part.len();

@@ -31,7 +31,9 @@ use tokio::time::Instant;
 use super::auth::{self, AuthError, Authenticator};
 use super::pool::{BufferPool, PooledBuf};
 use super::IngestConfig;
-use crate::budget::{BudgetError, ConnReadBudget, MemoryBudget};
+use crate::budget::{
+    BudgetError, ConnReadBudget, MemoryBudget, ReadBudget, ReadBudgetError, Reader,
+};
 use crate::handoff::{Accepted, Delivery, DeliveryError};
 use crate::registry::ClusterInfo;
 
@@ -261,13 +263,33 @@ pub struct BodyReader {
     max: usize,
     conn: ConnReadBudget,
     reserved: Option<OwnedSemaphorePermit>,
+    /// This body's share of the gateway-wide read budget.
+    global: Reader,
     deadline: Instant,
+    retry_after: Duration,
 }
 
 impl BodyReader {
     /// When the whole body must have arrived.
     pub fn deadline(&self) -> Instant {
         self.deadline
+    }
+
+    /// Awaits `next` (the body's next piece) until the body deadline (408),
+    /// or until the read budget evicts this body for a newer one (503).
+    pub async fn within<F: std::future::Future>(&self, next: F) -> Result<F::Output, Rejection> {
+        tokio::select! {
+            r = tokio::time::timeout_at(self.deadline, next) => r.map_err(|_| body_timeout()),
+            _ = self.global.evicted() => Err(self.budget_rejection(ReadBudgetError::Evicted)),
+        }
+    }
+
+    fn budget_rejection(&self, e: ReadBudgetError) -> Rejection {
+        Rejection::retry(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+            self.retry_after,
+        )
     }
 
     /// Appends one chunk.
@@ -282,6 +304,9 @@ impl BodyReader {
             .await
         {
             return Err(body_timeout());
+        }
+        if let Err(e) = self.global.reserve_to(total as u64).await {
+            return Err(self.budget_rejection(e));
         }
         self.buf.extend_from_slice(chunk);
         Ok(())
@@ -338,6 +363,7 @@ pub struct Ingest<D> {
     auth: Arc<dyn Authenticator>,
     delivery: Arc<D>,
     budget: MemoryBudget,
+    read_budget: ReadBudget,
     config: IngestConfig,
     pool: BufferPool,
     drain: Arc<DrainState>,
@@ -357,10 +383,17 @@ impl<D: Delivery> Ingest<D> {
         delivery: Arc<D>,
         budget: MemoryBudget,
     ) -> Self {
+        // One body of the largest size always fits.
+        let read_budget = ReadBudget::new(
+            config
+                .body_read_budget
+                .max(config.max_compressed_body as u64),
+        );
         Self {
             auth,
             delivery,
             budget,
+            read_budget,
             pool: BufferPool::new(64, 4 << 20),
             config,
             drain: Arc::new(DrainState::default()),
@@ -495,7 +528,9 @@ impl<D: Delivery> Ingest<D> {
             max: self.config.max_compressed_body,
             conn: conn.clone(),
             reserved: None,
+            global: self.read_budget.reader(),
             deadline: Instant::now() + self.config.body_read_timeout,
+            retry_after: self.config.retry_after,
         }
     }
 

@@ -26,7 +26,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::request::{body_timeout, log_rejection, Ingest, Rejection, Route};
+use super::request::{log_rejection, Ingest, Rejection, Route};
 use crate::budget::ConnReadBudget;
 use crate::handoff::Delivery;
 
@@ -260,16 +260,15 @@ async fn write<D: Delivery>(
     let mut reader = core.body_reader(&admitted, conn_budget);
     let result = async {
         loop {
-            match tokio::time::timeout_at(reader.deadline(), body.frame()).await {
-                Err(_) => return Err(body_timeout()),
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
+            match reader.within(body.frame()).await? {
+                None => break,
+                Some(Err(e)) => {
                     return Err(Rejection::new(
                         StatusCode::BAD_REQUEST,
                         format!("reading request body: {e}"),
                     ))
                 }
-                Ok(Some(Ok(frame))) => {
+                Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
                         reader.push(data).await?;
                     }
