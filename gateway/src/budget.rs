@@ -39,6 +39,47 @@ fn kib(bytes: u64) -> u64 {
     bytes.div_ceil(KIB)
 }
 
+/// A tokio semaphore counting KiB: what every budget here is made of.
+#[derive(Clone, Debug)]
+struct KibSemaphore {
+    sem: Arc<Semaphore>,
+    total_kib: u64,
+}
+
+impl KibSemaphore {
+    /// `bytes`, rounded up to whole KiB (at least one).
+    fn new(bytes: u64) -> Self {
+        let total_kib = kib(bytes).clamp(1, Semaphore::MAX_PERMITS as u64);
+        Self {
+            sem: Arc::new(Semaphore::new(total_kib as usize)),
+            total_kib,
+        }
+    }
+
+    fn available_bytes(&self) -> u64 {
+        self.sem.available_permits() as u64 * KIB
+    }
+
+    /// The KiB still to take for `held` to cover `total` bytes (0 when it
+    /// does); `None` when `total` is more than the whole budget.
+    fn shortfall(&self, held: &Option<OwnedSemaphorePermit>, total: u64) -> Option<u32> {
+        let need = kib(total);
+        if need > self.total_kib {
+            return None;
+        }
+        let have = held.as_ref().map_or(0, |p| p.num_permits() as u64);
+        Some(need.saturating_sub(have) as u32)
+    }
+}
+
+/// Adds `permit` to what `held` holds.
+fn hold(held: &mut Option<OwnedSemaphorePermit>, permit: OwnedSemaphorePermit) {
+    match held {
+        Some(h) => h.merge(permit),
+        None => *held = Some(permit),
+    }
+}
+
 /// Why a [`MemoryBudget`] did not grant a permit.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BudgetError {
@@ -63,33 +104,30 @@ pub enum BudgetError {
 /// The shared in-flight memory budget; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct MemoryBudget {
-    sem: Arc<Semaphore>,
-    total_kib: u64,
+    kib: KibSemaphore,
 }
 
 impl MemoryBudget {
     /// A budget of `bytes` (rounded up to whole KiB).
     pub fn new(bytes: u64) -> Self {
-        let total_kib = kib(bytes).clamp(1, Semaphore::MAX_PERMITS as u64);
         Self {
-            sem: Arc::new(Semaphore::new(total_kib as usize)),
-            total_kib,
+            kib: KibSemaphore::new(bytes),
         }
     }
 
     /// Size of the whole budget in bytes.
     pub fn total_bytes(&self) -> u64 {
-        self.total_kib * KIB
+        self.kib.total_kib * KIB
     }
 
     /// Bytes currently not held by any permit.
     pub fn available_bytes(&self) -> u64 {
-        self.sem.available_permits() as u64 * KIB
+        self.kib.available_bytes()
     }
 
     fn check(&self, bytes: u64) -> Result<u32, BudgetError> {
         let n = kib(bytes);
-        if n > self.total_kib || n > u64::from(u32::MAX) {
+        if n > self.kib.total_kib || n > u64::from(u32::MAX) {
             return Err(BudgetError::TooLarge {
                 bytes,
                 budget: self.total_bytes(),
@@ -101,7 +139,7 @@ impl MemoryBudget {
     /// Takes `bytes` now or fails with [`BudgetError::Exhausted`].
     pub fn try_acquire(&self, bytes: u64) -> Result<MemoryPermit, BudgetError> {
         let n = self.check(bytes)?;
-        match self.sem.clone().try_acquire_many_owned(n) {
+        match self.kib.sem.clone().try_acquire_many_owned(n) {
             Ok(permit) => Ok(MemoryPermit {
                 permit: Some(permit),
             }),
@@ -125,7 +163,7 @@ impl MemoryBudget {
             bytes,
             waited: wait,
         };
-        match tokio::time::timeout(wait, self.sem.clone().acquire_many_owned(n)).await {
+        match tokio::time::timeout(wait, self.kib.sem.clone().acquire_many_owned(n)).await {
             Ok(Ok(permit)) => Ok(MemoryPermit {
                 permit: Some(permit),
             }),
@@ -143,7 +181,7 @@ impl MemoryBudget {
         if bytes == 0 {
             return Ok(());
         }
-        if kib(permit.bytes() + bytes) > self.total_kib {
+        if kib(permit.bytes() + bytes) > self.kib.total_kib {
             return Err(BudgetError::TooLarge {
                 bytes: permit.bytes() + bytes,
                 budget: self.total_bytes(),
@@ -207,17 +245,14 @@ impl MemoryPermit {
 /// Per-connection bound on body bytes read but not yet admitted.
 #[derive(Clone, Debug)]
 pub struct ConnReadBudget {
-    sem: Arc<Semaphore>,
-    total_kib: u64,
+    kib: KibSemaphore,
 }
 
 impl ConnReadBudget {
     /// A connection budget of `bytes` (the compressed body limit).
     pub fn new(bytes: u64) -> Self {
-        let total_kib = kib(bytes).clamp(1, Semaphore::MAX_PERMITS as u64);
         Self {
-            sem: Arc::new(Semaphore::new(total_kib as usize)),
-            total_kib,
+            kib: KibSemaphore::new(bytes),
         }
     }
 
@@ -230,30 +265,23 @@ impl ConnReadBudget {
         total: u64,
         deadline: tokio::time::Instant,
     ) -> bool {
-        let need = kib(total);
-        if need > self.total_kib {
-            return false;
-        }
-        let have = held.as_ref().map_or(0, |p| p.num_permits() as u64);
-        if need <= have {
-            return true;
-        }
-        let more = (need - have) as u32;
-        let permit = match self.sem.clone().try_acquire_many_owned(more) {
+        let more = match self.kib.shortfall(held, total) {
+            None => return false,
+            Some(0) => return true,
+            Some(more) => more,
+        };
+        let sem = &self.kib.sem;
+        let permit = match sem.clone().try_acquire_many_owned(more) {
             Ok(p) => p,
             Err(_) => {
-                match tokio::time::timeout_at(deadline, self.sem.clone().acquire_many_owned(more))
-                    .await
+                match tokio::time::timeout_at(deadline, sem.clone().acquire_many_owned(more)).await
                 {
                     Ok(Ok(p)) => p,
                     _ => return false,
                 }
             }
         };
-        match held {
-            Some(h) => h.merge(permit),
-            None => *held = Some(permit),
-        }
+        hold(held, permit);
         true
     }
 }
@@ -270,17 +298,17 @@ pub struct ReadBudget {
 
 #[derive(Debug)]
 struct ReadInner {
-    sem: Arc<Semaphore>,
-    total_kib: u64,
+    kib: KibSemaphore,
     next_id: AtomicU64,
-    /// Readers by start order, with what they hold (KiB) and their eviction
-    /// signal.
+    /// Readers by start order, with whether they hold any and their
+    /// eviction signal.
     readers: Mutex<BTreeMap<u64, Arc<Signal>>>,
 }
 
 #[derive(Debug, Default)]
 struct Signal {
-    held_kib: AtomicU64,
+    /// It holds some of the budget (only such a reader is worth evicting).
+    holding: AtomicBool,
     evicted: AtomicBool,
     notify: tokio::sync::Notify,
 }
@@ -299,11 +327,9 @@ pub enum ReadBudgetError {
 impl ReadBudget {
     /// A budget of `bytes` (in KiB, rounded up).
     pub fn new(bytes: u64) -> Self {
-        let total_kib = kib(bytes).clamp(1, Semaphore::MAX_PERMITS as u64);
         Self {
             inner: Arc::new(ReadInner {
-                sem: Arc::new(Semaphore::new(total_kib as usize)),
-                total_kib,
+                kib: KibSemaphore::new(bytes),
                 next_id: AtomicU64::new(0),
                 readers: Mutex::new(BTreeMap::new()),
             }),
@@ -312,7 +338,7 @@ impl ReadBudget {
 
     /// Bytes not held by any reader.
     pub fn available_bytes(&self) -> u64 {
-        self.inner.sem.available_permits() as u64 * KIB
+        self.inner.kib.available_bytes()
     }
 
     /// Registers a body about to be read.
@@ -337,9 +363,7 @@ impl ReadBudget {
     fn evict_oldest(&self, me: u64) -> bool {
         let readers = self.lock();
         let victim = readers.iter().find(|(id, s)| {
-            **id != me
-                && s.held_kib.load(Ordering::Relaxed) > 0
-                && !s.evicted.load(Ordering::Relaxed)
+            **id != me && s.holding.load(Ordering::Relaxed) && !s.evicted.load(Ordering::Relaxed)
         });
         match victim {
             Some((_, s)) => {
@@ -367,17 +391,13 @@ impl Reader {
         if self.signal.evicted.load(Ordering::Relaxed) {
             return Err(ReadBudgetError::Evicted);
         }
-        let inner = &self.budget.inner;
-        let need = kib(total);
-        if need > inner.total_kib {
-            return Err(ReadBudgetError::Full);
-        }
-        let have = self.held.as_ref().map_or(0, |p| p.num_permits() as u64);
-        if need <= have {
-            return Ok(());
-        }
-        let more = (need - have) as u32;
-        let permit = match inner.sem.clone().try_acquire_many_owned(more) {
+        let kib = &self.budget.inner.kib;
+        let more = match kib.shortfall(&self.held, total) {
+            None => return Err(ReadBudgetError::Full),
+            Some(0) => return Ok(()),
+            Some(more) => more,
+        };
+        let permit = match kib.sem.clone().try_acquire_many_owned(more) {
             Ok(p) => p,
             Err(_) => {
                 let deadline = tokio::time::Instant::now() + READ_WAIT;
@@ -391,7 +411,7 @@ impl Reader {
                         Duration::from_millis(200)
                     };
                     let until = (tokio::time::Instant::now() + wait).min(deadline);
-                    match tokio::time::timeout_at(until, inner.sem.clone().acquire_many_owned(more))
+                    match tokio::time::timeout_at(until, kib.sem.clone().acquire_many_owned(more))
                         .await
                     {
                         Ok(Ok(p)) => break p,
@@ -407,11 +427,8 @@ impl Reader {
                 }
             }
         };
-        match &mut self.held {
-            Some(h) => h.merge(permit),
-            None => self.held = Some(permit),
-        }
-        self.signal.held_kib.store(need, Ordering::Relaxed);
+        hold(&mut self.held, permit);
+        self.signal.holding.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -427,7 +444,7 @@ impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader")
             .field("id", &self.id)
-            .field("held_kib", &self.signal.held_kib.load(Ordering::Relaxed))
+            .field("held", &self.held.as_ref().map_or(0, |p| p.num_permits()))
             .field("evicted", &self.signal.evicted.load(Ordering::Relaxed))
             .finish()
     }
@@ -479,20 +496,21 @@ mod tests {
         let mut only = budget.reader();
         assert_eq!(only.reserve_to(20 * 1024).await, Err(ReadBudgetError::Full));
         only.reserve_to(10 * 1024).await.unwrap();
-        // A reader holding nothing is no victim; an evicted one is not
-        // evicted twice.
+        // A reader holding nothing is no victim: `only` is told to stop,
+        // `idle` (older than `other`, holding nothing) is not. `only` never
+        // lets go here, so the new reader gets nothing within READ_WAIT.
         let mut idle = budget.reader();
         let started = std::time::Instant::now();
         let mut other = budget.reader();
-        let held = tokio::spawn(async move {
-            // `only` never lets go: the new reader gets nothing within READ_WAIT.
-            tokio::time::sleep(READ_WAIT * 2).await;
-            drop(only);
-        });
         assert_eq!(other.reserve_to(1024).await, Err(ReadBudgetError::Full));
         assert!(started.elapsed() >= READ_WAIT);
+        assert!(only.signal.evicted.load(Ordering::Relaxed));
+        assert!(!idle.signal.evicted.load(Ordering::Relaxed));
+        assert_eq!(
+            only.reserve_to(10 * 1024).await,
+            Err(ReadBudgetError::Evicted)
+        );
         assert_eq!(idle.reserve_to(0).await, Ok(()));
-        held.abort();
     }
 
     #[tokio::test]

@@ -419,6 +419,34 @@ impl Link {
     }
 }
 
+/// An HTTP client for an admin API (`fanout apply`, the console), before
+/// the caller's own settings: rustls with the public roots plus the
+/// certificates of `ca_cert` (a private CA, or a gateway's self-signed
+/// certificate), a 5 s connect timeout and `user_agent`. The error says what
+/// is wrong with `--ca-cert`.
+#[cfg(feature = "client")]
+pub fn admin_client_builder(
+    ca_cert: Option<&std::path::Path>,
+    user_agent: &str,
+) -> Result<reqwest::ClientBuilder, String> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .user_agent(user_agent);
+    if let Some(path) = ca_cert {
+        let bad = |what: String| format!("--ca-cert {}: {what}", path.display());
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no CERTIFICATE block".into()));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder)
+}
+
 /// An HTTP client error with its causes, on one line, without the wrappers
 /// that only repeat the URL ("error sending request for url (…)", "client
 /// error (Connect)"), and a hint for the usual TLS mistakes. Used by the

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::api::{self, EffectiveExport, Registry, Snapshot, Target};
 use crate::sse;
+use fanout_proto::api::client_error;
 
 /// A stream silent this long is considered lost (the gateway sends one
 /// snapshot a second).
@@ -97,43 +98,22 @@ pub enum SetupError {
     /// An `--admin` URL is not usable.
     #[error(transparent)]
     Url(#[from] BadUrl),
-    /// `--ca-cert` cannot be used.
-    #[error("--ca-cert {path}: {what}")]
-    CaCert {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        what: String,
-    },
-    /// The HTTP client could not be built.
-    #[error("HTTP client: {0}")]
+    /// `--ca-cert` cannot be used, or the HTTP client could not be built.
+    #[error("{0}")]
     Client(String),
 }
 
-/// The HTTP client shared by every gateway's [`Admin`]: rustls with the
-/// public roots, plus the certificates in `ca_cert` (a private CA, or a
-/// gateway's self-signed admin certificate).
+/// The HTTP client shared by every gateway's [`Admin`]
+/// ([`fanout_proto::api::admin_client_builder`]).
 pub fn http_client(ca_cert: Option<&Path>) -> Result<reqwest::Client, SetupError> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .user_agent(concat!("fanout-tui/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = ca_cert {
-        let bad = |what: String| SetupError::CaCert {
-            path: path.display().to_string(),
-            what,
-        };
-        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(bad("no CERTIFICATE block".into()));
-        }
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    builder.build().map_err(|e| SetupError::Client(chain(&e)))
+    fanout_proto::api::admin_client_builder(
+        ca_cert,
+        concat!("fanout-tui/", env!("CARGO_PKG_VERSION")),
+    )
+    .map_err(SetupError::Client)?
+    .tcp_nodelay(true)
+    .build()
+    .map_err(|e| SetupError::Client(format!("HTTP client: {}", client_error(&e))))
 }
 
 /// A client for one gateway's admin API.
@@ -208,10 +188,6 @@ pub fn encode_segment(s: &str) -> String {
     out
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    fanout_proto::api::client_error(e)
-}
-
 fn status_error(path: &str, status: StatusCode, body: &[u8]) -> String {
     let detail = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
@@ -274,13 +250,13 @@ impl Admin {
             let mut resp = req
                 .send()
                 .await
-                .map_err(|e| format!("{path}: {}", chain(&e)))?;
+                .map_err(|e| format!("{path}: {}", client_error(&e)))?;
             let status = resp.status();
             let mut body = Vec::new();
             while let Some(chunk) = resp
                 .chunk()
                 .await
-                .map_err(|e| format!("{path}: reading the body: {}", chain(&e)))?
+                .map_err(|e| format!("{path}: reading the body: {}", client_error(&e)))?
             {
                 if body.len() + chunk.len() > MAX_BODY {
                     return Err(format!("{path}: the body is over {MAX_BODY} bytes"));
@@ -350,7 +326,7 @@ impl Admin {
         let mut resp = tokio::time::timeout(STALL, req.send())
             .await
             .map_err(|_| format!("{PATH}: no answer within {}s", STALL.as_secs()))?
-            .map_err(|e| chain(&e))?;
+            .map_err(|e| client_error(&e))?;
         let status = resp.status();
         if !status.is_success() {
             let mut bytes = Vec::new();
@@ -367,7 +343,7 @@ impl Admin {
             let data = match tokio::time::timeout(STALL, resp.chunk()).await {
                 Err(_) => return Err(format!("no snapshot for {}s", STALL.as_secs())),
                 Ok(Ok(None)) => return Err("the gateway closed the stats stream".into()),
-                Ok(Err(e)) => return Err(chain(&e)),
+                Ok(Err(e)) => return Err(client_error(&e)),
                 Ok(Ok(Some(data))) => data,
             };
             let events = parser.feed(&data).map_err(|e| e.to_string())?;

@@ -7,7 +7,6 @@
 //! work; for HTTPS the public roots are trusted, plus `--ca-cert` (a private
 //! CA or the gateway's self-signed certificate).
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -23,29 +22,6 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(apply(args))
-}
-
-/// An HTTP client for an admin API: rustls, the public roots, and the
-/// certificates of `ca_cert` if given.
-pub fn admin_client(ca_cert: Option<&Path>) -> anyhow::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
-        .user_agent(concat!("fanout/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = ca_cert {
-        let pem = std::fs::read(path)
-            .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("--ca-cert {}: not PEM certificates", path.display()))?;
-        if certs.is_empty() {
-            bail!("--ca-cert {}: no CERTIFICATE block", path.display());
-        }
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    builder.build().context("cannot set up the HTTP client")
 }
 
 async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
@@ -67,7 +43,14 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         bail!("--admin must be an http:// or https:// URL (got {base:?})");
     }
     let url = format!("{base}/api/v1/registry");
-    let client = admin_client(args.ca_cert.as_deref())?;
+    let client = api::admin_client_builder(
+        args.ca_cert.as_deref(),
+        concat!("fanout/", env!("CARGO_PKG_VERSION")),
+    )
+    .map_err(anyhow::Error::msg)?
+    .timeout(Duration::from_secs(30))
+    .build()
+    .context("cannot set up the HTTP client")?;
     let mut request = client.put(&url).header(
         "content-type",
         if yaml {

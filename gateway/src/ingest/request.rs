@@ -270,11 +270,6 @@ pub struct BodyReader {
 }
 
 impl BodyReader {
-    /// When the whole body must have arrived.
-    pub fn deadline(&self) -> Instant {
-        self.deadline
-    }
-
     /// Awaits `next` (the body's next piece) until the body deadline (408),
     /// or until the read budget evicts this body for a newer one (503).
     pub async fn within<F: std::future::Future>(&self, next: F) -> Result<F::Output, Rejection> {

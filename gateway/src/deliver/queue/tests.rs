@@ -66,6 +66,18 @@ fn ok() -> SendResult {
     }
 }
 
+/// `d` was answered 204 at `now`, at once.
+fn delivered(core: &mut TargetCore, d: &Dispatch, now: Instant) {
+    core.on_result(
+        d.lane,
+        d.batch,
+        &ok(),
+        Duration::ZERO,
+        now,
+        SystemTime::now(),
+    );
+}
+
 /// Series names of encoded records, in order.
 fn decode_records(records: &Bytes) -> Vec<String> {
     let body = Bytes::from(fanout_proto::snappy::compress(records));
@@ -342,14 +354,7 @@ fn deliver_queue_undrain_reads_every_record_back_in_order() {
     let mut names = Vec::new();
     while let Some(d) = core.poll(t0) {
         names.extend(decode(&d.body));
-        core.on_result(
-            d.lane,
-            d.batch,
-            &ok(),
-            Duration::ZERO,
-            t0,
-            SystemTime::now(),
-        );
+        delivered(&mut core, &d, t0);
     }
     assert_eq!(names, vec!["s0_0", "s1_0", "s2_0", "s3_0", "s4_0", "s5_0"]);
     assert_eq!(core.disk_ack(), 5);
@@ -383,14 +388,7 @@ fn deliver_queue_disk_records_go_before_newer_memory_of_their_lane() {
     let step = |core: &mut TargetCore, names: &mut Vec<String>| {
         let d = core.poll(now)?;
         names.extend(decode(&d.body));
-        core.on_result(
-            d.lane,
-            d.batch,
-            &ok(),
-            Duration::ZERO,
-            now,
-            SystemTime::now(),
-        );
+        delivered(core, &d, now);
         Some(())
     };
     while step(&mut core, &mut names).is_some() {}
@@ -591,25 +589,11 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
     core.push(0, chunk(3, "after", t0), &mut DropOldest);
     let d = core.poll(t0).expect("full");
     assert_eq!(d.samples, 10, "records are one sample each: 10 fit");
-    core.on_result(
-        d.lane,
-        d.batch,
-        &ok(),
-        Duration::ZERO,
-        t0,
-        SystemTime::now(),
-    );
+    delivered(&mut core, &d, t0);
     let mut total = d.samples;
     while let Some(d) = core.poll(t0 + Duration::from_secs(2)) {
         total += d.samples;
-        core.on_result(
-            d.lane,
-            d.batch,
-            &ok(),
-            Duration::ZERO,
-            t0,
-            SystemTime::now(),
-        );
+        delivered(&mut core, &d, t0);
     }
     assert_eq!(total, 28);
     // One record with 25 samples (a histogram-heavy series): alone.
@@ -648,14 +632,7 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
     }
     let a = core.poll(t0).expect("first huge series alone");
     assert_eq!(a.samples, 25);
-    core.on_result(
-        a.lane,
-        a.batch,
-        &ok(),
-        Duration::ZERO,
-        t0,
-        SystemTime::now(),
-    );
+    delivered(&mut core, &a, t0);
     let b = core.poll(t0).expect("second");
     assert_eq!(b.samples, 25);
 }
@@ -805,14 +782,7 @@ fn deliver_queue_targets_given_the_same_chunks_compress_each_once() {
     let mut got_b = Vec::new();
     while let Some(d) = b.poll(t0 + Duration::from_secs(2)) {
         got_b.extend(decode(&d.body));
-        b.on_result(
-            d.lane,
-            d.batch,
-            &ok(),
-            Duration::ZERO,
-            t0,
-            SystemTime::now(),
-        );
+        delivered(&mut b, &d, t0);
     }
     let again: Vec<*const u8> = slots.iter().map(|s| s.get().unwrap().as_ptr()).collect();
     assert_eq!(parts, again, "b reused a's parts");
@@ -1181,14 +1151,7 @@ fn deliver_queue_batches_are_cut_to_max_bytes_per_send() {
         assert!(d.body.len() <= 2048, "a batch of {} bytes", d.body.len());
         got.extend(decode(&d.body));
         batches += 1;
-        core.on_result(
-            d.lane,
-            d.batch,
-            &ok(),
-            Duration::ZERO,
-            t0,
-            SystemTime::now(),
-        );
+        delivered(&mut core, &d, t0);
         assert!(batches < 400, "no progress");
     }
     got.sort();
