@@ -97,6 +97,23 @@ pub struct ApplyArgs {
     pub ca_cert: Option<PathBuf>,
 }
 
+/// Flags of `fanout spill replay`.
+#[derive(Args, Debug, Clone)]
+pub struct ReplayArgs {
+    /// The data dir of a gateway that is not coming back (it must not be
+    /// in use: a running gateway holds its lock).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The registry the gateway used: `sqlite` (the one in that data dir) or
+    /// the fleet's `postgres://` URL [default: sqlite].
+    #[arg(long, env = "FANOUT_STORE")]
+    pub store: Option<String>,
+    /// How long to keep delivering before giving up; what is left stays on
+    /// disk for a later replay [default: 10m].
+    #[arg(long)]
+    pub timeout: Option<crate::units::HumanDuration>,
+}
+
 /// A problem with the configuration file or flags.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

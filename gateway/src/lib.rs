@@ -26,5 +26,6 @@ pub mod fuzzing;
 pub mod handoff;
 pub mod ingest;
 pub mod registry;
+pub mod replay;
 pub mod serve;
 pub mod units;

@@ -1,11 +1,12 @@
 //! The `fanout` binary: `fanout serve` runs a gateway, `fanout apply` sends a
-//! declarative registry to a running one.
+//! declarative registry to a running one, `fanout spill replay` delivers the
+//! disk backlog of a gateway that is not coming back.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fanout_gateway::config::{ApplyArgs, ServeArgs};
+use fanout_gateway::config::{ApplyArgs, ReplayArgs, ServeArgs};
 
 /// Fanout: a remote-write export gateway.
 #[derive(Parser)]
@@ -21,6 +22,16 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Send a declarative registry file to a running gateway's admin API.
     Apply(ApplyArgs),
+    /// Work on a data dir's disk spill.
+    #[command(subcommand)]
+    Spill(SpillCommand),
+}
+
+#[derive(Subcommand)]
+enum SpillCommand {
+    /// Deliver the disk backlog of a gateway that is not coming back, to
+    /// the targets of the registry it used, then remove it.
+    Replay(ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +39,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => fanout_gateway::serve::run(*args),
         Command::Apply(args) => fanout_gateway::admin::apply::run(args),
+        Command::Spill(SpillCommand::Replay(args)) => fanout_gateway::replay::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -105,6 +105,15 @@ pub struct DeliveryArgs {
     pub flush_interval: Option<HumanDuration>,
 }
 
+/// Why a target's spill stays after [`FanoutDelivery::remove_delivered_spills`].
+#[derive(Debug)]
+pub enum SpillLeft {
+    /// Records not delivered.
+    Records(u64),
+    /// Delivered, but the directory could not be removed.
+    NotRemoved(std::io::Error),
+}
+
 /// Delivery settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -420,6 +429,28 @@ impl FanoutDelivery {
             .unwrap_or_default()
     }
 
+    /// Nothing queued, in flight or left on disk for any target (what
+    /// `fanout spill replay` waits for).
+    pub fn is_idle(&self) -> bool {
+        self.targets()
+            .iter()
+            .all(|t| t.core.lock().map_or(true, |c| c.is_idle()))
+    }
+
+    /// After [`Self::shutdown`]: removes the spill directory of every target
+    /// whose backlog was delivered; returns the targets whose backlog
+    /// stays, and why.
+    pub fn remove_delivered_spills(&self) -> Vec<(String, SpillLeft)> {
+        self.targets()
+            .iter()
+            .filter_map(|t| match t.remove_delivered_spill() {
+                Ok(0) => None,
+                Ok(n) => Some((t.id(), SpillLeft::Records(n))),
+                Err(e) => Some((t.id(), SpillLeft::NotRemoved(e))),
+            })
+            .collect()
+    }
+
     /// Samples queued or in flight over all targets.
     pub fn pending_samples(&self) -> u64 {
         self.targets()
@@ -448,11 +479,7 @@ impl FanoutDelivery {
         }
         let deadline = Instant::now() + grace;
         loop {
-            let idle = self
-                .targets()
-                .iter()
-                .all(|t| t.core.lock().map_or(true, |c| c.is_idle()));
-            if idle || Instant::now() >= deadline {
+            if self.is_idle() || Instant::now() >= deadline {
                 break;
             }
             tokio::select! {

@@ -561,3 +561,34 @@ impl TargetHandle {
         self.notify.notify_one();
     }
 }
+
+impl TargetHandle {
+    /// `fanout spill replay`, after delivery stopped: acks what was
+    /// delivered, syncs the ledger and removes this target's spill directory
+    /// when no record is left in it. Returns the records left (0: removed,
+    /// or there was no spill).
+    pub(crate) fn remove_delivered_spill(&self) -> std::io::Result<u64> {
+        let Some(spill) = &self.spill else {
+            return Ok(0);
+        };
+        self.ack_disk();
+        if self.core.lock().is_ok_and(|c| !c.is_idle()) {
+            return Ok(lock_queue(&spill.queue).stats().records.max(1));
+        }
+        // No sync round between the check and the removal.
+        let _rounds = spill.commit.hold_rounds();
+        let mut q = lock_queue(&spill.queue);
+        let left = q.stats().records;
+        if left > 0 {
+            return Ok(left);
+        }
+        if let Err(e) = q.flush(true) {
+            tracing::warn!(target_id = %self.id, error = %e, "replay: cannot sync the ledger before removing the delivered backlog");
+        }
+        match std::fs::remove_dir_all(q.dir()) {
+            Ok(()) => Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+}
