@@ -5,3 +5,4 @@
 pub mod fanout;
 pub mod prometheus;
 pub mod rounds;
+pub mod tmux;

@@ -107,14 +107,21 @@ pub fn target_dir() -> PathBuf {
 
 /// Builds (if needed) and returns `target/debug/fanout`.
 pub fn fanout_binary() -> PathBuf {
+    built(&["-p", "fanout-gateway", "--bin", "fanout"], "fanout")
+}
+
+/// Runs `cargo build` with `args` in the workspace and returns
+/// `target/debug/<bin>`.
+pub fn built(args: &[&str], bin: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "-p", "fanout-gateway", "--bin", "fanout"])
+        .arg("build")
+        .args(args)
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
         .status()
         .expect("cannot run cargo build");
-    assert!(status.success(), "cargo build of fanout failed");
-    let bin = target_dir().join("debug/fanout");
+    assert!(status.success(), "cargo build {} failed", args.join(" "));
+    let bin = target_dir().join("debug").join(bin);
     assert!(bin.is_file(), "{} not found", bin.display());
     bin
 }

@@ -11,6 +11,10 @@
 //!    export added for Deployment `d-1`, the export of `d-0` removed;
 //! 4. makes the shared target answer 503 for a while.
 //!
+//! The console (`fanout-tui` with the three admin URLs, in tmux) watches:
+//! it must show every gateway up, flag the killed one and see it back, and
+//! list each target once, merged over the gateways.
+//!
 //! Then every acknowledged sample must be at every target it should reach,
 //! nothing at a target it should not, and the clients must have seen only
 //! retryable answers. Duplicates (a request whose answer a kill cut off is
@@ -32,8 +36,9 @@ use std::time::{Duration, Instant};
 use fanout_loadtest::identity::SeriesId;
 use fanout_loadtest::sink::{Fault, SinkHandle, SinkReport};
 use fanout_tests::fanout::{fanout_bin, free_port};
-use fanout_tests::prometheus::{http, peer_binary, temp_dir, wait_for};
+use fanout_tests::prometheus::{built, http, peer_binary, temp_dir, wait_for};
 use fanout_tests::rounds::{self, client, round_of, sink_at};
+use fanout_tests::tmux::Tmux;
 
 const CLUSTERS: u32 = 3;
 const SERIES: u32 = 100;
@@ -212,6 +217,48 @@ impl Drop for Member {
     }
 }
 
+/// `fanout-tui` on every member's admin API, in a 160x48 tmux pane.
+struct Console {
+    tmux: Tmux,
+}
+
+impl Console {
+    fn start(members: &[Member]) -> Console {
+        Tmux::require();
+        let tui = built(&["-p", "fanout-tui", "--bin", "fanout-tui"], "fanout-tui");
+        let admins: Vec<String> = members
+            .iter()
+            .map(|m| format!("--admin http://{}", m.admin))
+            .collect();
+        let script = format!(
+            "{} {}; echo TUI-EXITED-$?; exec sleep 600",
+            tui.display(),
+            admins.join(" ")
+        );
+        Console {
+            tmux: Tmux::start(
+                "fanout-fleet-console",
+                &script,
+                160,
+                48,
+                &[("FANOUT_ADMIN_TOKEN", ADMIN_TOKEN)],
+            ),
+        }
+    }
+
+    /// Waits (30 s at most) until the screen satisfies `ok`.
+    fn wait(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        tokio::task::block_in_place(|| {
+            self.tmux
+                .wait_screen(what, Duration::from_secs(30), &String::new, ok)
+        })
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        self.tmux.keys(keys);
+    }
+}
+
 /// HAProxy in front of the members' ingest ports; killed when dropped.
 struct Balancer {
     child: Child,
@@ -381,6 +428,13 @@ async fn a_fleet_behind_haproxy_loses_nothing_acknowledged() {
         .collect();
     let pause = |d: u64| tokio::time::sleep(Duration::from_millis(d));
     pause(1500).await;
+    let console = Console::start(&members);
+    console.wait("every gateway up", |s| {
+        s.contains("gateways 3/3 up")
+            && members
+                .iter()
+                .all(|m| s.contains(&format!(":{}  up", m.admin.port())))
+    });
 
     // 1. Rolling restart.
     for m in &mut members {
@@ -390,8 +444,13 @@ async fn a_fleet_behind_haproxy_loses_nothing_acknowledged() {
     }
     // 2. kill -9 and restart on the same data dir.
     members[1].kill();
+    console.wait("the killed gateway flagged", |s| {
+        s.contains("gateways 2/3 up")
+            && s.contains(&format!(":{}  disconnected", members[1].admin.port()))
+    });
     pause(1000).await;
     members[1].start();
+    console.wait("the gateway back", |s| s.contains("gateways 3/3 up"));
     pause(1000).await;
     // 3. A registry change through one gateway while traffic flows.
     let changed_at = Instant::now();
@@ -410,6 +469,19 @@ async fn a_fleet_behind_haproxy_loses_nothing_acknowledged() {
     for w in writers {
         w.await.unwrap();
     }
+    // The merged targets: one row per target, whatever gateways have it.
+    console.keys(&["2"]);
+    let screen = console.wait("the merged targets", |s| {
+        let rows = |name: &str| {
+            s.lines()
+                .filter(|l| l.starts_with(&format!("│{name} ")))
+                .count()
+        };
+        rows("shared") == 1 && rows("new1") == 1
+    });
+    eprintln!("the console on the fleet:\n{screen}");
+    console.keys(&["q"]);
+    console.wait("the console to exit", |s| s.contains("TUI-EXITED-0"));
     let client = std::mem::take(&mut *out.lock().unwrap());
     assert!(
         client.non_retryable.is_empty(),

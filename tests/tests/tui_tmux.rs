@@ -22,95 +22,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fanout_tests::prometheus::{fanout_binary, free_port, target_dir, temp_dir, wait_for, Proc};
+use fanout_tests::prometheus::{built, fanout_binary, free_port, temp_dir, wait_for, Proc};
+use fanout_tests::tmux::Tmux;
 
 const ADMIN_TOKEN: &str = "tui-e2e-admin-token";
 
 /// Builds the console and the load tool, returns their paths.
 fn binaries() -> (PathBuf, PathBuf) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "-p",
-            "fanout-tui",
-            "-p",
-            "fanout-loadtest",
-            "--bins",
-        ])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .status()
-        .expect("cannot run cargo build");
-    assert!(
-        status.success(),
-        "cargo build of fanout-tui and fanout-load failed"
+    let load = built(
+        &["-p", "fanout-tui", "-p", "fanout-loadtest", "--bins"],
+        "fanout-load",
     );
-    let dir = target_dir().join("debug");
-    (dir.join("fanout-tui"), dir.join("fanout-load"))
-}
-
-/// One tmux server on a private socket, killed when dropped.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn cmd(&self, args: &[&str]) -> std::process::Output {
-        Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .env_remove("TMUX")
-            .stdin(Stdio::null())
-            .output()
-            .expect("cannot run tmux")
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", "tui"];
-        args.extend(keys);
-        let out = self.cmd(&args);
-        assert!(out.status.success(), "send-keys: {out:?}");
-    }
-
-    fn screen(&self) -> String {
-        let out = self.cmd(&["capture-pane", "-p", "-t", "tui"]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn format(&self, f: &str) -> String {
-        let out = self.cmd(&["display-message", "-p", "-t", "tui", f]);
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    /// Waits until the screen satisfies `ok`; panics with the screen and `context` otherwise.
-    fn wait_screen(
-        &self,
-        what: &str,
-        timeout: Duration,
-        context: &dyn Fn() -> String,
-        ok: impl Fn(&str) -> bool,
-    ) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let s = self.screen();
-            if ok(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; screen:\n{s}\n{}",
-                context()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["kill-server"]);
-    }
+    (load.with_file_name("fanout-tui"), load)
 }
 
 /// `method path` on the admin API with the token: (status, body).
@@ -260,13 +183,7 @@ fn rate_value(s: &str) -> f64 {
 #[test]
 #[ignore = "needs tmux and the delivery stats API; run by .ci/run"]
 fn console_shows_targets_pauses_one_and_quits_cleanly() {
-    assert!(
-        Command::new("tmux")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "tmux is not installed (apt-get install tmux)"
-    );
+    Tmux::require();
     let fanout = fanout_binary();
     let (tui, load) = binaries();
     let dir = temp_dir("tui-tmux");
@@ -387,37 +304,18 @@ fn console_shows_targets_pauses_one_and_quits_cleanly() {
 
     // The console in a 160x48 tmux pane, inside a shell that reports how it
     // exited and whether the terminal modes came back.
-    let tmux = Tmux {
-        socket: format!("fanout-tui-e2e-{}", std::process::id()),
-    };
     let script = format!(
         "before=$(stty -g); {} --admin http://127.0.0.1:{admin_port}; rc=$?; \
          [ \"$before\" = \"$(stty -g)\" ] && echo TERMINAL-MODES-RESTORED; echo TUI-EXITED-$rc; exec sleep 600",
         tui.display()
     );
-    let out = Command::new("tmux")
-        .args([
-            "-L",
-            &tmux.socket,
-            "-f",
-            "/dev/null",
-            "new-session",
-            "-d",
-            "-s",
-            "tui",
-            "-x",
-            "160",
-            "-y",
-            "48",
-        ])
-        .arg(&script)
-        .env("FANOUT_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("TERM", "xterm-256color")
-        .env_remove("TMUX")
-        .stdin(Stdio::null())
-        .output()
-        .expect("tmux new-session");
-    assert!(out.status.success(), "tmux new-session: {out:?}");
+    let tmux = Tmux::start(
+        "fanout-tui-e2e",
+        &script,
+        160,
+        48,
+        &[("FANOUT_ADMIN_TOKEN", ADMIN_TOKEN)],
+    );
 
     let context = || log();
     let screen = tmux.wait_screen(

@@ -257,6 +257,14 @@ pub fn gateway_lines(state: &State, g: &Gateway) -> Vec<Line<'static>> {
                 } else {
                     spans.push(Span::raw("  ready"));
                 }
+                // In a fleet, each gateway's share of the traffic.
+                if state.gateways.len() > 1 {
+                    spans.push(Span::raw(format!(
+                        "  in {} out {} samples/s",
+                        fmt::si(g.rates.samples_in),
+                        fmt::si(g.rates.samples_out)
+                    )));
+                }
             }
             if let Some((at, after)) = g.reconnected {
                 if now - at < 60_000 {
