@@ -905,7 +905,7 @@ async fn a_store_written_by_a_newer_gateway_is_used_not_rewritten_down() {
         dir.path().join(store::sqlite::FILE_NAME).display()
     );
     let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    let newer = store::MIGRATIONS.len() + 2;
+    let newer = store::SCHEMA_LEVEL + 2;
     sqlx::query("UPDATE fanout_meta SET value = ?1 WHERE name = 'schema'")
         .bind(newer.to_string())
         .execute(&mut db)
@@ -915,6 +915,15 @@ async fn a_store_written_by_a_newer_gateway_is_used_not_rewritten_down() {
         .fetch_one(&mut db)
         .await
         .unwrap();
+    // The newer gateway also recorded a migration this binary does not know.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (?1, 'from a newer gateway', TRUE, x'00', 0)",
+    )
+    .bind(newer as i64)
+    .execute(&mut db)
+    .await
+    .unwrap();
     let mut doc: Value = serde_json::from_str(&row.get::<String, _>(0)).unwrap();
     doc["futureField"] = Value::from(1);
     doc["metricsExport"]["futureOption"] = Value::from(true);
@@ -944,7 +953,7 @@ async fn a_store_written_by_a_newer_gateway_is_used_not_rewritten_down() {
     assert_eq!(level, newer.to_string(), "the level was moved down");
 
     sqlx::query("UPDATE fanout_meta SET value = ?1 WHERE name = 'schema_compat'")
-        .bind((store::MIGRATIONS.len() + 1).to_string())
+        .bind((store::SCHEMA_LEVEL + 1).to_string())
         .execute(&mut db)
         .await
         .unwrap();
@@ -954,6 +963,69 @@ async fn a_store_written_by_a_newer_gateway_is_used_not_rewritten_down() {
         msg.contains("migrated by a newer gateway") && msg.contains("upgrade it"),
         "{msg}"
     );
+}
+
+/// A store made before migrations were recorded in `_sqlx_migrations`
+/// (the tables and `schema` level 1 only) is adopted: migration 1 runs again
+/// harmlessly and is recorded, the registry is kept. A recorded migration
+/// whose SQL differs from this binary's is refused.
+#[tokio::test]
+async fn migrations_adopt_an_unrecorded_store_and_refuse_a_changed_one() {
+    use sqlx::{Connection, Row};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join(store::sqlite::FILE_NAME).display()
+    );
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    for statement in [
+        "CREATE TABLE fanout_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE fanout_objects (kind TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL, \
+         version BIGINT NOT NULL, PRIMARY KEY (kind, id))",
+        "INSERT INTO fanout_meta (name, value) VALUES ('version', '3'), ('schema', '1'), \
+         ('schema_compat', '1'), ('target_salt', 'abcd')",
+        r#"INSERT INTO fanout_objects VALUES ('workspace', 'ws-1', '{"id":"ws-1","organizationId":"o","name":"one"}', 3)"#,
+    ] {
+        sqlx::query(statement).execute(&mut db).await.unwrap();
+    }
+    let store = store::open(None, dir.path()).await.unwrap();
+    let stored = store.load().await.unwrap();
+    assert_eq!(stored.version, 3);
+    assert!(stored.registry.get(Kind::Workspace, "ws-1").is_some());
+    drop(store);
+    let recorded: Vec<i64> = sqlx::query("SELECT version FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(&mut db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        recorded,
+        (1..=store::SCHEMA_LEVEL as i64).collect::<Vec<_>>()
+    );
+
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 1")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let e = store::open(None, dir.path()).await.err().expect("refused");
+    assert!(
+        e.to_string()
+            .contains("migration 1 was previously applied but has been modified"),
+        "{e}"
+    );
+}
+
+#[test]
+fn each_backend_has_one_migration_per_level_in_order() {
+    for set in [store::SQLITE_MIGRATIONS, store::POSTGRES_MIGRATIONS] {
+        let versions: Vec<i64> = set.0.iter().map(|m| m.0).collect();
+        assert_eq!(
+            versions,
+            (1..=store::SCHEMA_LEVEL as i64).collect::<Vec<_>>()
+        );
+    }
 }
 
 #[test]

@@ -9,8 +9,18 @@
 //!                -- one JSON document per object, secrets in clear;
 //!                -- version = registry version of its last write
 //! ```
-//! [`MIGRATIONS`] run at start, inside a transaction (PostgreSQL: under an
-//! advisory lock, so gateways starting together do not race).
+//! # Migrations
+//! One set per backend, `gateway/migrations/{postgres,sqlite}/NNNN_name.sql`,
+//! embedded in the binary ([`POSTGRES_MIGRATIONS`], [`SQLITE_MIGRATIONS`])
+//! and run at start by sqlx's [`Migrator`] (what `sqlx::migrate!` expands
+//! to, without the proc-macro crate, which would build SQLite's C sources a
+//! second time): `_sqlx_migrations` records each one with its checksum, a
+//! changed file is refused, and PostgreSQL takes sqlx's advisory lock so
+//! gateways starting together do not race. Migrations a newer gateway applied
+//! and this binary does not know are left alone (rolling upgrades): whether
+//! this binary may still use such a store is `schema_compat`'s call (see
+//! [`schema_plan`]), checked in the same start-up transaction that records
+//! `schema` (the level, never moved down) and the target salt.
 //!
 //! # Writes
 //! [`Store::update`] runs a closure on the registry as stored *inside* the
@@ -35,6 +45,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use serde_json::Value;
+use sqlx::migrate::Migrator;
 use tokio::sync::watch;
 
 use super::model::{Kind, Object, Registry};
@@ -45,6 +56,9 @@ pub enum StoreError {
     /// The database failed or is unreachable.
     #[error("registry store: {0}")]
     Database(#[from] sqlx::Error),
+    /// A migration failed, or an applied one differs from this binary's.
+    #[error("registry store: migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
     /// A stored row does not parse.
     #[error("registry store: stored {kind} {id:?} is corrupt: {reason}")]
     Corrupt {
@@ -76,7 +90,7 @@ pub enum StoreError {
         level: usize,
         /// The oldest level a gateway must know to use it.
         needs: usize,
-        /// The level this binary knows ([`MIGRATIONS`]).
+        /// The level this binary knows ([`SCHEMA_LEVEL`]).
         knows: usize,
     },
 }
@@ -186,17 +200,17 @@ pub async fn open(setting: Option<&str>, data_dir: &Path) -> Result<Arc<dyn Stor
 /// [`StoreError::SchemaTooNew`] instead of misreading the store.
 pub const SCHEMA_COMPAT: usize = 1;
 
-/// What [`MIGRATIONS`] to run on a store at `level` (stored `schema`) whose
-/// stored `schema_compat` is `compat`: the first level to apply, and the
-/// `schema` and `schema_compat` values to store. Never moves either down:
-/// an older gateway on a newer store leaves the newer levels in place.
+/// The `schema` and `schema_compat` values to store, given the stored ones
+/// (`level`, `compat`): never moves either down, so an older gateway on a
+/// newer store leaves the newer levels in place; refuses a store whose
+/// `schema_compat` is above [`SCHEMA_LEVEL`] with [`StoreError::SchemaTooNew`].
 pub(crate) fn schema_plan(
     level: Option<String>,
     compat: Option<String>,
-) -> Result<(usize, String, String), StoreError> {
+) -> Result<(String, String), StoreError> {
     let level: usize = level.and_then(|l| l.parse().ok()).unwrap_or(0);
     let compat: usize = compat.and_then(|l| l.parse().ok()).unwrap_or(0);
-    let knows = MIGRATIONS.len();
+    let knows = SCHEMA_LEVEL;
     if compat > knows {
         return Err(StoreError::SchemaTooNew {
             level,
@@ -213,19 +227,65 @@ pub(crate) fn schema_plan(
         );
     }
     Ok((
-        level,
         level.max(knows).to_string(),
         compat.max(SCHEMA_COMPAT).to_string(),
     ))
 }
 
-/// Schema migrations; each entry is one level, applied in order, statement by statement.
-pub const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE IF NOT EXISTS fanout_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS fanout_objects (kind TEXT NOT NULL, id TEXT NOT NULL, \
-     doc TEXT NOT NULL, version BIGINT NOT NULL, PRIMARY KEY (kind, id))",
-    "INSERT INTO fanout_meta (name, value) VALUES ('version', '0') ON CONFLICT (name) DO NOTHING",
-]];
+/// The schema level this binary knows: the number of migrations in each
+/// backend's set.
+pub const SCHEMA_LEVEL: usize = 1;
+
+/// One backend's migrations, `(version, description, SQL)`, versions 1 to
+/// [`SCHEMA_LEVEL`] in order.
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations(pub &'static [(i64, &'static str, &'static str)]);
+
+/// PostgreSQL's migrations (`gateway/migrations/postgres/`).
+pub const POSTGRES_MIGRATIONS: Migrations = Migrations(&[(
+    1,
+    "registry",
+    include_str!("../../../migrations/postgres/0001_registry.sql"),
+)]);
+
+/// SQLite's migrations (`gateway/migrations/sqlite/`).
+pub const SQLITE_MIGRATIONS: Migrations = Migrations(&[(
+    1,
+    "registry",
+    include_str!("../../../migrations/sqlite/0001_registry.sql"),
+)]);
+
+impl sqlx::migrate::MigrationSource<'static> for Migrations {
+    fn resolve(
+        self,
+    ) -> BoxFuture<'static, Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|&(version, description, sql)| {
+                    sqlx::migrate::Migration::new(
+                        version,
+                        description.into(),
+                        sqlx::migrate::MigrationType::Simple,
+                        sql.into(),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+impl Migrations {
+    /// The migrator of this set: applied migrations it does not know (a
+    /// newer gateway's) are ignored, not an error.
+    pub(crate) async fn migrator(self) -> Result<Migrator, StoreError> {
+        let mut migrator = Migrator::new(self).await?;
+        migrator.set_ignore_missing(true);
+        Ok(migrator)
+    }
+}
 
 /// A row to insert or update: `(kind, id, JSON document)`.
 pub(crate) type Upsert = (Kind, String, String);

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use super::{
     apply_change, new_salt, redact_url, registry_from_rows, row_changes, schema_plan, Store,
-    StoreError, Stored, UpdateError, UpdateFn, MIGRATIONS,
+    StoreError, Stored, UpdateError, UpdateFn, POSTGRES_MIGRATIONS,
 };
 
 /// The LISTEN/NOTIFY channel.
@@ -53,6 +53,7 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await?;
+        POSTGRES_MIGRATIONS.migrator().await?.run(&pool).await?;
         let mut tx = pool.begin().await?;
         migrate(&mut tx).await?;
         tx.commit().await?;
@@ -104,12 +105,13 @@ async fn listen(pool: PgPool, changes: watch::Sender<u64>) {
     }
 }
 
+/// Start-up, after the migrations: refuses a store this binary is too old
+/// for, records the schema level (never down) and the target salt.
 async fn migrate(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(MIGRATION_LOCK)
         .execute(&mut **tx)
         .await?;
-    sqlx::query(MIGRATIONS[0][0]).execute(&mut **tx).await?;
     let meta = |name: &'static str| {
         sqlx::query("SELECT value FROM fanout_meta WHERE name = $1").bind(name)
     };
@@ -121,12 +123,7 @@ async fn migrate(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
         .fetch_optional(&mut **tx)
         .await?
         .map(|r| r.get(0));
-    let (from, level, compat) = schema_plan(level, compat)?;
-    for statements in MIGRATIONS.iter().skip(from) {
-        for statement in *statements {
-            sqlx::query(statement).execute(&mut **tx).await?;
-        }
-    }
+    let (level, compat) = schema_plan(level, compat)?;
     for (name, value) in [("schema", level), ("schema_compat", compat)] {
         sqlx::query(
             "INSERT INTO fanout_meta (name, value) VALUES ($1, $2) \

@@ -17,7 +17,7 @@ use tokio::sync::{watch, Mutex};
 
 use super::{
     apply_change, new_salt, registry_from_rows, row_changes, schema_plan, Store, StoreError,
-    Stored, UpdateError, UpdateFn, MIGRATIONS,
+    Stored, UpdateError, UpdateFn, SQLITE_MIGRATIONS,
 };
 
 /// File name of the database inside the data directory.
@@ -48,6 +48,7 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
+        SQLITE_MIGRATIONS.migrator().await?.run(&pool).await?;
         let mut tx = pool.begin().await?;
         migrate(&mut tx).await?;
         tx.commit().await?;
@@ -108,8 +109,9 @@ async fn write_change(
     ))
 }
 
+/// Start-up, after the migrations: refuses a store this binary is too old
+/// for, records the schema level (never down) and the target salt.
 async fn migrate(tx: &mut Transaction<'_, Sqlite>) -> Result<(), StoreError> {
-    sqlx::query(MIGRATIONS[0][0]).execute(&mut **tx).await?;
     let meta = |name: &'static str| {
         sqlx::query("SELECT value FROM fanout_meta WHERE name = ?1").bind(name)
     };
@@ -121,12 +123,7 @@ async fn migrate(tx: &mut Transaction<'_, Sqlite>) -> Result<(), StoreError> {
         .fetch_optional(&mut **tx)
         .await?
         .map(|r| r.get(0));
-    let (from, level, compat) = schema_plan(level, compat)?;
-    for statements in MIGRATIONS.iter().skip(from) {
-        for statement in *statements {
-            sqlx::query(statement).execute(&mut **tx).await?;
-        }
-    }
+    let (level, compat) = schema_plan(level, compat)?;
     for (name, value) in [("schema", level), ("schema_compat", compat)] {
         sqlx::query(
             "INSERT INTO fanout_meta (name, value) VALUES (?1, ?2) \
