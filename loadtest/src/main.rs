@@ -264,6 +264,11 @@ struct SinkArgs {
     /// Require header NAME=VALUE (repeatable).
     #[arg(long = "header", value_parser = parse_kv)]
     headers: Vec<(String, String)>,
+    /// Play a receiver that speaks only remote-write 1.0: `refuse` answers
+    /// 2.0 bodies 415, `misread` reads them as 1.0 (storing nothing) and
+    /// answers 204 without the Written headers, as Prometheus 2.x does.
+    #[arg(long, value_enum, default_value = "no")]
+    v1_only: fanout_loadtest::sink::V1Only,
     /// Answer every write with this status (failure injection).
     #[arg(long)]
     fail_status: Option<u16>,
@@ -465,6 +470,7 @@ async fn sink(a: SinkArgs) -> anyhow::Result<i32> {
             headers: a.headers.clone(),
             fault: fault.clone(),
             http3: a.http3,
+            v1_only: a.v1_only,
             ..SinkConfig::default()
         })
         .await?;

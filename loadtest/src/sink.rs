@@ -116,6 +116,24 @@ pub struct SinkConfig {
     /// Also serve HTTP/3 on the same port (UDP), with a self-signed
     /// certificate for `localhost` and `127.0.0.1` ([`SinkHandle::cert_pem`]).
     pub http3: bool,
+    /// How it takes remote-write 2.0 bodies (a 2.0 receiver by default).
+    pub v1_only: V1Only,
+}
+
+/// A receiver that speaks only remote-write 1.0, the two ways they behave.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum V1Only {
+    /// Not one: 2.0 bodies are decoded and answered with the
+    /// `X-Prometheus-Remote-Write-*-Written` headers.
+    #[default]
+    No,
+    /// 2.0 bodies are refused with 415 Unsupported Media Type.
+    Refuse,
+    /// 2.0 bodies are read as 1.0 whatever their content type, as
+    /// Prometheus 2.x does: the 2.0 fields are unknown to 1.0 and skipped,
+    /// so nothing is stored, and the answer is 204 without the Written
+    /// headers.
+    Misread,
 }
 
 impl Default for SinkConfig {
@@ -128,6 +146,7 @@ impl Default for SinkConfig {
             fault: Fault::default(),
             max_body: 32 << 20,
             http3: false,
+            v1_only: V1Only::No,
         }
     }
 }
@@ -307,6 +326,8 @@ pub struct SinkReport {
     pub header_mismatches: u64,
     /// Requests answered by an injected fault.
     pub injected: u64,
+    /// 2.0 requests a 1.0-only sink ([`V1Only`]) refused or misread.
+    pub v2_refused: u64,
     /// The last refusal reason.
     pub last_error: Option<String>,
     /// Requests by remote-write version ("v1", "v2").
@@ -400,6 +421,7 @@ impl SinkReport {
         self.auth_failures += other.auth_failures;
         self.header_mismatches += other.header_mismatches;
         self.injected += other.injected;
+        self.v2_refused += other.v2_refused;
         for (k, v) in &other.protocols {
             *self.protocols.entry(k.clone()).or_default() += v;
         }
@@ -1019,9 +1041,24 @@ fn receive(
         .get(http::header::CONTENT_TYPE)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .unwrap_or_default();
-    let v2 = content_type.contains("io.prometheus.write.v2.Request");
+    let declared_v2 = content_type.contains("io.prometheus.write.v2.Request");
+    let mut v2 = declared_v2;
+    match cfg.v1_only {
+        V1Only::Refuse if v2 => {
+            lock(st.shard(n)).report.v2_refused += 1;
+            return Err(reply(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "remote-write 2.0 is not supported here",
+            ));
+        }
+        V1Only::Misread if v2 => {
+            lock(st.shard(n)).report.v2_refused += 1;
+            v2 = false;
+        }
+        _ => {}
+    }
     if content_type.contains("proto=")
-        && !v2
+        && !declared_v2
         && !content_type.contains("proto=prometheus.WriteRequest")
     {
         return Err(bad(

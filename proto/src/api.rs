@@ -142,6 +142,10 @@ pub struct Target {
     pub id: String,
     /// Endpoint without userinfo and query.
     pub endpoint: String,
+    /// The remote-write version it is sent: `V1`, `V2`, or
+    /// `V1 (fallback: <reason>)` for a `protocol: V2` target whose receiver
+    /// does not speak 2.0 (2.0 is tried again after 10 minutes).
+    pub protocol: String,
     /// `healthy`, `retrying`, `failing` or `paused`.
     pub state: String,
     /// Paused by an operator.

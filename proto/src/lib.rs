@@ -27,6 +27,7 @@ pub mod snappy;
 pub mod testdata;
 pub mod units;
 pub mod v2read;
+pub mod v2write;
 pub mod wire;
 
 pub use error::{ErrorKind, ScanError};

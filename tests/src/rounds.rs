@@ -100,10 +100,41 @@ pub fn round_of(cluster: u32, seq: u32, series: u32) -> Bytes {
 /// One write to the gateway at `ingest`: its status, or `None` on a
 /// transport error or no answer within 10 s (a gateway being killed).
 pub async fn try_write(client: &HttpClient, ingest: &str, token: &str, body: Bytes) -> Option<u16> {
+    try_write_as(client, ingest, token, body, false).await
+}
+
+/// [`write`] of a round as remote-write 2.0: `body` (a snappy 1.0 body, as
+/// [`round`] makes) is rewritten as a 2.0 request and sent with the 2.0
+/// headers.
+pub async fn write_v2(client: &HttpClient, ingest: &str, token: &str, body: Bytes) -> u16 {
+    let raw = fanout_proto::snappy::decompress(&body, 1 << 30).expect("a snappy body");
+    let mut v2 = Vec::new();
+    fanout_proto::v2write::from_v1(&raw, &fanout_proto::v2write::NoMetadata, &mut v2)
+        .expect("a 1.0 body");
+    let body = Bytes::from(fanout_proto::snappy::compress(&v2));
+    try_write_as(client, ingest, token, body, true)
+        .await
+        .expect("ingest reachable and answering within 10s")
+}
+
+async fn try_write_as(
+    client: &HttpClient,
+    ingest: &str,
+    token: &str,
+    body: Bytes,
+    v2: bool,
+) -> Option<u16> {
+    let (content_type, version) = match v2 {
+        true => (
+            "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+            "2.0.0",
+        ),
+        false => ("application/x-protobuf", "0.1.0"),
+    };
     let req = http::Request::post(format!("http://{ingest}/api/v1/write"))
         .header("content-encoding", "snappy")
-        .header("content-type", "application/x-protobuf")
-        .header("x-prometheus-remote-write-version", "0.1.0")
+        .header("content-type", content_type)
+        .header("x-prometheus-remote-write-version", version)
         .header("authorization", format!("Bearer {token}"))
         .body(Full::new(body))
         .expect("request");

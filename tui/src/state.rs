@@ -286,6 +286,8 @@ pub struct TargetRow {
     pub id: String,
     /// Endpoint.
     pub endpoint: String,
+    /// Remote-write version sent (a fallback on any gateway wins).
+    pub protocol: String,
     /// Worst state over the gateways.
     pub state: String,
     /// Paused on every gateway that has it.
@@ -744,6 +746,9 @@ impl State {
                 });
                 if state_rank(&t.state) > state_rank(&row.state) {
                     row.state = t.state.clone();
+                }
+                if row.protocol.is_empty() || t.protocol.contains("fallback") {
+                    row.protocol = t.protocol.clone();
                 }
                 row.paused &= t.paused || t.state == "paused";
                 row.queue_bytes += t.queue_bytes as f64;

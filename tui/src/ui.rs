@@ -774,6 +774,14 @@ fn render_detail(state: &State, f: &mut Frame, area: Rect, id: &str) {
     };
     let info = vec![
         kv("endpoint", t.endpoint.clone()),
+        kv(
+            "protocol",
+            match t.protocol.as_str() {
+                // A gateway from before the field: it sends 1.0.
+                "" => "V1".to_owned(),
+                p => p.to_owned(),
+            },
+        ),
         Line::from(vec![
             Span::styled(format!("{:<10}", "state"), bold()),
             Span::styled(t.state.clone(), state_style(&t.state)),

@@ -62,6 +62,7 @@ fn target(id: &str, state: &str, i: i64, rate: f64) -> Value {
     json!({
         "id": id,
         "endpoint": format!("http://prom-{id}.example:9090/api/v1/write"),
+        "protocol": if state == "retrying" { "V1 (fallback: 415 Unsupported Media Type)" } else { "V1" },
         "state": state, "paused": state == "paused",
         "queueBytes": if failing { 1_572_864 + 2048 * i } else { 4096 },
         "queueSamples": if failing { 48_000 } else { 120 },

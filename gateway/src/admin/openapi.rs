@@ -114,6 +114,17 @@ pub fn document() -> Value {
     let counts = json!({"type": "object", "additionalProperties": s("integer")});
     let error_schema = json!({"type": "object", "nullable": true, "properties": {
         "time": s("string"), "status": {"type": "integer", "nullable": true}, "message": s("string")}});
+    let target = json!({"type": "object", "properties": {
+                    "id": s("string"), "endpoint": s("string"), "protocol": s("string"),
+                    "state": {"type": "string", "enum": ["healthy", "retrying", "failing", "paused"]}, "paused": s("boolean"),
+                    "queueBytes": s("integer"), "queueSamples": s("integer"), "spillBytes": s("integer"),
+                    "spillState": {"type": "string", "enum": ["off", "ok", "broken", "disk_full"]},
+                    "oldestQueuedSeconds": s("number"), "samplesSent": s("integer"), "bytesSent": s("integer"),
+                    "requestsSent": s("integer"), "retries": s("integer"), "failures": counts, "dropped": counts,
+                    "lastError": error_schema, "concurrency": s("integer"), "inFlight": s("integer"),
+                    "latencyMs": {"type": "object", "properties": {"p50": s("number"), "p90": s("number"), "p99": s("number"), "max": s("number")}},
+                    "feeds": {"type": "array", "items": {"type": "object", "properties": {
+                        "exportId": s("string"), "deploymentId": s("string"), "clusterId": s("string")}}}}});
     json!({
         "openapi": "3.0.3",
         "info": {"title": "Fanout admin API", "version": env!("CARGO_PKG_VERSION")},
@@ -138,17 +149,7 @@ pub fn document() -> Value {
                     "targets": {"type": "array", "items": {"$ref": "#/components/schemas/Target"}},
                     "recentErrors": {"type": "array", "items": {"type": "object", "properties": {
                         "time": s("string"), "targetId": s("string"), "status": {"type": "integer", "nullable": true}, "message": s("string")}}}}},
-                "Target": {"type": "object", "properties": {
-                    "id": s("string"), "endpoint": s("string"),
-                    "state": {"type": "string", "enum": ["healthy", "retrying", "failing", "paused"]}, "paused": s("boolean"),
-                    "queueBytes": s("integer"), "queueSamples": s("integer"), "spillBytes": s("integer"),
-                    "spillState": {"type": "string", "enum": ["off", "ok", "broken", "disk_full"]},
-                    "oldestQueuedSeconds": s("number"), "samplesSent": s("integer"), "bytesSent": s("integer"),
-                    "requestsSent": s("integer"), "retries": s("integer"), "failures": counts, "dropped": counts,
-                    "lastError": error_schema, "concurrency": s("integer"), "inFlight": s("integer"),
-                    "latencyMs": {"type": "object", "properties": {"p50": s("number"), "p90": s("number"), "p99": s("number"), "max": s("number")}},
-                    "feeds": {"type": "array", "items": {"type": "object", "properties": {
-                        "exportId": s("string"), "deploymentId": s("string"), "clusterId": s("string")}}}}},
+                "Target": target,
                 "EffectiveExport": {"type": "object", "properties": {
                     "id": s("string"), "objectKey": s("string"), "sourceScope": {"type": "string", "enum": ["WORKSPACE", "DEPLOYMENT"]},
                     "sourceScopeEntityId": s("string"), "targetId": s("string"),
@@ -283,6 +284,7 @@ mod tests {
         api::Target {
             id: "t-1".into(),
             endpoint: "http://p/w".into(),
+            protocol: "V1 (fallback: 415 Unsupported Media Type)".into(),
             state: "retrying".into(),
             spill_state: "ok".into(),
             failures: BTreeMap::from([("503".into(), 2)]),

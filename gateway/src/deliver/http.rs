@@ -5,7 +5,8 @@
 //!
 //! Requests carry the remote-write 1.0 headers (`Content-Encoding: snappy`,
 //! `Content-Type: application/x-protobuf`,
-//! `X-Prometheus-Remote-Write-Version: 0.1.0`, `User-Agent`), the target's
+//! `X-Prometheus-Remote-Write-Version: 0.1.0`, `User-Agent`; for 2.0 bodies
+//! the 2.0 content type and version, see `protocol.rs`), the target's
 //! custom headers and its auth. Error messages name the kind of failure;
 //! every text that comes from the target or from the request (error bodies,
 //! error chains) passes the target's scrubber before it leaves [`HttpSender::send`],
@@ -226,20 +227,30 @@ impl HttpSender {
     /// to `target` at wall time `now`. A retry carries `Retry-Attempt: N`
     /// (N retries so far, as Prometheus 3 sends it), so a receiver can tell
     /// a resent batch from a new one.
+    /// With `v2` the body is a 2.0 request and carries its content type and
+    /// version header.
     pub fn request(
         target: &TargetConfig,
         body: Bytes,
         now: SystemTime,
         attempt: u32,
+        v2: bool,
     ) -> Result<Request<Full<Bytes>>, String> {
         let uri: Uri = target
             .endpoint
             .parse()
             .map_err(|e| format!("invalid endpoint: {e}"))?;
+        let (content_type, version) = match v2 {
+            true => (
+                "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+                "2.0.0",
+            ),
+            false => ("application/x-protobuf", "0.1.0"),
+        };
         let mut req = Request::post(uri.clone())
             .header(http::header::CONTENT_ENCODING, "snappy")
-            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-            .header("x-prometheus-remote-write-version", "0.1.0")
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header("x-prometheus-remote-write-version", version)
             .header(http::header::USER_AGENT, USER_AGENT)
             .body(Full::new(body.clone()))
             .map_err(|e| format!("cannot build the request: {e}"))?;
@@ -355,17 +366,31 @@ impl HttpSender {
     /// [`Scrubber`](crate::registry::secrets::Scrubber); a 2xx body is not
     /// kept at all.
     pub async fn send(&self, target: &Target, body: Bytes, attempt: u32) -> SendResult {
+        self.send_as(target, body, attempt, false).await.0
+    }
+
+    /// [`Self::send`] of a 1.0 or (`v2`) a 2.0 body; also returns the
+    /// response's `X-Prometheus-Remote-Write-Samples-Written` plus
+    /// `-Histograms-Written`, when the first is there.
+    pub async fn send_as(
+        &self,
+        target: &Target,
+        body: Bytes,
+        attempt: u32,
+        v2: bool,
+    ) -> (SendResult, Option<u64>) {
         let config = &target.config;
         let scrub = |text: &str| target.scrubber.scrub(text).into_owned();
-        let req = match Self::request(config, body, SystemTime::now(), attempt) {
+        let req = match Self::request(config, body, SystemTime::now(), attempt, v2) {
             Ok(r) => r,
             // A request that cannot be built is never deliverable.
             Err(message) => {
-                return SendResult::Status {
+                let result = SendResult::Status {
                     status: 400,
                     retry_after: None,
                     body: scrub(&format!("not sent: {message}")),
-                }
+                };
+                return (result, None);
             }
         };
         let attempt = async {
@@ -375,10 +400,21 @@ impl HttpSender {
             };
             let resp = match client.request(req).await {
                 Ok(r) => r,
-                Err(e) if e.is_connect() => return SendResult::Connect(scrub(&error_chain(&e))),
-                Err(e) => return SendResult::Io(scrub(&error_chain(&e))),
+                Err(e) if e.is_connect() => {
+                    return (SendResult::Connect(scrub(&error_chain(&e))), None)
+                }
+                Err(e) => return (SendResult::Io(scrub(&error_chain(&e))), None),
             };
             let status = resp.status().as_u16();
+            let count = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            let written = count("x-prometheus-remote-write-samples-written").map(|samples| {
+                samples + count("x-prometheus-remote-write-histograms-written").unwrap_or(0)
+            });
             let retry_after = resp
                 .headers()
                 .get(http::header::RETRY_AFTER)
@@ -415,15 +451,16 @@ impl HttpSender {
                 text.truncate(end);
                 text
             };
-            SendResult::Status {
+            let result = SendResult::Status {
                 status,
                 retry_after,
                 body,
-            }
+            };
+            (result, written)
         };
         match tokio::time::timeout(config.delivery.timeout, attempt).await {
             Ok(r) => r,
-            Err(_) => SendResult::Timeout,
+            Err(_) => (SendResult::Timeout, None),
         }
     }
 }
@@ -456,6 +493,7 @@ mod tests {
             body.clone(),
             SystemTime::now(),
             1,
+            false,
         )
         .unwrap();
         let h = r.headers();
@@ -476,8 +514,14 @@ mod tests {
             body.clone(),
             SystemTime::now(),
             3,
+            true,
         )
         .unwrap();
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/x-protobuf;proto=io.prometheus.write.v2.Request"
+        );
+        assert_eq!(r.headers()["x-prometheus-remote-write-version"], "2.0.0");
         assert_eq!(r.headers()["authorization"], "Basic dTpw");
         assert_eq!(r.headers()["retry-attempt"], "2", "the second retry");
 
@@ -492,6 +536,7 @@ mod tests {
             body,
             t,
             1,
+            false,
         )
         .unwrap();
         let h = r.headers();

@@ -25,6 +25,9 @@
 //! - [`policy`]: retry classification, backoff, adaptive concurrency;
 //! - [`sigv4`]: AWS SigV4 signing;
 //! - [`http`]: the shared HTTP client and one send attempt;
+//! - [`protocol`]: remote-write 2.0 to `protocol: V2` targets (each batch
+//!   rewritten from 1.0 when sent) and the fallback to 1.0;
+//! - [`metadata`]: the metric family metadata seen in accepted requests;
 //! - [`spill`]: a target's durable disk queue (segments, group commit,
 //!   manifest; `spill/queue.rs` the queue, `spill/types.rs` its edge types,
 //!   `spill/files.rs` segment recovery and the ledger written in place);
@@ -52,7 +55,9 @@ pub use crate::handoff::{Accepted, ClusterCounts, CountingDelivery, Delivery, De
 pub mod api;
 pub mod catalog;
 pub mod http;
+pub mod metadata;
 pub mod policy;
+pub mod protocol;
 pub mod queue;
 pub mod route;
 pub mod service;

@@ -95,6 +95,12 @@ impl TargetCore {
         &self.counters
     }
 
+    /// Counts samples of a delivered batch that the receiver said it did
+    /// not write (a 2.0 partial write) as `rejected`.
+    pub fn count_unwritten(&mut self, samples: u64) {
+        self.counters.dropped_rejected += samples;
+    }
+
     /// The last error.
     pub fn last_error(&self) -> Option<&LastError> {
         self.last_error.as_ref()

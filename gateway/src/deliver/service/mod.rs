@@ -200,6 +200,8 @@ struct Inner {
     orphans: Mutex<Vec<Orphan>>,
     /// When each cluster last had a request logged as dropped whole.
     dropped_logged: Mutex<std::collections::HashMap<String, Instant>>,
+    /// Metric family metadata seen in accepted requests (for 2.0 targets).
+    metadata: crate::deliver::metadata::MetadataCache,
 }
 
 /// The real delivery (SPEC §4, §5); cheap to clone.
@@ -238,6 +240,7 @@ impl FanoutDelivery {
                 orphans: Mutex::new(Vec::new()),
                 stopped: AtomicBool::new(false),
                 dropped_logged: Mutex::new(std::collections::HashMap::new()),
+                metadata: crate::deliver::metadata::MetadataCache::default(),
             }),
         }
     }
@@ -594,6 +597,9 @@ impl Inner {
             plan = self.plan.load_full();
         }
         let s = &batch.summary;
+        if s.metadata > 0 {
+            self.metadata.record(&batch.body);
+        }
         let stats = &self.stats;
         stats.add_ingest(
             (s.samples + s.histograms) as u64,

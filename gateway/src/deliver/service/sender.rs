@@ -19,6 +19,8 @@ struct Done {
     lane: u32,
     batch: u64,
     result: SendResult,
+    /// Samples a 2.0 receiver did not write of a batch it took (partial write).
+    unwritten: u64,
     latency: Duration,
 }
 
@@ -71,16 +73,25 @@ pub(super) async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
                 h.metrics.load().retries.increment(1);
             }
             let target = h.target();
-            let sender = inner.sender.clone();
+            let (inner, h) = (inner.clone(), h.clone());
             let tx = tx.clone();
             tokio::spawn(async move {
                 let t0 = Instant::now();
-                let result = sender.send(&target, d.body, d.attempt).await;
+                let sent = crate::deliver::protocol::send(
+                    &inner.sender,
+                    &target,
+                    &h.wire,
+                    &inner.metadata,
+                    d.body,
+                    d.attempt,
+                )
+                .await;
                 let _ = tx
                     .send(Done {
                         lane: d.lane,
                         batch: d.batch,
-                        result,
+                        result: sent.result,
+                        unwritten: sent.unwritten,
                         latency: t0.elapsed(),
                     })
                     .await;
@@ -216,12 +227,23 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
                 Instant::now(),
                 SystemTime::now(),
             );
+            if done.unwritten > 0 {
+                core.count_unwritten(done.unwritten);
+            }
             (ev, was)
         }
         Err(_) => return,
     };
     if matches!(done.result, SendResult::Status { .. }) {
         h.metrics.load().latency.record(done.latency.as_secs_f64());
+    }
+    if done.unwritten > 0 {
+        h.metrics.load().rejected.increment(done.unwritten);
+        metrics::counter!(names::DROPPED, "reason" => "rejected").increment(done.unwritten);
+        inner
+            .stats
+            .rejected
+            .fetch_add(done.unwritten, Ordering::Relaxed);
     }
     match event {
         Event::Sent { samples, bytes } => {

@@ -94,6 +94,8 @@ pub struct TargetHandle {
     pub(super) removed_at: Mutex<Option<Instant>>,
     pub(super) metrics: ArcSwap<TargetMetrics>,
     pub(super) spill: Option<Spill>,
+    /// A `protocol: V2` target's fallback to 1.0 (`deliver::protocol`).
+    pub(super) wire: crate::deliver::protocol::WireState,
 }
 
 impl std::fmt::Debug for TargetHandle {
@@ -145,6 +147,7 @@ impl TargetHandle {
             target: Mutex::new(target),
             notify: Notify::new(),
             removed_at: Mutex::new(None),
+            wire: Default::default(),
         }
     }
 
@@ -188,6 +191,8 @@ impl TargetHandle {
             drop(rounds);
             moved = Some(to);
         }
+        // A new config gets 2.0 tried again (protocol.rs).
+        self.wire.reset();
         // The target first: the sender reads it for every attempt, so a
         // batch polled from here on goes to the new endpoint.
         if let Ok(mut cur) = self.target.lock() {
@@ -389,6 +394,7 @@ impl TargetHandle {
         api::Target {
             id: self.id().to_string(),
             endpoint: self.endpoint.load().to_string(),
+            protocol: self.wire.describe(target.config.delivery.protocol),
             state: core.state(now).to_owned(),
             paused: core.paused(),
             queue_bytes: core.queue_bytes(),
