@@ -1,7 +1,9 @@
 //! Interop: `fanout serve` delivers to real receivers — Prometheus 2.42
 //! (`--web.enable-remote-write-receiver`) and victoria-metrics (Debian's
 //! `victoria-metrics` package) — and the series are found through their query
-//! APIs with the metadata and target labels fanout stamped.
+//! APIs with the metadata and target labels fanout stamped. The Prometheus
+//! export is configured `protocol: V2`: Prometheus 2.42 does not speak 2.0,
+//! and every sample reaches it through the fallback to 1.0.
 //!
 //! Needs both binaries (`FANOUT_PROMETHEUS_BIN`, `FANOUT_VICTORIA_METRICS_BIN`,
 //! or on `PATH`); `.ci/run` installs them. A missing peer fails under `CI`.
@@ -133,7 +135,7 @@ fn delivers_to_prometheus_and_victoria_metrics_with_metadata_labels() {
          workspaces:\n  - {{id: ws-int, organizationId: org-ws, name: interop}}\n\
          deployments:\n  - {{id: dep-int, workspaceId: ws-int, clusterId: cl-int, namespace: interop-ns, type: HOSTED, name: interop}}\n\
          metricsExports:\n\
-         \x20 - {{id: to-prom, objectKey: to_prom, scope: WORKSPACE, scopeEntityId: ws-int, autoLinkDeployments: true, metricsExport: {{endpoint: 'http://{prom_addr}/api/v1/write', labels: {{env: interop}}, delivery: {{batchSendDeadline: 200ms}}}}}}\n\
+         \x20 - {{id: to-prom, objectKey: to_prom, scope: WORKSPACE, scopeEntityId: ws-int, autoLinkDeployments: true, metricsExport: {{endpoint: 'http://{prom_addr}/api/v1/write', labels: {{env: interop}}, delivery: {{batchSendDeadline: 200ms, protocol: V2}}}}}}\n\
          \x20 - {{id: to-vm, objectKey: to_vm, scope: DEPLOYMENT, scopeEntityId: dep-int, metricsExport: {{endpoint: 'http://{vm_addr}/api/v1/write', labels: {{env: interop}}, delivery: {{batchSendDeadline: 200ms}}}}}}\n"
     );
     let reg_path = dir.join("registry.yaml");
@@ -177,6 +179,31 @@ fn delivers_to_prometheus_and_victoria_metrics_with_metadata_labels() {
         found.is_some(),
         "Prometheus never showed the stamped series; fanout log:\n{}",
         gw.log()
+    );
+    // Every sample, although it was configured as a 2.0 target: Prometheus
+    // 2.42 reads a 2.0 body as 1.0, stores nothing and answers 204 without
+    // the Written headers, and Fanout falls back to 1.0 for it.
+    let all = wait_for(Duration::from_secs(30), || {
+        let (s, body) = http(
+            prom_addr,
+            "GET",
+            "/api/v1/query?query=count_over_time(airflow_ti_failures_total%5B10m%5D)",
+            &[],
+            b"",
+        )?;
+        (s == 200 && body.contains(r#","5"]"#)).then_some(body)
+    });
+    assert!(
+        all.is_some(),
+        "Prometheus does not hold the 5 samples; fanout log:\n{}",
+        gw.log()
+    );
+    let (_, targets) = gw.request("GET", "/api/v1/targets", None);
+    assert!(
+        targets.contains(
+            r#""protocol":"V1 (fallback: 204 without X-Prometheus-Remote-Write-Samples-Written)""#
+        ),
+        "{targets}"
     );
     let (_, pools) = http(
         prom_addr,

@@ -57,6 +57,7 @@ pub fn registry_for(scenario: &crate::scenario::Scenario, urls: &[String]) -> Va
             max_duration: std::time::Duration::from_secs(60),
         },
         batch: 2000,
+        protocol: Default::default(),
         drain_timeout: std::time::Duration::from_secs(60),
     };
     registry(&spec, urls)
@@ -107,6 +108,9 @@ pub fn registry(spec: &BenchSpec, urls: &[String]) -> Value {
                     "delivery": {"maxSamplesPerSend": spec.batch},
                 },
             });
+            if spec.protocol == super::spec::Protocol::V2 {
+                e["metricsExport"]["delivery"]["protocol"] = json!("V2");
+            }
             if !spec.all_to_all() {
                 let links: Vec<Value> = spec
                     .deployments_of(t)

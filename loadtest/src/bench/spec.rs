@@ -10,6 +10,7 @@
 //! deadTargets: [2]                          # targets that refuse connections; default none
 //! traffic: {samples: 1500000, rate: 100000, connections: 4, samplesPerRequest: 2000}
 //! batch: 2000                               # maxSamplesPerSend / -remoteWrite.maxRowsPerBlock
+//! protocol: V2                              # Fanout's targets get remote-write 2.0; default V1
 //! drainTimeout: 30s
 //! ```
 //!
@@ -87,8 +88,21 @@ struct RawSpec {
     traffic: Traffic,
     #[serde(default = "default_batch")]
     batch: usize,
+    #[serde(default)]
+    protocol: Protocol,
     #[serde(default = "default_drain", with = "duration_str")]
     drain_timeout: Duration,
+}
+
+/// The remote-write version Fanout's targets are configured with
+/// (`delivery.protocol`); vmagent always sends 1.0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    /// Remote-write 1.0.
+    #[default]
+    V1,
+    /// Remote-write 2.0.
+    V2,
 }
 
 /// A validated bench scenario.
@@ -111,6 +125,8 @@ pub struct BenchSpec {
     pub traffic: Traffic,
     /// Samples per outgoing request, for both gateways.
     pub batch: usize,
+    /// The protocol of Fanout's targets.
+    pub protocol: Protocol,
     /// How long to wait for delivery after the generator stopped.
     #[serde(with = "duration_str")]
     pub drain_timeout: Duration,
@@ -199,6 +215,7 @@ impl BenchSpec {
             dead_targets: dead,
             traffic: raw.traffic,
             batch: raw.batch,
+            protocol: raw.protocol,
             drain_timeout: raw.drain_timeout,
         })
     }
