@@ -291,6 +291,7 @@ mod tests {
                 "latencyMs",
                 "oldestQueuedSeconds",
                 "paused",
+                "protocol",
                 "queueBytes",
                 "queueSamples",
                 "requestsSent",
