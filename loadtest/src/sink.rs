@@ -328,6 +328,8 @@ pub struct SinkReport {
     pub injected: u64,
     /// 2.0 requests a 1.0-only sink ([`V1Only`]) refused or misread.
     pub v2_refused: u64,
+    /// 1.0 `WriteRequest.metadata` entries received, by metric family.
+    pub metadata: BTreeMap<String, u64>,
     /// The last refusal reason.
     pub last_error: Option<String>,
     /// Requests by remote-write version ("v1", "v2").
@@ -422,6 +424,9 @@ impl SinkReport {
         self.header_mismatches += other.header_mismatches;
         self.injected += other.injected;
         self.v2_refused += other.v2_refused;
+        for (family, n) in &other.metadata {
+            *self.metadata.entry(family.clone()).or_default() += n;
+        }
         for (k, v) in &other.protocols {
             *self.protocols.entry(k.clone()).or_default() += v;
         }
@@ -1144,6 +1149,16 @@ fn receive(
                 format!("remote-write 1.0 body: {e}"),
             )
         })?;
+        if !decoded_v1.metadata.is_empty() {
+            let mut inner = lock(st.shard(n));
+            for m in &decoded_v1.metadata {
+                *inner
+                    .report
+                    .metadata
+                    .entry(m.metric_family_name.clone())
+                    .or_default() += 1;
+            }
+        }
         for ts in &decoded_v1.timeseries {
             histograms += ts.histograms.len() as u64;
             let start = pairs.len();

@@ -130,3 +130,83 @@ async fn a_413_splits_batches_until_they_fit() {
     );
     assert_eq!(t["dropped"]["rejected"], 0, "{t}");
 }
+
+/// Metric family metadata reaches 1.0 targets in requests of its own, once
+/// per `--metadata-send-interval` (1 s here), not with every batch: only the
+/// families that pass the catalog, and not to a target with
+/// `sendMetadata: false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_reaches_v1_targets_once_per_interval() {
+    use fanout_proto::v1;
+    let (p_on, p_off) = (free_port(), free_port());
+    let on = sink_at(p_on, "on", &[]).await;
+    let off = sink_at(p_off, "off", &[]).await;
+    let dir = fanout_tests::fanout::tempfile_dir::TempDir::new("fanout-egress-metadata");
+    let registry = dir.path().join("registry.yaml");
+    let mut yaml = rounds::registry(TOKEN, "");
+    yaml.push_str(&format!(
+        "metricsExports:\n  - {{id: on, objectKey: on, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {{endpoint: '{}', delivery: {{batchSendDeadline: 50ms}}}}}}\n  - {{id: off, objectKey: off, scope: DEPLOYMENT, scopeEntityId: d1, metricsExport: {{endpoint: '{}', delivery: {{batchSendDeadline: 50ms, sendMetadata: false}}}}}}\n",
+        rounds::endpoint(p_on),
+        rounds::endpoint(p_off)
+    ));
+    std::fs::write(&registry, yaml).unwrap();
+    let gw = Gateway::start(
+        "egress-metadata",
+        &[
+            "--registry",
+            registry.to_str().unwrap(),
+            "--metadata-send-interval",
+            "1s",
+        ],
+    );
+    let http = client();
+    // What Prometheus sends once a minute: metadata alone.
+    let meta = |name: &str| v1::MetricMetadata {
+        r#type: 2,
+        metric_family_name: name.into(),
+        help: format!("{name} help"),
+        unit: String::new(),
+    };
+    let req = v1::WriteRequest {
+        timeseries: vec![],
+        metadata: vec![meta("kube_pod_labels"), meta("go_goroutines")],
+    };
+    let body = bytes::Bytes::from(fanout_proto::snappy::compress(
+        &prost::Message::encode_to_vec(&req),
+    ));
+    assert_eq!(rounds::write(&http, &gw.ingest, TOKEN, body).await, 204);
+    let started = std::time::Instant::now();
+    let mut seq = 0;
+    while started.elapsed() < Duration::from_millis(4500) {
+        assert_eq!(
+            rounds::write(&http, &gw.ingest, TOKEN, round(0, seq)).await,
+            204
+        );
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent: Vec<u32> = (0..seq).collect();
+    await_all(&in_order("on", &sent), &on, &gw, Duration::from_secs(20)).await;
+    let r = on.report();
+    let families = r.metadata.get("kube_pod_labels").copied().unwrap_or(0);
+    println!(
+        "metadata: kube_pod_labels sent {families} times in 4.5 s, beside {} requests of series",
+        r.requests
+    );
+    assert!(
+        (2..=6).contains(&families),
+        "once a second: {families}; {:?}",
+        r.metadata
+    );
+    assert!(
+        r.requests > families * 3,
+        "not with every batch: {} requests",
+        r.requests
+    );
+    assert!(
+        !r.metadata.contains_key("go_goroutines"),
+        "not in the catalog: {:?}",
+        r.metadata
+    );
+    assert!(off.report().metadata.is_empty(), "sendMetadata: false");
+}

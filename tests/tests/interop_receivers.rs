@@ -3,7 +3,9 @@
 //! `victoria-metrics` package) — and the series are found through their query
 //! APIs with the metadata and target labels fanout stamped. The Prometheus
 //! export is configured `protocol: V2`: Prometheus 2.42 does not speak 2.0,
-//! and every sample reaches it through the fallback to 1.0.
+//! and every sample reaches it through the fallback to 1.0. Metadata sent to
+//! the gateway is forwarded to both (once a second here) while they store
+//! every sample.
 //!
 //! Needs both binaries (`FANOUT_PROMETHEUS_BIN`, `FANOUT_VICTORIA_METRICS_BIN`,
 //! or on `PATH`); `.ci/run` installs them. A missing peer fails under `CI`.
@@ -142,10 +144,40 @@ fn delivers_to_prometheus_and_victoria_metrics_with_metadata_labels() {
     std::fs::write(&reg_path, registry).unwrap();
     let gw = Gateway::start(
         "interop-receivers",
-        &["--registry", reg_path.to_str().unwrap()],
+        &[
+            "--registry",
+            reg_path.to_str().unwrap(),
+            "--metadata-send-interval",
+            "1s",
+        ],
     );
     let ingest: SocketAddr = gw.ingest.parse().unwrap();
     let auth = format!("Bearer {TOKEN}");
+    // Metadata, as Prometheus sends it (a request of its own): forwarded to
+    // victoria-metrics (a 1.0 target) every second from now on.
+    let metadata = v1::WriteRequest {
+        timeseries: vec![],
+        metadata: vec![v1::MetricMetadata {
+            r#type: 1,
+            metric_family_name: "airflow_ti_failures_total".into(),
+            help: "Task instance failures.".into(),
+            unit: String::new(),
+        }],
+    };
+    let (status, body) = http(
+        ingest,
+        "POST",
+        "/api/v1/write",
+        &[
+            ("Content-Encoding", "snappy"),
+            ("Content-Type", "application/x-protobuf"),
+            ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+            ("Authorization", &auth),
+        ],
+        &fanout_proto::snappy::compress(&prost::Message::encode_to_vec(&metadata)),
+    )
+    .expect("ingest reachable");
+    assert_eq!(status, 204, "{body}");
     for seq in 0..5 {
         let (status, body) = http(
             ingest,
@@ -252,6 +284,13 @@ fn delivers_to_prometheus_and_victoria_metrics_with_metadata_labels() {
     assert!(
         body.contains("\"values\":[0,1,2,3,4]"),
         "every sample once, in order: {body}"
+    );
+    // Metadata went to victoria-metrics (and to Prometheus, through the
+    // fallback to 1.0) beside the samples, and was taken.
+    let log = gw.log();
+    assert!(
+        !log.contains("metadata not delivered"),
+        "a receiver refused the metadata:\n{log}"
     );
 
     // The gateway counts a batch once the receiver answered.

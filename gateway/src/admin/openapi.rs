@@ -103,7 +103,7 @@ pub fn document() -> Value {
         "delivery": {"type": "object", "properties": {
             "maxSamplesPerSend": s("integer"), "batchSendDeadline": s("string"), "maxConcurrency": s("integer"), "http2": s("boolean"),
             "timeout": s("string"), "maxBackoff": s("string"), "diskBudget": {"oneOf": [s("integer"), s("string")]},
-            "maxBytesPerSend": {"oneOf": [s("integer"), s("string")]},
+            "maxBytesPerSend": {"oneOf": [s("integer"), s("string")]}, "sendMetadata": s("boolean"),
             "protocol": {"type": "string", "enum": ["V1", "V2"]}}},
         "unsetFields": {"type": "array", "items": s("string"), "description": "in a link's overrides only; not stored"}}});
     let link = json!({"type": "object", "required": ["scope", "scopeEntityId"], "properties": {

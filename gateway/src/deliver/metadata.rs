@@ -3,20 +3,31 @@
 //! Remote-write 1.0 carries metadata per request (`WriteRequest.metadata`,
 //! sent by Prometheus once a minute in requests of their own), 2.0 per
 //! series; 2.0 input is converted to 1.0 with its metadata as 1.0 entries.
-//! Every accepted request that holds metadata updates this table, which
-//! `protocol: V2` targets read to give each series its family's metadata.
+//! Every accepted request that holds metadata updates this table, with the
+//! cluster that sent it. `protocol: V2` targets read it to give each series
+//! its family's metadata; 1.0 targets get it forwarded in requests of their
+//! own ([`forward`]): every `--metadata-send-interval` (1m, as Prometheus'
+//! `metadata_config.send_interval`), each target with `sendMetadata` (the
+//! default) is sent, once, every family that passes the catalog and was sent
+//! by a cluster of one of its Deployments; never with the batches.
 //! At most [`MAX_FAMILIES`] families are kept (a new family beyond that is
-//! not recorded; known ones keep being updated), so its memory is bounded
-//! whatever the senders send.
+//! not recorded; known ones keep being updated), and at most
+//! [`MAX_CLUSTERS`] clusters per family, so its memory is bounded whatever
+//! the senders send.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use fanout_proto::v2write::{FamilyMetadata, MetadataLookup};
-use fanout_proto::wire::{Reader, WireType};
+use fanout_proto::wire::{put_len_prefix, put_varint, Reader, WireType};
 
 /// Most families kept.
 pub const MAX_FAMILIES: usize = 100_000;
+/// Most clusters remembered per family.
+pub const MAX_CLUSTERS: usize = 64;
+/// Most metadata entries per forwarded request (Prometheus' default
+/// `metadata_config.max_samples_per_send`).
+pub const ENTRIES_PER_REQUEST: usize = 2000;
 
 /// Suffixes of series names that belong to a family named without them.
 const SUFFIXES: [&[u8]; 8] = [
@@ -30,16 +41,22 @@ const SUFFIXES: [&[u8]; 8] = [
     b"_info",
 ];
 
-/// Family name → metadata.
+/// Family name → metadata and the clusters that sent it.
 #[derive(Debug, Default)]
 pub struct MetadataCache {
-    families: RwLock<HashMap<Box<[u8]>, FamilyMetadata, foldhash::fast::RandomState>>,
+    families: RwLock<HashMap<Box<[u8]>, Family, foldhash::fast::RandomState>>,
+}
+
+#[derive(Debug, Clone)]
+struct Family {
+    meta: FamilyMetadata,
+    clusters: Vec<Arc<str>>,
 }
 
 impl MetadataCache {
     /// Records the `MetricMetadata` entries (field 3) of a decompressed,
     /// already validated 1.0 body. Entries without a family name are skipped.
-    pub fn record(&self, body: &[u8]) {
+    pub fn record(&self, body: &[u8], cluster: &str) {
         let mut r = Reader::new(body);
         while !r.is_empty() {
             let Ok((field, wire)) = r.key() else { return };
@@ -51,22 +68,75 @@ impl MetadataCache {
             }
             let Ok(entry) = r.len_delimited() else { return };
             if let Some((name, meta)) = parse_entry(entry) {
-                self.put(name, meta);
+                self.put(name, meta, cluster);
             }
         }
     }
 
-    fn put(&self, name: &[u8], meta: FamilyMetadata) {
+    fn put(&self, name: &[u8], meta: FamilyMetadata, cluster: &str) {
         if let Ok(f) = self.families.read() {
-            if f.get(name) == Some(&meta) {
+            if f.get(name)
+                .is_some_and(|k| k.meta == meta && k.clusters.iter().any(|c| c.as_ref() == cluster))
+            {
                 return;
             }
         }
         if let Ok(mut f) = self.families.write() {
-            if f.len() < MAX_FAMILIES || f.contains_key(name) {
-                f.insert(name.into(), meta);
+            if let Some(k) = f.get_mut(name) {
+                k.meta = meta;
+                if k.clusters.len() < MAX_CLUSTERS
+                    && !k.clusters.iter().any(|c| c.as_ref() == cluster)
+                {
+                    k.clusters.push(Arc::from(cluster));
+                }
+            } else if f.len() < MAX_FAMILIES {
+                let clusters = vec![Arc::from(cluster)];
+                f.insert(name.into(), Family { meta, clusters });
             }
         }
+    }
+
+    /// The families sent by one of `clusters` that `admit` takes, as 1.0
+    /// `WriteRequest` bodies (uncompressed) of at most
+    /// [`ENTRIES_PER_REQUEST`] entries each, sorted by name.
+    pub fn requests_for(&self, clusters: &[&str], admit: impl Fn(&[u8]) -> bool) -> Vec<Vec<u8>> {
+        let Ok(f) = self.families.read() else {
+            return Vec::new();
+        };
+        let mut names: Vec<(&[u8], &Family)> = f
+            .iter()
+            .filter(|(name, k)| {
+                admit(name) && k.clusters.iter().any(|c| clusters.contains(&c.as_ref()))
+            })
+            .map(|(n, k)| (n.as_ref(), k))
+            .collect();
+        names.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        names
+            .chunks(ENTRIES_PER_REQUEST)
+            .map(|chunk| {
+                let mut body = Vec::new();
+                for (name, k) in chunk {
+                    let mut e = Vec::new();
+                    if k.meta.kind != 0 {
+                        put_varint(&mut e, 1 << 3);
+                        put_varint(&mut e, k.meta.kind as u64);
+                    }
+                    for (field, text) in [
+                        (2, *name),
+                        (4, k.meta.help.as_bytes()),
+                        (5, k.meta.unit.as_bytes()),
+                    ] {
+                        if !text.is_empty() {
+                            put_len_prefix(&mut e, field, text.len());
+                            e.extend_from_slice(text);
+                        }
+                    }
+                    put_len_prefix(&mut body, 3, e.len());
+                    body.extend_from_slice(&e);
+                }
+                body
+            })
+            .collect()
     }
 
     /// Families known.
@@ -86,13 +156,13 @@ impl MetadataLookup for MetadataCache {
         if f.is_empty() {
             return None;
         }
-        if let Some(m) = f.get(name) {
-            return Some(m.clone());
+        if let Some(k) = f.get(name) {
+            return Some(k.meta.clone());
         }
         SUFFIXES
             .iter()
             .find_map(|s| name.strip_suffix(*s).and_then(|family| f.get(family)))
-            .cloned()
+            .map(|k| k.meta.clone())
     }
 }
 
@@ -142,7 +212,7 @@ mod tests {
                 },
             ],
         };
-        c.record(&req.encode_to_vec());
+        c.record(&req.encode_to_vec(), "cl-a");
         assert_eq!(c.len(), 1);
         let want = FamilyMetadata {
             kind: 3,
@@ -153,5 +223,14 @@ mod tests {
         assert_eq!(c.family_of(b"http_latency_seconds_bucket"), Some(want));
         assert_eq!(c.family_of(b"http_latency"), None);
         assert_eq!(c.family_of(b"other_total"), None);
+
+        // Forwarded to the targets of the clusters that sent it, as 1.0.
+        assert!(c.requests_for(&["cl-b"], |_| true).is_empty());
+        assert!(c.requests_for(&["cl-a"], |_| false).is_empty());
+        let bodies = c.requests_for(&["cl-b", "cl-a"], |_| true);
+        assert_eq!(bodies.len(), 1);
+        let sent = v1::WriteRequest::decode(bodies[0].as_slice()).unwrap();
+        assert!(sent.timeseries.is_empty());
+        assert_eq!(sent.metadata, req.metadata[..1]);
     }
 }

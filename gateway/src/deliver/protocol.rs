@@ -83,6 +83,13 @@ impl WireState {
         }
     }
 
+    /// In a fallback now (without ending one that is over).
+    pub fn in_fallback(&self, now: Instant) -> bool {
+        self.fallback
+            .lock()
+            .is_ok_and(|f| f.as_ref().is_some_and(|fb| now < fb.until))
+    }
+
     /// Forgets a fallback (the target's config changed).
     pub fn reset(&self) {
         if let Ok(mut f) = self.fallback.lock() {

@@ -331,6 +331,10 @@ pub struct DeliveryFields {
     /// Most compressed bytes in one request (`4MiB`); unset: no cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes_per_send: Option<ByteSize>,
+    /// Forward the metric family metadata (type, help, unit) of what the
+    /// target receives, once per `--metadata-send-interval` (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_metadata: Option<bool>,
 }
 
 impl DeliveryFields {
@@ -1076,6 +1080,7 @@ fn unset_field(fields: &mut ExportFields, name: &str) -> bool {
             "protocol" => d.protocol = None,
             "http2" => d.http2 = None,
             "maxBytesPerSend" => d.max_bytes_per_send = None,
+            "sendMetadata" => d.send_metadata = None,
             _ => return false,
         }
         if d.is_empty() {
@@ -1103,7 +1108,7 @@ fn unset_field(fields: &mut ExportFields, name: &str) -> bool {
     true
 }
 
-const DELIVERY_FIELDS: [&str; 9] = [
+const DELIVERY_FIELDS: [&str; 10] = [
     "maxSamplesPerSend",
     "batchSendDeadline",
     "maxConcurrency",
@@ -1113,6 +1118,7 @@ const DELIVERY_FIELDS: [&str; 9] = [
     "protocol",
     "http2",
     "maxBytesPerSend",
+    "sendMetadata",
 ];
 
 /// RFC 7396 JSON merge patch: `patch` applied onto `target`.

@@ -122,6 +122,8 @@ pub struct DeliveryOptions {
     pub http2: bool,
     /// Most compressed bytes in one request (`None`: no cap).
     pub max_bytes_per_send: Option<u64>,
+    /// Forward metric family metadata.
+    pub send_metadata: bool,
 }
 
 impl Default for DeliveryOptions {
@@ -136,6 +138,7 @@ impl Default for DeliveryOptions {
             protocol: Protocol::V1,
             http2: false,
             max_bytes_per_send: None,
+            send_metadata: true,
         }
     }
 }
@@ -231,6 +234,9 @@ impl TargetConfig {
         if let Some(max) = d.max_bytes_per_send {
             put(b"max-bytes");
             put(&max.to_le_bytes());
+        }
+        if !d.send_metadata {
+            put(b"no-metadata");
         }
         let digest = h.finalize();
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
@@ -359,6 +365,7 @@ pub fn merge(base: &ExportFields, ov: &ExportFields) -> ExportFields {
             disk_budget: o.disk_budget.clone().or_else(|| b.disk_budget.clone()),
             protocol: o.protocol.or(b.protocol),
             http2: o.http2.or(b.http2),
+            send_metadata: o.send_metadata.or(b.send_metadata),
             max_bytes_per_send: o
                 .max_bytes_per_send
                 .clone()
@@ -571,6 +578,9 @@ fn compile_delivery(
     }
     if let Some(h2) = f.http2 {
         d.http2 = h2;
+    }
+    if let Some(send) = f.send_metadata {
+        d.send_metadata = send;
     }
     if let Some(size) = &f.max_bytes_per_send {
         match parse_size(size) {

@@ -43,6 +43,7 @@ use super::route::{Plan, ScratchPool};
 use super::stats::{self, names, GlobalStats};
 use super::{Accepted, Delivery, DeliveryError, MemoryBudget};
 use crate::registry::live::Live;
+use crate::registry::model::Protocol;
 use crate::registry::Snapshot;
 use crate::units::{ByteSize, HumanDuration};
 
@@ -63,6 +64,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_SPILL_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Default period of the spill fsync.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default of `--metadata-send-interval`.
+pub const DEFAULT_METADATA_INTERVAL: Duration = Duration::from_secs(60);
 
 /// When an ingest 2xx is sent (SPEC §5 durability).
 #[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -103,6 +106,11 @@ pub struct DeliveryArgs {
     /// How often the disk spill is fsynced in `memory` durability [default: 1s].
     #[arg(long, env = "FANOUT_FLUSH_INTERVAL")]
     pub flush_interval: Option<HumanDuration>,
+    /// How often each remote-write 1.0 target is sent the metadata (type,
+    /// help, unit) of the metric families it receives, as Prometheus'
+    /// `metadata_config.send_interval` [default: 1m].
+    #[arg(long, env = "FANOUT_METADATA_SEND_INTERVAL")]
+    pub metadata_send_interval: Option<HumanDuration>,
 }
 
 /// Why a target's spill stays after [`FanoutDelivery::remove_delivered_spills`].
@@ -136,6 +144,8 @@ pub struct Settings {
     pub spill_retention: Duration,
     /// When an ingest 2xx is sent.
     pub durability: Durability,
+    /// How often metric family metadata is forwarded to 1.0 targets.
+    pub metadata_interval: Duration,
 }
 
 impl Default for Settings {
@@ -150,6 +160,7 @@ impl Default for Settings {
             flush_interval: DEFAULT_FLUSH_INTERVAL,
             spill_retention: DEFAULT_SPILL_RETENTION,
             durability: Durability::Memory,
+            metadata_interval: DEFAULT_METADATA_INTERVAL,
         }
     }
 }
@@ -170,6 +181,11 @@ impl DeliveryArgs {
                 .spill_retention
                 .map_or(DEFAULT_SPILL_RETENTION, |d| d.0),
             durability: self.durability.unwrap_or_default(),
+            metadata_interval: self
+                .metadata_send_interval
+                .map_or(DEFAULT_METADATA_INTERVAL, |d| {
+                    d.0.max(Duration::from_millis(100))
+                }),
             ..Settings::default()
         })
     }
@@ -268,6 +284,24 @@ impl FanoutDelivery {
                 }
             });
         }
+        let weak = Arc::downgrade(&d.inner);
+        tokio::spawn(async move {
+            let every = match weak.upgrade() {
+                Some(inner) => inner.settings.metadata_interval,
+                None => return,
+            };
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                inner.forward_metadata().await;
+            }
+        });
         let mut diffs = live.subscribe();
         let weak = Arc::downgrade(&d.inner);
         tokio::spawn(async move {
@@ -517,6 +551,64 @@ impl FanoutDelivery {
     }
 }
 
+impl Inner {
+    /// Sends every 1.0 target (and V2 target in a fallback) with
+    /// `sendMetadata` the metadata of the families it receives
+    /// (`deliver::metadata`), each target's requests one after another,
+    /// the targets concurrently. A failure is logged; the next interval
+    /// sends again.
+    async fn forward_metadata(self: &Arc<Self>) {
+        if self.metadata.is_empty() {
+            return;
+        }
+        let snapshot = self.snapshot.load_full();
+        let mut sends = Vec::new();
+        for h in self
+            .targets
+            .lock()
+            .map(|t| t.values().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            let target = h.target();
+            let d = &target.config.delivery;
+            if !d.send_metadata
+                || (d.protocol == Protocol::V2 && !h.wire.in_fallback(Instant::now()))
+            {
+                continue;
+            }
+            let clusters: Vec<&str> = target
+                .routes
+                .iter()
+                .filter_map(|r| snapshot.deployment_cluster_id(&r.deployment_id))
+                .collect();
+            let bodies = self
+                .metadata
+                .requests_for(&clusters, |name| self.settings.catalog.admits(name));
+            if bodies.is_empty() {
+                continue;
+            }
+            let inner = self.clone();
+            sends.push(tokio::spawn(async move {
+                for body in bodies {
+                    let body = bytes::Bytes::from(fanout_proto::snappy::compress(&body));
+                    match inner.sender.send(&target, body, 1).await {
+                        crate::deliver::policy::SendResult::Status { status, .. }
+                            if (200..300).contains(&status) => {}
+                        other => {
+                            tracing::warn!(target_id = %target.id.0, result = ?other,
+                                "delivery: metadata not delivered; sent again at the next interval");
+                            return;
+                        }
+                    }
+                }
+            }));
+        }
+        for s in sends {
+            let _ = s.await;
+        }
+    }
+}
+
 /// How often a cluster's requests dropped whole are logged.
 const DROPPED_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -598,7 +690,7 @@ impl Inner {
         }
         let s = &batch.summary;
         if s.metadata > 0 {
-            self.metadata.record(&batch.body);
+            self.metadata.record(&batch.body, &batch.cluster.id);
         }
         let stats = &self.stats;
         stats.add_ingest(
