@@ -79,6 +79,11 @@ pub enum ExpectedAuth {
         /// Password.
         password: String,
     },
+    /// AWS SigV4 signed with this access key id (the signature itself is
+    /// not verified). A request signed with another key is answered 403
+    /// "The security token included in the request is expired", as Amazon
+    /// Managed Service for Prometheus answers an expired session.
+    Sigv4AccessKey(String),
 }
 
 /// Injected failures.
@@ -837,6 +842,9 @@ fn check_auth(expected: &ExpectedAuth, headers: &HeaderMap) -> bool {
             .strip_prefix("Basic ")
             .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
             .is_some_and(|d| d == format!("{user}:{password}").as_bytes()),
+        ExpectedAuth::Sigv4AccessKey(key) => got
+            .strip_prefix("AWS4-HMAC-SHA256 Credential=")
+            .is_some_and(|g| g.starts_with(&format!("{key}/"))),
     }
 }
 
@@ -993,6 +1001,20 @@ fn receive(
 ) -> Result<Reply, Reply> {
     let cfg = &st.config;
     if let Some(a) = &cfg.auth {
+        if let ExpectedAuth::Sigv4AccessKey(key) = a {
+            let signed_with = headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("AWS4-HMAC-SHA256 Credential="))
+                .and_then(|v| v.split('/').next());
+            if signed_with.is_some_and(|k| k != key) {
+                lock(st.shard(n)).report.auth_failures += 1;
+                return Err(reply(
+                    StatusCode::FORBIDDEN,
+                    r#"{"message":"The security token included in the request is expired"}"#,
+                ));
+            }
+        }
         if !check_auth(a, headers) {
             return Err(refuse(
                 st,

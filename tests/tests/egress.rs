@@ -210,3 +210,99 @@ async fn metadata_reaches_v1_targets_once_per_interval() {
     );
     assert!(off.report().metadata.is_empty(), "sendMetadata: false");
 }
+
+/// A SIGV4 target without static keys signs with the shared credentials
+/// file (`AWS_SHARED_CREDENTIALS_FILE`). The receiver answers 403 "security
+/// token ... expired" to the old key: the batches are retried, not dropped,
+/// and once the file holds the new key they are signed with it, without a
+/// restart, and every sample arrives in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigv4_credentials_rotated_in_the_file_are_used_without_restart() {
+    use fanout_loadtest::sink::{ExpectedAuth, Sink, SinkConfig};
+    use std::net::SocketAddr;
+    let port = free_port();
+    let dir = fanout_tests::fanout::tempfile_dir::TempDir::new("fanout-egress-sigv4");
+    let creds = dir.path().join("credentials");
+    let write_creds = |key: &str| {
+        std::fs::write(
+            &creds,
+            format!("[default]\naws_access_key_id = {key}\naws_secret_access_key = secret-of-{key}\naws_session_token = session-of-{key}\n"),
+        )
+        .unwrap();
+    };
+    write_creds("AKIAOLDKEY");
+    let sink = Sink::start(SinkConfig {
+        name: "t".into(),
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        auth: Some(ExpectedAuth::Sigv4AccessKey("AKIANEWKEY2".into())),
+        ..SinkConfig::default()
+    })
+    .await
+    .unwrap();
+    let registry = dir.path().join("registry.yaml");
+    let export = format!(
+        "endpoint: '{}', authType: SIGV4, sigv4Region: us-east-1, delivery: {{batchSendDeadline: 50ms, maxBackoff: 200ms}}",
+        rounds::endpoint(port)
+    );
+    std::fs::write(&registry, rounds::registry(TOKEN, &export)).unwrap();
+    let gw = Gateway::start_with_env(
+        "egress-sigv4",
+        &["--registry", registry.to_str().unwrap()],
+        &[("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap())],
+    );
+    let http = client();
+    let sent: Vec<u32> = (0..10).collect();
+    for &seq in &sent {
+        assert_eq!(
+            rounds::write(&http, &gw.ingest, TOKEN, round(0, seq)).await,
+            204
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sink.report().auth_failures < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no attempt with the old key: {:?}",
+            sink.report()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t = rounds::target(&gw);
+    assert_eq!(t["dropped"]["rejected"], 0, "retried, not dropped: {t}");
+    assert!(
+        t["lastError"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("expired")),
+        "{t}"
+    );
+    write_creds("AKIANEWKEY2");
+    // Every sample once, in order; the refused attempts are the only other
+    // thing the sink reports.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let problems: Vec<String> = in_order("t", &sent)
+            .check(&[sink.report()])
+            .into_iter()
+            .filter(|p| !matches!(p, fanout_loadtest::verify::Problem::Refused { .. }))
+            .map(|p| p.to_string())
+            .collect();
+        if problems.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{problems:?}\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = rounds::target(&gw);
+    assert_eq!(t["dropped"]["rejected"], 0, "{t}");
+    let log = gw.log();
+    assert!(log.contains("AWS credentials changed"), "{log}");
+    assert!(!log.contains("secret-of-"), "a secret in the log:\n{log}");
+    println!(
+        "sigv4: {} attempts refused with the old key, then every sample delivered with the new one",
+        sink.report().auth_failures
+    );
+}

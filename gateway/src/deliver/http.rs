@@ -297,63 +297,13 @@ impl HttpSender {
                 secret_key,
                 ..
             } => {
-                let creds = match (access_key, secret_key) {
-                    (Some(a), Some(s)) => sigv4::Credentials {
-                        access_key: a.clone(),
-                        secret_key: s.expose().to_owned(),
-                        session_token: None,
-                    },
-                    _ => match (
-                        std::env::var("AWS_ACCESS_KEY_ID"),
-                        std::env::var("AWS_SECRET_ACCESS_KEY"),
-                    ) {
-                        (Ok(a), Ok(s)) => sigv4::Credentials {
-                            access_key: a,
-                            secret_key: s,
-                            session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
-                        },
-                        _ => return Err("SIGV4 without static keys needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the gateway's environment".into()),
-                    },
+                let keys = match (access_key, secret_key) {
+                    (Some(a), Some(s)) => Some((a.as_str(), s.expose())),
+                    _ => None,
                 };
-                let host = match uri.port_u16() {
-                    Some(p) => format!("{}:{p}", uri.host().unwrap_or("")),
-                    None => uri.host().unwrap_or("").to_owned(),
-                };
-                let date = sigv4::amz_date(now);
-                let payload = sigv4::sha256_hex(&body);
-                let mut signed = vec![
-                    ("host", host.as_str()),
-                    ("x-amz-content-sha256", payload.as_str()),
-                    ("x-amz-date", date.as_str()),
-                ];
-                if let Some(t) = &creds.session_token {
-                    signed.push(("x-amz-security-token", t.as_str()));
-                }
-                let auth = sigv4::authorization(
-                    &sigv4::Request {
-                        method: "POST",
-                        path: uri.path(),
-                        query: "",
-                        headers: &signed,
-                        payload_hash: &payload,
-                    },
-                    &creds,
-                    &date,
-                    region,
-                    "aps",
-                );
-                headers.insert(
-                    "x-amz-content-sha256",
-                    HeaderValue::from_str(&payload).map_err(|e| e.to_string())?,
-                );
-                headers.insert(
-                    "x-amz-date",
-                    HeaderValue::from_str(&date).map_err(|e| e.to_string())?,
-                );
-                if let Some(t) = &creds.session_token {
-                    headers.insert("x-amz-security-token", sensitive(t.clone())?);
-                }
-                headers.insert(http::header::AUTHORIZATION, sensitive(auth)?);
+                let creds = sigv4::resolve(keys)?;
+                // Signed last: every header above is part of the signature.
+                sigv4::sign_request(&mut req, &body, &creds, region, "aps", now)?;
             }
         }
         Ok(req)
@@ -451,6 +401,12 @@ impl HttpSender {
                 text.truncate(end);
                 text
             };
+            if status == 403
+                && matches!(config.auth, Auth::Sigv4 { .. })
+                && sigv4::names_expired_token(&body)
+            {
+                sigv4::reload();
+            }
             let result = SendResult::Status {
                 status,
                 retry_after,
@@ -546,7 +502,8 @@ mod tests {
             sigv4::sha256_hex(b"abc").as_str()
         );
         let auth = h["authorization"].to_str().unwrap();
-        assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKID/20130524/us-east-1/aps/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature="), "{auth}");
+        // Every header is signed (user-agent aside, as the AWS SDKs do).
+        assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKID/20130524/us-east-1/aps/aws4_request, SignedHeaders=content-encoding;content-type;host;x-amz-content-sha256;x-amz-date;x-prometheus-remote-write-version;x-scope-orgid, Signature="), "{auth}");
         assert!(!auth.contains("SECRET"));
     }
 }

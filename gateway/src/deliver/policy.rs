@@ -99,7 +99,14 @@ pub fn classify(result: &SendResult) -> Verdict {
             let message = format!("{status} {}: {}", reason(*status), body.trim());
             if *status == 413 {
                 Verdict::TooLarge { message }
-            } else if *status >= 500 || *status == 429 || *status == 408 {
+            } else if *status >= 500
+                || *status == 429
+                || *status == 408
+                // Expired or rotated AWS credentials: the next attempt
+                // signs with credentials read again (sigv4.rs), so the
+                // batch waits instead of being dropped.
+                || (*status == 403 && super::sigv4::names_expired_token(body))
+            {
                 Verdict::Retry {
                     kind: status.to_string(),
                     status: Some(*status),
@@ -303,6 +310,14 @@ mod tests {
                 v => panic!("{s}: {v:?}"),
             }
         }
+        // An expired AWS token is retried (after the credentials are read
+        // again), not dropped.
+        let expired = SendResult::Status {
+            status: 403,
+            retry_after: None,
+            body: r#"{"message":"The security token included in the request is expired"}"#.into(),
+        };
+        assert!(matches!(classify(&expired), Verdict::Retry { kind, .. } if kind == "403"));
         assert!(
             matches!(classify(&SendResult::Timeout), Verdict::Retry { kind, .. } if kind == "timeout")
         );
