@@ -42,12 +42,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Runs `fanout spill replay`.
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     crate::serve::init_tracing();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("fanout-replay")
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(replay(args))
+    crate::serve::runtime("fanout-replay")?.block_on(replay(args))
 }
 
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {

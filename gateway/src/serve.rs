@@ -51,12 +51,16 @@ pub const LOCK_FILE: &str = "fanout.lock";
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing();
     let config = ServeConfig::load(args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    runtime("fanout")?.block_on(serve(config))
+}
+
+/// The multi-threaded runtime of a `fanout` command, its threads named `name`.
+pub(crate) fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_name("fanout")
+        .thread_name(name)
         .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+        .context("cannot start the async runtime")
 }
 
 pub(crate) fn init_tracing() {

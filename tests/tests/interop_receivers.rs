@@ -164,22 +164,8 @@ fn delivers_to_prometheus_and_victoria_metrics_with_metadata_labels() {
             unit: String::new(),
         }],
     };
-    let (status, body) = http(
-        ingest,
-        "POST",
-        "/api/v1/write",
-        &[
-            ("Content-Encoding", "snappy"),
-            ("Content-Type", "application/x-protobuf"),
-            ("X-Prometheus-Remote-Write-Version", "0.1.0"),
-            ("Authorization", &auth),
-        ],
-        &fanout_proto::snappy::compress(&prost::Message::encode_to_vec(&metadata)),
-    )
-    .expect("ingest reachable");
-    assert_eq!(status, 204, "{body}");
-    for seq in 0..5 {
-        let (status, body) = http(
+    let write = |body: &[u8]| {
+        let (status, text) = http(
             ingest,
             "POST",
             "/api/v1/write",
@@ -189,10 +175,16 @@ fn delivers_to_prometheus_and_victoria_metrics_with_metadata_labels() {
                 ("X-Prometheus-Remote-Write-Version", "0.1.0"),
                 ("Authorization", &auth),
             ],
-            &write_request(seq),
+            body,
         )
         .expect("ingest reachable");
-        assert_eq!(status, 204, "{body}");
+        assert_eq!(status, 204, "{text}");
+    };
+    write(&fanout_proto::snappy::compress(
+        &prost::Message::encode_to_vec(&metadata),
+    ));
+    for seq in 0..5 {
+        write(&write_request(seq));
         std::thread::sleep(Duration::from_millis(300));
     }
 
