@@ -8,7 +8,10 @@
 //! - re-encoding accepted series with injected labels gives what prost would:
 //!   the same samples, exemplars and histograms, and the labels merged and sorted;
 //! - whatever the 2.0 reader accepts, prost decodes as 2.0, and the re-emitted
-//!   1.0 body scans and decodes to the same series.
+//!   1.0 body scans and decodes to the same series;
+//! - every 1.0 body the scanner accepts, the 2.0 writer rewrites into a 2.0
+//!   body prost decodes, holding the same series (labels through the symbols
+//!   table, samples, histograms, exemplars).
 
 use bytes::{Bytes, BytesMut};
 use prost::Message;
@@ -37,6 +40,84 @@ pub fn scan_v1_target(data: &[u8]) {
 /// Fuzz target `read_v2`: read arbitrary bytes as a 2.0 body.
 pub fn read_v2_target(data: &[u8]) {
     let _ = roundtrip_v2(data);
+}
+
+/// Fuzz target `write_v2`: rewrite arbitrary bytes, taken as a 1.0 body,
+/// as a 2.0 request ([`crate::v2write`]).
+pub fn write_v2_target(data: &[u8]) {
+    let mut out = Vec::new();
+    let rewritten = crate::v2write::from_v1(data, &crate::v2write::NoMetadata, &mut out);
+    // Inner messages are copied as they are, so only a body the ingest
+    // scanner accepts must give a valid 2.0 one (the gateway's batches are
+    // made of such series); anything else must merely not panic.
+    let body = Bytes::copy_from_slice(data);
+    if scan_v1(&body, &Limits::default(), &mut Vec::new()).is_err() {
+        return;
+    }
+    let want = v1::WriteRequest::decode(data).expect("prost rejects a body the scanner accepted");
+    let written = rewritten.expect("a valid 1.0 body is rewritten");
+    let got = v2::Request::decode(out.as_slice()).expect("prost rejects a rewritten 2.0 body");
+    assert_eq!(
+        got.symbols.first().map(String::as_str),
+        Some(""),
+        "symbol 0"
+    );
+    assert_eq!(got.timeseries.len(), want.timeseries.len(), "series count");
+    let symbol = |r: u32| {
+        got.symbols
+            .get(r as usize)
+            .expect("reference in range")
+            .as_str()
+    };
+    let pairs = |refs: &[u32]| -> Vec<(String, String)> {
+        refs.chunks(2)
+            .map(|p| (symbol(p[0]).to_owned(), symbol(p[1]).to_owned()))
+            .collect()
+    };
+    let mut counts = (0u64, 0u64, 0u64);
+    for (g, w) in got.timeseries.iter().zip(&want.timeseries) {
+        let labels: Vec<(String, String)> = w
+            .labels
+            .iter()
+            .map(|l| (l.name.clone(), l.value.clone()))
+            .collect();
+        assert_eq!(pairs(&g.labels_refs), labels, "labels");
+        let samples =
+            |s: &[(f64, i64)]| s.iter().map(|(v, t)| (v.to_bits(), *t)).collect::<Vec<_>>();
+        assert_eq!(
+            samples(
+                &g.samples
+                    .iter()
+                    .map(|s| (s.value, s.timestamp))
+                    .collect::<Vec<_>>()
+            ),
+            samples(
+                &w.samples
+                    .iter()
+                    .map(|s| (s.value, s.timestamp))
+                    .collect::<Vec<_>>()
+            ),
+            "samples"
+        );
+        assert_eq!(g.histograms.len(), w.histograms.len(), "histograms");
+        assert_eq!(g.exemplars.len(), w.exemplars.len(), "exemplars");
+        for (ge, we) in g.exemplars.iter().zip(&w.exemplars) {
+            let labels: Vec<(String, String)> = we
+                .labels
+                .iter()
+                .map(|l| (l.name.clone(), l.value.clone()))
+                .collect();
+            assert_eq!(pairs(&ge.labels_refs), labels, "exemplar labels");
+        }
+        counts.0 += g.samples.len() as u64;
+        counts.1 += g.histograms.len() as u64;
+        counts.2 += g.exemplars.len() as u64;
+    }
+    assert_eq!(
+        (written.samples, written.histograms, written.exemplars),
+        counts,
+        "written counts"
+    );
 }
 
 /// Fuzz target `snappy_scan`: decompress arbitrary bytes (at most 1 MiB), then scan.

@@ -21,6 +21,9 @@
 //! The series are written first into a scratch buffer, since the symbol table
 //! (field 4) is complete only at the end; the output is then the symbols
 //! followed by the series. Field order does not matter to protobuf readers.
+//! Inner messages (samples, histograms, exemplar values) are copied as they
+//! are: a body the ingest scanner accepts gives a valid 2.0 one (fuzz target
+//! `write_v2`), and the gateway's batches are made of such series.
 //! The returned [`Written`] counts what the request carries: what a 2.0
 //! receiver's `X-Prometheus-Remote-Write-*-Written` headers are checked
 //! against.
@@ -85,7 +88,7 @@ impl<'a> Symbols<'a> {
             borrowed: HashMap::default(),
             owned: HashMap::default(),
         };
-        s.intern(b"");
+        let _ = s.intern(b"");
         s
     }
 
@@ -97,13 +100,17 @@ impl<'a> Symbols<'a> {
         }
     }
 
-    fn intern(&mut self, sym: &'a [u8]) -> u32 {
-        self.known(sym).unwrap_or_else(|| {
-            let i = self.list.len() as u32;
-            self.list.push(Cow::Borrowed(sym));
-            self.borrowed.insert(sym, i);
-            i
-        })
+    /// The number of `sym`; a new symbol must be UTF-8 (2.0 symbols are
+    /// strings: a receiver refuses the whole request otherwise).
+    fn intern(&mut self, sym: &'a [u8]) -> Result<u32, ErrorKind> {
+        if let Some(i) = self.known(sym) {
+            return Ok(i);
+        }
+        std::str::from_utf8(sym).map_err(|_| ErrorKind::InvalidUtf8String)?;
+        let i = self.list.len() as u32;
+        self.list.push(Cow::Borrowed(sym));
+        self.borrowed.insert(sym, i);
+        Ok(i)
     }
 
     fn intern_owned(&mut self, sym: String) -> u32 {
@@ -152,8 +159,8 @@ pub fn from_v1(
                 if n == b"__name__" {
                     name = Some(v);
                 }
-                refs.push(symbols.intern(n));
-                refs.push(symbols.intern(v));
+                refs.push(symbols.intern(n)?);
+                refs.push(symbols.intern(v)?);
             } else {
                 t.skip(wire)?;
             }
@@ -241,8 +248,8 @@ fn exemplar<'a>(
         let (field, wire) = r.key()?;
         if field == 1 && wire == WireType::Len {
             let (n, v) = label(r.len_delimited()?)?;
-            refs.push(symbols.intern(n));
-            refs.push(symbols.intern(v));
+            refs.push(symbols.intern(n)?);
+            refs.push(symbols.intern(v)?);
         } else {
             // Value (2, double) and timestamp (3, int64): the same numbers.
             r.skip(wire)?;
@@ -411,7 +418,13 @@ mod tests {
     #[test]
     fn a_body_that_is_not_v1_is_an_error_not_a_panic() {
         let mut out = Vec::new();
-        for bad in [&b"\x0a\xff"[..], b"\x0a\x03\x0a\x05abc", b"\x0b"] {
+        // Truncated, a length past the end, a bad key, a label that is not UTF-8.
+        for bad in [
+            &b"\x0a\xff"[..],
+            b"\x0a\x03\x0a\x05abc",
+            b"\x0b",
+            b"\x0a\x05\x0a\x03\x0a\x01\xff",
+        ] {
             assert!(from_v1(bad, &NoMetadata, &mut out).is_err(), "{bad:?}");
         }
         assert_eq!(from_v1(b"", &NoMetadata, &mut out), Ok(Written::default()));

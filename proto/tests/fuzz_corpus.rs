@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fanout_proto::fuzzing::{read_v2_target, scan_v1_target, snappy_scan_target};
+use fanout_proto::fuzzing::{read_v2_target, scan_v1_target, snappy_scan_target, write_v2_target};
 use fanout_proto::{snappy, testdata, v1, v2};
 use prost::Message;
 
@@ -88,11 +88,13 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     truncated.truncate(v1_body.len() / 2);
     vec![
         ("scan_v1", "seed-realistic", v1_body.clone()),
-        ("scan_v1", "seed-histogram", with_histogram),
+        ("scan_v1", "seed-histogram", with_histogram.clone()),
         ("scan_v1", "seed-truncated", truncated),
         ("scan_v1", "seed-empty", Vec::new()),
         ("read_v2", "seed-basic", v2_body.clone()),
         ("read_v2", "seed-v1-body", v1_body.clone()),
+        ("write_v2", "seed-realistic", v1_body.clone()),
+        ("write_v2", "seed-histogram", with_histogram.clone()),
         ("snappy_scan", "seed-realistic", snappy::compress(&v1_body)),
         (
             "snappy_scan",
@@ -112,5 +114,6 @@ fn corpus_regressions() {
     }
     assert!(run("scan_v1", scan_v1_target) >= 4);
     assert!(run("read_v2", read_v2_target) >= 2);
+    assert!(run("write_v2", write_v2_target) >= 2);
     assert!(run("snappy_scan", snappy_scan_target) >= 2);
 }
