@@ -31,8 +31,6 @@ use crate::config::ReplayArgs;
 use crate::deliver::service::SpillLeft;
 use crate::deliver::{spill, DeliveryArgs, FanoutDelivery};
 use crate::ingest::{IngestArgs, MemoryBudget};
-use crate::registry::live::Live;
-use crate::registry::store;
 
 /// Default of `--timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -67,13 +65,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         dir.display()
     );
 
-    let store = store::open(args.store.as_deref(), dir)
-        .await
-        .context("cannot open the registry store")?;
-    tracing::info!(store = %store.describe(), "registry store opened");
-    let live = Live::open(store)
-        .await
-        .context("cannot load the registry")?;
+    let live = crate::serve::open_live(args.store.as_deref(), dir).await?;
     let mut settings = DeliveryArgs::default()
         .settings()
         .context("cannot load the catalog")?;
@@ -128,22 +120,19 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     if lost > 0 {
         problems.push(format!("{lost} samples could not be written back to disk"));
     }
-    match (problems.is_empty(), ended) {
-        (true, _) => {
-            println!("{}: every backlog delivered and removed", dir.display());
-            Ok(())
-        }
-        (false, Ended::Idle) => Err(left_behind(dir, &problems, "")),
-        (false, Ended::Timeout) => Err(left_behind(
-            dir,
-            &problems,
-            &format!(
-                " (--timeout {} ended)",
-                fanout_proto::units::format_duration(timeout)
-            ),
-        )),
-        (false, Ended::Interrupted) => Err(left_behind(dir, &problems, " (interrupted)")),
+    if problems.is_empty() {
+        println!("{}: every backlog delivered and removed", dir.display());
+        return Ok(());
     }
+    let why = match ended {
+        Ended::Idle => String::new(),
+        Ended::Timeout => format!(
+            " (--timeout {} ended)",
+            fanout_proto::units::format_duration(timeout)
+        ),
+        Ended::Interrupted => " (interrupted)".to_owned(),
+    };
+    Err(left_behind(dir, &problems, &why))
 }
 
 /// Why the delivery loop ended.

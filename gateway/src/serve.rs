@@ -123,17 +123,21 @@ pub fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
 
 /// Opens the store and loads the registry, applying `config.registry` if set.
 pub async fn open_registry(config: &ServeConfig) -> anyhow::Result<Arc<Live>> {
-    let store = store::open(config.store.as_deref(), &config.data_dir)
-        .await
-        .context("cannot open the registry store")?;
-    tracing::info!(store = %store.describe(), "registry store opened");
-    let live = Live::open(store)
-        .await
-        .context("cannot load the registry")?;
+    let live = open_live(config.store.as_deref(), &config.data_dir).await?;
     if let Some(path) = &config.registry {
         apply_file(&live, path).await?;
     }
     Ok(live)
+}
+
+/// Opens the store `store` (`None`: SQLite in `data_dir`) and loads the
+/// registry from it.
+pub async fn open_live(store: Option<&str>, data_dir: &Path) -> anyhow::Result<Arc<Live>> {
+    let store = store::open(store, data_dir)
+        .await
+        .context("cannot open the registry store")?;
+    tracing::info!(store = %store.describe(), "registry store opened");
+    Live::open(store).await.context("cannot load the registry")
 }
 
 async fn apply_file(live: &Live, path: &Path) -> anyhow::Result<()> {

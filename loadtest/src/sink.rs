@@ -842,10 +842,19 @@ fn check_auth(expected: &ExpectedAuth, headers: &HeaderMap) -> bool {
             .strip_prefix("Basic ")
             .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
             .is_some_and(|d| d == format!("{user}:{password}").as_bytes()),
-        ExpectedAuth::Sigv4AccessKey(key) => got
-            .strip_prefix("AWS4-HMAC-SHA256 Credential=")
-            .is_some_and(|g| g.starts_with(&format!("{key}/"))),
+        ExpectedAuth::Sigv4AccessKey(key) => sigv4_access_key(headers) == Some(key.as_str()),
     }
+}
+
+/// The access key id a SigV4 `Authorization` header was signed with.
+fn sigv4_access_key(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("AWS4-HMAC-SHA256 Credential=")?
+        .split('/')
+        .next()
 }
 
 /// A decoded sample: identity (or none), timestamp, label set index in `sets`.
@@ -1002,12 +1011,7 @@ fn receive(
     let cfg = &st.config;
     if let Some(a) = &cfg.auth {
         if let ExpectedAuth::Sigv4AccessKey(key) = a {
-            let signed_with = headers
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("AWS4-HMAC-SHA256 Credential="))
-                .and_then(|v| v.split('/').next());
-            if signed_with.is_some_and(|k| k != key) {
+            if sigv4_access_key(headers).is_some_and(|k| k != key) {
                 lock(st.shard(n)).report.auth_failures += 1;
                 return Err(reply(
                     StatusCode::FORBIDDEN,

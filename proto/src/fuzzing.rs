@@ -74,40 +74,38 @@ pub fn write_v2_target(data: &[u8]) {
             .map(|p| (symbol(p[0]).to_owned(), symbol(p[1]).to_owned()))
             .collect()
     };
-    let mut counts = (0u64, 0u64, 0u64);
-    for (g, w) in got.timeseries.iter().zip(&want.timeseries) {
-        let labels: Vec<(String, String)> = w
-            .labels
+    let v1_pairs = |labels: &[v1::Label]| -> Vec<(String, String)> {
+        labels
             .iter()
             .map(|l| (l.name.clone(), l.value.clone()))
+            .collect()
+    };
+    let mut counts = (0u64, 0u64, 0u64);
+    for (g, w) in got.timeseries.iter().zip(&want.timeseries) {
+        assert_eq!(pairs(&g.labels_refs), v1_pairs(&w.labels), "labels");
+        let got_samples: Vec<(u64, i64)> = g
+            .samples
+            .iter()
+            .map(|s| (s.value.to_bits(), s.timestamp))
             .collect();
-        assert_eq!(pairs(&g.labels_refs), labels, "labels");
-        let samples =
-            |s: &[(f64, i64)]| s.iter().map(|(v, t)| (v.to_bits(), *t)).collect::<Vec<_>>();
-        assert_eq!(
-            samples(
-                &g.samples
-                    .iter()
-                    .map(|s| (s.value, s.timestamp))
-                    .collect::<Vec<_>>()
-            ),
-            samples(
-                &w.samples
-                    .iter()
-                    .map(|s| (s.value, s.timestamp))
-                    .collect::<Vec<_>>()
-            ),
-            "samples"
-        );
+        let want_samples: Vec<(u64, i64)> = w
+            .samples
+            .iter()
+            .map(|s| (s.value.to_bits(), s.timestamp))
+            .collect();
+        assert_eq!(got_samples, want_samples, "samples");
         assert_eq!(g.histograms.len(), w.histograms.len(), "histograms");
+        // Copied as bytes: the same field numbers in both versions.
+        for (gh, wh) in g.histograms.iter().zip(&w.histograms) {
+            assert_eq!(gh.encode_to_vec(), wh.encode_to_vec(), "histogram");
+        }
         assert_eq!(g.exemplars.len(), w.exemplars.len(), "exemplars");
         for (ge, we) in g.exemplars.iter().zip(&w.exemplars) {
-            let labels: Vec<(String, String)> = we
-                .labels
-                .iter()
-                .map(|l| (l.name.clone(), l.value.clone()))
-                .collect();
-            assert_eq!(pairs(&ge.labels_refs), labels, "exemplar labels");
+            assert_eq!(
+                pairs(&ge.labels_refs),
+                v1_pairs(&we.labels),
+                "exemplar labels"
+            );
         }
         counts.0 += g.samples.len() as u64;
         counts.1 += g.histograms.len() as u64;

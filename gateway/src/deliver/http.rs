@@ -247,7 +247,7 @@ impl HttpSender {
             ),
             false => ("application/x-protobuf", "0.1.0"),
         };
-        let mut req = Request::post(uri.clone())
+        let mut req = Request::post(uri)
             .header(http::header::CONTENT_ENCODING, "snappy")
             .header(http::header::CONTENT_TYPE, content_type)
             .header("x-prometheus-remote-write-version", version)

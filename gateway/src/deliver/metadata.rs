@@ -6,7 +6,7 @@
 //! Every accepted request that holds metadata updates this table, with the
 //! cluster that sent it. `protocol: V2` targets read it to give each series
 //! its family's metadata; 1.0 targets get it forwarded in requests of their
-//! own ([`forward`]): every `--metadata-send-interval` (1m, as Prometheus'
+//! own ([`MetadataCache::requests_for`], sent by the delivery service): every `--metadata-send-interval` (1m, as Prometheus'
 //! `metadata_config.send_interval`), each target with `sendMetadata` (the
 //! default) is sent, once, every family that passes the catalog and was sent
 //! by a cluster of one of its Deployments; never with the batches.

@@ -216,7 +216,8 @@ struct Inner {
     orphans: Mutex<Vec<Orphan>>,
     /// When each cluster last had a request logged as dropped whole.
     dropped_logged: Mutex<std::collections::HashMap<String, Instant>>,
-    /// Metric family metadata seen in accepted requests (for 2.0 targets).
+    /// Metric family metadata seen in accepted requests: per series for 2.0
+    /// targets, forwarded on its own to 1.0 targets.
     metadata: crate::deliver::metadata::MetadataCache,
 }
 

@@ -238,12 +238,7 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
         h.metrics.load().latency.record(done.latency.as_secs_f64());
     }
     if done.unwritten > 0 {
-        h.metrics.load().rejected.increment(done.unwritten);
-        metrics::counter!(names::DROPPED, "reason" => "rejected").increment(done.unwritten);
-        inner
-            .stats
-            .rejected
-            .fetch_add(done.unwritten, Ordering::Relaxed);
+        count_rejected(inner, h, done.unwritten);
     }
     match event {
         Event::Sent { samples, bytes } => {
@@ -285,12 +280,7 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
         } => {
             metrics::counter!(names::TARGET_FAILURES, "target" => h.id(), "status" => status.to_string())
                 .increment(1);
-            h.metrics.load().rejected.increment(u64::from(samples));
-            metrics::counter!(names::DROPPED, "reason" => "rejected").increment(u64::from(samples));
-            inner
-                .stats
-                .rejected
-                .fetch_add(u64::from(samples), Ordering::Relaxed);
+            count_rejected(inner, h, u64::from(samples));
             tracing::warn!(target_id = %h.id, status, samples, error = %message, "delivery: batch rejected by the target; dropped");
             inner.stats.push_error(RecentError {
                 time: SystemTime::now(),
@@ -301,4 +291,13 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
         }
         Event::Stale => {}
     }
+}
+
+/// Counts `samples` dropped as `rejected` by the target (a refused batch, or
+/// the part of a batch a 2.0 receiver did not write) in the target's and
+/// the gateway's metrics.
+fn count_rejected(inner: &Inner, h: &TargetHandle, samples: u64) {
+    h.metrics.load().rejected.increment(samples);
+    metrics::counter!(names::DROPPED, "reason" => "rejected").increment(samples);
+    inner.stats.rejected.fetch_add(samples, Ordering::Relaxed);
 }
