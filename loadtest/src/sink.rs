@@ -39,7 +39,7 @@
 //! reset every n-th request's connection. A request answered by an injected
 //! status or reset is not recorded: the sender must send it again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -123,6 +123,9 @@ pub struct SinkConfig {
     pub http3: bool,
     /// How it takes remote-write 2.0 bodies (a 2.0 receiver by default).
     pub v1_only: V1Only,
+    /// Keep everything each 2.0 series carried ([`SinkReport::v2_series`]):
+    /// for exact checks in tests, not for load.
+    pub keep_v2_series: bool,
 }
 
 /// A receiver that speaks only remote-write 1.0, the two ways they behave.
@@ -152,6 +155,7 @@ impl Default for SinkConfig {
             max_body: 32 << 20,
             http3: false,
             v1_only: V1Only::No,
+            keep_v2_series: false,
         }
     }
 }
@@ -347,6 +351,28 @@ pub struct SinkReport {
     pub series: SeriesMap,
     /// End-to-end latency (ms).
     pub latency_ms: Latency,
+    /// With [`SinkConfig::keep_v2_series`]: what the 2.0 requests carried,
+    /// per series (its labels, sorted), in arrival order.
+    pub v2_series: BTreeMap<Vec<(String, String)>, V2Series>,
+}
+
+/// An exemplar as kept: its labels, value and timestamp.
+pub type KeptExemplar = (Vec<(String, String)>, f64, i64);
+
+/// Everything 2.0 requests carried for one series, resolved from the
+/// symbols table as a receiver stores it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct V2Series {
+    /// Float samples: (value, timestamp).
+    pub samples: Vec<(f64, i64)>,
+    /// Native histograms as decoded.
+    pub histograms: Vec<fanout_proto::v2::Histogram>,
+    /// Exemplars: (labels, value, timestamp).
+    pub exemplars: Vec<KeptExemplar>,
+    /// Each distinct metadata seen: (type, help, unit).
+    pub metadata: BTreeSet<(i32, String, String)>,
+    /// Each distinct non-zero created timestamp seen.
+    pub created_timestamps: BTreeSet<i64>,
 }
 
 /// Cheap running totals for progress lines.
@@ -437,6 +463,9 @@ impl SinkReport {
         }
         self.series
             .extend(other.series.iter().map(|(id, r)| (*id, r.clone())));
+        // Kept in shard 0 only (arrival order matters), so nothing to merge.
+        self.v2_series
+            .extend(other.v2_series.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 }
 
@@ -1129,6 +1158,7 @@ fn receive(
     let mut sets: Vec<(u64, LabelSet)> = Vec::new();
     let mut got: Vec<Got> = Vec::new();
     let mut histograms = 0u64;
+    let mut exemplars = 0u64;
     if v2 {
         decoded_v2 = fanout_proto::v2::Request::decode(raw).map_err(|e| {
             bad(
@@ -1137,6 +1167,13 @@ fn receive(
             )
         })?;
         let r = &decoded_v2;
+        if r.symbols.first().is_some_and(|s| !s.is_empty()) {
+            return Err(bad(
+                StatusCode::BAD_REQUEST,
+                "symbols[0] must be the empty string".to_owned(),
+            ));
+        }
+        let mut kept = Vec::new();
         for (i, ts) in r.timeseries.iter().enumerate() {
             if ts.labels_refs.len() % 2 != 0 {
                 return Err(bad(
@@ -1160,10 +1197,29 @@ fn receive(
                 pairs.push((k.as_str(), v.as_str()));
             }
             histograms += ts.histograms.len() as u64;
+            exemplars += ts.exemplars.len() as u64;
             for s in &ts.samples {
                 got.push(Got::new(s.value, s.timestamp, sets.len()));
             }
+            if cfg.keep_v2_series {
+                kept.push(
+                    keep_v2(r, ts, &pairs[start..]).map_err(|e| {
+                        bad(StatusCode::BAD_REQUEST, format!("timeseries {i}: {e}"))
+                    })?,
+                );
+            }
             push_set(&mut sets, &pairs, start);
+        }
+        if !kept.is_empty() {
+            let mut inner = lock(&st.shards[0]);
+            for (labels, one) in kept {
+                let all = inner.report.v2_series.entry(labels).or_default();
+                all.samples.extend(one.samples);
+                all.histograms.extend(one.histograms);
+                all.exemplars.extend(one.exemplars);
+                all.metadata.extend(one.metadata);
+                all.created_timestamps.extend(one.created_timestamps);
+            }
         }
     } else if scan_v1_plain(&raw, &mut sets, &mut got).is_none() {
         // Not the plain shape (or malformed): prost decodes it, and its
@@ -1284,9 +1340,55 @@ fn receive(
             "x-prometheus-remote-write-histograms-written",
             histograms.into(),
         );
-        h.insert("x-prometheus-remote-write-exemplars-written", 0u64.into());
+        h.insert(
+            "x-prometheus-remote-write-exemplars-written",
+            exemplars.into(),
+        );
     }
     Ok(r)
+}
+
+/// One 2.0 series of `r` as a receiver stores it: its sorted labels
+/// (`pairs`) and everything it carried, every reference resolved.
+fn keep_v2(
+    r: &fanout_proto::v2::Request,
+    ts: &fanout_proto::v2::TimeSeries,
+    pairs: &[(&str, &str)],
+) -> Result<(Vec<(String, String)>, V2Series), String> {
+    let symbol = |i: u32| {
+        r.symbols
+            .get(i as usize)
+            .cloned()
+            .ok_or_else(|| format!("symbol {i} out of range ({} symbols)", r.symbols.len()))
+    };
+    let mut labels: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    labels.sort();
+    let mut one = V2Series {
+        samples: ts.samples.iter().map(|s| (s.value, s.timestamp)).collect(),
+        histograms: ts.histograms.clone(),
+        ..V2Series::default()
+    };
+    for e in &ts.exemplars {
+        if e.labels_refs.len() % 2 != 0 {
+            return Err("exemplar: odd number of label references".to_owned());
+        }
+        let mut l = Vec::new();
+        for p in e.labels_refs.chunks(2) {
+            l.push((symbol(p[0])?, symbol(p[1])?));
+        }
+        one.exemplars.push((l, e.value, e.timestamp));
+    }
+    if let Some(m) = &ts.metadata {
+        one.metadata
+            .insert((m.r#type, symbol(m.help_ref)?, symbol(m.unit_ref)?));
+    }
+    if ts.created_timestamp != 0 {
+        one.created_timestamps.insert(ts.created_timestamp);
+    }
+    Ok((labels, one))
 }
 
 #[cfg(test)]

@@ -16,7 +16,10 @@
 //! - exemplars get their label references resolved into 1.0 `Label`s;
 //! - metadata with a type, help or unit becomes a 1.0 `MetricMetadata` entry
 //!   named after the series' `__name__`;
-//! - `created_timestamp` has no 1.0 equivalent and is dropped.
+//! - `created_timestamp` has no 1.0 field: a non-zero one is kept in the
+//!   1.0 series as field 6 (its 2.0 number, unused in 1.0), so that it
+//!   reaches `protocol: V2` targets ([`crate::v2write`] maps it back);
+//!   1.0 receivers skip it as an unknown field, as protobuf readers do.
 //!
 //! The output is then an ordinary 1.0 body for [`crate::scan::scan_v1`]; the
 //! returned [`Summary`] counts what the 2.0 request held, which is what the
@@ -29,6 +32,12 @@ use crate::error::{ErrorKind, Item, Location, ScanError};
 use crate::scan::{check_exemplar_label, check_histogram, check_label, check_sample, Summary};
 use crate::wire::{expect_wire, len_field_size, put_len_prefix, put_varint, Reader, WireType};
 use crate::Limits;
+
+/// The field of a 1.0 `TimeSeries` that carries a 2.0 series'
+/// `created_timestamp` inside the gateway (2.0's own number; 1.0 has no
+/// field 6).
+pub const CREATED_TIMESTAMP_FIELD: u32 = 6;
+const CREATED_TIMESTAMP_KEY: u64 = (CREATED_TIMESTAMP_FIELD as u64) << 3;
 
 /// Reads a decompressed 2.0 request and returns the equivalent 1.0 body,
 /// refused with [`ErrorKind::ConvertsTooLarge`] when that body would exceed
@@ -208,6 +217,7 @@ impl<'a> Converter<'a> {
         let mut r = Reader::new(msg);
         let (mut samples, mut histograms, mut exemplars) = (0, 0, 0);
         let mut metadata = None;
+        let mut created = 0u64;
         while !r.is_empty() {
             let (field, wire) = r.key().map_err(|k| at.err(k))?;
             match field {
@@ -242,7 +252,7 @@ impl<'a> Converter<'a> {
                 }
                 6 => {
                     expect_wire(field, wire, WireType::Varint).map_err(|k| at.err(k))?;
-                    r.varint().map_err(|k| at.err(k))?;
+                    created = r.varint().map_err(|k| at.err(k))?;
                 }
                 _ => r.skip(wire).map_err(|k| at.err(k))?,
             }
@@ -274,6 +284,10 @@ impl<'a> Converter<'a> {
                 }
                 _ => r.skip(wire).map_err(|k| at.err(k))?,
             }
+        }
+        if created != 0 {
+            put_varint(&mut self.series_buf, CREATED_TIMESTAMP_KEY);
+            put_varint(&mut self.series_buf, created);
         }
         self.grow(at, len_field_size(self.series_buf.len()))?;
         if let Some(out) = out {

@@ -14,6 +14,8 @@
 //!   numbers; 1.0 field 4 → 2.0 field 3);
 //! - exemplars get their labels turned into references, value and
 //!   timestamp copied;
+//! - a created timestamp (field 6 of the gateway's 1.0 series, see
+//!   [`crate::v2read`]) becomes the series' `created_timestamp`;
 //! - the metadata of a series' metric family, when the caller knows it
 //!   ([`MetadataLookup`]; 1.0 carries it per request, not per series),
 //!   becomes the series' `Metadata` with help and unit as symbols.
@@ -32,6 +34,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::error::ErrorKind;
+use crate::v2read::CREATED_TIMESTAMP_FIELD;
 use crate::wire::{put_len_prefix, put_varint, varint_len, Reader, WireType};
 
 /// What a 2.0 request holds.
@@ -135,6 +138,7 @@ pub fn from_v1(
     let mut series = Vec::with_capacity(v1.len());
     let mut one = Vec::new();
     let mut refs: Vec<u32> = Vec::new();
+    let mut meta_buf = Vec::new();
     let mut written = Written::default();
     let mut r = Reader::new(v1);
     while !r.is_empty() {
@@ -186,25 +190,30 @@ pub fn from_v1(
                     one.extend_from_slice(m);
                     written.histograms += 1;
                 }
+                (CREATED_TIMESTAMP_FIELD, WireType::Varint) => {
+                    put_varint(&mut one, u64::from(CREATED_TIMESTAMP_FIELD) << 3);
+                    put_varint(&mut one, t.varint()?);
+                }
                 _ => t.skip(wire)?,
             }
         }
         if let Some(meta) = name.and_then(|n| metadata.family_of(n)) {
-            let mut m = Vec::new();
+            let m = &mut meta_buf;
+            m.clear();
             if meta.kind != 0 {
-                put_varint(&mut m, 1 << 3);
-                put_varint(&mut m, meta.kind as u64);
+                put_varint(m, 1 << 3);
+                put_varint(m, meta.kind as u64);
             }
             for (field, text) in [(3u64, meta.help), (4, meta.unit)] {
                 if text.is_empty() {
                     continue;
                 }
                 let id = symbols.intern_owned(text);
-                put_varint(&mut m, field << 3);
-                put_varint(&mut m, u64::from(id));
+                put_varint(m, field << 3);
+                put_varint(m, u64::from(id));
             }
             put_len_prefix(&mut one, 5, m.len());
-            one.extend_from_slice(&m);
+            one.extend_from_slice(m);
         }
         put_len_prefix(&mut series, 5, one.len());
         series.extend_from_slice(&one);
@@ -413,6 +422,44 @@ mod tests {
         // Each symbol once.
         let mut seen = std::collections::HashSet::new();
         assert!(got.symbols.iter().all(|s| seen.insert(s)));
+    }
+
+    /// 2.0 → the gateway's 1.0 → 2.0 keeps each series' created timestamp
+    /// (a zero one is absent both ways); a 1.0 reader sees the same series.
+    #[test]
+    fn created_timestamps_survive_the_round_trip_through_1_0() {
+        let req = v2::Request {
+            symbols: vec!["".into(), "__name__".into(), "c_total".into(), "g".into()],
+            timeseries: vec![
+                v2::TimeSeries {
+                    labels_refs: vec![1, 2],
+                    samples: vec![v2::Sample {
+                        value: 3.0,
+                        timestamp: 1_700_000_000_000,
+                    }],
+                    created_timestamp: 1_699_999_000_000,
+                    ..Default::default()
+                },
+                v2::TimeSeries {
+                    labels_refs: vec![1, 3],
+                    samples: vec![v2::Sample {
+                        value: 1.0,
+                        timestamp: 1_700_000_000_000,
+                    }],
+                    ..Default::default()
+                },
+            ],
+        };
+        let (v1_body, _) =
+            crate::v2read::to_v1(&req.encode_to_vec(), &crate::Limits::default(), 1 << 20).unwrap();
+        let as_v1 = v1::WriteRequest::decode(&v1_body[..]).unwrap();
+        assert_eq!(as_v1.timeseries.len(), 2);
+        assert_eq!(as_v1.timeseries[0].samples.len(), 1);
+        let mut out = Vec::new();
+        from_v1(&v1_body, &NoMetadata, &mut out).unwrap();
+        let got = v2::Request::decode(out.as_slice()).unwrap();
+        let created: Vec<i64> = got.timeseries.iter().map(|t| t.created_timestamp).collect();
+        assert_eq!(created, [1_699_999_000_000, 0]);
     }
 
     #[test]

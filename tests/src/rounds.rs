@@ -117,6 +117,19 @@ pub async fn write_v2(client: &HttpClient, ingest: &str, token: &str, body: Byte
         .expect("ingest reachable and answering within 10s")
 }
 
+/// One write of `body` (snappy, 1.0 or with `v2` 2.0) as it is; its status.
+pub async fn write_as(
+    client: &HttpClient,
+    ingest: &str,
+    token: &str,
+    body: Bytes,
+    v2: bool,
+) -> u16 {
+    try_write_as(client, ingest, token, body, v2)
+        .await
+        .expect("ingest reachable and answering within 10s")
+}
+
 async fn try_write_as(
     client: &HttpClient,
     ingest: &str,
