@@ -347,7 +347,7 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
     let ticks = procfs::ticks_per_sec();
     let cpu0 = procfs::cpu(proc.pid)?;
     let own_cpu0 = procfs::cpu(std::process::id())?;
-    let sink_cpu0: u64 = sinks.iter().map(|s| s.stats().cpu_nanos).sum();
+    let sink_cpu0: Vec<u64> = sinks.iter().map(|s| s.stats().cpu_nanos).collect();
     let url = format!("http://{ingest}/api/v1/write");
     let gen = GeneratorConfig {
         url,
@@ -423,7 +423,13 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
     let own_cpu = procfs::cpu(std::process::id())?
         .since(own_cpu0)
         .duration(ticks);
-    let sink_cpu: u64 = sinks.iter().map(|s| s.stats().cpu_nanos).sum::<u64>() - sink_cpu0;
+    let sink_cpus: Vec<u64> = sinks
+        .iter()
+        .zip(&sink_cpu0)
+        .map(|(s, c0)| s.stats().cpu_nanos - c0)
+        .collect();
+    let sink_cpu: u64 = sink_cpus.iter().sum();
+    let busiest_sink_cpu = sink_cpus.iter().copied().max().unwrap_or(0);
     let rss = procfs::peak_rss(proc.pid)?;
     if let (Some(admin), true) = (admin, opts.progress) {
         // Policy drops explain a loss that is not the sinks' fault.
@@ -484,6 +490,7 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
         cpu_secs,
         ingested_per_cpu_sec: report::per(summary.samples_ok as f64, cpu_secs),
         sink_cpu_secs: sink_cpu as f64 / 1e9,
+        busiest_sink_cpu_secs: busiest_sink_cpu as f64 / 1e9,
         load_cpu_secs: own_cpu.as_secs_f64(),
         deliveries_per_cpu_sec: report::per(deliveries as f64, cpu_secs),
         bytes_received,

@@ -82,6 +82,10 @@ pub struct GatewayResult {
     /// same span: to tell whether the sinks, not the gateway, limited the run.
     #[serde(default)]
     pub sink_cpu_secs: f64,
+    /// The most CPU one sink spent on its bodies (as `sink_cpu_secs`): each
+    /// target is its own receiver, so this is what one receiver costs.
+    #[serde(default)]
+    pub busiest_sink_cpu_secs: f64,
     /// CPU of the whole `fanout-load` process (generator and sinks) over the
     /// same span: a bound on the sinks' CPU with their socket IO.
     #[serde(default)]
@@ -186,6 +190,9 @@ impl BenchReport {
         row("gateway CPU s", &|r| format!("{:.2}", r.cpu_secs));
         row("sinks CPU s (bodies)", &|r| {
             format!("{:.2}", r.sink_cpu_secs)
+        });
+        row("busiest sink CPU s (bodies)", &|r| {
+            format!("{:.2}", r.busiest_sink_cpu_secs)
         });
         row("fanout-load CPU s (all)", &|r| {
             format!("{:.2}", r.load_cpu_secs)
