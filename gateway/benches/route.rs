@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
-use fanout_gateway::deliver::route::{Plan, Scratch};
+use fanout_gateway::deliver::limits::SeriesLimits;
+use fanout_gateway::deliver::route::{Plan, Rules, Scratch};
 use fanout_gateway::deliver::Catalog;
 use fanout_gateway::registry::{ops, Document, Registry, Snapshot};
 
@@ -50,6 +51,7 @@ fn snapshot(deployments: usize) -> Snapshot {
 
 fn bench(c: &mut Criterion) {
     let catalog = Catalog::builtin();
+    let limits = SeriesLimits::new(None, None);
     let mut group = c.benchmark_group("route_2000_series");
     group.throughput(Throughput::Elements(SERIES as u64));
     for deployments in [10usize, 1_000] {
@@ -61,12 +63,17 @@ fn bench(c: &mut Criterion) {
         let mut series = Vec::new();
         fanout_proto::scan::scan_v1(&body, &Default::default(), &mut series).expect("valid");
         let mut scratch = Scratch::default();
+        let rules = Rules {
+            snapshot: &snap,
+            catalog: &catalog,
+            limits: &limits,
+        };
         group.bench_function(format!("route/{deployments}_deployments"), |b| {
-            b.iter(|| scratch.route(&plan, &snap, &catalog, "c1", &body, &series))
+            b.iter(|| scratch.route(&plan, &rules, "c1", &body, &series))
         });
         group.bench_function(format!("route_encode/{deployments}_deployments"), |b| {
             b.iter(|| {
-                scratch.route(&plan, &snap, &catalog, "c1", &body, &series);
+                scratch.route(&plan, &rules, "c1", &body, &series);
                 scratch.encode(&plan, &body, &series)
             })
         });

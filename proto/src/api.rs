@@ -332,6 +332,56 @@ pub struct Cluster {
     pub ingest_token: String,
     /// Secret fields that are set (`ingestToken`).
     pub set_fields: Vec<String>,
+    /// Its limits, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+}
+
+/// `GET /api/v1/deployments/{id}/metrics-exports`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeploymentExports {
+    /// The effective exports.
+    pub items: Vec<EffectiveExport>,
+    /// Its active-series limits, when it or its cluster has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsStatus>,
+}
+
+/// The state of a Deployment's limits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LimitsStatus {
+    /// The Deployment's own `limits.series` (or the gateway's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<SeriesLimitStatus>,
+    /// Its cluster's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_series: Option<SeriesLimitStatus>,
+}
+
+/// One active-series limit as this gateway holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SeriesLimitStatus {
+    /// The limit.
+    pub limit: u64,
+    /// Series seen in the last 10 minutes.
+    pub active: u64,
+    /// Samples of new series dropped for the limit since the gateway started.
+    pub dropped_samples: u64,
+}
+
+/// The limits of a cluster or a Deployment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Limits {
+    /// Samples per second accepted from a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples_per_second: Option<u64>,
+    /// Active series.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<u64>,
 }
 
 /// A Workspace.
@@ -363,6 +413,9 @@ pub struct Deployment {
     pub kind: String,
     /// Display name.
     pub name: String,
+    /// Its limits, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
 }
 
 /// A metrics export as read back.

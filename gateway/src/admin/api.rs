@@ -253,7 +253,11 @@ async fn effective(State(s): State<AdminState>, Path(id): Path<String>) -> ApiRe
             }
         })
         .collect();
-    Ok(Json(api::Items { items }).into_response())
+    let limits = registry
+        .deployments
+        .get(&id)
+        .and_then(|d| s.limits.as_ref()?.limits(&id, &d.cluster_id));
+    Ok(Json(api::DeploymentExports { items, limits }).into_response())
 }
 
 async fn get_registry(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult {

@@ -72,6 +72,16 @@ pub struct AdminState {
     pub token: Option<Secret>,
     /// Readiness.
     pub health: Arc<Health>,
+    /// What delivery holds of a Deployment's limits (none in tests of the
+    /// registry API alone).
+    pub limits: Option<Arc<dyn LimitsSource>>,
+}
+
+/// The state of active-series limits, for the Deployment API reads.
+pub trait LimitsSource: Send + Sync {
+    /// The state of Deployment `id`'s limit and of its cluster's, as far as
+    /// they have one.
+    fn limits(&self, deployment: &str, cluster: &str) -> Option<fanout_proto::api::LimitsStatus>;
 }
 
 /// Why the admin server cannot start.
@@ -213,6 +223,7 @@ mod tests {
             live,
             token: Some(Secret::new("adm")),
             health: health.clone(),
+            limits: None,
         });
         let t = Some("adm");
 

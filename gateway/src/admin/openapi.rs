@@ -49,8 +49,9 @@ pub fn document() -> Value {
         "/api/v1/deployments/{id}/metrics-exports".into(),
         json!({"get": {"summary": "Effective exports of a Deployment (overrides merged, secrets masked)",
             "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "{\"items\": [...]}",
-                "content": {"application/json": {"schema": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/EffectiveExport"}}}}}}}, "404": error}}}),
+            "responses": {"200": {"description": "{\"items\": [...], \"limits\": {...}}: the exports, and the state of the Deployment's and its cluster's active-series limits when they have one",
+                "content": {"application/json": {"schema": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/EffectiveExport"}},
+                    "limits": {"$ref": "#/components/schemas/LimitsStatus"}}}}}}, "404": error}}}),
     );
     paths.insert(
         "/api/v1/registry".into(),
@@ -159,12 +160,18 @@ pub fn document() -> Value {
                     "deployments": s("integer"), "metricsExports": s("integer"), "targets": s("integer")}},
                 "Cluster": {"type": "object", "required": ["id", "organizationId", "cloudProvider", "cloudRegion", "ingestToken"], "properties": {
                     "id": s("string"), "organizationId": s("string"), "cloudProvider": s("string"), "cloudRegion": s("string"),
-                    "ingestToken": secret, "setFields": set_fields}},
+                    "ingestToken": secret, "setFields": set_fields, "limits": {"$ref": "#/components/schemas/Limits"}}},
+                "Limits": {"type": "object", "properties": {"samplesPerSecond": s("integer"), "series": s("integer")}},
+                "SeriesLimitStatus": {"type": "object", "properties": {"limit": s("integer"), "active": s("integer"), "droppedSamples": s("integer")}},
+                "LimitsStatus": {"type": "object", "properties": {
+                    "series": {"$ref": "#/components/schemas/SeriesLimitStatus"},
+                    "clusterSeries": {"$ref": "#/components/schemas/SeriesLimitStatus"}}},
                 "Workspace": {"type": "object", "required": ["id", "organizationId"], "properties": {
                     "id": s("string"), "organizationId": s("string"), "name": s("string")}},
                 "Deployment": {"type": "object", "required": ["id", "workspaceId", "clusterId", "namespace", "type"], "properties": {
                     "id": s("string"), "workspaceId": s("string"), "clusterId": s("string"), "namespace": s("string"),
-                    "type": {"type": "string", "enum": ["HOSTED", "HYBRID"]}, "name": s("string")}},
+                    "type": {"type": "string", "enum": ["HOSTED", "HYBRID"]}, "name": s("string"),
+                    "limits": {"$ref": "#/components/schemas/Limits"}}},
                 "ExportFields": export_fields,
                 "Link": link,
                 "MetricsExport": {"type": "object", "required": ["id", "objectKey", "scope", "scopeEntityId", "metricsExport"], "properties": {

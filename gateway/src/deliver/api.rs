@@ -271,6 +271,7 @@ mod tests {
                 "foreign",
                 "queue_full",
                 "rejected",
+                "series_limit",
                 "unattributed"
             ]
         );

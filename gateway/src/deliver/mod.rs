@@ -22,6 +22,7 @@
 //!   - `queue/groups.rs`: lane groups and the load meter that sizes them;
 //!   - `queue/disk.rs`: disk records (spilled, recovered, read back, acked)
 //!     and the shutdown drain;
+//! - [`limits`]: active-series limits of clusters and Deployments;
 //! - [`policy`]: retry classification, backoff, adaptive concurrency;
 //! - [`sigv4`]: AWS SigV4 signing;
 //! - [`http`]: the shared HTTP client and one send attempt;
@@ -55,6 +56,7 @@ pub use crate::handoff::{Accepted, ClusterCounts, CountingDelivery, Delivery, De
 pub mod api;
 pub mod catalog;
 pub mod http;
+pub mod limits;
 pub mod metadata;
 pub mod policy;
 pub mod protocol;

@@ -13,7 +13,9 @@
 //! ([`Snapshot::cluster_view`]), then walks the scanned series once: it reads
 //! `__name__`, `deploymentId` and `namespace` where the scanner found them
 //! (no second parse of the labels), applies the catalog, attributes the
-//! series (`foreign`, `unattributed` drops), and assigns it to a group
+//! series (`foreign`, `unattributed` drops), checks the active-series limits
+//! of its Deployment and cluster when they have one ([`super::limits`],
+//! `series_limit` drops), and assigns it to a group
 //! (variant, shard), where the shard is the series' [`lane_hash`] (so a
 //! series always lands in the same target lane, which keeps per-series
 //! order). It returns an upper bound of the encoded size so the caller can
@@ -59,6 +61,7 @@ use fanout_proto::encode::{Encoder, LabelSet};
 use fanout_proto::scan::{RoutingLabel, Series, SeriesView};
 
 use super::catalog::Catalog;
+use super::limits::SeriesLimits;
 use crate::registry::{Attribution, Snapshot};
 
 /// The labels Fanout stamps from the registry.
@@ -179,6 +182,8 @@ pub struct Drops {
     pub filtered: u64,
     /// Attributed to a Deployment that has no targets (not an error).
     pub no_target: u64,
+    /// A new series of a cluster or Deployment at its `limits.series`.
+    pub series_limit: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -269,19 +274,35 @@ fn series_hash(view: &SeriesView<'_>) -> u64 {
     }
 }
 
+/// What routing checks a request against, besides the plan.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    /// The registry version the plan was built from.
+    pub snapshot: &'a Snapshot,
+    /// Which names are exported.
+    pub catalog: &'a Catalog,
+    /// Active-series limits.
+    pub limits: &'a SeriesLimits,
+}
+
 impl Scratch {
     /// Attributes, filters and groups the series of one request from
     /// `cluster_id`; returns the drops and an upper bound of the encoded size.
     pub fn route<T>(
         &mut self,
         plan: &Plan<T>,
-        snapshot: &Snapshot,
-        catalog: &Catalog,
+        rules: &Rules<'_>,
         cluster_id: &str,
         body: &[u8],
         series: &[Series],
     ) -> (Drops, usize) {
+        let Rules {
+            snapshot,
+            catalog,
+            limits,
+        } = *rules;
         self.reset(plan.variants.len());
+        let mut checks = limits.checks(std::time::Instant::now());
         let cluster = snapshot.cluster_view(cluster_id);
         let mut drops = Drops::default();
         let mut total = 0usize;
@@ -319,6 +340,16 @@ impl Scratch {
                 }
             };
             let hash = series_hash(&view);
+            let (cluster_limit, deployment_limit) = (
+                limits.cluster_limit(&info.cluster),
+                limits.deployment_limit(info),
+            );
+            if (cluster_limit.is_some() || deployment_limit.is_some())
+                && !checks.admit(info, cluster_limit, deployment_limit, hash, samples)
+            {
+                drops.series_limit += samples;
+                continue;
+            }
             let len = s.range().len();
             for v in range {
                 let variant = &plan.variants[v as usize];
@@ -583,14 +614,25 @@ mod tests {
         let mut series = Vec::new();
         fanout_proto::scan::scan_v1(&body, &Default::default(), &mut series).unwrap();
         let mut scratch = Scratch::default();
-        let (drops, bound) = scratch.route(&plan, &snap, &Catalog::builtin(), "c1", &body, &series);
+        let (drops, bound) = scratch.route(
+            &plan,
+            &Rules {
+                snapshot: &snap,
+                catalog: &Catalog::builtin(),
+                limits: &SeriesLimits::new(None, None),
+            },
+            "c1",
+            &body,
+            &series,
+        );
         assert_eq!(
             drops,
             Drops {
                 unattributed: 3,
                 foreign: 1,
                 filtered: 4,
-                no_target: 5
+                no_target: 5,
+                series_limit: 0,
             }
         );
         let records = scratch.encode(&plan, &body, &series);
@@ -680,7 +722,17 @@ mod tests {
                 }
             });
             let mut scratch = Scratch::default();
-            scratch.route(&plan, &snap, &Catalog::builtin(), "c1", &body, &series);
+            scratch.route(
+                &plan,
+                &Rules {
+                    snapshot: &snap,
+                    catalog: &Catalog::builtin(),
+                    limits: &SeriesLimits::new(None, None),
+                },
+                "c1",
+                &body,
+                &series,
+            );
             let records = scratch.encode(&plan, &body, &series);
             let mut lanes = BTreeMap::new();
             for (variant, shard, bytes, _, _) in scratch.chunks(&plan, &records) {

@@ -331,6 +331,7 @@ struct HotMetrics {
     foreign: metrics::Counter,
     filtered: metrics::Counter,
     no_target: metrics::Counter,
+    series_limit: metrics::Counter,
     queue_full: metrics::Counter,
     disk_full: metrics::Counter,
     memory: metrics::Gauge,
@@ -347,6 +348,7 @@ impl Default for HotMetrics {
             foreign: drop("foreign"),
             filtered: drop("filtered"),
             no_target: drop("no_target"),
+            series_limit: drop("series_limit"),
             queue_full: drop("queue_full"),
             disk_full: drop("disk_full"),
             memory: metrics::gauge!(names::MEMORY_IN_USE),
@@ -379,6 +381,8 @@ pub struct GlobalStats {
     pub filtered: AtomicU64,
     /// Attributed to a Deployment without targets.
     pub no_target: AtomicU64,
+    /// Drops: a new series over a cluster's or Deployment's `limits.series`.
+    pub series_limit: AtomicU64,
     /// Drops: queue full (all targets, including removed ones).
     pub queue_full: AtomicU64,
     /// Drops: the oldest spilled data of a target over its `diskBudget`.
@@ -429,6 +433,7 @@ impl GlobalStats {
             (&self.foreign, d.foreign, &self.hot.foreign),
             (&self.filtered, d.filtered, &self.hot.filtered),
             (&self.no_target, d.no_target, &self.hot.no_target),
+            (&self.series_limit, d.series_limit, &self.hot.series_limit),
         ] {
             if n > 0 {
                 counter.fetch_add(n, Ordering::Relaxed);

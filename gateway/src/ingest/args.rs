@@ -50,6 +50,11 @@ pub struct IngestArgs {
     /// Most open ingest connections (TCP plus QUIC) [default: 10000].
     #[arg(long, env = "FANOUT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Samples per second accepted from each cluster without
+    /// `limits.samplesPerSecond` of its own; over it, writes get 429 with
+    /// `Retry-After` [default: unlimited].
+    #[arg(long, env = "FANOUT_CLUSTER_SAMPLES_PER_SECOND", value_parser = clap::value_parser!(u64).range(1..))]
+    pub cluster_samples_per_second: Option<u64>,
 }
 
 impl IngestArgs {
@@ -82,6 +87,7 @@ impl IngestArgs {
             admission_timeout: self.admission_timeout.map_or(d.admission_timeout, |t| t.0),
             max_connections: self.max_connections.unwrap_or(d.max_connections),
             retry_after: d.retry_after,
+            cluster_samples_per_second: self.cluster_samples_per_second,
         }
     }
 }

@@ -11,7 +11,8 @@
 //! - [`crate::budget`] (not ingest's own: delivery shares it): the
 //!   [`MemoryBudget`] (bytes, in KiB permits) and the per-connection read
 //!   budget; [`pool`]: pooled body buffers; [`auth`]:
-//!   credentials and the [`Authenticator`] trait; [`tls`]: certificates.
+//!   credentials and the [`Authenticator`] trait; [`tls`]: certificates;
+//!   [`limits`]: per-cluster rate limits (429 with `Retry-After`).
 //!
 //! # Admission and memory
 //! A write holds nothing shared until its whole compressed body has arrived:
@@ -31,6 +32,7 @@
 
 pub mod args;
 pub mod auth;
+pub mod limits;
 pub mod pool;
 pub mod quic;
 pub mod request;
@@ -82,6 +84,9 @@ pub struct IngestConfig {
     pub max_connections: usize,
     /// `Retry-After` sent with 429 and 503.
     pub retry_after: Duration,
+    /// The rate of a cluster without `limits.samplesPerSecond` of its own
+    /// ([`limits`]); `None`: unlimited.
+    pub cluster_samples_per_second: Option<u64>,
 }
 
 impl Default for IngestConfig {
@@ -97,6 +102,7 @@ impl Default for IngestConfig {
             admission_timeout: Duration::from_secs(1),
             max_connections: 10_000,
             retry_after: Duration::from_secs(2),
+            cluster_samples_per_second: None,
         }
     }
 }

@@ -362,6 +362,7 @@ pub struct Ingest<D> {
     config: IngestConfig,
     pool: BufferPool,
     drain: Arc<DrainState>,
+    rates: super::limits::RateLimits,
 }
 
 impl<D: Delivery> Ingest<D> {
@@ -390,6 +391,7 @@ impl<D: Delivery> Ingest<D> {
             budget,
             read_budget,
             pool: BufferPool::new(64, 4 << 20),
+            rates: super::limits::RateLimits::new(config.cluster_samples_per_second),
             config,
             drain: Arc::new(DrainState::default()),
         }
@@ -532,6 +534,21 @@ impl<D: Delivery> Ingest<D> {
     /// Decompresses, validates and hands a fully read body to delivery.
     pub async fn finish(&self, admitted: Admitted, body: BodyReader) -> Result<Written, Rejection> {
         let limits = &self.config;
+        if let Err(over) = self
+            .rates
+            .check(&admitted.cluster, std::time::Instant::now())
+        {
+            return Err(Rejection::retry(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "cluster {} is over its rate of {} samples/s (limits.samplesPerSecond); retry after {} s",
+                    admitted.cluster.id,
+                    over.rate,
+                    over.retry_after.as_secs()
+                ),
+                over.retry_after,
+            ));
+        }
         let compressed = body.bytes();
         let bad = |what: String| Rejection::new(StatusCode::BAD_REQUEST, what);
         // The declared length is checked before anything is allocated; a
@@ -632,6 +649,11 @@ impl<D: Delivery> Ingest<D> {
                 limits.retry_after,
             ),
         })?;
+        self.rates.take(
+            &admitted.cluster,
+            (summary.samples + summary.histograms) as u64,
+            std::time::Instant::now(),
+        );
         Ok(Written {
             protocol: admitted.protocol,
             summary,

@@ -50,6 +50,7 @@ impl StaticAuth {
                 organization_id: format!("org-{id}"),
                 cloud_provider: "aws".into(),
                 cloud_region: "us-east-1".into(),
+                limits: Default::default(),
             }),
         );
         self

@@ -46,7 +46,7 @@ pub mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use model::{Document, Registry, Secret};
+pub use model::{Document, Limits, Registry, Secret};
 pub use resolve::{EffectiveExport, TargetConfig, TargetId};
 pub use snapshot::{
     Attribution, ClusterInfo, ClusterView, DeploymentInfo, Snapshot, SnapshotDiff, Target,

@@ -191,6 +191,32 @@ pub struct Cluster {
     pub cloud_region: String,
     /// The bearer token (or basic-auth password) of the cluster's senders.
     pub ingest_token: Secret,
+    /// Its limits (unset: the gateway's defaults, `--cluster-samples-per-second`).
+    #[serde(default, skip_serializing_if = "Limits::is_unset")]
+    pub limits: Limits,
+}
+
+/// The limits of a cluster or a Deployment. A cluster over its
+/// `samplesPerSecond` gets 429 with `Retry-After` (nothing of the refused
+/// request is accepted, so a sender that retries loses nothing); a cluster or
+/// Deployment with `series` active series has its *new* series dropped
+/// (counted `series_limit`) while the known ones keep flowing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Samples (and histogram samples) per second accepted from a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_per_second: Option<u64>,
+    /// Active series (seen in the last 10 minutes) delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<u64>,
+}
+
+impl Limits {
+    /// No limit set.
+    pub fn is_unset(&self) -> bool {
+        self.samples_per_second.is_none() && self.series.is_none()
+    }
 }
 
 /// A Workspace.
@@ -234,6 +260,9 @@ pub struct Deployment {
     /// Display name.
     #[serde(default)]
     pub name: String,
+    /// Its limits (`series` only; unset: `--deployment-series`).
+    #[serde(default, skip_serializing_if = "Limits::is_unset")]
+    pub limits: Limits,
 }
 
 /// Where an export or a link is attached.

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
-use super::model::{DeploymentType, Registry, Secret};
+use super::model::{DeploymentType, Limits, Registry, Secret};
 use super::resolve::{effective_exports, TargetConfig, TargetId};
 use super::secrets::Scrubber;
 
@@ -44,6 +44,8 @@ pub struct ClusterInfo {
     pub cloud_provider: String,
     /// Stamped as `cloud_region`.
     pub cloud_region: String,
+    /// Its own limits (the gateway's defaults apply where unset).
+    pub limits: Limits,
 }
 
 /// A Deployment as delivery needs it: its labels and its targets.
@@ -61,6 +63,8 @@ pub struct DeploymentInfo {
     pub name: String,
     /// HOSTED or HYBRID.
     pub kind: DeploymentType,
+    /// Its own limits (the gateway's defaults apply where unset).
+    pub limits: Limits,
     /// The cluster it runs on.
     pub cluster: Arc<ClusterInfo>,
     /// Every target its series go to, each once, in target-id order.
@@ -196,6 +200,7 @@ impl Snapshot {
                 organization_id: c.organization_id.clone(),
                 cloud_provider: c.cloud_provider.clone(),
                 cloud_region: c.cloud_region.clone(),
+                limits: c.limits,
             });
             by_token.insert(c.ingest_token.expose().to_owned(), info.clone());
             clusters.insert(
@@ -264,6 +269,7 @@ impl Snapshot {
                 namespace: d.namespace.clone(),
                 name: d.name.clone(),
                 kind: d.kind,
+                limits: d.limits,
                 cluster: entry.info.clone(),
                 targets: ids
                     .iter()

@@ -530,6 +530,31 @@ fn every_rule_violation_is_listed_at_once() {
 }
 
 #[test]
+fn limits_are_read_written_back_and_checked() {
+    let mut r = base_registry("");
+    let c = r.clusters.values_mut().next().unwrap();
+    c.limits.samples_per_second = Some(0);
+    let cluster = c.id.clone();
+    let d = r.deployments.values_mut().next().unwrap();
+    d.limits.samples_per_second = Some(5);
+    d.limits.series = Some(0);
+    let dep = d.id.clone();
+    let all = validate(&r).unwrap_err().problems.join("\n");
+    for needle in [
+        format!("cluster {cluster}: limits.samplesPerSecond must be at least 1"),
+        format!("deployment {dep}: limits.series must be at least 1"),
+        format!("deployment {dep}: limits.samplesPerSecond applies to clusters only"),
+    ] {
+        assert!(all.contains(&needle), "missing {needle:?} in:\n{all}");
+    }
+    // Set limits are read back; unset ones are not written at all.
+    let doc = crate::registry::model::masked_document(&r);
+    assert_eq!(doc["deployments"][0]["limits"]["series"], 0);
+    let plain = crate::registry::model::masked_document(&base_registry(""));
+    assert!(plain["clusters"][0].get("limits").is_none(), "{plain}");
+}
+
+#[test]
 fn secrets_are_masked_in_reads_and_debug_and_kept_on_write_back() {
     let r = base_registry(
         r#"

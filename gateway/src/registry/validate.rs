@@ -20,6 +20,19 @@ pub struct ValidationError {
     pub problems: Vec<String>,
 }
 
+/// A limit that is set must be at least 1 (0 would refuse everything:
+/// remove the cluster or its exports instead).
+fn check_limits(at: &str, limits: &super::model::Limits, push: &mut impl FnMut(String)) {
+    for (name, value) in [
+        ("samplesPerSecond", limits.samples_per_second),
+        ("series", limits.series),
+    ] {
+        if value == Some(0) {
+            push(format!("{at}: limits.{name} must be at least 1 (or unset)"));
+        }
+    }
+}
+
 /// Checks every rule of SPEC §3 on `registry`.
 pub fn validate(registry: &Registry) -> Result<(), ValidationError> {
     let mut problems = Vec::new();
@@ -38,6 +51,7 @@ pub fn validate(registry: &Registry) -> Result<(), ValidationError> {
                 push(format!("{at}: {name} is required"));
             }
         }
+        check_limits(&at, &c.limits, &mut push);
         if c.ingest_token.is_empty() {
             push(format!("{at}: ingestToken is required"));
         } else if let Some(other) = tokens.insert(c.ingest_token.expose(), id) {
@@ -67,6 +81,12 @@ pub fn validate(registry: &Registry) -> Result<(), ValidationError> {
         }
         if !registry.clusters.contains_key(&d.cluster_id) {
             push(format!("{at}: cluster {:?} does not exist", d.cluster_id));
+        }
+        check_limits(&at, &d.limits, &mut push);
+        if d.limits.samples_per_second.is_some() {
+            push(format!(
+                "{at}: limits.samplesPerSecond applies to clusters only (a request mixes Deployments, and refusing it would refuse its neighbours too); limit the Deployment's series instead"
+            ));
         }
         if d.namespace.is_empty() {
             push(format!("{at}: namespace is required"));

@@ -111,6 +111,14 @@ pub struct DeliveryArgs {
     /// `metadata_config.send_interval` [default: 1m].
     #[arg(long, env = "FANOUT_METADATA_SEND_INTERVAL")]
     pub metadata_send_interval: Option<HumanDuration>,
+    /// Active series (seen in the last 10 minutes) delivered per cluster
+    /// without `limits.series` of its own; its new series beyond it are
+    /// dropped (`series_limit`) [default: unlimited].
+    #[arg(long, env = "FANOUT_CLUSTER_SERIES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub cluster_series: Option<u64>,
+    /// The same per Deployment [default: unlimited].
+    #[arg(long, env = "FANOUT_DEPLOYMENT_SERIES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub deployment_series: Option<u64>,
 }
 
 /// Why a target's spill stays after [`FanoutDelivery::remove_delivered_spills`].
@@ -146,6 +154,10 @@ pub struct Settings {
     pub durability: Durability,
     /// How often metric family metadata is forwarded to 1.0 targets.
     pub metadata_interval: Duration,
+    /// Active-series limit of a cluster without its own.
+    pub cluster_series: Option<u64>,
+    /// Active-series limit of a Deployment without its own.
+    pub deployment_series: Option<u64>,
 }
 
 impl Default for Settings {
@@ -161,6 +173,8 @@ impl Default for Settings {
             spill_retention: DEFAULT_SPILL_RETENTION,
             durability: Durability::Memory,
             metadata_interval: DEFAULT_METADATA_INTERVAL,
+            cluster_series: None,
+            deployment_series: None,
         }
     }
 }
@@ -186,6 +200,8 @@ impl DeliveryArgs {
                 .map_or(DEFAULT_METADATA_INTERVAL, |d| {
                     d.0.max(Duration::from_millis(100))
                 }),
+            cluster_series: self.cluster_series,
+            deployment_series: self.deployment_series,
             ..Settings::default()
         })
     }
@@ -219,6 +235,8 @@ struct Inner {
     /// Metric family metadata seen in accepted requests: per series for 2.0
     /// targets, forwarded on its own to 1.0 targets.
     metadata: crate::deliver::metadata::MetadataCache,
+    /// Active-series limits (`limits.series`).
+    series_limits: crate::deliver::limits::SeriesLimits,
 }
 
 /// The real delivery (SPEC §4, §5); cheap to clone.
@@ -240,10 +258,15 @@ impl FanoutDelivery {
         budget: MemoryBudget,
         settings: Settings,
     ) -> FanoutDelivery {
+        let series_limits = crate::deliver::limits::SeriesLimits::new(
+            settings.cluster_series,
+            settings.deployment_series,
+        );
         FanoutDelivery {
             inner: Arc::new(Inner {
                 snapshot,
                 settings,
+                series_limits,
                 budget,
                 plan: ArcSwap::from_pointee(Plan::empty()),
                 sync_lock: Mutex::new(()),
@@ -260,6 +283,11 @@ impl FanoutDelivery {
                 metadata: crate::deliver::metadata::MetadataCache::default(),
             }),
         }
+    }
+
+    /// The active-series limits and what they hold.
+    pub fn series_limits(&self) -> &crate::deliver::limits::SeriesLimits {
+        &self.inner.series_limits
     }
 
     /// Starts delivery for `live`: targets of the current registry, and a
@@ -434,6 +462,7 @@ impl FanoutDelivery {
                 ("queue_full", load(&s.queue_full)),
                 ("disk_full", load(&s.disk_full)),
                 ("rejected", load(&s.rejected)),
+                ("series_limit", load(&s.series_limit)),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
@@ -708,14 +737,13 @@ impl Inner {
             "accepted batch"
         );
         let mut scratch = self.scratch.take();
-        let (drops, bound) = scratch.route(
-            &plan,
-            &snapshot,
-            &self.settings.catalog,
-            &batch.cluster.id,
-            &batch.body,
-            &batch.series,
-        );
+        let rules = crate::deliver::route::Rules {
+            snapshot: &snapshot,
+            catalog: &self.settings.catalog,
+            limits: &self.series_limits,
+        };
+        let (drops, bound) =
+            scratch.route(&plan, &rules, &batch.cluster.id, &batch.body, &batch.series);
         stats.add_drops(&drops);
         if bound == 0 {
             self.scratch.give(scratch);
