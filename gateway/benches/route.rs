@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
+use fanout_gateway::deliver::accounting::Owners;
 use fanout_gateway::deliver::limits::SeriesLimits;
 use fanout_gateway::deliver::route::{Plan, Rules, Scratch};
 use fanout_gateway::deliver::Catalog;
@@ -56,7 +57,7 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(SERIES as u64));
     for deployments in [10usize, 1_000] {
         let snap = snapshot(deployments);
-        let plan: Plan<u32> = Plan::build(&snap, |_| Some((0, LANES)));
+        let plan: Plan<u32> = Plan::build(&snap, &Owners::default(), |_| Some((0, LANES)));
         assert_eq!(plan.variants().len(), 2 * 2 * deployments);
         let req = fanout_proto::testdata::realistic_request(SERIES, deployments);
         let body = Bytes::from(prost::Message::encode_to_vec(&req));

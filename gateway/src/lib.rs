@@ -18,6 +18,9 @@
 //! - [`fuzzing`]: the checks behind the fuzz targets of the registry, admin
 //!   and spill parsers.
 
+// The OpenAPI document is one `json!` literal, deeper than the default limit.
+#![recursion_limit = "256"]
+
 pub mod admin;
 pub mod budget;
 pub mod config;

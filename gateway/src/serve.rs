@@ -208,7 +208,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         live: live.clone(),
         token: config.admin_token.clone(),
         health: health.clone(),
-        limits: Some(Arc::new(delivery.clone())),
+        status: Some(Arc::new(delivery.clone())),
     })
     .merge(crate::deliver::api::routes(
         crate::deliver::api::DeliveryApi {

@@ -271,6 +271,62 @@ pub struct EffectiveExport {
     pub metrics_export: Value,
     /// Secret fields that are set.
     pub set_fields: Vec<String>,
+    /// How its delivery is going for this Deployment (absent where the
+    /// gateway has no delivery, as in tests of the registry alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<ExportStatus>,
+}
+
+/// How one export is going for one Deployment, on this gateway.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExportStatus {
+    /// `delivering` (its samples arrive), `waiting` (none of its samples
+    /// came yet), `retrying`, `failing` or `paused` (the target's state).
+    pub state: String,
+    /// When a batch with its samples was last delivered (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_success_at: Option<String>,
+    /// The target's last error (shared by every Deployment it carries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<LastError>,
+    /// Its samples delivered in the last minute.
+    pub samples_delivered_1m: u64,
+    /// Its samples dropped in the last minute, by reason.
+    pub samples_dropped_1m: BTreeMap<String, u64>,
+    /// Its samples delivered since the gateway started (from memory; what
+    /// went through the disk spill is in `samplesSpilled`).
+    pub samples_delivered: u64,
+    /// Its samples dropped since the gateway started, by reason.
+    pub samples_dropped: BTreeMap<String, u64>,
+    /// Its samples that went to the target's disk spill.
+    pub samples_spilled: u64,
+    /// Age of the target's oldest undelivered data (shared by all it carries).
+    pub oldest_undelivered_seconds: f64,
+}
+
+/// `GET /api/v1/metrics-exports/{id}/status`: the export's status for
+/// every Deployment it applies to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExportStatuses {
+    /// Export id.
+    pub id: String,
+    /// One per Deployment.
+    pub items: Vec<DeploymentExportStatus>,
+}
+
+/// One Deployment's side of an export.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeploymentExportStatus {
+    /// The Deployment.
+    pub deployment_id: String,
+    /// The target its series go to for this export.
+    pub target_id: String,
+    /// How it is going.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<ExportStatus>,
 }
 
 /// The answer to `PUT /api/v1/registry`: the version now in force and what

@@ -113,6 +113,7 @@ pub fn routes() -> Router<AdminState> {
         .route("/api/v1/registry", get(get_registry).put(put_registry))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/deployments/{id}/metrics-exports", get(effective))
+        .route("/api/v1/metrics-exports/{id}/status", get(export_status))
         .route("/api/v1/{kind}", get(list).post(create))
         .route(
             "/api/v1/{kind}/{id}",
@@ -247,6 +248,10 @@ async fn effective(State(s): State<AdminState>, Path(id): Path<String>) -> ApiRe
                 object_key: e.object_key,
                 source_scope: e.source_scope.as_str().to_owned(),
                 source_scope_entity_id: e.source_scope_entity_id,
+                status: s
+                    .status
+                    .as_ref()
+                    .and_then(|st| st.export_status(&id, &e.target_id.0)),
                 target_id: e.target_id.0,
                 metrics_export: fields,
                 set_fields,
@@ -256,8 +261,35 @@ async fn effective(State(s): State<AdminState>, Path(id): Path<String>) -> ApiRe
     let limits = registry
         .deployments
         .get(&id)
-        .and_then(|d| s.limits.as_ref()?.limits(&id, &d.cluster_id));
+        .and_then(|d| s.status.as_ref()?.limits(&id, &d.cluster_id));
     Ok(Json(api::DeploymentExports { items, limits }).into_response())
+}
+
+/// The export's status for every Deployment it applies to (after links,
+/// exclusions and overrides), each through the target it resolves to.
+async fn export_status(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+    let snapshot = s.live.current();
+    let registry = snapshot.registry();
+    if !registry.metrics_exports.contains_key(&id) {
+        return Err(ApiError::not_found(&format!("metrics export {id}")));
+    }
+    let mut items = Vec::new();
+    for d in registry.deployments.keys() {
+        for e in effective_exports(registry, d, snapshot.salt()) {
+            if e.export_id != id {
+                continue;
+            }
+            items.push(api::DeploymentExportStatus {
+                deployment_id: d.clone(),
+                status: s
+                    .status
+                    .as_ref()
+                    .and_then(|st| st.export_status(d, &e.target_id.0)),
+                target_id: e.target_id.0,
+            });
+        }
+    }
+    Ok(Json(api::ExportStatuses { id, items }).into_response())
 }
 
 async fn get_registry(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult {

@@ -72,16 +72,22 @@ pub struct AdminState {
     pub token: Option<Secret>,
     /// Readiness.
     pub health: Arc<Health>,
-    /// What delivery holds of a Deployment's limits (none in tests of the
-    /// registry API alone).
-    pub limits: Option<Arc<dyn LimitsSource>>,
+    /// What delivery knows of Deployments' exports and limits (none in
+    /// tests of the registry API alone).
+    pub status: Option<Arc<dyn StatusSource>>,
 }
 
-/// The state of active-series limits, for the Deployment API reads.
-pub trait LimitsSource: Send + Sync {
-    /// The state of Deployment `id`'s limit and of its cluster's, as far as
-    /// they have one.
+/// Delivery's side of the Deployment and export API reads.
+pub trait StatusSource: Send + Sync {
+    /// The state of Deployment `id`'s series limit and of its cluster's, as
+    /// far as they have one.
     fn limits(&self, deployment: &str, cluster: &str) -> Option<fanout_proto::api::LimitsStatus>;
+    /// How the export that leads `deployment`'s series to `target` is going.
+    fn export_status(
+        &self,
+        deployment: &str,
+        target: &str,
+    ) -> Option<fanout_proto::api::ExportStatus>;
 }
 
 /// Why the admin server cannot start.
@@ -223,7 +229,7 @@ mod tests {
             live,
             token: Some(Secret::new("adm")),
             health: health.clone(),
-            limits: None,
+            status: None,
         });
         let t = Some("adm");
 

@@ -54,6 +54,12 @@ pub fn document() -> Value {
                     "limits": {"$ref": "#/components/schemas/LimitsStatus"}}}}}}, "404": error}}}),
     );
     paths.insert(
+        "/api/v1/metrics-exports/{id}/status".into(),
+        json!({"get": {"summary": "The export's status for every Deployment it applies to, on this gateway",
+            "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "per Deployment", "content": schema_of("ExportStatuses")}, "404": error}}}),
+    );
+    paths.insert(
         "/api/v1/registry".into(),
         json!({
             "get": {"summary": "The whole declarative registry (JSON, or YAML with Accept: application/yaml), secrets masked",
@@ -126,6 +132,15 @@ pub fn document() -> Value {
                     "latencyMs": {"type": "object", "properties": {"p50": s("number"), "p90": s("number"), "p99": s("number"), "max": s("number")}},
                     "feeds": {"type": "array", "items": {"type": "object", "properties": {
                         "exportId": s("string"), "deploymentId": s("string"), "clusterId": s("string")}}}}});
+    let export_status = json!({"type": "object", "properties": {
+                    "state": {"type": "string", "enum": ["delivering", "waiting", "retrying", "failing", "paused"]},
+                    "lastSuccessAt": s("string"),
+                    "lastError": {"type": "object", "properties": {"time": s("string"), "status": {"type": "integer", "nullable": true}, "message": s("string")}},
+                    "samplesDelivered1m": s("integer"), "samplesDropped1m": {"type": "object", "additionalProperties": s("integer")},
+                    "samplesDelivered": s("integer"), "samplesDropped": {"type": "object", "additionalProperties": s("integer")},
+                    "samplesSpilled": s("integer"), "oldestUndeliveredSeconds": s("number")}});
+    let export_statuses = json!({"type": "object", "properties": {"id": s("string"), "items": {"type": "array", "items": {"type": "object", "properties": {
+                    "deploymentId": s("string"), "targetId": s("string"), "status": {"$ref": "#/components/schemas/ExportStatus"}}}}}});
     json!({
         "openapi": "3.0.3",
         "info": {"title": "Fanout admin API", "version": env!("CARGO_PKG_VERSION")},
@@ -154,7 +169,10 @@ pub fn document() -> Value {
                 "EffectiveExport": {"type": "object", "properties": {
                     "id": s("string"), "objectKey": s("string"), "sourceScope": {"type": "string", "enum": ["WORKSPACE", "DEPLOYMENT"]},
                     "sourceScopeEntityId": s("string"), "targetId": s("string"),
-                    "metricsExport": {"$ref": "#/components/schemas/ExportFields"}, "setFields": set_fields}},
+                    "metricsExport": {"$ref": "#/components/schemas/ExportFields"}, "setFields": set_fields,
+                    "status": {"$ref": "#/components/schemas/ExportStatus"}}},
+                "ExportStatus": export_status,
+                "ExportStatuses": export_statuses,
                 "Applied": {"type": "object", "properties": {
                     "version": s("integer"), "clusters": s("integer"), "workspaces": s("integer"),
                     "deployments": s("integer"), "metricsExports": s("integer"), "targets": s("integer")}},
@@ -326,12 +344,39 @@ mod tests {
         check("Target", &target(), true);
         check("Applied", &api::Applied::default(), true);
         check("Error", &api::ErrorBody::default(), true);
+        let status = api::ExportStatus {
+            state: "failing".into(),
+            last_success_at: Some("2026-11-29T00:00:00Z".into()),
+            last_error: Some(api::LastError {
+                status: Some(401),
+                ..api::LastError::default()
+            }),
+            samples_dropped_1m: [("rejected".to_owned(), 1)].into(),
+            samples_dropped: [("rejected".to_owned(), 1)].into(),
+            ..api::ExportStatus::default()
+        };
         let effective = api::EffectiveExport {
             source_scope: "WORKSPACE".into(),
             metrics_export: json!({"endpoint": "http://p/w"}),
+            status: Some(status.clone()),
             ..api::EffectiveExport::default()
         };
         check("EffectiveExport", &effective, true);
+        check("ExportStatus", &status, true);
+        let all = api::ExportStatuses {
+            id: "e".into(),
+            items: vec![api::DeploymentExportStatus {
+                deployment_id: "d".into(),
+                target_id: "t".into(),
+                status: Some(status),
+            }],
+        };
+        check("ExportStatuses", &all, true);
+        let limits = api::LimitsStatus {
+            series: Some(api::SeriesLimitStatus::default()),
+            cluster_series: Some(api::SeriesLimitStatus::default()),
+        };
+        check("LimitsStatus", &limits, true);
     }
 
     #[test]

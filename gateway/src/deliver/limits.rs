@@ -203,38 +203,13 @@ impl Table {
 }
 
 impl SeriesStatus {
-    fn api(self) -> fanout_proto::api::SeriesLimitStatus {
+    /// As the API shows it.
+    pub fn api(self) -> fanout_proto::api::SeriesLimitStatus {
         fanout_proto::api::SeriesLimitStatus {
             limit: self.limit,
             active: self.active,
             dropped_samples: self.dropped_samples,
         }
-    }
-}
-
-impl crate::admin::LimitsSource for super::FanoutDelivery {
-    fn limits(&self, deployment: &str, cluster: &str) -> Option<fanout_proto::api::LimitsStatus> {
-        let l = self.series_limits();
-        let snapshot = self.snapshot();
-        let info = snapshot.deployment(cluster, deployment)?;
-        // A limit in force before any series came shows as empty.
-        let empty = |limit: Option<u64>| {
-            limit.map(|limit| SeriesStatus {
-                limit,
-                ..SeriesStatus::default()
-            })
-        };
-        let status = fanout_proto::api::LimitsStatus {
-            series: l
-                .deployment_status(deployment)
-                .or_else(|| empty(l.deployment_limit(info)))
-                .map(SeriesStatus::api),
-            cluster_series: l
-                .cluster_status(cluster)
-                .or_else(|| empty(l.cluster_limit(&info.cluster)))
-                .map(SeriesStatus::api),
-        };
-        (status.series.is_some() || status.cluster_series.is_some()).then_some(status)
     }
 }
 

@@ -5,6 +5,7 @@
 //! docs/delivery.md). The layout follows the quinn split: plain state
 //! machines that take `now` as an argument, and thin tokio/hyper adapters.
 //! - [`catalog`]: which metric names are exported;
+//! - [`accounting`]: counts per (Deployment, target) for export status;
 //! - [`route`]: attribution, label stamping and fan-out of one request into
 //!   per-target chunks (no IO);
 //! - [`queue`]: one target's lanes, batching, retries, concurrency and memory
@@ -53,6 +54,7 @@ pub mod spill;
 pub use crate::budget::{BudgetError, MemoryBudget, MemoryPermit};
 pub use crate::handoff::{Accepted, ClusterCounts, CountingDelivery, Delivery, DeliveryError};
 
+pub mod accounting;
 pub mod api;
 pub mod catalog;
 pub mod http;

@@ -60,6 +60,7 @@ use bytes::{Bytes, BytesMut};
 use fanout_proto::encode::{Encoder, LabelSet};
 use fanout_proto::scan::{RoutingLabel, Series, SeriesView};
 
+use super::accounting::Owners;
 use super::catalog::Catalog;
 use super::limits::SeriesLimits;
 use crate::registry::{Attribution, Snapshot};
@@ -86,6 +87,8 @@ pub struct Variant<T> {
     pub shards: u32,
     /// Receiving targets.
     pub targets: Vec<T>,
+    /// Its Deployment's number ([`Owners`]), carried by its chunks.
+    pub owner: u32,
 }
 
 /// The compiled routing of one registry version; `T` is the target handle.
@@ -110,7 +113,11 @@ impl<T> Plan<T> {
 
     /// Builds the plan of `snapshot`; `target` maps a target id to its handle
     /// and lane count (`None` skips the target).
-    pub fn build(snapshot: &Snapshot, mut target: impl FnMut(&str) -> Option<(T, u32)>) -> Plan<T> {
+    pub fn build(
+        snapshot: &Snapshot,
+        owners: &Owners,
+        mut target: impl FnMut(&str) -> Option<(T, u32)>,
+    ) -> Plan<T> {
         let mut variants = Vec::new();
         let mut deployments = HashMap::default();
         for d in snapshot.registry().deployments.values() {
@@ -126,6 +133,7 @@ impl<T> Plan<T> {
                 }
             }
             let start = variants.len() as u32;
+            let owner = owners.intern(&info.id);
             for (target_labels, (targets, shards)) in by_labels {
                 let c = &info.cluster;
                 let registry = [
@@ -154,6 +162,7 @@ impl<T> Plan<T> {
                     inject_bound,
                     shards: shards.max(1),
                     targets,
+                    owner,
                 });
             }
             deployments.insert(info.id.clone(), start..variants.len() as u32);
@@ -564,7 +573,7 @@ mod tests {
     #[test]
     fn deliver_route_attributes_stamps_and_shares_variants() {
         let snap = snapshot();
-        let plan: Plan<String> = Plan::build(&snap, |id| {
+        let plan: Plan<String> = Plan::build(&snap, &Owners::default(), |id| {
             snap.target(id).map(|t| (t.config.endpoint.clone(), 4))
         });
         // d1: x and y share labels (one variant), z has none; d2: one; d3: none.
@@ -713,7 +722,7 @@ mod tests {
         // variant: the lane of every series on x, by pod.
         let x_lanes = lanes_for(3);
         let lanes_on_x = |with_y: bool| {
-            let plan: Plan<String> = Plan::build(&snap, |id| {
+            let plan: Plan<String> = Plan::build(&snap, &Owners::default(), |id| {
                 let t = snap.target(id)?;
                 match t.config.endpoint.as_str() {
                     "http://h/x" => Some((t.config.endpoint.clone(), x_lanes)),

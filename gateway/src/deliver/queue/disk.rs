@@ -72,6 +72,7 @@ impl TargetCore {
                 packed: None,
                 whole: None,
                 push: 0,
+                owner: crate::deliver::accounting::UNKNOWN,
                 records: c.records,
             };
             self.reload_bytes += chunk.records.len() as u64;

@@ -75,6 +75,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::accounting::{Accounts, DropReason, PairStatus};
 use super::policy::{classify, Backoff, Concurrency, SendResult, Verdict};
 use bytes::{Bytes, BytesMut};
 
@@ -172,6 +173,8 @@ pub struct TargetCore {
     queue_samples: u64,
     failing_since: Option<Instant>,
     counters: Counters,
+    /// Per Deployment ([`Chunk::owner`]).
+    accounts: Accounts,
     last_error: Option<LastError>,
     latency_us: hdrhistogram::Histogram<u64>,
     scratch: BytesMut,
@@ -217,6 +220,7 @@ impl TargetCore {
             queue_samples: 0,
             failing_since: None,
             counters: Counters::default(),
+            accounts: Accounts::default(),
             last_error: None,
             latency_us: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
                 .unwrap_or_else(|_| hdrhistogram::Histogram::new(2).expect("valid sigfig")),
@@ -272,6 +276,7 @@ impl TargetCore {
     /// while over the memory bound. Never waits.
     pub fn push(&mut self, shard: u32, mut chunk: Chunk, overflow: &mut dyn Overflow) {
         chunk.push = self.pushes;
+        self.accounts.accepted(chunk.owner, chunk.samples);
         self.arrived(chunk.samples, chunk.enqueued);
         let lane = (shard % self.lanes()) as usize;
         self.count_queued(lane, &chunk, true);
@@ -290,14 +295,19 @@ impl TargetCore {
             let Some(c) = self.pop_front(oldest) else {
                 break;
             };
-            let samples = u64::from(c.samples);
+            let (samples, owner) = (c.samples, c.owner);
             match overflow.overflow(oldest as u32, c) {
                 Some(seq) => {
                     let l = &mut self.lanes[oldest];
                     l.disk_through = l.disk_through.max(seq);
-                    self.counters.spilled += samples;
+                    self.counters.spilled += u64::from(samples);
+                    self.accounts.spilled(owner, samples);
                 }
-                None => self.counters.dropped_queue_full += samples,
+                None => {
+                    self.counters.dropped_queue_full += u64::from(samples);
+                    self.accounts
+                        .dropped(owner, samples, DropReason::QueueFull, SystemTime::now());
+                }
             }
         }
     }
@@ -519,6 +529,7 @@ impl TargetCore {
                     packed: None,
                     whole: None,
                     push: front.push,
+                    owner: front.owner,
                 };
                 // Its compressed forms (if any) are of the whole chunk and
                 // of all of its request: neither fits a part of it.
@@ -749,6 +760,9 @@ impl TargetCore {
                     }
                 }
                 let b = self.finish(at);
+                for (_, c) in &b.pieces {
+                    self.accounts.sent(c.owner, c.samples, wall);
+                }
                 let bytes = b.body.len() as u64;
                 self.counters.samples_sent += u64::from(b.samples);
                 self.counters.bytes_sent += bytes;
@@ -816,6 +830,10 @@ impl TargetCore {
             .entry(status.to_string())
             .or_default() += 1;
         self.counters.dropped_rejected += u64::from(b.samples);
+        for (_, c) in &b.pieces {
+            self.accounts
+                .dropped(c.owner, c.samples, DropReason::Rejected, wall);
+        }
         self.last_error = Some(LastError {
             time: wall,
             status: Some(status),
@@ -858,6 +876,11 @@ impl TargetCore {
     /// Whether paused.
     pub fn paused(&self) -> bool {
         self.paused
+    }
+
+    /// What Deployment `owner`'s samples did at this target, as of `wall`.
+    pub fn account(&self, owner: u32, wall: SystemTime) -> Option<PairStatus> {
+        self.accounts.status(owner, wall)
     }
 
     /// Sends partial batches at once (drain on removal or shutdown).

@@ -43,6 +43,7 @@ fn chunk(n: usize, tag: &str, at: Instant) -> Chunk {
         packed: None,
         whole: None,
         push: 0,
+        owner: 0,
     }
 }
 
@@ -583,6 +584,7 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
             packed: None,
             whole: None,
             push: 0,
+            owner: 0,
         },
         &mut DropOldest,
     );
@@ -626,6 +628,7 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
                 packed: None,
                 whole: None,
                 push: 0,
+                owner: 0,
             },
             &mut DropOldest,
         );
@@ -992,6 +995,7 @@ mod sim {
                             packed: shared.then(|| Packed::new(Packed::slots(1), 0)),
                             whole: None,
                             push: 0,
+                            owner: 0,
                         };
                         w.core.push(lane, chunk, &mut w.disk);
                     }
@@ -1021,6 +1025,7 @@ mod sim {
                                 packed: Some(Packed::new(slots.clone(), k as u32)),
                                 whole: WholeRef::new(wholes.clone(), 0, lane).filter(|_| n_chunks > 1),
                                 push: 0,
+                                owner: 0,
                             };
                             w.core.push(lane, chunk, &mut w.disk);
                         }

@@ -38,6 +38,9 @@ pub struct Chunk {
     /// Which push to its target brought it (set by the target under its
     /// lock): the order of a target's pushes is the order of every lane.
     pub push: u64,
+    /// Its Deployment's number ([`crate::deliver::accounting::Owners`];
+    /// [`crate::deliver::accounting::UNKNOWN`] for records read back from disk).
+    pub owner: u32,
 }
 
 /// Where chunks go when a target's memory queue is full: the disk spill.

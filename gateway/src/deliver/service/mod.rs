@@ -49,6 +49,7 @@ use crate::units::{ByteSize, HumanDuration};
 
 mod reconcile;
 mod sender;
+mod status;
 mod target;
 mod target_spill;
 
@@ -237,6 +238,8 @@ struct Inner {
     metadata: crate::deliver::metadata::MetadataCache,
     /// Active-series limits (`limits.series`).
     series_limits: crate::deliver::limits::SeriesLimits,
+    /// Deployment numbers for the accounting per (Deployment, target).
+    owners: crate::deliver::accounting::Owners,
 }
 
 /// The real delivery (SPEC §4, §5); cheap to clone.
@@ -267,6 +270,7 @@ impl FanoutDelivery {
                 snapshot,
                 settings,
                 series_limits,
+                owners: Default::default(),
                 budget,
                 plan: ArcSwap::from_pointee(Plan::empty()),
                 sync_lock: Mutex::new(()),
@@ -837,6 +841,7 @@ impl Inner {
                                 .zip(scratch.chunk_whole(c as usize))
                                 .and_then(|(w, i)| WholeRef::new(w.clone(), i, *shard)),
                             push: 0,
+                            owner: variant.owner,
                         },
                     )
                 });
@@ -854,6 +859,7 @@ impl Inner {
                     packed: None,
                     whole: None,
                     push: 0,
+                    owner: variant.owner,
                 };
                 for t in &variant.targets {
                     match t.push_wal(shard, chunk.clone(), stats, now, wall) {

@@ -369,7 +369,7 @@ impl Inner {
             };
             targets.insert(t.id.0.clone(), h);
         }
-        let plan = Plan::build(snapshot, |id| {
+        let plan = Plan::build(snapshot, &self.owners, |id| {
             targets.get(id).map(|h| (h.clone(), h.lanes()))
         });
         self.plan.store(Arc::new(plan));
