@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// balancers see the drain first [default: 5s].
     #[arg(long, env = "FANOUT_DRAIN_DELAY")]
     pub drain_delay: Option<crate::units::HumanDuration>,
+    /// With a shared store (PostgreSQL), how often this gateway writes its
+    /// export status for the fleet's status API [default: 5s].
+    #[arg(long, env = "FANOUT_STATUS_REPORT_INTERVAL")]
+    pub status_report_interval: Option<crate::units::HumanDuration>,
     /// Ingest limits, timeouts and the memory budget.
     #[command(flatten)]
     pub ingest: crate::ingest::IngestArgs,

@@ -204,11 +204,29 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let delivery = crate::deliver::FanoutDelivery::start(&live, budget.clone(), settings);
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let reporting = admin::status::Reporting {
+        gateway: format!("{}:{}", hostname(), admin_addr.port()),
+        interval: config
+            .args
+            .status_report_interval
+            .map_or(DEFAULT_STATUS_REPORT_INTERVAL, |d| {
+                d.0.max(std::time::Duration::from_millis(100))
+            }),
+    };
+    if live.store().is_shared() {
+        tokio::spawn(report_status(
+            live.clone(),
+            delivery.clone(),
+            reporting.clone(),
+            stop_rx.clone(),
+        ));
+    }
     let router = admin::router(AdminState {
         live: live.clone(),
         token: config.admin_token.clone(),
         health: health.clone(),
         status: Some(Arc::new(delivery.clone())),
+        reporting: reporting.clone(),
     })
     .merge(crate::deliver::api::routes(
         crate::deliver::api::DeliveryApi {
@@ -216,7 +234,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             health: health.clone(),
             token: config.admin_token.clone(),
             metrics: metrics_handle,
-            gateway: format!("{}:{}", hostname(), admin_addr.port()),
+            gateway: reporting.gateway.clone(),
             draining: draining.clone(),
             stopped: stop_rx.clone(),
         },
@@ -364,6 +382,44 @@ fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
         Err(e) => {
             tracing::warn!(error = %e, "cannot install the metrics recorder; /metrics is unavailable");
             None
+        }
+    }
+}
+
+/// Default `--status-report-interval`.
+const DEFAULT_STATUS_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Writes this gateway's export status to the shared store every interval
+/// until the gateway stops (docs/registry.md "Export status").
+async fn report_status(
+    live: Arc<crate::registry::live::Live>,
+    delivery: crate::deliver::FanoutDelivery,
+    reporting: admin::status::Reporting,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(reporting.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        if *stopped.borrow() {
+            return;
+        }
+        let snapshot = live.current();
+        match admin::status::report(live.store(), &delivery, &snapshot, &reporting.gateway).await {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("export status: reporting to the shared store again");
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "export status: cannot report to the shared store (other gateways answer without this one's part until it can)");
+            }
+            Err(_) => {}
         }
     }
 }

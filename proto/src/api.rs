@@ -303,6 +303,19 @@ pub struct ExportStatus {
     pub samples_spilled: u64,
     /// Age of the target's oldest undelivered data (shared by all it carries).
     pub oldest_undelivered_seconds: f64,
+    /// The gateways whose reports this is, and when each reported (with a
+    /// shared store, every gateway of the fleet that reported recently).
+    pub gateways: Vec<GatewayReport>,
+}
+
+/// One gateway's part of a status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GatewayReport {
+    /// The gateway (`host:admin-port`).
+    pub gateway: String,
+    /// When its report was made (RFC 3339).
+    pub reported_at: String,
 }
 
 /// `GET /api/v1/metrics-exports/{id}/status`: the export's status for

@@ -8,6 +8,12 @@
 //! counts and last error (d1 `delivering`, d2 `failing` with the 401),
 //! and `GET /api/v1/metrics-exports/{id}/status`
 //! lists both; no token appears in either.
+//!
+//! `a_fleet_answers_for_every_gateway` (PostgreSQL, run by `.ci/run`): the
+//! same registry on two gateways sharing one store; d1's data goes through
+//! gateway A only and d2's through B only. Each gateway's answer for each
+//! Deployment is the fleet's: d1 delivering with A's counts, d2 failing with
+//! the 401 from B, and `gateways` names both reporters.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -61,6 +67,94 @@ fn round_of(ns: &str, seq: u32) -> bytes::Bytes {
     bytes::Bytes::from(fanout_proto::snappy::compress(
         &prost::Message::encode_to_vec(&req),
     ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL (FANOUT_TEST_POSTGRES_URL); run by .ci/run"]
+async fn a_fleet_answers_for_every_gateway() {
+    let url = std::env::var("FANOUT_TEST_POSTGRES_URL").expect(
+        "FANOUT_TEST_POSTGRES_URL: a PostgreSQL database for this test (.ci/run starts one)",
+    );
+    let port = free_port();
+    let _sink = Sink::start(SinkConfig {
+        name: "t".into(),
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        auth: Some(ExpectedAuth::Bearer(GOOD.into())),
+        ..SinkConfig::default()
+    })
+    .await
+    .unwrap();
+    let flags = ["--store", url.as_str(), "--status-report-interval", "200ms"];
+    let a = Gateway::start("export-status-a", &flags);
+    let b = Gateway::start("export-status-b", &flags);
+    let (status, body) = a.request(
+        "PUT",
+        "/api/v1/registry",
+        Some(("application/yaml", &registry(port))),
+    );
+    assert_eq!(status, 200, "{body}");
+    // B follows the registry (LISTEN/NOTIFY).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.request("GET", "/api/v1/deployments/d2", None).0 != 200 {
+        assert!(Instant::now() < deadline, "B never saw the registry");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let http = client();
+    for seq in 0..3 {
+        assert_eq!(
+            rounds::write(&http, &a.ingest, TOKEN, round_of("ns-1", seq)).await,
+            204
+        );
+        assert_eq!(
+            rounds::write(&http, &b.ingest, TOKEN, round_of("ns-2", seq)).await,
+            204
+        );
+    }
+    let n = 3 * u64::from(rounds::SERIES);
+    for gw in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (d1, d2) = loop {
+            let d1 = admin_json(gw, "/api/v1/deployments/d1/metrics-exports");
+            let d2 = admin_json(gw, "/api/v1/deployments/d2/metrics-exports");
+            let (s1, s2) = (&d1["items"][0]["status"], &d2["items"][0]["status"]);
+            let both = |s: &serde_json::Value| s["gateways"].as_array().map_or(0, Vec::len) == 2;
+            if (s1["samplesDelivered"] == n
+                && s2["samplesDropped"]["rejected"] == n
+                && both(s1)
+                && both(s2))
+                || Instant::now() > deadline
+            {
+                break (d1, d2);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let (s1, s2) = (&d1["items"][0]["status"], &d2["items"][0]["status"]);
+        assert_eq!(s1["state"], "delivering", "{d1}");
+        assert_eq!(s1["samplesDelivered"], n, "{d1}");
+        assert_eq!(s2["state"], "failing", "{d2}");
+        assert_eq!(s2["samplesDropped"]["rejected"], n, "{d2}");
+        assert_eq!(s2["lastError"]["status"], 401, "{d2}");
+        let mut names: Vec<&str> = s1["gateways"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|g| g["gateway"].as_str())
+            .collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 2, "both gateways reported: {d1}");
+        for text in [d1.to_string(), d2.to_string()] {
+            assert!(
+                !text.contains(GOOD) && !text.contains(BAD),
+                "a token in {text}"
+            );
+        }
+    }
+    let all = admin_json(&b, "/api/v1/metrics-exports/shared/status");
+    assert_eq!(all["items"][0]["status"]["samplesDelivered"], n, "{all}");
+    eprintln!(
+        "fleet: d1 delivering ({n} samples via A), d2 failing (401 via B), through either gateway"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

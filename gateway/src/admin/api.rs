@@ -237,6 +237,11 @@ async fn effective(State(s): State<AdminState>, Path(id): Path<String>) -> ApiRe
     if !registry.deployments.contains_key(&id) {
         return Err(ApiError::not_found(&format!("deployment {id}")));
     }
+    let others = super::status::others(s.live.store(), &s.reporting, Some(&id)).await;
+    let status_of = |target: &str| {
+        let own = s.status.as_ref()?.export_status(&id, target);
+        super::status::fleet_status(own, &s.reporting, &id, target, &others)
+    };
     let items = effective_exports(registry, &id, snapshot.salt())
         .into_iter()
         .map(|e| {
@@ -248,10 +253,7 @@ async fn effective(State(s): State<AdminState>, Path(id): Path<String>) -> ApiRe
                 object_key: e.object_key,
                 source_scope: e.source_scope.as_str().to_owned(),
                 source_scope_entity_id: e.source_scope_entity_id,
-                status: s
-                    .status
-                    .as_ref()
-                    .and_then(|st| st.export_status(&id, &e.target_id.0)),
+                status: status_of(&e.target_id.0),
                 target_id: e.target_id.0,
                 metrics_export: fields,
                 set_fields,
@@ -273,18 +275,20 @@ async fn export_status(State(s): State<AdminState>, Path(id): Path<String>) -> A
     if !registry.metrics_exports.contains_key(&id) {
         return Err(ApiError::not_found(&format!("metrics export {id}")));
     }
+    let others = super::status::others(s.live.store(), &s.reporting, None).await;
     let mut items = Vec::new();
     for d in registry.deployments.keys() {
         for e in effective_exports(registry, d, snapshot.salt()) {
             if e.export_id != id {
                 continue;
             }
+            let own = s
+                .status
+                .as_ref()
+                .and_then(|st| st.export_status(d, &e.target_id.0));
             items.push(api::DeploymentExportStatus {
                 deployment_id: d.clone(),
-                status: s
-                    .status
-                    .as_ref()
-                    .and_then(|st| st.export_status(d, &e.target_id.0)),
+                status: super::status::fleet_status(own, &s.reporting, d, &e.target_id.0, &others),
                 target_id: e.target_id.0,
             });
         }

@@ -19,6 +19,7 @@
 pub mod api;
 pub mod apply;
 pub mod openapi;
+pub mod status;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -75,6 +76,8 @@ pub struct AdminState {
     /// What delivery knows of Deployments' exports and limits (none in
     /// tests of the registry API alone).
     pub status: Option<Arc<dyn StatusSource>>,
+    /// This gateway's name and report interval, for the fleet's status.
+    pub reporting: status::Reporting,
 }
 
 /// Delivery's side of the Deployment and export API reads.
@@ -230,6 +233,10 @@ mod tests {
             token: Some(Secret::new("adm")),
             health: health.clone(),
             status: None,
+            reporting: status::Reporting {
+                gateway: "test:0".into(),
+                interval: std::time::Duration::from_secs(5),
+            },
         });
         let t = Some("adm");
 

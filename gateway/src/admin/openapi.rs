@@ -138,7 +138,8 @@ pub fn document() -> Value {
                     "lastError": {"type": "object", "properties": {"time": s("string"), "status": {"type": "integer", "nullable": true}, "message": s("string")}},
                     "samplesDelivered1m": s("integer"), "samplesDropped1m": {"type": "object", "additionalProperties": s("integer")},
                     "samplesDelivered": s("integer"), "samplesDropped": {"type": "object", "additionalProperties": s("integer")},
-                    "samplesSpilled": s("integer"), "oldestUndeliveredSeconds": s("number")}});
+                    "samplesSpilled": s("integer"), "oldestUndeliveredSeconds": s("number"),
+                    "gateways": {"type": "array", "items": {"type": "object", "properties": {"gateway": s("string"), "reportedAt": s("string")}}}}});
     let export_statuses = json!({"type": "object", "properties": {"id": s("string"), "items": {"type": "array", "items": {"type": "object", "properties": {
                     "deploymentId": s("string"), "targetId": s("string"), "status": {"$ref": "#/components/schemas/ExportStatus"}}}}}});
     json!({
@@ -353,6 +354,7 @@ mod tests {
             }),
             samples_dropped_1m: [("rejected".to_owned(), 1)].into(),
             samples_dropped: [("rejected".to_owned(), 1)].into(),
+            gateways: vec![api::GatewayReport::default()],
             ..api::ExportStatus::default()
         };
         let effective = api::EffectiveExport {

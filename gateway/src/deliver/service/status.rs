@@ -86,6 +86,7 @@ impl crate::admin::StatusSource for FanoutDelivery {
             samples_dropped: reasons(pair.queue_full, pair.rejected),
             samples_spilled: pair.spilled,
             oldest_undelivered_seconds: core.oldest_queued(now).as_secs_f64().max(disk_age),
+            gateways: Vec::new(),
         })
     }
 }

@@ -176,6 +176,49 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe(&self) -> watch::Receiver<u64>;
     /// A short description for logs (never with a password).
     fn describe(&self) -> String;
+    /// Whether several gateways share it (then they report their export
+    /// status through it, [`Store::report_status`]).
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Replaces `gateway`'s status rows with `rows` (at `now_ms`) and
+    /// deletes every gateway's rows older than `expire_before_ms`. A store
+    /// of one gateway (SQLite) has nothing to share: it keeps nothing.
+    fn report_status(
+        &self,
+        gateway: &str,
+        rows: Vec<StatusRow>,
+        now_ms: i64,
+        expire_before_ms: i64,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let _ = (gateway, rows, now_ms, expire_before_ms);
+        Box::pin(async { Ok(()) })
+    }
+    /// Every gateway's rows for Deployment `deployment` (all when `None`)
+    /// reported since `since_ms`.
+    fn read_status(
+        &self,
+        deployment: Option<&str>,
+        since_ms: i64,
+    ) -> BoxFuture<'_, Result<Vec<StatusRow>, StoreError>> {
+        let _ = (deployment, since_ms);
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+/// One gateway's report on one (Deployment, target) pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRow {
+    /// The reporting gateway.
+    pub gateway: String,
+    /// The Deployment.
+    pub deployment_id: String,
+    /// The target.
+    pub target_id: String,
+    /// When it reported (ms since the epoch).
+    pub reported_ms: i64,
+    /// Its `ExportStatus`, as JSON.
+    pub doc: String,
 }
 
 /// Opens the store named by `--store` (`None` or `sqlite`: SQLite in `data_dir`).
@@ -234,7 +277,7 @@ pub(crate) fn schema_plan(
 
 /// The schema level this binary knows: the number of migrations in each
 /// backend's set.
-pub const SCHEMA_LEVEL: usize = 1;
+pub const SCHEMA_LEVEL: usize = 2;
 
 /// One backend's migrations, `(version, description, SQL)`, versions 1 to
 /// [`SCHEMA_LEVEL`] in order.
@@ -242,18 +285,32 @@ pub const SCHEMA_LEVEL: usize = 1;
 pub struct Migrations(pub &'static [(i64, &'static str, &'static str)]);
 
 /// PostgreSQL's migrations (`gateway/migrations/postgres/`).
-pub const POSTGRES_MIGRATIONS: Migrations = Migrations(&[(
-    1,
-    "registry",
-    include_str!("../../../migrations/postgres/0001_registry.sql"),
-)]);
+pub const POSTGRES_MIGRATIONS: Migrations = Migrations(&[
+    (
+        1,
+        "registry",
+        include_str!("../../../migrations/postgres/0001_registry.sql"),
+    ),
+    (
+        2,
+        "export status",
+        include_str!("../../../migrations/postgres/0002_export_status.sql"),
+    ),
+]);
 
 /// SQLite's migrations (`gateway/migrations/sqlite/`).
-pub const SQLITE_MIGRATIONS: Migrations = Migrations(&[(
-    1,
-    "registry",
-    include_str!("../../../migrations/sqlite/0001_registry.sql"),
-)]);
+pub const SQLITE_MIGRATIONS: Migrations = Migrations(&[
+    (
+        1,
+        "registry",
+        include_str!("../../../migrations/sqlite/0001_registry.sql"),
+    ),
+    (
+        2,
+        "export status",
+        include_str!("../../../migrations/sqlite/0002_export_status.sql"),
+    ),
+]);
 
 impl sqlx::migrate::MigrationSource<'static> for Migrations {
     fn resolve(

@@ -21,8 +21,8 @@ use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::watch;
 
 use super::{
-    apply_change, new_salt, redact_url, registry_from_rows, row_changes, schema_plan, Store,
-    StoreError, Stored, UpdateError, UpdateFn, POSTGRES_MIGRATIONS,
+    apply_change, new_salt, redact_url, registry_from_rows, row_changes, schema_plan, StatusRow,
+    Store, StoreError, Stored, UpdateError, UpdateFn, POSTGRES_MIGRATIONS,
 };
 
 /// The LISTEN/NOTIFY channel.
@@ -248,5 +248,75 @@ impl Store for PostgresStore {
 
     fn describe(&self) -> String {
         format!("postgres {}", self.url)
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn report_status(
+        &self,
+        gateway: &str,
+        rows: Vec<StatusRow>,
+        now_ms: i64,
+        expire_before_ms: i64,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let gateway = gateway.to_owned();
+        async move {
+            // One transaction: readers see this gateway's old rows or its
+            // new ones, never none.
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("DELETE FROM fanout_export_status WHERE gateway = $1 OR reported_ms < $2")
+                .bind(&gateway)
+                .bind(expire_before_ms)
+                .execute(&mut *tx)
+                .await?;
+            for r in rows {
+                sqlx::query(
+                    "INSERT INTO fanout_export_status (gateway, deployment_id, target_id, reported_ms, doc) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&gateway)
+                .bind(r.deployment_id)
+                .bind(r.target_id)
+                .bind(now_ms)
+                .bind(r.doc)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn read_status(
+        &self,
+        deployment: Option<&str>,
+        since_ms: i64,
+    ) -> BoxFuture<'_, Result<Vec<StatusRow>, StoreError>> {
+        let deployment = deployment.map(str::to_owned);
+        async move {
+            let rows = sqlx::query(
+                "SELECT gateway, deployment_id, target_id, reported_ms, doc FROM fanout_export_status \
+                 WHERE reported_ms >= $1 AND ($2::TEXT IS NULL OR deployment_id = $2) \
+                 ORDER BY deployment_id, target_id, gateway",
+            )
+            .bind(since_ms)
+            .bind(deployment)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|r| StatusRow {
+                    gateway: r.get(0),
+                    deployment_id: r.get(1),
+                    target_id: r.get(2),
+                    reported_ms: r.get(3),
+                    doc: r.get(4),
+                })
+                .collect())
+        }
+        .boxed()
     }
 }
