@@ -64,13 +64,19 @@ pub fn round(cluster: u32, seq: u32) -> Bytes {
 
 /// Round `seq` of `cluster` with `series` series.
 pub fn round_of(cluster: u32, seq: u32, series: u32) -> Bytes {
+    round_in(cluster, "ns-1", seq, series)
+}
+
+/// Round `seq` of `cluster` with `series` series in `namespace` (which
+/// attributes them to that namespace's Deployment).
+pub fn round_in(cluster: u32, namespace: &str, seq: u32, series: u32) -> Bytes {
     let ts = now_ms();
     let req = v1::WriteRequest {
         timeseries: (0..series)
             .map(|i| v1::TimeSeries {
                 labels: [
                     ("__name__", "kube_pod_labels".to_owned()),
-                    ("namespace", "ns-1".to_owned()),
+                    ("namespace", namespace.to_owned()),
                     ("pod", format!("pod-{cluster}-{i:04}")),
                 ]
                 .into_iter()

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use fanout_loadtest::sink::{ExpectedAuth, Sink, SinkConfig};
 use fanout_tests::fanout::{free_port, tempfile_dir::TempDir, Gateway};
-use fanout_tests::rounds::{self, admin_json, client, round};
+use fanout_tests::rounds::{self, admin_json, client};
 
 const TOKEN: &str = "export-status-ingest";
 const GOOD: &str = "good-token-of-the-workspace";
@@ -53,20 +53,21 @@ metricsExports:
     )
 }
 
-/// A round of `ns`: the rounds of `rounds` with their namespace replaced.
+/// A round of `ns` (whose Deployment it is attributed to).
 fn round_of(ns: &str, seq: u32) -> bytes::Bytes {
-    let raw = fanout_proto::snappy::decompress(&round(0, seq), 1 << 30).unwrap();
-    let mut req: fanout_proto::v1::WriteRequest = prost::Message::decode(&raw[..]).unwrap();
-    for ts in &mut req.timeseries {
-        for l in &mut ts.labels {
-            if l.name == "namespace" {
-                l.value = ns.to_owned();
-            }
-        }
-    }
-    bytes::Bytes::from(fanout_proto::snappy::compress(
-        &prost::Message::encode_to_vec(&req),
-    ))
+    rounds::round_in(0, ns, seq, rounds::SERIES)
+}
+
+/// A sink that accepts only the Workspace's token.
+async fn sink(port: u16) -> fanout_loadtest::sink::SinkHandle {
+    Sink::start(SinkConfig {
+        name: "t".into(),
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        auth: Some(ExpectedAuth::Bearer(GOOD.into())),
+        ..SinkConfig::default()
+    })
+    .await
+    .expect("sink starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -76,14 +77,7 @@ async fn a_fleet_answers_for_every_gateway() {
         "FANOUT_TEST_POSTGRES_URL: a PostgreSQL database for this test (.ci/run starts one)",
     );
     let port = free_port();
-    let _sink = Sink::start(SinkConfig {
-        name: "t".into(),
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        auth: Some(ExpectedAuth::Bearer(GOOD.into())),
-        ..SinkConfig::default()
-    })
-    .await
-    .unwrap();
+    let _sink = sink(port).await;
     let flags = ["--store", url.as_str(), "--status-report-interval", "200ms"];
     let a = Gateway::start("export-status-a", &flags);
     let b = Gateway::start("export-status-b", &flags);
@@ -160,14 +154,7 @@ async fn a_fleet_answers_for_every_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_deployment_sees_its_own_truth_of_a_shared_export() {
     let port = free_port();
-    let _sink = Sink::start(SinkConfig {
-        name: "t".into(),
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        auth: Some(ExpectedAuth::Bearer(GOOD.into())),
-        ..SinkConfig::default()
-    })
-    .await
-    .unwrap();
+    let _sink = sink(port).await;
     let dir = TempDir::new("export-status-conf");
     let path = dir.path().join("registry.yaml");
     std::fs::write(&path, registry(port)).unwrap();

@@ -15,9 +15,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fanout_loadtest::identity::{now_ms, SampleId, SeriesId};
+use fanout_loadtest::identity::SeriesId;
 use fanout_loadtest::verify::Expectation;
-use fanout_proto::v1;
 use fanout_tests::fanout::{free_port, tempfile_dir::TempDir, Gateway};
 use fanout_tests::rounds::{self, admin_json, await_all, client, HttpClient};
 use http_body_util::{BodyExt, Full};
@@ -46,42 +45,6 @@ metricsExports:
   - {{id: e2, objectKey: e2, scope: DEPLOYMENT, scopeEntityId: d2, metricsExport: {{endpoint: '{endpoint}', {delivery}}}}}
 "
     )
-}
-
-/// Round `seq` of cluster `cluster` (namespace `ns`): one sample for each
-/// of [`SERIES`] series, valued with its identity.
-fn round(cluster: u32, ns: &str, seq: u32) -> Bytes {
-    let ts = now_ms();
-    let req = v1::WriteRequest {
-        timeseries: (0..SERIES)
-            .map(|i| v1::TimeSeries {
-                labels: [
-                    ("__name__", "kube_pod_labels".to_owned()),
-                    ("namespace", ns.to_owned()),
-                    ("pod", format!("pod-{cluster}-{i:04}")),
-                ]
-                .into_iter()
-                .map(|(name, value)| v1::Label {
-                    name: name.to_owned(),
-                    value,
-                })
-                .collect(),
-                samples: vec![v1::Sample {
-                    value: SampleId {
-                        id: SeriesId { cluster, series: i },
-                        seq,
-                    }
-                    .to_value(),
-                    timestamp: ts + i64::from(seq),
-                }],
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
-    Bytes::from(fanout_proto::snappy::compress(
-        &prost::Message::encode_to_vec(&req),
-    ))
 }
 
 /// One write: status, `Retry-After` and the body.
@@ -135,11 +98,23 @@ async fn a_cluster_over_its_rate_gets_429_and_its_neighbour_does_not() {
     let started = Instant::now();
     for &seq in &rounds_sent {
         // cl-b, unlimited, beside it: never refused.
-        let (b, _, body) = write(&http, &gw.ingest, TOKEN_B, round(1, "ns-2", seq)).await;
+        let (b, _, body) = write(
+            &http,
+            &gw.ingest,
+            TOKEN_B,
+            rounds::round_in(1, "ns-2", seq, SERIES),
+        )
+        .await;
         assert_eq!(b, 204, "cl-b round {seq}: {body}");
         // cl-a resends a refused round after Retry-After, as senders do.
         loop {
-            let (a, after, body) = write(&http, &gw.ingest, TOKEN_A, round(0, "ns-1", seq)).await;
+            let (a, after, body) = write(
+                &http,
+                &gw.ingest,
+                TOKEN_A,
+                rounds::round_in(0, "ns-1", seq, SERIES),
+            )
+            .await;
             if a == 204 {
                 break;
             }
@@ -196,7 +171,13 @@ async fn a_deployment_over_its_series_limit_keeps_its_series_and_drops_new_ones(
 
     let sent: Vec<u32> = (0..5).collect();
     for &seq in &sent {
-        let (s, _, body) = write(&http, &gw.ingest, TOKEN_B, round(1, "ns-2", seq)).await;
+        let (s, _, body) = write(
+            &http,
+            &gw.ingest,
+            TOKEN_B,
+            rounds::round_in(1, "ns-2", seq, SERIES),
+        )
+        .await;
         assert_eq!(s, 204, "{body}");
     }
     // The first 150 series of the first round in every round; the other
