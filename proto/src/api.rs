@@ -71,6 +71,34 @@ pub struct Snapshot {
     pub targets: Vec<Target>,
     /// The latest delivery errors, newest first.
     pub recent_errors: Vec<RecentError>,
+    /// Every Deployment with exports: how its exports go on this gateway.
+    pub deployments: Vec<DeploymentStat>,
+}
+
+/// One Deployment's exports on one gateway, for the console's Deployments
+/// view (the whole story per export is in
+/// `GET /api/v1/deployments/{id}/metrics-exports`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeploymentStat {
+    /// Deployment id.
+    pub id: String,
+    /// Its cluster.
+    pub cluster_id: String,
+    /// Its effective exports (targets).
+    pub exports: u32,
+    /// The worst state of its exports (`failing`, `retrying`, `paused`,
+    /// `delivering`, `waiting`).
+    pub state: String,
+    /// Its samples delivered in the last minute, over its exports.
+    pub samples_delivered_1m: u64,
+    /// Its samples dropped in the last minute, by reason, over its exports.
+    pub samples_dropped_1m: BTreeMap<String, u64>,
+    /// The oldest undelivered data of its targets.
+    pub oldest_undelivered_seconds: f64,
+    /// The newest error of its targets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<LastError>,
 }
 
 /// Ingest counters of a snapshot.

@@ -421,6 +421,40 @@ fn console_shows_targets_pauses_one_and_quits_cleanly() {
         "target B should not be paused: {b}"
     );
 
+    // The Deployments view (5): both Deployments, each with the worst state
+    // of its exports (sink A, which both use, is paused); Enter shows the
+    // exports of the selected one with their status.
+    tmux.keys(&["5"]);
+    let short = |id: &str| id.chars().take(15).collect::<String>();
+    let screen = tmux.wait_screen(
+        "the Deployments view",
+        Duration::from_secs(10),
+        &context,
+        |s| {
+            s.contains("Deployments (2)")
+                && deps.iter().all(|(id, _)| s.contains(&short(id)))
+                && s.contains("paused")
+        },
+    );
+    assert!(
+        !screen.contains(ADMIN_TOKEN),
+        "the admin token on screen:\n{screen}"
+    );
+    tmux.keys(&["Enter"]);
+    tmux.wait_screen(
+        "a Deployment's exports",
+        Duration::from_secs(10),
+        &context,
+        |s| s.contains("Exports of ") && s.contains("sink-a") && s.contains("last ok"),
+    );
+    // Esc apart from the next key, which would otherwise read as Alt-2.
+    tmux.keys(&["Escape"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tmux.keys(&["2"]);
+    tmux.wait_screen("back on Targets", Duration::from_secs(10), &context, |s| {
+        s.contains("Targets (")
+    });
+
     // The gateway stops (SIGTERM) with the console attached: its stats
     // stream ends with a `stopped` event, so the console does not hold up
     // the shutdown (drain delay 1 s + grace 2 s + 1 s), and the console

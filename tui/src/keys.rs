@@ -8,14 +8,14 @@ use crate::state::{Command, ConfigItem, State, View};
 
 /// The key bindings, for the help overlay.
 pub const HELP: &[(&str, &str)] = &[
-    ("Tab / Shift-Tab, 1-4", "switch view"),
+    ("Tab / Shift-Tab, 1-5", "switch view"),
     ("↑ ↓ or j k", "move the selection"),
     ("PgUp PgDn, g G", "page, first, last"),
-    ("Enter", "target detail / effective exports"),
+    ("Enter", "target detail / a Deployment's exports"),
     ("Esc", "close detail, help or filter"),
     ("/", "filter (Enter keeps, Esc clears)"),
     ("p", "pause or resume the selected target"),
-    ("s / r", "sort targets by next column / reverse"),
+    ("s / r", "sort by the next column / reverse"),
     ("?", "this help"),
     ("q, Ctrl-C", "quit"),
 ];
@@ -56,9 +56,9 @@ impl State {
         match key.code {
             KeyCode::Char('q') => return vec![Command::Quit],
             KeyCode::Char('?') => self.help = true,
-            KeyCode::Tab => self.switch((self.view.index() + 1) % 4),
-            KeyCode::BackTab => self.switch((self.view.index() + 3) % 4),
-            KeyCode::Char(c @ '1'..='4') => self.switch(c as usize - '1' as usize),
+            KeyCode::Tab => self.switch((self.view.index() + 1) % 5),
+            KeyCode::BackTab => self.switch((self.view.index() + 4) % 5),
+            KeyCode::Char(c @ '1'..='5') => self.switch(c as usize - '1' as usize),
             KeyCode::Down | KeyCode::Char('j') => self.move_by(1),
             KeyCode::Up | KeyCode::Char('k') => self.move_by(-1),
             KeyCode::PageDown => self.move_by(PAGE as isize),
@@ -70,6 +70,8 @@ impl State {
             KeyCode::Esc => {
                 if self.detail.is_some() {
                     self.detail = None;
+                } else if self.view == View::Deployments && self.effective.is_some() {
+                    self.effective = None;
                 } else {
                     self.filter[self.view.index()].clear();
                 }
@@ -82,6 +84,14 @@ impl State {
                 self.sort_desc = self.sort != crate::state::SortKey::Id;
             }
             KeyCode::Char('r') if self.view == View::Targets => self.sort_desc = !self.sort_desc,
+            KeyCode::Char('s') if self.view == View::Deployments => {
+                self.deployment_sort = self.deployment_sort.next();
+                self.deployment_sort_desc =
+                    self.deployment_sort != crate::state::DeploymentSort::Id;
+            }
+            KeyCode::Char('r') if self.view == View::Deployments => {
+                self.deployment_sort_desc = !self.deployment_sort_desc
+            }
             KeyCode::Char('p') if self.view == View::Targets => {
                 if let Some(t) = self.selected_target() {
                     let pause = !t.paused;
@@ -107,6 +117,10 @@ impl State {
                     self.detail = self.selected_target().map(|t| t.id);
                 }
                 View::Config => return self.fetch_selected_deployment(true),
+                View::Deployments => {
+                    let id = self.selected_deployment().map(|d| d.id);
+                    return self.fetch_effective(id, true);
+                }
                 _ => {}
             },
             _ => {}
@@ -155,7 +169,17 @@ impl State {
     }
 
     fn fetch_selected_deployment(&mut self, force: bool) -> Vec<Command> {
-        let Some(ConfigItem::Deployment(id)) = self.selected_config().map(|r| r.item) else {
+        let id = match self.selected_config().map(|r| r.item) {
+            Some(ConfigItem::Deployment(id)) => Some(id),
+            _ => None,
+        };
+        self.fetch_effective(id, force)
+    }
+
+    /// Reads Deployment `id`'s effective exports (with their status), unless
+    /// they are the ones shown and `force` is not set.
+    fn fetch_effective(&mut self, id: Option<String>, force: bool) -> Vec<Command> {
+        let Some(id) = id else {
             return Vec::new();
         };
         if !force && self.effective.as_ref().is_some_and(|e| e.deployment == id) {
@@ -204,7 +228,13 @@ mod tests {
         assert_eq!(s.view, View::Targets);
         s.on_key(key(KeyCode::BackTab));
         s.on_key(key(KeyCode::BackTab));
+        assert_eq!(s.view, View::Deployments);
+        s.on_key(key(KeyCode::BackTab));
         assert_eq!(s.view, View::Config);
+        s.on_key(key(KeyCode::Char('5')));
+        assert_eq!(s.view, View::Deployments);
+        s.on_key(key(KeyCode::Tab));
+        assert_eq!(s.view, View::Overview);
         s.on_key(key(KeyCode::Char('3')));
         assert_eq!(s.view, View::Failures);
         assert_eq!(s.on_key(key(KeyCode::Char('q'))), vec![Command::Quit]);

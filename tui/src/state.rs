@@ -17,7 +17,7 @@ pub const HISTORY_SECONDS: i64 = 300;
 /// Failures kept in the Failures view.
 pub const MAX_FAILURES: usize = 1000;
 
-/// The four views.
+/// The five views.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
     /// Throughput, totals, drops, gateways.
@@ -28,11 +28,20 @@ pub enum View {
     Failures,
     /// Registry tree and effective exports.
     Config,
+    /// Deployments: how their exports go, sortable, with their exports'
+    /// status on Enter.
+    Deployments,
 }
 
 impl View {
     /// All views in tab order.
-    pub const ALL: [View; 4] = [View::Overview, View::Targets, View::Failures, View::Config];
+    pub const ALL: [View; 5] = [
+        View::Overview,
+        View::Targets,
+        View::Failures,
+        View::Config,
+        View::Deployments,
+    ];
 
     /// Position in tab order.
     pub fn index(self) -> usize {
@@ -41,6 +50,7 @@ impl View {
             View::Targets => 1,
             View::Failures => 2,
             View::Config => 3,
+            View::Deployments => 4,
         }
     }
 
@@ -51,6 +61,7 @@ impl View {
             View::Targets => "Targets",
             View::Failures => "Failures",
             View::Config => "Config",
+            View::Deployments => "Deployments",
         }
     }
 }
@@ -420,6 +431,84 @@ impl SortKey {
     }
 }
 
+/// Column the Deployments table is sorted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeploymentSort {
+    /// Worst state first.
+    State,
+    /// Samples delivered per second (last minute).
+    Rate,
+    /// Samples dropped in the last minute.
+    Drops,
+    /// Oldest undelivered data.
+    Lag,
+    /// Deployment id.
+    Id,
+}
+
+impl DeploymentSort {
+    /// The next key (`s`).
+    pub fn next(self) -> DeploymentSort {
+        match self {
+            DeploymentSort::State => DeploymentSort::Rate,
+            DeploymentSort::Rate => DeploymentSort::Drops,
+            DeploymentSort::Drops => DeploymentSort::Lag,
+            DeploymentSort::Lag => DeploymentSort::Id,
+            DeploymentSort::Id => DeploymentSort::State,
+        }
+    }
+
+    /// Its name in the table title.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeploymentSort::State => "state",
+            DeploymentSort::Rate => "rate",
+            DeploymentSort::Drops => "drops",
+            DeploymentSort::Lag => "lag",
+            DeploymentSort::Id => "id",
+        }
+    }
+}
+
+/// How bad a Deployment's export state is.
+pub fn export_state_rank(state: &str) -> u8 {
+    match state {
+        "failing" => 4,
+        "retrying" => 3,
+        "paused" => 2,
+        "delivering" => 1,
+        _ => 0,
+    }
+}
+
+/// One Deployment of the Deployments view, merged over the gateways.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeploymentRow {
+    /// Deployment id.
+    pub id: String,
+    /// Its cluster.
+    pub cluster_id: String,
+    /// Its exports (targets).
+    pub exports: u32,
+    /// The worst state reported.
+    pub state: String,
+    /// Samples delivered per second, over the last minute.
+    pub rate: f64,
+    /// Samples dropped in the last minute, by reason.
+    pub dropped: BTreeMap<String, f64>,
+    /// Oldest undelivered data (s).
+    pub lag: f64,
+    /// The newest error.
+    pub last_error: Option<LastError>,
+}
+
+impl DeploymentRow {
+    /// Samples dropped in the last minute.
+    pub fn dropped_total(&self) -> f64 {
+        self.dropped.values().sum()
+    }
+}
+
 /// One delivery error of the Failures view.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FailureRow {
@@ -499,11 +588,15 @@ pub struct State {
     /// Sort descending (worst/largest first) when true.
     pub sort_desc: bool,
     /// Selected row per view.
-    pub selected: [usize; 4],
+    pub selected: [usize; 5],
     /// Target whose detail is open.
     pub detail: Option<String>,
     /// Filter text per view.
-    pub filter: [String; 4],
+    pub filter: [String; 5],
+    /// Deployments sort column.
+    pub deployment_sort: DeploymentSort,
+    /// Deployments sorted descending (worst/largest first) when true.
+    pub deployment_sort_desc: bool,
     /// Typing a filter.
     pub editing_filter: bool,
     /// Merged recent errors, newest first.
@@ -556,9 +649,11 @@ impl State {
             help: false,
             sort: SortKey::State,
             sort_desc: true,
-            selected: [0; 4],
+            selected: [0; 5],
             detail: None,
             filter: Default::default(),
+            deployment_sort: DeploymentSort::State,
+            deployment_sort_desc: true,
             editing_filter: false,
             failures: Vec::new(),
             registry: None,
@@ -995,6 +1090,7 @@ impl State {
             View::Targets => self.targets().len(),
             View::Failures => self.failure_rows().len(),
             View::Config => self.config_rows().len(),
+            View::Deployments => self.deployments().len(),
         }
     }
 
@@ -1011,6 +1107,90 @@ impl State {
             return self.all_targets().into_iter().find(|r| &r.id == id);
         }
         let i = self.selected[View::Targets.index()].min(rows.len().saturating_sub(1));
+        rows.into_iter().nth(i)
+    }
+
+    /// Every Deployment with exports, merged over the gateways (counts
+    /// added, the worst state, the largest lag, the newest error), by id.
+    pub fn all_deployments(&self) -> Vec<DeploymentRow> {
+        let mut rows: BTreeMap<String, DeploymentRow> = BTreeMap::new();
+        for g in &self.gateways {
+            let Some(snap) = &g.snapshot else { continue };
+            for d in &snap.deployments {
+                let row = rows.entry(d.id.clone()).or_insert_with(|| DeploymentRow {
+                    id: d.id.clone(),
+                    cluster_id: d.cluster_id.clone(),
+                    state: d.state.clone(),
+                    ..DeploymentRow::default()
+                });
+                row.exports = row.exports.max(d.exports);
+                if export_state_rank(&d.state) > export_state_rank(&row.state) {
+                    row.state = d.state.clone();
+                }
+                // A lost gateway's last minute is not a rate any more.
+                if g.is_connected() {
+                    row.rate += d.samples_delivered_1m as f64 / 60.0;
+                    for (k, v) in &d.samples_dropped_1m {
+                        *row.dropped.entry(k.clone()).or_default() += *v as f64;
+                    }
+                }
+                row.lag = row.lag.max(d.oldest_undelivered_seconds);
+                let newer = match (&row.last_error, &d.last_error) {
+                    (_, None) => false,
+                    (None, Some(_)) => true,
+                    (Some(a), Some(b)) => fmt::parse_time_ms(&b.time) > fmt::parse_time_ms(&a.time),
+                };
+                if newer {
+                    row.last_error = d.last_error.clone();
+                }
+            }
+        }
+        rows.into_values().collect()
+    }
+
+    /// The Deployments table: filtered by its filter and sorted.
+    pub fn deployments(&self) -> Vec<DeploymentRow> {
+        let filter = self.filter[View::Deployments.index()].to_lowercase();
+        let mut rows: Vec<DeploymentRow> = self
+            .all_deployments()
+            .into_iter()
+            .filter(|r| {
+                filter.is_empty()
+                    || [
+                        r.id.as_str(),
+                        r.cluster_id.as_str(),
+                        r.state.as_str(),
+                        r.last_error.as_ref().map_or("", |e| e.message.as_str()),
+                    ]
+                    .iter()
+                    .any(|s| s.to_lowercase().contains(&filter))
+            })
+            .collect();
+        let key = self.deployment_sort;
+        rows.sort_by(|a, b| {
+            let ord = match key {
+                DeploymentSort::State => {
+                    export_state_rank(&a.state).cmp(&export_state_rank(&b.state))
+                }
+                DeploymentSort::Rate => a.rate.total_cmp(&b.rate),
+                DeploymentSort::Drops => a.dropped_total().total_cmp(&b.dropped_total()),
+                DeploymentSort::Lag => a.lag.total_cmp(&b.lag),
+                DeploymentSort::Id => b.id.cmp(&a.id),
+            };
+            let ord = if self.deployment_sort_desc {
+                ord.reverse()
+            } else {
+                ord
+            };
+            ord.then_with(|| a.id.cmp(&b.id))
+        });
+        rows
+    }
+
+    /// The Deployment under the selection of the Deployments view.
+    pub fn selected_deployment(&self) -> Option<DeploymentRow> {
+        let rows = self.deployments();
+        let i = self.selected[View::Deployments.index()].min(rows.len().saturating_sub(1));
         rows.into_iter().nth(i)
     }
 

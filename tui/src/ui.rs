@@ -24,7 +24,8 @@ use crate::api::{field_lines, Registry};
 use crate::fmt;
 use crate::keys::HELP;
 use crate::state::{
-    state_rank, ConfigItem, Gateway, Link, State, TargetRow, View, HISTORY_SECONDS,
+    export_state_rank, state_rank, ConfigItem, Gateway, Link, State, TargetRow, View,
+    HISTORY_SECONDS,
 };
 
 /// Drop reasons always listed, in this order (others follow).
@@ -97,6 +98,7 @@ pub fn render(state: &State, f: &mut Frame) {
         },
         View::Failures => render_failures(state, f, body),
         View::Config => render_config(state, f, body),
+        View::Deployments => render_deployments(state, f, body),
     }
     render_status(state, f, status);
     if state.help {
@@ -151,7 +153,11 @@ fn render_tabs(state: &State, f: &mut Frame, area: Rect) {
         Constraint::Length(right.chars().count() as u16),
     ])
     .areas(area);
-    let mut spans = vec![Span::styled("Fanout ", bold())];
+    // The product's name where there is room for it and the five tabs.
+    let mut spans = Vec::new();
+    if area.width >= 90 {
+        spans.push(Span::styled("Fanout ", bold()));
+    }
     for v in View::ALL {
         let text = format!(" {} {} ", v.index() + 1, v.title());
         if v == state.view {
@@ -187,13 +193,16 @@ fn render_status(state: &State, f: &mut Frame, area: Rect) {
         ))
     } else {
         let hint = match state.view {
-            View::Overview => "Tab/1-4 views · ? help · q quit",
+            View::Overview => "Tab/1-5 views · ? help · q quit",
             View::Targets if state.detail.is_some() => "Esc back · p pause/resume",
             View::Targets => {
                 "↑↓/jk select · Enter detail · p pause/resume · s sort · r reverse · / filter"
             }
             View::Failures => "↑↓/jk scroll · / filter · Esc clear filter",
             View::Config => "↑↓/jk select · Deployment: effective exports · / filter",
+            View::Deployments => {
+                "↑↓/jk select · Enter its exports · s sort · r reverse · / filter · Esc close"
+            }
         };
         Line::from(hint)
     };
@@ -687,6 +696,182 @@ fn render_targets(state: &State, f: &mut Frame, area: Rect) {
     let mut ts = TableState::default();
     ts.select(Some(state.selection()));
     f.render_stateful_widget(table, area, &mut ts);
+}
+
+/// Style of a Deployment's export state.
+fn export_state_style(state: &str) -> Style {
+    match state {
+        "delivering" => Style::default().fg(Color::Green),
+        "waiting" => Style::default().fg(Color::DarkGray),
+        other => state_style(other),
+    }
+}
+
+fn render_deployments(state: &State, f: &mut Frame, area: Rect) {
+    let rows = state.deployments();
+    let arrow = if state.deployment_sort_desc {
+        "↓"
+    } else {
+        "↑"
+    };
+    let title = format!(
+        " Deployments ({}) · sort {} {arrow}{} ",
+        rows.len(),
+        state.deployment_sort.name(),
+        filter_note(state, View::Deployments)
+    );
+    if rows.is_empty() {
+        let mut lines = Vec::new();
+        if let Some(l) = no_data_lines(state) {
+            lines.extend(l);
+        } else if !state.filter[View::Deployments.index()].is_empty() {
+            lines.push(Line::from(
+                "No Deployment matches the filter (Esc clears it).",
+            ));
+        } else {
+            lines.push(Line::from(
+                "No Deployment has an export yet (see 4 Config).",
+            ));
+        }
+        return empty_message(f, area, title, lines);
+    }
+    let selected_row = state.selection();
+    let chosen = rows.get(selected_row).map(|r| r.id.clone());
+    let panel = state
+        .effective
+        .as_ref()
+        .filter(|e| Some(&e.deployment) == chosen.as_ref())
+        .map(|e| deployment_exports_lines(state, e));
+    let table_area = match &panel {
+        Some(lines) if area.height >= 10 => {
+            let h = (lines.len() as u16 + 2).min(area.height / 2);
+            let [top, bottom] =
+                Layout::vertical([Constraint::Min(0), Constraint::Length(h)]).areas(area);
+            let id = chosen.clone().unwrap_or_default();
+            f.render_widget(
+                Paragraph::new(lines.clone())
+                    .block(Block::bordered().title(format!(" Exports of {id} "))),
+                bottom,
+            );
+            top
+        }
+        _ => area,
+    };
+    let header = [
+        "DEPLOYMENT",
+        "CLUSTER",
+        "EXP",
+        "STATE",
+        "OUT/s",
+        "DROP 1m",
+        "LAG",
+        "LAST ERROR",
+    ];
+    let widths = [
+        Constraint::Length(16),
+        Constraint::Length(10),
+        Constraint::Length(3),
+        Constraint::Length(10),
+        Constraint::Length(7),
+        Constraint::Length(7),
+        Constraint::Length(6),
+        Constraint::Min(8),
+    ];
+    let table_rows: Vec<Row> = rows
+        .iter()
+        .map(|d| {
+            Row::new(vec![
+                Cell::from(fmt::cut(&d.id, 16)),
+                Cell::from(fmt::cut(&d.cluster_id, 10)),
+                Cell::from(Line::from(d.exports.to_string()).right_aligned()),
+                Cell::from(Span::styled(d.state.clone(), export_state_style(&d.state))),
+                Cell::from(Line::from(fmt::si(d.rate)).right_aligned()),
+                Cell::from(Line::from(fmt::si(d.dropped_total())).right_aligned()),
+                Cell::from(Line::from(fmt::duration(d.lag)).right_aligned()),
+                Cell::from(Span::styled(
+                    d.last_error
+                        .as_ref()
+                        .map_or(String::new(), |e| aged_error(e, state.now_ms)),
+                    if export_state_rank(&d.state) >= 3 {
+                        Style::default().fg(Color::Red)
+                    } else {
+                        Style::default().fg(Color::DarkGray)
+                    },
+                )),
+            ])
+        })
+        .collect();
+    let table = Table::new(table_rows, widths)
+        .header(Row::new(header).style(bold()))
+        .row_highlight_style(selected())
+        .block(Block::bordered().title(title));
+    let mut ts = TableState::default();
+    ts.select(Some(selected_row));
+    f.render_stateful_widget(table, table_area, &mut ts);
+}
+
+/// A Deployment's exports with their status, two lines each.
+fn deployment_exports_lines(state: &State, e: &crate::state::Effective) -> Vec<Line<'static>> {
+    let items = match &e.result {
+        Ok(items) if items.is_empty() => return vec![Line::from("No export reaches it.")],
+        Ok(items) => items,
+        Err(msg) => {
+            return vec![Line::from(Span::styled(
+                msg.clone(),
+                if msg.starts_with("loading") {
+                    Style::default()
+                } else {
+                    Style::default().fg(Color::Red)
+                },
+            ))]
+        }
+    };
+    let mut out = Vec::new();
+    for x in items {
+        let endpoint = x
+            .metrics_export
+            .get("endpoint")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        // What matters first; the endpoint last, cut by the border if need be.
+        let mut spans = vec![Span::styled(format!("{} ", x.id), bold())];
+        let to = Span::raw(format!(" → {endpoint}"));
+        match &x.status {
+            Some(s) => {
+                spans.push(Span::styled(s.state.clone(), export_state_style(&s.state)));
+                let dropped: u64 = s.samples_dropped_1m.values().sum();
+                let ok = s
+                    .last_success_at
+                    .as_deref()
+                    .and_then(fmt::parse_time_ms)
+                    .map_or("never".to_owned(), |at| {
+                        format!(
+                            "{} ago",
+                            fmt::duration((state.now_ms - at).max(0) as f64 / 1000.0)
+                        )
+                    });
+                spans.push(Span::raw(format!(
+                    " · {}/s · dropped 1m {} · lag {} · last ok {ok}",
+                    fmt::si(s.samples_delivered_1m as f64 / 60.0),
+                    fmt::si(dropped as f64),
+                    fmt::duration(s.oldest_undelivered_seconds),
+                )));
+                spans.push(to);
+                out.push(Line::from(spans));
+                if let Some(err) = &s.last_error {
+                    out.push(Line::from(Span::styled(
+                        format!("  {}", aged_error(err, state.now_ms)),
+                        Style::default().fg(Color::Red),
+                    )));
+                }
+            }
+            None => {
+                spans.push(to);
+                out.push(Line::from(spans));
+            }
+        }
+    }
+    out
 }
 
 /// An error's status and message, the status once.

@@ -102,6 +102,20 @@ fn snapshot(i: i64) -> Snapshot {
         "recentErrors": [
             {"time": time(i), "targetId": "t-77b1e0aa9f30", "status": 503, "message": "503 Service Unavailable: upstream down"},
             {"time": time(i - 1), "targetId": "t-9e8d7c6b5a41", "status": null, "message": "connect: Connection refused (os error 111)"}
+        ],
+        "deployments": [
+            {"id": "dep-etl", "clusterId": "cluster-us", "exports": 2, "state": "failing",
+             "samplesDelivered1m": 1_200_000, "samplesDropped1m": {"rejected": 36_000},
+             "oldestUndeliveredSeconds": 95.0,
+             "lastError": {"time": time(i), "status": 401, "message": "401 Unauthorized: invalid API key"}},
+            {"id": "dep-reports", "clusterId": "cluster-eu", "exports": 2, "state": "retrying",
+             "samplesDelivered1m": 720_000, "samplesDropped1m": {},
+             "oldestUndeliveredSeconds": 12.0,
+             "lastError": {"time": time(i - 1), "status": null, "message": "connect: Connection refused (os error 111)"}},
+            {"id": "dep-ml", "clusterId": "cluster-us", "exports": 1, "state": "delivering",
+             "samplesDelivered1m": 2_400_000, "samplesDropped1m": {}, "oldestUndeliveredSeconds": 0.4},
+            {"id": "dep-onprem", "clusterId": "cluster-eu", "exports": 1, "state": "waiting",
+             "samplesDelivered1m": 0, "samplesDropped1m": {}, "oldestUndeliveredSeconds": 0.0}
         ]
     });
     serde_json::from_value(doc).expect("fixture")
@@ -145,11 +159,16 @@ fn effective() -> EffectiveList {
         {"id": "dev-prom", "objectKey": "dev_prom", "sourceScope": "WORKSPACE", "sourceScopeEntityId": "ws-data",
          "targetId": "t-3f2a9c01d4e5",
          "metricsExport": {"endpoint": "http://127.0.0.1:9201/api/v1/write", "exporterType": "PROMETHEUS",
-                           "headers": {"x-scope-orgid": "team-data"}, "labels": {"env": "dev"}}, "setFields": []},
+                           "headers": {"x-scope-orgid": "team-data"}, "labels": {"env": "dev"}}, "setFields": [],
+         "status": {"state": "delivering", "lastSuccessAt": time(300), "samplesDelivered1m": 1_200_000,
+                    "samplesDropped1m": {}, "oldestUndeliveredSeconds": 0.4}},
         {"id": "prod-prom", "objectKey": "prod_prom", "sourceScope": "WORKSPACE", "sourceScopeEntityId": "ws-data",
          "targetId": "t-77b1e0aa9f30",
          "metricsExport": {"endpoint": "http://127.0.0.1:9203/api/v1/write", "authType": "BASIC",
-                           "username": "etl", "password": "***", "labels": {"env": "prod"}}, "setFields": ["password"]}
+                           "username": "etl", "password": "***", "labels": {"env": "prod"}}, "setFields": ["password"],
+         "status": {"state": "failing", "lastSuccessAt": time(60), "samplesDelivered1m": 0,
+                    "samplesDropped1m": {"rejected": 36_000}, "oldestUndeliveredSeconds": 95.0,
+                    "lastError": {"time": time(300), "status": 401, "message": "401 Unauthorized: invalid API key"}}}
     ]}))
     .expect("fixture")
 }
@@ -313,6 +332,40 @@ fn config_tree_and_effective_exports_of_a_deployment() {
 }
 
 #[test]
+fn deployments_sorted_filtered_and_their_exports() {
+    let mut s = fleet();
+    key(&mut s, KeyCode::Char('5'));
+    assert_eq!(s.view, View::Deployments);
+    // Worst first: dep-etl (failing), whose exports the fixture has read.
+    let rows = s.deployments();
+    assert_eq!(rows[0].id, "dep-etl");
+    // Only gw-a is connected: its last minute, per second.
+    assert_eq!(rows[0].rate, 20_000.0);
+    let text = render_text(&s, 120, 35);
+    assert!(text.contains("Exports of dep-etl"), "{text}");
+    assert!(text.contains("401 Unauthorized: invalid API key"), "{text}");
+    check("deployments_fleet", &s);
+    // By rate: dep-ml first.
+    key(&mut s, KeyCode::Char('s'));
+    assert_eq!(s.deployments()[0].id, "dep-ml");
+    // Filtered to one cluster; Esc closes the exports panel.
+    key(&mut s, KeyCode::Char('/'));
+    for c in "cluster-eu".chars() {
+        key(&mut s, KeyCode::Char(c));
+    }
+    key(&mut s, KeyCode::Enter);
+    let ids: Vec<String> = s.deployments().into_iter().map(|d| d.id).collect();
+    assert_eq!(ids, ["dep-reports", "dep-onprem"]);
+    check("deployments_filtered_fleet", &s);
+    // Enter reads the selected Deployment's exports from a connected gateway.
+    key(&mut s, KeyCode::Enter);
+    assert_eq!(
+        s.effective.as_ref().map(|e| e.deployment.as_str()),
+        Some("dep-reports")
+    );
+}
+
+#[test]
 fn help_overlay() {
     let mut s = fleet();
     key(&mut s, KeyCode::Char('?'));
@@ -331,6 +384,8 @@ fn empty_registry_in_every_view() {
     let text = render_text(&s, 80, 24);
     assert!(text.contains("The registry is empty"), "{text}");
     check("config_empty", &s);
+    key(&mut s, KeyCode::Char('5'));
+    check("deployments_empty", &s);
 }
 
 #[test]
@@ -364,7 +419,11 @@ fn readme_captures_are_the_80x24_snapshots() {
     for block in readme.split("```text\n").skip(1) {
         let capture = block.split("```").next().unwrap_or_default();
         let capture = capture.trim_end_matches('\n');
-        if capture.starts_with("Fanout  1 Overview") {
+        if capture
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("1 Overview  2 Targets"))
+        {
             captures += 1;
             assert!(
                 snaps.iter().any(|s| s == capture),

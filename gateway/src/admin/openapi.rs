@@ -140,6 +140,12 @@ pub fn document() -> Value {
                     "samplesDelivered": s("integer"), "samplesDropped": {"type": "object", "additionalProperties": s("integer")},
                     "samplesSpilled": s("integer"), "oldestUndeliveredSeconds": s("number"),
                     "gateways": {"type": "array", "items": {"type": "object", "properties": {"gateway": s("string"), "reportedAt": s("string")}}}}});
+    let deployment_stat = json!({"type": "object", "properties": {
+        "id": s("string"), "clusterId": s("string"), "exports": s("integer"),
+        "state": {"type": "string", "enum": ["delivering", "waiting", "retrying", "failing", "paused"]},
+        "samplesDelivered1m": s("integer"), "samplesDropped1m": {"type": "object", "additionalProperties": s("integer")},
+        "oldestUndeliveredSeconds": s("number"),
+        "lastError": {"type": "object", "properties": {"time": s("string"), "status": {"type": "integer", "nullable": true}, "message": s("string")}}}});
     let export_statuses = json!({"type": "object", "properties": {"id": s("string"), "items": {"type": "array", "items": {"type": "object", "properties": {
                     "deploymentId": s("string"), "targetId": s("string"), "status": {"$ref": "#/components/schemas/ExportStatus"}}}}}});
     json!({
@@ -165,7 +171,9 @@ pub fn document() -> Value {
                         "ageSeconds": s("number"), "deleteInSeconds": s("number")}}},
                     "targets": {"type": "array", "items": {"$ref": "#/components/schemas/Target"}},
                     "recentErrors": {"type": "array", "items": {"type": "object", "properties": {
-                        "time": s("string"), "targetId": s("string"), "status": {"type": "integer", "nullable": true}, "message": s("string")}}}}},
+                        "time": s("string"), "targetId": s("string"), "status": {"type": "integer", "nullable": true}, "message": s("string")}}},
+                    "deployments": {"type": "array", "items": {"$ref": "#/components/schemas/DeploymentStat"}}}},
+                "DeploymentStat": deployment_stat,
                 "Target": target,
                 "EffectiveExport": {"type": "object", "properties": {
                     "id": s("string"), "objectKey": s("string"), "sourceScope": {"type": "string", "enum": ["WORKSPACE", "DEPLOYMENT"]},
@@ -338,6 +346,12 @@ mod tests {
             recent_errors: vec![api::RecentError {
                 status: Some(401),
                 ..api::RecentError::default()
+            }],
+            deployments: vec![api::DeploymentStat {
+                state: "failing".into(),
+                samples_dropped_1m: BTreeMap::from([("rejected".into(), 1)]),
+                last_error: Some(api::LastError::default()),
+                ..api::DeploymentStat::default()
             }],
             ..api::Snapshot::default()
         };

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime};
 use fanout_proto::api;
 
 use super::StatusSource;
+use crate::deliver::service::state_rank;
 use crate::registry::store::{StatusRow, Store};
 use crate::registry::Snapshot;
 
@@ -133,16 +134,6 @@ pub fn fleet_status(
     merge(parts)
 }
 
-fn rank(state: &str) -> u8 {
-    match state {
-        "failing" => 4,
-        "retrying" => 3,
-        "paused" => 2,
-        "delivering" => 1,
-        _ => 0,
-    }
-}
-
 /// Merges the reports of several gateways (see the module docs).
 fn merge(parts: Vec<(String, String, api::ExportStatus)>) -> Option<api::ExportStatus> {
     let mut it = parts.into_iter();
@@ -152,7 +143,7 @@ fn merge(parts: Vec<(String, String, api::ExportStatus)>) -> Option<api::ExportS
         reported_at: at,
     }];
     for (gateway, at, s) in it {
-        if rank(&s.state) > rank(&all.state) {
+        if state_rank(&s.state) > state_rank(&all.state) {
             all.state = s.state.clone();
         }
         if s.last_success_at > all.last_success_at {

@@ -236,6 +236,7 @@ mod tests {
             keys(&s),
             [
                 "configVersion",
+                "deployments",
                 "draining",
                 "drops",
                 "gateway",
@@ -276,6 +277,14 @@ mod tests {
             ]
         );
         assert!(s["time"].as_str().unwrap().ends_with('Z'));
+        // d1 and its one export, nothing sent yet (the targets start on the
+        // first registry sync, which this test does not run: no status).
+        let d = &s["deployments"][0];
+        assert_eq!(
+            (&d["id"], &d["clusterId"], &d["exports"]),
+            (&"d1".into(), &"c1".into(), &1.into()),
+            "{s}"
+        );
         let t = &s["targets"][0];
         assert_eq!(
             keys(t),

@@ -55,6 +55,7 @@ mod target_spill;
 
 use reconcile::Orphan;
 use sender::{run_target, spill_all_blocking};
+pub use status::state_rank;
 pub use target::TargetHandle;
 
 /// Default bound of one target's memory queue.
@@ -442,7 +443,9 @@ impl FanoutDelivery {
                     .collect()
             })
             .unwrap_or_default();
+        let deployments = self.deployment_stats(&snap);
         api::Snapshot {
+            deployments,
             time: stats::rfc3339_millis(SystemTime::now()),
             uptime_seconds: self.inner.started.elapsed().as_secs_f64(),
             gateway: gateway.to_owned(),

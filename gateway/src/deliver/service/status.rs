@@ -9,10 +9,71 @@ use std::time::{Instant, SystemTime};
 use fanout_proto::api;
 
 use super::FanoutDelivery;
+use crate::admin::StatusSource;
 use crate::deliver::limits::SeriesStatus;
 use crate::deliver::stats;
+use crate::registry::Snapshot;
 
-impl crate::admin::StatusSource for FanoutDelivery {
+/// How bad an export state is, for the worst of several.
+pub fn state_rank(state: &str) -> u8 {
+    match state {
+        "failing" => 4,
+        "retrying" => 3,
+        "paused" => 2,
+        "delivering" => 1,
+        _ => 0,
+    }
+}
+
+impl FanoutDelivery {
+    /// Every Deployment with exports, its exports' status summed up (the
+    /// stats snapshot's `deployments`, for the console).
+    pub fn deployment_stats(&self, snapshot: &Snapshot) -> Vec<api::DeploymentStat> {
+        let mut out = Vec::new();
+        for d in snapshot.registry().deployments.values() {
+            let Some(info) = snapshot.deployment(&d.cluster_id, &d.id) else {
+                continue;
+            };
+            if info.targets.is_empty() {
+                continue;
+            }
+            let mut stat = api::DeploymentStat {
+                id: d.id.clone(),
+                cluster_id: d.cluster_id.clone(),
+                exports: info.targets.len() as u32,
+                state: "waiting".into(),
+                ..api::DeploymentStat::default()
+            };
+            for t in &info.targets {
+                let Some(s) = self.export_status(&d.id, &t.id.0) else {
+                    continue;
+                };
+                if state_rank(&s.state) > state_rank(&stat.state) {
+                    stat.state = s.state.clone();
+                }
+                stat.samples_delivered_1m += s.samples_delivered_1m;
+                for (k, v) in s.samples_dropped_1m {
+                    *stat.samples_dropped_1m.entry(k).or_default() += v;
+                }
+                stat.oldest_undelivered_seconds = stat
+                    .oldest_undelivered_seconds
+                    .max(s.oldest_undelivered_seconds);
+                let newer = match (&stat.last_error, &s.last_error) {
+                    (_, None) => false,
+                    (None, Some(_)) => true,
+                    (Some(a), Some(b)) => b.time > a.time,
+                };
+                if newer {
+                    stat.last_error = s.last_error;
+                }
+            }
+            out.push(stat);
+        }
+        out
+    }
+}
+
+impl StatusSource for FanoutDelivery {
     fn limits(&self, deployment: &str, cluster: &str) -> Option<api::LimitsStatus> {
         let l = self.series_limits();
         let snapshot = self.snapshot();
