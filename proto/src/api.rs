@@ -346,6 +346,56 @@ pub struct GatewayReport {
     pub reported_at: String,
 }
 
+/// How bad an export state is (`failing` > `retrying` > `paused` >
+/// `delivering` > `waiting`), for the worst of several: what the gateway
+/// merges over targets and gateways, and the console over gateways.
+pub fn export_state_rank(state: &str) -> u8 {
+    match state {
+        "failing" => 4,
+        "retrying" => 3,
+        "paused" => 2,
+        "delivering" => 1,
+        _ => 0,
+    }
+}
+
+impl ExportStatus {
+    /// Adds `other` (the same pair on another gateway, or another export of
+    /// the same Deployment): the worst state, the latest success, the newest
+    /// error and the oldest data win; counts add up. `gateways` is the
+    /// caller's.
+    pub fn absorb(&mut self, other: &ExportStatus) {
+        if export_state_rank(&other.state) > export_state_rank(&self.state) {
+            self.state.clone_from(&other.state);
+        }
+        if other.last_success_at > self.last_success_at {
+            self.last_success_at.clone_from(&other.last_success_at);
+        }
+        // The gateway writes every time in one RFC 3339 form: text order is
+        // time order.
+        let newer = match (&self.last_error, &other.last_error) {
+            (Some(a), Some(b)) => b.time > a.time,
+            (None, b) => b.is_some(),
+            (_, None) => false,
+        };
+        if newer {
+            self.last_error.clone_from(&other.last_error);
+        }
+        self.samples_delivered_1m += other.samples_delivered_1m;
+        self.samples_delivered += other.samples_delivered;
+        self.samples_spilled += other.samples_spilled;
+        for (k, v) in &other.samples_dropped_1m {
+            *self.samples_dropped_1m.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.samples_dropped {
+            *self.samples_dropped.entry(k.clone()).or_default() += v;
+        }
+        self.oldest_undelivered_seconds = self
+            .oldest_undelivered_seconds
+            .max(other.oldest_undelivered_seconds);
+    }
+}
+
 /// `GET /api/v1/metrics-exports/{id}/status`: the export's status for
 /// every Deployment it applies to.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

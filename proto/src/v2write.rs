@@ -32,6 +32,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::ops::Range;
 
 use crate::error::ErrorKind;
 use crate::v2read::CREATED_TIMESTAMP_FIELD;
@@ -64,6 +65,10 @@ pub struct FamilyMetadata {
 pub trait MetadataLookup {
     /// The metadata of `name`'s family, if known.
     fn family_of(&self, name: &[u8]) -> Option<FamilyMetadata>;
+    /// Whether any family is known (else the rewrite looks nothing up).
+    fn knows_any(&self) -> bool {
+        true
+    }
 }
 
 /// No metadata known.
@@ -72,6 +77,10 @@ pub struct NoMetadata;
 impl MetadataLookup for NoMetadata {
     fn family_of(&self, _: &[u8]) -> Option<FamilyMetadata> {
         None
+    }
+
+    fn knows_any(&self) -> bool {
+        false
     }
 }
 
@@ -138,7 +147,12 @@ pub fn from_v1(
     let mut series = Vec::with_capacity(v1.len());
     let mut one = Vec::new();
     let mut refs: Vec<u32> = Vec::new();
-    let mut meta_buf = Vec::new();
+    // Each family's `Metadata` message, looked up and encoded once per
+    // request (its series share it): name → its bytes in `meta_msgs`.
+    let mut families: HashMap<&[u8], Option<Range<usize>>, foldhash::fast::RandomState> =
+        HashMap::default();
+    let mut meta_msgs = Vec::new();
+    let lookup = metadata.knows_any();
     let mut written = Written::default();
     let mut r = Reader::new(v1);
     while !r.is_empty() {
@@ -197,23 +211,34 @@ pub fn from_v1(
                 _ => t.skip(wire)?,
             }
         }
-        if let Some(meta) = name.and_then(|n| metadata.family_of(n)) {
-            let m = &mut meta_buf;
-            m.clear();
-            if meta.kind != 0 {
-                put_varint(m, 1 << 3);
-                put_varint(m, meta.kind as u64);
-            }
-            for (field, text) in [(3u64, meta.help), (4, meta.unit)] {
-                if text.is_empty() {
-                    continue;
+        if let Some(n) = name.filter(|_| lookup) {
+            let msg = match families.get(n) {
+                Some(known) => known.clone(),
+                None => {
+                    let made = metadata.family_of(n).map(|meta| {
+                        let start = meta_msgs.len();
+                        if meta.kind != 0 {
+                            put_varint(&mut meta_msgs, 1 << 3);
+                            put_varint(&mut meta_msgs, meta.kind as u64);
+                        }
+                        for (field, text) in [(3u64, meta.help), (4, meta.unit)] {
+                            if text.is_empty() {
+                                continue;
+                            }
+                            let id = symbols.intern_owned(text);
+                            put_varint(&mut meta_msgs, field << 3);
+                            put_varint(&mut meta_msgs, u64::from(id));
+                        }
+                        start..meta_msgs.len()
+                    });
+                    families.insert(n, made.clone());
+                    made
                 }
-                let id = symbols.intern_owned(text);
-                put_varint(m, field << 3);
-                put_varint(m, u64::from(id));
+            };
+            if let Some(range) = msg {
+                put_len_prefix(&mut one, 5, range.len());
+                one.extend_from_slice(&meta_msgs[range]);
             }
-            put_len_prefix(&mut one, 5, m.len());
-            one.extend_from_slice(m);
         }
         put_len_prefix(&mut series, 5, one.len());
         series.extend_from_slice(&one);

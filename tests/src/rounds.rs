@@ -136,13 +136,14 @@ pub async fn write_as(
         .expect("ingest reachable and answering within 10s")
 }
 
-async fn try_write_as(
-    client: &HttpClient,
+/// A remote-write POST of `body` (snappy, 1.0 or with `v2` 2.0) to the
+/// gateway at `ingest` with cluster token `token`.
+pub fn write_request(
     ingest: &str,
     token: &str,
     body: Bytes,
     v2: bool,
-) -> Option<u16> {
+) -> http::Request<Full<Bytes>> {
     let (content_type, version) = match v2 {
         true => (
             "application/x-protobuf;proto=io.prometheus.write.v2.Request",
@@ -150,13 +151,23 @@ async fn try_write_as(
         ),
         false => ("application/x-protobuf", "0.1.0"),
     };
-    let req = http::Request::post(format!("http://{ingest}/api/v1/write"))
+    http::Request::post(format!("http://{ingest}/api/v1/write"))
         .header("content-encoding", "snappy")
         .header("content-type", content_type)
         .header("x-prometheus-remote-write-version", version)
         .header("authorization", format!("Bearer {token}"))
         .body(Full::new(body))
-        .expect("request");
+        .expect("request")
+}
+
+async fn try_write_as(
+    client: &HttpClient,
+    ingest: &str,
+    token: &str,
+    body: Bytes,
+    v2: bool,
+) -> Option<u16> {
+    let req = write_request(ingest, token, body, v2);
     let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
         .ok()?

@@ -86,13 +86,7 @@ fn client() -> HttpClient {
 
 /// POSTs one write; returns the status and how long it took.
 async fn write(client: &HttpClient, ingest: &str, token: &str, body: Bytes) -> (u16, Duration) {
-    let req = http::Request::post(format!("http://{ingest}/api/v1/write"))
-        .header("content-encoding", "snappy")
-        .header("content-type", "application/x-protobuf")
-        .header("x-prometheus-remote-write-version", "0.1.0")
-        .header("authorization", format!("Bearer {token}"))
-        .body(Full::new(body))
-        .unwrap();
+    let req = fanout_tests::rounds::write_request(ingest, token, body, false);
     let t0 = Instant::now();
     let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await

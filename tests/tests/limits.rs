@@ -19,7 +19,7 @@ use fanout_loadtest::identity::SeriesId;
 use fanout_loadtest::verify::Expectation;
 use fanout_tests::fanout::{free_port, tempfile_dir::TempDir, Gateway};
 use fanout_tests::rounds::{self, admin_json, await_all, client, HttpClient};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 
 const TOKEN_A: &str = "limits-token-a";
 const TOKEN_B: &str = "limits-token-b";
@@ -54,13 +54,7 @@ async fn write(
     token: &str,
     body: Bytes,
 ) -> (u16, Option<u64>, String) {
-    let req = http::Request::post(format!("http://{ingest}/api/v1/write"))
-        .header("content-encoding", "snappy")
-        .header("content-type", "application/x-protobuf")
-        .header("x-prometheus-remote-write-version", "0.1.0")
-        .header("authorization", format!("Bearer {token}"))
-        .body(Full::new(body))
-        .expect("request");
+    let req = rounds::write_request(ingest, token, body, false);
     let resp = tokio::time::timeout(Duration::from_secs(10), http.request(req))
         .await
         .expect("ingest answers within 10 s")

@@ -470,14 +470,18 @@ impl DeploymentSort {
     }
 }
 
-/// How bad a Deployment's export state is.
-pub fn export_state_rank(state: &str) -> u8 {
-    match state {
-        "failing" => 4,
-        "retrying" => 3,
-        "paused" => 2,
-        "delivering" => 1,
-        _ => 0,
+pub use fanout_proto::api::export_state_rank;
+
+/// Keeps in `kept` the newer of it and `other` (errors of several gateways
+/// or targets; times as the gateways wrote them, parsed).
+fn keep_newest(kept: &mut Option<LastError>, other: &Option<LastError>) {
+    let newer = match (&*kept, other) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(a), Some(b)) => fmt::parse_time_ms(&b.time) > fmt::parse_time_ms(&a.time),
+    };
+    if newer {
+        kept.clone_from(other);
     }
 }
 
@@ -864,14 +868,7 @@ impl State {
                 for (k, v) in &t.dropped {
                     *row.dropped.entry(k.clone()).or_default() += *v as f64;
                 }
-                let newer = match (&row.last_error, &t.last_error) {
-                    (_, None) => false,
-                    (None, Some(_)) => true,
-                    (Some(a), Some(b)) => fmt::parse_time_ms(&b.time) > fmt::parse_time_ms(&a.time),
-                };
-                if newer {
-                    row.last_error = t.last_error.clone();
-                }
+                keep_newest(&mut row.last_error, &t.last_error);
                 row.p50 = row.p50.max(t.latency_ms.p50);
                 row.p90 = row.p90.max(t.latency_ms.p90);
                 row.p99 = row.p99.max(t.latency_ms.p99);
@@ -1135,14 +1132,7 @@ impl State {
                     }
                 }
                 row.lag = row.lag.max(d.oldest_undelivered_seconds);
-                let newer = match (&row.last_error, &d.last_error) {
-                    (_, None) => false,
-                    (None, Some(_)) => true,
-                    (Some(a), Some(b)) => fmt::parse_time_ms(&b.time) > fmt::parse_time_ms(&a.time),
-                };
-                if newer {
-                    row.last_error = d.last_error.clone();
-                }
+                keep_newest(&mut row.last_error, &d.last_error);
             }
         }
         rows.into_values().collect()

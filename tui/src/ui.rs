@@ -560,6 +560,19 @@ fn render_chart(
     f.render_widget(chart, area);
 }
 
+/// An empty table of the current view: why there is no data, or no row
+/// matches its filter (`filtered`), or there is none at all (`none`).
+fn no_rows(state: &State, f: &mut Frame, area: Rect, title: String, filtered: &str, none: &str) {
+    let lines = match no_data_lines(state) {
+        Some(l) => l,
+        None if !state.filter[state.view.index()].is_empty() => {
+            vec![Line::from(filtered.to_owned())]
+        }
+        None => vec![Line::from(none.to_owned())],
+    };
+    empty_message(f, area, title, lines)
+}
+
 fn empty_message(f: &mut Frame, area: Rect, title: String, lines: Vec<Line>) {
     f.render_widget(
         Paragraph::new(lines)
@@ -599,17 +612,14 @@ fn render_targets(state: &State, f: &mut Frame, area: Rect) {
         filter_note(state, View::Targets)
     );
     if rows.is_empty() {
-        let mut lines = Vec::new();
-        if let Some(l) = no_data_lines(state) {
-            lines.extend(l);
-        } else if !state.filter[View::Targets.index()].is_empty() {
-            lines.push(Line::from("No target matches the filter (Esc clears it)."));
-        } else {
-            lines.push(Line::from(
-                "No targets: no metrics export reaches a Deployment yet (see 4 Config).",
-            ));
-        }
-        return empty_message(f, area, title, lines);
+        return no_rows(
+            state,
+            f,
+            area,
+            title,
+            "No target matches the filter (Esc clears it).",
+            "No targets: no metrics export reaches a Deployment yet (see 4 Config).",
+        );
     }
     let wide = area.width >= 120;
     // A target is named by its export(s) and Deployment count (its id is in
@@ -721,19 +731,14 @@ fn render_deployments(state: &State, f: &mut Frame, area: Rect) {
         filter_note(state, View::Deployments)
     );
     if rows.is_empty() {
-        let mut lines = Vec::new();
-        if let Some(l) = no_data_lines(state) {
-            lines.extend(l);
-        } else if !state.filter[View::Deployments.index()].is_empty() {
-            lines.push(Line::from(
-                "No Deployment matches the filter (Esc clears it).",
-            ));
-        } else {
-            lines.push(Line::from(
-                "No Deployment has an export yet (see 4 Config).",
-            ));
-        }
-        return empty_message(f, area, title, lines);
+        return no_rows(
+            state,
+            f,
+            area,
+            title,
+            "No Deployment matches the filter (Esc clears it).",
+            "No Deployment has an export yet (see 4 Config).",
+        );
     }
     let selected_row = state.selection();
     let chosen = rows.get(selected_row).map(|r| r.id.clone());

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use fanout_proto::api;
 
 use super::StatusSource;
-use crate::deliver::service::state_rank;
+use crate::deliver::stats;
 use crate::registry::store::{StatusRow, Store};
 use crate::registry::Snapshot;
 
@@ -40,13 +40,11 @@ pub struct Reporting {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    stats::wall_ms(SystemTime::now()) as i64
 }
 
 fn rfc3339_ms(ms: i64) -> String {
-    crate::deliver::stats::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+    stats::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
 }
 
 /// Writes this gateway's status of every (Deployment, target) pair of
@@ -143,32 +141,7 @@ fn merge(parts: Vec<(String, String, api::ExportStatus)>) -> Option<api::ExportS
         reported_at: at,
     }];
     for (gateway, at, s) in it {
-        if state_rank(&s.state) > state_rank(&all.state) {
-            all.state = s.state.clone();
-        }
-        if s.last_success_at > all.last_success_at {
-            all.last_success_at = s.last_success_at.clone();
-        }
-        let newer = match (&s.last_error, &all.last_error) {
-            (Some(a), Some(b)) => a.time > b.time,
-            (Some(_), None) => true,
-            _ => false,
-        };
-        if newer {
-            all.last_error = s.last_error.clone();
-        }
-        all.samples_delivered_1m += s.samples_delivered_1m;
-        all.samples_delivered += s.samples_delivered;
-        all.samples_spilled += s.samples_spilled;
-        for (k, v) in s.samples_dropped_1m {
-            *all.samples_dropped_1m.entry(k).or_default() += v;
-        }
-        for (k, v) in s.samples_dropped {
-            *all.samples_dropped.entry(k).or_default() += v;
-        }
-        all.oldest_undelivered_seconds = all
-            .oldest_undelivered_seconds
-            .max(s.oldest_undelivered_seconds);
+        all.absorb(&s);
         all.gateways.push(api::GatewayReport {
             gateway,
             reported_at: at,

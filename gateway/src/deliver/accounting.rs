@@ -17,7 +17,7 @@
 //! there. The last minute's figures are kept in six 10-second buckets.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 /// The owner of data whose Deployment is not known (read back from disk).
@@ -27,7 +27,6 @@ pub const UNKNOWN: u32 = u32::MAX;
 #[derive(Debug, Default)]
 pub struct Owners {
     ids: Mutex<HashMap<String, u32, foldhash::fast::RandomState>>,
-    names: RwLock<Vec<Arc<str>>>,
 }
 
 impl Owners {
@@ -37,9 +36,7 @@ impl Owners {
         if let Some(&n) = ids.get(id) {
             return n;
         }
-        let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
-        let n = names.len() as u32;
-        names.push(Arc::from(id));
+        let n = ids.len() as u32;
         ids.insert(id.to_owned(), n);
         n
     }
@@ -51,15 +48,6 @@ impl Owners {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .copied()
-    }
-
-    /// The id of number `n`.
-    pub fn name(&self, n: u32) -> Option<Arc<str>> {
-        self.names
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(n as usize)
-            .cloned()
     }
 }
 
@@ -236,7 +224,7 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(o.intern("d1"), a);
         assert_eq!(o.find("d2"), Some(b));
-        assert_eq!(o.name(a).as_deref(), Some("d1"));
+        assert_eq!(o.find("d1"), Some(a));
         assert_eq!(o.find("d3"), None);
     }
 }

@@ -401,10 +401,10 @@ impl HttpSender {
                 text.truncate(end);
                 text
             };
-            if status == 403
-                && matches!(config.auth, Auth::Sigv4 { .. })
-                && sigv4::names_expired_token(&body)
-            {
+            // A SigV4 target's 403 may be credentials that expired or
+            // rotated: the next attempt reads them again (`policy::classify`
+            // decides from the body whether there is one).
+            if status == 403 && matches!(config.auth, Auth::Sigv4 { .. }) {
                 sigv4::reload();
             }
             let result = SendResult::Status {
@@ -497,9 +497,10 @@ mod tests {
         .unwrap();
         let h = r.headers();
         assert_eq!(h["x-amz-date"], "20130524T000000Z");
+        // SHA-256 of the body ("abc", FIPS 180-2's example).
         assert_eq!(
             h["x-amz-content-sha256"],
-            sigv4::sha256_hex(b"abc").as_str()
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         let auth = h["authorization"].to_str().unwrap();
         // Every header is signed (user-agent aside, as the AWS SDKs do).

@@ -52,7 +52,6 @@ pub struct SeriesLimits {
 struct Table {
     /// Series hash → the minute it was last seen.
     seen: HashMap<u64, u32, foldhash::fast::RandomState>,
-    limit: u64,
     swept: u32,
     /// Samples of new series dropped, since the start.
     dropped_samples: u64,
@@ -75,6 +74,17 @@ pub struct SeriesStatus {
     pub active: u64,
     /// Samples of new series dropped for the limit (since the start).
     pub dropped_samples: u64,
+}
+
+impl SeriesStatus {
+    /// As the API shows it.
+    pub fn api(self) -> fanout_proto::api::SeriesLimitStatus {
+        fanout_proto::api::SeriesLimitStatus {
+            limit: self.limit,
+            active: self.active,
+            dropped_samples: self.dropped_samples,
+        }
+    }
 }
 
 /// The lock of one request's checks, taken at its first limited series.
@@ -106,11 +116,6 @@ impl SeriesLimits {
         deployment.limits.series.or(self.deployment_default)
     }
 
-    /// Whether any limit can apply (else routing skips the checks).
-    pub fn any_default(&self) -> bool {
-        self.cluster_default.is_some() || self.deployment_default.is_some()
-    }
-
     /// The checks of one request at `now`.
     pub fn checks(&self, now: Instant) -> Checks<'_> {
         Checks {
@@ -120,65 +125,53 @@ impl SeriesLimits {
         }
     }
 
-    /// The status of Deployment `id`'s limit, if it has a table.
-    pub fn deployment_status(&self, id: &str) -> Option<SeriesStatus> {
-        self.status(|t| t.deployments.get(id).map(Table::status))
+    /// The state of `deployment`'s limit, when one is in force (before its
+    /// first series: nothing active, nothing dropped).
+    pub fn deployment_status(&self, deployment: &DeploymentInfo) -> Option<SeriesStatus> {
+        let limit = self.deployment_limit(deployment)?;
+        let tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        Some(Table::status(tables.deployments.get(&deployment.id), limit))
     }
 
-    /// The status of cluster `id`'s limit, if it has a table.
-    pub fn cluster_status(&self, id: &str) -> Option<SeriesStatus> {
-        self.status(|t| t.clusters.get(id).map(Table::status))
-    }
-
-    fn status(&self, read: impl FnOnce(&Tables) -> Option<SeriesStatus>) -> Option<SeriesStatus> {
-        read(&self.tables.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
-
-impl Table {
-    fn status(&self) -> SeriesStatus {
-        SeriesStatus {
-            limit: self.limit,
-            active: self.seen.len() as u64,
-            dropped_samples: self.dropped_samples,
-        }
+    /// The state of `cluster`'s limit, when one is in force.
+    pub fn cluster_status(&self, cluster: &ClusterInfo) -> Option<SeriesStatus> {
+        let limit = self.cluster_limit(cluster)?;
+        let tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        Some(Table::status(tables.clusters.get(&cluster.id), limit))
     }
 }
 
 impl Checks<'_> {
     /// Whether series `hash` of `deployment` (with `samples` samples) passes
     /// the Deployment's and its cluster's limits; counts it where it does
-    /// not. Call only when one of them is limited.
-    pub fn admit(
-        &mut self,
-        deployment: &DeploymentInfo,
-        cluster_limit: Option<u64>,
-        deployment_limit: Option<u64>,
-        hash: u64,
-        samples: u64,
-    ) -> bool {
+    /// not. Without a limit in force it passes at once, without the lock.
+    pub fn admit(&mut self, deployment: &DeploymentInfo, hash: u64, samples: u64) -> bool {
+        let limits = self.limits;
+        let (deployment_limit, cluster_limit) = (
+            limits.deployment_limit(deployment),
+            limits.cluster_limit(&deployment.cluster),
+        );
+        if deployment_limit.is_none() && cluster_limit.is_none() {
+            return true;
+        }
         let minute = self.minute;
         let tables = self
             .held
-            .get_or_insert_with(|| self.limits.tables.lock().unwrap_or_else(|p| p.into_inner()));
+            .get_or_insert_with(|| limits.tables.lock().unwrap_or_else(|p| p.into_inner()));
         // The Deployment's table, then its cluster's; a table is made (its
         // key allocated) once, on its first series.
-        let mut which: [Option<(&mut Table, u64)>; 2] = [None, None];
         let Tables {
             clusters,
             deployments,
         } = &mut **tables;
-        if let Some(limit) = deployment_limit {
-            which[0] = Some((table(deployments, &deployment.id), limit));
-        }
-        if let Some(limit) = cluster_limit {
-            which[1] = Some((table(clusters, &deployment.cluster.id), limit));
-        }
+        let mut which = [
+            deployment_limit.map(|l| (table(deployments, &deployment.id), l)),
+            cluster_limit.map(|l| (table(clusters, &deployment.cluster.id), l)),
+        ];
         // Refused by either: counted there, and kept by neither.
         for (t, limit) in which.iter_mut().flatten() {
-            t.limit = *limit;
             t.sweep(minute);
-            if !t.seen.contains_key(&hash) && t.seen.len() as u64 >= t.limit {
+            if !t.seen.contains_key(&hash) && t.seen.len() as u64 >= *limit {
                 t.dropped_samples += samples;
                 return false;
             }
@@ -191,6 +184,15 @@ impl Checks<'_> {
 }
 
 impl Table {
+    /// The status of a limit of `limit` whose table is `t` (none yet: empty).
+    fn status(t: Option<&Table>, limit: u64) -> SeriesStatus {
+        SeriesStatus {
+            limit,
+            active: t.map_or(0, |t| t.seen.len() as u64),
+            dropped_samples: t.map_or(0, |t| t.dropped_samples),
+        }
+    }
+
     /// Forgets the series not seen for [`ACTIVE_MINUTES`], at most once a minute.
     fn sweep(&mut self, minute: u32) {
         if minute == self.swept {
@@ -199,17 +201,6 @@ impl Table {
         self.swept = minute;
         self.seen
             .retain(|_, last| minute.saturating_sub(*last) < ACTIVE_MINUTES);
-    }
-}
-
-impl SeriesStatus {
-    /// As the API shows it.
-    pub fn api(self) -> fanout_proto::api::SeriesLimitStatus {
-        fanout_proto::api::SeriesLimitStatus {
-            limit: self.limit,
-            active: self.active,
-            dropped_samples: self.dropped_samples,
-        }
     }
 }
 
@@ -249,37 +240,55 @@ mod tests {
         let l = SeriesLimits::new(None, Some(2));
         let d = deployment(None);
         let t0 = Instant::now();
-        let admit = |at: Instant, hash: u64| {
-            let lim = l.deployment_limit(&d);
-            l.checks(at).admit(&d, None, lim, hash, 3)
-        };
+        let admit = |at: Instant, hash: u64| l.checks(at).admit(&d, hash, 3);
         assert!(admit(t0, 1));
         assert!(admit(t0, 2));
         assert!(!admit(t0, 3), "a third series is over the limit");
         assert!(admit(t0, 1), "a known series keeps flowing");
-        let s = l.deployment_status("d").unwrap();
+        let s = l.deployment_status(&d).unwrap();
         assert_eq!((s.limit, s.active, s.dropped_samples), (2, 2, 3));
         // Series 2 goes idle; 1 stays active.
         assert!(admit(t0 + Duration::from_secs(6 * 60), 1));
         let later = t0 + Duration::from_secs(12 * 60);
         assert!(admit(later, 3), "room once series 2 was forgotten");
         assert!(!admit(later, 2));
-        assert_eq!(l.deployment_status("d").unwrap().active, 2);
+        assert_eq!(l.deployment_status(&d).unwrap().active, 2);
+    }
+
+    #[test]
+    fn deliver_limits_without_a_limit_everything_passes_and_nothing_is_kept() {
+        let l = SeriesLimits::new(None, None);
+        let d = deployment(None);
+        let mut checks = l.checks(Instant::now());
+        assert!((0..10).all(|h| checks.admit(&d, h, 1)));
+        assert!(checks.held.is_none(), "no lock without a limit");
+        drop(checks);
+        assert_eq!(l.deployment_status(&d), None);
+        // A limit in force before any series shows as empty.
+        let l = SeriesLimits::new(None, Some(5));
+        assert_eq!(
+            l.deployment_status(&d),
+            Some(SeriesStatus {
+                limit: 5,
+                ..SeriesStatus::default()
+            })
+        );
     }
 
     #[test]
     fn deliver_limits_a_series_refused_by_its_cluster_is_not_kept_by_its_deployment() {
         let l = SeriesLimits::new(None, None);
-        let d = deployment(Some(1));
+        let mut d = deployment(Some(1));
+        d.limits.series = Some(10);
         let t0 = Instant::now();
         let mut checks = l.checks(t0);
         let cl = l.cluster_limit(&d.cluster);
         assert_eq!(cl, Some(1));
-        assert!(checks.admit(&d, cl, Some(10), 7, 1));
-        assert!(!checks.admit(&d, cl, Some(10), 8, 1));
+        assert!(checks.admit(&d, 7, 1));
+        assert!(!checks.admit(&d, 8, 1));
         drop(checks);
-        assert_eq!(l.deployment_status("d").unwrap().active, 1);
-        let c = l.cluster_status("c").unwrap();
+        assert_eq!(l.deployment_status(&d).unwrap().active, 1);
+        let c = l.cluster_status(&d.cluster).unwrap();
         assert_eq!((c.active, c.dropped_samples), (1, 1));
     }
 }

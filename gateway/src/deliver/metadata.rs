@@ -151,6 +151,10 @@ impl MetadataCache {
 }
 
 impl MetadataLookup for MetadataCache {
+    fn knows_any(&self) -> bool {
+        !self.is_empty()
+    }
+
     fn family_of(&self, name: &[u8]) -> Option<FamilyMetadata> {
         let f = self.families.read().ok()?;
         if f.is_empty() {

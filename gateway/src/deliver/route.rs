@@ -349,13 +349,7 @@ impl Scratch {
                 }
             };
             let hash = series_hash(&view);
-            let (cluster_limit, deployment_limit) = (
-                limits.cluster_limit(&info.cluster),
-                limits.deployment_limit(info),
-            );
-            if (cluster_limit.is_some() || deployment_limit.is_some())
-                && !checks.admit(info, cluster_limit, deployment_limit, hash, samples)
-            {
+            if !checks.admit(info, hash, samples) {
                 drops.series_limit += samples;
                 continue;
             }

@@ -18,9 +18,10 @@
 //!    `aws sso login` is used without a restart.
 //!
 //! A 403 whose body says the token expired or is not valid
-//! ([`names_expired_token`]) is retried, not dropped (`policy.rs`), and makes
-//! the next attempt read the file again whatever its time stamp
-//! ([`reload`]): Prometheus drops those samples (prometheus#15186).
+//! ([`names_expired_token`]) is retried, not dropped (`policy.rs`), and any
+//! 403 of a SigV4 target makes the next attempt read the file again whatever
+//! its time stamp ([`reload`]): Prometheus drops those samples
+//! (prometheus#15186).
 //! `sigv4RoleArn` (STS AssumeRole) is refused by validation.
 
 use std::path::PathBuf;
@@ -31,7 +32,6 @@ use aws_sigv4::http_request::{
     sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
 };
 use aws_sigv4::sign::v4;
-use sha2::{Digest, Sha256};
 
 /// AWS credentials.
 #[derive(Clone, PartialEq, Eq)]
@@ -50,14 +50,6 @@ impl std::fmt::Debug for Credentials {
             .field("access_key", &self.access_key)
             .finish_non_exhaustive()
     }
-}
-
-/// Lower-case hex SHA-256 of `data`.
-pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Signs `req`, whose body is `body`, for `service` in `region` at `now`:

@@ -516,6 +516,12 @@ pub fn civil(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
     )
 }
 
+/// Milliseconds since the Unix epoch of `t` (0 before it).
+pub fn wall_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// RFC 3339 UTC with milliseconds: `2026-11-25T13:00:00.123Z`.
 pub fn rfc3339_millis(t: SystemTime) -> String {
     let (y, mo, d, h, mi, s, ms) = civil(t);

@@ -88,12 +88,18 @@ impl RateLimits {
             return;
         };
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let b = buckets.entry(cluster.id.clone()).or_insert_with(|| Bucket {
-            tokens: rate as f64,
-            at: now,
-        });
-        b.refill(rate, now);
-        b.tokens -= samples as f64;
+        // The cluster's id is copied once, when its bucket is made.
+        if !buckets.contains_key(cluster.id.as_str()) {
+            let full = Bucket {
+                tokens: rate as f64,
+                at: now,
+            };
+            buckets.insert(cluster.id.clone(), full);
+        }
+        if let Some(b) = buckets.get_mut(cluster.id.as_str()) {
+            b.refill(rate, now);
+            b.tokens -= samples as f64;
+        }
     }
 }
 

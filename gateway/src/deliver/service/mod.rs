@@ -40,7 +40,7 @@ use super::catalog::Catalog;
 use super::http::HttpSender;
 use super::queue::{Chunk, Packed, Whole, WholeRef};
 use super::route::{Plan, ScratchPool};
-use super::stats::{self, names, GlobalStats};
+use super::stats::{self, names, wall_ms, GlobalStats};
 use super::{Accepted, Delivery, DeliveryError, MemoryBudget};
 use crate::registry::live::Live;
 use crate::registry::model::Protocol;
@@ -55,7 +55,6 @@ mod target_spill;
 
 use reconcile::Orphan;
 use sender::{run_target, spill_all_blocking};
-pub use status::state_rank;
 pub use target::TargetHandle;
 
 /// Default bound of one target's memory queue.
@@ -207,11 +206,6 @@ impl DeliveryArgs {
             ..Settings::default()
         })
     }
-}
-
-fn wall_ms(t: SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 type TargetPlan = Plan<Arc<TargetHandle>>;

@@ -14,17 +14,6 @@ use crate::deliver::limits::SeriesStatus;
 use crate::deliver::stats;
 use crate::registry::Snapshot;
 
-/// How bad an export state is, for the worst of several.
-pub fn state_rank(state: &str) -> u8 {
-    match state {
-        "failing" => 4,
-        "retrying" => 3,
-        "paused" => 2,
-        "delivering" => 1,
-        _ => 0,
-    }
-}
-
 impl FanoutDelivery {
     /// Every Deployment with exports, its exports' status summed up (the
     /// stats snapshot's `deployments`, for the console).
@@ -37,36 +26,26 @@ impl FanoutDelivery {
             if info.targets.is_empty() {
                 continue;
             }
-            let mut stat = api::DeploymentStat {
+            // Its exports' status summed up, as over the gateways.
+            let mut all = api::ExportStatus {
+                state: "waiting".into(),
+                ..api::ExportStatus::default()
+            };
+            for t in &info.targets {
+                if let Some(s) = self.export_status(&d.id, &t.id.0) {
+                    all.absorb(&s);
+                }
+            }
+            let stat = api::DeploymentStat {
                 id: d.id.clone(),
                 cluster_id: d.cluster_id.clone(),
                 exports: info.targets.len() as u32,
-                state: "waiting".into(),
-                ..api::DeploymentStat::default()
+                state: all.state,
+                samples_delivered_1m: all.samples_delivered_1m,
+                samples_dropped_1m: all.samples_dropped_1m,
+                oldest_undelivered_seconds: all.oldest_undelivered_seconds,
+                last_error: all.last_error,
             };
-            for t in &info.targets {
-                let Some(s) = self.export_status(&d.id, &t.id.0) else {
-                    continue;
-                };
-                if state_rank(&s.state) > state_rank(&stat.state) {
-                    stat.state = s.state.clone();
-                }
-                stat.samples_delivered_1m += s.samples_delivered_1m;
-                for (k, v) in s.samples_dropped_1m {
-                    *stat.samples_dropped_1m.entry(k).or_default() += v;
-                }
-                stat.oldest_undelivered_seconds = stat
-                    .oldest_undelivered_seconds
-                    .max(s.oldest_undelivered_seconds);
-                let newer = match (&stat.last_error, &s.last_error) {
-                    (_, None) => false,
-                    (None, Some(_)) => true,
-                    (Some(a), Some(b)) => b.time > a.time,
-                };
-                if newer {
-                    stat.last_error = s.last_error;
-                }
-            }
             out.push(stat);
         }
         out
@@ -78,22 +57,9 @@ impl StatusSource for FanoutDelivery {
         let l = self.series_limits();
         let snapshot = self.snapshot();
         let info = snapshot.deployment(cluster, deployment)?;
-        // A limit in force before any series came shows as empty.
-        let empty = |limit: Option<u64>| {
-            limit.map(|limit| SeriesStatus {
-                limit,
-                ..SeriesStatus::default()
-            })
-        };
         let status = api::LimitsStatus {
-            series: l
-                .deployment_status(deployment)
-                .or_else(|| empty(l.deployment_limit(info)))
-                .map(SeriesStatus::api),
-            cluster_series: l
-                .cluster_status(cluster)
-                .or_else(|| empty(l.cluster_limit(&info.cluster)))
-                .map(SeriesStatus::api),
+            series: l.deployment_status(info).map(SeriesStatus::api),
+            cluster_series: l.cluster_status(&info.cluster).map(SeriesStatus::api),
         };
         (status.series.is_some() || status.cluster_series.is_some()).then_some(status)
     }
@@ -110,7 +76,7 @@ impl StatusSource for FanoutDelivery {
         // The oldest data on disk counts too (as in `/api/v1/targets`).
         let (_, oldest_ms, _) = handle.spill_stats();
         let disk_age = oldest_ms.map_or(0.0, |t| {
-            super::wall_ms(wall).saturating_sub(t) as f64 / 1000.0
+            stats::wall_ms(wall).saturating_sub(t) as f64 / 1000.0
         });
         let core = handle.core.lock().ok()?;
         let pair = owner
