@@ -27,6 +27,18 @@ impl TargetCore {
         }
     }
 
+    /// Nothing new goes until every disk record up to `seq` was delivered
+    /// (or dropped): a backlog whose lanes another lane key picked (an
+    /// older release's) keeps per-series order only so.
+    pub fn set_barrier(&mut self, seq: u64) {
+        self.barrier = self.barrier.max(seq);
+    }
+
+    /// Whether a barrier ([`Self::set_barrier`]) still holds new data back.
+    pub(super) fn behind_barrier(&self) -> bool {
+        self.barrier > 0 && self.disk_ack() < self.barrier
+    }
+
     /// Bytes of disk records to read back now, or `None` when no lane waits
     /// for disk records or the reload room is used up.
     pub fn reload_room(&self) -> Option<usize> {

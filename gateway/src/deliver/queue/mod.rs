@@ -180,6 +180,9 @@ pub struct TargetCore {
     scratch: BytesMut,
     /// Every disk seq up to this one was read back (or dropped from disk).
     read_through: u64,
+    /// No memory chunk goes until the disk is acked through this seq
+    /// ([`TargetCore::set_barrier`]; 0: none).
+    barrier: u64,
     /// Disk seqs read back and not yet delivered or dropped.
     outstanding: BTreeSet<u64>,
     /// Bytes and samples of reloaded records in the lanes' `disk` queues.
@@ -226,6 +229,7 @@ impl TargetCore {
                 .unwrap_or_else(|_| hdrhistogram::Histogram::new(2).expect("valid sigfig")),
             scratch: BytesMut::new(),
             read_through: 0,
+            barrier: 0,
             outstanding: BTreeSet::new(),
             reload_bytes: 0,
             reload_samples: 0,
@@ -379,6 +383,9 @@ impl TargetCore {
     /// Free lanes of `mask` whose memory queue may be sent: nothing of the
     /// lane is on disk or read back and waiting.
     fn memory_lanes(&self, mask: u64) -> u64 {
+        if self.behind_barrier() {
+            return 0;
+        }
         mask_lanes(mask)
             .filter(|&l| {
                 let lane = &self.lanes[l];

@@ -1165,3 +1165,45 @@ fn deliver_queue_batches_are_cut_to_max_bytes_per_send() {
     assert!(batches > 1);
     assert_eq!(core.counters().dropped_rejected, 0);
 }
+
+#[test]
+fn deliver_queue_a_backlog_of_another_lane_key_is_delivered_before_new_data() {
+    // Recovered records of lane 1 (an older release picked their lanes by
+    // another key, so a series of theirs may now be in lane 0): new data of
+    // lane 0 waits until every one of them was delivered, not only read back.
+    let t0 = Instant::now();
+    let mut cfg = config();
+    cfg.deadline = Duration::ZERO;
+    let mut core = TargetCore::new("t", cfg, 1);
+    let old = |seq: u64, name: &str| DiskChunk {
+        seq,
+        tag: 1,
+        records: series_records(name, &[1]),
+        samples: 1,
+        enqueued_ms: 0,
+    };
+    core.set_recovered(0, 2);
+    core.set_barrier(2);
+    core.reload(vec![old(1, "x"), old(2, "y")], 2, true, t0, 0);
+    core.push(0, chunk(1, "x", t0), &mut DropOldest);
+    let first = core.poll(t0).expect("the recovered records");
+    assert_eq!(decode(&first.body), ["x", "y"].map(String::from).to_vec());
+    // It fails: while it waits for its retry, lane 0 is free, yet its new
+    // data must not overtake the old records of the same series.
+    let fail = SendResult::Connect("refused".into());
+    core.on_result(
+        first.lane,
+        first.batch,
+        &fail,
+        Duration::ZERO,
+        t0,
+        SystemTime::now(),
+    );
+    assert!(core.poll(t0).is_none(), "new data waits for the backlog");
+    let later = t0 + Duration::from_secs(10);
+    let again = core.poll(later).expect("the retry");
+    assert_eq!(again.batch, first.batch);
+    delivered(&mut core, &again, later);
+    let next = core.poll(later).expect("then the new data");
+    assert_eq!(decode(&next.body), ["x_0"].map(String::from).to_vec());
+}

@@ -68,7 +68,7 @@ impl Spill {
         lanes: u32,
         adopt: Option<&Orphan>,
         settings: &Settings,
-    ) -> Option<(Spill, u64, u64, u32)> {
+    ) -> Option<(Spill, u64, u64, u32, bool)> {
         let id = target.id.0.as_str();
         let budget = target.config.delivery.disk_budget;
         let data_dir = settings.data_dir.as_ref()?;
@@ -102,12 +102,16 @@ impl Spill {
         // all the same (read when it reopens): it takes the manifest's lane
         // count too, and the manifest is only rewritten once the queue opened
         // (`recover_spill`), so a failed open never loses that count.
-        let lanes = match spill_mod::Manifest::read(&dir) {
-            Ok(Some(m)) if (rec.records > 0 || !opened) && m.lanes > 0 => m.lanes,
-            Ok(_) => lanes,
+        // Records whose lanes another lane key picked (an older release)
+        // are delivered before any new data goes (`barrier`).
+        let (lanes, barrier) = match spill_mod::Manifest::read(&dir) {
+            Ok(Some(m)) if (rec.records > 0 || !opened) && m.lanes > 0 => {
+                (m.lanes, m.lane_key != spill_mod::LaneKey::CURRENT)
+            }
+            Ok(_) => (lanes, false),
             Err(e) => {
                 tracing::warn!(target_id = %id, error = %e, "delivery: unreadable spill manifest; it is rewritten once the queue is open");
-                lanes
+                (lanes, true)
             }
         };
         if opened {
@@ -139,6 +143,7 @@ impl Spill {
             written,
             queued,
             lanes,
+            barrier,
         ))
     }
 }
@@ -384,9 +389,11 @@ impl TargetHandle {
         }
         if r.first_open && r.recovery.records > 0 {
             // Its backlog is older than anything queued since: every lane
-            // waits for it, as after a restart.
+            // waits for it, as after a restart. Its manifest (and so its
+            // lane key) was not read: it is delivered before new data.
             if let Ok(mut core) = self.core.lock() {
                 core.set_recovered(0, written);
+                core.set_barrier(written);
             }
         }
         if r.lost_records > 0 {

@@ -15,7 +15,11 @@
 //!  "routes": [{"deploymentId": "dep-1", "exportId": "prom"}]}
 //! ```
 //! `lanes` is the lane count of the core that queued the records: a record's
-//! lane tag only keeps per-series order under that lane count.
+//! lane tag only keeps per-series order under that lane count. `laneKey`
+//! says what picked a record's lane: `family` (metric name and Deployment,
+//! written since it exists) or `labels` (every label; a manifest without the
+//! field). A backlog queued under another lane key than the running one
+//! must be delivered before any new data goes (`TargetCore::set_barrier`).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -32,6 +36,22 @@ const MANIFEST_TMP: &str = "target.json.tmp";
 pub const MANIFEST_VERSION: u32 = 1;
 /// Manifests larger than this are not read (a real one is a few KiB).
 const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+/// What picked a queued record's lane (`route::lane_key`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LaneKey {
+    /// Every label of the series (releases before the family key).
+    #[default]
+    Labels,
+    /// The metric name and the Deployment.
+    Family,
+}
+
+impl LaneKey {
+    /// The key this release uses.
+    pub const CURRENT: LaneKey = LaneKey::Family;
+}
 
 /// One (Deployment, export) pair that leads to a target.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -53,6 +73,9 @@ pub struct Manifest {
     pub target_id: String,
     /// Lane count of the core that queued the records.
     pub lanes: u32,
+    /// What picked the records' lanes ([`LaneKey::Labels`] when absent).
+    #[serde(default)]
+    pub lane_key: LaneKey,
     /// Its routes, sorted and without duplicates.
     pub routes: Vec<ManifestRoute>,
 }
@@ -66,6 +89,7 @@ impl Manifest {
             version: MANIFEST_VERSION,
             target_id: target_id.to_owned(),
             lanes,
+            lane_key: LaneKey::CURRENT,
             routes,
         }
     }
@@ -220,6 +244,16 @@ mod tests {
         assert!(!dir.path().join(MANIFEST_TMP).exists());
         let text = std::fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
         assert!(text.contains("\"deploymentId\":\"d1\""), "{text}");
+        assert!(text.contains("\"laneKey\":\"family\""), "{text}");
+        // A manifest of a release before the lane key: its lanes were
+        // picked by every label.
+        std::fs::write(
+            dir.path().join(MANIFEST_FILE),
+            br#"{"version":1,"targetId":"t","lanes":4,"routes":[]}"#,
+        )
+        .unwrap();
+        let old = Manifest::read(dir.path()).unwrap().unwrap();
+        assert_eq!((old.lanes, old.lane_key), (4, LaneKey::Labels));
         // Another version is ignored; garbage is an error naming the file.
         std::fs::write(
             dir.path().join(MANIFEST_FILE),

@@ -112,8 +112,8 @@ use std::time::SystemTime;
 pub use commit::{lock_queue, Durable, GroupCommit};
 pub use format::{MAX_PAYLOAD, RECORD_OVERHEAD};
 pub use manifest::{
-    move_dir, successor, sync_parent, take_over, Manifest, ManifestRoute, Successor, MANIFEST_FILE,
-    MANIFEST_VERSION,
+    move_dir, successor, sync_parent, take_over, LaneKey, Manifest, ManifestRoute, Successor,
+    MANIFEST_FILE, MANIFEST_VERSION,
 };
 pub use queue::{DiskQueue, SyncPlan};
 pub use types::{
