@@ -1321,6 +1321,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn deliver_service_a_backlog_of_an_older_lane_key_keeps_it_until_restart() {
+        let e1 = e1_id().await;
+        let tmp = tempfile::tempdir().unwrap();
+        // A backlog of a release that keyed lanes by every label (its
+        // manifest has no laneKey).
+        let qdir = backlog(tmp.path(), &e1, 3, Some(&[("d1", "e1")]));
+        let mut m = spill_mod::Manifest::read(&qdir).unwrap().unwrap();
+        m.lane_key = spill_mod::LaneKey::Labels;
+        m.write(&qdir).unwrap();
+        let text = std::fs::read_to_string(qdir.join(spill_mod::MANIFEST_FILE)).unwrap();
+        assert!(text.contains("\"laneKey\":\"labels\""), "{text}");
+        let d = spill_delivery(tmp.path());
+        let h = d.target(&e1).unwrap();
+        // Rewritten on open with the backlog's key, not this release's: a
+        // restart before the backlog drained still delivers it first.
+        let m = spill_mod::Manifest::read(&qdir).unwrap().unwrap();
+        assert_eq!(m.lane_key, spill_mod::LaneKey::Labels);
+        assert_eq!(h.lane_key(), spill_mod::LaneKey::Labels);
+        d.shutdown(Duration::from_millis(10)).await;
+        // A target without a backlog writes this release's key.
+        let tmp = tempfile::tempdir().unwrap();
+        let d = spill_delivery(tmp.path());
+        let h = d.target(&e1).unwrap();
+        let qdir = spill_mod::target_dir(tmp.path(), &e1);
+        assert_eq!(h.lane_key(), spill_mod::LaneKey::CURRENT);
+        let m = spill_mod::Manifest::read(&qdir).unwrap().unwrap();
+        assert_eq!(m.lane_key, spill_mod::LaneKey::CURRENT);
+        d.shutdown(Duration::from_millis(10)).await;
+    }
+
+    #[tokio::test]
     async fn deliver_service_failed_open_keeps_the_lane_count_of_its_backlog() {
         let e1 = e1_id().await;
         let tmp = tempfile::tempdir().unwrap();

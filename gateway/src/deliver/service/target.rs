@@ -230,7 +230,7 @@ impl TargetHandle {
         self.id.store(Arc::new(new_id.clone()));
         if let Some(to) = moved {
             spill_mod::sync_parent(&to);
-            write_manifest(&new_id, self.lanes(), &t.routes, &to);
+            write_manifest(&new_id, self.lanes(), self.lane_key(), &t.routes, &to);
         }
         self.notify.notify_one();
         true
@@ -250,8 +250,15 @@ impl TargetHandle {
         };
         if let (true, Some(spill)) = (routes_changed, &self.spill) {
             let dir = lock_queue(&spill.queue).dir().to_path_buf();
-            write_manifest(&self.id(), self.lanes(), &t.routes, &dir);
+            write_manifest(&self.id(), self.lanes(), spill.lane_key, &t.routes, &dir);
         }
+    }
+
+    /// The lane key its spill manifest names (`Spill::lane_key`).
+    pub(super) fn lane_key(&self) -> spill_mod::LaneKey {
+        self.spill
+            .as_ref()
+            .map_or(spill_mod::LaneKey::CURRENT, |s| s.lane_key)
     }
 
     pub(super) fn lanes(&self) -> u32 {

@@ -53,6 +53,11 @@ pub(super) struct Spill {
     full: AtomicBool,
     /// When to try reopening the queue while it is broken.
     pub(super) reopen: Mutex<ReopenBackoff>,
+    /// The lane key its manifest names: the recovered backlog's while this
+    /// process runs (records queued since sit behind it, so a restart
+    /// before it drained must still deliver all of them first), else the
+    /// current one.
+    pub(super) lane_key: spill_mod::LaneKey,
 }
 
 impl Spill {
@@ -104,18 +109,17 @@ impl Spill {
         // (`recover_spill`), so a failed open never loses that count.
         // Records whose lanes another lane key picked (an older release)
         // are delivered before any new data goes (`barrier`).
-        let (lanes, barrier) = match spill_mod::Manifest::read(&dir) {
-            Ok(Some(m)) if (rec.records > 0 || !opened) && m.lanes > 0 => {
-                (m.lanes, m.lane_key != spill_mod::LaneKey::CURRENT)
-            }
-            Ok(_) => (lanes, false),
+        let (lanes, lane_key) = match spill_mod::Manifest::read(&dir) {
+            Ok(Some(m)) if (rec.records > 0 || !opened) && m.lanes > 0 => (m.lanes, m.lane_key),
+            Ok(_) => (lanes, spill_mod::LaneKey::CURRENT),
             Err(e) => {
                 tracing::warn!(target_id = %id, error = %e, "delivery: unreadable spill manifest; it is rewritten once the queue is open");
-                (lanes, true)
+                (lanes, spill_mod::LaneKey::Labels)
             }
         };
+        let barrier = lane_key != spill_mod::LaneKey::CURRENT;
         if opened {
-            write_manifest(id, lanes, &target.routes, &dir);
+            write_manifest(id, lanes, lane_key, &target.routes, &dir);
         }
         if let Err(e) = spill_mod::clear_orphan_mark(&dir) {
             tracing::warn!(target_id = %id, error = %e, "delivery: cannot clear the orphan mark of this target's disk backlog");
@@ -139,6 +143,7 @@ impl Spill {
                 last_warn_ms: AtomicU64::new(0),
                 full: AtomicBool::new(false),
                 reopen: Mutex::new(ReopenBackoff::default()),
+                lane_key,
             },
             written,
             queued,
@@ -179,7 +184,13 @@ fn adopt_backlog(id: &str, from: &Orphan, dir: &Path, cfg: DiskQueueConfig) -> b
 
 /// Writes the manifest of a queue directory (routes and lanes; no secret);
 /// a failure only costs the adoption of this backlog after a config change.
-pub(super) fn write_manifest(id: &str, lanes: u32, routes: &[TargetRoute], dir: &Path) {
+pub(super) fn write_manifest(
+    id: &str,
+    lanes: u32,
+    lane_key: spill_mod::LaneKey,
+    routes: &[TargetRoute],
+    dir: &Path,
+) {
     let routes = routes
         .iter()
         .map(|r| spill_mod::ManifestRoute {
@@ -187,7 +198,9 @@ pub(super) fn write_manifest(id: &str, lanes: u32, routes: &[TargetRoute], dir: 
             export_id: r.export_id.clone(),
         })
         .collect();
-    if let Err(e) = spill_mod::Manifest::new(id, lanes, routes).write(dir) {
+    let mut manifest = spill_mod::Manifest::new(id, lanes, routes);
+    manifest.lane_key = lane_key;
+    if let Err(e) = manifest.write(dir) {
         tracing::warn!(target_id = %id, error = %e, "delivery: cannot write the spill manifest; this backlog cannot follow a config change across a restart");
     }
 }
@@ -385,7 +398,13 @@ impl TargetHandle {
         if r.first_open {
             // The manifest was left as it was while the queue never opened
             // (its lane count describes the records now recovered).
-            write_manifest(&self.id(), self.lanes(), &self.target().routes, &dir);
+            write_manifest(
+                &self.id(),
+                self.lanes(),
+                self.lane_key(),
+                &self.target().routes,
+                &dir,
+            );
         }
         if r.first_open && r.recovery.records > 0 {
             // Its backlog is older than anything queued since: every lane
