@@ -24,7 +24,8 @@
 //! every label scattered a family over every lane, and a batch of one
 //! lane's slices cost 49 bytes per sample on the wire where whole requests
 //! cost 37 (fanout-1 at saturation: 49.4 → 38.1). A family is the unit of
-//! concurrency: one with most of a target's series would use one lane. It returns an upper bound of the encoded size so the caller can
+//! concurrency: one with most of a target's series would use one lane.
+//! `route` returns an upper bound of the encoded size so the caller can
 //! take that much from the memory budget first. [`Scratch::encode`] then
 //! writes every group's records into one buffer (one allocation per
 //! request), and [`Scratch::chunks`] yields each group as a refcounted slice
@@ -289,8 +290,8 @@ pub fn lane_key(name: &[u8], deployment: &str) -> u64 {
 }
 
 /// The hash of a series (its identity for the series limits): over its
-/// label fields in one call, or, when other fields sit between its labels (allowed, written by no known
-/// sender), over each label field in turn.
+/// label fields in one call, or, when other fields sit between its labels
+/// (allowed, written by no known sender), over each label field in turn.
 #[inline]
 fn series_hash(view: &SeriesView<'_>) -> u64 {
     match view.label_fields() {
