@@ -99,6 +99,8 @@ pub struct Variant<T> {
     pub targets: Vec<T>,
     /// Its Deployment's number ([`Owners`]), carried by its chunks.
     pub owner: u32,
+    /// Its Deployment's half of [`lane_key`].
+    lane_seed: u64,
 }
 
 /// The compiled routing of one registry version; `T` is the target handle.
@@ -173,6 +175,7 @@ impl<T> Plan<T> {
                     shards: shards.max(1),
                     targets,
                     owner,
+                    lane_seed: deployment_lane_seed(&info.id),
                 });
             }
             deployments.insert(info.id.clone(), start..variants.len() as u32);
@@ -283,10 +286,19 @@ pub fn lane_hash(bytes: &[u8]) -> u64 {
 /// The lane key of a series: its metric name and its Deployment, so that a
 /// metric family of a Deployment stays in one lane (module docs). Pinned.
 pub fn lane_key(name: &[u8], deployment: &str) -> u64 {
-    folded_multiply(
-        lane_hash(name) ^ LANE_KEYS[1],
-        lane_hash(deployment.as_bytes()) ^ LANE_KEYS[2],
-    )
+    folded_multiply(name_lane_hash(name), deployment_lane_seed(deployment))
+}
+
+/// The name's half of [`lane_key`] (once per series).
+#[inline]
+fn name_lane_hash(name: &[u8]) -> u64 {
+    lane_hash(name) ^ LANE_KEYS[1]
+}
+
+/// The Deployment's half of [`lane_key`], computed once per plan
+/// ([`Variant::lane_seed`]), not per series.
+fn deployment_lane_seed(deployment: &str) -> u64 {
+    lane_hash(deployment.as_bytes()) ^ LANE_KEYS[2]
 }
 
 /// The hash of a series (its identity for the series limits): over its
@@ -373,9 +385,11 @@ impl Scratch {
                 continue;
             }
             let len = s.range().len();
-            let key = lane_key(name.unwrap_or_default(), &info.id);
+            // One hash of the name per series; the Deployment's is the plan's.
+            let name_hash = name_lane_hash(name.unwrap_or_default());
             for v in range {
                 let variant = &plan.variants[v as usize];
+                let key = folded_multiply(name_hash, variant.lane_seed);
                 let shard = (key % u64::from(variant.shards)) as u32;
                 let g = self.group_of(v, shard, variant.shards);
                 let bound = len + variant.inject_bound + 11;

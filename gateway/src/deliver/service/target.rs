@@ -126,16 +126,16 @@ impl TargetHandle {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
         let opened = Spill::open(&target, config.lanes(), adopt, settings);
-        if let Some((_, _, _, lanes, _)) = &opened {
+        if let Some((_, _, _, lanes)) = &opened {
             if *lanes != config.lanes() {
                 config.lanes = Some(*lanes);
             }
         }
         let mut core = TargetCore::new(target.id.0.clone(), config, seed);
-        let spill = opened.map(|(s, written, queued, _, barrier)| {
+        let spill = opened.map(|(s, written, queued, _)| {
             if queued > 0 {
                 core.set_recovered(0, written);
-                if barrier {
+                if s.lane_key != spill_mod::LaneKey::CURRENT {
                     core.set_barrier(written);
                 }
             }

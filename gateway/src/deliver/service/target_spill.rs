@@ -73,7 +73,7 @@ impl Spill {
         lanes: u32,
         adopt: Option<&Orphan>,
         settings: &Settings,
-    ) -> Option<(Spill, u64, u64, u32, bool)> {
+    ) -> Option<(Spill, u64, u64, u32)> {
         let id = target.id.0.as_str();
         let budget = target.config.delivery.disk_budget;
         let data_dir = settings.data_dir.as_ref()?;
@@ -108,7 +108,7 @@ impl Spill {
         // count too, and the manifest is only rewritten once the queue opened
         // (`recover_spill`), so a failed open never loses that count.
         // Records whose lanes another lane key picked (an older release)
-        // are delivered before any new data goes (`barrier`).
+        // are delivered before any new data goes (`Spill::lane_key`).
         let (lanes, lane_key) = match spill_mod::Manifest::read(&dir) {
             Ok(Some(m)) if (rec.records > 0 || !opened) && m.lanes > 0 => (m.lanes, m.lane_key),
             Ok(_) => (lanes, spill_mod::LaneKey::CURRENT),
@@ -117,7 +117,6 @@ impl Spill {
                 (lanes, spill_mod::LaneKey::Labels)
             }
         };
-        let barrier = lane_key != spill_mod::LaneKey::CURRENT;
         if opened {
             write_manifest(id, lanes, lane_key, &target.routes, &dir);
         }
@@ -148,7 +147,6 @@ impl Spill {
             written,
             queued,
             lanes,
-            barrier,
         ))
     }
 }
@@ -408,11 +406,14 @@ impl TargetHandle {
         }
         if r.first_open && r.recovery.records > 0 {
             // Its backlog is older than anything queued since: every lane
-            // waits for it, as after a restart. Its manifest (and so its
-            // lane key) was not read: it is delivered before new data.
+            // waits for it, as after a restart (and for all of it to be
+            // delivered when another lane key queued it).
+            let barrier = self.lane_key() != spill_mod::LaneKey::CURRENT;
             if let Ok(mut core) = self.core.lock() {
                 core.set_recovered(0, written);
-                core.set_barrier(written);
+                if barrier {
+                    core.set_barrier(written);
+                }
             }
         }
         if r.lost_records > 0 {
