@@ -90,11 +90,7 @@ pub fn compress(input: &[u8]) -> Vec<u8> {
 /// Compresses `input` into `out`, reusing its capacity.
 pub fn compress_into(input: &[u8], out: &mut Vec<u8>) {
     out.clear();
-    out.resize(snap::raw::max_compress_len(input.len()), 0);
-    // Only fails when the output is too small, which max_compress_len rules out;
-    // an input too large for snappy (over ~4 GiB) yields an empty block.
-    let n = snap::raw::Encoder::new().compress(input, out).unwrap_or(0);
-    out.truncate(n);
+    with_block(input, |block| out.extend_from_slice(block));
 }
 
 /// Compresses `input` into a *part*: a block without its length header.
@@ -104,13 +100,59 @@ pub fn compress_into(input: &[u8], out: &mut Vec<u8>) {
 /// refers back only within that part's own output. This is how one series
 /// chunk compressed once goes out in the batches of every target.
 pub fn compress_part(input: &[u8]) -> Bytes {
-    let block = compress(input);
-    let mut r = crate::wire::Reader::new(&block);
-    let skip = match r.varint() {
-        Ok(_) => r.pos(),
-        Err(_) => 0,
-    };
-    Bytes::from(block).slice(skip..)
+    with_block(input, |block| {
+        let mut r = crate::wire::Reader::new(block);
+        let skip = match r.varint() {
+            Ok(_) => r.pos(),
+            Err(_) => 0,
+        };
+        Bytes::copy_from_slice(&block[skip..])
+    })
+}
+
+/// Output buffers kept per thread at most this large; a larger block gets
+/// one of its own.
+const SCRATCH_KEPT: usize = 4 << 20;
+
+thread_local! {
+    /// This thread's encoder (its hash table is allocated once) and output
+    /// buffer, kept at its largest length: the encoder writes into an
+    /// initialized slice, so a fresh buffer would be zeroed for every block,
+    /// which cost more than half of compressing one.
+    static ENCODER: std::cell::RefCell<(snap::raw::Encoder, Vec<u8>)> =
+        std::cell::RefCell::new((snap::raw::Encoder::new(), Vec::new()));
+}
+
+/// Calls `f` with `input` compressed as one block.
+fn with_block<R>(input: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+    let max = snap::raw::max_compress_len(input.len());
+    ENCODER.with(|cell| {
+        // Re-entered only if `f` compressed too; it never does, but a fresh
+        // encoder keeps that correct.
+        let Ok(mut state) = cell.try_borrow_mut() else {
+            let mut out = vec![0; max];
+            let n = snap::raw::Encoder::new()
+                .compress(input, &mut out)
+                .unwrap_or(0);
+            return f(&out[..n]);
+        };
+        let (encoder, scratch) = &mut *state;
+        let mut own = Vec::new();
+        let out = if max <= SCRATCH_KEPT {
+            if scratch.len() < max {
+                scratch.resize(max, 0);
+            }
+            &mut scratch[..max]
+        } else {
+            own.resize(max, 0);
+            &mut own[..]
+        };
+        // Only fails when the output is too small, which max_compress_len
+        // rules out; an input too large for snappy (over ~4 GiB) yields an
+        // empty block.
+        let n = encoder.compress(input, out).unwrap_or(0);
+        f(&out[..n])
+    })
 }
 
 /// Appends a block header for `len` decompressed bytes (a varint), to be
@@ -150,6 +192,25 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn blocks_round_trip_whatever_the_thread_compressed_before() {
+        // The thread's output buffer is reused at its largest length: a small
+        // block after a large one must not carry the large one's bytes, and
+        // a block too large to keep gets a buffer of its own.
+        let big: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 13) as u8).collect();
+        let random: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for input in [&big[..], &random[..], b"abc", b"", &big[..1000]] {
+            let block = compress(input);
+            assert_eq!(&decompress(&block, 8 << 20).unwrap()[..], input);
+            let mut body = Vec::new();
+            write_header(input.len() as u64, &mut body);
+            body.extend_from_slice(&compress_part(input));
+            assert_eq!(body, block);
+        }
+    }
 
     #[test]
     fn a_header_claiming_more_than_the_block_can_hold_is_refused_before_allocating() {
