@@ -794,6 +794,36 @@ fn deliver_queue_targets_given_the_same_chunks_compress_each_once() {
 }
 
 #[test]
+fn deliver_queue_a_shared_chunk_is_not_split_unless_it_alone_is_too_large() {
+    // A chunk given to several targets goes whole into a batch, so its one
+    // compressed part serves them all: a batch stops before a shared chunk
+    // that does not fit (25 + 25 > 40). Only a shared chunk larger than a
+    // batch on its own (60) is still cut.
+    let t0 = Instant::now();
+    let mut cfg = config();
+    cfg.max_samples = 40;
+    let mut core = TargetCore::new("t", cfg, 1);
+    let slots = Packed::slots(3);
+    let mut pushed = Vec::new();
+    for (k, n) in [25, 25, 60].into_iter().enumerate() {
+        let mut c = chunk(n, &format!("c{k}"), t0);
+        c.packed = Some(Packed::new(slots.clone(), k as u32));
+        pushed.extend(decode_records(&c.records));
+        core.push(0, c, &mut DropOldest);
+    }
+    let mut sizes = Vec::new();
+    let mut got = Vec::new();
+    while let Some(d) = core.poll(t0 + Duration::from_secs(2)) {
+        sizes.push(d.samples);
+        got.extend(decode(&d.body));
+        delivered(&mut core, &d, t0);
+    }
+    assert_eq!(sizes, [25, 25, 40, 20]);
+    assert_eq!(got, pushed);
+    assert!(slots[0].get().is_some() && slots[1].get().is_some());
+}
+
+#[test]
 fn deliver_queue_batch_records_are_grouped_by_metric_and_stable_per_series() {
     let mut src = BytesMut::new();
     for (name, v) in [("b", 1), ("a", 2), ("b", 3), ("a", 4), ("c", 5)] {

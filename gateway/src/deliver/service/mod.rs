@@ -56,6 +56,7 @@ mod target_spill;
 use reconcile::Orphan;
 use sender::{run_target, spill_all_blocking};
 pub use target::TargetHandle;
+use target::Unpin;
 
 /// Default bound of one target's memory queue.
 pub const DEFAULT_TARGET_QUEUE: u64 = 64 << 20;
@@ -819,6 +820,13 @@ impl Inner {
             for run in pairs.chunk_by(|a, b| a.0 == b.0) {
                 let (_, c0, k0) = run[0];
                 let target = &chunks[c0 as usize].0.targets[k0 as usize];
+                // The shortest queue among the others that get these chunks.
+                let peers = run
+                    .iter()
+                    .flat_map(|&(_, c, _)| chunks[c as usize].0.targets.iter())
+                    .filter(|t| !Arc::ptr_eq(t, target))
+                    .map(|t| t.queued.load(Ordering::Relaxed))
+                    .min();
                 let items = run.iter().map(|&(_, c, _)| {
                     let (variant, shard, bytes, samples, series) = &chunks[c as usize];
                     (
@@ -842,7 +850,11 @@ impl Inner {
                         },
                     )
                 });
-                target.push_all(items, Some(&self.budget), stats, now, wall);
+                let unpin = Unpin {
+                    budget: &self.budget,
+                    peers,
+                };
+                target.push_all(items, Some(unpin), stats, now, wall);
             }
         } else {
             for (variant, shard, bytes, samples, series) in scratch.chunks(&plan, &records) {

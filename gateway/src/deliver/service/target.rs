@@ -4,7 +4,7 @@
 //! pauses, and renders the TARGET object of docs/stats-api.md. Its disk spill
 //! is in `target_spill.rs`.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use super::reconcile::Orphan;
 use super::target_spill::{write_manifest, Spill, ToDisk};
 use super::{wall_ms, Settings};
-use crate::deliver::queue::{Chunk, CoreConfig, TargetCore};
+use crate::deliver::queue::{Chunk, CoreConfig, TargetCore, LAGGING_BYTES};
 use crate::deliver::spill::{self as spill_mod, lock_queue};
 use crate::deliver::stats::{self, names, GlobalStats};
 use crate::deliver::MemoryBudget;
@@ -59,26 +59,57 @@ impl TargetMetrics {
     }
 }
 
-/// Copies `chunk` out of its request's buffer when that buffer is more
-/// than twice its size, with a permit of its own from `budget`; unchanged
-/// when the budget has no room for the copy (it then keeps pinning).
-fn unpin(chunk: Chunk, budget: &MemoryBudget) -> Chunk {
-    let len = chunk.records.len() as u64;
-    let pinned = chunk.permit.as_ref().map_or(0, |p| p.bytes());
-    if pinned <= 2 * len {
-        return chunk;
+/// When a push copies its chunks out of their request's buffer: on a
+/// lagging target ([`TargetCore::lagging`]) that is behind the other
+/// targets its chunks went to. A dead target (failing), or one far behind
+/// the others (its queue more than four times the shortest of theirs, plus
+/// [`LAGGING_BYTES`]), would otherwise keep whole requests alive that the
+/// others sent long ago. Targets that lag together (every target busy at
+/// saturation) share each request until the last of them sends it:
+/// copying would only add memory and CPU (on fanout-10 at saturation it
+/// copied up to 1 GB, and doubled peak RSS, for nothing).
+pub(super) struct Unpin<'a> {
+    /// Where a copy's permit comes from.
+    pub budget: &'a MemoryBudget,
+    /// The shortest memory queue among the other targets of the pushed
+    /// chunks' variants ([`TargetHandle::queued`]); `None` when they have
+    /// none (a routed Deployment's target: its chunks are its own).
+    pub peers: Option<u64>,
+}
+
+impl Unpin<'_> {
+    /// Whether `core`'s chunks are to be copied.
+    fn applies(&self, core: &TargetCore) -> bool {
+        if core.failing() {
+            return true;
+        }
+        core.lagging()
+            && self
+                .peers
+                .is_none_or(|floor| core.queue_bytes() > 4 * floor + LAGGING_BYTES)
     }
-    match budget.try_acquire(len) {
-        Ok(permit) => Chunk {
-            records: Bytes::copy_from_slice(&chunk.records),
-            permit: Some(Arc::new(permit)),
-            // A copy of its own: no other target sends these bytes.
-            packed: None,
-            whole: None,
-            push: 0,
-            ..chunk
-        },
-        Err(_) => chunk,
+
+    /// Copies `chunk` out of its request's buffer when that buffer is more
+    /// than twice its size, with a permit of its own; unchanged when the
+    /// budget has no room for the copy (it then keeps pinning).
+    fn copy(&self, chunk: Chunk) -> Chunk {
+        let len = chunk.records.len() as u64;
+        let pinned = chunk.permit.as_ref().map_or(0, |p| p.bytes());
+        if pinned <= 2 * len {
+            return chunk;
+        }
+        match self.budget.try_acquire(len) {
+            Ok(permit) => Chunk {
+                records: Bytes::copy_from_slice(&chunk.records),
+                permit: Some(Arc::new(permit)),
+                // A copy of its own: no other target sends these bytes.
+                packed: None,
+                whole: None,
+                push: 0,
+                ..chunk
+            },
+            Err(_) => chunk,
+        }
     }
 }
 
@@ -91,6 +122,9 @@ pub struct TargetHandle {
     pub(super) target: Mutex<Arc<Target>>,
     pub(super) core: Mutex<TargetCore>,
     pub(super) notify: Notify,
+    /// Bytes queued in memory as of its last push, read without the lock
+    /// by the pushes to the other targets of its variants ([`Unpin`]).
+    pub(super) queued: AtomicU64,
     pub(super) removed_at: Mutex<Option<Instant>>,
     pub(super) metrics: ArcSwap<TargetMetrics>,
     pub(super) spill: Option<Spill>,
@@ -149,6 +183,7 @@ impl TargetHandle {
             metrics: ArcSwap::from_pointee(TargetMetrics::new(&target.id.0)),
             target: Mutex::new(target),
             notify: Notify::new(),
+            queued: AtomicU64::new(0),
             removed_at: Mutex::new(None),
             wire: Default::default(),
         }
@@ -298,16 +333,15 @@ impl TargetHandle {
     }
 
     /// Queues `chunks` (shard, chunk) under one lock and wakes the sender
-    /// once. On a lagging target ([`TargetCore::lagging`]) a chunk that
-    /// pins a request buffer much larger than itself is copied out first,
-    /// with a permit of its own from `budget` (when it has room), so the
+    /// once. A chunk that pins a request buffer much larger than itself is
+    /// copied out first when `unpin` says so (see [`Unpin`]), so the
     /// backlog holds only its own bytes. A handle whose sender already
     /// stopped (removed for good) takes nothing: the samples are counted as
     /// dropped (`removed`).
     pub(super) fn push_all(
         &self,
         chunks: impl Iterator<Item = (u32, Chunk)>,
-        budget: Option<&MemoryBudget>,
+        unpin: Option<Unpin<'_>>,
         stats: &GlobalStats,
         now: Instant,
         wall: u64,
@@ -321,6 +355,7 @@ impl TargetHandle {
             error: None,
         };
         let mut removed = 0u64;
+        let mut wake = true;
         let dropped = match self.core.lock() {
             Ok(mut core) => {
                 let before = core.counters().dropped_queue_full;
@@ -330,12 +365,14 @@ impl TargetHandle {
                         removed += u64::from(chunk.samples);
                         continue;
                     }
-                    let chunk = match budget {
-                        Some(b) if core.lagging() => unpin(chunk, b),
+                    let chunk = match &unpin {
+                        Some(u) if u.applies(&core) => u.copy(chunk),
                         _ => chunk,
                     };
                     core.push(shard, chunk, &mut to_disk);
                 }
+                self.queued.store(core.queue_bytes(), Ordering::Relaxed);
+                wake = core.can_send();
                 core.counters().dropped_queue_full - before
             }
             Err(_) => chunks.map(|(_, c)| u64::from(c.samples)).sum(),
@@ -349,7 +386,9 @@ impl TargetHandle {
             metrics::counter!(names::DROPPED, "reason" => "removed").increment(removed);
         }
         self.count_disk(&to_disk, stats);
-        self.notify.notify_one();
+        if wake {
+            self.notify.notify_one();
+        }
     }
 
     /// Pauses or resumes sending.
@@ -442,5 +481,66 @@ impl TargetHandle {
             },
             feeds,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::queue::DropOldest;
+
+    /// A chunk of `len` bytes that pins a request buffer of `pinned` bytes.
+    fn chunk(len: usize, pinned: &MemoryBudget, request: u64) -> Chunk {
+        Chunk {
+            records: Bytes::from(vec![0u8; len]),
+            samples: 1,
+            series: 1,
+            enqueued: Instant::now(),
+            permit: Some(Arc::new(pinned.try_acquire(request).unwrap())),
+            packed: None,
+            whole: None,
+            push: 0,
+            owner: 0,
+        }
+    }
+
+    #[test]
+    fn deliver_target_a_lagging_target_copies_its_chunks_only_when_behind_its_peers() {
+        let config = CoreConfig {
+            max_samples: 2000,
+            deadline: std::time::Duration::from_secs(1),
+            max_concurrency: 1,
+            max_backoff: std::time::Duration::from_secs(5),
+            queue_bytes: 64 << 20,
+            lanes: None,
+            max_bytes: None,
+        };
+        let requests = MemoryBudget::new(1 << 30);
+        let mut core = TargetCore::new("t", config, 1);
+        let budget = MemoryBudget::new(1 << 30);
+        let unpin = |peers| Unpin {
+            budget: &budget,
+            peers,
+        };
+        // 1 MiB queued: not lagging, whatever the others hold.
+        core.push(0, chunk(1 << 20, &requests, 16 << 20), &mut DropOldest);
+        assert!(!unpin(None).applies(&core));
+        assert!(!unpin(Some(0)).applies(&core));
+        // 40 MiB queued, past half its 64 MiB bound: lagging.
+        core.push(0, chunk(39 << 20, &requests, 40 << 20), &mut DropOldest);
+        assert!(core.lagging());
+        // Its chunks are its own (no other target has them): copy.
+        assert!(unpin(None).applies(&core));
+        // The others sent theirs long ago: copy.
+        assert!(unpin(Some(1 << 20)).applies(&core));
+        // The others lag as much (every target busy at saturation): share.
+        assert!(!unpin(Some(30 << 20)).applies(&core));
+
+        // A copy holds only its own bytes, with a permit of its own; a chunk
+        // that is most of its buffer is left as it is.
+        let small = unpin(None).copy(chunk(1 << 10, &requests, 1 << 20));
+        assert_eq!(small.permit.as_ref().map(|p| p.bytes()), Some(1 << 10));
+        let large = unpin(None).copy(chunk(900 << 10, &requests, 1 << 20));
+        assert_eq!(large.permit.as_ref().map(|p| p.bytes()), Some(1 << 20));
     }
 }
