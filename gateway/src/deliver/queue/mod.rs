@@ -341,8 +341,8 @@ impl TargetCore {
     /// Whether [`Self::poll`] may send anything: not paused, and below the
     /// concurrency limit (else only a result can let it send again). A push
     /// wakes the sender only then: at saturation a sender is at its limit
-    /// most of the time, and a wake-up per request and target that finds
-    /// nothing to do cost more than the pushes themselves.
+    /// most of the time, and a wake-up there finds nothing to do (on its
+    /// own no measurable change in CPU on fanout-10, A/B three runs each).
     pub fn can_send(&self) -> bool {
         !self.paused && self.in_flight < self.concurrency.limit()
     }

@@ -489,14 +489,15 @@ mod tests {
     use super::*;
     use crate::deliver::queue::DropOldest;
 
-    /// A chunk of `len` bytes that pins a request buffer of `pinned` bytes.
-    fn chunk(len: usize, pinned: &MemoryBudget, request: u64) -> Chunk {
+    /// A chunk of `len` bytes that pins a request buffer of `request` bytes
+    /// (its permit taken from `requests`).
+    fn chunk(len: usize, requests: &MemoryBudget, request: u64) -> Chunk {
         Chunk {
             records: Bytes::from(vec![0u8; len]),
             samples: 1,
             series: 1,
             enqueued: Instant::now(),
-            permit: Some(Arc::new(pinned.try_acquire(request).unwrap())),
+            permit: Some(Arc::new(requests.try_acquire(request).unwrap())),
             packed: None,
             whole: None,
             push: 0,
