@@ -110,8 +110,8 @@ pub fn compress_part(input: &[u8]) -> Bytes {
     })
 }
 
-/// Output buffers kept per thread at most this large; a larger block gets
-/// one of its own.
+/// Output buffers kept per thread at most this large; one grown for a
+/// larger block is freed after it.
 const SCRATCH_KEPT: usize = 4 << 20;
 
 thread_local! {
@@ -123,36 +123,39 @@ thread_local! {
         std::cell::RefCell::new((snap::raw::Encoder::new(), Vec::new()));
 }
 
-/// Calls `f` with `input` compressed as one block.
+/// Calls `f` with `input` compressed as one block, with this thread's
+/// encoder and buffer (fresh ones if `f` itself compressed; it never does).
 fn with_block<R>(input: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
-    let max = snap::raw::max_compress_len(input.len());
-    ENCODER.with(|cell| {
-        // Re-entered only if `f` compressed too; it never does, but a fresh
-        // encoder keeps that correct.
-        let Ok(mut state) = cell.try_borrow_mut() else {
-            let mut out = vec![0; max];
-            let n = snap::raw::Encoder::new()
-                .compress(input, &mut out)
-                .unwrap_or(0);
-            return f(&out[..n]);
-        };
-        let (encoder, scratch) = &mut *state;
-        let mut own = Vec::new();
-        let out = if max <= SCRATCH_KEPT {
-            if scratch.len() < max {
-                scratch.resize(max, 0);
-            }
-            &mut scratch[..max]
-        } else {
-            own.resize(max, 0);
-            &mut own[..]
-        };
-        // Only fails when the output is too small, which max_compress_len
-        // rules out; an input too large for snappy (over ~4 GiB) yields an
-        // empty block.
-        let n = encoder.compress(input, out).unwrap_or(0);
-        f(&out[..n])
+    ENCODER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut state) => {
+            let (encoder, buf) = &mut *state;
+            compress_with(encoder, buf, input, f)
+        }
+        Err(_) => compress_with(&mut snap::raw::Encoder::new(), &mut Vec::new(), input, f),
     })
+}
+
+/// Compresses `input` with `encoder` into `buf` (grown to the largest
+/// length needed, never shrunk below [`SCRATCH_KEPT`]) and calls `f` with
+/// the block.
+fn compress_with<R>(
+    encoder: &mut snap::raw::Encoder,
+    buf: &mut Vec<u8>,
+    input: &[u8],
+    f: impl FnOnce(&[u8]) -> R,
+) -> R {
+    let max = snap::raw::max_compress_len(input.len());
+    if buf.len() < max {
+        buf.resize(max, 0);
+    }
+    // Only fails when the output is too small, which max_compress_len rules
+    // out; an input too large for snappy (over ~4 GiB) yields an empty block.
+    let n = encoder.compress(input, &mut buf[..max]).unwrap_or(0);
+    let r = f(&buf[..n]);
+    if buf.len() > SCRATCH_KEPT {
+        *buf = Vec::new();
+    }
+    r
 }
 
 /// Appends a block header for `len` decompressed bytes (a varint), to be

@@ -59,7 +59,8 @@ impl WholeRef {
 /// cache for the other targets that cut the same set. Each target's lane
 /// groups follow its own load, so their sets differ: on fanout-10 at
 /// saturation (groups of 1, 2 or 4 lanes) about 6 lookups in 10 found their
-/// set made with 16 sets kept, fewer than half with 4.
+/// set made with 16 sets kept; with 4 kept (measured while shared chunks
+/// were still split at batch boundaries), fewer than half.
 #[derive(Debug)]
 pub struct Whole {
     records: Bytes,

@@ -820,13 +820,22 @@ impl Inner {
             for run in pairs.chunk_by(|a, b| a.0 == b.0) {
                 let (_, c0, k0) = run[0];
                 let target = &chunks[c0 as usize].0.targets[k0 as usize];
-                // The shortest queue among the others that get these chunks.
-                let peers = run
-                    .iter()
-                    .flat_map(|&(_, c, _)| chunks[c as usize].0.targets.iter())
-                    .filter(|t| !Arc::ptr_eq(t, target))
-                    .map(|t| t.queued.load(Ordering::Relaxed))
-                    .min();
+                // The shortest queue among the others that get these chunks:
+                // each variant's targets once (a variant's chunks, one per
+                // lane, come one after another), not once per chunk.
+                let mut peers: Option<u64> = None;
+                let mut last: *const _ = std::ptr::null();
+                for &(_, c, _) in run {
+                    let variant = chunks[c as usize].0;
+                    if std::ptr::eq(variant, last) {
+                        continue;
+                    }
+                    last = variant;
+                    for t in variant.targets.iter().filter(|t| !Arc::ptr_eq(t, target)) {
+                        let q = t.queued.load(Ordering::Relaxed);
+                        peers = Some(peers.map_or(q, |p| p.min(q)));
+                    }
+                }
                 let items = run.iter().map(|&(_, c, _)| {
                     let (variant, shard, bytes, samples, series) = &chunks[c as usize];
                     (
