@@ -296,6 +296,13 @@ impl TargetCore {
             else {
                 break;
             };
+            let shared = self.lanes[oldest]
+                .queue
+                .front()
+                .is_some_and(|c| c.packed.is_some() || c.whole.is_some());
+            if shared && overflow.keeps_shared() {
+                break;
+            }
             let Some(c) = self.pop_front(oldest) else {
                 break;
             };

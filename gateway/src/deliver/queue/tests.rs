@@ -274,6 +274,71 @@ fn deliver_queue_memory_bound_drops_oldest_and_never_blocks() {
     );
 }
 
+/// The test config with a bound of two chunks of `one` bytes.
+fn cfg_own(one: u64) -> CoreConfig {
+    CoreConfig {
+        queue_bytes: 2 * one,
+        ..config()
+    }
+}
+
+#[test]
+fn deliver_queue_a_shared_chunk_stays_past_the_bound_while_the_overflow_keeps_shared() {
+    // Chunks given to other targets too: while the overflow says to keep
+    // them (this target in step with the others, the budget with room),
+    // they stay queued past the bound, since spilling them would free
+    // nothing; a chunk of this target alone still goes out.
+    struct Keep(bool, u32);
+    impl Overflow for Keep {
+        fn overflow(&mut self, _: u32, _: Chunk) -> Option<u64> {
+            self.1 += 1;
+            Some(u64::from(self.1))
+        }
+        fn keeps_shared(&self) -> bool {
+            self.0
+        }
+    }
+    let t0 = Instant::now();
+    let one = chunk(1, "m", t0).records.len() as u64;
+    let mut core = TargetCore::new("t", cfg_own(one), 1);
+    let slots = Packed::slots(4);
+    let shared = |i: u32| {
+        let mut c = chunk(1, "m", t0 + Duration::from_millis(u64::from(i)));
+        c.packed = Some(Packed::new(slots.clone(), i));
+        c
+    };
+    let mut keep = Keep(true, 0);
+    for i in 0..4 {
+        core.push(i, shared(i), &mut keep);
+    }
+    assert_eq!(keep.1, 0, "nothing went out");
+    assert_eq!(core.queue_bytes(), 4 * one);
+    // No longer kept: the oldest go out until the bound holds.
+    keep.0 = false;
+    core.push(0, chunk(1, "m", t0 + Duration::from_millis(5)), &mut keep);
+    assert_eq!(keep.1, 3);
+    assert_eq!(core.queue_bytes(), 2 * one);
+    assert_eq!(core.counters().spilled, 3);
+    // A newer chunk waits behind a kept shared one (spilling it first
+    // would put it on disk ahead of older data of its lane).
+    keep.0 = true;
+    core.push(0, chunk(1, "m", t0 + Duration::from_millis(6)), &mut keep);
+    assert_eq!(keep.1, 3);
+    assert_eq!(core.queue_bytes(), 3 * one);
+    // Chunks of this target alone are never kept past the bound.
+    let mut own = TargetCore::new("own", cfg_own(one), 1);
+    let mut keep = Keep(true, 0);
+    for i in 0..4 {
+        own.push(
+            i,
+            chunk(1, "m", t0 + Duration::from_millis(u64::from(i))),
+            &mut keep,
+        );
+    }
+    assert_eq!(keep.1, 2);
+    assert_eq!(own.queue_bytes(), 2 * one);
+}
+
 /// A fake disk queue: keeps what overflowed, hands it back in seq order.
 #[derive(Default)]
 struct Disk(Vec<DiskChunk>);

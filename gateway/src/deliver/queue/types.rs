@@ -48,6 +48,16 @@ pub trait Overflow {
     /// Takes `chunk` of `lane` out of memory and returns the disk seq it got;
     /// `None` when it could not and the chunk is dropped (`queue_full`).
     fn overflow(&mut self, lane: u32, chunk: Chunk) -> Option<u64>;
+
+    /// Whether a chunk that other targets were given too stays queued past
+    /// the bound instead of going out: true while this target is in step
+    /// with those targets and the memory budget has room
+    /// (`service::target::Unpin::in_step`). Its request's buffer then stays
+    /// in memory for them whatever this target does, so writing it out
+    /// would free nothing and cost a disk write and a read back.
+    fn keeps_shared(&self) -> bool {
+        false
+    }
 }
 
 /// The memory-only overflow: drops the chunk.

@@ -89,6 +89,24 @@ impl Unpin<'_> {
                 .is_none_or(|floor| core.queue_bytes() > 4 * floor + LAGGING_BYTES)
     }
 
+    /// Whether `core` is in step with the other targets of its chunks: not
+    /// failing and not behind them (as [`Self::applies`] measures it),
+    /// while at least a quarter of the memory budget is free. Its shared
+    /// chunks then stay queued past its bound
+    /// ([`crate::deliver::queue::Overflow::keeps_shared`]): the others hold
+    /// the same request buffers, so spilling would free no memory, only
+    /// write each target's copy to disk and read it back (on fanout-10 at
+    /// saturation it spilled in some runs and not others, the costly runs).
+    /// The budget stays the bound: below a quarter free they spill as
+    /// before, oldest first.
+    pub(super) fn in_step(&self, core: &TargetCore) -> bool {
+        !core.failing()
+            && self
+                .peers
+                .is_some_and(|floor| core.queue_bytes() <= 4 * floor + LAGGING_BYTES)
+            && self.budget.available_bytes() >= self.budget.total_bytes() / 4
+    }
+
     /// Copies `chunk` out of its request's buffer when that buffer is more
     /// than twice its size, with a permit of its own; unchanged when the
     /// budget has no room for the copy (it then keeps pinning).
@@ -353,6 +371,7 @@ impl TargetHandle {
             disk_full: 0,
             appended: 0,
             error: None,
+            keep_shared: false,
         };
         let mut removed = 0u64;
         let mut wake = true;
@@ -369,6 +388,7 @@ impl TargetHandle {
                         Some(u) if u.applies(&core) => u.copy(chunk),
                         _ => chunk,
                     };
+                    to_disk.keep_shared = unpin.as_ref().is_some_and(|u| u.in_step(&core));
                     core.push(shard, chunk, &mut to_disk);
                 }
                 self.queued.store(core.queue_bytes(), Ordering::Relaxed);
@@ -536,6 +556,29 @@ mod tests {
         assert!(unpin(Some(1 << 20)).applies(&core));
         // The others lag as much (every target busy at saturation): share.
         assert!(!unpin(Some(30 << 20)).applies(&core));
+
+        // In step with the others, its shared chunks stay past its bound;
+        // behind them, without them, or failing, they go out as before.
+        assert!(unpin(Some(30 << 20)).in_step(&core));
+        assert!(!unpin(Some(1 << 20)).in_step(&core));
+        assert!(!unpin(None).in_step(&core));
+        // ... and only while a quarter of the budget is free.
+        let held = budget.try_acquire(800 << 20).unwrap();
+        assert!(!unpin(Some(30 << 20)).in_step(&core));
+        drop(held);
+        assert!(unpin(Some(30 << 20)).in_step(&core));
+        let later = Instant::now() + std::time::Duration::from_secs(2);
+        let d = core.poll(later).expect("a batch after the deadline");
+        core.on_result(
+            d.lane,
+            d.batch,
+            &crate::deliver::policy::SendResult::Timeout,
+            std::time::Duration::from_millis(1),
+            later,
+            SystemTime::now(),
+        );
+        assert!(core.failing());
+        assert!(!unpin(Some(30 << 20)).in_step(&core));
 
         // A copy holds only its own bytes, with a permit of its own; a chunk
         // that is most of its buffer is left as it is.

@@ -213,9 +213,15 @@ pub(super) struct ToDisk<'a> {
     /// Records appended.
     pub(super) appended: u32,
     pub(super) error: Option<spill_mod::SpillError>,
+    /// What [`Overflow::keeps_shared`] answers.
+    pub(super) keep_shared: bool,
 }
 
 impl Overflow for ToDisk<'_> {
+    fn keeps_shared(&self) -> bool {
+        self.keep_shared
+    }
+
     fn overflow(&mut self, lane: u32, chunk: Chunk) -> Option<u64> {
         let spill = self.spill?;
         if self.error.is_some() {
@@ -269,6 +275,7 @@ impl TargetHandle {
             disk_full: 0,
             appended: 0,
             error: None,
+            keep_shared: false,
         };
         let seq = match self.core.lock() {
             Ok(mut core) => {
@@ -554,6 +561,7 @@ impl TargetHandle {
             disk_full: 0,
             appended: 0,
             error: None,
+            keep_shared: false,
         };
         let mut lost = 0u64;
         for (lane, c) in chunks {
