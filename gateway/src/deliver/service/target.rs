@@ -89,9 +89,10 @@ impl Unpin<'_> {
                 .is_none_or(|floor| core.queue_bytes() > 4 * floor + LAGGING_BYTES)
     }
 
-    /// Whether `core` is in step with the other targets of its chunks: not
-    /// failing and not behind them (as [`Self::applies`] measures it),
-    /// while at least a quarter of the memory budget is free. Its shared
+    /// Whether `core` is in step with the other targets of its chunks:
+    /// sending (not paused, not failing) and not behind them (as
+    /// [`Self::applies`] measures it), while at least a quarter of the
+    /// memory budget is free. Its shared
     /// chunks then stay queued past its bound
     /// ([`crate::deliver::queue::Overflow::keeps_shared`]): the others hold
     /// the same request buffers, so spilling would free no memory, only
@@ -101,6 +102,7 @@ impl Unpin<'_> {
     /// before, oldest first.
     pub(super) fn in_step(&self, core: &TargetCore) -> bool {
         !core.failing()
+            && !core.paused()
             && self
                 .peers
                 .is_some_and(|floor| core.queue_bytes() <= 4 * floor + LAGGING_BYTES)
@@ -567,6 +569,10 @@ mod tests {
         assert!(!unpin(Some(30 << 20)).in_step(&core));
         drop(held);
         assert!(unpin(Some(30 << 20)).in_step(&core));
+        // A paused target is not sending: what it holds waits for as long.
+        core.set_paused(true);
+        assert!(!unpin(Some(30 << 20)).in_step(&core));
+        core.set_paused(false);
         let later = Instant::now() + std::time::Duration::from_secs(2);
         let d = core.poll(later).expect("a batch after the deadline");
         core.on_result(

@@ -46,11 +46,13 @@ pub enum LaneKey {
     Labels,
     /// The metric name and the Deployment.
     Family,
+    /// The Deployment.
+    Deployment,
 }
 
 impl LaneKey {
     /// The key this release uses.
-    pub const CURRENT: LaneKey = LaneKey::Family;
+    pub const CURRENT: LaneKey = LaneKey::Deployment;
 }
 
 /// One (Deployment, export) pair that leads to a target.
@@ -244,7 +246,7 @@ mod tests {
         assert!(!dir.path().join(MANIFEST_TMP).exists());
         let text = std::fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
         assert!(text.contains("\"deploymentId\":\"d1\""), "{text}");
-        assert!(text.contains("\"laneKey\":\"family\""), "{text}");
+        assert!(text.contains("\"laneKey\":\"deployment\""), "{text}");
         // A manifest of a release before the lane key: its lanes were
         // picked by every label.
         std::fs::write(
