@@ -223,8 +223,6 @@ struct Group {
     samples: u32,
     series: u32,
     range: Range<usize>,
-    /// Its variant's entry in [`Scratch::wholes`], or `NONE`.
-    whole: u32,
 }
 
 /// Marks an unused slot of [`Scratch::slot_base`] / [`Scratch::slots`].
@@ -242,8 +240,6 @@ pub struct Scratch {
     slots: Vec<u32>,
     /// Variants whose `slot_base` is set, to reset them.
     touched: Vec<u32>,
-    /// [`Self::find_wholes`]' reused buffer: (variant, start, end, groups).
-    wholes: Vec<(u32, usize, usize, u32)>,
     encoder: Encoder,
 }
 
@@ -434,7 +430,6 @@ impl Scratch {
                 samples: 0,
                 series: 0,
                 range: 0..0,
-                whole: NONE,
             });
         }
         *slot
@@ -443,8 +438,7 @@ impl Scratch {
     /// Encodes every routed series with its variant's labels into one buffer.
     pub fn encode<T>(&mut self, plan: &Plan<T>, body: &[u8], series: &[Series]) -> Bytes {
         // (variant, group, series index) order keeps a request's series in
-        // order within each group, and a variant's groups in one range
-        // ([`Self::wholes`]).
+        // order within each group.
         let groups = &self.groups;
         self.items
             .sort_unstable_by_key(|&(g, i)| (groups[g as usize].variant, g, i));
@@ -467,49 +461,6 @@ impl Scratch {
             self.groups[prev as usize].range.end = out.len();
         }
         out.freeze()
-    }
-
-    /// After [`encode`](Self::encode): the variants cut into more than one
-    /// group for which `keep` holds (a variant's groups are one range of the
-    /// buffer), for [`Self::wholes`] and [`Self::chunk_whole`]. Allocates
-    /// nothing once warm.
-    pub fn find_wholes(&mut self, keep: impl Fn(u32) -> bool) {
-        self.wholes.clear();
-        for g in &self.groups {
-            match self.wholes.iter_mut().find(|w| w.0 == g.variant) {
-                Some(w) => {
-                    w.1 = w.1.min(g.range.start);
-                    w.2 = w.2.max(g.range.end);
-                    w.3 += 1;
-                }
-                None => self.wholes.push((g.variant, g.range.start, g.range.end, 1)),
-            }
-        }
-        self.wholes.retain(|w| w.3 > 1 && keep(w.0));
-        for g in &mut self.groups {
-            g.whole = self
-                .wholes
-                .iter()
-                .position(|w| w.0 == g.variant)
-                .map_or(NONE, |i| i as u32);
-        }
-    }
-
-    /// After [`find_wholes`](Self::find_wholes): each variant found, as
-    /// (all its records, groups).
-    pub fn wholes<'a>(
-        &'a self,
-        records: &'a Bytes,
-    ) -> impl ExactSizeIterator<Item = (Bytes, u32)> + 'a {
-        self.wholes
-            .iter()
-            .map(|&(_, start, end, n)| (records.slice(start..end), n))
-    }
-
-    /// The index in [`Self::wholes`] of chunk `c`'s variant (chunks as
-    /// [`Self::chunks`] yields them).
-    pub fn chunk_whole(&self, c: usize) -> Option<u32> {
-        self.groups.get(c).map(|g| g.whole).filter(|&w| w != NONE)
     }
 
     /// Each group after [`encode`](Self::encode): (variant, shard, records,

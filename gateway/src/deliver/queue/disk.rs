@@ -82,7 +82,6 @@ impl TargetCore {
                 enqueued: now.checked_sub(age).unwrap_or(now),
                 permit: None,
                 packed: None,
-                whole: None,
                 push: 0,
                 owner: crate::deliver::accounting::UNKNOWN,
                 records: c.records,

@@ -9,7 +9,8 @@
 //! live, keeps the lane count its records were queued with:
 //! [`CoreConfig::lanes`], [`TargetCore::reconfigure`]). The router puts every
 //! series in the same lane each time: it shards a variant's series by their
-//! label hash into as many shards as the variant's largest target has lanes,
+//! Deployment's lane key (so a variant is one shard) into as many shards as
+//! the variant's largest target has lanes,
 //! and a target takes shard `s` into lane `s % lanes`. Because lane counts are
 //! powers of two, `(hash % shards) % lanes == hash % lanes` whatever the
 //! shards, so a series keeps its lane when targets with other lane counts join
@@ -88,8 +89,8 @@ mod types;
 
 use groups::{group_mask, mask_lanes, LoadMeter};
 use parts::compress_parts;
-pub use parts::{Packed, Whole, WholeRef};
-use records::{sort_records, split_point};
+pub use parts::Packed;
+use records::split_point;
 pub use types::{
     lanes_for, Chunk, CoreConfig, Counters, DiskChunk, Dispatch, DropOldest, Event, LastError,
     Overflow,
@@ -126,7 +127,7 @@ struct Batch {
     /// Memory batches: the queued chunks (or parts) it was made of, with
     /// their lanes, in order: a shutdown spill puts every record back under
     /// its own lane's tag without reading the compressed body (whose
-    /// records may be in another order, [`records::sort_records`]). They
+    /// records may be in another order: Deployment by Deployment). They
     /// keep their memory permits until the batch is done.
     pieces: Vec<(u32, Chunk)>,
 }
@@ -193,9 +194,6 @@ pub struct TargetCore {
     drained: bool,
     /// [`TargetCore::close`] ran.
     closed: bool,
-    /// Scratch for sorting a batch's records.
-    sorted: Vec<u8>,
-    sort_index: Vec<(u32, u32, u32, u32)>,
 }
 
 impl TargetCore {
@@ -235,8 +233,6 @@ impl TargetCore {
             reload_samples: 0,
             drained: false,
             closed: false,
-            sorted: Vec::new(),
-            sort_index: Vec::new(),
         }
     }
 
@@ -299,7 +295,7 @@ impl TargetCore {
             let shared = self.lanes[oldest]
                 .queue
                 .front()
-                .is_some_and(|c| c.packed.is_some() || c.whole.is_some());
+                .is_some_and(|c| c.packed.is_some());
             if shared && overflow.keeps_shared() {
                 break;
             }
@@ -539,7 +535,7 @@ impl TargetCore {
             // and both halves of a split one would be compressed for this
             // target alone (on fanout-10 at saturation such halves were 40%
             // of all the bytes compressed).
-            let shared = front.packed.is_some() || front.whole.is_some();
+            let shared = front.packed.is_some();
             if front.samples > room && shared && samples > 0 {
                 break;
             }
@@ -564,14 +560,12 @@ impl TargetCore {
                     enqueued: front.enqueued,
                     permit: front.permit.clone(),
                     packed: None,
-                    whole: None,
                     push: front.push,
                     owner: front.owner,
                 };
-                // Its compressed forms (if any) are of the whole chunk and
-                // of all of its request: neither fits a part of it.
+                // Its compressed form (if any) is of the whole chunk: it
+                // does not fit a part of it.
                 front.packed = None;
-                front.whole = None;
                 front.records = front.records.slice(end..);
                 front.samples = front.samples.saturating_sub(s);
                 front.series = front.series.saturating_sub(series);
@@ -636,26 +630,28 @@ impl TargetCore {
     /// The compressed `WriteRequest` of `pieces`. When some were given to
     /// other targets too, the body is a snappy header and one part per
     /// piece, each shared chunk compressed once for all its targets
-    /// ([`Packed`]); else the records are grouped by metric and compressed
-    /// as one block.
+    /// ([`Packed`]); else the records go Deployment by Deployment as one
+    /// block.
     fn compress(&mut self, pieces: &[(u32, Chunk)], from_disk: bool) -> Bytes {
-        let shared = !from_disk
-            && pieces
-                .iter()
-                .any(|(_, c)| c.packed.is_some() || c.whole.is_some());
+        let shared = !from_disk && pieces.iter().any(|(_, c)| c.packed.is_some());
         if shared {
             return compress_parts(pieces);
         }
+        // Stable: a lane's chunks keep their order. A Deployment's records
+        // side by side share its labels within snappy's 64 KiB reach.
+        // Grouping them by metric as well cost bytes on routed-alive (40.9
+        // against 40.4 per sample; vmagent 40.45) and CPU everywhere
+        // (fanout-1 at saturation 1.25 against 1.02-1.13 CPU-s per 2M
+        // samples, for 35.7 against 36.6 bytes per sample).
+        let mut order: Vec<usize> = (0..pieces.len()).collect();
+        order.sort_by_key(|&i| pieces[i].1.owner);
         self.scratch.clear();
-        for (_, c) in pieces {
-            self.scratch.extend_from_slice(&c.records);
+        for &i in &order {
+            self.scratch.extend_from_slice(&pieces[i].1.records);
         }
-        sort_records(&self.scratch, &mut self.sort_index, &mut self.sorted);
-        let body = Bytes::from(fanout_proto::snappy::compress(&self.sorted));
+        let body = Bytes::from(fanout_proto::snappy::compress(&self.scratch));
         if self.scratch.capacity() > 16 << 20 {
             self.scratch = BytesMut::new();
-            self.sorted = Vec::new();
-            self.sort_index = Vec::new();
         }
         body
     }

@@ -1,7 +1,6 @@
 use super::*;
 use fanout_proto::encode::{Encoder, LabelSet};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// `n` one-sample records, each a distinct series.
 fn records(n: usize, tag: &str) -> (Bytes, u32) {
@@ -41,7 +40,6 @@ fn chunk(n: usize, tag: &str, at: Instant) -> Chunk {
         enqueued: at,
         permit: None,
         packed: None,
-        whole: None,
         push: 0,
         owner: 0,
     }
@@ -647,7 +645,6 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
             enqueued: t0,
             permit: None,
             packed: None,
-            whole: None,
             push: 0,
             owner: 0,
         },
@@ -691,7 +688,6 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
                 enqueued: t0,
                 permit: None,
                 packed: None,
-                whole: None,
                 push: 0,
                 owner: 0,
             },
@@ -888,28 +884,6 @@ fn deliver_queue_a_shared_chunk_is_not_split_unless_it_alone_is_too_large() {
     assert!(slots[0].get().is_some() && slots[1].get().is_some());
 }
 
-#[test]
-fn deliver_queue_batch_records_are_grouped_by_metric_and_stable_per_series() {
-    let mut src = BytesMut::new();
-    for (name, v) in [("b", 1), ("a", 2), ("b", 3), ("a", 4), ("c", 5)] {
-        src.extend_from_slice(&series_records(name, &[v]));
-    }
-    let mut index = Vec::new();
-    let mut out = Vec::new();
-    super::records::sort_records(&src, &mut index, &mut out);
-    let body = Bytes::from(fanout_proto::snappy::compress(&out));
-    let want: Vec<(String, u64)> = [("a", 2), ("a", 4), ("b", 1), ("b", 3), ("c", 5)]
-        .iter()
-        .map(|(n, v)| (n.to_string(), *v))
-        .collect();
-    assert_eq!(samples_of(&body), want);
-    // Bytes that are not records stay, at the end.
-    src.extend_from_slice(&[0x0a, 0xff]);
-    super::records::sort_records(&src, &mut index, &mut out);
-    assert_eq!(out.len(), src.len());
-    assert!(out.ends_with(&[0x0a, 0xff]));
-}
-
 mod sim {
     //! A randomized simulation of one target: pushes on random lanes,
     //! a memory bound that overflows to a (fake) disk read back later,
@@ -927,7 +901,8 @@ mod sim {
             n: u8,
         },
         /// One request given to several targets: a chunk for each lane of
-        /// `mask`, all of them one [`Whole`].
+        /// `mask` (the variants of several Deployments), their parts in one
+        /// allocation of slots.
         Request {
             mask: u8,
             n: u8,
@@ -1088,8 +1063,7 @@ mod sim {
                             enqueued: w.now,
                             permit: None,
                             packed: shared.then(|| Packed::new(Packed::slots(1), 0)),
-                            whole: None,
-                            push: 0,
+                                                push: 0,
                             owner: 0,
                         };
                         w.core.push(lane, chunk, &mut w.disk);
@@ -1105,9 +1079,6 @@ mod sim {
                             }
                             chunks.push((lane, series_records(&name, &values)));
                         }
-                        let all: Vec<u8> = chunks.iter().flat_map(|(_, r)| r.iter().copied()).collect();
-                        let n_chunks = chunks.len() as u32;
-                        let wholes: Arc<[Whole]> = Arc::from(vec![Whole::new(Bytes::from(all), n_chunks)]);
                         let slots = Packed::slots(chunks.len());
                         w.core.begin_push();
                         for (k, (lane, records)) in chunks.into_iter().enumerate() {
@@ -1118,7 +1089,6 @@ mod sim {
                                 enqueued: w.now,
                                 permit: None,
                                 packed: Some(Packed::new(slots.clone(), k as u32)),
-                                whole: WholeRef::new(wholes.clone(), 0, lane).filter(|_| n_chunks > 1),
                                 push: 0,
                                 owner: 0,
                             };
@@ -1170,61 +1140,6 @@ mod sim {
             prop_assert_eq!(w.core.disk_ack(), w.disk.0.len() as u64, "every disk record acked");
         }
     }
-}
-
-#[test]
-fn deliver_queue_some_chunks_of_a_whole_go_as_one_part_made_once() {
-    // A request cut into four lanes; a batch of lanes 0 and 2 only (as the
-    // lane group {0, 2} of two groups takes them) sends those two chunks as
-    // one part, the same bytes for every target, made once, and smaller
-    // than one part per chunk.
-    let t0 = Instant::now();
-    let chunks: Vec<Chunk> = (0..4).map(|l| chunk(25, &format!("l{l}"), t0)).collect();
-    let all: Vec<u8> = chunks.iter().flat_map(|c| c.records.to_vec()).collect();
-    let wholes: Arc<[Whole]> = Arc::from(vec![Whole::new(Bytes::from(all), 4)]);
-    let slots = Packed::slots(4);
-    let pieces = |lanes: &[u32]| -> Vec<(u32, Chunk)> {
-        lanes
-            .iter()
-            .map(|&l| {
-                let mut c = chunks[l as usize].clone();
-                c.whole = WholeRef::new(wholes.clone(), 0, l);
-                c.packed = Some(Packed::new(slots.clone(), l));
-                c.push = 7;
-                (l, c)
-            })
-            .collect()
-    };
-    let a = compress_parts(&pieces(&[0, 2]));
-    let b = compress_parts(&pieces(&[2, 0]));
-    assert_eq!(a, b, "the same bytes for every target");
-    let mut want: Vec<String> = [0, 2]
-        .iter()
-        .flat_map(|&l| decode_records(&chunks[l].records))
-        .collect();
-    let mut got = decode(&a);
-    want.sort();
-    got.sort();
-    assert_eq!(got, want);
-    // Asked again with no records, the kept part comes back (made anew it
-    // would be the empty part).
-    let kept = wholes[0].subset_part(0b101, std::iter::empty());
-    assert!(
-        kept.len() > a.len() / 2 && a.ends_with(&kept),
-        "made once and kept"
-    );
-    let apart: usize = [0usize, 2]
-        .iter()
-        .map(|&l| fanout_proto::snappy::compress_part(&chunks[l].records).len())
-        .sum();
-    assert!(a.len() < apart, "{} bytes, apart {apart}", a.len());
-    assert!(
-        slots.iter().all(|s| s.get().is_none()),
-        "no per-chunk parts"
-    );
-    // All four: the whole's own part.
-    let whole = compress_parts(&pieces(&[0, 1, 2, 3]));
-    assert!(whole.ends_with(&wholes[0].part()));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
-use super::{Packed, WholeRef, MAX_LANES};
+use super::{Packed, MAX_LANES};
 use crate::deliver::MemoryPermit;
 
 /// A run of encoded `TimeSeries` records (each `0x0a len msg`) for one target lane.
@@ -31,10 +31,6 @@ pub struct Chunk {
     /// target given these very records (`None` for a chunk of one target
     /// only, or a part of a split chunk).
     pub packed: Option<Packed>,
-    /// All of its request's records for its label variant, of which this
-    /// chunk is one of [`Whole::chunks`] (`None` for a variant of one
-    /// target, a variant cut into one chunk, or a chunk split or copied).
-    pub whole: Option<WholeRef>,
     /// Which push to its target brought it (set by the target under its
     /// lock): the order of a target's pushes is the order of every lane.
     pub push: u64,

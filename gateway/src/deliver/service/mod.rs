@@ -38,7 +38,7 @@ use fanout_proto::api;
 
 use super::catalog::Catalog;
 use super::http::HttpSender;
-use super::queue::{Chunk, Packed, Whole, WholeRef};
+use super::queue::{Chunk, Packed};
 use super::route::{Plan, ScratchPool};
 use super::stats::{self, names, wall_ms, GlobalStats};
 use super::{Accepted, Delivery, DeliveryError, MemoryBudget};
@@ -790,21 +790,11 @@ impl Inner {
             // chunk index, target index in its variant), in chunk order per
             // target. Chunks of a variant with several targets get a slot
             // for their compressed form (one allocation, only when needed).
-            // A variant of several targets cut into several chunks (lanes)
-            // is also compressed whole, once, for batches that take all of
-            // it (`queue::Whole`): one allocation for the request's wholes.
-            scratch.find_wholes(|v| plan.variants()[v as usize].targets.len() > 1);
             let chunks: Vec<_> = scratch.chunks(&plan, &records).collect();
             let slots = chunks
                 .iter()
                 .any(|(variant, ..)| variant.targets.len() > 1)
                 .then(|| Packed::slots(chunks.len()));
-            let wholes: Option<Arc<[Whole]>> = (scratch.wholes(&records).len() > 0).then(|| {
-                scratch
-                    .wholes(&records)
-                    .map(|(range, n)| Whole::new(range, n))
-                    .collect()
-            });
             let mut pairs: Vec<(usize, u32, u32)> = chunks
                 .iter()
                 .enumerate()
@@ -850,10 +840,6 @@ impl Inner {
                                 .as_ref()
                                 .filter(|_| variant.targets.len() > 1)
                                 .map(|slots| Packed::new(slots.clone(), c)),
-                            whole: wholes
-                                .as_ref()
-                                .zip(scratch.chunk_whole(c as usize))
-                                .and_then(|(w, i)| WholeRef::new(w.clone(), i, *shard)),
                             push: 0,
                             owner: variant.owner,
                         },
@@ -875,7 +861,6 @@ impl Inner {
                     permit: Some(permit.clone()),
                     // wal: each target reads its own copy back from disk.
                     packed: None,
-                    whole: None,
                     push: 0,
                     owner: variant.owner,
                 };

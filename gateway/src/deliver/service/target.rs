@@ -124,7 +124,6 @@ impl Unpin<'_> {
                 permit: Some(Arc::new(permit)),
                 // A copy of its own: no other target sends these bytes.
                 packed: None,
-                whole: None,
                 push: 0,
                 ..chunk
             },
@@ -521,7 +520,6 @@ mod tests {
             enqueued: Instant::now(),
             permit: Some(Arc::new(requests.try_acquire(request).unwrap())),
             packed: None,
-            whole: None,
             push: 0,
             owner: 0,
         }

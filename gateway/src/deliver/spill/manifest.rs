@@ -16,8 +16,9 @@
 //! ```
 //! `lanes` is the lane count of the core that queued the records: a record's
 //! lane tag only keeps per-series order under that lane count. `laneKey`
-//! says what picked a record's lane: `family` (metric name and Deployment,
-//! written since it exists) or `labels` (every label; a manifest without the
+//! says what picked a record's lane: `deployment` (the Deployment id,
+//! written since it exists), `family` (metric name and Deployment, the
+//! releases before) or `labels` (every label; a manifest without the
 //! field). A backlog queued under another lane key than the running one
 //! must be delivered before any new data goes (`TargetCore::set_barrier`).
 
