@@ -38,7 +38,7 @@
 //! `batchSendDeadline`, and is compressed once: every retry sends the same
 //! bytes. A chunk given to several targets is compressed once for all of
 //! them, as a snappy part ([`Packed`]); the body is a header plus the parts.
-//! Other batches are grouped by metric and compressed as one block. A batch
+//! Other batches go Deployment by Deployment, compressed as one block. A batch
 //! keeps the chunks it was made of until it is done (the shutdown spill puts
 //! them back under their lanes).
 //!

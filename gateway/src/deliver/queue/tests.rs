@@ -1146,8 +1146,7 @@ mod sim {
 fn deliver_queue_batches_are_cut_to_max_bytes_per_send() {
     // 400 series queued, a batch may hold 1,000 samples but only 2 KiB
     // compressed: every batch sent fits, and every series goes once (one
-    // sample each, so there is no per-series order to check here; a batch
-    // groups its records by metric).
+    // sample each, so there is no per-series order to check here).
     let t0 = Instant::now();
     let mut cfg = config();
     cfg.max_samples = 1000;
