@@ -11,14 +11,15 @@
 //! - [`queue`]: one target's lanes, batching, retries, concurrency and memory
 //!   bound (no IO), with the [`queue::Overflow`] seam for the disk spill:
 //!   - `queue/mod.rs`: the state machine ([`queue::TargetCore`]): push,
-//!     batches, results;
+//!     polling lane groups, results;
+//!   - `queue/batch.rs`: forming and compressing a batch, and cutting
+//!     batches after a 413 or for `maxBytesPerSend`;
 //!   - `queue/gauges.rs`: what it shows (state, queued bytes, oldest data,
 //!     counters, last error, latency);
 //!   - `queue/types.rs`: the types at its edges (chunks, the overflow seam,
 //!     disk records read back, config, dispatches, events, counters);
-//!   - `queue/parts.rs`: compressed parts shared by the targets of a label
-//!     variant (per chunk, per request, per set of a request's chunks) and
-//!     the batch bodies made of them;
+//!   - `queue/parts.rs`: a chunk's compressed part, shared by the targets
+//!     of its label variant, and the batch bodies made of parts;
 //!   - `queue/records.rs`: counting and splitting encoded records;
 //!   - `queue/groups.rs`: lane groups and the load meter that sizes them;
 //!   - `queue/disk.rs`: disk records (spilled, recovered, read back, acked)
@@ -34,8 +35,10 @@
 //!   manifest; `spill/queue.rs` the queue, `spill/types.rs` its edge types,
 //!   `spill/files.rs` segment recovery and the ledger written in place);
 //! - [`service`]: the tokio side:
-//!   - `service/mod.rs`: [`FanoutDelivery`], its settings, `submit`,
-//!     shutdown, the stats JSON;
+//!   - `service/mod.rs`: [`FanoutDelivery`], its settings, shutdown, the
+//!     stats JSON;
+//!   - `service/submit.rs`: one accepted request into the targets' queues
+//!     (and the disk spills first in `wal` mode);
 //!   - `service/target.rs`: one target ([`service::TargetHandle`]): config,
 //!     metrics, pushes, live reconfiguration, pause, its JSON;
 //!   - `service/target_spill.rs`: a target's disk spill (opening, adopting an
