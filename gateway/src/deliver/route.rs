@@ -25,7 +25,7 @@
 //! least as well as whole requests. Keyed by metric name and Deployment,
 //! each request was cut into a chunk per lane and a busy target's batches
 //! were many small parts (fanout-10 at saturation: 40.4 bytes per sample
-//! on the wire, 35.5-36.6 now; the CPU per sample fell too, since a
+//! on the wire, 36.6 now; the CPU per sample fell too, since a
 //! series costs no hash for its lane). A Deployment is thus the unit of
 //! concurrency: one request per Deployment in flight to a target (at
 //! 2,000 samples per request and 50 ms per request, 40,000 samples per
