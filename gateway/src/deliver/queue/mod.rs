@@ -292,10 +292,7 @@ impl TargetCore {
             else {
                 break;
             };
-            let shared = self.lanes[oldest]
-                .queue
-                .front()
-                .is_some_and(|c| c.packed.is_some());
+            let shared = self.lanes[oldest].queue.front().is_some_and(Chunk::shared);
             if shared && overflow.keeps_shared() {
                 break;
             }

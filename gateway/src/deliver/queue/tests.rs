@@ -1063,7 +1063,7 @@ mod sim {
                             enqueued: w.now,
                             permit: None,
                             packed: shared.then(|| Packed::new(Packed::slots(1), 0)),
-                                                push: 0,
+                            push: 0,
                             owner: 0,
                         };
                         w.core.push(lane, chunk, &mut w.disk);

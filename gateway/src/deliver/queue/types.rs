@@ -39,6 +39,14 @@ pub struct Chunk {
     pub owner: u32,
 }
 
+impl Chunk {
+    /// Whether other targets were given these very records too (it has a
+    /// shared slot for their compressed part).
+    pub fn shared(&self) -> bool {
+        self.packed.is_some()
+    }
+}
+
 /// Where chunks go when a target's memory queue is full: the disk spill.
 pub trait Overflow {
     /// Takes `chunk` of `lane` out of memory and returns the disk seq it got;

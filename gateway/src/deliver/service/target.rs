@@ -83,16 +83,20 @@ impl Unpin<'_> {
         if core.failing() {
             return true;
         }
-        core.lagging()
-            && self
-                .peers
-                .is_none_or(|floor| core.queue_bytes() > 4 * floor + LAGGING_BYTES)
+        core.lagging() && self.behind(core)
+    }
+
+    /// Whether `core` is behind the other targets of its chunks: its queue
+    /// more than four times the shortest of theirs plus [`LAGGING_BYTES`],
+    /// or no other target has them.
+    fn behind(&self, core: &TargetCore) -> bool {
+        self.peers
+            .is_none_or(|floor| core.queue_bytes() > 4 * floor + LAGGING_BYTES)
     }
 
     /// Whether `core` is in step with the other targets of its chunks:
-    /// sending (not paused, not failing) and not behind them (as
-    /// [`Self::applies`] measures it), while at least a quarter of the
-    /// memory budget is free. Its shared
+    /// sending (not paused, not failing) and not [`Self::behind`] them,
+    /// while at least a quarter of the memory budget is free. Its shared
     /// chunks then stay queued past its bound
     /// ([`crate::deliver::queue::Overflow::keeps_shared`]): the others hold
     /// the same request buffers, so spilling would free no memory, only
@@ -103,9 +107,7 @@ impl Unpin<'_> {
     pub(super) fn in_step(&self, core: &TargetCore) -> bool {
         !core.failing()
             && !core.paused()
-            && self
-                .peers
-                .is_some_and(|floor| core.queue_bytes() <= 4 * floor + LAGGING_BYTES)
+            && !self.behind(core)
             && self.budget.available_bytes() >= self.budget.total_bytes() / 4
     }
 
@@ -365,21 +367,15 @@ impl TargetHandle {
         now: Instant,
         wall: u64,
     ) {
-        let mut to_disk = ToDisk {
-            spill: self.spill.as_ref(),
-            wall_ms: wall,
-            now,
-            disk_full: 0,
-            appended: 0,
-            error: None,
-            keep_shared: false,
-        };
+        let mut to_disk = ToDisk::new(self.spill.as_ref(), now, wall);
         let mut removed = 0u64;
         let mut wake = true;
         let dropped = match self.core.lock() {
             Ok(mut core) => {
                 let before = core.counters().dropped_queue_full;
                 core.begin_push();
+                // Once per push: what it depends on hardly moves within one.
+                to_disk.keep_shared = unpin.as_ref().is_some_and(|u| u.in_step(&core));
                 for (shard, chunk) in chunks {
                     if core.closed() {
                         removed += u64::from(chunk.samples);
@@ -389,7 +385,6 @@ impl TargetHandle {
                         Some(u) if u.applies(&core) => u.copy(chunk),
                         _ => chunk,
                     };
-                    to_disk.keep_shared = unpin.as_ref().is_some_and(|u| u.in_step(&core));
                     core.push(shard, chunk, &mut to_disk);
                 }
                 self.queued.store(core.queue_bytes(), Ordering::Relaxed);

@@ -217,6 +217,23 @@ pub(super) struct ToDisk<'a> {
     pub(super) keep_shared: bool,
 }
 
+impl<'a> ToDisk<'a> {
+    /// Appends to `spill` (none: overflow is dropped), stamped `now` /
+    /// `wall_ms`; shared chunks are not kept past the bound unless
+    /// [`Self::keep_shared`] is set.
+    pub(super) fn new(spill: Option<&'a Spill>, now: Instant, wall_ms: u64) -> ToDisk<'a> {
+        ToDisk {
+            spill,
+            wall_ms,
+            now,
+            disk_full: 0,
+            appended: 0,
+            error: None,
+            keep_shared: false,
+        }
+    }
+}
+
 impl Overflow for ToDisk<'_> {
     fn keeps_shared(&self) -> bool {
         self.keep_shared
@@ -268,15 +285,7 @@ impl TargetHandle {
             self.push(shard, chunk, stats, now, wall);
             return None;
         };
-        let mut to_disk = ToDisk {
-            spill: Some(spill),
-            wall_ms: wall,
-            now,
-            disk_full: 0,
-            appended: 0,
-            error: None,
-            keep_shared: false,
-        };
+        let mut to_disk = ToDisk::new(Some(spill), now, wall);
         let seq = match self.core.lock() {
             Ok(mut core) => {
                 let lane = shard % core.lanes();
@@ -554,15 +563,7 @@ impl TargetHandle {
         let chunks = core.drain_memory();
         drop(core);
         let now = Instant::now();
-        let mut to_disk = ToDisk {
-            spill: Some(spill),
-            wall_ms: wall_ms(SystemTime::now()),
-            now,
-            disk_full: 0,
-            appended: 0,
-            error: None,
-            keep_shared: false,
-        };
+        let mut to_disk = ToDisk::new(Some(spill), now, wall_ms(SystemTime::now()));
         let mut lost = 0u64;
         for (lane, c) in chunks {
             let samples = u64::from(c.samples);
