@@ -224,6 +224,14 @@ struct ScenarioArgs {
     /// Ingest token prefix: cluster c sends <prefix><c>.
     #[arg(long, default_value = "fanout-load-token-")]
     token_prefix: String,
+    /// Interleave the series of this many Deployments in a cluster's round
+    /// (round-robin within groups of N), so that a request carries N
+    /// Deployments, like a sharded Prometheus; 1: Deployment after Deployment.
+    #[arg(long, default_value_t = 1)]
+    deployments_per_request: u32,
+    /// Keep only the first N series of each Deployment (many small Deployments).
+    #[arg(long)]
+    series_per_deployment: Option<u32>,
     /// Print the scenario (tokens, namespaces, Deployment ids) as JSON and exit.
     #[arg(long)]
     print_scenario: bool,
@@ -243,6 +251,8 @@ impl ScenarioArgs {
             churn_rounds: self.churn_rounds,
             deployment_id_label: self.deployment_id,
             token_prefix: self.token_prefix.clone(),
+            deployments_per_request: self.deployments_per_request,
+            series_limit: self.series_per_deployment,
         }
     }
 }
@@ -429,8 +439,45 @@ fn scenario_json(s: &Scenario) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(&serde_json::json!({
         "scenario": s,
         "seriesPerCluster": s.series_per_cluster(),
+        // The Deployment of each series index of a round: what one request carries.
+        "roundOrder": round_order(s),
         "clusters": clusters,
     }))?)
+}
+
+/// The Deployments of a cluster's round in runs, e.g. `d0 x1850, d1 x1850`
+/// or `d0 d1 d2 d0 d1 d2 ...`: the first 24 runs, so `--print-scenario`
+/// shows what a request carries.
+fn round_order(s: &Scenario) -> String {
+    const SHOWN: usize = 24;
+    let mut runs: Vec<(u32, u64)> = Vec::new();
+    for i in 0..s.series_per_cluster() as u32 {
+        let d = s.deployment_of(i);
+        match runs.last_mut() {
+            Some((last, count)) if *last == d => *count += 1,
+            _ => {
+                if runs.len() > SHOWN {
+                    break;
+                }
+                runs.push((d, 1));
+            }
+        }
+    }
+    let mut out: Vec<String> = runs
+        .iter()
+        .take(SHOWN)
+        .map(|&(d, c)| {
+            if c == 1 {
+                format!("d{d}")
+            } else {
+                format!("d{d} x{c}")
+            }
+        })
+        .collect();
+    if runs.len() > SHOWN {
+        out.push("...".to_owned());
+    }
+    out.join(" ")
 }
 
 async fn sink(a: SinkArgs) -> anyhow::Result<i32> {

@@ -21,6 +21,23 @@
 //!
 //! Every series carries the Deployment's `namespace`, and `deploymentId` when
 //! [`Scenario::deployment_id_label`] is set. Labels are sorted by name.
+//! [`Scenario::series_limit`] (`seriesPerDeployment`) keeps only the first
+//! that many series of each Deployment's list, for fleets of many small
+//! Deployments.
+//!
+//! # Order of a cluster's series
+//! A cluster's series index is the series' position in the cluster's round
+//! (the generator sends positions in order, see [`crate::generator`]), so
+//! the order decides which Deployments a request carries. The Deployments
+//! are taken in groups of [`Scenario::deployments_per_request`] (`N`; the
+//! last group may be smaller), and within a group the series go round-robin:
+//! the first series of each member, then the second of each, and so on.
+//! With `N = 1` (the default) that is Deployment after Deployment, so a
+//! request carries one or two Deployments; with `N` = all Deployments every
+//! request interleaves the whole cluster, like a sharded Prometheus.
+//! [`Scenario::locate`] maps an index to (Deployment, index in its list) and
+//! [`Scenario::cluster_model`] is built from it, so the two cannot disagree;
+//! the sample identity ([`crate::identity`]) is unchanged.
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +69,18 @@ pub struct Scenario {
     pub deployment_id_label: bool,
     /// Cluster ingest token prefix: cluster `c` sends `Bearer {prefix}{c}`.
     pub token_prefix: String,
+    /// Deployments whose series are interleaved in a cluster's round (see
+    /// the module doc); 1: Deployment after Deployment.
+    #[serde(default = "one")]
+    pub deployments_per_request: u32,
+    /// Series per Deployment: the first this many of the shape above
+    /// (`None`: all of them). Key `seriesPerDeployment`.
+    #[serde(default, rename = "seriesPerDeployment")]
+    pub series_limit: Option<u32>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Default for Scenario {
@@ -68,6 +97,8 @@ impl Default for Scenario {
             churn_rounds: 10,
             deployment_id_label: false,
             token_prefix: "fanout-load-token-".to_owned(),
+            deployments_per_request: 1,
+            series_limit: None,
         }
     }
 }
@@ -106,7 +137,7 @@ const COMPONENTS: &[&str] = &["scheduler", "triggerer", "webserver", "pgbouncer"
 const IMAGE: &str = "quay.io/astronomer/astro-runtime:12.6.0";
 
 /// One series of a cluster before its sample is attached.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SeriesTemplate {
     /// Deployment index within the cluster.
     pub deployment: u32,
@@ -144,6 +175,20 @@ impl Scenario {
                 "churn rounds must be at least 1".into(),
             ));
         }
+        if self.deployments_per_request == 0 || self.deployments_per_request > self.deployments {
+            return Err(ScenarioError::OutOfRange(format!(
+                "deploymentsPerRequest must be 1 to deployments ({}), not {}",
+                self.deployments, self.deployments_per_request
+            )));
+        }
+        if let Some(limit) = self.series_limit {
+            let full = self.full_series_per_deployment();
+            if limit == 0 || u64::from(limit) > full {
+                return Err(ScenarioError::OutOfRange(format!(
+                    "seriesPerDeployment must be 1 to {full} (the series the DAGs, tasks and pods give), not {limit}"
+                )));
+            }
+        }
         let n = self.series_per_cluster();
         if n > u64::from(MAX_SERIES) {
             return Err(ScenarioError::OutOfRange(format!(
@@ -164,11 +209,17 @@ impl Scenario {
         6 * d * t + 25 * d + 6 * f + 7 * p + FIXED_AIRFLOW.len() as u64 + 5 + 4
     }
 
-    /// Series of one Deployment.
-    pub fn series_per_deployment(&self) -> u64 {
+    /// Series of one Deployment's full shape (before [`Scenario::series_limit`]).
+    pub fn full_series_per_deployment(&self) -> u64 {
         self.airflow_series_per_deployment()
             + POD_SERIES as u64
                 * (u64::from(self.pods.max(COMPONENTS.len() as u32)) + u64::from(self.task_pods))
+    }
+
+    /// Series of one Deployment.
+    pub fn series_per_deployment(&self) -> u64 {
+        let full = self.full_series_per_deployment();
+        self.series_limit.map_or(full, |l| full.min(u64::from(l)))
     }
 
     /// Series of one cluster.
@@ -202,44 +253,88 @@ impl Scenario {
         format!("cl{cluster:04}d{deployment:04}load0deploy")
     }
 
-    /// The Deployment a series index belongs to.
-    pub fn deployment_of(&self, series: u32) -> u32 {
-        (u64::from(series) / self.series_per_deployment().max(1)) as u32
+    /// The one relabelling rule a user would write to set every
+    /// Deployment's id from its namespace: `(regex, replacement)` in
+    /// Prometheus relabel syntax (the regex is anchored; `${1}` is group 1).
+    ///
+    /// The namespace ends in `(cluster × 100 + deployment) mod 10,000` and the id
+    /// holds both indices, so the id derives from the namespace while both
+    /// are below 100; `None` beyond that (the number no longer tells them
+    /// apart), where one rule per Deployment is needed.
+    pub fn deployment_id_rule(&self) -> Option<(String, String)> {
+        if self.clusters > 100 || self.deployments > 100 {
+            return None;
+        }
+        Some((
+            "[a-z]+-[a-z]+-([0-9]{2})([0-9]{2})".to_owned(),
+            "cl00${1}d00${2}load0deploy".to_owned(),
+        ))
     }
 
-    /// Builds every series of `cluster`.
+    /// The Deployment a series index belongs to.
+    pub fn deployment_of(&self, series: u32) -> u32 {
+        self.locate(series).0
+    }
+
+    /// Where series index `series` comes from: (Deployment, index in that
+    /// Deployment's list). See "Order of a cluster's series" in the module doc.
+    pub fn locate(&self, series: u32) -> (u32, u32) {
+        let per_dep = self.series_per_deployment().max(1);
+        let deployments = u64::from(self.deployments.max(1));
+        let n = u64::from(self.deployments_per_request).clamp(1, deployments);
+        let s = u64::from(series);
+        let group = s / (n * per_dep);
+        let first = group * n;
+        let members = n.min(deployments.saturating_sub(first)).max(1);
+        let j = s - group * n * per_dep;
+        ((first + j % members) as u32, (j / members) as u32)
+    }
+
+    /// Builds every series of `cluster`, in round order ([`Scenario::locate`]).
     pub fn cluster_model(&self, cluster: u32) -> ClusterModel {
-        let mut series = Vec::with_capacity(self.series_per_cluster() as usize);
-        for dep in 0..self.deployments {
-            let base = self.base_labels(cluster, dep);
-            for labels in self.airflow(cluster, dep, &base) {
+        let mut lists: Vec<Vec<SeriesTemplate>> = (0..self.deployments)
+            .map(|dep| self.deployment_series(cluster, dep))
+            .collect();
+        let total = self.series_per_cluster() as u32;
+        let series = (0..total)
+            .map(|i| {
+                let (dep, k) = self.locate(i);
+                lists
+                    .get_mut(dep as usize)
+                    .and_then(|l| l.get_mut(k as usize))
+                    .map(std::mem::take)
+                    .unwrap_or_default()
+            })
+            .collect();
+        ClusterModel { cluster, series }
+    }
+
+    /// The series of Deployment `dep` of `cluster`, in the order of the
+    /// module doc, cut to [`Scenario::series_per_deployment`].
+    fn deployment_series(&self, cluster: u32, dep: u32) -> Vec<SeriesTemplate> {
+        let mut series = Vec::with_capacity(self.full_series_per_deployment() as usize);
+        let base = self.base_labels(cluster, dep);
+        let fixed = |labels| SeriesTemplate {
+            deployment: dep,
+            labels: Some(labels),
+            churn: None,
+        };
+        series.extend(self.airflow(cluster, dep, &base).into_iter().map(fixed));
+        for pod in 0..self.pods.max(COMPONENTS.len() as u32) {
+            let desc = self.long_lived_pod(cluster, dep, pod);
+            series.extend(pod_series(&base, &desc).into_iter().map(fixed));
+        }
+        for slot in 0..self.task_pods {
+            for k in 0..POD_SERIES as u32 {
                 series.push(SeriesTemplate {
                     deployment: dep,
-                    labels: Some(labels),
-                    churn: None,
+                    labels: None,
+                    churn: Some((slot, k)),
                 });
             }
-            for pod in 0..self.pods.max(COMPONENTS.len() as u32) {
-                let desc = self.long_lived_pod(cluster, dep, pod);
-                for labels in pod_series(&base, &desc) {
-                    series.push(SeriesTemplate {
-                        deployment: dep,
-                        labels: Some(labels),
-                        churn: None,
-                    });
-                }
-            }
-            for slot in 0..self.task_pods {
-                for k in 0..POD_SERIES as u32 {
-                    series.push(SeriesTemplate {
-                        deployment: dep,
-                        labels: None,
-                        churn: Some((slot, k)),
-                    });
-                }
-            }
         }
-        ClusterModel { cluster, series }
+        series.truncate(self.series_per_deployment() as usize);
+        series
     }
 
     /// The labels of series `id` in round `seq` (churning series change with `seq`).
@@ -760,6 +855,168 @@ mod tests {
         let s = Scenario::default();
         let n = s.airflow_series_per_deployment();
         assert!((1_500..2_300).contains(&n), "{n}");
+    }
+
+    /// A small shape: 2 DAGs x 1 task, 1 DAG file, 1 pool, 4 pods.
+    fn small(deployments: u32, per_request: u32) -> Scenario {
+        Scenario {
+            clusters: 1,
+            deployments,
+            dags: 2,
+            tasks: 1,
+            dag_files: 1,
+            pools: 1,
+            pods: 4,
+            deployments_per_request: per_request,
+            ..Scenario::default()
+        }
+    }
+
+    #[test]
+    fn default_order_is_deployment_after_deployment() {
+        let s = small(3, 1);
+        let p = s.series_per_deployment() as u32;
+        let m = s.cluster_model(0);
+        for i in 0..m.series.len() as u32 {
+            assert_eq!(s.locate(i), (i / p, i % p));
+            assert_eq!(m.series[i as usize].deployment, i / p);
+        }
+    }
+
+    #[test]
+    fn interleaved_order_is_round_robin_within_groups_and_a_permutation() {
+        for (deployments, n) in [(5, 2), (5, 5), (4, 4), (7, 3), (1, 1)] {
+            let s = small(deployments, n);
+            s.validate().unwrap();
+            let per = s.series_per_deployment() as u32;
+            let m = s.cluster_model(0);
+            let by_dep = small(deployments, 1).cluster_model(0);
+            let mut seen = std::collections::HashSet::new();
+            for i in 0..m.series.len() as u32 {
+                let (d, k) = s.locate(i);
+                assert!(
+                    d < deployments && k < per,
+                    "{deployments}/{n}: {i} -> {d},{k}"
+                );
+                assert!(seen.insert((d, k)), "{deployments}/{n}: ({d}, {k}) twice");
+                assert_eq!(s.deployment_of(i), d);
+                // The same series as in Deployment order, only moved.
+                assert_eq!(m.series[i as usize], by_dep.series[(d * per + k) as usize]);
+            }
+        }
+        // Groups of 2 among 5: d0 d1 d0 d1 ..., then d2 d3 ..., then d4 alone.
+        let s = small(5, 2);
+        let per = s.series_per_deployment() as u32;
+        let deps: Vec<u32> = (0..6).map(|i| s.deployment_of(i)).collect();
+        assert_eq!(deps, [0, 1, 0, 1, 0, 1]);
+        assert_eq!(s.deployment_of(2 * per), 2);
+        assert_eq!(s.deployment_of(2 * per + 1), 3);
+        assert_eq!(s.deployment_of(4 * per), 4);
+        assert_eq!(s.deployment_of(5 * per - 1), 4);
+    }
+
+    #[test]
+    fn dense_requests_interleave_every_deployment() {
+        // 100 Deployments of 10 series: 1,000 consecutive positions are one
+        // round of the cluster, 10 series of each Deployment.
+        let s = Scenario {
+            clusters: 2,
+            deployments: 100,
+            deployments_per_request: 100,
+            series_limit: Some(10),
+            ..Scenario::default()
+        };
+        s.validate().unwrap();
+        assert_eq!(s.series_per_cluster(), 1000);
+        let mut per_dep = std::collections::BTreeMap::new();
+        for i in 0..1000 {
+            *per_dep.entry(s.deployment_of(i)).or_insert(0) += 1;
+        }
+        assert_eq!(per_dep.len(), 100);
+        assert!(per_dep.values().all(|n| *n == 10));
+        // The first 100 positions already hold every Deployment once.
+        let first: std::collections::BTreeSet<u32> = (0..100).map(|i| s.deployment_of(i)).collect();
+        assert_eq!(first.len(), 100);
+        // The 10 kept are the first 10 of the full list.
+        let m = s.cluster_model(1);
+        let full = Scenario {
+            series_limit: None,
+            deployments_per_request: 1,
+            ..s.clone()
+        };
+        let p = full.series_per_deployment() as usize;
+        let fm = full.cluster_model(1);
+        assert_eq!(m.series[100 * 3 + 7], fm.series[7 * p + 3]);
+    }
+
+    #[test]
+    fn new_knobs_are_validated() {
+        let bad = [
+            Scenario {
+                deployments_per_request: 0,
+                ..Scenario::default()
+            },
+            Scenario {
+                deployments_per_request: 6,
+                ..Scenario::default()
+            },
+            Scenario {
+                series_limit: Some(0),
+                ..Scenario::default()
+            },
+            Scenario {
+                series_limit: Some(100_000),
+                ..Scenario::default()
+            },
+        ];
+        for s in bad {
+            let e = s.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("deploymentsPerRequest") || e.contains("seriesPerDeployment"),
+                "{e}"
+            );
+        }
+    }
+
+    /// Applies [`Scenario::deployment_id_rule`]'s regex by hand: two runs
+    /// of lowercase letters, then two groups of two digits, anchored.
+    fn apply_rule(namespace: &str) -> Option<String> {
+        let parts: Vec<&str> = namespace.split('-').collect();
+        let [a, b, n] = parts[..] else { return None };
+        let letters = |x: &str| !x.is_empty() && x.bytes().all(|c| c.is_ascii_lowercase());
+        if !(letters(a) && letters(b) && n.len() == 4 && n.bytes().all(|c| c.is_ascii_digit())) {
+            return None;
+        }
+        Some(format!("cl00{}d00{}load0deploy", &n[..2], &n[2..]))
+    }
+
+    #[test]
+    fn one_rule_derives_every_deployment_id_from_its_namespace() {
+        let s = Scenario {
+            clusters: 100,
+            deployments: 100,
+            ..Scenario::default()
+        };
+        let (regex, replacement) = s.deployment_id_rule().unwrap();
+        assert_eq!(regex, "[a-z]+-[a-z]+-([0-9]{2})([0-9]{2})");
+        assert_eq!(replacement, "cl00${1}d00${2}load0deploy");
+        for c in 0..100 {
+            for d in 0..100 {
+                assert_eq!(
+                    apply_rule(&s.namespace(c, d)).as_deref(),
+                    Some(s.deployment_id(c, d).as_str()),
+                    "cluster {c} Deployment {d}"
+                );
+            }
+        }
+        for (clusters, deployments) in [(101, 5), (4, 101)] {
+            let s = Scenario {
+                clusters,
+                deployments,
+                ..Scenario::default()
+            };
+            assert_eq!(s.deployment_id_rule(), None);
+        }
     }
 
     #[test]
