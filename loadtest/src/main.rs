@@ -288,6 +288,10 @@ struct SinkArgs {
     /// Delay every answer by this much.
     #[arg(long, value_parser = fanout_proto::units::parse_duration)]
     delay: Option<Duration>,
+    /// Delay every answer by a further 0 to this much, uniformly (with
+    /// --delay: a far endpoint's spread).
+    #[arg(long, value_parser = fanout_proto::units::parse_duration)]
+    jitter: Option<Duration>,
     /// Reset the connection of every N-th request.
     #[arg(long, default_value_t = 0)]
     reset_every: u64,
@@ -505,6 +509,7 @@ async fn sink(a: SinkArgs) -> anyhow::Result<i32> {
         status: a.fail_status,
         status_for: a.fail_for,
         delay: a.delay.unwrap_or_default(),
+        jitter: a.jitter.unwrap_or_default(),
         reset_every: a.reset_every,
         lose_answer_every: a.lose_answer_every,
     };
