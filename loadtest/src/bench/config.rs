@@ -7,7 +7,10 @@
 //!   everywhere, else restricted with a link per routed Deployment.
 //! - vmagent: one `-remoteWrite.url` per target; a global
 //!   `-remoteWrite.relabelConfig` that sets `deploymentId` from `namespace`
-//!   (one rule per Deployment, the only per-Deployment label here); the
+//!   (the only per-Deployment label here): the one regex rule a user would
+//!   write where the ids derive from the namespaces
+//!   ([`crate::scenario::Scenario::deployment_id_rule`]: up to 100 clusters
+//!   and 100 Deployments per cluster), else one rule per Deployment; the
 //!   labels that are the same for the whole fleet as `-remoteWrite.label`;
 //!   and, unless every Deployment goes everywhere, a
 //!   `-remoteWrite.urlRelabelConfig` per URL that keeps that target's
@@ -59,6 +62,9 @@ pub fn registry_for(scenario: &crate::scenario::Scenario, urls: &[String]) -> Va
         batch: 2000,
         protocol: Default::default(),
         drain_timeout: std::time::Duration::from_secs(60),
+        target_delay: std::time::Duration::ZERO,
+        target_jitter: std::time::Duration::ZERO,
+        outage: None,
     };
     registry(&spec, urls)
 }
@@ -162,16 +168,7 @@ pub struct VmagentSetup {
 pub fn vmagent(spec: &BenchSpec, urls: &[String], listen: SocketAddr, dir: &Path) -> VmagentSetup {
     let f = &spec.fleet;
     let mut files = Vec::new();
-    let mut global = String::from("# deploymentId from namespace, one rule per Deployment\n");
-    for c in 0..f.clusters {
-        for d in 0..f.deployments {
-            global.push_str(&format!(
-                "- action: replace\n  source_labels: [namespace]\n  regex: {}\n  target_label: deploymentId\n  replacement: {}\n",
-                yaml_str(&regex_escape(&f.namespace(c, d))),
-                yaml_str(&f.deployment_id(c, d)),
-            ));
-        }
-    }
+    let global = deployment_id_relabelling(f);
     let global_path = dir.join("relabel.yaml");
     files.push((global_path.clone(), global));
     let mut args = vec![
@@ -213,6 +210,36 @@ pub fn vmagent(spec: &BenchSpec, urls: &[String], listen: SocketAddr, dir: &Path
         }
     }
     VmagentSetup { args, files }
+}
+
+/// vmagent's global relabelling: `deploymentId` from `namespace`, with one
+/// rule when the ids derive from the namespaces, else one per Deployment.
+fn deployment_id_relabelling(f: &crate::scenario::Scenario) -> String {
+    let rule = |regex: &str, replacement: &str| {
+        format!(
+            "- action: replace\n  source_labels: [namespace]\n  regex: {}\n  target_label: deploymentId\n  replacement: {}\n",
+            yaml_str(regex),
+            yaml_str(replacement),
+        )
+    };
+    if let Some((regex, replacement)) = f.deployment_id_rule() {
+        return format!(
+            "# deploymentId from namespace: one rule, as a user would write it\n{}",
+            rule(&regex, &replacement)
+        );
+    }
+    let mut out = String::from(
+        "# deploymentId from namespace, one rule per Deployment (the ids do not derive from the namespaces)\n",
+    );
+    for c in 0..f.clusters {
+        for d in 0..f.deployments {
+            out.push_str(&rule(
+                &regex_escape(&f.namespace(c, d)),
+                &f.deployment_id(c, d),
+            ));
+        }
+    }
+    out
 }
 
 fn regex_escape(s: &str) -> String {
@@ -326,15 +353,38 @@ mod tests {
             )
         );
         assert_eq!(parsed[0]["action"].as_str(), Some("keep"));
-        // The global file maps every namespace to its Deployment id.
+        // The global file derives every Deployment id from its namespace
+        // with the one rule a user would write.
         let (_, global) = &v.files[0];
         let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(global).unwrap();
         let rules = parsed.as_sequence().unwrap();
-        assert_eq!(rules.len(), 4);
-        assert_eq!(rules[3]["regex"].as_str().unwrap(), s.fleet.namespace(1, 1));
+        assert_eq!(rules.len(), 1);
+        let (regex, replacement) = s.fleet.deployment_id_rule().unwrap();
+        assert_eq!(rules[0]["regex"].as_str(), Some(regex.as_str()));
+        assert_eq!(rules[0]["replacement"].as_str(), Some(replacement.as_str()));
+        assert_eq!(rules[0]["source_labels"][0].as_str(), Some("namespace"));
+        assert_eq!(rules[0]["target_label"].as_str(), Some("deploymentId"));
+    }
+
+    #[test]
+    fn vmagent_gets_one_rule_per_deployment_where_ids_do_not_derive() {
+        let s = spec("name: big\nfleet: {clusters: 101, deployments: 2, dags: 1, tasks: 1}\ntargets: 1\ntraffic: {samples: 1}\n");
+        let v = vmagent(
+            &s,
+            &urls(1),
+            "127.0.0.1:1".parse().unwrap(),
+            Path::new("/x"),
+        );
+        let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(&v.files[0].1).unwrap();
+        let rules = parsed.as_sequence().unwrap();
+        assert_eq!(rules.len(), 202);
         assert_eq!(
-            rules[3]["replacement"].as_str().unwrap(),
-            s.fleet.deployment_id(1, 1)
+            rules[201]["regex"].as_str().unwrap(),
+            s.fleet.namespace(100, 1)
+        );
+        assert_eq!(
+            rules[201]["replacement"].as_str().unwrap(),
+            s.fleet.deployment_id(100, 1)
         );
     }
 

@@ -34,7 +34,7 @@ use tokio::process::{Child, Command};
 
 use crate::generator::{self, GeneratorConfig};
 use crate::identity::SeriesId;
-use crate::sink::{Sink, SinkConfig, SinkHandle};
+use crate::sink::{Fault, Sink, SinkConfig, SinkHandle};
 use crate::verify::{Expectation, Problem};
 pub use report::{BenchReport, GatewayResult, Mode};
 pub use spec::BenchSpec;
@@ -97,16 +97,22 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         scenario: spec.name.clone(),
         mode: opts.mode,
         summary: format!(
-            "{} clusters x {} Deployments ({} series), {} targets{}, {} per Deployment, {} samples{}",
+            "{} clusters x {} Deployments ({} series{}), {} targets{}{}, {} per Deployment, {} samples{}",
             f.clusters,
             f.deployments,
             report::thousands(f.series_per_cluster() * u64::from(f.clusters)),
+            if f.deployments_per_request > 1 {
+                format!(", {} Deployments interleaved", f.deployments_per_request)
+            } else {
+                String::new()
+            },
             spec.targets,
             if spec.dead_targets.is_empty() {
                 String::new()
             } else {
                 format!(" ({} dead)", spec.dead_targets.len())
             },
+            target_behaviour(spec),
             spec.targets_per_deployment,
             report::thousands(spec.traffic.samples),
             traffic_summary(opts.mode, spec),
@@ -304,6 +310,7 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
         } else {
             let h = Sink::start(SinkConfig {
                 name: BenchSpec::target_name(t),
+                fault: target_fault(spec, None),
                 ..SinkConfig::default()
             })
             .await?;
@@ -349,6 +356,12 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
     let own_cpu0 = procfs::cpu(std::process::id())?;
     let sink_cpu0: Vec<u64> = sinks.iter().map(|s| s.stats().cpu_nanos).collect();
     let url = format!("http://{ingest}/api/v1/write");
+    if let Some(outage) = spec.outage {
+        // From the start of the traffic, not from the sinks' start.
+        for s in &sinks {
+            s.set_fault(target_fault(spec, Some(outage)));
+        }
+    }
     let gen = GeneratorConfig {
         url,
         scenario: spec.fleet.clone(),
@@ -365,6 +378,7 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
         ..GeneratorConfig::default()
     };
     let summary = generator::run(gen).await?;
+    // The end of the load: the generator's last request was answered.
     let sent_at = Instant::now();
 
     // What should arrive where: every acked sample at each live target of its Deployment.
@@ -393,13 +407,13 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
 
     // Drain: until the sinks hold every expected delivery, or the timeout.
     let mut last_print = Instant::now();
-    let drained = loop {
+    let (drained, missing_at_timeout) = loop {
         let got: u64 = sinks.iter().map(|s| s.stats().samples).sum();
         if got >= expected {
-            break true;
+            break (true, 0);
         }
         if sent_at.elapsed() >= spec.drain_timeout {
-            break false;
+            break (false, expected - got);
         }
         if let Some(st) = proc.child.try_wait()? {
             bail!(
@@ -469,6 +483,11 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
         }
     }
     let bytes_received: u64 = reports.iter().map(|r| r.bytes).sum();
+    let out_of_order: u64 = reports
+        .iter()
+        .flat_map(|r| r.series.values())
+        .map(|rec| rec.out_of_order)
+        .sum();
     let cpu_secs = cpu.as_secs_f64();
     let q = |h: &Option<hdrhistogram::Histogram<u64>>, x: f64| {
         h.as_ref()
@@ -502,9 +521,48 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
         samples_lost: lost,
         other_problems: other,
         problem_examples: problems.iter().take(5).map(|p| p.to_string()).collect(),
+        out_of_order_samples: out_of_order,
         drained,
         drain_secs,
+        missing_at_drain_timeout: missing_at_timeout,
     })
+}
+
+/// How the live targets answer, for the report's summary line.
+fn target_behaviour(spec: &BenchSpec) -> String {
+    use fanout_proto::units::format_duration;
+    let mut parts = Vec::new();
+    if !spec.target_delay.is_zero() || !spec.target_jitter.is_zero() {
+        let mut d = format!("answering after {}", format_duration(spec.target_delay));
+        if !spec.target_jitter.is_zero() {
+            d.push_str(&format!(" + 0-{}", format_duration(spec.target_jitter)));
+        }
+        parts.push(d);
+    }
+    if let Some(o) = spec.outage {
+        parts.push(format!(
+            "{} for the first {}",
+            o.status,
+            format_duration(o.duration)
+        ));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
+}
+
+/// What every live target does: the scenario's delay and jitter, and
+/// `outage` if given.
+fn target_fault(spec: &BenchSpec, outage: Option<spec::Outage>) -> Fault {
+    Fault {
+        status: outage.map(|o| o.status),
+        status_for: outage.map(|o| o.duration),
+        delay: spec.target_delay,
+        jitter: spec.target_jitter,
+        ..Fault::default()
+    }
 }
 
 fn utc_now() -> String {
@@ -549,6 +607,33 @@ mod tests {
             traffic_summary(Mode::Saturation, &spec),
             " as fast as answered over 8 connections, 1,000 per request"
         );
+    }
+
+    #[test]
+    fn summary_says_how_targets_answer() {
+        let spec = BenchSpec::parse(
+            "s.yaml",
+            "name: s\ntargets: 1\ntraffic: {samples: 10}\ntargetDelay: 300ms\ntargetJitter: 50ms\noutage: {status: 503, for: 30s}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            target_behaviour(&spec),
+            " (answering after 300ms + 0-50ms, 503 for the first 30s)"
+        );
+        let f = target_fault(&spec, spec.outage);
+        assert_eq!(
+            (f.status, f.status_for, f.delay, f.jitter),
+            (
+                Some(503),
+                Some(Duration::from_secs(30)),
+                Duration::from_millis(300),
+                Duration::from_millis(50)
+            )
+        );
+        assert_eq!(target_fault(&spec, None).status, None);
+        let plain =
+            BenchSpec::parse("p.yaml", "name: p\ntargets: 1\ntraffic: {samples: 10}\n").unwrap();
+        assert_eq!(target_behaviour(&plain), "");
     }
 
     #[test]

@@ -113,10 +113,20 @@ pub struct GatewayResult {
     pub other_problems: u64,
     /// The first few problems, readable.
     pub problem_examples: Vec<String>,
+    /// Samples that arrived at a live target after a newer round of their
+    /// series had (the sinks' per-series count, summed over the targets).
+    /// Reported, not a problem: the generator sends over parallel
+    /// connections, so some reordering is the sender's.
+    pub out_of_order_samples: u64,
     /// Whether every expected delivery arrived before the drain timeout.
     pub drained: bool,
-    /// Seconds from the generator's end until delivery completed (or the timeout).
+    /// Seconds from the end of the load (the generator's last answered
+    /// request) until the sinks held every expected delivery, or until the
+    /// drain timeout. (Reports before it was named called it `drainSecs`.)
+    #[serde(rename = "drainSeconds", alias = "drainSecs")]
     pub drain_secs: f64,
+    /// Expected deliveries still missing at the drain timeout (0 when drained).
+    pub missing_at_drain_timeout: u64,
 }
 
 /// The whole run: scenario, command, one result per gateway.
@@ -220,12 +230,18 @@ impl BenchReport {
         });
         row("samples lost", &|r| thousands(r.samples_lost));
         row("other problems", &|r| thousands(r.other_problems));
-        row("drain", &|r| {
-            format!(
-                "{} {:.1}s",
-                if r.drained { "done" } else { "TIMEOUT" },
-                r.drain_secs
-            )
+        row("samples out of order", &|r| {
+            thousands(r.out_of_order_samples)
+        });
+        row("drained after load end, s", &|r| {
+            if r.drained {
+                format!("{:.1}", r.drain_secs)
+            } else {
+                format!(
+                    "not drained ({} missing)",
+                    thousands(r.missing_at_drain_timeout)
+                )
+            }
         });
         let name_w = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
         let col_w: Vec<usize> = cols
@@ -316,6 +332,7 @@ mod tests {
             latency_p99_ms: 1890.0,
             drained: true,
             drain_secs: 1.25,
+            out_of_order_samples: 7,
             ..GatewayResult::default()
         }
     }
@@ -389,7 +406,9 @@ mod tests {
         assert!(row(&t, "samples / request sent").ends_with("2,000"));
         assert!(row(&t, "e2e p99 ms (live targets)").ends_with("1890"));
         assert!(t.contains("peak RSS MiB"));
-        assert!(t.contains("done 1.2s") || t.contains("done 1.3s"));
+        let d = row(&t, "drained after load end, s");
+        assert!(d.ends_with(" 1.2") || d.ends_with(" 1.3"), "{d}");
+        assert!(row(&t, "samples out of order").ends_with(" 7"));
         // Rate mode: deliveries first.
         assert!(
             t.ends_with(
@@ -399,7 +418,10 @@ mod tests {
             "{t}"
         );
         // Columns line up: every row has the same width.
-        let n_rows = lines.iter().position(|l| l.starts_with("drain")).unwrap();
+        let n_rows = lines
+            .iter()
+            .position(|l| l.starts_with("drained after"))
+            .unwrap();
         let widths: Vec<usize> = lines[2..=n_rows].iter().map(|l| l.len()).collect();
         assert!(widths.windows(2).all(|w| w[0] == w[1]), "{t}");
     }
@@ -452,6 +474,9 @@ mod tests {
             "\"bytesReceived\":4500000",
             "\"bytesPerDelivery\":1.5",
             "\"retries\":0",
+            "\"outOfOrderSamples\":7",
+            "\"drainSeconds\":1.25",
+            "\"missingAtDrainTimeout\":0",
         ] {
             assert!(j.contains(key), "{key} not in {j}");
         }
@@ -460,13 +485,33 @@ mod tests {
     }
 
     #[test]
+    fn an_undrained_run_says_how_much_is_missing() {
+        let mut r = report(Mode::Rate);
+        r.results[1].drained = false;
+        r.results[1].drain_secs = 60.0;
+        r.results[1].missing_at_drain_timeout = 12_345;
+        let t = r.table();
+        let d = row(&t, "drained after load end, s");
+        assert!(d.ends_with("not drained (12,345 missing)"), "{d}");
+        // The columns still line up.
+        let widths: Vec<usize> = t
+            .lines()
+            .skip(2)
+            .take_while(|l| !l.starts_with("fanout /"))
+            .map(str::len)
+            .collect();
+        assert!(widths.windows(2).all(|w| w[0] == w[1]), "{t}");
+    }
+
+    #[test]
     fn reports_from_before_saturation_mode_still_load() {
         let old = r#"{"scenario":"fanout-3","summary":"s","command":"c","cpus":2,
             "time":"t","results":[{"gateway":"fanout","skipped":null,
-            "samplesAcked":10,"samplesPerCpuSec":825688.0,"drained":true}]}"#;
+            "samplesAcked":10,"samplesPerCpuSec":825688.0,"drained":true,"drainSecs":2.5}]}"#;
         let r: BenchReport = serde_json::from_str(old).unwrap();
         assert_eq!(r.mode, Mode::Rate);
         assert_eq!(r.results[0].deliveries_per_cpu_sec, 825688.0);
         assert_eq!(r.results[0].bytes_per_delivery, 0.0);
+        assert_eq!(r.results[0].drain_secs, 2.5);
     }
 }

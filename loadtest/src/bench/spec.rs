@@ -12,7 +12,14 @@
 //! batch: 2000                               # maxSamplesPerSend / -remoteWrite.maxRowsPerBlock
 //! protocol: V2                              # Fanout's targets get remote-write 2.0; default V1
 //! drainTimeout: 30s
+//! targetDelay: 300ms                        # every live target answers after this; default 0
+//! targetJitter: 50ms                        # ... plus 0 to this, uniformly; default 0
+//! outage: {status: 503, for: 30s}           # every live target answers 503 for the first 30 s
 //! ```
+//!
+//! The target behaviour (`targetDelay`, `targetJitter`, `outage`) is the
+//! sinks', so both gateways meet the same endpoints; the outage starts when
+//! the traffic does (after the gateway is ready).
 //!
 //! Routing: Deployment `g` (global index `cluster × deployments + d`) goes to
 //! targets `(g + j) mod targets` for `j < targetsPerDeployment`, so every
@@ -71,6 +78,18 @@ fn default_drain() -> Duration {
     Duration::from_secs(30)
 }
 
+/// An outage of every live target: this status instead of recording, from
+/// the start of the traffic for `for`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outage {
+    /// The status answered (an error status: 400 to 599).
+    pub status: u16,
+    /// How long.
+    #[serde(rename = "for", with = "duration_str")]
+    pub duration: Duration,
+}
+
 /// The raw file shape; [`BenchSpec::parse`] validates it.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -92,6 +111,12 @@ struct RawSpec {
     protocol: Protocol,
     #[serde(default = "default_drain", with = "duration_str")]
     drain_timeout: Duration,
+    #[serde(default, with = "duration_str")]
+    target_delay: Duration,
+    #[serde(default, with = "duration_str")]
+    target_jitter: Duration,
+    #[serde(default)]
+    outage: Option<Outage>,
 }
 
 /// The remote-write version Fanout's targets are configured with
@@ -130,6 +155,15 @@ pub struct BenchSpec {
     /// How long to wait for delivery after the generator stopped.
     #[serde(with = "duration_str")]
     pub drain_timeout: Duration,
+    /// Every live target answers after this long.
+    #[serde(with = "duration_str")]
+    pub target_delay: Duration,
+    /// ... plus 0 to this long, uniformly.
+    #[serde(with = "duration_str")]
+    pub target_jitter: Duration,
+    /// Every live target answers an error status for a while from the start
+    /// of the traffic.
+    pub outage: Option<Outage>,
 }
 
 impl BenchSpec {
@@ -206,6 +240,17 @@ impl BenchSpec {
         if raw.traffic.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
             return Err(err("traffic.rate: must be positive".into()));
         }
+        if let Some(o) = raw.outage {
+            if !(400..=599).contains(&o.status) {
+                return Err(err(format!(
+                    "outage.status {}: an error status (400 to 599), e.g. 503",
+                    o.status
+                )));
+            }
+            if o.duration.is_zero() {
+                return Err(err("outage.for: must be longer than 0s".into()));
+            }
+        }
         Ok(BenchSpec {
             name: raw.name,
             description: raw.description,
@@ -217,6 +262,9 @@ impl BenchSpec {
             batch: raw.batch,
             protocol: raw.protocol,
             drain_timeout: raw.drain_timeout,
+            target_delay: raw.target_delay,
+            target_jitter: raw.target_jitter,
+            outage: raw.outage,
         })
     }
 
@@ -442,6 +490,118 @@ drainTimeout: 5s
             ..s.clone()
         };
         assert_eq!(strip(&dead), strip(&alive));
+    }
+
+    #[test]
+    fn target_behaviour_and_interleaving_keys() {
+        let s = BenchSpec::parse(
+            "far.yaml",
+            "name: far\nfleet: {deploymentsPerRequest: 5, seriesPerDeployment: 10}\ntargets: 1\n\
+             traffic: {samples: 10}\ntargetDelay: 300ms\ntargetJitter: 50ms\n\
+             outage: {status: 503, for: 30s}\n",
+        )
+        .unwrap();
+        assert_eq!(s.target_delay, Duration::from_millis(300));
+        assert_eq!(s.target_jitter, Duration::from_millis(50));
+        assert_eq!(
+            s.outage,
+            Some(Outage {
+                status: 503,
+                duration: Duration::from_secs(30)
+            })
+        );
+        assert_eq!(s.fleet.deployments_per_request, 5);
+        assert_eq!(s.fleet.series_limit, Some(10));
+        assert_eq!(s.fleet.series_per_deployment(), 10);
+        // Defaults: no delay, no outage, today's order, every series.
+        let d = BenchSpec::parse("d.yaml", "name: d\ntargets: 1\ntraffic: {samples: 1}\n").unwrap();
+        assert_eq!(
+            (d.target_delay, d.target_jitter, d.outage),
+            (Duration::ZERO, Duration::ZERO, None)
+        );
+        assert_eq!(
+            (d.fleet.deployments_per_request, d.fleet.series_limit),
+            (1, None)
+        );
+        for (text, needle) in [
+            ("outage: {status: 200, for: 30s}", "outage.status 200"),
+            ("outage: {status: 503, for: 0s}", "outage.for"),
+            ("outage: {status: 503}", "for"),
+            ("outage: {status: 503, for: 1s, when: now}", "when"),
+            ("targetDelay: slow", "duration"),
+            ("fleet: {deploymentsPerRequest: 6}", "deploymentsPerRequest"),
+            ("fleet: {seriesPerDeployment: 0}", "seriesPerDeployment"),
+        ] {
+            let text = format!("name: x\ntargets: 1\ntraffic: {{samples: 1}}\n{text}\n");
+            let e = BenchSpec::parse("bad.yaml", &text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn far_dense_and_outage_scenarios_have_their_shape() {
+        let far = shipped("far-300ms");
+        assert_eq!(far.deployment_count(), 1);
+        assert_eq!(far.targets, 1);
+        assert_eq!(
+            (far.traffic.samples, far.traffic.rate),
+            (600_000, Some(15_000.0))
+        );
+        assert_eq!(far.target_delay, Duration::from_millis(300));
+        assert!(far.target_jitter <= Duration::from_millis(50));
+        assert_eq!(
+            (far.batch, far.drain_timeout),
+            (2000, Duration::from_secs(60))
+        );
+        for (name, targets) in [("dense-100", 10), ("dense-100-fanout-1", 1)] {
+            let d = shipped(name);
+            let f = &d.fleet;
+            assert_eq!(
+                (f.deployments, f.series_per_deployment()),
+                (100, 10),
+                "{name}"
+            );
+            assert_eq!((d.targets, d.all_to_all()), (targets, true), "{name}");
+            assert_eq!(d.traffic.rate, None, "{name}: saturation");
+            assert_eq!((d.traffic.connections, d.batch), (8, 2000), "{name}");
+            // A request is one round of a cluster: 1,000 series of 100 Deployments.
+            assert_eq!(d.traffic.samples_per_request as u64, f.series_per_cluster());
+            let deps: BTreeSet<u32> = (0..1000).map(|i| f.deployment_of(i)).collect();
+            assert_eq!(deps.len(), 100, "{name}");
+            assert!(
+                f.deployment_id_rule().is_some(),
+                "{name}: vmagent gets one rule"
+            );
+        }
+        assert_eq!(
+            strip_targets(&shipped("dense-100")),
+            strip_targets(&shipped("dense-100-fanout-1"))
+        );
+        let outage = shipped("outage-30s");
+        assert_eq!(outage.fleet, shipped("fanout-3").fleet);
+        assert_eq!(outage.deployment_count(), 20);
+        assert_eq!(outage.targets, 3);
+        assert_eq!(outage.traffic.rate, Some(30_000.0));
+        assert_eq!(outage.traffic.samples, 1_800_000);
+        assert_eq!(
+            outage.outage,
+            Some(Outage {
+                status: 503,
+                duration: Duration::from_secs(30)
+            })
+        );
+        assert_eq!(outage.drain_timeout, Duration::from_secs(120));
+    }
+
+    /// A spec without its name, description and targets.
+    fn strip_targets(s: &BenchSpec) -> BenchSpec {
+        BenchSpec {
+            name: String::new(),
+            description: String::new(),
+            targets: 0,
+            targets_per_deployment: 0,
+            ..s.clone()
+        }
     }
 
     #[test]
