@@ -10,6 +10,14 @@ use super::parts::compress_parts;
 use super::records::split_point;
 use super::{first_lane, mask_lanes, Batch, Chunk, Dispatch, TargetCore};
 
+/// How many times `maxSamplesPerSend` a batch may take when its lanes are
+/// behind ([`TargetCore::grown_max`]): 10,000 samples at the default 2,000,
+/// vmagent's `-remoteWrite.maxRowsPerBlock`.
+pub const GROWN_BATCHES: u32 = 5;
+/// Records (uncompressed) a grown batch takes at most: 8 MiB, vmagent's
+/// largest block.
+pub const GROWN_BYTES: usize = 8 << 20;
+
 impl TargetCore {
     /// The lane of `mask` whose front is oldest: the lowest seq among disk
     /// queues, the earliest enqueued among memory queues (ties: lowest lane).
@@ -21,6 +29,7 @@ impl TargetCore {
                 .map(|(_, l)| l)
         } else {
             mask_lanes(mask)
+                .filter(|&l| !self.front_gated(l))
                 .filter_map(|l| self.lanes[l].queue.front().map(|c| (c.enqueued, l)))
                 .min()
                 .map(|(_, l)| l)
@@ -33,13 +42,15 @@ impl TargetCore {
     /// lone series larger than that makes a larger batch), compressed once.
     /// Every lane it takes data from is busy until the batch is done.
     pub(super) fn form_batch(&mut self, mask: u64, from_disk: bool, now: Instant) -> Dispatch {
-        let max = self.batch_max();
+        let base = self.batch_max();
+        let max = self.grown_max();
+        let mut bytes = 0usize;
         let mut samples = 0u32;
         let mut oldest = now;
         let mut seqs = Vec::new();
         let mut pieces: Vec<(u32, Chunk)> = Vec::with_capacity(2 * mask.count_ones() as usize);
         let mut taken = 0u64;
-        while samples < max {
+        while samples < max && (samples < base || bytes < GROWN_BYTES) {
             let Some(l) = self.oldest_lane(mask, from_disk) else {
                 break;
             };
@@ -69,11 +80,14 @@ impl TargetCore {
                 break;
             }
             oldest = oldest.min(front.enqueued);
+            bytes += end;
             taken |= 1 << l;
             let split = end < front.records.len();
             let piece = if split {
                 // The rest stays at the head (a disk seq completes with the
                 // batch that takes its rest).
+                let (head, tail) = front.owners.split(&front.records, end);
+                front.owners = tail;
                 let part = Chunk {
                     records: front.records.slice(..end),
                     samples: s,
@@ -82,7 +96,7 @@ impl TargetCore {
                     permit: front.permit.clone(),
                     packed: None,
                     push: front.push,
-                    owner: front.owner,
+                    owners: head,
                 };
                 // Its compressed form (if any) is of the whole chunk: it
                 // does not fit a part of it.
@@ -118,6 +132,7 @@ impl TargetCore {
                 break;
             }
         }
+        let min_push = pieces.iter().map(|(_, c)| c.push).min().unwrap_or(0);
         let body = self.compress(&pieces, from_disk);
         if from_disk {
             pieces = Vec::new();
@@ -136,6 +151,7 @@ impl TargetCore {
             sending: true,
             not_before: now,
             lanes: taken,
+            min_push: if from_disk { 0 } else { min_push },
             seqs,
             pieces,
         });
@@ -167,7 +183,7 @@ impl TargetCore {
         // (fanout-1 at saturation 1.25 against 1.02-1.13 CPU-s per 2M
         // samples, for 35.7 against 36.6 bytes per sample).
         let mut order: Vec<usize> = (0..pieces.len()).collect();
-        order.sort_by_key(|&i| pieces[i].1.owner);
+        order.sort_by_key(|&i| pieces[i].1.owners.first());
         self.scratch.clear();
         for &i in &order {
             self.scratch.extend_from_slice(&pieces[i].1.records);
@@ -179,10 +195,26 @@ impl TargetCore {
         body
     }
 
-    /// Samples per batch: `maxSamplesPerSend`, or less after a 413.
+    /// Samples per batch: `maxSamplesPerSend`, or less after a 413. A
+    /// batch is due once its lanes hold this many.
     pub(super) fn batch_max(&self) -> u32 {
         let max = self.config.max_samples;
         self.split_cap.map_or(max, |c| c.min(max)).max(1)
+    }
+
+    /// Samples a batch may take when more than [`Self::batch_max`] waits:
+    /// a lane that fell behind (its previous request took long, or failed)
+    /// catches up in requests up to [`GROWN_BATCHES`] times larger, at most
+    /// [`GROWN_BYTES`] of records, and sends `maxSamplesPerSend` again once
+    /// it has caught up (nothing more is waiting). Never after a 413 or a
+    /// `maxBytesPerSend` cut: the endpoint said how much it takes.
+    pub(super) fn grown_max(&self) -> u32 {
+        let base = self.batch_max();
+        if self.grow {
+            base.saturating_mul(GROWN_BATCHES)
+        } else {
+            base
+        }
     }
 
     /// A 413 (payload too large) on memory batch `at` of more than one
@@ -216,6 +248,7 @@ impl TargetCore {
         }
         self.split_cap = Some(cap);
         self.split_ok = 0;
+        self.grow = false;
         true
     }
 

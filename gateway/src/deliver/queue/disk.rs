@@ -18,12 +18,17 @@ impl TargetCore {
         self.counters.spilled += u64::from(samples);
     }
 
-    /// After a restart: every lane waits until every disk record up to
-    /// `written_seq` was read back (their lanes are unknown until read).
+    /// After a restart: nothing new goes until every disk record up to
+    /// `written_seq` was delivered (or dropped). A series' lane follows the
+    /// width of the moment it was pushed (`push_cut`), so a record on disk
+    /// may sit in another lane than the same series' new data.
     pub fn set_recovered(&mut self, acked_seq: u64, written_seq: u64) {
         self.read_through = self.read_through.max(acked_seq);
         for l in &mut self.lanes {
             l.disk_through = l.disk_through.max(written_seq);
+        }
+        if written_seq > acked_seq {
+            self.set_barrier(written_seq);
         }
     }
 
@@ -83,7 +88,7 @@ impl TargetCore {
                 permit: None,
                 packed: None,
                 push: 0,
-                owner: crate::deliver::accounting::UNKNOWN,
+                owners: super::ChunkOwners::One(crate::deliver::accounting::UNKNOWN),
                 records: c.records,
             };
             self.reload_bytes += chunk.records.len() as u64;

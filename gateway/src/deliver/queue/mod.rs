@@ -92,8 +92,8 @@ use groups::{group_mask, mask_lanes, LoadMeter};
 pub use parts::Packed;
 use records::split_point;
 pub use types::{
-    lanes_for, Chunk, CoreConfig, Counters, DiskChunk, Dispatch, DropOldest, Event, LastError,
-    Overflow,
+    lanes_for, Chunk, ChunkOwners, CoreConfig, Counters, DiskChunk, Dispatch, DropOldest, Event,
+    LastError, Overflow, OwnerRun,
 };
 
 /// Most lanes (concurrent in-order streams) of one target.
@@ -124,6 +124,9 @@ struct Batch {
     lanes: u64,
     /// Disk seqs this batch completes when delivered or dropped.
     seqs: Vec<u64>,
+    /// The lowest push of its memory chunks (0 for a disk batch: disk
+    /// records count as older than anything pushed), for the lane gates.
+    min_push: u64,
     /// Memory batches: the queued chunks (or parts) it was made of, with
     /// their lanes, in order: a shutdown spill puts every record back under
     /// its own lane's tag without reading the compressed body (whose
@@ -143,6 +146,10 @@ struct Lane {
     disk: VecDeque<(u64, Chunk)>,
     /// Highest disk seq holding data of this lane.
     disk_through: u64,
+    /// Lane gates, ascending ([`TargetCore::push_cut`]): a chunk pushed at
+    /// or after gate `P` waits until no other lane holds data pushed before
+    /// `P` (queued, in a batch not yet done, or on disk).
+    gates: Vec<u64>,
 }
 
 /// A target's delivery state machine.
@@ -159,6 +166,9 @@ pub struct TargetCore {
     split_cap: Option<u32>,
     /// Successes in a row at `split_cap`.
     split_ok: u32,
+    /// Batches may grow past `maxSamplesPerSend` when behind (until a 413
+    /// or a `maxBytesPerSend` cut: [`TargetCore::grown_max`]).
+    grow: bool,
     /// Pushes so far ([`Self::begin_push`]), stamped on each chunk.
     pushes: u64,
     cursor: usize,
@@ -194,12 +204,20 @@ pub struct TargetCore {
     drained: bool,
     /// [`TargetCore::close`] ran.
     closed: bool,
+    /// The width the last [`TargetCore::push_cut`] used (0: none yet).
+    last_width: u32,
+    /// Lane gates set and not yet lifted, over all lanes.
+    gated: usize,
+    /// A gated chunk went to disk: until no disk record is left, one batch
+    /// at a time, disk records in seq order, and nothing from memory.
+    strict_disk: bool,
 }
 
 impl TargetCore {
     /// A target with `config`; `seed` seeds the jitter.
     pub fn new(id: impl Into<String>, config: CoreConfig, seed: u64) -> TargetCore {
         let lanes = (0..config.lanes()).map(|_| Lane::default()).collect();
+        let grow = config.grow;
         TargetCore {
             id: id.into(),
             concurrency: Concurrency::new(config.max_concurrency.min(config.lanes())),
@@ -212,6 +230,7 @@ impl TargetCore {
             pushes: 0,
             split_cap: None,
             split_ok: 0,
+            grow,
             in_flight: 0,
             next_batch: 1,
             rng: fastrand::Rng::with_seed(seed),
@@ -233,6 +252,9 @@ impl TargetCore {
             reload_samples: 0,
             drained: false,
             closed: false,
+            last_width: 0,
+            gated: 0,
+            strict_disk: false,
         }
     }
 
@@ -272,11 +294,102 @@ impl TargetCore {
         self.config = config;
     }
 
-    /// Queues `chunk` on the lane of `shard`; overflows the oldest chunks
+    /// The width the router cuts this target's share of a request by
+    /// ([`TargetCore::push_cut`]): its lane groups.
+    pub fn width(&self) -> u32 {
+        self.groups()
+    }
+
+    /// Queues `chunk`, shard `shard` of a request cut into `shards` (a
+    /// power of two: the widest of the targets that share the chunk) by
+    /// series hash, on lane `shard % width`, where the width is this
+    /// target's lane groups (at most `shards`). The lane of a series is
+    /// thus its hash modulo the width, and it moves when the width changes:
+    /// every lane then gets a gate at this push, so what a lane receives
+    /// from now on waits until every other lane has delivered what was
+    /// pushed before (module docs, "Width"). No lane stalls that holds no
+    /// newer data, and nothing waits that a width change did not move.
+    pub fn push_cut(&mut self, shard: u32, shards: u32, chunk: Chunk, overflow: &mut dyn Overflow) {
+        let width = shards.clamp(1, self.groups());
+        let lane = shard & (width - 1);
+        if width != self.last_width {
+            if self.last_width != 0 && self.holds_data() {
+                let at = self.pushes;
+                for l in &mut self.lanes {
+                    if l.gates.last() != Some(&at) {
+                        l.gates.push(at);
+                        self.gated += 1;
+                    }
+                }
+            }
+            self.last_width = width;
+        }
+        self.push(lane, chunk, overflow);
+    }
+
+    /// Whether anything is queued, in a batch or on disk.
+    fn holds_data(&self) -> bool {
+        self.queue_samples > 0
+            || !self.batches.is_empty()
+            || self.reload_samples > 0
+            || self
+                .lanes
+                .iter()
+                .any(|l| !l.disk.is_empty() || l.disk_through > self.read_through)
+    }
+
+    /// Whether a lane other than `lane` holds data pushed before `at`:
+    /// queued in memory, in a batch not yet done, or on disk (disk records
+    /// count as older than anything).
+    fn older_elsewhere(&self, lane: usize, at: u64) -> bool {
+        self.lanes.iter().enumerate().any(|(m, l)| {
+            m != lane
+                && (l.queue.front().is_some_and(|c| c.push < at)
+                    || !l.disk.is_empty()
+                    || l.disk_through > self.read_through
+                    || l.busy.is_some_and(|id| {
+                        self.batches.iter().any(|b| b.id == id && b.min_push < at)
+                    }))
+        })
+    }
+
+    /// Whether the front chunk of `lane`'s memory queue waits at a gate.
+    fn front_gated(&self, lane: usize) -> bool {
+        let l = &self.lanes[lane];
+        if l.gates.is_empty() {
+            return false;
+        }
+        let Some(front) = l.queue.front() else {
+            return false;
+        };
+        match l.gates.iter().rev().find(|&&g| g <= front.push) {
+            Some(&g) => self.older_elsewhere(lane, g),
+            None => false,
+        }
+    }
+
+    /// Lifts the gates nothing older is left behind.
+    fn lift_gates(&mut self) {
+        if self.gated == 0 {
+            return;
+        }
+        for lane in 0..self.lanes.len() {
+            let gates = std::mem::take(&mut self.lanes[lane].gates);
+            let before = gates.len();
+            let kept: Vec<u64> = gates
+                .into_iter()
+                .filter(|&g| self.older_elsewhere(lane, g))
+                .collect();
+            self.gated -= before - kept.len();
+            self.lanes[lane].gates = kept;
+        }
+    }
+
+    /// Queues `chunk` on lane `shard % lanes`; overflows the oldest chunks
     /// while over the memory bound. Never waits.
     pub fn push(&mut self, shard: u32, mut chunk: Chunk, overflow: &mut dyn Overflow) {
         chunk.push = self.pushes;
-        self.accounts.accepted(chunk.owner, chunk.samples);
+        chunk.each_owner(|o, n| self.accounts.accepted(o, n));
         self.arrived(chunk.samples, chunk.enqueued);
         let lane = (shard % self.lanes()) as usize;
         self.count_queued(lane, &chunk, true);
@@ -286,9 +399,9 @@ impl TargetCore {
                 .lanes
                 .iter()
                 .enumerate()
-                .filter_map(|(i, l)| l.queue.front().map(|c| (c.enqueued, i)))
+                .filter_map(|(i, l)| l.queue.front().map(|c| (c.enqueued, c.push, i)))
                 .min()
-                .map(|(_, i)| i)
+                .map(|(_, _, i)| i)
             else {
                 break;
             };
@@ -299,18 +412,25 @@ impl TargetCore {
             let Some(c) = self.pop_front(oldest) else {
                 break;
             };
-            let (samples, owner) = (c.samples, c.owner);
+            if self.gated > 0 {
+                // Its gate is lost on disk: read back, such records go one
+                // batch at a time in seq order (module docs, "Width").
+                self.strict_disk = true;
+            }
+            let (samples, owners) = (c.samples, c.owners.clone());
             match overflow.overflow(oldest as u32, c) {
                 Some(seq) => {
                     let l = &mut self.lanes[oldest];
                     l.disk_through = l.disk_through.max(seq);
                     self.counters.spilled += u64::from(samples);
-                    self.accounts.spilled(owner, samples);
+                    owners.each(samples, |o, n| self.accounts.spilled(o, n));
                 }
                 None => {
                     self.counters.dropped_queue_full += u64::from(samples);
-                    self.accounts
-                        .dropped(owner, samples, DropReason::QueueFull, SystemTime::now());
+                    let wall = SystemTime::now();
+                    owners.each(samples, |o, n| {
+                        self.accounts.dropped(o, n, DropReason::QueueFull, wall)
+                    });
                 }
             }
         }
@@ -407,6 +527,7 @@ impl TargetCore {
                     && lane.disk.is_empty()
                     && lane.disk_through <= self.read_through
                     && !lane.queue.is_empty()
+                    && !self.front_gated(l)
             })
             .fold(0, |m, l| m | (1 << l))
     }
@@ -459,6 +580,10 @@ impl TargetCore {
                 samples: b.samples,
             });
         }
+        self.lift_gates();
+        if self.strict_disk {
+            return self.poll_strict(now);
+        }
         let n = self.lanes.len();
         let groups = self.groups() as usize;
         for k in 0..groups {
@@ -485,6 +610,37 @@ impl TargetCore {
             return Some(d);
         }
         None
+    }
+
+    /// [`Self::poll`] after a gated chunk went to disk: one batch at a
+    /// time, disk records in seq order across lanes, nothing from memory,
+    /// until no disk record is left.
+    fn poll_strict(&mut self, now: Instant) -> Option<Dispatch> {
+        let on_disk = self
+            .lanes
+            .iter()
+            .any(|l| !l.disk.is_empty() || l.disk_through > self.read_through);
+        if !on_disk {
+            self.strict_disk = false;
+            return self.poll(now);
+        }
+        if !self.batches.is_empty() {
+            return None;
+        }
+        // Every lane with records read back: the batch takes them lowest
+        // seq first across lanes (`oldest_lane`), so in the order written.
+        let lanes = self
+            .lanes
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.disk.is_empty())
+            .fold(0u64, |m, (i, _)| m | (1 << i));
+        if lanes == 0 {
+            return None;
+        }
+        let d = self.form_batch(lanes, true, now);
+        self.in_flight += 1;
+        Some(d)
     }
 
     /// When [`poll`](Self::poll) may next have something (a deadline or a
@@ -561,7 +717,7 @@ impl TargetCore {
                 }
                 let b = self.finish(at);
                 for (_, c) in &b.pieces {
-                    self.accounts.sent(c.owner, c.samples, wall);
+                    c.each_owner(|o, n| self.accounts.sent(o, n, wall));
                 }
                 let bytes = b.body.len() as u64;
                 self.counters.samples_sent += u64::from(b.samples);
@@ -631,8 +787,7 @@ impl TargetCore {
             .or_default() += 1;
         self.counters.dropped_rejected += u64::from(b.samples);
         for (_, c) in &b.pieces {
-            self.accounts
-                .dropped(c.owner, c.samples, DropReason::Rejected, wall);
+            c.each_owner(|o, n| self.accounts.dropped(o, n, DropReason::Rejected, wall));
         }
         self.last_error = Some(LastError {
             time: wall,

@@ -41,7 +41,7 @@ fn chunk(n: usize, tag: &str, at: Instant) -> Chunk {
         permit: None,
         packed: None,
         push: 0,
-        owner: 0,
+        owners: ChunkOwners::One(0),
     }
 }
 
@@ -54,6 +54,7 @@ fn config() -> CoreConfig {
         queue_bytes: 1 << 20,
         lanes: None,
         max_bytes: None,
+        grow: false,
     }
 }
 
@@ -646,7 +647,7 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
             permit: None,
             packed: None,
             push: 0,
-            owner: 0,
+            owners: ChunkOwners::One(0),
         },
         &mut DropOldest,
     );
@@ -689,7 +690,7 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
                 permit: None,
                 packed: None,
                 push: 0,
-                owner: 0,
+                owners: ChunkOwners::One(0),
             },
             &mut DropOldest,
         );
@@ -914,6 +915,14 @@ mod sim {
             pick: u8,
             outcome: u8,
         },
+        /// One request through [`TargetCore::push_cut`]: a chunk for each
+        /// series of `mask` (series `s` hashes to `s`), cut into
+        /// `1 << shards_log` shards, so a series' lane follows the width.
+        Cut {
+            mask: u16,
+            n: u8,
+            shards_log: u8,
+        },
         Reload,
         Pause(bool),
         Reconfigure {
@@ -928,6 +937,7 @@ mod sim {
             3 => (any::<u8>(), 1u8..4).prop_map(|(mask, n)| Op::Request { mask, n }),
             2 => (0u16..300).prop_map(|ms| Op::Advance { ms }),
             4 => (any::<u8>(), 0u8..11).prop_map(|(pick, outcome)| Op::Complete { pick, outcome }),
+            4 => (any::<u16>(), 1u8..4, 0u8..4).prop_map(|(mask, n, shards_log)| Op::Cut { mask, n, shards_log }),
             1 => Just(Op::Reload),
             1 => any::<bool>().prop_map(Op::Pause),
             1 => (1u8..9, 1u8..12).prop_map(|(max_concurrency, max_samples)| Op::Reconfigure { max_concurrency, max_samples }),
@@ -1018,6 +1028,7 @@ mod sim {
             max_concurrency in 1u32..9,
             max_samples in 1u32..12,
             queue_records in 2u64..40,
+            grow in any::<bool>(),
         ) {
             let t0 = Instant::now();
             let one = series_records("L0", &[1]).len() as u64;
@@ -1029,6 +1040,7 @@ mod sim {
                 queue_bytes: queue_records * one,
                 lanes: None,
                 max_bytes: None,
+                grow,
             };
             let lanes = cfg.lanes();
             let mut w = World {
@@ -1064,7 +1076,7 @@ mod sim {
                             permit: None,
                             packed: shared.then(|| Packed::new(Packed::slots(1), 0)),
                             push: 0,
-                            owner: 0,
+                            owners: ChunkOwners::One(0),
                         };
                         w.core.push(lane, chunk, &mut w.disk);
                     }
@@ -1090,9 +1102,32 @@ mod sim {
                                 permit: None,
                                 packed: Some(Packed::new(slots.clone(), k as u32)),
                                 push: 0,
-                                owner: 0,
+                                owners: ChunkOwners::One(0),
                             };
                             w.core.push(lane, chunk, &mut w.disk);
+                        }
+                    }
+                    Op::Cut { mask, n, shards_log } => {
+                        let shards = 1u32 << shards_log;
+                        w.core.begin_push();
+                        for s in (0..16u32).filter(|s| mask & (1 << s) != 0) {
+                            let name = format!("S{s}");
+                            let values: Vec<u64> = (0..u64::from(n)).map(|i| w.next_value + i).collect();
+                            w.next_value += u64::from(n);
+                            for &v in &values {
+                                w.pushed.insert((name.clone(), v));
+                            }
+                            let chunk = Chunk {
+                                records: series_records(&name, &values),
+                                samples: u32::from(n),
+                                series: u32::from(n),
+                                enqueued: w.now,
+                                permit: None,
+                                packed: (s % 2 == 0).then(|| Packed::new(Packed::slots(1), 0)),
+                                push: 0,
+                                owners: ChunkOwners::One(0),
+                            };
+                            w.core.push_cut(s & (shards - 1), shards, chunk, &mut w.disk);
                         }
                     }
                     Op::Advance { ms } => w.now += Duration::from_millis(u64::from(ms)),

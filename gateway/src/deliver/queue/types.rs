@@ -34,9 +34,9 @@ pub struct Chunk {
     /// Which push to its target brought it (set by the target under its
     /// lock): the order of a target's pushes is the order of every lane.
     pub push: u64,
-    /// Its Deployment's number ([`crate::deliver::accounting::Owners`];
+    /// Its Deployments' numbers ([`crate::deliver::accounting::Owners`];
     /// [`crate::deliver::accounting::UNKNOWN`] for records read back from disk).
-    pub owner: u32,
+    pub owners: ChunkOwners,
 }
 
 impl Chunk {
@@ -44,6 +44,111 @@ impl Chunk {
     /// shared slot for their compressed part).
     pub fn shared(&self) -> bool {
         self.packed.is_some()
+    }
+
+    /// Calls `f(owner, samples)` for each Deployment whose records it holds.
+    pub fn each_owner(&self, f: impl FnMut(u32, u32)) {
+        self.owners.each(self.samples, f);
+    }
+}
+
+/// One Deployment's records within a chunk that holds several: they end
+/// `end` bytes into the chunk's records and hold `samples`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnerRun {
+    /// The Deployment's number.
+    pub owner: u32,
+    /// Where its records end, from the start of the chunk's records.
+    pub end: u32,
+    /// Its samples.
+    pub samples: u32,
+}
+
+/// Whose records a chunk holds, for the per-Deployment counts (a chunk of
+/// a target set interleaves the records of every Deployment that goes to
+/// exactly those targets, Deployment by Deployment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkOwners {
+    /// One Deployment's.
+    One(u32),
+    /// Several: runs `start..end` of the shared list (one per request),
+    /// in record order.
+    Runs(Arc<[OwnerRun]>, u32, u32),
+}
+
+impl ChunkOwners {
+    /// The first Deployment.
+    pub fn first(&self) -> u32 {
+        match self {
+            ChunkOwners::One(o) => *o,
+            ChunkOwners::Runs(..) => self
+                .runs()
+                .first()
+                .map_or(crate::deliver::accounting::UNKNOWN, |r| r.owner),
+        }
+    }
+
+    /// Calls `f(owner, samples)` per Deployment; `samples` is the chunk's
+    /// total (for [`ChunkOwners::One`]).
+    pub fn each(&self, samples: u32, mut f: impl FnMut(u32, u32)) {
+        match self {
+            ChunkOwners::One(o) => f(*o, samples),
+            ChunkOwners::Runs(..) => self.runs().iter().for_each(|r| f(r.owner, r.samples)),
+        }
+    }
+
+    /// The runs ([`ChunkOwners::Runs`]; none for [`ChunkOwners::One`]).
+    fn runs(&self) -> &[OwnerRun] {
+        match self {
+            ChunkOwners::One(_) => &[],
+            ChunkOwners::Runs(all, start, end) => {
+                all.get(*start as usize..*end as usize).unwrap_or(&[])
+            }
+        }
+    }
+
+    /// The owners of `records[..at]` and of `records[at..]` (`at` a record
+    /// boundary): a run cut in two has its samples counted on each side.
+    pub fn split(&self, records: &[u8], at: usize) -> (ChunkOwners, ChunkOwners) {
+        let ChunkOwners::Runs(..) = self else {
+            return (self.clone(), self.clone());
+        };
+        let runs = self.runs();
+        let at32 = at as u32;
+        let (mut head, mut tail) = (Vec::new(), Vec::new());
+        let mut start = 0u32;
+        for r in runs.iter() {
+            if r.end <= at32 {
+                head.push(*r);
+            } else if start >= at32 {
+                tail.push(OwnerRun {
+                    end: r.end - at32,
+                    ..*r
+                });
+            } else {
+                let (_, first, _) =
+                    super::records::split_point(&records[start as usize..at], u32::MAX, true);
+                head.push(OwnerRun {
+                    owner: r.owner,
+                    end: at32,
+                    samples: first,
+                });
+                tail.push(OwnerRun {
+                    owner: r.owner,
+                    end: r.end - at32,
+                    samples: r.samples.saturating_sub(first),
+                });
+            }
+            start = r.end;
+        }
+        let make = |v: Vec<OwnerRun>| match v.as_slice() {
+            [one] => ChunkOwners::One(one.owner),
+            _ => {
+                let n = v.len() as u32;
+                ChunkOwners::Runs(Arc::from(v), 0, n)
+            }
+        };
+        (make(head), make(tail))
     }
 }
 
@@ -110,6 +215,9 @@ pub struct CoreConfig {
     /// `maxBytesPerSend`: a batch whose body is larger is cut (as after a
     /// 413) before it is sent.
     pub max_bytes: Option<u64>,
+    /// Batches of lanes that fell behind may grow past `max_samples`
+    /// (`TargetCore::grown_max`); off in tests of exact batch sizes.
+    pub grow: bool,
 }
 
 impl CoreConfig {

@@ -165,13 +165,14 @@ impl Inner {
             let chunks: Vec<_> = scratch.chunks(&plan, &records).collect();
             let slots = chunks
                 .iter()
-                .any(|(variant, ..)| variant.targets.len() > 1)
+                .any(|c| c.set.targets.len() > 1)
                 .then(|| Packed::slots(chunks.len()));
             let mut pairs: Vec<(usize, u32, u32)> = chunks
                 .iter()
                 .enumerate()
-                .flat_map(|(c, (variant, ..))| {
-                    variant
+                .flat_map(|(c, routed)| {
+                    routed
+                        .set
                         .targets
                         .iter()
                         .enumerate()
@@ -181,39 +182,39 @@ impl Inner {
             pairs.sort_unstable();
             for run in pairs.chunk_by(|a, b| a.0 == b.0) {
                 let (_, c0, k0) = run[0];
-                let target = &chunks[c0 as usize].0.targets[k0 as usize];
+                let target = &chunks[c0 as usize].set.targets[k0 as usize];
                 // The shortest queue among the others that get these chunks:
-                // each variant's targets once (a variant's chunks, one per
-                // lane, come one after another), not once per chunk.
+                // each set's targets once (a set's chunks, one per lane,
+                // come one after another), not once per chunk.
                 let mut peers: Option<u64> = None;
                 let mut last: *const _ = std::ptr::null();
                 for &(_, c, _) in run {
-                    let variant = chunks[c as usize].0;
-                    if std::ptr::eq(variant, last) {
+                    let set = chunks[c as usize].set;
+                    if std::ptr::eq(set, last) {
                         continue;
                     }
-                    last = variant;
-                    for t in variant.targets.iter().filter(|t| !Arc::ptr_eq(t, target)) {
+                    last = set;
+                    for t in set.targets.iter().filter(|t| !Arc::ptr_eq(t, target)) {
                         let q = t.queued.load(Ordering::Relaxed);
                         peers = Some(peers.map_or(q, |p| p.min(q)));
                     }
                 }
                 let items = run.iter().map(|&(_, c, _)| {
-                    let (variant, shard, bytes, samples, series) = &chunks[c as usize];
+                    let routed = &chunks[c as usize];
                     (
-                        *shard,
+                        (routed.shard, routed.shards),
                         Chunk {
-                            records: bytes.clone(),
-                            samples: *samples,
-                            series: *series,
+                            records: routed.records.clone(),
+                            samples: routed.samples,
+                            series: routed.series,
                             enqueued: now,
                             permit: Some(permit.clone()),
                             packed: slots
                                 .as_ref()
-                                .filter(|_| variant.targets.len() > 1)
+                                .filter(|_| routed.set.targets.len() > 1)
                                 .map(|slots| Packed::new(slots.clone(), c)),
                             push: 0,
-                            owner: variant.owner,
+                            owners: routed.owners.clone(),
                         },
                     )
                 });
@@ -224,20 +225,20 @@ impl Inner {
                 target.push_all(items, Some(unpin), stats, now, wall);
             }
         } else {
-            for (variant, shard, bytes, samples, series) in scratch.chunks(&plan, &records) {
+            for routed in scratch.chunks(&plan, &records) {
                 let chunk = Chunk {
-                    records: bytes,
-                    samples,
-                    series,
+                    records: routed.records,
+                    samples: routed.samples,
+                    series: routed.series,
                     enqueued: now,
                     permit: Some(permit.clone()),
                     // wal: each target reads its own copy back from disk.
                     packed: None,
                     push: 0,
-                    owner: variant.owner,
+                    owners: routed.owners,
                 };
-                for t in &variant.targets {
-                    match t.push_wal(shard, chunk.clone(), stats, now, wall) {
+                for t in &routed.set.targets {
+                    match t.push_wal(routed.shard, chunk.clone(), stats, now, wall) {
                         Some(seq) => match touched.iter_mut().find(|(h, _)| Arc::ptr_eq(h, t)) {
                             Some((_, s)) => *s = (*s).max(seq),
                             None => touched.push((t.clone(), seq)),

@@ -4,7 +4,7 @@
 //! pauses, and renders the TARGET object of docs/stats-api.md. Its disk spill
 //! is in `target_spill.rs`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -17,6 +17,7 @@ use super::reconcile::Orphan;
 use super::target_spill::{write_manifest, Spill, ToDisk};
 use super::{wall_ms, Settings};
 use crate::deliver::queue::{Chunk, CoreConfig, TargetCore, LAGGING_BYTES};
+use crate::deliver::route::Width;
 use crate::deliver::spill::{self as spill_mod, lock_queue};
 use crate::deliver::stats::{self, names, GlobalStats};
 use crate::deliver::MemoryBudget;
@@ -146,6 +147,13 @@ pub struct TargetHandle {
     /// Bytes queued in memory as of its last push, read without the lock
     /// by the pushes to the other targets of its variants ([`Unpin`]).
     pub(super) queued: AtomicU64,
+    /// Its core's width ([`TargetCore::width`]) as of its last push or
+    /// result, read without the lock by routing ([`Width`]).
+    pub(super) width: AtomicU32,
+    /// `durability: wal`: records go to disk as pushed and are sent from
+    /// there, so a series keeps one lane (`shard % lanes`) and the width
+    /// stays the lane count.
+    fixed_width: bool,
     pub(super) removed_at: Mutex<Option<Instant>>,
     pub(super) metrics: ArcSwap<TargetMetrics>,
     pub(super) spill: Option<Spill>,
@@ -176,6 +184,7 @@ impl TargetHandle {
             queue_bytes: settings.target_queue_bytes,
             lanes: None,
             max_bytes: d.max_bytes_per_send,
+            grow: true,
         };
         let seed = target.id.0.bytes().fold(0u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -187,6 +196,8 @@ impl TargetHandle {
             }
         }
         let mut core = TargetCore::new(target.id.0.clone(), config, seed);
+        let fixed_width = settings.durability == super::Durability::Wal;
+        let lanes = core.lanes();
         let spill = opened.map(|(s, written, queued, _)| {
             if queued > 0 {
                 core.set_recovered(0, written);
@@ -205,6 +216,8 @@ impl TargetHandle {
             target: Mutex::new(target),
             notify: Notify::new(),
             queued: AtomicU64::new(0),
+            width: AtomicU32::new(if fixed_width { lanes } else { 1 }),
+            fixed_width,
             removed_at: Mutex::new(None),
             wire: Default::default(),
         }
@@ -268,6 +281,7 @@ impl TargetHandle {
             queue_bytes: settings.target_queue_bytes,
             lanes: None,
             max_bytes: d.max_bytes_per_send,
+            grow: true,
         };
         if let Ok(mut core) = self.core.lock() {
             core.reconfigure(new_id.clone(), config);
@@ -350,7 +364,13 @@ impl TargetHandle {
         now: Instant,
         wall: u64,
     ) {
-        self.push_all(std::iter::once((shard, chunk)), None, stats, now, wall);
+        self.push_all(
+            std::iter::once(((shard, u32::MAX), chunk)),
+            None,
+            stats,
+            now,
+            wall,
+        );
     }
 
     /// Queues `chunks` (shard, chunk) under one lock and wakes the sender
@@ -361,7 +381,7 @@ impl TargetHandle {
     /// dropped (`removed`).
     pub(super) fn push_all(
         &self,
-        chunks: impl Iterator<Item = (u32, Chunk)>,
+        chunks: impl Iterator<Item = ((u32, u32), Chunk)>,
         unpin: Option<Unpin<'_>>,
         stats: &GlobalStats,
         now: Instant,
@@ -376,7 +396,7 @@ impl TargetHandle {
                 core.begin_push();
                 // Once per push: what it depends on hardly moves within one.
                 to_disk.keep_shared = unpin.as_ref().is_some_and(|u| u.in_step(&core));
-                for (shard, chunk) in chunks {
+                for ((shard, shards), chunk) in chunks {
                     if core.closed() {
                         removed += u64::from(chunk.samples);
                         continue;
@@ -385,9 +405,16 @@ impl TargetHandle {
                         Some(u) if u.applies(&core) => u.copy(chunk),
                         _ => chunk,
                     };
-                    core.push(shard, chunk, &mut to_disk);
+                    if self.fixed_width {
+                        core.push(shard, chunk, &mut to_disk);
+                    } else {
+                        core.push_cut(shard, shards, chunk, &mut to_disk);
+                    }
                 }
                 self.queued.store(core.queue_bytes(), Ordering::Relaxed);
+                if !self.fixed_width {
+                    self.width.store(core.width(), Ordering::Relaxed);
+                }
                 wake = core.can_send();
                 core.counters().dropped_queue_full - before
             }
@@ -500,10 +527,17 @@ impl TargetHandle {
     }
 }
 
+/// Routing cuts a target set's chunks for the widest of its targets.
+impl Width for Arc<TargetHandle> {
+    fn width(&self) -> u32 {
+        self.width.load(Ordering::Relaxed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deliver::queue::DropOldest;
+    use crate::deliver::queue::{ChunkOwners, DropOldest};
 
     /// A chunk of `len` bytes that pins a request buffer of `request` bytes
     /// (its permit taken from `requests`).
@@ -516,7 +550,7 @@ mod tests {
             permit: Some(Arc::new(requests.try_acquire(request).unwrap())),
             packed: None,
             push: 0,
-            owner: 0,
+            owners: ChunkOwners::One(0),
         }
     }
 
@@ -530,6 +564,7 @@ mod tests {
             queue_bytes: 64 << 20,
             lanes: None,
             max_bytes: None,
+            grow: true,
         };
         let requests = MemoryBudget::new(1 << 30);
         let mut core = TargetCore::new("t", config, 1);

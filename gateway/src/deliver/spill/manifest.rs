@@ -16,11 +16,13 @@
 //! ```
 //! `lanes` is the lane count of the core that queued the records: a record's
 //! lane tag only keeps per-series order under that lane count. `laneKey`
-//! says what picked a record's lane: `deployment` (the Deployment id,
-//! written since it exists), `family` (metric name and Deployment, the
-//! releases before) or `labels` (every label; a manifest without the
-//! field). A backlog queued under another lane key than the running one
-//! must be delivered before any new data goes (`TargetCore::set_barrier`).
+//! says what picked a record's lane: `series` (the series' hash modulo the
+//! target's width when it was pushed; written since the width follows the
+//! load), `deployment` (the Deployment id), `family` (metric name and
+//! Deployment) or `labels` (every label; a manifest without the field).
+//! Whatever the key, a recovered backlog is delivered before any new data
+//! goes (`TargetCore::set_recovered` sets the barrier): the width, and so a
+//! series' lane, may differ from one push to another.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -49,11 +51,15 @@ pub enum LaneKey {
     Family,
     /// The Deployment.
     Deployment,
+    /// The series' hash modulo the target's width when it was pushed (the
+    /// width follows the load). A backlog is delivered whole before any new
+    /// data goes, whatever the key.
+    Series,
 }
 
 impl LaneKey {
     /// The key this release uses.
-    pub const CURRENT: LaneKey = LaneKey::Deployment;
+    pub const CURRENT: LaneKey = LaneKey::Series;
 }
 
 /// One (Deployment, export) pair that leads to a target.
@@ -247,7 +253,7 @@ mod tests {
         assert!(!dir.path().join(MANIFEST_TMP).exists());
         let text = std::fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
         assert!(text.contains("\"deploymentId\":\"d1\""), "{text}");
-        assert!(text.contains("\"laneKey\":\"deployment\""), "{text}");
+        assert!(text.contains("\"laneKey\":\"series\""), "{text}");
         // A manifest of a release before the lane key: its lanes were
         // picked by every label.
         std::fs::write(
