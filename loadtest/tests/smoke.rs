@@ -310,3 +310,36 @@ async fn with_retry_connection_resets_are_sent_again_until_acknowledged() {
         &problems[..problems.len().min(10)]
     );
 }
+
+/// Interleaved Deployments and small Deployments: every request carries
+/// series of several Deployments, and every acked sample still arrives once
+/// with its own Deployment's labels (the identity is unchanged).
+#[tokio::test]
+async fn interleaved_small_deployments_round_trip() {
+    let sink = sink(Fault::default()).await;
+    let s = Scenario {
+        deployments: 5,
+        deployments_per_request: 5,
+        series_limit: Some(10),
+        task_pods: 0,
+        ..scenario()
+    };
+    assert_eq!(s.series_per_cluster(), 50);
+    let mut c = config(sink.url(), Transport::Http1, Protocol::V1, 5_000);
+    c.scenario = s.clone();
+    c.samples_per_request = 50;
+    let summary = generator::run(c).await.unwrap();
+    assert_eq!(summary.samples_ok, 5_000, "{}", summary.table());
+    // One request = one round of a cluster = 10 series of each Deployment.
+    let deployments: std::collections::BTreeSet<u32> =
+        (0..50).map(|i| s.deployment_of(i)).collect();
+    assert_eq!(deployments.len(), 5);
+    let report = sink.report();
+    assert_eq!(report.series.len(), 100);
+    let problems = expectation(&s, &summary, "t").check(std::slice::from_ref(&report));
+    assert!(
+        problems.is_empty(),
+        "{:#?}",
+        &problems[..problems.len().min(10)]
+    );
+}
