@@ -1,6 +1,7 @@
 //! `fanout-load bench`: Fanout and vmagent side by side on one scenario.
 //!
-//! For each gateway in turn: start fresh sinks (one per live target; a dead
+//! For each gateway in turn: start fresh sinks (one per live target,
+//! answering after the scenario's `targetDelay` + `targetJitter`; a dead
 //! target is a loopback port nothing listens on), start the gateway with
 //! config derived from the scenario ([`config`]), wait until it is ready,
 //! read its CPU ticks, drive it with the generator (a fixed number of
@@ -9,7 +10,10 @@
 //! wait until every acknowledged sample reached
 //! every live target it should reach or the drain timeout passed, read CPU
 //! ticks and peak RSS again, stop the gateway and verify the sinks' records
-//! against the acknowledged samples ([`crate::verify::Expectation`]).
+//! against the acknowledged samples ([`crate::verify::Expectation`]). A
+//! scenario's `outage` is set on every live sink just before the generator
+//! starts, so it runs from the start of the traffic. The drain time is
+//! counted from the end of the load (the generator's last answer).
 //!
 //! Children are spawned with `kill_on_drop`, so an error or Ctrl-C anywhere
 //! kills them; every listener is on 127.0.0.1. The numbers are reported, not
