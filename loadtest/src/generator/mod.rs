@@ -11,6 +11,12 @@
 //! connection with `streams`) take request numbers from one atomic counter,
 //! so no two requests overlap and no lock is taken on the hot path.
 //!
+//! A cluster has one request in flight at a time, like a Prometheus shard
+//! (`worker::Turns`): request `b` waits until the cluster's request
+//! `b - N` was answered (or failed), so a series' rounds reach the gateway
+//! in order and any sample out of order at a sink is the gateway's doing.
+//! With more connections than clusters, some connections wait.
+//!
 //! # Rate and bounds
 //! With a target rate, request `b` is not sent before `start + b * R / rate`;
 //! a late request is sent at once (the rate is a ceiling, not a schedule to
@@ -292,6 +298,7 @@ pub async fn run(config: GeneratorConfig) -> Result<RunSummary, GeneratorError> 
         None
     };
 
+    let turns = Arc::new(worker::Turns::new(clusters as usize));
     let mut workers = Vec::new();
     for _ in 0..config.connections {
         let shared = Worker {
@@ -308,6 +315,7 @@ pub async fn run(config: GeneratorConfig) -> Result<RunSummary, GeneratorError> 
             max_pos,
             offset: u64::from(config.first_round) * per_cluster,
             scenario: Arc::new(scenario.clone()),
+            turns: turns.clone(),
         };
         let streams = if config.transport == Transport::Http1 {
             1

@@ -32,6 +32,52 @@ pub(super) struct Worker {
     pub(super) max_pos: u64,
     pub(super) offset: u64,
     pub(super) scenario: Arc<Scenario>,
+    pub(super) turns: Arc<Turns>,
+}
+
+/// Whose turn it is per cluster: the rounds (`k = b / N`) of its requests
+/// done so far. A cluster's request `k` is sent only once request `k - 1`
+/// is done (answered, failed or given up), like a Prometheus shard.
+pub(super) struct Turns {
+    done: Vec<AtomicU64>,
+    changed: tokio::sync::Notify,
+}
+
+impl Turns {
+    pub(super) fn new(clusters: usize) -> Turns {
+        Turns {
+            done: (0..clusters.max(1)).map(|_| AtomicU64::new(0)).collect(),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Request `k` of `cluster` is done: the next may go.
+    fn finish(&self, cluster: u32, k: u64) {
+        if let Some(d) = self.done.get(cluster as usize) {
+            d.fetch_max(k + 1, Ordering::AcqRel);
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn ready(&self, cluster: u32, k: u64) -> bool {
+        self.done
+            .get(cluster as usize)
+            .is_none_or(|d| d.load(Ordering::Acquire) >= k)
+    }
+}
+
+/// Marks a cluster's request done when dropped, whichever way its sender
+/// returns.
+struct Turn<'a> {
+    turns: &'a Turns,
+    cluster: u32,
+    k: u64,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.turns.finish(self.cluster, self.k);
+    }
 }
 
 impl Worker {
@@ -131,6 +177,23 @@ impl Worker {
             let n = self.spr.min(self.total - first);
             let cluster = (b % self.clusters) as u32;
             let k = b / self.clusters;
+            let _turn = Turn {
+                turns: &self.turns,
+                cluster,
+                k,
+            };
+            // The cluster's previous request first (bounded: its sender
+            // returns by the run's end or its request timeout).
+            while !self.turns.ready(cluster, k) {
+                if self.over(Instant::now()) {
+                    return builder;
+                }
+                let changed = self.turns.changed.notified();
+                if self.turns.ready(cluster, k) {
+                    break;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(50), changed).await;
+            }
             let start = self.offset + k * self.spr;
             let end = (start + n).min(self.max_pos);
             if start >= end {

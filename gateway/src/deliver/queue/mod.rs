@@ -440,9 +440,13 @@ impl TargetCore {
     /// the load meter, and the concurrency limit when a window closed.
     pub(super) fn arrived(&mut self, samples: u32, now: Instant) {
         if let Some(rate) = self.load.add(samples, now) {
+            // Sized for grown batches: a lane that is behind sends up to
+            // `grown_max` per request, so fewer lanes carry the load, and a
+            // target set's share of a request stays one chunk (one part,
+            // compressed once) while one lane keeps up.
             let backlog = self.backlog();
-            self.concurrency
-                .on_load(rate, self.config.max_samples, backlog, now);
+            let per_request = self.grown_max();
+            self.concurrency.on_load(rate, per_request, backlog, now);
         }
     }
 
@@ -801,11 +805,11 @@ impl TargetCore {
         }
     }
 
-    /// More than two full batches per lane group are waiting: one request
-    /// per group in flight does not keep up.
+    /// More than two full (grown) batches per lane group are waiting: one
+    /// request per group in flight does not keep up.
     fn backlog(&self) -> bool {
         let waiting = self.queue_samples + self.reload_samples;
-        waiting > 2 * u64::from(self.config.max_samples) * u64::from(self.groups())
+        waiting > 2 * u64::from(self.grown_max()) * u64::from(self.groups())
     }
 
     /// Takes batch `at` out (delivered or dropped): frees its lanes and

@@ -1117,15 +1117,34 @@ mod sim {
                             for &v in &values {
                                 w.pushed.insert((name.clone(), v));
                             }
+                            // Chunks of several Deployments (a target set's)
+                            // whose first Deployment differs from push to push:
+                            // nothing may reorder them by Deployment.
+                            let records = series_records(&name, &values);
+                            let owners = if values.len() > 1 {
+                                let first = series_records(&name, &values[..1]).len() as u32;
+                                let a = (values[0] % 7) as u32;
+                                ChunkOwners::Runs(
+                                    std::sync::Arc::from(vec![
+                                        OwnerRun { owner: a, end: first, samples: 1 },
+                                        OwnerRun { owner: a + 7, end: records.len() as u32, samples: u32::from(n) - 1 },
+                                    ]),
+                                    0,
+                                    2,
+                                )
+                            } else {
+                                // A series is always of one Deployment.
+                                ChunkOwners::One(s)
+                            };
                             let chunk = Chunk {
-                                records: series_records(&name, &values),
+                                records,
                                 samples: u32::from(n),
                                 series: u32::from(n),
                                 enqueued: w.now,
                                 permit: None,
                                 packed: (s % 2 == 0).then(|| Packed::new(Packed::slots(1), 0)),
                                 push: 0,
-                                owners: ChunkOwners::One(0),
+                                owners,
                             };
                             w.core.push_cut(s & (shards - 1), shards, chunk, &mut w.disk);
                         }
