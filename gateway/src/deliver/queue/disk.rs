@@ -20,7 +20,7 @@ impl TargetCore {
 
     /// After a restart: nothing new goes until every disk record up to
     /// `written_seq` was delivered (or dropped). A series' lane follows the
-    /// width of the moment it was pushed (`push_cut`), so a record on disk
+    /// width of the moment it was pushed (`begin_cut`), so a record on disk
     /// may sit in another lane than the same series' new data.
     pub fn set_recovered(&mut self, acked_seq: u64, written_seq: u64) {
         self.read_through = self.read_through.max(acked_seq);

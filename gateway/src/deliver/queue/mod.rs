@@ -146,7 +146,7 @@ struct Lane {
     disk: VecDeque<(u64, Chunk)>,
     /// Highest disk seq holding data of this lane.
     disk_through: u64,
-    /// Lane gates, ascending ([`TargetCore::push_cut`]): a chunk pushed at
+    /// Lane gates, ascending ([`TargetCore::begin_cut`]): a chunk pushed at
     /// or after gate `P` waits until no other lane holds data pushed before
     /// `P` (queued, in a batch not yet done, or on disk).
     gates: Vec<u64>,
@@ -204,7 +204,7 @@ pub struct TargetCore {
     drained: bool,
     /// [`TargetCore::close`] ran.
     closed: bool,
-    /// The width the last [`TargetCore::push_cut`] used (0: none yet).
+    /// The width of the last [`TargetCore::begin_cut`] (0: none yet).
     last_width: u32,
     /// Lane gates set and not yet lifted, over all lanes.
     gated: usize,
@@ -295,23 +295,23 @@ impl TargetCore {
     }
 
     /// The width the router cuts this target's share of a request by
-    /// ([`TargetCore::push_cut`]): its lane groups.
+    /// ([`TargetCore::begin_cut`]): its lane groups.
     pub fn width(&self) -> u32 {
         self.groups()
     }
 
-    /// Queues `chunk`, shard `shard` of a request cut into `shards` (a
-    /// power of two: the widest of the targets that share the chunk) by
-    /// series hash, on lane `shard % width`, where the width is this
-    /// target's lane groups (at most `shards`). The lane of a series is
-    /// thus its hash modulo the width, and it moves when the width changes:
-    /// every lane then gets a gate at this push, so what a lane receives
-    /// from now on waits until every other lane has delivered what was
-    /// pushed before (module docs, "Width"). No lane stalls that holds no
-    /// newer data, and nothing waits that a width change did not move.
-    pub fn push_cut(&mut self, shard: u32, shards: u32, chunk: Chunk, overflow: &mut dyn Overflow) {
+    /// Starts a push ([`Self::begin_push`]) of chunks cut by series hash
+    /// into at least `shards` shards (a power of two; the fewest among the
+    /// push's chunks), pushed with [`Self::push_cut`]. The push's width is
+    /// that, at most this target's lane groups, for all its chunks: a
+    /// series' lane is its hash modulo the width. When the width differs
+    /// from the previous push's, every lane gets a gate at this push: what
+    /// a lane receives from now on waits until no other lane holds data
+    /// pushed before (module docs, "Width"). Lanes that receive nothing new
+    /// never wait, and nothing waits that a width change did not move.
+    pub fn begin_cut(&mut self, shards: u32) {
+        self.begin_push();
         let width = shards.clamp(1, self.groups());
-        let lane = shard & (width - 1);
         if width != self.last_width {
             if self.last_width != 0 && self.holds_data() {
                 let at = self.pushes;
@@ -324,6 +324,12 @@ impl TargetCore {
             }
             self.last_width = width;
         }
+    }
+
+    /// Queues `chunk`, shard `shard` of its request ([`Self::begin_cut`]),
+    /// on lane `shard % width`.
+    pub fn push_cut(&mut self, shard: u32, chunk: Chunk, overflow: &mut dyn Overflow) {
+        let lane = shard & (self.last_width.max(1) - 1);
         self.push(lane, chunk, overflow);
     }
 

@@ -915,7 +915,7 @@ mod sim {
             pick: u8,
             outcome: u8,
         },
-        /// One request through [`TargetCore::push_cut`]: a chunk for each
+        /// One request through [`TargetCore::begin_cut`]: a chunk for each
         /// series of `mask` (series `s` hashes to `s`), cut into
         /// `1 << shards_log` shards, so a series' lane follows the width.
         Cut {
@@ -1109,7 +1109,7 @@ mod sim {
                     }
                     Op::Cut { mask, n, shards_log } => {
                         let shards = 1u32 << shards_log;
-                        w.core.begin_push();
+                        w.core.begin_cut(shards);
                         for s in (0..16u32).filter(|s| mask & (1 << s) != 0) {
                             let name = format!("S{s}");
                             let values: Vec<u64> = (0..u64::from(n)).map(|i| w.next_value + i).collect();
@@ -1146,7 +1146,10 @@ mod sim {
                                 push: 0,
                                 owners,
                             };
-                            w.core.push_cut(s & (shards - 1), shards, chunk, &mut w.disk);
+                            // Odd series' chunks cut finer (a set whose
+                            // widest target is wider): the same lane.
+                            let cut = shards << (s % 2);
+                            w.core.push_cut(s & (cut - 1), chunk, &mut w.disk);
                         }
                     }
                     Op::Advance { ms } => w.now += Duration::from_millis(u64::from(ms)),

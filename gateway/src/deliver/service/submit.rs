@@ -202,7 +202,7 @@ impl Inner {
                 let items = run.iter().map(|&(_, c, _)| {
                     let routed = &chunks[c as usize];
                     (
-                        (routed.shard, routed.shards),
+                        routed.shard,
                         Chunk {
                             records: routed.records.clone(),
                             samples: routed.samples,
@@ -222,7 +222,13 @@ impl Inner {
                     budget: &self.budget,
                     peers,
                 };
-                target.push_all(items, Some(unpin), stats, now, wall);
+                // One width per push: the fewest shards of its chunks.
+                let shards = run
+                    .iter()
+                    .map(|&(_, c, _)| chunks[c as usize].shards)
+                    .min()
+                    .unwrap_or(1);
+                target.push_all(shards, items, Some(unpin), stats, now, wall);
             }
         } else {
             for routed in scratch.chunks(&plan, &records) {

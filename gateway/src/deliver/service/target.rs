@@ -365,7 +365,8 @@ impl TargetHandle {
         wall: u64,
     ) {
         self.push_all(
-            std::iter::once(((shard, u32::MAX), chunk)),
+            u32::MAX,
+            std::iter::once((shard, chunk)),
             None,
             stats,
             now,
@@ -373,15 +374,16 @@ impl TargetHandle {
         );
     }
 
-    /// Queues `chunks` (shard, chunk) under one lock and wakes the sender
-    /// once. A chunk that pins a request buffer much larger than itself is
+    /// Queues `chunks` (shard, chunk) of one request, cut into at least
+    /// `shards` shards, under one lock and wakes the sender once. A chunk that pins a request buffer much larger than itself is
     /// copied out first when `unpin` says so (see [`Unpin`]), so the
     /// backlog holds only its own bytes. A handle whose sender already
     /// stopped (removed for good) takes nothing: the samples are counted as
     /// dropped (`removed`).
     pub(super) fn push_all(
         &self,
-        chunks: impl Iterator<Item = ((u32, u32), Chunk)>,
+        shards: u32,
+        chunks: impl Iterator<Item = (u32, Chunk)>,
         unpin: Option<Unpin<'_>>,
         stats: &GlobalStats,
         now: Instant,
@@ -393,10 +395,14 @@ impl TargetHandle {
         let dropped = match self.core.lock() {
             Ok(mut core) => {
                 let before = core.counters().dropped_queue_full;
-                core.begin_push();
+                if self.fixed_width {
+                    core.begin_push();
+                } else {
+                    core.begin_cut(shards);
+                }
                 // Once per push: what it depends on hardly moves within one.
                 to_disk.keep_shared = unpin.as_ref().is_some_and(|u| u.in_step(&core));
-                for ((shard, shards), chunk) in chunks {
+                for (shard, chunk) in chunks {
                     if core.closed() {
                         removed += u64::from(chunk.samples);
                         continue;
@@ -408,7 +414,7 @@ impl TargetHandle {
                     if self.fixed_width {
                         core.push(shard, chunk, &mut to_disk);
                     } else {
-                        core.push_cut(shard, shards, chunk, &mut to_disk);
+                        core.push_cut(shard, chunk, &mut to_disk);
                     }
                 }
                 self.queued.store(core.queue_bytes(), Ordering::Relaxed);
