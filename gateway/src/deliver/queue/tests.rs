@@ -1117,23 +1117,21 @@ mod sim {
                             for &v in &values {
                                 w.pushed.insert((name.clone(), v));
                             }
-                            // Chunks of several Deployments (a target set's)
-                            // whose first Deployment differs from push to push:
-                            // nothing may reorder them by Deployment.
+                            // A series is always of one Deployment; chunks
+                            // of several runs (a target set's) are cut and
+                            // never reordered by Deployment.
                             let records = series_records(&name, &values);
                             let owners = if values.len() > 1 {
                                 let first = series_records(&name, &values[..1]).len() as u32;
-                                let a = (values[0] % 7) as u32;
                                 ChunkOwners::Runs(
                                     std::sync::Arc::from(vec![
-                                        OwnerRun { owner: a, end: first, samples: 1 },
-                                        OwnerRun { owner: a + 7, end: records.len() as u32, samples: u32::from(n) - 1 },
+                                        OwnerRun { owner: s, end: first, samples: 1 },
+                                        OwnerRun { owner: s, end: records.len() as u32, samples: u32::from(n) - 1 },
                                     ]),
                                     0,
                                     2,
                                 )
                             } else {
-                                // A series is always of one Deployment.
                                 ChunkOwners::One(s)
                             };
                             let chunk = Chunk {
