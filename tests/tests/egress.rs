@@ -50,7 +50,12 @@ async fn run(http2: bool) -> (u64, u64, u64) {
 async fn an_http2_target_gets_everything_over_one_connection() {
     let (connections, requests, h2) = run(true).await;
     println!("http2: {requests} requests over {connections} connection(s), {h2} over HTTP/2");
-    assert!(requests > 30, "batches of 100 samples: {requests} requests");
+    // Batches of 100 samples, up to 500 for a lane that fell behind
+    // (grown batches, docs/delivery.md): many requests either way.
+    assert!(
+        requests > 10,
+        "batches of 100-500 samples: {requests} requests"
+    );
     assert_eq!(h2, requests, "every request over HTTP/2");
     assert_eq!(connections, 1, "one connection");
 }
@@ -61,7 +66,10 @@ async fn a_target_without_http2_gets_http1() {
     let (connections, requests, h2) = run(false).await;
     println!("http1: {requests} requests over {connections} connection(s)");
     assert_eq!(h2, 0);
-    assert!(requests > 30);
+    assert!(
+        requests > 10,
+        "batches of 100-500 samples: {requests} requests"
+    );
 }
 
 /// A target that answers 413 to bodies over 4 KiB (batches of up to 2,000

@@ -24,6 +24,7 @@ impl TargetCore {
     pub(super) fn oldest_lane(&self, mask: u64, from_disk: bool) -> Option<usize> {
         if from_disk {
             mask_lanes(mask)
+                .filter(|&l| !self.disk_front_gated(l))
                 .filter_map(|l| self.lanes[l].disk.front().map(|(seq, _)| (*seq, l)))
                 .min()
                 .map(|(_, l)| l)
@@ -118,6 +119,7 @@ impl TargetCore {
                 lane.disk.pop_front().map(|(seq, c)| {
                     self.reload_bytes -= c.records.len() as u64;
                     self.reload_samples -= u64::from(c.samples);
+                    self.disk_gates.remove(&seq);
                     seqs.push(seq);
                     c
                 })
@@ -151,7 +153,7 @@ impl TargetCore {
             sending: true,
             not_before: now,
             lanes: taken,
-            min_push: if from_disk { 0 } else { min_push },
+            min_push: if from_disk { u64::MAX } else { min_push },
             seqs,
             pieces,
         });

@@ -123,6 +123,7 @@ impl TargetCore {
     pub fn drain_memory(&mut self) -> Vec<(u32, Chunk)> {
         self.read_through = self.disk_ack();
         self.drained = true;
+        self.disk_gates.clear();
         let mut from_batches: Vec<Vec<Chunk>> = (0..self.lanes.len()).map(|_| Vec::new()).collect();
         for b in self.batches.drain(..) {
             if b.sending {

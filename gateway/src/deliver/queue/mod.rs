@@ -73,7 +73,7 @@
 //!   shutdown drain;
 //! - this file: [`TargetCore`]: pushes, batches, results, state.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::accounting::{Accounts, DropReason, PairStatus};
@@ -101,6 +101,12 @@ pub const MAX_LANES: u32 = 64;
 const _: () = assert!(MAX_LANES.is_power_of_two());
 /// A target whose failures last longer than this is `failing`.
 pub const FAILING_AFTER: Duration = Duration::from_secs(30);
+/// How long after the width last grew it may shrink ([`TargetCore::begin_cut`]):
+/// each change gates lanes until their older data is delivered, so the
+/// width does not follow every dip of the load (on dense-100 at saturation
+/// a width that followed every halving sent 56 bytes per sample per target,
+/// held for 1 s 45, held for 10 s 52: fewer, larger chunks per request).
+pub const SHRINK_AFTER: Duration = Duration::from_secs(1);
 /// Memory queued on a target beyond which it counts as lagging
 /// ([`TargetCore::lagging`]).
 pub const LAGGING_BYTES: u64 = 4 << 20;
@@ -124,8 +130,8 @@ struct Batch {
     lanes: u64,
     /// Disk seqs this batch completes when delivered or dropped.
     seqs: Vec<u64>,
-    /// The lowest push of its memory chunks (0 for a disk batch: disk
-    /// records count as older than anything pushed), for the lane gates.
+    /// The lowest push of its memory chunks (`u64::MAX` for a disk batch,
+    /// whose `seqs` say how old it is), for the lane gates.
     min_push: u64,
     /// Memory batches: the queued chunks (or parts) it was made of, with
     /// their lanes, in order: a shutdown spill puts every record back under
@@ -147,9 +153,19 @@ struct Lane {
     /// Highest disk seq holding data of this lane.
     disk_through: u64,
     /// Lane gates, ascending ([`TargetCore::begin_cut`]): a chunk pushed at
-    /// or after gate `P` waits until no other lane holds data pushed before
-    /// `P` (queued, in a batch not yet done, or on disk).
-    gates: Vec<u64>,
+    /// or after a gate waits until the gate's lanes hold nothing older.
+    gates: Vec<Gate>,
+}
+
+/// A lane gate, set at push `push` on a lane whose series may have older
+/// data in the lanes of `from` (bit `l` for lane `l`): older is what was
+/// pushed before `push` (queued, or in a batch not yet done), and what is
+/// on disk at or below seq `seq` (raised when older data spills later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Gate {
+    push: u64,
+    seq: u64,
+    from: u64,
 }
 
 /// A target's delivery state machine.
@@ -206,11 +222,16 @@ pub struct TargetCore {
     closed: bool,
     /// The width of the last [`TargetCore::begin_cut`] (0: none yet).
     last_width: u32,
+    /// (push, width) of each width since the oldest data still pending
+    /// was pushed, oldest first ([`TargetCore::forget_widths`]).
+    widths: VecDeque<(u64, u32)>,
+    /// When the width last grew: it shrinks only [`SHRINK_AFTER`] later.
+    grown_at: Option<Instant>,
     /// Lane gates set and not yet lifted, over all lanes.
     gated: usize,
-    /// A gated chunk went to disk: until no disk record is left, one batch
-    /// at a time, disk records in seq order, and nothing from memory.
-    strict_disk: bool,
+    /// The gates of chunks that went to disk while they waited at one, by
+    /// disk seq: read back, such a record waits like it did in memory.
+    disk_gates: BTreeMap<u64, (usize, Gate)>,
 }
 
 impl TargetCore {
@@ -253,8 +274,10 @@ impl TargetCore {
             drained: false,
             closed: false,
             last_width: 0,
+            widths: VecDeque::new(),
+            grown_at: None,
             gated: 0,
-            strict_disk: false,
+            disk_gates: BTreeMap::new(),
         }
     }
 
@@ -295,35 +318,109 @@ impl TargetCore {
     }
 
     /// The width the router cuts this target's share of a request by
-    /// ([`TargetCore::begin_cut`]): its lane groups.
-    pub fn width(&self) -> u32 {
-        self.groups()
+    /// ([`TargetCore::begin_cut`]): its lane groups, but not below the
+    /// current width until [`SHRINK_AFTER`] after it last grew.
+    pub fn width(&self, now: Instant) -> u32 {
+        let groups = self.groups();
+        let hold = self
+            .grown_at
+            .is_some_and(|t| now.saturating_duration_since(t) < SHRINK_AFTER);
+        if hold {
+            groups.max(self.last_width)
+        } else {
+            groups
+        }
     }
 
     /// Starts a push ([`Self::begin_push`]) of chunks cut by series hash
     /// into at least `shards` shards (a power of two; the fewest among the
     /// push's chunks), pushed with [`Self::push_cut`]. The push's width is
     /// that, at most this target's lane groups, for all its chunks: a
-    /// series' lane is its hash modulo the width. When the width differs
-    /// from the previous push's, every lane gets a gate at this push: what
-    /// a lane receives from now on waits until no other lane holds data
-    /// pushed before (module docs, "Width"). Lanes that receive nothing new
-    /// never wait, and nothing waits that a width change did not move.
-    pub fn begin_cut(&mut self, shards: u32) {
+    /// series' lane is its hash modulo the width. The width grows at once
+    /// and shrinks only [`SHRINK_AFTER`] after it last grew. When it
+    /// changes, each lane that may now receive series whose older data
+    /// sits in other lanes gets a gate at this push (module docs, "Width"):
+    /// what it receives from now on waits until those lanes hold nothing
+    /// older. A lane waits only for the lanes its series can come from
+    /// (after a doubling, each new lane for one old lane, and the old lanes
+    /// for none).
+    pub fn begin_cut(&mut self, shards: u32, now: Instant) {
         self.begin_push();
-        let width = shards.clamp(1, self.groups());
-        if width != self.last_width {
-            if self.last_width != 0 && self.holds_data() {
-                let at = self.pushes;
-                for l in &mut self.lanes {
-                    if l.gates.last() != Some(&at) {
-                        l.gates.push(at);
-                        self.gated += 1;
-                    }
+        let width = shards.clamp(1, self.width(now));
+        if width == self.last_width {
+            return;
+        }
+        if width > self.last_width {
+            self.grown_at = Some(now);
+        }
+        if self.last_width != 0 && self.holds_data() {
+            self.forget_widths();
+            let seq = self.lanes.iter().map(|l| l.disk_through).max().unwrap_or(0);
+            for x in 0..(width as usize).min(self.lanes.len()) {
+                let from = self.sources(x, width);
+                if from != 0 {
+                    self.lanes[x].gates.push(Gate {
+                        push: self.pushes,
+                        seq,
+                        from,
+                    });
+                    self.gated += 1;
                 }
             }
-            self.last_width = width;
+        } else {
+            self.widths.clear();
         }
+        self.widths.push_back((self.pushes, width));
+        self.last_width = width;
+    }
+
+    /// Forgets the widths no pending data was pushed under: every entry
+    /// before the one in effect at the oldest push still queued or in a
+    /// batch (none while anything is on disk, or in a batch read back from
+    /// disk, whose pushes are unknown).
+    fn forget_widths(&mut self) {
+        let on_disk = self
+            .lanes
+            .iter()
+            .any(|l| !l.disk.is_empty() || l.disk_through > self.read_through)
+            || self.batches.iter().any(|b| b.min_push == u64::MAX);
+        if on_disk {
+            return;
+        }
+        let queued = self
+            .lanes
+            .iter()
+            .filter_map(|l| l.queue.front().map(|c| c.push));
+        let batched = self.batches.iter().map(|b| b.min_push);
+        let Some(oldest) = queued.chain(batched).min() else {
+            self.widths.clear();
+            return;
+        };
+        while self.widths.len() > 1 && self.widths[1].0 <= oldest {
+            self.widths.pop_front();
+        }
+    }
+
+    /// The lanes other than `x` where a series that now goes to lane `x`
+    /// (its hash modulo `width` is `x`) may have older data: its hash
+    /// modulo each width that pending data was pushed under.
+    fn sources(&self, x: usize, width: u32) -> u64 {
+        let (n, width) = (self.lanes.len(), width as usize);
+        let mut from = 0u64;
+        for &(_, v) in &self.widths {
+            let v = (v as usize).min(n);
+            if v <= width {
+                from |= 1 << (x % v);
+            } else {
+                // Every lane below `v` whose index modulo `width` is `x`.
+                let mut y = x;
+                while y < v {
+                    from |= 1 << y;
+                    y += width;
+                }
+            }
+        }
+        from & !(1 << x)
     }
 
     /// Queues `chunk`, shard `shard` of its request ([`Self::begin_cut`]),
@@ -344,17 +441,60 @@ impl TargetCore {
                 .any(|l| !l.disk.is_empty() || l.disk_through > self.read_through)
     }
 
-    /// Whether a lane other than `lane` holds data pushed before `at`:
-    /// queued in memory, in a batch not yet done, or on disk (disk records
-    /// count as older than anything).
-    fn older_elsewhere(&self, lane: usize, at: u64) -> bool {
+    /// Whether a lane of `gate` other than `lane` holds data older than
+    /// it: pushed before it and queued or in a batch not yet done, or on
+    /// disk at or below its seq (read back or not).
+    fn older_elsewhere(&self, lane: usize, gate: Gate) -> bool {
         self.lanes.iter().enumerate().any(|(m, l)| {
             m != lane
-                && (l.queue.front().is_some_and(|c| c.push < at)
-                    || !l.disk.is_empty()
-                    || l.disk_through > self.read_through
+                && gate.from & (1 << m) != 0
+                && (l.queue.front().is_some_and(|c| c.push < gate.push)
+                    || l.disk.front().is_some_and(|(seq, _)| *seq <= gate.seq)
+                    || (self.read_through < gate.seq && l.disk_through > self.read_through)
                     || l.busy.is_some_and(|id| {
-                        self.batches.iter().any(|b| b.id == id && b.min_push < at)
+                        self.batches.iter().any(|b| {
+                            b.id == id
+                                && (b.min_push < gate.push
+                                    || b.seqs.iter().any(|&s| s <= gate.seq)
+                                    || (b.min_push == u64::MAX && b.seqs.is_empty()))
+                        })
+                    }))
+        })
+    }
+
+    /// The gate the front chunk of `lane`'s memory queue waits at, if any.
+    fn front_gate(&self, lane: usize) -> Option<Gate> {
+        let l = &self.lanes[lane];
+        let front = l.queue.front()?;
+        let g = *l.gates.iter().rev().find(|g| g.push <= front.push)?;
+        self.older_elsewhere(lane, g).then_some(g)
+    }
+
+    /// Whether the front record of `lane`'s disk queue waits at the gate
+    /// it went to disk with: a lane of the gate holds a record written
+    /// before it, or data pushed before the gate in a batch not yet done.
+    pub(super) fn disk_front_gated(&self, lane: usize) -> bool {
+        if self.disk_gates.is_empty() {
+            return false;
+        }
+        let Some(&(seq, _)) = self.lanes[lane].disk.front() else {
+            return false;
+        };
+        let Some(&(_, gate)) = self.disk_gates.get(&seq) else {
+            return false;
+        };
+        self.lanes.iter().enumerate().any(|(m, l)| {
+            m != lane
+                && gate.from & (1 << m) != 0
+                && (l.queue.front().is_some_and(|c| c.push < gate.push)
+                    || l.disk.front().is_some_and(|(s, _)| *s < seq)
+                    || l.busy.is_some_and(|id| {
+                        self.batches.iter().any(|b| {
+                            b.id == id
+                                && (b.min_push < gate.push
+                                    || b.seqs.iter().any(|&s| s < seq)
+                                    || (b.min_push == u64::MAX && b.seqs.is_empty()))
+                        })
                     }))
         })
     }
@@ -368,7 +508,7 @@ impl TargetCore {
         let Some(front) = l.queue.front() else {
             return false;
         };
-        match l.gates.iter().rev().find(|&&g| g <= front.push) {
+        match l.gates.iter().rev().find(|g| g.push <= front.push) {
             Some(&g) => self.older_elsewhere(lane, g),
             None => false,
         }
@@ -382,7 +522,7 @@ impl TargetCore {
         for lane in 0..self.lanes.len() {
             let gates = std::mem::take(&mut self.lanes[lane].gates);
             let before = gates.len();
-            let kept: Vec<u64> = gates
+            let kept: Vec<Gate> = gates
                 .into_iter()
                 .filter(|&g| self.older_elsewhere(lane, g))
                 .collect();
@@ -415,17 +555,25 @@ impl TargetCore {
             if shared && overflow.keeps_shared() {
                 break;
             }
+            let gate = self.front_gate(oldest);
             let Some(c) = self.pop_front(oldest) else {
                 break;
             };
-            if self.gated > 0 {
-                // Its gate is lost on disk: read back, such records go one
-                // batch at a time in seq order (module docs, "Width").
-                self.strict_disk = true;
-            }
-            let (samples, owners) = (c.samples, c.owners.clone());
+            let (samples, owners, pushed) = (c.samples, c.owners.clone(), c.push);
             match overflow.overflow(oldest as u32, c) {
                 Some(seq) => {
+                    if let Some(g) = gate {
+                        // It waits at its gate on disk too.
+                        self.disk_gates.insert(seq, (oldest, g));
+                    }
+                    if self.gated > 0 {
+                        // Data older than a gate now waits on disk.
+                        for g in self.lanes.iter_mut().flat_map(|l| l.gates.iter_mut()) {
+                            if pushed < g.push {
+                                g.seq = g.seq.max(seq);
+                            }
+                        }
+                    }
                     let l = &mut self.lanes[oldest];
                     l.disk_through = l.disk_through.max(seq);
                     self.counters.spilled += u64::from(samples);
@@ -520,7 +668,11 @@ impl TargetCore {
     /// Free lanes of `mask` with reloaded disk records (sent first).
     fn disk_lanes(&self, mask: u64) -> u64 {
         mask_lanes(mask)
-            .filter(|&l| self.lanes[l].busy.is_none() && !self.lanes[l].disk.is_empty())
+            .filter(|&l| {
+                self.lanes[l].busy.is_none()
+                    && !self.lanes[l].disk.is_empty()
+                    && !self.disk_front_gated(l)
+            })
             .fold(0, |m, l| m | (1 << l))
     }
 
@@ -591,9 +743,6 @@ impl TargetCore {
             });
         }
         self.lift_gates();
-        if self.strict_disk {
-            return self.poll_strict(now);
-        }
         let n = self.lanes.len();
         let groups = self.groups() as usize;
         for k in 0..groups {
@@ -620,37 +769,6 @@ impl TargetCore {
             return Some(d);
         }
         None
-    }
-
-    /// [`Self::poll`] after a gated chunk went to disk: one batch at a
-    /// time, disk records in seq order across lanes, nothing from memory,
-    /// until no disk record is left.
-    fn poll_strict(&mut self, now: Instant) -> Option<Dispatch> {
-        let on_disk = self
-            .lanes
-            .iter()
-            .any(|l| !l.disk.is_empty() || l.disk_through > self.read_through);
-        if !on_disk {
-            self.strict_disk = false;
-            return self.poll(now);
-        }
-        if !self.batches.is_empty() {
-            return None;
-        }
-        // Every lane with records read back: the batch takes them lowest
-        // seq first across lanes (`oldest_lane`), so in the order written.
-        let lanes = self
-            .lanes
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| !l.disk.is_empty())
-            .fold(0u64, |m, (i, _)| m | (1 << i));
-        if lanes == 0 {
-            return None;
-        }
-        let d = self.form_batch(lanes, true, now);
-        self.in_flight += 1;
-        Some(d)
     }
 
     /// When [`poll`](Self::poll) may next have something (a deadline or a

@@ -1109,7 +1109,7 @@ mod sim {
                     }
                     Op::Cut { mask, n, shards_log } => {
                         let shards = 1u32 << shards_log;
-                        w.core.begin_cut(shards);
+                        w.core.begin_cut(shards, w.now);
                         for s in (0..16u32).filter(|s| mask & (1 << s) != 0) {
                             let name = format!("S{s}");
                             let values: Vec<u64> = (0..u64::from(n)).map(|i| w.next_value + i).collect();

@@ -398,7 +398,7 @@ impl TargetHandle {
                 if self.fixed_width {
                     core.begin_push();
                 } else {
-                    core.begin_cut(shards);
+                    core.begin_cut(shards, now);
                 }
                 // Once per push: what it depends on hardly moves within one.
                 to_disk.keep_shared = unpin.as_ref().is_some_and(|u| u.in_step(&core));
@@ -419,7 +419,7 @@ impl TargetHandle {
                 }
                 self.queued.store(core.queue_bytes(), Ordering::Relaxed);
                 if !self.fixed_width {
-                    self.width.store(core.width(), Ordering::Relaxed);
+                    self.width.store(core.width(now), Ordering::Relaxed);
                 }
                 wake = core.can_send();
                 core.counters().dropped_queue_full - before
