@@ -7,6 +7,10 @@
 //! Each variant holds the pre-encoded [`LabelSet`] to stamp (the seven
 //! registry labels plus the target labels) and the targets that receive
 //! exactly that form. K targets with the same labels cost one encode.
+//! Variants with exactly the same targets (a Workspace export linked to
+//! every Deployment gives them all the same) form a [`TargetSet`]: a
+//! request's records for a set are cut together, however many Deployments
+//! it interleaves.
 //!
 //! # One request
 //! [`Scratch::route`] resolves the sending cluster's attribution tables once
@@ -15,54 +19,40 @@
 //! (no second parse of the labels), applies the catalog, attributes the
 //! series (`foreign`, `unattributed` drops), checks the active-series limits
 //! of its Deployment and cluster when they have one ([`super::limits`],
-//! `series_limit` drops), and assigns it to a group
-//! (variant, shard), where the shard is its Deployment's [`lane_key`], so
-//! every series of a Deployment lands in the same lane of each target
-//! (which keeps per-series order). A lane's share of a request is then
-//! whole Deployments, one chunk per variant, compressed once for all the
-//! variant's targets: a batch of a busy target (one lane group per lane)
-//! is a run of one Deployment's successive requests, which compresses at
-//! least as well as whole requests. Keyed by metric name and Deployment,
-//! each request was cut into a chunk per lane and a busy target's batches
-//! were many small parts (fanout-10 at saturation: 40.4 bytes per sample
-//! on the wire, 36.6 now; the CPU per sample fell too, since a
-//! series costs no hash for its lane). A Deployment is thus the unit of
-//! concurrency: one request per Deployment in flight to a target (at
-//! 2,000 samples per request and 50 ms per request, 40,000 samples per
-//! second per Deployment and target; `maxSamplesPerSend` raises it).
+//! `series_limit` drops), and assigns it to a group (set, shard). The
+//! shard is a fixed hash of its metric family and Deployment
+//! (`shard_hash`) modulo the set's shard count, the widest of the set's
+//! targets ([`Width`], read once per request per set); each target takes a
+//! shard into lane `shard % width`, so a series' lane is its hash modulo
+//! that target's width, and a Deployment spreads over as many lanes as its
+//! load needs (docs/delivery.md "Lanes follow load"; the queue keeps a
+//! series in order when the width changes). At width 1 a set's share of a
+//! request is one chunk, Deployment by Deployment inside, compressed once
+//! for all the set's targets: on dense-100 (1,000-series requests of 100
+//! Deployments, 10 targets) 45 bytes per sample per target against 68.5 with
+//! a chunk per Deployment (docs/benchmarks.md).
 //! `route` returns an upper bound of the encoded size so the caller can
 //! take that much from the memory budget first. [`Scratch::encode`] then
 //! writes every group's records into one buffer (one allocation per
 //! request), and [`Scratch::chunks`] yields each group as a refcounted slice
-//! of it for each of the variant's targets.
+//! of it for each of the set's targets, with its Deployments' sample counts
+//! as runs ([`ChunkOwners`], one allocation per request for all chunks).
 //!
 //! Per series that is: one foldhash lookup by `deploymentId` (or namespace)
 //! in the cluster's tables, one by Deployment id in the plan, one hash over
-//! the series' label bytes (its identity for the series limits), and array
-//! indexing for the group: a variant
-//! touched by the request gets a run of `shards` slots in a request-local
-//! vector, so (variant, shard) → group is two loads, not a map lookup.
+//! the series' label bytes (its identity for the series limits), one over
+//! its name, and array indexing for the group: a set touched by the request
+//! gets a run of `shards` slots in a request-local vector, so (set, shard)
+//! → group is two loads, not a map lookup.
 //!
-//! # The lane key is persisted
+//! # Lanes on disk
 //! A chunk spilled to disk carries its lane as a tag, and a restarted
 //! process puts a recovered record back in lane `tag % lanes`, with the lane
-//! count of the backlog's manifest. Its lanes wait only until every
-//! recovered record is *read back*, not delivered; from then on a lane's new
-//! data waits behind only that lane's recovered records. So a series' old
-//! records and its new data stay in order across a restart only if the
-//! series hashes to the same lane in the new process: [`lane_key`] (and the
-//! [`lane_hash`] it is made of) must be the same function in every
-//! process, on every platform and in every release (no per-process seed, no
-//! hasher whose output may change between crate versions). It is defined
-//! here and pinned by a test. A backlog's manifest names its lane key
-//! (`spill::LaneKey`); one queued under another (releases that hashed
-//! every label, or the metric name and Deployment) is delivered before any
-//! new data goes.
-//!
-//! The lane key covers only the Deployment id, so a series' lane does not
-//! depend on how a sender encodes its labels. (The series hash for the
-//! limits covers the label fields as they are on the wire, in one call
-//! over one contiguous slice, as every sender writes labels.)
+//! count of the backlog's manifest; nothing new goes until the recovered
+//! backlog is delivered (`TargetCore::set_recovered`), since the width, and
+//! so a series' lane, may differ in the new process. [`lane_hash`] and
+//! [`lane_key`] are still fixed functions (no per-process seed) and pinned
+//! by a test.
 //!
 //! The scratch vectors are reused across requests: once warm, the routing
 //! and encoding of a request allocate a constant number of times,
@@ -107,7 +97,7 @@ pub struct Variant<T> {
     /// Its Deployment's number ([`Owners`]), carried by its chunks.
     pub owner: u32,
     /// Its Deployment's [`lane_key`], mixed with a series' metric name
-    /// into the hash that picks its shard ([`shard_hash`]).
+    /// into the hash that picks its shard (`shard_hash`).
     lane_key: u64,
     /// Its target set ([`Plan::sets`]): variants with the same targets
     /// (other Deployments, their own labels) share a request's chunks.

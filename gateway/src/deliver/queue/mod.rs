@@ -7,32 +7,46 @@
 //! A target has `maxConcurrency` lanes rounded up to a power of two (at most
 //! [`MAX_LANES`]; a target that resumes a backlog, or whose config changed
 //! live, keeps the lane count its records were queued with:
-//! [`CoreConfig::lanes`], [`TargetCore::reconfigure`]). The router puts every
-//! series in the same lane each time: it shards a variant's series by their
-//! Deployment's lane key (so a variant is one shard) into as many shards as
-//! the variant's largest target has lanes,
-//! and a target takes shard `s` into lane `s % lanes`. Because lane counts are
-//! powers of two, `(hash % shards) % lanes == hash % lanes` whatever the
-//! shards, so a series keeps its lane when targets with other lane counts join
-//! or leave its variant ([`lanes_for`]).
+//! [`CoreConfig::lanes`], [`TargetCore::reconfigure`]). A lane is in at most
+//! one batch at a time and a retry resends the same batch, so what one lane
+//! holds reaches the target in the order it was pushed (SPEC §5).
+//!
+//! # Width
+//! The router cuts a request's records for a set of targets into shards by
+//! a hash of each series' family and Deployment (`route::shard_hash`); a
+//! push ([`TargetCore::begin_cut`]) takes shard `s` into lane `s % width`,
+//! where the *width* is the lane groups (below), held for [`SHRINK_AFTER`]
+//! after it grew. So a series' lane is its hash modulo the width, and it
+//! moves when the width changes. Then each lane `x` of the new width whose
+//! series may have older data elsewhere gets a `Gate`: the lanes `from`
+//! where that data can be (the series' hash modulo every width that data
+//! still pending was pushed under: `widths`, forgotten below the oldest
+//! pending push), the push and the highest disk seq at the change. A chunk
+//! of lane `x` pushed at or after the gate waits while a lane of `from`
+//! holds data pushed before it (queued or in a batch not yet done) or a disk
+//! record at or below the seq (raised when older data spills later). After
+//! a doubling the old lanes wait for nothing and each new lane for one old
+//! lane. Gates cannot deadlock: a chunk waits only for data older than
+//! itself. A gated chunk that spills keeps its gate on disk (`disk_gates`):
+//! read back it waits for the records written before it in the gate's
+//! lanes. Recovered backlogs go before any new data
+//! ([`TargetCore::set_recovered`]).
 //!
 //! # Lane groups (lanes follow load)
 //! The lanes are split into groups: the adaptive limit ([`Concurrency`])
 //! rounded down to a power of two, group `g` holding the lanes `l` with
 //! `l % groups == g` ([`TargetCore::groups`]). A batch takes data from the
 //! free lanes of one group only and makes every lane it took from busy until
-//! it is delivered or dropped; a retry resends the same batch. A lane is
-//! therefore in at most one batch at a time, and samples of one series reach
-//! the target in the order they arrived (SPEC §5) even with retries and
-//! whatever the group count did meanwhile (a busy lane just stays busy). At
-//! moderate load there is one group, so a batch fills from every lane at
-//! once; the limit follows the arriving load (Little's law, in `policy`).
+//! it is delivered or dropped. At moderate load there is one group, so a
+//! batch fills from every lane at once; the limit follows the arriving load
+//! (Little's law over grown batches, in `policy`).
 //!
 //! # Batches
 //! A lane's queue holds [`Chunk`]s: runs of encoded `TimeSeries` records
 //! shared (refcounted `Bytes`) with every other target that needs the same
-//! label variant. A batch takes the oldest chunks across its lanes until
-//! `maxSamplesPerSend`, splitting a chunk at a record boundary when needed
+//! label variant. A batch is due at `maxSamplesPerSend` and takes the
+//! oldest chunks across its lanes up to five times that when more waits
+//! (grown batches, `batch.rs`), splitting a chunk at a record boundary when needed
 //! (only a single series with more samples than the maximum makes a larger
 //! batch). It is sent when full or when its oldest chunk waited
 //! `batchSendDeadline`, and is compressed once: every retry sends the same
