@@ -944,6 +944,26 @@ mod sim {
         ]
     }
 
+    /// A chunk of the sim: `n` records of one sample each.
+    fn sim_chunk(
+        records: Bytes,
+        n: u8,
+        now: Instant,
+        packed: Option<Packed>,
+        owners: ChunkOwners,
+    ) -> Chunk {
+        Chunk {
+            records,
+            samples: u32::from(n),
+            series: u32::from(n),
+            enqueued: now,
+            permit: None,
+            packed,
+            push: 0,
+            owners,
+        }
+    }
+
     struct World {
         core: TargetCore,
         disk: Disk,
@@ -957,6 +977,16 @@ mod sim {
     }
 
     impl World {
+        /// The next `n` values of series `name`, recorded as pushed.
+        fn values(&mut self, name: &str, n: u8) -> Vec<u64> {
+            let values: Vec<u64> = (0..u64::from(n)).map(|i| self.next_value + i).collect();
+            self.next_value += u64::from(n);
+            for &v in &values {
+                self.pushed.insert((name.to_owned(), v));
+            }
+            values
+        }
+
         fn poll(&mut self) {
             while let Some(d) = self.core.poll(self.now) {
                 self.flying.push(d);
@@ -1059,51 +1089,27 @@ mod sim {
                     Op::Push { lane, n } => {
                         // One series per lane: its order is the lane's.
                         let name = format!("L{}", lane % lanes);
-                        let values: Vec<u64> = (0..u64::from(n)).map(|i| w.next_value + i).collect();
-                        w.next_value += u64::from(n);
-                        for &v in &values {
-                            w.pushed.insert((name.clone(), v));
-                        }
+                        let values = w.values(&name, n);
                         // Every other chunk as if given to other targets
                         // too: it goes out as a compressed part, also when
                         // split, retried or mixed with own chunks.
                         let shared = w.next_value % 2 == 0;
-                        let chunk = Chunk {
-                            records: series_records(&name, &values),
-                            samples: u32::from(n),
-                            series: u32::from(n),
-                            enqueued: w.now,
-                            permit: None,
-                            packed: shared.then(|| Packed::new(Packed::slots(1), 0)),
-                            push: 0,
-                            owners: ChunkOwners::One(0),
-                        };
+                        let packed = shared.then(|| Packed::new(Packed::slots(1), 0));
+                        let chunk = sim_chunk(series_records(&name, &values), n, w.now, packed, ChunkOwners::One(0));
                         w.core.push(lane, chunk, &mut w.disk);
                     }
                     Op::Request { mask, n } => {
                         let mut chunks = Vec::new();
                         for lane in (0..8u32).filter(|l| mask & (1 << l) != 0) {
                             let name = format!("L{}", lane % lanes);
-                            let values: Vec<u64> = (0..u64::from(n)).map(|i| w.next_value + i).collect();
-                            w.next_value += u64::from(n);
-                            for &v in &values {
-                                w.pushed.insert((name.clone(), v));
-                            }
+                            let values = w.values(&name, n);
                             chunks.push((lane, series_records(&name, &values)));
                         }
                         let slots = Packed::slots(chunks.len());
                         w.core.begin_push();
                         for (k, (lane, records)) in chunks.into_iter().enumerate() {
-                            let chunk = Chunk {
-                                records,
-                                samples: u32::from(n),
-                                series: u32::from(n),
-                                enqueued: w.now,
-                                permit: None,
-                                packed: Some(Packed::new(slots.clone(), k as u32)),
-                                push: 0,
-                                owners: ChunkOwners::One(0),
-                            };
+                            let packed = Some(Packed::new(slots.clone(), k as u32));
+                            let chunk = sim_chunk(records, n, w.now, packed, ChunkOwners::One(0));
                             w.core.push(lane, chunk, &mut w.disk);
                         }
                     }
@@ -1112,11 +1118,7 @@ mod sim {
                         w.core.begin_cut(shards, w.now);
                         for s in (0..16u32).filter(|s| mask & (1 << s) != 0) {
                             let name = format!("S{s}");
-                            let values: Vec<u64> = (0..u64::from(n)).map(|i| w.next_value + i).collect();
-                            w.next_value += u64::from(n);
-                            for &v in &values {
-                                w.pushed.insert((name.clone(), v));
-                            }
+                            let values = w.values(&name, n);
                             // A series is always of one Deployment; chunks
                             // of several runs (a target set's) are cut and
                             // never reordered by Deployment.
@@ -1134,16 +1136,8 @@ mod sim {
                             } else {
                                 ChunkOwners::One(s)
                             };
-                            let chunk = Chunk {
-                                records,
-                                samples: u32::from(n),
-                                series: u32::from(n),
-                                enqueued: w.now,
-                                permit: None,
-                                packed: (s % 2 == 0).then(|| Packed::new(Packed::slots(1), 0)),
-                                push: 0,
-                                owners,
-                            };
+                            let packed = (s % 2 == 0).then(|| Packed::new(Packed::slots(1), 0));
+                            let chunk = sim_chunk(records, n, w.now, packed, owners);
                             // Odd series' chunks cut finer (a set whose
                             // widest target is wider): the same lane.
                             let cut = shards << (s % 2);
