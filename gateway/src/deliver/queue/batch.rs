@@ -247,7 +247,13 @@ impl TargetCore {
             let lane = &self.lanes[l];
             !lane.disk.is_empty() || lane.disk_through > self.read_through
         });
-        if spilled {
+        // A gated record on disk waits for this batch's data: back in the
+        // queues it could go to disk after that record and lose its place.
+        let awaited = self
+            .disk_gates
+            .values()
+            .any(|&(_, g)| g.push > b.min_push && g.from & b.lanes != 0);
+        if spilled || awaited {
             return false;
         }
         let cap = (b.samples / 2).max(1);

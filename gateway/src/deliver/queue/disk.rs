@@ -144,6 +144,10 @@ impl TargetCore {
             l.samples = 0;
             l.bytes = 0;
         }
+        // In push order across lanes (each lane's own order is kept): a
+        // series whose lane moved with the width has its older chunk
+        // written first.
+        out.sort_by_key(|(_, c)| c.push);
         self.queue_bytes = 0;
         self.queue_samples = 0;
         self.reload_bytes = 0;

@@ -559,7 +559,7 @@ impl TargetCore {
                 .lanes
                 .iter()
                 .enumerate()
-                .filter_map(|(i, l)| l.queue.front().map(|c| (c.enqueued, c.push, i)))
+                .filter_map(|(i, l)| l.queue.front().map(|c| (c.push, c.enqueued, i)))
                 .min()
                 .map(|(_, _, i)| i)
             else {
@@ -757,6 +757,9 @@ impl TargetCore {
             });
         }
         self.lift_gates();
+        if self.behind_barrier() {
+            return self.poll_backlog(now);
+        }
         let n = self.lanes.len();
         let groups = self.groups() as usize;
         for k in 0..groups {
@@ -783,6 +786,29 @@ impl TargetCore {
             return Some(d);
         }
         None
+    }
+
+    /// [`Self::poll`] while a recovered backlog holds new data back
+    /// ([`Self::set_recovered`]): its records go in the order written, one
+    /// batch at a time across lanes. Their lanes followed the width of the
+    /// moment they were pushed, which the new process does not know, so a
+    /// series' older records may sit in another lane.
+    fn poll_backlog(&mut self, now: Instant) -> Option<Dispatch> {
+        if !self.batches.is_empty() {
+            return None;
+        }
+        let lanes = self
+            .lanes
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.disk.is_empty())
+            .fold(0u64, |m, (i, _)| m | (1 << i));
+        if lanes == 0 {
+            return None;
+        }
+        let d = self.form_batch(lanes, true, now);
+        self.in_flight += 1;
+        Some(d)
     }
 
     /// When [`poll`](Self::poll) may next have something (a deadline or a

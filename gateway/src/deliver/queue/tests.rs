@@ -1137,7 +1137,11 @@ mod sim {
                                 ChunkOwners::One(s)
                             };
                             let packed = (s % 2 == 0).then(|| Packed::new(Packed::slots(1), 0));
-                            let chunk = sim_chunk(records, n, w.now, packed, owners);
+                            // Requests take their time before the target's
+                            // lock in another order than they get it.
+                            let skew = Duration::from_millis(values[0] * 37 % 300);
+                            let enqueued = w.now.checked_sub(skew).unwrap_or(w.now);
+                            let chunk = sim_chunk(records, n, enqueued, packed, owners);
                             // Odd series' chunks cut finer (a set whose
                             // widest target is wider): the same lane.
                             let cut = shards << (s % 2);
