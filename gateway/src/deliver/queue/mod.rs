@@ -30,7 +30,8 @@
 //! itself. A gated chunk that spills keeps its gate on disk (`disk_gates`):
 //! read back it waits for the records written before it in the gate's
 //! lanes. Recovered backlogs go before any new data
-//! ([`TargetCore::set_recovered`]).
+//! ([`TargetCore::set_recovered`]), in the order written, one batch at a
+//! time.
 //!
 //! # Lane groups (lanes follow load)
 //! The lanes are split into groups: the adaptive limit ([`Concurrency`])
