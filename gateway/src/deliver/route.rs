@@ -29,8 +29,9 @@
 //! series in order when the width changes). At width 1 a set's share of a
 //! request is one chunk, Deployment by Deployment inside, compressed once
 //! for all the set's targets: on dense-100 (1,000-series requests of 100
-//! Deployments, 10 targets) 45 bytes per sample per target against 68.5 with
-//! a chunk per Deployment (docs/benchmarks.md).
+//! Deployments, 10 targets) 44-48 bytes per sample per target over the
+//! runs measured (docs/benchmarks.md); the issue measured 68.5 with a chunk
+//! per Deployment, in its own harness.
 //! `route` returns an upper bound of the encoded size so the caller can
 //! take that much from the memory budget first. [`Scratch::encode`] then
 //! writes every group's records into one buffer (one allocation per

@@ -394,11 +394,7 @@ impl TargetCore {
     /// batch (none while anything is on disk, or in a batch read back from
     /// disk, whose pushes are unknown).
     fn forget_widths(&mut self) {
-        let on_disk = self
-            .lanes
-            .iter()
-            .any(|l| !l.disk.is_empty() || l.disk_through > self.read_through)
-            || self.batches.iter().any(|b| b.min_push == u64::MAX);
+        let on_disk = self.disk_pending() || self.batches.iter().any(|b| b.min_push == u64::MAX);
         if on_disk {
             return;
         }
@@ -447,13 +443,15 @@ impl TargetCore {
 
     /// Whether anything is queued, in a batch or on disk.
     fn holds_data(&self) -> bool {
-        self.queue_samples > 0
-            || !self.batches.is_empty()
-            || self.reload_samples > 0
-            || self
-                .lanes
-                .iter()
-                .any(|l| !l.disk.is_empty() || l.disk_through > self.read_through)
+        self.queue_samples > 0 || !self.batches.is_empty() || self.disk_pending()
+    }
+
+    /// Whether any lane has disk records read back and waiting, or not read
+    /// back yet.
+    pub(super) fn disk_pending(&self) -> bool {
+        self.lanes
+            .iter()
+            .any(|l| !l.disk.is_empty() || l.disk_through > self.read_through)
     }
 
     /// Whether a lane of `gate` other than `lane` holds data older than
@@ -486,47 +484,27 @@ impl TargetCore {
     }
 
     /// Whether the front record of `lane`'s disk queue waits at the gate
-    /// it went to disk with: a lane of the gate holds a record written
-    /// before it, or data pushed before the gate in a batch not yet done.
+    /// it went to disk with: its gate, with the records written before it
+    /// (every one of them is read back once it is) as the older ones.
     pub(super) fn disk_front_gated(&self, lane: usize) -> bool {
-        if self.disk_gates.is_empty() {
-            return false;
-        }
         let Some(&(seq, _)) = self.lanes[lane].disk.front() else {
             return false;
         };
-        let Some(&(_, gate)) = self.disk_gates.get(&seq) else {
-            return false;
-        };
-        self.lanes.iter().enumerate().any(|(m, l)| {
-            m != lane
-                && gate.from & (1 << m) != 0
-                && (l.queue.front().is_some_and(|c| c.push < gate.push)
-                    || l.disk.front().is_some_and(|(s, _)| *s < seq)
-                    || l.busy.is_some_and(|id| {
-                        self.batches.iter().any(|b| {
-                            b.id == id
-                                && (b.min_push < gate.push
-                                    || b.seqs.iter().any(|&s| s < seq)
-                                    || (b.min_push == u64::MAX && b.seqs.is_empty()))
-                        })
-                    }))
-        })
+        match self.disk_gates.get(&seq) {
+            Some(&(_, gate)) => self.older_elsewhere(
+                lane,
+                Gate {
+                    seq: seq - 1,
+                    ..gate
+                },
+            ),
+            None => false,
+        }
     }
 
     /// Whether the front chunk of `lane`'s memory queue waits at a gate.
     fn front_gated(&self, lane: usize) -> bool {
-        let l = &self.lanes[lane];
-        if l.gates.is_empty() {
-            return false;
-        }
-        let Some(front) = l.queue.front() else {
-            return false;
-        };
-        match l.gates.iter().rev().find(|g| g.push <= front.push) {
-            Some(&g) => self.older_elsewhere(lane, g),
-            None => false,
-        }
+        self.front_gate(lane).is_some()
     }
 
     /// Lifts the gates nothing older is left behind.

@@ -200,10 +200,9 @@ impl TargetHandle {
         let lanes = core.lanes();
         let spill = opened.map(|(s, written, queued, _)| {
             if queued > 0 {
+                // Whatever its lane key: `set_recovered` holds new data back
+                // until the backlog is delivered.
                 core.set_recovered(0, written);
-                if s.lane_key != spill_mod::LaneKey::CURRENT {
-                    core.set_barrier(written);
-                }
             }
             s
         });

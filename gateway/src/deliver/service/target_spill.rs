@@ -421,15 +421,10 @@ impl TargetHandle {
             );
         }
         if r.first_open && r.recovery.records > 0 {
-            // Its backlog is older than anything queued since: every lane
-            // waits for it, as after a restart (and for all of it to be
-            // delivered when another lane key queued it).
-            let barrier = self.lane_key() != spill_mod::LaneKey::CURRENT;
+            // Its backlog is older than anything queued since: nothing new
+            // goes until all of it is delivered, as after a restart.
             if let Ok(mut core) = self.core.lock() {
                 core.set_recovered(0, written);
-                if barrier {
-                    core.set_barrier(written);
-                }
             }
         }
         if r.lost_records > 0 {
