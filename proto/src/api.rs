@@ -196,6 +196,8 @@ pub struct Target {
     pub requests_sent: u64,
     /// Attempts sent again.
     pub retries: u64,
+    /// Recovery probes sent while failing (empty writes; docs/delivery.md).
+    pub probes: u64,
     /// Failed attempts by status or kind (`503`, `timeout`, `connect`).
     pub failures: BTreeMap<String, u64>,
     /// Dropped samples by reason (`rejected`, `queue_full`, `disk_full`).

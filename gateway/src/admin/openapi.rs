@@ -127,7 +127,7 @@ pub fn document() -> Value {
                     "queueBytes": s("integer"), "queueSamples": s("integer"), "spillBytes": s("integer"),
                     "spillState": {"type": "string", "enum": ["off", "ok", "broken", "disk_full"]},
                     "oldestQueuedSeconds": s("number"), "samplesSent": s("integer"), "bytesSent": s("integer"),
-                    "requestsSent": s("integer"), "retries": s("integer"), "failures": counts, "dropped": counts,
+                    "requestsSent": s("integer"), "retries": s("integer"), "probes": s("integer"), "failures": counts, "dropped": counts,
                     "lastError": error_schema, "concurrency": s("integer"), "inFlight": s("integer"),
                     "latencyMs": {"type": "object", "properties": {"p50": s("number"), "p90": s("number"), "p99": s("number"), "max": s("number")}},
                     "feeds": {"type": "array", "items": {"type": "object", "properties": {

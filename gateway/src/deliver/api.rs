@@ -301,6 +301,7 @@ mod tests {
                 "latencyMs",
                 "oldestQueuedSeconds",
                 "paused",
+                "probes",
                 "protocol",
                 "queueBytes",
                 "queueSamples",

@@ -163,6 +163,7 @@ impl TargetCore {
             body,
             attempt: 1,
             samples,
+            probe: false,
         }
     }
 

@@ -92,7 +92,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::accounting::{Accounts, DropReason, PairStatus};
-use super::policy::{classify, Backoff, Concurrency, SendResult, Verdict};
+use super::policy::{classify, Backoff, Concurrency, SendResult, Verdict, MAX_RETRY_AFTER};
 use bytes::{Bytes, BytesMut};
 
 mod batch;
@@ -125,6 +125,14 @@ pub const SHRINK_AFTER: Duration = Duration::from_secs(1);
 /// Memory queued on a target beyond which it counts as lagging
 /// ([`TargetCore::lagging`]).
 pub const LAGGING_BYTES: u64 = 4 << 20;
+/// The shortest interval between recovery probes of a failing target.
+pub const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// Probes go every 1/this of how long the target has been failing.
+pub const PROBE_FRACTION: u32 = 120;
+/// The batch id of a recovery probe (batches count from 1).
+const PROBE_BATCH: u64 = 0;
+/// An empty remote-write request: a snappy block of no bytes.
+const EMPTY_WRITE: &[u8] = &[0];
 
 /// The lowest lane of a batch's lane mask (reported in [`Dispatch::lane`]).
 fn first_lane(lanes: u64) -> u32 {
@@ -214,6 +222,11 @@ pub struct TargetCore {
     queue_bytes: u64,
     queue_samples: u64,
     failing_since: Option<Instant>,
+    /// Recovery probes ([`Self::poll`]): one in flight, when the last
+    /// answered, and no probe before this (a `Retry-After`).
+    probe_in_flight: bool,
+    probe_last: Option<Instant>,
+    probe_hold: Option<Instant>,
     counters: Counters,
     /// Per Deployment ([`Chunk::owner`]).
     accounts: Accounts,
@@ -275,6 +288,9 @@ impl TargetCore {
             queue_bytes: 0,
             queue_samples: 0,
             failing_since: None,
+            probe_in_flight: false,
+            probe_last: None,
+            probe_hold: None,
             counters: Counters::default(),
             accounts: Accounts::default(),
             last_error: None,
@@ -711,6 +727,11 @@ impl TargetCore {
     /// The next batch to send now, if the limit and the lanes allow one.
     /// Call until `None`.
     pub fn poll(&mut self, now: Instant) -> Option<Dispatch> {
+        self.poll_batch(now).or_else(|| self.poll_probe(now))
+    }
+
+    /// [`Self::poll`] for batches: retries, then a group's next batch.
+    fn poll_batch(&mut self, now: Instant) -> Option<Dispatch> {
         // An idle target's meter closes its window here (nothing arrives).
         self.arrived(0, now);
         if !self.can_send() {
@@ -733,6 +754,7 @@ impl TargetCore {
                 body: b.body.clone(),
                 attempt: b.attempts,
                 samples: b.samples,
+                probe: false,
             });
         }
         self.lift_gates();
@@ -765,6 +787,73 @@ impl TargetCore {
             return Some(d);
         }
         None
+    }
+
+    /// A recovery probe, when one is due ([`Self::probe_at`]): an empty
+    /// write whose 2xx releases every batch waiting out its backoff at once
+    /// (see the module docs).
+    fn poll_probe(&mut self, now: Instant) -> Option<Dispatch> {
+        if !self.can_send() || self.probe_at().is_none_or(|at| at > now) {
+            return None;
+        }
+        self.probe_in_flight = true;
+        self.in_flight += 1;
+        self.counters.probes += 1;
+        Some(Dispatch {
+            lane: 0,
+            batch: PROBE_BATCH,
+            body: Bytes::from_static(EMPTY_WRITE),
+            attempt: 1,
+            samples: 0,
+            probe: true,
+        })
+    }
+
+    /// When the next recovery probe may go: while the target is failing
+    /// and a batch waits out its backoff, every 1/[`PROBE_FRACTION`] of how
+    /// long it has been failing (at least [`PROBE_EVERY`]), never before a
+    /// `Retry-After` the target asked for, and only while that is more than
+    /// one probe interval before the next retry (which would tell as much).
+    fn probe_at(&self) -> Option<Instant> {
+        let since = self.failing_since?;
+        if self.probe_in_flight || self.paused || self.closed {
+            return None;
+        }
+        let retry = self
+            .batches
+            .iter()
+            .filter(|b| !b.sending)
+            .map(|b| b.not_before)
+            .min()?;
+        let base = self.probe_last.map_or(since, |l| l.max(since));
+        let every = (base.saturating_duration_since(since) / PROBE_FRACTION).max(PROBE_EVERY);
+        let at = self
+            .probe_hold
+            .map_or(base + every, |h| h.max(base + every));
+        (at + every < retry).then_some(at)
+    }
+
+    /// A probe's answer: a 2xx makes every waiting batch due now.
+    fn on_probe(&mut self, result: &SendResult, now: Instant) -> Event {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.probe_in_flight = false;
+        self.probe_last = Some(now);
+        let verdict = classify(result);
+        match verdict {
+            Verdict::Done => {
+                for b in self.batches.iter_mut().filter(|b| !b.sending) {
+                    b.not_before = b.not_before.min(now);
+                }
+            }
+            Verdict::Retry {
+                retry_after: Some(ra),
+                ..
+            } => self.probe_hold = Some(now + ra.min(MAX_RETRY_AFTER)),
+            _ => {}
+        }
+        Event::Probed {
+            recovered: verdict == Verdict::Done,
+        }
     }
 
     /// [`Self::poll`] while a recovered backlog holds new data back
@@ -819,10 +908,7 @@ impl TargetCore {
                 self.memory_due(self.memory_lanes(mask))
             })
             .min();
-        match (retry, formed) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [retry, formed, self.probe_at()].into_iter().flatten().min()
     }
 
     /// Starts a push: the chunks [`push`](Self::push)ed until the next call
@@ -843,6 +929,9 @@ impl TargetCore {
         wall: SystemTime,
     ) -> Event {
         let _ = lane;
+        if batch == PROBE_BATCH {
+            return self.on_probe(result, now);
+        }
         let Some(at) = self.batches.iter().position(|b| b.id == batch && b.sending) else {
             return Event::Stale;
         };
@@ -888,6 +977,9 @@ impl TargetCore {
                 b.sending = false;
                 let jitter = self.rng.f64();
                 b.not_before = now + self.backoff.delay(b.attempts, jitter, retry_after);
+                if let Some(ra) = retry_after {
+                    self.probe_hold = Some(now + ra.min(MAX_RETRY_AFTER));
+                }
                 *self.counters.failures.entry(kind.clone()).or_default() += 1;
                 self.failing_since.get_or_insert(now);
                 self.concurrency.on_error(now);

@@ -234,6 +234,98 @@ fn deliver_queue_retries_same_bytes_with_backoff_then_drops_on_4xx() {
     );
 }
 
+/// A failing target whose batch waits out a long backoff is probed with an
+/// empty write; a 2xx makes the batch due at once; `Retry-After` holds the
+/// probes back.
+#[test]
+fn deliver_queue_a_recovery_probe_releases_the_waiting_retries() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut core = TargetCore::new("t", config(), 7);
+    core.push(1, chunk(10, "x", t0), &mut DropOldest);
+    let unavailable = |retry_after| SendResult::Status {
+        status: 503,
+        retry_after,
+        body: String::new(),
+    };
+    // Fail every attempt and probe until the batch's backoff is at the
+    // 5 s cap (attempt 10: 30 ms doubled 8 times is past it).
+    let mut now = t0;
+    let mut d = core.poll(now).unwrap();
+    let first = d.body.clone();
+    let mut probes = 0;
+    while d.probe || d.attempt < 10 {
+        probes += u32::from(d.probe);
+        assert!(d.probe || d.body == first);
+        core.on_result(
+            d.lane,
+            d.batch,
+            &unavailable(None),
+            ms(1),
+            now,
+            SystemTime::now(),
+        );
+        now = core.next_wakeup().unwrap();
+        d = core.poll(now).unwrap();
+    }
+    assert!(probes > 0, "long backoffs are probed");
+    core.on_result(
+        d.lane,
+        d.batch,
+        &unavailable(None),
+        ms(1),
+        now,
+        SystemTime::now(),
+    );
+    let at = core.next_wakeup().unwrap();
+    assert!(
+        at <= now + PROBE_EVERY,
+        "probed within 250 ms, not after the 5 s backoff"
+    );
+    now = at;
+    let d = core.poll(now).unwrap();
+    assert!(d.probe);
+    assert_eq!((d.samples, &d.body[..]), (0, &[0u8][..]), "an empty write");
+    assert!(core.poll(now).is_none(), "one probe at a time");
+    // The probe fails: the next one waits PROBE_EVERY.
+    core.on_result(
+        d.lane,
+        d.batch,
+        &unavailable(None),
+        ms(1),
+        now,
+        SystemTime::now(),
+    );
+    assert!(core.poll(now + ms(249)).is_none());
+    now += PROBE_EVERY;
+    let p = core.poll(now).unwrap();
+    assert!(p.probe);
+    // The endpoint is back: the waiting batch goes at once, same bytes.
+    let ev = core.on_result(p.lane, p.batch, &ok(), ms(1), now, SystemTime::now());
+    assert_eq!(ev, Event::Probed { recovered: true });
+    let r = core.poll(now).unwrap();
+    assert!(!r.probe && r.samples == 10);
+    assert_eq!(r.body, first, "the same bytes");
+    // Retry-After: no probe before it passes.
+    core.on_result(
+        r.lane,
+        r.batch,
+        &unavailable(Some(Duration::from_secs(3))),
+        ms(1),
+        now,
+        SystemTime::now(),
+    );
+    let mut t = now;
+    while t < now + Duration::from_secs(3) {
+        assert!(
+            core.poll(t).is_none_or(|d| !d.probe),
+            "probe before Retry-After"
+        );
+        t += ms(50);
+    }
+    assert_eq!(core.counters().probes, u64::from(probes) + 2);
+}
+
 #[test]
 fn deliver_queue_memory_bound_drops_oldest_and_never_blocks() {
     let t0 = Instant::now();
@@ -1036,6 +1128,7 @@ mod sim {
                     self.rejected.extend(samples_of(&d.body));
                 }
                 Event::Retrying { .. } => {}
+                Event::Probed { .. } => assert!(d.probe && d.samples == 0),
                 Event::Stale => panic!("a dispatch in flight was stale"),
             }
         }

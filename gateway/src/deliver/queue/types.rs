@@ -253,6 +253,10 @@ pub struct Dispatch {
     pub attempt: u32,
     /// Samples in the batch.
     pub samples: u32,
+    /// A recovery probe ([`TargetCore::poll`]): an empty remote-write 1.0
+    /// request to a failing target; its result only tells whether the
+    /// target answers 2xx again.
+    pub probe: bool,
 }
 
 /// What an attempt's result did, for metrics and logs.
@@ -282,6 +286,12 @@ pub enum Event {
         samples: u32,
         /// The error.
         message: String,
+    },
+    /// A recovery probe's answer; `recovered`: a 2xx, every waiting
+    /// batch is due now.
+    Probed {
+        /// The target answered 2xx.
+        recovered: bool,
     },
     /// The result did not match a batch in flight (ignored).
     Stale,
@@ -317,4 +327,6 @@ pub struct Counters {
     pub dropped_queue_full: u64,
     /// Samples moved to the disk spill.
     pub spilled: u64,
+    /// Recovery probes sent ([`TargetCore::poll`]).
+    pub probes: u64,
 }

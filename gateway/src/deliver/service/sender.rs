@@ -22,6 +22,8 @@ struct Done {
     /// Samples a 2.0 receiver did not write of a batch it took (partial write).
     unwritten: u64,
     latency: Duration,
+    /// A recovery probe (not a batch: no latency recorded).
+    probe: bool,
 }
 
 pub(super) async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
@@ -77,15 +79,24 @@ pub(super) async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
             let tx = tx.clone();
             tokio::spawn(async move {
                 let t0 = Instant::now();
-                let sent = crate::deliver::protocol::send(
-                    &inner.sender,
-                    &target,
-                    &h.wire,
-                    &inner.metadata,
-                    d.body,
-                    d.attempt,
-                )
-                .await;
+                let sent = if d.probe {
+                    // An empty 1.0 write: a 2.0 answer to it says nothing
+                    // about the wire state.
+                    crate::deliver::protocol::Sent {
+                        result: inner.sender.send_as(&target, d.body, 1, false).await.0,
+                        unwritten: 0,
+                    }
+                } else {
+                    crate::deliver::protocol::send(
+                        &inner.sender,
+                        &target,
+                        &h.wire,
+                        &inner.metadata,
+                        d.body,
+                        d.attempt,
+                    )
+                    .await
+                };
                 let _ = tx
                     .send(Done {
                         lane: d.lane,
@@ -93,6 +104,7 @@ pub(super) async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
                         result: sent.result,
                         unwritten: sent.unwritten,
                         latency: t0.elapsed(),
+                        probe: d.probe,
                     })
                     .await;
             });
@@ -234,7 +246,7 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
         }
         Err(_) => return,
     };
-    if matches!(done.result, SendResult::Status { .. }) {
+    if !done.probe && matches!(done.result, SendResult::Status { .. }) {
         h.metrics.load().latency.record(done.latency.as_secs_f64());
     }
     if done.unwritten > 0 {
@@ -288,6 +300,9 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
                 status: Some(status),
                 message,
             });
+        }
+        Event::Probed { recovered } => {
+            tracing::debug!(target_id = %h.id, recovered, "delivery: recovery probe answered");
         }
         Event::Stale => {}
     }

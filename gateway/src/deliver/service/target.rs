@@ -503,6 +503,7 @@ impl TargetHandle {
             bytes_sent: c.bytes_sent,
             requests_sent: c.requests_sent,
             retries: c.retries,
+            probes: c.probes,
             failures: c.failures.clone(),
             dropped: [
                 ("rejected".to_owned(), c.dropped_rejected),
