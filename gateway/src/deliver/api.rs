@@ -77,7 +77,7 @@ fn set_paused(api: &DeliveryApi, id: &str, paused: bool) -> Response {
     match api.delivery.target(id) {
         Some(t) => {
             t.set_paused(paused);
-            tracing::info!(target_id = %id, paused, "delivery: target paused state changed by the admin API");
+            tracing::info!(exports = %t.name(), target_id = %id, paused, "delivery: target paused state changed by the admin API");
             let snap = api.delivery.snapshot();
             Json(t.status(&snap)).into_response()
         }

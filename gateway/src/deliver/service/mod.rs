@@ -626,7 +626,7 @@ impl Inner {
                         crate::deliver::policy::SendResult::Status { status, .. }
                             if (200..300).contains(&status) => {}
                         other => {
-                            tracing::warn!(target_id = %target.id.0, result = ?other,
+                            tracing::warn!(exports = %target.name(), target_id = %target.id.0, result = ?other,
                                 "delivery: metadata not delivered; sent again at the next interval");
                             return;
                         }
