@@ -578,6 +578,16 @@ impl TargetHandle {
         lost
     }
 
+    /// What its disk queue holds, as `(records, bytes, samples)`; `None`
+    /// without a spill. After the shutdown spill, the records and bytes are
+    /// what the next start resumes (its "resuming the disk backlog" line).
+    pub(super) fn disk_backlog(&self) -> Option<(u64, u64, u64)> {
+        let spill = self.spill.as_ref()?;
+        let q = lock_queue(&spill.queue);
+        let st = q.stats();
+        Some((st.records, st.bytes, q.queued_samples()))
+    }
+
     /// Undoes [`Self::spill_all`] for a removed target that was revived
     /// while its queue went to disk: the core reads every unacked disk
     /// record back again, from the oldest, before anything newer of a lane.
