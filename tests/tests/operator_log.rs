@@ -6,6 +6,10 @@
 //!   one export's endpoint down: a line at least every 5 s while it waits
 //!   (never 10 s of silence), then per export what stays on disk, the same
 //!   records and bytes the next start says it resumes.
+//! - `a_refused_cluster_is_one_warn_line_without_its_token`: writes with a
+//!   wrong token (bearer, and basic auth naming the cluster) are each one
+//!   WARN line per minute naming the cluster (or `unknown token`) and the
+//!   remote address, never the token.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -175,4 +179,66 @@ async fn shutdown_says_what_it_does_and_what_it_leaves_on_disk() {
     let log = gw.log();
     let resumed = backlogs(&log[len..], "resuming the disk backlog of this target");
     assert_eq!(resumed, left, "log of the restart:\n{}", &log[len..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_cluster_is_one_warn_line_without_its_token() {
+    const WRONG: &str = "wrong-token-4f1e9c";
+    let dir = fanout_tests::fanout::tempfile_dir::TempDir::new("operator-refused");
+    let path = dir.path().join("registry.yaml");
+    std::fs::write(&path, rounds::registry(TOKEN, "")).unwrap();
+    let gw = Gateway::start("operator-refused", &["--registry", path.to_str().unwrap()]);
+    let http = client();
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("cl-a:{WRONG}")
+        )
+    );
+    for seq in 0..5u32 {
+        let status = rounds::write(&http, &gw.ingest, WRONG, round(0, seq)).await;
+        assert_eq!(status, 401);
+        let mut req = rounds::write_request(&gw.ingest, TOKEN, round(0, seq), false);
+        req.headers_mut()
+            .insert("authorization", basic.parse().unwrap());
+        let resp = tokio::time::timeout(Duration::from_secs(10), http.request(req))
+            .await
+            .expect("an answer within 10 s")
+            .expect("an answer");
+        assert_eq!(resp.status().as_u16(), 401);
+    }
+    // Both are logged before the answer goes out; the log file may lag a
+    // little behind the process.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let warns = loop {
+        let log = gw.log();
+        let warns: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains(" WARN ") && l.contains("cluster refused"))
+            .map(str::to_owned)
+            .collect();
+        if warns.len() >= 2 || Instant::now() > deadline {
+            break warns;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = gw.log();
+    assert!(!log.contains(WRONG), "the token is in the log:\n{log}");
+    assert_eq!(warns.len(), 2, "one line per cluster and reason:\n{log}");
+    let line = |who: &str| {
+        warns
+            .iter()
+            .find(|l| field(l, "cluster") == Some(who))
+            .unwrap_or_else(|| panic!("no WARN line for {who}:\n{log}"))
+    };
+    for who in ["\"unknown token\"", "\"cl-a\""] {
+        let l = line(who);
+        assert!(
+            field(l, "remote").is_some_and(|r| r.starts_with("127.0.0.1:")),
+            "{l}"
+        );
+        assert_eq!(field(l, "status"), Some("401"), "{l}");
+        assert_eq!(field(l, "refused_since_last_line"), Some("0"), "{l}");
+    }
 }
