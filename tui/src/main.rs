@@ -20,7 +20,7 @@ use fanout_tui::client::{http_client, Admin, Msg, SetupError};
 use fanout_tui::state::{Command, State};
 use fanout_tui::ui;
 
-/// Live console for Fanout gateways (SPEC §7).
+/// Live console for Fanout gateways.
 #[derive(Parser)]
 #[command(name = "fanout-tui", version)]
 struct Args {
