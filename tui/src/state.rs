@@ -377,6 +377,7 @@ impl TargetRow {
 /// Severity order of target states (worst last).
 pub fn state_rank(state: &str) -> u8 {
     match state {
+        "idle" => 0,
         "healthy" => 0,
         "paused" => 1,
         "retrying" => 2,

@@ -70,6 +70,7 @@ fn selected() -> Style {
 pub fn state_style(state: &str) -> Style {
     match state {
         "healthy" => Style::default().fg(Color::Green),
+        "idle" => Style::default().fg(Color::Gray),
         "paused" => Style::default().fg(Color::Magenta),
         "failing" => Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
         _ => Style::default().fg(Color::Yellow),

@@ -312,7 +312,8 @@ mod tests {
                 "state"
             ]
         );
-        assert_eq!(t["state"], "healthy");
+        // Nothing was sent to it yet.
+        assert_eq!(t["state"], "idle");
         assert_eq!(t["lastError"], Value::Null);
         assert_eq!(keys(&t["latencyMs"]), ["max", "p50", "p90", "p99"]);
         assert_eq!(keys(&t["dropped"]), ["disk_full", "queue_full", "rejected"]);
@@ -344,7 +345,7 @@ mod tests {
             true,
         )
         .await;
-        assert_eq!(t["state"], "healthy");
+        assert_eq!(t["state"], "idle");
         let (status, e) = call(&router, "POST", "/api/v1/targets/none/pause", true).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(e["error"].as_str().unwrap().contains("none"));

@@ -497,7 +497,14 @@ impl TargetHandle {
             id: self.id().to_string(),
             endpoint: self.endpoint.load().to_string(),
             protocol: self.wire.describe(target.config.delivery.protocol),
-            state: core.state(now).to_owned(),
+            state: match core.state(now) {
+                // Nothing ever came for it: "healthy" would claim it delivers.
+                "healthy" if c.requests_sent == 0 && c.failures.is_empty() && core.is_idle() => {
+                    "idle"
+                }
+                other => other,
+            }
+            .to_owned(),
             paused: core.paused(),
             queue_bytes: core.queue_bytes(),
             queue_samples: core.queue_samples(),
