@@ -86,39 +86,44 @@ pub struct DeliveryArgs {
     /// Catalog of exported metric names: `builtin` (Airflow's metrics as the
     /// statsd mapping names them), `all`, or a file (statsd mapping YAML, or
     /// one name per line with `*` wildcards) [default: builtin].
-    #[arg(long, env = "FANOUT_CATALOG")]
+    #[arg(long, help_heading = "Delivery", env = "FANOUT_CATALOG")]
     pub catalog: Option<String>,
     /// Memory queue bound of each target; beyond it the oldest data goes to
     /// the target's disk spill (dropped as `queue_full` only when the spill
     /// cannot take it) [default: 64MiB].
-    #[arg(long, env = "FANOUT_TARGET_QUEUE_MEMORY")]
+    #[arg(long, help_heading = "Delivery", env = "FANOUT_TARGET_QUEUE_MEMORY")]
     pub target_queue_memory: Option<ByteSize>,
     /// On SIGTERM, how long to keep delivering queued data [default: 30s].
-    #[arg(long, env = "FANOUT_SHUTDOWN_GRACE")]
+    #[arg(long, help_heading = "Delivery", env = "FANOUT_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<HumanDuration>,
     /// How long the disk backlog of a target that left the registry is kept
     /// (reported in the stats) before it is deleted [default: 24h].
-    #[arg(long, env = "FANOUT_SPILL_RETENTION")]
+    #[arg(long, help_heading = "Delivery", env = "FANOUT_SPILL_RETENTION")]
     pub spill_retention: Option<HumanDuration>,
     /// `memory`: answer 2xx once data is queued; `wal`: once it is fsynced
     /// to every target's disk queue [default: memory].
-    #[arg(long, env = "FANOUT_DURABILITY", value_enum)]
+    #[arg(
+        long,
+        help_heading = "Durability",
+        env = "FANOUT_DURABILITY",
+        value_enum
+    )]
     pub durability: Option<Durability>,
     /// How often the disk spill is fsynced in `memory` durability [default: 1s].
-    #[arg(long, env = "FANOUT_FLUSH_INTERVAL")]
+    #[arg(long, help_heading = "Durability", env = "FANOUT_FLUSH_INTERVAL")]
     pub flush_interval: Option<HumanDuration>,
     /// How often each remote-write 1.0 target is sent the metadata (type,
     /// help, unit) of the metric families it receives, as Prometheus'
     /// `metadata_config.send_interval` [default: 1m].
-    #[arg(long, env = "FANOUT_METADATA_SEND_INTERVAL")]
+    #[arg(long, help_heading = "Delivery", env = "FANOUT_METADATA_SEND_INTERVAL")]
     pub metadata_send_interval: Option<HumanDuration>,
     /// Active series (seen in the last 10 minutes) delivered per cluster
     /// without `limits.series` of its own; its new series beyond it are
     /// dropped (`series_limit`) [default: unlimited].
-    #[arg(long, env = "FANOUT_CLUSTER_SERIES", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, help_heading = "Limits", env = "FANOUT_CLUSTER_SERIES", value_parser = clap::value_parser!(u64).range(1..))]
     pub cluster_series: Option<u64>,
     /// The same per Deployment [default: unlimited].
-    #[arg(long, env = "FANOUT_DEPLOYMENT_SERIES", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, help_heading = "Limits", env = "FANOUT_DEPLOYMENT_SERIES", value_parser = clap::value_parser!(u64).range(1..))]
     pub deployment_series: Option<u64>,
 }
 
