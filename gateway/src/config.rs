@@ -24,52 +24,67 @@ pub const DEFAULT_DATA_DIR: &str = "./fanout-data";
 pub struct ServeArgs {
     /// TCP (HTTP/1.1, HTTP/2) and UDP (HTTP/3) address for remote-write ingest
     /// [default: 0.0.0.0:9555].
-    #[arg(long, env = "FANOUT_INGEST_LISTEN")]
+    #[arg(long, help_heading = "Listeners", env = "FANOUT_INGEST_LISTEN")]
     pub ingest_listen: Option<SocketAddr>,
     /// TCP address of the admin API, `/metrics` and the stats stream
     /// [default: 127.0.0.1:9556].
-    #[arg(long, env = "FANOUT_ADMIN_LISTEN")]
+    #[arg(long, help_heading = "Listeners", env = "FANOUT_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
     /// Directory for the embedded store, spill queues and the QUIC
     /// certificate; one gateway per directory [default: ./fanout-data].
-    #[arg(long, env = "FANOUT_DATA_DIR")]
+    #[arg(long, help_heading = "Store", env = "FANOUT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Declarative registry file applied at start.
-    #[arg(long, env = "FANOUT_REGISTRY")]
+    #[arg(long, help_heading = "Store", env = "FANOUT_REGISTRY")]
     pub registry: Option<PathBuf>,
     /// `sqlite` (in the data dir) or a `postgres://` URL [default: sqlite].
-    #[arg(long, env = "FANOUT_STORE")]
+    #[arg(long, help_heading = "Store", env = "FANOUT_STORE")]
     pub store: Option<String>,
     /// Bearer token for the admin API. Without one the admin port binds to loopback only.
-    #[arg(long, env = "FANOUT_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        help_heading = "Listeners",
+        env = "FANOUT_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub admin_token: Option<Secret>,
-    /// YAML file with the settings above (`server:` section, camelCase keys;
+    /// YAML file with the listeners, store, admin token and TLS settings (`server:` section, camelCase keys;
     /// an unknown key is an error).
-    #[arg(long, env = "FANOUT_CONFIG")]
+    #[arg(long, help_heading = "Store", env = "FANOUT_CONFIG")]
     pub config: Option<PathBuf>,
     /// PEM certificate chain for TLS (h2 by ALPN) and QUIC [default: none:
     /// plaintext TCP, QUIC with a self-signed certificate in the data dir].
-    #[arg(long, env = "FANOUT_TLS_CERT")]
+    #[arg(long, help_heading = "TLS", env = "FANOUT_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `--tls-cert`.
-    #[arg(long, env = "FANOUT_TLS_KEY")]
+    #[arg(long, help_heading = "TLS", env = "FANOUT_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// PEM certificate chain for the admin API: it then serves HTTPS only
     /// (the console and `fanout apply` take `https://` URLs and `--ca-cert`)
     /// [default: none: plain HTTP].
-    #[arg(long, env = "FANOUT_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    #[arg(
+        long,
+        help_heading = "TLS",
+        env = "FANOUT_ADMIN_TLS_CERT",
+        requires = "admin_tls_key"
+    )]
     pub admin_tls_cert: Option<PathBuf>,
     /// PEM private key for `--admin-tls-cert`.
-    #[arg(long, env = "FANOUT_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    #[arg(
+        long,
+        help_heading = "TLS",
+        env = "FANOUT_ADMIN_TLS_KEY",
+        requires = "admin_tls_cert"
+    )]
     pub admin_tls_key: Option<PathBuf>,
     /// On SIGTERM, how long ingest keeps answering new writes (and
     /// `/readyz`) 503 with `Retry-After` before its listeners close, so load
     /// balancers see the drain first [default: 5s].
-    #[arg(long, env = "FANOUT_DRAIN_DELAY")]
+    #[arg(long, help_heading = "Listeners", env = "FANOUT_DRAIN_DELAY")]
     pub drain_delay: Option<crate::units::HumanDuration>,
     /// With a shared store (PostgreSQL), how often this gateway writes its
     /// export status for the fleet's status API [default: 5s].
-    #[arg(long, env = "FANOUT_STATUS_REPORT_INTERVAL")]
+    #[arg(long, help_heading = "Store", env = "FANOUT_STATUS_REPORT_INTERVAL")]
     pub status_report_interval: Option<crate::units::HumanDuration>,
     /// Ingest limits, timeouts and the memory budget.
     #[command(flatten)]
@@ -280,6 +295,39 @@ fn read_file(path: &Path) -> Result<(serde_yaml_ng::Value, ServerSection), Confi
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn config_serve_help_groups_every_flag_under_a_heading() {
+        use clap::CommandFactory as _;
+        let help = Cli::command().render_long_help().to_string();
+        let headings: Vec<&str> = help
+            .lines()
+            .filter(|l| l.ends_with(':') && !l.starts_with(' '))
+            .collect();
+        assert_eq!(
+            headings,
+            [
+                "Options:",
+                "Listeners:",
+                "Store:",
+                "TLS:",
+                "Limits:",
+                "Delivery:",
+                "Durability:"
+            ],
+            "{help}"
+        );
+        // Under Options only --help is left.
+        let options = help.split("Listeners:").next().unwrap_or_default();
+        let flags: Vec<&str> = options
+            .lines()
+            .map(str::trim_start)
+            .filter(|l| l.starts_with('-'))
+            .collect();
+        assert_eq!(flags, ["-h, --help"], "{help}");
+        let delivery = help.split("Delivery:").nth(1).unwrap_or_default();
+        assert!(delivery.contains("--catalog"), "{help}");
+    }
+
     use super::*;
     use clap::Parser;
 

@@ -19,6 +19,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a gateway (with no flags: embedded SQLite store in ./fanout-data).
+    #[command(after_help = "Logging:\n  \
+        FANOUT_LOG  which lines go to stderr: a tracing filter (error, warn, info, debug, trace; \
+        per module, e.g. info,fanout_gateway::ingest=debug) [default: info]")]
     Serve(Box<ServeArgs>),
     /// Send a declarative registry file to a running gateway's admin API.
     Apply(ApplyArgs),

@@ -76,7 +76,10 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 
     let timeout = args.timeout.map_or(DEFAULT_TIMEOUT, |t| t.0);
     let ended = deliver_until_idle(&delivery, timeout).await;
-    let lost = delivery.shutdown(Duration::from_secs(5)).await;
+    let lost = delivery
+        .shutdown(Duration::from_secs(5))
+        .await
+        .abandoned_samples;
     let statuses = delivery.target_statuses();
     let left = delivery.remove_delivered_spills();
     let orphans = delivery.orphan_backlogs();
@@ -91,8 +94,12 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             continue;
         }
         let mut line = format!(
-            "  target {} ({}): {} samples delivered in {} requests",
-            t.id, t.endpoint, t.samples_sent, t.requests_sent
+            "  target {} [{}] ({}): {} samples delivered in {} requests",
+            target_name(t),
+            t.id,
+            t.endpoint,
+            t.samples_sent,
+            t.requests_sent
         );
         if let Some(n) = records_left {
             let why = t
@@ -100,7 +107,11 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
                 .as_ref()
                 .map_or_else(|| "no error seen".to_owned(), |e| e.message.clone());
             line.push_str(&format!("; {n} records left on disk (last error: {why})"));
-            problems.push(format!("target {}: {n} records not delivered", t.id));
+            problems.push(format!(
+                "target {} [{}]: {n} records not delivered",
+                target_name(t),
+                t.id
+            ));
         }
         println!("{line}");
     }
@@ -170,6 +181,7 @@ async fn deliver_until_idle(delivery: &FanoutDelivery, timeout: Duration) -> End
                     continue;
                 }
                 tracing::info!(
+                    exports = %target_name(&t),
                     target_id = %t.id,
                     state = %t.state,
                     samples_sent = t.samples_sent,
@@ -192,4 +204,14 @@ fn left_behind(dir: &Path, problems: &[String], why: &str) -> anyhow::Error {
         dir.display(),
         problems.join("\n  ")
     )
+}
+
+/// Its exports and Deployment count, as the gateway's log names targets.
+fn target_name(t: &fanout_proto::api::Target) -> String {
+    fanout_proto::api::target_label(
+        t.feeds
+            .iter()
+            .map(|f| (f.export_id.as_str(), f.deployment_id.as_str())),
+    )
+    .unwrap_or_else(|| t.id.clone())
 }

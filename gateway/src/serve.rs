@@ -295,7 +295,12 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     };
     signal(1).await;
-    tracing::info!("shutting down: draining (a second SIGTERM or ctrl-c stops at once)");
+    let drain_delay = config.args.drain_delay.map_or(DEFAULT_DRAIN_DELAY, |d| d.0);
+    tracing::info!(
+        drain_delay_seconds = drain_delay.as_secs(),
+        shutdown_grace_seconds = shutdown_grace.as_secs(),
+        "shutting down: new writes are answered 503 for the drain delay, then queued data is delivered for the shutdown grace and the rest goes to disk (a second SIGTERM or ctrl-c stops at once)"
+    );
     health.set_draining();
     draining.store(true, std::sync::atomic::Ordering::SeqCst);
     let hurry = signal(2);
@@ -304,14 +309,31 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tracing::warn!("second signal: not waiting any more; what is queued goes to disk now");
     });
 
-    let drain_delay = config.args.drain_delay.map_or(DEFAULT_DRAIN_DELAY, |d| d.0);
-    ingest
-        .drain_and_stop(drain_delay, std::time::Duration::from_secs(30), signal(2))
-        .await;
-    tracing::info!("ingest stopped");
+    let in_flight = ingest.drain_state().clone();
+    let drained = ingest.drain_and_stop(drain_delay, std::time::Duration::from_secs(30), signal(2));
+    tokio::pin!(drained);
+    let drain_end = tokio::time::Instant::now() + drain_delay;
+    let mut progress = tokio::time::interval(crate::deliver::service::PROGRESS_EVERY);
+    progress.tick().await;
+    loop {
+        tokio::select! {
+            () = &mut drained => break,
+            _ = progress.tick() => tracing::info!(
+                seconds_left = drain_end
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .as_secs(),
+                writes_in_flight = in_flight.in_flight(),
+                "shutting down: new writes are answered 503 until the drain delay ends"
+            ),
+        }
+    }
+    tracing::info!(
+        shutdown_grace_seconds = shutdown_grace.as_secs(),
+        "ingest stopped; delivering what is queued"
+    );
 
-    let left = delivery.shutdown_or(shutdown_grace, signal(2)).await;
-    tracing::info!(undelivered_samples = left, "delivery stopped");
+    // It logs its progress and what it leaves on disk, by target.
+    delivery.shutdown_or(shutdown_grace, signal(2)).await;
 
     // Stats streams end now (a last `stopped` event), so the admin server's
     // graceful stop does not wait for their clients.

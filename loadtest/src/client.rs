@@ -49,6 +49,11 @@ pub enum ClientError {
     /// The request failed after the connection was up.
     #[error("request: {0}")]
     Request(String),
+    /// The connection was closed before the request went out (the server
+    /// closes it after an answer given before the body was read, e.g. a
+    /// 401): nothing was sent, so nothing failed; send it on a new one.
+    #[error("connection closed before the request was sent: {0}")]
+    Closed(String),
 }
 
 /// Where and how to connect, resolved once.
@@ -277,18 +282,24 @@ impl Conn {
         body: Bytes,
     ) -> Result<Reply, ClientError> {
         let err = |e: &dyn std::fmt::Display| ClientError::Request(e.to_string());
+        let closed = |e: &hyper::Error| ClientError::Closed(e.to_string());
+        // Canceled: hyper never wrote it (the connection closed first).
+        let unsent = |e: &hyper::Error| match e.is_canceled() {
+            true => closed(e),
+            false => err(e),
+        };
         match self {
             Conn::Http1(send) => {
                 let req = build(target, headers, Full::new(body), true)?;
                 let mut send = send.lock().await;
-                send.ready().await.map_err(|e| err(&e))?;
-                let resp = send.send_request(req).await.map_err(|e| err(&e))?;
+                send.ready().await.map_err(|e| closed(&e))?;
+                let resp = send.send_request(req).await.map_err(|e| unsent(&e))?;
                 collect(resp).await
             }
             Conn::Http2(send) => {
                 let req = build(target, headers, Full::new(body), false)?;
-                send.ready().await.map_err(|e| err(&e))?;
-                let resp = send.send_request(req).await.map_err(|e| err(&e))?;
+                send.ready().await.map_err(|e| closed(&e))?;
+                let resp = send.send_request(req).await.map_err(|e| unsent(&e))?;
                 collect(resp).await
             }
             Conn::Http3(send, _) => {

@@ -408,11 +408,15 @@ async fn run(a: RunArgs) -> anyhow::Result<i32> {
     } else {
         print!("{}", summary.table());
     }
-    if summary.samples_ok == 0 && summary.last_error.is_some() {
-        bail!(
-            "no sample was acknowledged; last error: {}",
-            summary.last_error.unwrap_or_default()
-        );
+    if summary.samples_ok == 0 {
+        match (&summary.last_answer, &summary.last_transport_error) {
+            (None, None) => {}
+            (Some(a), None) => bail!("no sample was acknowledged; last answer: {a}"),
+            (None, Some(e)) => bail!("no sample was acknowledged; no answer: {e}"),
+            (Some(a), Some(e)) => bail!(
+                "no sample was acknowledged; last answer: {a}; last request without an answer: {e}"
+            ),
+        }
     }
     Ok(0)
 }

@@ -266,7 +266,7 @@ async fn a_dead_target_ends_the_run_by_itself() {
     assert_eq!(summary.samples_ok, 0);
     assert!(
         summary
-            .last_error
+            .last_transport_error
             .as_deref()
             .unwrap_or("")
             .contains("connect"),
@@ -341,5 +341,89 @@ async fn interleaved_small_deployments_round_trip() {
         problems.is_empty(),
         "{:#?}",
         &problems[..problems.len().min(10)]
+    );
+}
+
+/// A server on 127.0.0.1 that answers every request 401 with a body, then
+/// closes the connection (as a gateway does after refusing a request
+/// before reading its body); at most `limit` connections, then it stops.
+async fn refusing_server(limit: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        for _ in 0..limit {
+            let Ok(Ok((mut s, _))) =
+                tokio::time::timeout(Duration::from_secs(10), listener.accept()).await
+            else {
+                return;
+            };
+            tokio::spawn(async move {
+                // The whole request first (head, then Content-Length bytes),
+                // so closing does not reset what the client sent.
+                let mut got = Vec::new();
+                let mut buf = [0u8; 8192];
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                loop {
+                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                    match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let body = "unknown cluster ingest token (or cluster id)\n";
+                let answer = format!(
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn answers_and_transport_errors_are_counted_apart() {
+    // Every request answered 401 and its connection closed after the
+    // answer: 401s only, no transport error, and the 401 is what is shown.
+    let port = refusing_server(200).await;
+    let mut c = config(
+        format!("http://127.0.0.1:{port}/api/v1/write"),
+        Transport::Http1,
+        Protocol::V1,
+        10_000,
+    );
+    c.connections = 1;
+    c.streams = 1;
+    let summary = tokio::time::timeout(Duration::from_secs(10), generator::run(c))
+        .await
+        .expect("the run ends")
+        .unwrap();
+    let table = summary.table();
+    assert_eq!(summary.samples_ok, 0, "{table}");
+    assert_eq!(summary.responses.get(&401), Some(&20), "{table}");
+    assert_eq!(summary.requests, 20, "{table}");
+    assert_eq!(summary.transport_errors, 0, "{table}");
+    assert_eq!(summary.last_transport_error, None, "{table}");
+    assert_eq!(
+        summary.last_answer.as_deref(),
+        Some("401 Unauthorized: unknown cluster ingest token (or cluster id)"),
+        "{table}"
+    );
+    assert!(
+        table.contains("last answer   401 Unauthorized: unknown cluster"),
+        "{table}"
     );
 }

@@ -348,6 +348,33 @@ pub struct GatewayReport {
     pub reported_at: String,
 }
 
+/// What people call a target, in the console and in the gateway's log: the
+/// exports that route to it (sorted, comma-separated) and how many
+/// Deployments they carry, from its (export, Deployment) pairs; `None` when
+/// nothing routes to it (a target being retired: its id names it then).
+pub fn target_name<'a>(
+    routes: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Option<(String, usize)> {
+    let mut exports = std::collections::BTreeSet::new();
+    let mut deployments = std::collections::BTreeSet::new();
+    for (export, deployment) in routes {
+        exports.insert(export);
+        deployments.insert(deployment);
+    }
+    if exports.is_empty() {
+        return None;
+    }
+    Some((
+        exports.into_iter().collect::<Vec<_>>().join(","),
+        deployments.len(),
+    ))
+}
+
+/// [`target_name`] as one string, `dev-prom ·2`.
+pub fn target_label<'a>(routes: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<String> {
+    target_name(routes).map(|(exports, n)| format!("{exports} ·{n}"))
+}
+
 /// How bad an export state is (`failing` > `retrying` > `paused` >
 /// `delivering` > `waiting`), for the worst of several: what the gateway
 /// merges over targets and gateways, and the console over gateways.
@@ -700,6 +727,14 @@ mod tests {
         assert_eq!(back["configVersion"], 7);
         assert_eq!(back["targets"][0]["latencyMs"]["p50"], 3.1);
         assert!(back["targets"][0].get("queueBytes").is_some());
+    }
+
+    #[test]
+    fn api_target_names_its_exports_and_counts_deployments() {
+        let routes = [("prod", "d1"), ("dev", "d2"), ("dev", "d1")];
+        assert_eq!(target_label(routes), Some("dev,prod ·2".to_owned()));
+        assert_eq!(target_name([("dev", "d1")]), Some(("dev".to_owned(), 1)));
+        assert_eq!(target_label([]), None);
     }
 
     #[test]

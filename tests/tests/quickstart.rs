@@ -140,5 +140,43 @@ fn the_readme_quickstart_delivers_prometheus_series_with_the_stamped_labels() {
             .unwrap_or_else(|| panic!("no drops.{reason} in {stats}"));
         assert_eq!(n, 0, "{reason}: {stats}");
     }
+
+    // The targets as the README describes them: dev-prom delivering, the
+    // prod-prom target of dep-etl's override (9203) retrying then failing,
+    // onprem-vm (9204) idle: its cluster sends nothing. No target for
+    // 9202: prod-prom's own endpoint, which its only Deployment overrides.
+    assert!(
+        readme.contains("9203") && readme.contains("`idle`"),
+        "the README's quickstart no longer describes the targets"
+    );
+    let (status, targets) = gw.request("GET", "/api/v1/targets", None);
+    assert_eq!(status, 200, "{targets}");
+    let targets: serde_json::Value = serde_json::from_str(&targets).unwrap();
+    let states: std::collections::BTreeMap<String, String> = targets["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let feeds = t["feeds"].as_array().unwrap().iter().map(|f| {
+                (
+                    f["exportId"].as_str().unwrap(),
+                    f["deploymentId"].as_str().unwrap(),
+                )
+            });
+            let name = fanout_proto::api::target_label(feeds).unwrap();
+            (name, t["state"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(
+        states.keys().collect::<Vec<_>>(),
+        ["dev-prom ·2", "onprem-vm ·1", "prod-prom ·1"],
+        "{targets}"
+    );
+    assert_eq!(states["dev-prom ·2"], "healthy", "{targets}");
+    assert!(
+        ["retrying", "failing"].contains(&states["prod-prom ·1"].as_str()),
+        "{targets}"
+    );
+    assert_eq!(states["onprem-vm ·1"], "idle", "{targets}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -159,7 +159,8 @@ fn target_rows(screen: &str) -> Vec<(String, String, String)> {
         .filter_map(|l| {
             let words: Vec<&str> = l.split_whitespace().collect();
             let i = words.iter().position(|w| {
-                ["healthy", "retrying", "failing", "paused"].contains(&w.trim_end_matches('*'))
+                ["idle", "healthy", "retrying", "failing", "paused"]
+                    .contains(&w.trim_end_matches('*'))
             })?;
             Some((
                 l.to_owned(),

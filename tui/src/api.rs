@@ -21,6 +21,8 @@ pub use fanout_proto::api::{
     MetricsExport, RecentError, Registry, Snapshot, Stopped, Target, Workspace,
 };
 
+pub use fanout_proto::api::{target_label, target_name};
+
 /// `GET /api/v1/targets`.
 pub type TargetList = fanout_proto::api::Items<Target>;
 

@@ -161,7 +161,7 @@ pub fn normalize_url(url: &str) -> Result<String, BadUrl> {
     }
     if rest.contains('@') {
         return Err(bad(
-            "credentials in the URL are not supported: use --token or FANOUT_ADMIN_TOKEN",
+            "credentials in the URL are not supported: use --admin-token or FANOUT_ADMIN_TOKEN",
         ));
     }
     if rest.contains('/') || rest.contains('?') {
@@ -194,7 +194,7 @@ fn status_error(path: &str, status: StatusCode, body: &[u8]) -> String {
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
     let hint = match status {
-        StatusCode::UNAUTHORIZED => " (check --token or FANOUT_ADMIN_TOKEN)",
+        StatusCode::UNAUTHORIZED => " (check --admin-token or FANOUT_ADMIN_TOKEN)",
         // The ingest port answers every other path so.
         StatusCode::NOT_FOUND if detail.contains("remote-write goes to POST /api/v1/write") => {
             " (this is a gateway's ingest port: point the console at its admin port, \

@@ -1,4 +1,4 @@
-//! `fanout-tui`: the live console for Fanout gateways (SPEC §7).
+//! `fanout-tui`: the live console for Fanout gateways.
 //!
 //! # Shape
 //! - [`api`]: the admin API's JSON (stats, targets, registry) as lenient

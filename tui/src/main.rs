@@ -20,16 +20,21 @@ use fanout_tui::client::{http_client, Admin, Msg, SetupError};
 use fanout_tui::state::{Command, State};
 use fanout_tui::ui;
 
-/// Live console for Fanout gateways (SPEC §7).
+/// Live console for Fanout gateways.
 #[derive(Parser)]
 #[command(name = "fanout-tui", version)]
 struct Args {
     /// Admin address of a gateway (repeat for several), like http://127.0.0.1:9556.
     #[arg(long = "admin", default_value = "http://127.0.0.1:9556")]
     admin: Vec<String>,
-    /// Admin bearer token.
-    #[arg(long, env = "FANOUT_ADMIN_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    /// Admin bearer token (the flag `fanout serve` and `fanout apply` take).
+    #[arg(
+        long = "admin-token",
+        visible_alias = "token",
+        env = "FANOUT_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
     /// PEM certificate(s) to trust for `https://` admin URLs, besides the
     /// public roots (a private CA, or a gateway's self-signed certificate).
     #[arg(long, env = "FANOUT_CA_CERT")]
@@ -54,7 +59,7 @@ fn main() -> ExitCode {
         http_client(args.ca_cert.as_deref()).and_then(|client| {
             args.admin
                 .iter()
-                .map(|u| Ok(Admin::new(u, args.token.clone(), client.clone())?))
+                .map(|u| Ok(Admin::new(u, args.admin_token.clone(), client.clone())?))
                 .collect()
         });
     let admins = match admins {
@@ -241,4 +246,17 @@ fn handle(state: &mut State, msg: Msg) -> Vec<Command> {
         }
     }
     Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tui_admin_token_flag_has_the_gateways_name_and_the_old_one_as_alias() {
+        for flag in ["--admin-token", "--token"] {
+            let a = Args::try_parse_from(["fanout-tui", flag, "t0k"]).unwrap();
+            assert_eq!(a.admin_token.as_deref(), Some("t0k"), "{flag}");
+        }
+    }
 }

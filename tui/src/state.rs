@@ -361,25 +361,23 @@ impl TargetRow {
     /// [`TargetRow::name`] in at most `width` characters: the exports are
     /// cut, the Deployment count kept.
     pub fn name_within(&self, width: usize) -> String {
-        let mut exports: Vec<&str> = self.feeds.iter().map(|f| f.export_id.as_str()).collect();
-        exports.dedup();
-        if exports.is_empty() {
-            return fmt::cut(&self.id, width);
-        }
-        let deployments: BTreeSet<&str> = self
+        let feeds = self
             .feeds
             .iter()
-            .map(|f| f.deployment_id.as_str())
-            .collect();
-        let count = format!(" ·{}", deployments.len());
+            .map(|f| (f.export_id.as_str(), f.deployment_id.as_str()));
+        let Some((exports, deployments)) = crate::api::target_name(feeds) else {
+            return fmt::cut(&self.id, width);
+        };
+        let count = format!(" ·{deployments}");
         let room = width.saturating_sub(count.chars().count()).max(1);
-        format!("{}{count}", fmt::cut(&exports.join(","), room))
+        format!("{}{count}", fmt::cut(&exports, room))
     }
 }
 
 /// Severity order of target states (worst last).
 pub fn state_rank(state: &str) -> u8 {
     match state {
+        "idle" => 0,
         "healthy" => 0,
         "paused" => 1,
         "retrying" => 2,
@@ -522,6 +520,9 @@ pub struct FailureRow {
     pub gateway: usize,
     /// Target id.
     pub target_id: String,
+    /// What people call the target ([`TargetRow::name`]), as the gateway
+    /// listed it with the error; its id when it was not listed.
+    pub target: String,
     /// HTTP status.
     pub status: Option<u16>,
     /// Message, on one line.
@@ -694,10 +695,23 @@ impl State {
         g.data_error = None;
         let version = snap.config_version;
         for e in &snap.recent_errors {
+            let target = snap
+                .targets
+                .iter()
+                .find(|t| t.id == e.target_id)
+                .and_then(|t| {
+                    crate::api::target_label(
+                        t.feeds
+                            .iter()
+                            .map(|f| (f.export_id.as_str(), f.deployment_id.as_str())),
+                    )
+                })
+                .unwrap_or_else(|| e.target_id.clone());
             let row = FailureRow {
                 time_ms: fmt::parse_time_ms(&e.time),
                 gateway: gw,
                 target_id: e.target_id.clone(),
+                target,
                 status: e.status,
                 message: fmt::one_line(&e.message),
             };
@@ -930,6 +944,7 @@ impl State {
             .filter(|f| {
                 filter.is_empty()
                     || f.target_id.to_lowercase().contains(&filter)
+                    || f.target.to_lowercase().contains(&filter)
                     || f.message.to_lowercase().contains(&filter)
                     || f.status.is_some_and(|s| format!("{s}").contains(&filter))
                     || self

@@ -70,6 +70,7 @@ fn selected() -> Style {
 pub fn state_style(state: &str) -> Style {
     match state {
         "healthy" => Style::default().fg(Color::Green),
+        "idle" => Style::default().fg(Color::Gray),
         "paused" => Style::default().fg(Color::Magenta),
         "failing" => Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
         _ => Style::default().fg(Color::Yellow),
@@ -1131,7 +1132,7 @@ fn render_failures(state: &State, f: &mut Frame, area: Rect) {
         widths.push(Constraint::Length(if wide { 20 } else { 12 }));
     }
     header.extend(["TARGET", "STATUS", "MESSAGE"]);
-    let id_width = if wide { 14 } else { 9 };
+    let id_width = if wide { 24 } else { 16 };
     widths.extend([
         Constraint::Length(id_width as u16),
         Constraint::Length(6),
@@ -1150,7 +1151,7 @@ fn render_failures(state: &State, f: &mut Frame, area: Rect) {
                 cells.push(Cell::from(fmt::cut(&name, if wide { 20 } else { 12 })));
             }
             cells.extend([
-                Cell::from(fmt::cut(&e.target_id, id_width)),
+                Cell::from(fmt::cut(&e.target, id_width)),
                 Cell::from(Span::styled(
                     e.status.map_or("conn".into(), |s| format!("{s}")),
                     Style::default().fg(Color::Red),

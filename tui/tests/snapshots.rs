@@ -43,10 +43,10 @@ fn feeds(id: &str) -> Value {
             {"exportId": "dev-prom", "deploymentId": "dep-ml", "clusterId": "cluster-us"}
         ]),
         "t-c0ffee123456" => json!([
-            {"exportId": "mimir-onprem", "deploymentId": "dep-etl", "clusterId": "cluster-us"}
+            {"exportId": "onprem-vm", "deploymentId": "dep-onprem", "clusterId": "cluster-eu"}
         ]),
         _ => json!([
-            {"exportId": "grafana-cloud", "deploymentId": "dep-reports", "clusterId": "cluster-eu"}
+            {"exportId": "prod-prom", "deploymentId": "dep-etl", "clusterId": "cluster-us"}
         ]),
     }
 }
@@ -147,8 +147,9 @@ fn registry() -> Registry {
                           "setFields": ["password"]}}],
              "metricsExport": {"endpoint": "http://127.0.0.1:9202/api/v1/write", "authType": "AUTH_TOKEN", "basicToken": "***"},
              "setFields": ["basicToken"]},
-            {"id": "onprem-mimir", "objectKey": "onprem_mimir", "scope": "DEPLOYMENT", "scopeEntityId": "dep-onprem",
-             "metricsExport": {"endpoint": "https://mimir.onprem.example/api/v1/push", "exporterType": "PROMETHEUS"}}
+            {"id": "onprem-vm", "objectKey": "onprem_vm", "scope": "DEPLOYMENT", "scopeEntityId": "dep-onprem",
+             "metricsExport": {"endpoint": "http://127.0.0.1:9204/api/v1/write", "exporterType": "PROMETHEUS",
+                               "delivery": {"protocol": "V2", "diskBudget": "256MiB"}}}
         ]
     }))
     .expect("fixture")

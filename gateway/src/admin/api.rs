@@ -245,7 +245,7 @@ async fn effective(State(s): State<AdminState>, Path(id): Path<String>) -> ApiRe
     let items = effective_exports(registry, &id, snapshot.salt())
         .into_iter()
         .map(|e| {
-            let mut fields = serde_json::to_value(&e.fields).unwrap_or(Value::Null);
+            let mut fields = serde_json::to_value(e.fields.only_used_auth()).unwrap_or(Value::Null);
             // The merged fields carry the merged publicHeaders.
             let set_fields = mask_export_fields(&mut fields, &[]);
             api::EffectiveExport {

@@ -283,6 +283,14 @@ mod tests {
                 r#"{"id": "e", "objectKey": "e", "scope": "WORKSPACE", "scopeEntityId": "ws", "autoLinkDeployments": true,
                 "metricsExport": {"endpoint": "http://127.0.0.1:1/w", "authType": "AUTH_TOKEN", "basicToken": "bt-secret"}}"#,
             ),
+            // Overridden for d1 to BASIC: the inherited basicToken is not used.
+            (
+                "metrics-exports",
+                r#"{"id": "f", "objectKey": "f", "scope": "WORKSPACE", "scopeEntityId": "ws", "autoLinkDeployments": false,
+                "links": [{"scope": "DEPLOYMENT", "scopeEntityId": "d1", "overrides": {"metricsExport":
+                  {"authType": "BASIC", "username": "u", "password": "pw-secret"}}}],
+                "metricsExport": {"endpoint": "http://127.0.0.1:1/f", "authType": "AUTH_TOKEN", "basicToken": "bt2-secret"}}"#,
+            ),
         ] {
             let (s, v) = call(&app, "POST", &format!("/api/v1/{kind}"), t, body).await;
             assert_eq!(s, StatusCode::CREATED, "{kind}: {v}");
@@ -301,6 +309,12 @@ mod tests {
             serde_json::json!(["basicToken"])
         );
         assert_eq!(v["items"][0]["targetId"].as_str().unwrap().len(), 32);
+        let f = &v["items"][1];
+        assert_eq!(f["id"], "f", "{v}");
+        assert_eq!(f["metricsExport"]["authType"], "BASIC", "{f}");
+        assert_eq!(f["metricsExport"]["password"], "***", "{f}");
+        assert!(f["metricsExport"].get("basicToken").is_none(), "{f}");
+        assert_eq!(f["setFields"], serde_json::json!(["password"]), "{f}");
 
         assert_eq!(
             call(&app, "GET", "/api/v1/clusters/nope", t, "").await.0,

@@ -123,7 +123,7 @@ pub fn document() -> Value {
         "time": s("string"), "status": {"type": "integer", "nullable": true}, "message": s("string")}});
     let target = json!({"type": "object", "properties": {
                     "id": s("string"), "endpoint": s("string"), "protocol": s("string"),
-                    "state": {"type": "string", "enum": ["healthy", "retrying", "failing", "paused"]}, "paused": s("boolean"),
+                    "state": {"type": "string", "enum": ["idle", "healthy", "retrying", "failing", "paused"]}, "paused": s("boolean"),
                     "queueBytes": s("integer"), "queueSamples": s("integer"), "spillBytes": s("integer"),
                     "spillState": {"type": "string", "enum": ["off", "ok", "broken", "disk_full"]},
                     "oldestQueuedSeconds": s("number"), "samplesSent": s("integer"), "bytesSent": s("integer"),

@@ -77,7 +77,7 @@ fn set_paused(api: &DeliveryApi, id: &str, paused: bool) -> Response {
     match api.delivery.target(id) {
         Some(t) => {
             t.set_paused(paused);
-            tracing::info!(target_id = %id, paused, "delivery: target paused state changed by the admin API");
+            tracing::info!(exports = %t.name(), target_id = %id, paused, "delivery: target paused state changed by the admin API");
             let snap = api.delivery.snapshot();
             Json(t.status(&snap)).into_response()
         }
@@ -313,7 +313,8 @@ mod tests {
                 "state"
             ]
         );
-        assert_eq!(t["state"], "healthy");
+        // Nothing was sent to it yet.
+        assert_eq!(t["state"], "idle");
         assert_eq!(t["lastError"], Value::Null);
         assert_eq!(keys(&t["latencyMs"]), ["max", "p50", "p90", "p99"]);
         assert_eq!(keys(&t["dropped"]), ["disk_full", "queue_full", "rejected"]);
@@ -345,7 +346,7 @@ mod tests {
             true,
         )
         .await;
-        assert_eq!(t["state"], "healthy");
+        assert_eq!(t["state"], "idle");
         let (status, e) = call(&router, "POST", "/api/v1/targets/none/pause", true).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(e["error"].as_str().unwrap().contains("none"));

@@ -5,7 +5,7 @@
 //!   mapping file the clusters run): every rule's `name` is an application
 //!   metric, unless the rule drops (`action: drop`); a name with a capture
 //!   (`astro_dist_${1}`) becomes a prefix rule (`astro_dist_`);
-//! - `catalog/infrastructure.txt` (derived from `metric-catalog.md`): one
+//! - `catalog/infrastructure.txt` (the pods' infrastructure series): one
 //!   name per line, `*` matching any run of characters.
 //!
 //! Counters reach the gateway with `_total`, summaries and histograms with

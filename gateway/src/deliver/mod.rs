@@ -72,4 +72,6 @@ pub mod sigv4;
 pub mod stats;
 
 pub use catalog::Catalog;
-pub use service::{DeliveryArgs, Durability, FanoutDelivery, Settings};
+pub use service::{
+    DeliveryArgs, DiskBacklog, Durability, FanoutDelivery, Settings, ShutdownReport,
+};

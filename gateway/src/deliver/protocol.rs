@@ -49,8 +49,15 @@ struct Fallback {
 
 impl WireState {
     /// Whether an attempt now goes as 2.0: the target is configured so and
-    /// not in a fallback (one that ended is cleared, and logged).
-    pub fn sends_v2(&self, configured: Protocol, target_id: &str, now: Instant) -> bool {
+    /// not in a fallback (one that ended is cleared, and logged with
+    /// `name()`, the target's [`Target::name`]).
+    pub fn sends_v2(
+        &self,
+        configured: Protocol,
+        target_id: &str,
+        name: impl FnOnce() -> String,
+        now: Instant,
+    ) -> bool {
         if configured != Protocol::V2 {
             return false;
         }
@@ -62,6 +69,7 @@ impl WireState {
             Some(_) => {
                 *f = None;
                 tracing::info!(
+                    exports = %name(),
                     target_id,
                     "delivery: trying remote-write 2.0 again after the fallback to 1.0"
                 );
@@ -72,8 +80,8 @@ impl WireState {
     }
 
     /// Falls back to 1.0 for [`RETRY_V2_AFTER`], because of `reason`.
-    pub fn fall_back(&self, reason: String, target_id: &str, now: Instant) {
-        tracing::warn!(target_id, reason = %reason, retry_in_secs = RETRY_V2_AFTER.as_secs(),
+    pub fn fall_back(&self, reason: String, exports: &str, target_id: &str, now: Instant) {
+        tracing::warn!(exports, target_id, reason = %reason, retry_in_secs = RETRY_V2_AFTER.as_secs(),
             "delivery: protocol V2 target does not speak remote-write 2.0; falling back to 1.0 (this batch is sent again as 1.0)");
         if let Ok(mut f) = self.fallback.lock() {
             *f = Some(Fallback {
@@ -129,7 +137,12 @@ pub async fn send(
     attempt: u32,
 ) -> Sent {
     let id = target.id.0.as_str();
-    if wire.sends_v2(target.config.delivery.protocol, id, Instant::now()) {
+    if wire.sends_v2(
+        target.config.delivery.protocol,
+        id,
+        || target.name(),
+        Instant::now(),
+    ) {
         match to_v2(&body, metadata) {
             Ok((v2, written)) => {
                 let (result, header) = http.send_as(target, v2, attempt, true).await;
@@ -145,11 +158,12 @@ pub async fn send(
                         } else {
                             format!("415 {body}")
                         };
-                        wire.fall_back(reason, id, Instant::now());
+                        wire.fall_back(reason, &target.name(), id, Instant::now());
                     }
                     (SendResult::Status { status, .. }, None) if (200..300).contains(status) => {
                         wire.fall_back(
                             format!("{status} without X-Prometheus-Remote-Write-Samples-Written"),
+                            &target.name(),
                             id,
                             Instant::now(),
                         );
@@ -157,7 +171,7 @@ pub async fn send(
                     (SendResult::Status { status, .. }, Some(n)) if (200..300).contains(status) => {
                         let unwritten = (written.samples + written.histograms).saturating_sub(n);
                         if unwritten > 0 {
-                            tracing::warn!(target_id = id, sent = written.samples + written.histograms, written = n,
+                            tracing::warn!(exports = %target.name(), target_id = id, sent = written.samples + written.histograms, written = n,
                                 "delivery: partial write: the 2.0 receiver wrote fewer samples than it was sent; the rest count as rejected");
                         }
                         return Sent { result, unwritten };
@@ -171,7 +185,7 @@ pub async fn send(
                 }
             }
             Err(e) => {
-                tracing::warn!(target_id = id, error = %e, "delivery: cannot rewrite a batch as remote-write 2.0; it goes as 1.0");
+                tracing::warn!(exports = %target.name(), target_id = id, error = %e, "delivery: cannot rewrite a batch as remote-write 2.0; it goes as 1.0");
             }
         }
     }
@@ -197,19 +211,24 @@ mod tests {
     fn a_fallback_lasts_its_time_then_v2_is_tried_again() {
         let w = WireState::default();
         let t0 = Instant::now();
-        assert!(!w.sends_v2(Protocol::V1, "t", t0));
-        assert!(w.sends_v2(Protocol::V2, "t", t0));
+        assert!(!w.sends_v2(Protocol::V1, "t", String::new, t0));
+        assert!(w.sends_v2(Protocol::V2, "t", String::new, t0));
         assert_eq!(w.describe(Protocol::V2), "V2");
-        w.fall_back("415 Unsupported Media Type".into(), "t", t0);
-        assert!(!w.sends_v2(Protocol::V2, "t", t0 + Duration::from_secs(599)));
+        w.fall_back("415 Unsupported Media Type".into(), "e", "t", t0);
+        assert!(!w.sends_v2(
+            Protocol::V2,
+            "t",
+            String::new,
+            t0 + Duration::from_secs(599)
+        ));
         assert_eq!(
             w.describe(Protocol::V2),
             "V1 (fallback: 415 Unsupported Media Type)"
         );
-        assert!(w.sends_v2(Protocol::V2, "t", t0 + RETRY_V2_AFTER));
+        assert!(w.sends_v2(Protocol::V2, "t", String::new, t0 + RETRY_V2_AFTER));
         assert_eq!(w.describe(Protocol::V2), "V2");
-        w.fall_back("x".into(), "t", t0);
+        w.fall_back("x".into(), "e", "t", t0);
         w.reset();
-        assert!(w.sends_v2(Protocol::V2, "t", t0));
+        assert!(w.sends_v2(Protocol::V2, "t", String::new, t0));
     }
 }

@@ -13,47 +13,47 @@ pub use crate::units::{ByteSize, HumanDuration};
 #[derive(Args, Debug, Clone, Default)]
 pub struct IngestArgs {
     /// In-flight memory budget shared by ingest and delivery [default: 512MiB].
-    #[arg(long, env = "FANOUT_MEMORY_BUDGET")]
+    #[arg(long, help_heading = "Limits", env = "FANOUT_MEMORY_BUDGET")]
     pub memory_budget: Option<ByteSize>,
     /// Largest compressed request body [default: 32MiB].
-    #[arg(long, env = "FANOUT_MAX_COMPRESSED_BODY")]
+    #[arg(long, help_heading = "Limits", env = "FANOUT_MAX_COMPRESSED_BODY")]
     pub max_compressed_body: Option<ByteSize>,
     /// Largest decompressed request body, checked from the snappy header [default: 256MiB].
-    #[arg(long, env = "FANOUT_MAX_DECOMPRESSED_BODY")]
+    #[arg(long, help_heading = "Limits", env = "FANOUT_MAX_DECOMPRESSED_BODY")]
     pub max_decompressed_body: Option<ByteSize>,
     /// Most series in one request [default: 1000000].
-    #[arg(long, env = "FANOUT_MAX_SERIES_PER_REQUEST")]
+    #[arg(long, help_heading = "Limits", env = "FANOUT_MAX_SERIES_PER_REQUEST")]
     pub max_series_per_request: Option<usize>,
     /// Most labels on one series [default: 64].
-    #[arg(long, env = "FANOUT_MAX_LABELS_PER_SERIES")]
+    #[arg(long, help_heading = "Limits", env = "FANOUT_MAX_LABELS_PER_SERIES")]
     pub max_labels_per_series: Option<usize>,
     /// Longest label name in bytes [default: 256].
-    #[arg(long, env = "FANOUT_MAX_LABEL_NAME_LEN")]
+    #[arg(long, help_heading = "Limits", env = "FANOUT_MAX_LABEL_NAME_LEN")]
     pub max_label_name_len: Option<usize>,
     /// Longest label value in bytes [default: 16KiB].
-    #[arg(long, env = "FANOUT_MAX_LABEL_VALUE_LEN")]
+    #[arg(long, help_heading = "Limits", env = "FANOUT_MAX_LABEL_VALUE_LEN")]
     pub max_label_value_len: Option<ByteSize>,
     /// Time allowed for a request's headers to arrive [default: 10s].
-    #[arg(long, env = "FANOUT_HEADER_READ_TIMEOUT")]
+    #[arg(long, help_heading = "Listeners", env = "FANOUT_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Option<HumanDuration>,
     /// Time allowed for a request's whole body to arrive [default: 60s].
-    #[arg(long, env = "FANOUT_BODY_READ_TIMEOUT")]
+    #[arg(long, help_heading = "Listeners", env = "FANOUT_BODY_READ_TIMEOUT")]
     pub body_read_timeout: Option<HumanDuration>,
     /// How long a request waits for memory before 429 [default: 1s].
-    #[arg(long, env = "FANOUT_ADMISSION_TIMEOUT")]
+    #[arg(long, help_heading = "Limits", env = "FANOUT_ADMISSION_TIMEOUT")]
     pub admission_timeout: Option<HumanDuration>,
     /// Bytes of request bodies still arriving, over all connections; when a
     /// body needs more, the body that has been arriving the longest is
     /// stopped with 503 [default: 64MiB; at least --max-compressed-body].
-    #[arg(long, env = "FANOUT_BODY_READ_BUDGET")]
+    #[arg(long, help_heading = "Limits", env = "FANOUT_BODY_READ_BUDGET")]
     pub body_read_budget: Option<ByteSize>,
     /// Most open ingest connections (TCP plus QUIC) [default: 10000].
-    #[arg(long, env = "FANOUT_MAX_CONNECTIONS")]
+    #[arg(long, help_heading = "Listeners", env = "FANOUT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Samples per second accepted from each cluster without
     /// `limits.samplesPerSecond` of its own; over it, writes get 429 with
     /// `Retry-After` [default: unlimited].
-    #[arg(long, env = "FANOUT_CLUSTER_SAMPLES_PER_SECOND", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, help_heading = "Limits", env = "FANOUT_CLUSTER_SAMPLES_PER_SECOND", value_parser = clap::value_parser!(u64).range(1..))]
     pub cluster_samples_per_second: Option<u64>,
 }
 

@@ -35,6 +35,7 @@ pub mod auth;
 pub mod limits;
 pub mod pool;
 pub mod quic;
+pub mod refusals;
 pub mod request;
 pub mod tcp;
 pub mod testing;

@@ -7,13 +7,14 @@
 //! deadline. On shutdown the endpoint stops accepting and each connection
 //! sends GOAWAY; streams already open finish.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use http::{Response, StatusCode};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use super::request::{log_rejection, Ingest, Rejection, Route};
+use super::request::{Ingest, Rejection, Route};
 use crate::budget::ConnReadBudget;
 use crate::handoff::Delivery;
 
@@ -59,6 +60,7 @@ async fn connection<D: Delivery>(
         }
         Err(_) => return,
     };
+    let peer = conn.remote_address();
     let mut h3: H3Conn = match tokio::time::timeout(
         timeout,
         h3::server::builder().build(h3_quinn::Connection::new(conn)),
@@ -87,7 +89,7 @@ async fn connection<D: Delivery>(
                         )
                         .await;
                         if let Ok(Ok((req, stream))) = resolved {
-                            request(&core, &conn_budget, req, stream).await;
+                            request(&core, &conn_budget, req, stream, peer).await;
                         }
                     });
                 }
@@ -110,8 +112,9 @@ async fn request<D: Delivery>(
     conn_budget: &ConnReadBudget,
     req: http::Request<()>,
     mut stream: H3Stream,
+    peer: SocketAddr,
 ) {
-    let resp = respond(core, conn_budget, &req, &mut stream).await;
+    let resp = respond(core, conn_budget, &req, &mut stream, peer).await;
     if core.route(req.method(), req.uri().path()) == Route::Write {
         core.record_write_response("h3", resp.status());
     }
@@ -136,6 +139,7 @@ async fn respond<D: Delivery>(
     conn_budget: &ConnReadBudget,
     req: &http::Request<()>,
     stream: &mut H3Stream,
+    peer: SocketAddr,
 ) -> Response<Bytes> {
     let route = core.route(req.method(), req.uri().path());
     if route != Route::Write {
@@ -144,7 +148,7 @@ async fn respond<D: Delivery>(
     let admitted = match core.check_head(req.headers()) {
         Ok(a) => a,
         Err(r) => {
-            log_rejection(None, "h3", &r);
+            core.log_rejection(None, "h3", &r, Some(peer));
             return r.into_response();
         }
     };
@@ -176,7 +180,7 @@ async fn respond<D: Delivery>(
     match result {
         Ok(written) => written.into_response(),
         Err(r) => {
-            log_rejection(Some(&cluster.id), "h3", &r);
+            core.log_rejection(Some(&cluster.id), "h3", &r, Some(peer));
             r.into_response()
         }
     }

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use super::auth::{self, AuthError, Authenticator};
 use super::pool::{BufferPool, PooledBuf};
+use super::refusals::{RefusalLog, Refused, NO_CREDENTIALS};
 use super::IngestConfig;
 use crate::budget::{
     BudgetError, ConnReadBudget, MemoryBudget, ReadBudget, ReadBudgetError, Reader,
@@ -80,6 +81,9 @@ pub struct Rejection {
     pub message: String,
     /// `Retry-After`, for 429 and 503.
     pub retry_after: Option<Duration>,
+    /// Set when the sender is refused (credentials, its rate limit) rather
+    /// than its request: logged at WARN, once a minute ([`RefusalLog`]).
+    pub refused: Option<Refused>,
 }
 
 impl Rejection {
@@ -89,6 +93,7 @@ impl Rejection {
             status,
             message: message.into(),
             retry_after: None,
+            refused: None,
         }
     }
 
@@ -97,6 +102,7 @@ impl Rejection {
             status,
             message: message.into(),
             retry_after: Some(after),
+            refused: None,
         }
     }
 
@@ -363,6 +369,7 @@ pub struct Ingest<D> {
     pool: BufferPool,
     drain: Arc<DrainState>,
     rates: super::limits::RateLimits,
+    refusals: RefusalLog,
 }
 
 impl<D: Delivery> Ingest<D> {
@@ -392,6 +399,7 @@ impl<D: Delivery> Ingest<D> {
             read_budget,
             pool: BufferPool::new(64, 4 << 20),
             rates: super::limits::RateLimits::new(config.cluster_samples_per_second),
+            refusals: RefusalLog::default(),
             config,
             drain: Arc::new(DrainState::default()),
         }
@@ -482,11 +490,20 @@ impl<D: Delivery> Ingest<D> {
             ));
         }
         let cluster = auth::authenticate(self.auth.as_ref(), headers).map_err(|e| {
-            tracing::debug!(reason = %e, "ingest: unauthenticated write");
-            match e {
-                AuthError::Missing | AuthError::Malformed(_) | AuthError::Unknown => {
-                    Rejection::new(StatusCode::UNAUTHORIZED, e.to_string())
-                }
+            let refused = match e {
+                AuthError::Missing | AuthError::Malformed(_) => Refused {
+                    cluster: None,
+                    reason: NO_CREDENTIALS,
+                },
+                // The id the sender claimed (basic auth), never the token.
+                AuthError::Unknown => Refused {
+                    cluster: auth::credentials(headers).ok().and_then(|c| c.cluster_id),
+                    reason: "unknown token",
+                },
+            };
+            Rejection {
+                refused: Some(refused),
+                ..Rejection::new(StatusCode::UNAUTHORIZED, e.to_string())
             }
         })?;
         let protocol = negotiate(headers)?;
@@ -538,16 +555,22 @@ impl<D: Delivery> Ingest<D> {
             .rates
             .check(&admitted.cluster, std::time::Instant::now())
         {
-            return Err(Rejection::retry(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "cluster {} is over its rate of {} samples/s (limits.samplesPerSecond); retry after {} s",
-                    admitted.cluster.id,
-                    over.rate,
-                    over.retry_after.as_secs()
-                ),
-                over.retry_after,
-            ));
+            return Err(Rejection {
+                refused: Some(Refused {
+                    cluster: Some(admitted.cluster.id.clone()),
+                    reason: "over its samples/s limit",
+                }),
+                ..Rejection::retry(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "cluster {} is over its rate of {} samples/s (limits.samplesPerSecond); retry after {} s",
+                        admitted.cluster.id,
+                        over.rate,
+                        over.retry_after.as_secs()
+                    ),
+                    over.retry_after,
+                )
+            });
         }
         let compressed = body.bytes();
         let bad = |what: String| Rejection::new(StatusCode::BAD_REQUEST, what);
@@ -678,6 +701,27 @@ impl<D: Delivery> Ingest<D> {
             .map_err(|e| self.budget_rejection(e))
     }
 
+    /// Logs a refused write from `remote`: a refused sender at WARN, once a
+    /// minute per cluster and reason ([`RefusalLog`]); 429 and 5xx at INFO,
+    /// the rest (the sender's own mistakes, answered in the body) at DEBUG.
+    pub fn log_rejection(
+        &self,
+        cluster: Option<&str>,
+        transport: &str,
+        r: &Rejection,
+        remote: Option<std::net::SocketAddr>,
+    ) {
+        if let Some(refused) = &r.refused {
+            let now = std::time::Instant::now();
+            self.refusals
+                .log(refused, remote, r.status.as_u16(), &r.message, now);
+        } else if r.status.is_server_error() || r.status == StatusCode::TOO_MANY_REQUESTS {
+            tracing::info!(cluster, transport, status = r.status.as_u16(), reason = %r.message, "ingest: write refused");
+        } else {
+            tracing::debug!(cluster, transport, status = r.status.as_u16(), reason = %r.message, "ingest: write refused");
+        }
+    }
+
     fn budget_rejection(&self, e: BudgetError) -> Rejection {
         match e {
             BudgetError::TooLarge { .. } => Rejection::new(
@@ -690,14 +734,5 @@ impl<D: Delivery> Ingest<D> {
                 self.config.retry_after,
             ),
         }
-    }
-}
-
-/// Logs a refused write at a level that fits its cause.
-pub fn log_rejection(cluster: Option<&str>, transport: &str, r: &Rejection) {
-    if r.status.is_server_error() || r.status == StatusCode::TOO_MANY_REQUESTS {
-        tracing::info!(cluster, transport, status = r.status.as_u16(), reason = %r.message, "ingest: write refused");
-    } else {
-        tracing::debug!(cluster, transport, status = r.status.as_u16(), reason = %r.message, "ingest: write refused");
     }
 }

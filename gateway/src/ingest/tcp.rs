@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::request::{log_rejection, Ingest, Rejection, Route};
+use super::request::{Ingest, Rejection, Route};
 use crate::budget::ConnReadBudget;
 use crate::handoff::Delivery;
 
@@ -107,7 +108,7 @@ pub(super) async fn serve<D: Delivery>(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -132,7 +133,7 @@ pub(super) async fn serve<D: Delivery>(
                 };
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(connection(
-                    stream,
+                    (stream, peer),
                     core.clone(),
                     builder.clone(),
                     tls.clone(),
@@ -153,8 +154,9 @@ pub(super) async fn serve<D: Delivery>(
     }
 }
 
+/// Serves one accepted connection (`stream` from `peer`).
 async fn connection<D: Delivery>(
-    stream: TcpStream,
+    (stream, peer): (TcpStream, SocketAddr),
     core: Arc<Ingest<D>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -167,7 +169,7 @@ async fn connection<D: Delivery>(
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let core = svc_core.clone();
         let conn_budget = conn_budget.clone();
-        async move { Ok::<_, Infallible>(handle(&core, &conn_budget, req).await) }
+        async move { Ok::<_, Infallible>(handle(&core, &conn_budget, req, peer).await) }
     });
     let header_timeout = core.config().header_read_timeout;
     // A connection that sends nothing within the header read timeout is
@@ -226,6 +228,7 @@ pub(super) async fn handle<D: Delivery>(
     core: &Ingest<D>,
     conn_budget: &ConnReadBudget,
     req: Request<Incoming>,
+    peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
     let transport = match req.version() {
         http::Version::HTTP_2 => "h2",
@@ -236,7 +239,7 @@ pub(super) async fn handle<D: Delivery>(
     if route != Route::Write {
         return core.respond_other(route).map(Full::new);
     }
-    let response = write(core, conn_budget, transport, parts, &mut body).await;
+    let response = write(core, conn_budget, transport, parts, &mut body, peer).await;
     core.record_write_response(transport, response.status());
     response
 }
@@ -248,11 +251,12 @@ async fn write<D: Delivery>(
     transport: &'static str,
     parts: http::request::Parts,
     body: &mut Incoming,
+    peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
     let admitted = match core.check_head(&parts.headers) {
         Ok(a) => a,
         Err(r) => {
-            log_rejection(None, transport, &r);
+            core.log_rejection(None, transport, &r, Some(peer));
             return r.into_response().map(Full::new);
         }
     };
@@ -281,7 +285,7 @@ async fn write<D: Delivery>(
     match result {
         Ok(written) => written.into_response().map(Full::new),
         Err(r) => {
-            log_rejection(Some(&cluster.id), transport, &r);
+            core.log_rejection(Some(&cluster.id), transport, &r, Some(peer));
             r.into_response().map(Full::new)
         }
     }

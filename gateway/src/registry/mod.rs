@@ -49,7 +49,7 @@ mod tests;
 pub use model::{Document, Limits, Registry, Secret};
 pub use resolve::{EffectiveExport, TargetConfig, TargetId};
 pub use snapshot::{
-    Attribution, ClusterInfo, ClusterView, DeploymentInfo, Snapshot, SnapshotDiff, Target,
-    TargetRoute,
+    routes_name, Attribution, ClusterInfo, ClusterView, DeploymentInfo, Snapshot, SnapshotDiff,
+    Target, TargetRoute,
 };
 pub use validate::{validate, ValidationError};

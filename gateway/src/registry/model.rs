@@ -425,6 +425,29 @@ pub struct ExportFields {
     pub unset_fields: Vec<String>,
 }
 
+impl ExportFields {
+    /// Without the credentials its `authType` does not use (a `basicToken`
+    /// inherited by an override to `BASIC`, say), for reads of effective
+    /// exports: what is listed is what is sent.
+    pub fn only_used_auth(mut self) -> ExportFields {
+        let auth = self.auth_type.unwrap_or(AuthType::None);
+        if auth != AuthType::AuthToken {
+            self.basic_token = None;
+        }
+        if auth != AuthType::Basic {
+            self.username = None;
+            self.password = None;
+        }
+        if auth != AuthType::Sigv4 {
+            self.sigv4_region = None;
+            self.sigv4_access_key = None;
+            self.sigv4_secret_key = None;
+            self.sigv4_role_arn = None;
+        }
+        self
+    }
+}
+
 /// Names of the secret fields of [`ExportFields`], as they appear on the wire.
 pub const EXPORT_SECRET_FIELDS: [&str; 3] = ["basicToken", "password", "sigv4SecretKey"];
 

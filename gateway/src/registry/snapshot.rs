@@ -93,6 +93,25 @@ pub struct Target {
     pub scrubber: Scrubber,
 }
 
+impl Target {
+    /// What people call it, as the console's Targets view does: the
+    /// exports that route here and how many Deployments they carry
+    /// (`dev-prom ·2`); its id when nothing routes here. Log lines carry it
+    /// next to the id (which tells two targets of one export apart).
+    pub fn name(&self) -> String {
+        routes_name(&self.routes).unwrap_or_else(|| self.id.0.clone())
+    }
+}
+
+/// [`Target::name`] of `routes`; `None` for none.
+pub fn routes_name(routes: &[TargetRoute]) -> Option<String> {
+    fanout_proto::api::target_label(
+        routes
+            .iter()
+            .map(|r| (r.export_id.as_str(), r.deployment_id.as_str())),
+    )
+}
+
 /// Where a series belongs (SPEC §4).
 #[derive(Debug, Clone, Copy)]
 pub enum Attribution<'a> {

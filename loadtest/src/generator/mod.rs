@@ -186,7 +186,10 @@ pub(super) struct Stats {
     /// Microseconds.
     pub(super) latency: Mutex<Histogram<u64>>,
     pub(super) interval: Mutex<Histogram<u64>>,
-    pub(super) last_error: Mutex<Option<String>>,
+    /// The last answer other than 2xx: status and start of the body.
+    pub(super) last_answer: Mutex<Option<String>>,
+    /// The last transport error (no answer).
+    pub(super) last_transport_error: Mutex<Option<String>>,
     pub(super) acked: Mutex<Vec<Vec<(u64, u64)>>>,
 }
 
@@ -245,7 +248,8 @@ pub async fn run(config: GeneratorConfig) -> Result<RunSummary, GeneratorError> 
         codes: Mutex::new(BTreeMap::new()),
         latency: Mutex::new(histogram()),
         interval: Mutex::new(histogram()),
-        last_error: Mutex::new(None),
+        last_answer: Mutex::new(None),
+        last_transport_error: Mutex::new(None),
         acked: Mutex::new(vec![Vec::new(); clusters as usize]),
     });
     let next = Arc::new(AtomicU64::new(0));
@@ -269,7 +273,10 @@ pub async fn run(config: GeneratorConfig) -> Result<RunSummary, GeneratorError> 
                 // restarting, 429s): the run goes on and says so.
                 let again = stats.retries.load(Ordering::Relaxed);
                 let note = if again > last_again {
-                    let why = lock(&stats.last_error).clone().unwrap_or_default();
+                    let why = lock(&stats.last_transport_error)
+                        .clone()
+                        .or_else(|| lock(&stats.last_answer).clone())
+                        .unwrap_or_default();
                     format!("  {} sent again: {why}", again - last_again)
                 } else {
                     String::new()
@@ -374,7 +381,8 @@ pub async fn run(config: GeneratorConfig) -> Result<RunSummary, GeneratorError> 
         responses: lock(&stats.codes).clone(),
         transport_errors: stats.transport_errors.load(Ordering::Relaxed),
         retries: stats.retries.load(Ordering::Relaxed),
-        last_error: lock(&stats.last_error).clone(),
+        last_answer: lock(&stats.last_answer).clone(),
+        last_transport_error: lock(&stats.last_transport_error).clone(),
         latency_ms: Latency::from_histogram(&lock(&stats.latency), 0.001),
         series_per_cluster: per_cluster,
         acked,

@@ -17,6 +17,10 @@ use crate::client::{ClientError, Conn, Reply};
 /// or a timeout.
 pub(super) type Attempt = Result<Result<Reply, ClientError>, tokio::time::error::Elapsed>;
 
+/// Times in a row a request may find its connection closed before it went
+/// out (each time on a new one) before that counts as a transport error.
+const MAX_UNSENT: u32 = 3;
+
 /// First retry backoff (Prometheus' `min_backoff`).
 pub(super) const RETRY_MIN_BACKOFF: Duration = Duration::from_millis(30);
 /// Longest wait before a retry (Prometheus' `max_backoff`).
@@ -34,6 +38,25 @@ fn retry_wait(headers: &HeaderMap, backoff: Duration) -> Duration {
 }
 
 impl Worker {
+    /// Replaces `conn` with a new connection (one try, within the request
+    /// timeout); false, noting why, when that fails.
+    async fn reconnect(&self, conn: &mut Conn) -> bool {
+        match tokio::time::timeout(self.config.timeout, Conn::connect(&self.target)).await {
+            Ok(Ok(c)) => {
+                *conn = c;
+                true
+            }
+            Ok(Err(e)) => {
+                self.note_no_answer(e.to_string());
+                false
+            }
+            Err(_) => {
+                self.note_no_answer("connect: timed out".into());
+                false
+            }
+        }
+    }
+
     /// Sends `body` on `conn`, again after a 429, a 503 or no answer when
     /// retrying, until it is answered otherwise or the deadline would pass;
     /// counts every attempt. `conn` is replaced when it broke.
@@ -41,6 +64,7 @@ impl Worker {
         let bytes = body.len() as u64;
         let s = &self.stats;
         let mut backoff = RETRY_MIN_BACKOFF;
+        let mut unsent = 0;
         loop {
             let t0 = Instant::now();
             let res = tokio::time::timeout(
@@ -48,6 +72,14 @@ impl Worker {
                 conn.post(&self.target, headers, body.clone()),
             )
             .await;
+            // Closed before it went out (after an early answer to the one
+            // before): not an attempt; it goes on a new connection.
+            if matches!(res, Ok(Err(ClientError::Closed(_)))) && unsent < MAX_UNSENT {
+                unsent += 1;
+                if self.reconnect(conn).await {
+                    continue;
+                }
+            }
             let micros = t0.elapsed().as_micros() as u64;
             s.requests.fetch_add(1, Ordering::Relaxed);
             s.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -73,11 +105,11 @@ impl Worker {
                 }
                 Ok(Err(e)) => {
                     s.transport_errors.fetch_add(1, Ordering::Relaxed);
-                    self.note_error(format!("{e} (sent again)"));
+                    self.note_no_answer(format!("{e} (sent again)"));
                 }
                 Err(_) => {
                     s.transport_errors.fetch_add(1, Ordering::Relaxed);
-                    self.note_error(format!(
+                    self.note_no_answer(format!(
                         "request timed out after {:?} (sent again)",
                         self.config.timeout
                     ));
@@ -96,8 +128,8 @@ impl Worker {
                         *conn = c;
                         break;
                     }
-                    Ok(Err(e)) => self.note_error(format!("{e} (reconnecting)")),
-                    Err(_) => self.note_error("connect: timed out (reconnecting)".into()),
+                    Ok(Err(e)) => self.note_no_answer(format!("{e} (reconnecting)")),
+                    Err(_) => self.note_no_answer("connect: timed out (reconnecting)".into()),
                 }
                 if self.over(Instant::now() + backoff) {
                     return res;

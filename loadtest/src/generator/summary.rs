@@ -78,15 +78,18 @@ pub struct RunSummary {
     pub requests_per_sec: f64,
     /// Acknowledged samples per second.
     pub samples_per_sec: f64,
-    /// Responses by status code.
+    /// Answers by status code.
     pub responses: BTreeMap<u16, u64>,
-    /// Requests that got no response (connect, timeout, reset).
+    /// Requests that got no answer (connect, timeout, reset); an answered
+    /// request is never also counted here.
     pub transport_errors: u64,
     /// Answers 429 or 503 after which the request was sent again
     /// ([`GeneratorConfig::retry`]; also counted in `responses`).
     pub retries: u64,
-    /// The last error (status and start of the body, or transport error).
-    pub last_error: Option<String>,
+    /// The last answer other than 2xx: its status and the start of its body.
+    pub last_answer: Option<String>,
+    /// The last transport error (no answer).
+    pub last_transport_error: Option<String>,
     /// Request latency (send to response), milliseconds.
     pub latency_ms: Latency,
     /// Series per cluster.
@@ -128,14 +131,18 @@ impl RunSummary {
             .collect();
         let _ = writeln!(
             s,
-            "responses     {}",
+            "answers       {}",
             if codes.is_empty() {
                 "-".into()
             } else {
                 codes.join(", ")
             }
         );
-        let _ = writeln!(s, "conn errors   {}", self.transport_errors);
+        let _ = writeln!(
+            s,
+            "conn errors   {} (no answer: connect, reset, timeout)",
+            self.transport_errors
+        );
         if self.retries > 0 {
             let _ = writeln!(s, "sent again    {} (429/503 or no answer)", self.retries);
         }
@@ -145,8 +152,11 @@ impl RunSummary {
             "latency ms    p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
             l.p50, l.p90, l.p99, l.p999, l.max
         );
-        if let Some(e) = &self.last_error {
-            let _ = writeln!(s, "last error    {e}");
+        if let Some(a) = &self.last_answer {
+            let _ = writeln!(s, "last answer   {a}");
+        }
+        if let Some(e) = &self.last_transport_error {
+            let _ = writeln!(s, "last conn err {e}");
         }
         if let Some(e) = &self.ended_early {
             let _ = writeln!(s, "ended early   {e}");

@@ -109,13 +109,13 @@ impl Worker {
                         failing_since = None;
                     }
                     Ok(Err(e)) => {
-                        me.note_error(e.to_string());
+                        me.note_no_answer(e.to_string());
                         failing_since.get_or_insert_with(Instant::now);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                     Err(_) => {
-                        me.note_error("connect: timed out".into());
+                        me.note_no_answer("connect: timed out".into());
                         failing_since.get_or_insert_with(Instant::now);
                         continue;
                     }
@@ -159,8 +159,15 @@ impl Worker {
         b.saturating_mul(self.spr) >= self.total
     }
 
-    pub(super) fn note_error(&self, e: String) {
-        *lock(&self.stats.last_error) = Some(e);
+    /// Notes why a request got no answer (or why sending stopped).
+    pub(super) fn note_no_answer(&self, e: String) {
+        *lock(&self.stats.last_transport_error) = Some(e);
+    }
+
+    /// Notes an answer other than 2xx: its status and the start of its body.
+    fn note_answer(&self, status: http::StatusCode, body: &[u8]) {
+        let body = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        *lock(&self.stats.last_answer) = Some(format!("{status}: {}", body.trim()));
     }
 
     /// Sends requests on `conn` until the run ends or the connection fails.
@@ -197,7 +204,7 @@ impl Worker {
             let start = self.offset + k * self.spr;
             let end = (start + n).min(self.max_pos);
             if start >= end {
-                self.note_error("sequence space exhausted (2^21 rounds per series)".into());
+                self.note_no_answer("sequence space exhausted (2^21 rounds per series)".into());
                 return builder;
             }
             if let Some(rate) = self.config.rate {
@@ -223,22 +230,22 @@ impl Worker {
                         lock(&s.acked)[cluster as usize].push((start, end));
                     } else {
                         s.samples_failed.fetch_add(samples, Ordering::Relaxed);
-                        let body =
-                            String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)])
-                                .into_owned();
-                        self.note_error(format!("{}: {}", reply.status, body.trim()));
+                        self.note_answer(reply.status, &reply.body);
                     }
                 }
                 Ok(Err(e)) => {
                     s.samples_failed.fetch_add(samples, Ordering::Relaxed);
                     s.transport_errors.fetch_add(1, Ordering::Relaxed);
-                    self.note_error(e.to_string());
+                    self.note_no_answer(e.to_string());
                     return builder;
                 }
                 Err(_) => {
                     s.samples_failed.fetch_add(samples, Ordering::Relaxed);
                     s.transport_errors.fetch_add(1, Ordering::Relaxed);
-                    self.note_error(format!("request timed out after {:?}", self.config.timeout));
+                    self.note_no_answer(format!(
+                        "request timed out after {:?}",
+                        self.config.timeout
+                    ));
                     return builder;
                 }
             }

@@ -86,39 +86,44 @@ pub struct DeliveryArgs {
     /// Catalog of exported metric names: `builtin` (Airflow's metrics as the
     /// statsd mapping names them), `all`, or a file (statsd mapping YAML, or
     /// one name per line with `*` wildcards) [default: builtin].
-    #[arg(long, env = "FANOUT_CATALOG")]
+    #[arg(long, help_heading = "Delivery", env = "FANOUT_CATALOG")]
     pub catalog: Option<String>,
     /// Memory queue bound of each target; beyond it the oldest data goes to
     /// the target's disk spill (dropped as `queue_full` only when the spill
     /// cannot take it) [default: 64MiB].
-    #[arg(long, env = "FANOUT_TARGET_QUEUE_MEMORY")]
+    #[arg(long, help_heading = "Delivery", env = "FANOUT_TARGET_QUEUE_MEMORY")]
     pub target_queue_memory: Option<ByteSize>,
     /// On SIGTERM, how long to keep delivering queued data [default: 30s].
-    #[arg(long, env = "FANOUT_SHUTDOWN_GRACE")]
+    #[arg(long, help_heading = "Delivery", env = "FANOUT_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<HumanDuration>,
     /// How long the disk backlog of a target that left the registry is kept
     /// (reported in the stats) before it is deleted [default: 24h].
-    #[arg(long, env = "FANOUT_SPILL_RETENTION")]
+    #[arg(long, help_heading = "Delivery", env = "FANOUT_SPILL_RETENTION")]
     pub spill_retention: Option<HumanDuration>,
     /// `memory`: answer 2xx once data is queued; `wal`: once it is fsynced
     /// to every target's disk queue [default: memory].
-    #[arg(long, env = "FANOUT_DURABILITY", value_enum)]
+    #[arg(
+        long,
+        help_heading = "Durability",
+        env = "FANOUT_DURABILITY",
+        value_enum
+    )]
     pub durability: Option<Durability>,
     /// How often the disk spill is fsynced in `memory` durability [default: 1s].
-    #[arg(long, env = "FANOUT_FLUSH_INTERVAL")]
+    #[arg(long, help_heading = "Durability", env = "FANOUT_FLUSH_INTERVAL")]
     pub flush_interval: Option<HumanDuration>,
     /// How often each remote-write 1.0 target is sent the metadata (type,
     /// help, unit) of the metric families it receives, as Prometheus'
     /// `metadata_config.send_interval` [default: 1m].
-    #[arg(long, env = "FANOUT_METADATA_SEND_INTERVAL")]
+    #[arg(long, help_heading = "Delivery", env = "FANOUT_METADATA_SEND_INTERVAL")]
     pub metadata_send_interval: Option<HumanDuration>,
     /// Active series (seen in the last 10 minutes) delivered per cluster
     /// without `limits.series` of its own; its new series beyond it are
     /// dropped (`series_limit`) [default: unlimited].
-    #[arg(long, env = "FANOUT_CLUSTER_SERIES", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, help_heading = "Limits", env = "FANOUT_CLUSTER_SERIES", value_parser = clap::value_parser!(u64).range(1..))]
     pub cluster_series: Option<u64>,
     /// The same per Deployment [default: unlimited].
-    #[arg(long, env = "FANOUT_DEPLOYMENT_SERIES", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, help_heading = "Limits", env = "FANOUT_DEPLOYMENT_SERIES", value_parser = clap::value_parser!(u64).range(1..))]
     pub deployment_series: Option<u64>,
 }
 
@@ -528,16 +533,23 @@ impl FanoutDelivery {
     }
 
     /// Stops taking data, delivers what is queued within `grace`, then stops
-    /// the senders. Returns the samples left undelivered.
-    pub async fn shutdown(&self, grace: Duration) -> u64 {
+    /// the senders; what is left goes to each target's disk queue.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         self.shutdown_or(grace, std::future::pending()).await
     }
 
     /// [`Self::shutdown`] whose grace ends early when `hurry` resolves (a
-    /// second SIGTERM): what is left is spilled at once.
-    pub async fn shutdown_or(&self, grace: Duration, hurry: impl Future<Output = ()>) -> u64 {
+    /// second SIGTERM): what is left is spilled at once. While it waits it
+    /// logs every [`PROGRESS_EVERY`] what is left and where; at the end,
+    /// what was delivered, what stays on disk per target and what is lost.
+    pub async fn shutdown_or(
+        &self,
+        grace: Duration,
+        hurry: impl Future<Output = ()>,
+    ) -> ShutdownReport {
         let inner = &self.inner;
         let mut hurry = std::pin::pin!(hurry);
+        let sent_before = inner.stats.out_samples.load(Ordering::Relaxed);
         inner.closing.store(true, Ordering::SeqCst);
         for t in self.targets() {
             if let Ok(mut c) = t.core.lock() {
@@ -545,10 +557,17 @@ impl FanoutDelivery {
             }
             t.notify.notify_one();
         }
-        let deadline = Instant::now() + grace;
+        let start = Instant::now();
+        let deadline = start + grace;
+        let mut next_progress = start;
         loop {
-            if self.is_idle() || Instant::now() >= deadline {
+            let now = Instant::now();
+            if self.is_idle() || now >= deadline {
                 break;
+            }
+            if now >= next_progress {
+                self.log_progress(deadline.saturating_duration_since(now));
+                next_progress = now + PROGRESS_EVERY;
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
@@ -561,25 +580,108 @@ impl FanoutDelivery {
         for t in self.targets() {
             t.notify.notify_one();
         }
-        let mut left = 0;
+        let mut report = ShutdownReport::default();
         for t in self.targets() {
-            left += spill_all_blocking(inner, &t).await;
+            let lost = spill_all_blocking(inner, &t).await;
+            report.abandoned_samples += lost;
+            if lost > 0 {
+                tracing::warn!(exports = %t.name(), target_id = %t.id, samples = lost,
+                    "delivery: samples of this target neither delivered nor written to disk (no disk spill, or it failed); they are lost");
+            }
+            if let Some((records, bytes, samples)) = t.disk_backlog().filter(|b| b.0 > 0) {
+                tracing::info!(exports = %t.name(), target_id = %t.id, records, bytes, samples,
+                    "delivery: left in this target's disk backlog; the next start resumes it");
+                report.on_disk.push(DiskBacklog {
+                    name: t.name(),
+                    target_id: t.id(),
+                    records,
+                    bytes,
+                    samples,
+                });
+            }
         }
+        report.delivered_samples = inner
+            .stats
+            .out_samples
+            .load(Ordering::Relaxed)
+            .saturating_sub(sent_before);
+        let left = report.abandoned_samples;
         if left > 0 {
             inner.stats.abandoned.fetch_add(left, Ordering::Relaxed);
             metrics::counter!(names::DROPPED, "reason" => "shutdown").increment(left);
-            tracing::warn!(
-                samples = left,
-                grace_ms = grace.as_millis() as u64,
-                "delivery: samples not delivered within the shutdown grace"
-            );
         }
+        tracing::info!(
+            delivered_samples = report.delivered_samples,
+            on_disk_samples = report.on_disk.iter().map(|b| b.samples).sum::<u64>(),
+            on_disk_targets = report.on_disk.len(),
+            abandoned_samples = left,
+            took_ms = start.elapsed().as_millis() as u64,
+            "delivery stopped"
+        );
         inner.stopped.store(true, Ordering::SeqCst);
         for t in self.targets() {
             t.notify.notify_one();
         }
-        left
+        report
     }
+
+    /// One progress line of the shutdown wait: what is left, for how long
+    /// still, and which targets hold it.
+    fn log_progress(&self, left: Duration) {
+        let now = Instant::now();
+        let mut samples = 0;
+        let mut draining = Vec::new();
+        for t in self.targets() {
+            let (idle, pending, state) = match t.core.lock() {
+                Ok(c) => (c.is_idle(), c.pending_samples(), c.state(now)),
+                Err(_) => continue,
+            };
+            if idle {
+                continue;
+            }
+            samples += pending;
+            let disk = t.spill_stats().0;
+            draining.push(format!(
+                "{} ({state}, {pending} samples in memory, {disk} bytes on disk)",
+                t.name()
+            ));
+        }
+        tracing::info!(
+            seconds_left = left.as_secs(),
+            samples_in_memory = samples,
+            draining = %draining.join("; "),
+            "shutting down: delivering what is queued; the rest goes to disk when the grace ends"
+        );
+    }
+}
+
+/// Period of the shutdown's progress lines.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// What [`FanoutDelivery::shutdown`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Samples delivered from the start of the shutdown to its end.
+    pub delivered_samples: u64,
+    /// The targets whose backlog stays on disk for the next start.
+    pub on_disk: Vec<DiskBacklog>,
+    /// Samples neither delivered nor kept on disk.
+    pub abandoned_samples: u64,
+}
+
+/// One target's disk backlog at the end of a shutdown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskBacklog {
+    /// Its exports and Deployment count (`prod-prom ·1`).
+    pub name: String,
+    /// Its id.
+    pub target_id: String,
+    /// Records on disk (what the next start resumes).
+    pub records: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Their samples.
+    pub samples: u64,
 }
 
 impl Inner {
@@ -626,7 +728,7 @@ impl Inner {
                         crate::deliver::policy::SendResult::Status { status, .. }
                             if (200..300).contains(&status) => {}
                         other => {
-                            tracing::warn!(target_id = %target.id.0, result = ?other,
+                            tracing::warn!(exports = %target.name(), target_id = %target.id.0, result = ?other,
                                 "delivery: metadata not delivered; sent again at the next interval");
                             return;
                         }
@@ -1213,7 +1315,10 @@ mod tests {
         assert!(i > 0);
         assert!(matches!(e, DeliveryError::Overloaded(_)), "{e}");
         let left = d.shutdown(Duration::from_millis(50)).await;
-        assert!(left > 0, "paused targets keep their data");
+        assert!(
+            left.abandoned_samples > 0,
+            "paused targets without a spill lose their data: {left:?}"
+        );
         assert!(matches!(
             d.submit(accepted(&cluster)).await,
             Err(DeliveryError::Unavailable(_))

@@ -75,6 +75,23 @@ pub(super) struct Orphan {
     pub(super) age: Duration,
 }
 
+/// What a disk backlog's manifest says it was for ([`Target::name`] of its
+/// routes), for log lines; its id when the manifest is missing or unreadable.
+///
+/// [`Target::name`]: crate::registry::Target::name
+fn backlog_name(dir: &std::path::Path, id: &str) -> String {
+    let routes = match spill_mod::Manifest::read(dir) {
+        Ok(Some(m)) => m.routes,
+        _ => return id.to_owned(),
+    };
+    fanout_proto::api::target_label(
+        routes
+            .iter()
+            .map(|r| (r.export_id.as_str(), r.deployment_id.as_str())),
+    )
+    .unwrap_or_else(|| id.to_owned())
+}
+
 impl Inner {
     /// Reports the disk backlogs of targets that are not running (removed
     /// from the registry, or whose config, and so id, changed while the
@@ -117,25 +134,25 @@ impl Inner {
             let age = match since {
                 Ok(t) => now.duration_since(t).unwrap_or(Duration::ZERO),
                 Err(e) => {
-                    tracing::warn!(target_id = %b.target_id, error = %e, "delivery: cannot mark an orphan disk backlog; it is kept");
+                    tracing::warn!(exports = %backlog_name(&b.dir, &b.target_id), target_id = %b.target_id, error = %e, "delivery: cannot mark an orphan disk backlog; it is kept");
                     Duration::ZERO
                 }
             };
             if b.segments == 0 || age >= self.settings.spill_retention {
                 match std::fs::remove_dir_all(&b.dir) {
                     Ok(()) if b.segments > 0 => {
-                        tracing::warn!(target_id = %b.target_id, bytes = b.disk_bytes,
+                        tracing::warn!(exports = %backlog_name(&b.dir, &b.target_id), target_id = %b.target_id, bytes = b.disk_bytes,
                         age_secs = age.as_secs(), "delivery: deleted the disk backlog of a target no longer in the registry (retention over)")
                     }
                     Ok(()) => {}
                     Err(e) => {
-                        tracing::warn!(target_id = %b.target_id, error = %e, "delivery: cannot delete an expired disk backlog")
+                        tracing::warn!(exports = %backlog_name(&b.dir, &b.target_id), target_id = %b.target_id, error = %e, "delivery: cannot delete an expired disk backlog")
                     }
                 }
                 continue;
             }
             if !orphans.iter().any(|o| o.target_id == b.target_id) {
-                tracing::warn!(target_id = %b.target_id, bytes = b.disk_bytes, age_secs = age.as_secs(),
+                tracing::warn!(exports = %backlog_name(&b.dir, &b.target_id), target_id = %b.target_id, bytes = b.disk_bytes, age_secs = age.as_secs(),
                     retention_secs = self.settings.spill_retention.as_secs(),
                     "delivery: disk backlog of a target no longer in the registry; kept until the retention ends (it is resumed if the target comes back)");
             }
@@ -192,7 +209,7 @@ impl Inner {
                 Some(orphan)
             }
             spill_mod::Successor::Ambiguous(n) => {
-                tracing::warn!(target_id = %t.id, backlogs = n, "delivery: several disk backlogs of earlier configs lead to exactly this target's routes; none is resumed (they stay orphans)");
+                tracing::warn!(exports = %t.name(), target_id = %t.id, backlogs = n, "delivery: several disk backlogs of earlier configs lead to exactly this target's routes; none is resumed (they stay orphans)");
                 None
             }
         }
@@ -299,7 +316,7 @@ impl Inner {
         let q = lock_queue(&spill.queue);
         if q.stats().records == 0 {
             if let Err(e) = std::fs::remove_dir_all(q.dir()) {
-                tracing::debug!(target_id = %h.id, error = %e, "delivery: cannot delete the spill of a drained target");
+                tracing::debug!(exports = %h.name(), target_id = %h.id, error = %e, "delivery: cannot delete the spill of a drained target");
             }
         }
     }
@@ -328,13 +345,13 @@ impl Inner {
             if let Some(h) = targets.remove(&id) {
                 if let Some(t) = self.live_successor(&h, snapshot, &targets) {
                     if h.reconfigure(t.clone(), &self.settings) {
-                        tracing::info!(from_target_id = %id, target_id = %t.id, endpoint = %h.endpoint,
+                        tracing::info!(exports = %t.name(), from_target_id = %id, target_id = %t.id, endpoint = %h.endpoint,
                             "delivery: config of this export changed; its target goes on under the new id with its queue and backlog");
                         targets.insert(t.id.0.clone(), h);
                         continue;
                     }
                 }
-                tracing::info!(target_id = %id, "delivery: target removed; draining");
+                tracing::info!(exports = %h.name(), target_id = %id, "delivery: target removed; draining");
                 h.set_removed(Some(now));
                 if let Ok(mut r) = self.retired.lock() {
                     r.push(h);
@@ -362,7 +379,7 @@ impl Inner {
                 None => {
                     let adopt = self.successor_backlog(t, snapshot, &targets, &mut candidates);
                     let h = Arc::new(TargetHandle::new(t.clone(), &self.settings, adopt.as_ref()));
-                    tracing::info!(target_id = %h.id, endpoint = %h.endpoint, "delivery: target started");
+                    tracing::info!(exports = %h.name(), target_id = %h.id, endpoint = %h.endpoint, "delivery: target started");
                     tokio::spawn(run_target(self.clone(), h.clone()));
                     h
                 }

@@ -127,7 +127,7 @@ pub(super) async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
                         // Revived (its id is back in the registry) while it
                         // went to disk: it goes on, reading its backlog back.
                         h.resume_after_spill();
-                        tracing::info!(target_id = %h.id, lost, "delivery: removed target came back while its backlog went to disk; it resumes from disk");
+                        tracing::info!(exports = %h.name(), target_id = %h.id, lost, "delivery: removed target came back while its backlog went to disk; it resumes from disk");
                         continue;
                     }
                     // Revived and removed again while it went to disk: what
@@ -143,7 +143,7 @@ pub(super) async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
                     } else {
                         lost
                     };
-                    tracing::warn!(target_id = %h.id, samples = pending, lost, "delivery: removed target did not drain in time; its backlog stays on disk for the retention period");
+                    tracing::warn!(exports = %h.name(), target_id = %h.id, samples = pending, lost, "delivery: removed target did not drain in time; its backlog stays on disk for the retention period");
                     break;
                 }
                 if !leave_retired(&inner, &h) {
@@ -152,7 +152,7 @@ pub(super) async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
                 }
                 inner.stats.abandoned.fetch_add(pending, Ordering::Relaxed);
                 metrics::counter!(names::DROPPED, "reason" => "removed").increment(pending);
-                tracing::warn!(target_id = %h.id, samples = pending, "delivery: removed target did not drain in time; its data is dropped");
+                tracing::warn!(exports = %h.name(), target_id = %h.id, samples = pending, "delivery: removed target did not drain in time; its data is dropped");
                 break;
             }
         }
@@ -193,7 +193,7 @@ pub(super) async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
     if h.removed_at().is_some() && !inner.stopped.load(Ordering::SeqCst) {
         inner.forget_drained(&h);
     }
-    tracing::debug!(target_id = %h.id, "delivery: target sender stopped");
+    tracing::debug!(exports = %h.name(), target_id = %h.id, "delivery: target sender stopped");
 }
 
 /// [`TargetHandle::spill_all`] on a blocking thread (it may scan and fsync
@@ -203,7 +203,7 @@ pub(super) async fn spill_all_blocking(inner: &Arc<Inner>, h: &Arc<TargetHandle>
     match tokio::task::spawn_blocking(move || h2.spill_all(&i2.stats)).await {
         Ok(lost) => lost,
         Err(e) => {
-            tracing::error!(target_id = %h.id, error = %e, "delivery: moving this target's queue to disk failed");
+            tracing::error!(exports = %h.name(), target_id = %h.id, error = %e, "delivery: moving this target's queue to disk failed");
             0
         }
     }
@@ -263,7 +263,7 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
                 .fetch_add(u64::from(samples), Ordering::Relaxed);
             inner.stats.out_bytes.fetch_add(bytes, Ordering::Relaxed);
             if was != "healthy" && was != "paused" {
-                tracing::info!(target_id = %h.id, "delivery: target recovered");
+                tracing::info!(exports = %h.name(), target_id = %h.id, "delivery: target recovered");
             }
         }
         Event::Retrying {
@@ -274,9 +274,9 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
             metrics::counter!(names::TARGET_FAILURES, "target" => h.id(), "status" => kind)
                 .increment(1);
             if was == "healthy" {
-                tracing::warn!(target_id = %h.id, error = %message, "delivery: target failing; retrying");
+                tracing::warn!(exports = %h.name(), target_id = %h.id, error = %message, "delivery: target failing; retrying");
             } else {
-                tracing::debug!(target_id = %h.id, error = %message, "delivery: retry failed");
+                tracing::debug!(exports = %h.name(), target_id = %h.id, error = %message, "delivery: retry failed");
             }
             inner.stats.push_error(RecentError {
                 time: SystemTime::now(),
@@ -293,7 +293,7 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
             metrics::counter!(names::TARGET_FAILURES, "target" => h.id(), "status" => status.to_string())
                 .increment(1);
             count_rejected(inner, h, u64::from(samples));
-            tracing::warn!(target_id = %h.id, status, samples, error = %message, "delivery: batch rejected by the target; dropped");
+            tracing::warn!(exports = %h.name(), target_id = %h.id, status, samples, error = %message, "delivery: batch rejected by the target; dropped");
             inner.stats.push_error(RecentError {
                 time: SystemTime::now(),
                 target: h.id(),

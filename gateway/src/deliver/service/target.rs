@@ -227,6 +227,11 @@ impl TargetHandle {
         self.id.load().as_ref().clone()
     }
 
+    /// Its exports and Deployment count ([`Target::name`]), for log lines.
+    pub fn name(&self) -> String {
+        self.target().name()
+    }
+
     /// A live config change of the same export (docs/spill.md "Config
     /// changes"): this handle goes on as target `t` (new id, endpoint, auth,
     /// headers, delivery options) with its queue, lanes, disk backlog and
@@ -247,13 +252,13 @@ impl TargetHandle {
             let rounds = spill.commit.hold_rounds();
             let mut q = lock_queue(&spill.queue);
             if q.is_broken() {
-                tracing::warn!(target_id = %self.id, new_target_id = %new_id,
+                tracing::warn!(exports = %self.name(), target_id = %self.id, new_target_id = %new_id,
                     "delivery: the disk queue is broken (being reopened); the old target drains in parallel instead of going on under the new config");
                 return false;
             }
             let from = q.dir().to_path_buf();
             if let Err(e) = spill_mod::move_dir(&from, &to) {
-                tracing::warn!(target_id = %self.id, new_target_id = %new_id, error = %e,
+                tracing::warn!(exports = %self.name(), target_id = %self.id, new_target_id = %new_id, error = %e,
                     "delivery: cannot move the disk queue to the new config's target; the old target drains in parallel instead");
                 return false;
             }
@@ -492,7 +497,14 @@ impl TargetHandle {
             id: self.id().to_string(),
             endpoint: self.endpoint.load().to_string(),
             protocol: self.wire.describe(target.config.delivery.protocol),
-            state: core.state(now).to_owned(),
+            state: match core.state(now) {
+                // Nothing ever came for it: "healthy" would claim it delivers.
+                "healthy" if c.requests_sent == 0 && c.failures.is_empty() && core.is_idle() => {
+                    "idle"
+                }
+                other => other,
+            }
+            .to_owned(),
             paused: core.paused(),
             queue_bytes: core.queue_bytes(),
             queue_samples: core.queue_samples(),

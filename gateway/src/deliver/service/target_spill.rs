@@ -34,7 +34,7 @@ use crate::deliver::spill::{
     self as spill_mod, lock_queue, DiskQueue, DiskQueueConfig, GroupCommit, Record, ReopenBackoff,
 };
 use crate::deliver::stats::GlobalStats;
-use crate::registry::{Target, TargetRoute};
+use crate::registry::{routes_name, Target, TargetRoute};
 
 /// A target's disk queue and its sync thread.
 pub(super) struct Spill {
@@ -75,6 +75,7 @@ impl Spill {
         settings: &Settings,
     ) -> Option<(Spill, u64, u64, u32)> {
         let id = target.id.0.as_str();
+        let name = target.name();
         let budget = target.config.delivery.disk_budget;
         let data_dir = settings.data_dir.as_ref()?;
         let dir = spill_mod::target_dir(data_dir, id);
@@ -82,11 +83,11 @@ impl Spill {
             budget_bytes: budget.max(1 << 20),
             ..DiskQueueConfig::default()
         };
-        let adopted = adopt.filter(|from| adopt_backlog(id, from, &dir, cfg));
+        let adopted = adopt.filter(|from| adopt_backlog(id, &name, from, &dir, cfg));
         let (q, rec) = match DiskQueue::open(&dir, cfg) {
             Ok(x) => x,
             Err(e) => {
-                tracing::error!(target_id = %id, error = %e, "delivery: cannot open the disk spill; this target keeps its backlog in memory only until reopening it works (retried after 1s, doubling up to 30s)");
+                tracing::error!(exports = %name, target_id = %id, error = %e, "delivery: cannot open the disk spill; this target keeps its backlog in memory only until reopening it works (retried after 1s, doubling up to 30s)");
                 (
                     DiskQueue::unopened(&dir, cfg, &e),
                     spill_mod::Recovery::default(),
@@ -95,10 +96,10 @@ impl Spill {
         };
         let opened = q.is_opened();
         if let Some(from) = adopted {
-            tracing::info!(target_id = %id, from_target_id = %from.target_id, records = rec.records,
+            tracing::info!(exports = %name, target_id = %id, from_target_id = %from.target_id, records = rec.records,
                 bytes = rec.bytes, "delivery: config of this export changed; resuming the disk backlog of its previous target");
         } else if rec.records > 0 || rec.truncated_bytes > 0 || rec.ledger_reset {
-            tracing::info!(target_id = %id, records = rec.records, bytes = rec.bytes,
+            tracing::info!(exports = %name, target_id = %id, records = rec.records, bytes = rec.bytes,
                 truncated_bytes = rec.truncated_bytes, corrupt_records = rec.corrupt_records_dropped,
                 "delivery: resuming the disk backlog of this target");
         }
@@ -113,7 +114,7 @@ impl Spill {
             Ok(Some(m)) if (rec.records > 0 || !opened) && m.lanes > 0 => (m.lanes, m.lane_key),
             Ok(_) => (lanes, spill_mod::LaneKey::CURRENT),
             Err(e) => {
-                tracing::warn!(target_id = %id, error = %e, "delivery: unreadable spill manifest; it is rewritten once the queue is open");
+                tracing::warn!(exports = %name, target_id = %id, error = %e, "delivery: unreadable spill manifest; it is rewritten once the queue is open");
                 (lanes, spill_mod::LaneKey::Labels)
             }
         };
@@ -121,7 +122,7 @@ impl Spill {
             write_manifest(id, lanes, lane_key, &target.routes, &dir);
         }
         if let Err(e) = spill_mod::clear_orphan_mark(&dir) {
-            tracing::warn!(target_id = %id, error = %e, "delivery: cannot clear the orphan mark of this target's disk backlog");
+            tracing::warn!(exports = %name, target_id = %id, error = %e, "delivery: cannot clear the orphan mark of this target's disk backlog");
         }
         let written = q.written_seq();
         let queued = rec.records;
@@ -129,7 +130,7 @@ impl Spill {
         let commit = match GroupCommit::start(queue.clone(), Some(settings.flush_interval)) {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(target_id = %id, error = %e, "delivery: cannot start the spill sync thread; this target keeps its backlog in memory only");
+                tracing::error!(exports = %name, target_id = %id, error = %e, "delivery: cannot start the spill sync thread; this target keeps its backlog in memory only");
                 return None;
             }
         };
@@ -154,18 +155,18 @@ impl Spill {
 /// Makes `from` (an orphan backlog) the queue `dir` of target `id`, unless
 /// `dir` holds records of its own (then the orphan stays an orphan). Returns
 /// whether it did.
-fn adopt_backlog(id: &str, from: &Orphan, dir: &Path, cfg: DiskQueueConfig) -> bool {
+fn adopt_backlog(id: &str, name: &str, from: &Orphan, dir: &Path, cfg: DiskQueueConfig) -> bool {
     if dir.exists() {
         let own = DiskQueue::open(dir, cfg).and_then(|(q, rec)| q.close().map(|()| rec.records));
         match own {
             Ok(0) => {}
             Ok(records) => {
-                tracing::warn!(target_id = %id, from_target_id = %from.target_id, records,
+                tracing::warn!(exports = %name, target_id = %id, from_target_id = %from.target_id, records,
                     "delivery: this target has a disk backlog of its own; the backlog of its previous config stays an orphan");
                 return false;
             }
             Err(e) => {
-                tracing::warn!(target_id = %id, error = %e, "delivery: cannot check this target's own disk backlog; the backlog of its previous config stays an orphan");
+                tracing::warn!(exports = %name, target_id = %id, error = %e, "delivery: cannot check this target's own disk backlog; the backlog of its previous config stays an orphan");
                 return false;
             }
         }
@@ -173,7 +174,7 @@ fn adopt_backlog(id: &str, from: &Orphan, dir: &Path, cfg: DiskQueueConfig) -> b
     match spill_mod::take_over(&from.dir, dir) {
         Ok(()) => true,
         Err(e) => {
-            tracing::warn!(target_id = %id, from_target_id = %from.target_id, error = %e,
+            tracing::warn!(exports = %name, target_id = %id, from_target_id = %from.target_id, error = %e,
                 "delivery: cannot move the backlog of this export's previous config; it stays an orphan");
             false
         }
@@ -189,6 +190,7 @@ pub(super) fn write_manifest(
     routes: &[TargetRoute],
     dir: &Path,
 ) {
+    let name = routes_name(routes);
     let routes = routes
         .iter()
         .map(|r| spill_mod::ManifestRoute {
@@ -199,7 +201,7 @@ pub(super) fn write_manifest(
     let mut manifest = spill_mod::Manifest::new(id, lanes, routes);
     manifest.lane_key = lane_key;
     if let Err(e) = manifest.write(dir) {
-        tracing::warn!(target_id = %id, error = %e, "delivery: cannot write the spill manifest; this backlog cannot follow a config change across a restart");
+        tracing::warn!(exports = name.as_deref().unwrap_or(id), target_id = %id, error = %e, "delivery: cannot write the spill manifest; this backlog cannot follow a config change across a restart");
     }
 }
 
@@ -325,14 +327,14 @@ impl TargetHandle {
         }
         if let Some(e) = &to_disk.error {
             if e.is_out_of_space() && !spill.full.swap(true, Ordering::Relaxed) {
-                tracing::warn!(target_id = %self.id, error = %e, "delivery: the disk spill is full; until space is back, data beyond the memory queue is dropped (queue_full) and with durability wal requests for this target are answered 503; delivered segments are deleted as the target drains");
+                tracing::warn!(exports = %self.name(), target_id = %self.id, error = %e, "delivery: the disk spill is full; until space is back, data beyond the memory queue is dropped (queue_full) and with durability wal requests for this target are answered 503; delivered segments are deleted as the target drains");
             }
             stats.add_spill_error();
             let now_ms = wall_ms(SystemTime::now());
             let last = spill.last_warn_ms.load(Ordering::Relaxed);
             if now_ms.saturating_sub(last) >= 10_000 {
                 spill.last_warn_ms.store(now_ms, Ordering::Relaxed);
-                tracing::warn!(target_id = %self.id, error = %e, "delivery: disk spill failed; data beyond the memory queue is dropped (queue_full) until it works again");
+                tracing::warn!(exports = %self.name(), target_id = %self.id, error = %e, "delivery: disk spill failed; data beyond the memory queue is dropped (queue_full) until it works again");
             }
         }
     }
@@ -389,7 +391,7 @@ impl TargetHandle {
                 backoff.failed(now);
                 stats.add_spill_error();
                 let retry = backoff.next_at().map(|t| t.saturating_duration_since(now));
-                tracing::warn!(target_id = %self.id, error = %e, retry_in = ?retry,
+                tracing::warn!(exports = %self.name(), target_id = %self.id, error = %e, retry_in = ?retry,
                     "delivery: cannot reopen the disk spill yet; this target stays memory-only");
                 return backoff.next_at();
             }
@@ -401,7 +403,7 @@ impl TargetHandle {
                 // renamed by a live config change, so this should not
                 // happen): what was read belongs to the old path. Drop it
                 // and recover again at once from the current one.
-                tracing::warn!(target_id = %self.id, recovered = %dir.display(), now_at = %q.dir().display(),
+                tracing::warn!(exports = %self.name(), target_id = %self.id, recovered = %dir.display(), now_at = %q.dir().display(),
                     "delivery: the disk spill moved while it was reopened; reopening it again");
                 return Some(now);
             }
@@ -430,7 +432,7 @@ impl TargetHandle {
         if r.lost_records > 0 {
             stats.add_spill_errors(r.lost_records);
         }
-        tracing::info!(target_id = %self.id, records = r.recovery.records,
+        tracing::info!(exports = %self.name(), target_id = %self.id, records = r.recovery.records,
             truncated_bytes = r.recovery.truncated_bytes,
             corrupt_records = r.recovery.corrupt_records_dropped,
             lost_records = r.lost_records, lost_samples = r.lost_samples,
@@ -444,7 +446,7 @@ impl TargetHandle {
     pub(super) fn note_spill_space(&self, space_short: bool) {
         if let Some(spill) = &self.spill {
             if !space_short && spill.full.swap(false, Ordering::Relaxed) {
-                tracing::info!(target_id = %self.id, "delivery: the disk spill has space again; spilling goes on");
+                tracing::info!(exports = %self.name(), target_id = %self.id, "delivery: the disk spill has space again; spilling goes on");
             }
         }
     }
@@ -505,7 +507,7 @@ impl TargetHandle {
                         // wait for disk records wait meanwhile.
                         stats.add_spill_error();
                         let unread = q.stats().records;
-                        tracing::error!(target_id = %self.id, error = %e, unread_records = unread,
+                        tracing::error!(exports = %self.name(), target_id = %self.id, error = %e, unread_records = unread,
                             "delivery: cannot read the disk spill back; the queue is reopened to retry (its records stay queued)");
                         q.mark_broken(format!("read failed: {e}"));
                         (Vec::new(), q.written_seq(), false, true)
@@ -571,9 +573,19 @@ impl TargetHandle {
         // write the ledger through the same temp file).
         let _rounds = spill.commit.hold_rounds();
         if let Err(e) = lock_queue(&spill.queue).flush(true) {
-            tracing::error!(target_id = %self.id, error = %e, "delivery: cannot sync the disk spill at shutdown");
+            tracing::error!(exports = %self.name(), target_id = %self.id, error = %e, "delivery: cannot sync the disk spill at shutdown");
         }
         lost
+    }
+
+    /// What its disk queue holds, as `(records, bytes, samples)`; `None`
+    /// without a spill. After the shutdown spill, the records and bytes are
+    /// what the next start resumes (its "resuming the disk backlog" line).
+    pub(super) fn disk_backlog(&self) -> Option<(u64, u64, u64)> {
+        let spill = self.spill.as_ref()?;
+        let q = lock_queue(&spill.queue);
+        let st = q.stats();
+        Some((st.records, st.bytes, q.queued_samples()))
     }
 
     /// Undoes [`Self::spill_all`] for a removed target that was revived
@@ -613,7 +625,7 @@ impl TargetHandle {
             return Ok(left);
         }
         if let Err(e) = q.flush(true) {
-            tracing::warn!(target_id = %self.id, error = %e, "replay: cannot sync the ledger before removing the delivered backlog");
+            tracing::warn!(exports = %self.name(), target_id = %self.id, error = %e, "replay: cannot sync the ledger before removing the delivered backlog");
         }
         match std::fs::remove_dir_all(q.dir()) {
             Ok(()) => Ok(0),

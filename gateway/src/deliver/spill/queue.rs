@@ -804,6 +804,12 @@ impl DiskQueue {
         self.next_seq - 1
     }
 
+    /// Samples of the unacked records (a walk over the index: for the
+    /// shutdown report, not for gauges).
+    pub fn queued_samples(&self) -> u64 {
+        self.index.iter().map(|e| u64::from(e.samples)).sum()
+    }
+
     /// Current gauges and counters.
     pub fn stats(&self) -> SpillStats {
         let disk: u64 = self.segments.iter().map(|s| s.len).sum();
