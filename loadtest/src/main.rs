@@ -512,6 +512,7 @@ async fn sink(a: SinkArgs) -> anyhow::Result<i32> {
     let fault = Fault {
         status: a.fail_status,
         status_for: a.fail_for,
+        no_retry_after: false,
         delay: a.delay.unwrap_or_default(),
         jitter: a.jitter.unwrap_or_default(),
         reset_every: a.reset_every,

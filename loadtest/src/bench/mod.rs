@@ -545,9 +545,14 @@ fn target_behaviour(spec: &BenchSpec) -> String {
     }
     if let Some(o) = spec.outage {
         parts.push(format!(
-            "{} for the first {}",
+            "{} for the first {}{}",
             o.status,
-            format_duration(o.duration)
+            format_duration(o.duration),
+            if o.retry_after {
+                ""
+            } else {
+                " without Retry-After"
+            }
         ));
     }
     if parts.is_empty() {
@@ -563,6 +568,7 @@ fn target_fault(spec: &BenchSpec, outage: Option<spec::Outage>) -> Fault {
     Fault {
         status: outage.map(|o| o.status),
         status_for: outage.map(|o| o.duration),
+        no_retry_after: outage.is_some_and(|o| !o.retry_after),
         delay: spec.target_delay,
         jitter: spec.target_jitter,
         ..Fault::default()

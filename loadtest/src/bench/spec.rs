@@ -15,6 +15,7 @@
 //! targetDelay: 300ms                        # every live target answers after this; default 0
 //! targetJitter: 50ms                        # ... plus 0 to this, uniformly; default 0
 //! outage: {status: 503, for: 30s}           # every live target answers 503 for the first 30 s
+//!                                           # (429/503 with `Retry-After: 1`; `retryAfter: false`: without)
 //! ```
 //!
 //! The target behaviour (`targetDelay`, `targetJitter`, `outage`) is the
@@ -88,6 +89,13 @@ pub struct Outage {
     /// How long.
     #[serde(rename = "for", with = "duration_str")]
     pub duration: Duration,
+    /// A 429 or 503 carries `Retry-After: 1` (default true).
+    #[serde(rename = "retryAfter", default = "yes")]
+    pub retry_after: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The raw file shape; [`BenchSpec::parse`] validates it.
@@ -507,7 +515,8 @@ drainTimeout: 5s
             s.outage,
             Some(Outage {
                 status: 503,
-                duration: Duration::from_secs(30)
+                duration: Duration::from_secs(30),
+                retry_after: true,
             })
         );
         assert_eq!(s.fleet.deployments_per_request, 5);
@@ -587,8 +596,23 @@ drainTimeout: 5s
             outage.outage,
             Some(Outage {
                 status: 503,
-                duration: Duration::from_secs(30)
+                duration: Duration::from_secs(30),
+                retry_after: true,
             })
+        );
+        let bare = shipped("outage-30s-no-retry-after");
+        assert_eq!(
+            bare.outage.map(|o| o.retry_after),
+            Some(false),
+            "no Retry-After"
+        );
+        assert_eq!(
+            strip_targets(&BenchSpec {
+                outage: outage.outage,
+                ..bare.clone()
+            }),
+            strip_targets(&outage),
+            "otherwise outage-30s"
         );
         assert_eq!(outage.drain_timeout, Duration::from_secs(120));
     }

@@ -20,8 +20,11 @@ use std::time::Duration;
 /// Injected failures.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fault {
-    /// Answer every request with this status instead of recording it.
+    /// Answer every request with this status instead of recording it
+    /// (a 429 or 503 with `Retry-After: 1` unless `no_retry_after`).
     pub status: Option<u16>,
+    /// Injected 429 and 503 answers carry no `Retry-After`.
+    pub no_retry_after: bool,
     /// How long `status` applies from when the fault is set (`None`: until changed).
     pub status_for: Option<Duration>,
     /// Delay before every answer.
@@ -44,6 +47,8 @@ pub(super) struct Verdict {
     pub(super) wait: Duration,
     /// Answer this status instead of recording.
     pub(super) status: Option<u16>,
+    /// With `Retry-After: 1` (a 429 or 503).
+    pub(super) retry_after: bool,
     /// Reset the connection instead of answering.
     pub(super) reset: bool,
     /// Record, then answer 503 (a lost answer).
@@ -59,6 +64,7 @@ impl Fault {
             status: self
                 .status
                 .filter(|_| self.status_for.is_none_or(|d| since < d)),
+            retry_after: !self.no_retry_after,
             reset: every(self.reset_every),
             lose_answer: every(self.lose_answer_every),
         }
@@ -109,9 +115,16 @@ mod tests {
             jitter: Duration::from_millis(50),
             reset_every: 3,
             lose_answer_every: 4,
+            no_retry_after: false,
         };
         let v = f.verdict(12, Duration::from_secs(29));
         assert_eq!(v.status, Some(503));
+        assert!(v.retry_after);
+        let bare = Fault {
+            no_retry_after: true,
+            ..f.clone()
+        };
+        assert!(!bare.verdict(12, Duration::from_secs(29)).retry_after);
         assert!(v.reset && v.lose_answer);
         assert!((Duration::from_millis(300)..=Duration::from_millis(350)).contains(&v.wait));
         let v = f.verdict(13, Duration::from_secs(30));

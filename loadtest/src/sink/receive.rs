@@ -83,7 +83,8 @@ pub(super) async fn process(
     }
     // `receive` never awaits, so the thread's CPU clock measures just it.
     let cpu0 = thread_cpu_nanos();
-    let received = receive(st, n, headers, body, verdict.status);
+    let injected = verdict.status.map(|s| (s, verdict.retry_after));
+    let received = receive(st, n, headers, body, injected);
     st.cpu_nanos
         .fetch_add(thread_cpu_nanos().saturating_sub(cpu0), Ordering::Relaxed);
     let resp = match received {
@@ -167,7 +168,7 @@ fn receive(
     n: u64,
     headers: &HeaderMap,
     body: Result<Bytes, String>,
-    injected: Option<u16>,
+    injected: Option<(u16, bool)>,
 ) -> Result<Reply, Reply> {
     let cfg = &st.config;
     if let Some(a) = &cfg.auth {
@@ -204,11 +205,11 @@ fn receive(
             ));
         }
     }
-    if let Some(code) = injected {
+    if let Some((code, retry_after)) = injected {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         lock(st.shard(n)).report.injected += 1;
         let mut r = reply(status, "injected failure");
-        if code == 429 || code == 503 {
+        if (code == 429 || code == 503) && retry_after {
             r.headers_mut().insert(
                 http::header::RETRY_AFTER,
                 http::HeaderValue::from_static("1"),

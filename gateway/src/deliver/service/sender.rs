@@ -302,7 +302,7 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
             });
         }
         Event::Probed { recovered } => {
-            tracing::debug!(target_id = %h.id, recovered, "delivery: recovery probe answered");
+            tracing::debug!(exports = %h.name(), target_id = %h.id, recovered, "delivery: recovery probe answered");
         }
         Event::Stale => {}
     }
