@@ -389,6 +389,12 @@ fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     match KeepAlive::new(recorder).install() {
         Ok(keep) => {
             stats::describe();
+            metrics::gauge!(
+                stats::names::BUILD_INFO,
+                "version" => env!("CARGO_PKG_VERSION"),
+                "revision" => env!("FANOUT_REVISION")
+            )
+            .set(1.0);
             let upkeep = handle.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(stats::UPKEEP_EVERY);

@@ -70,6 +70,17 @@ fn backlogs(log: &str, message: &str) -> BTreeMap<String, (u64, u64)> {
         .collect()
 }
 
+/// `fanout_target_oldest_undelivered_seconds` of every target, lowest first.
+fn lag(metrics: &str) -> Vec<f64> {
+    let mut ages: Vec<f64> = metrics
+        .lines()
+        .filter(|l| l.starts_with("fanout_target_oldest_undelivered_seconds{"))
+        .filter_map(|l| l.split_whitespace().last()?.parse().ok())
+        .collect();
+    ages.sort_by(f64::total_cmp);
+    ages
+}
+
 #[test]
 fn log_field_reads_values_with_spaces() {
     let l = "INFO x: left on disk exports=dead ·1 target_id=ab12 records=3 bytes=40";
@@ -104,6 +115,33 @@ async fn shutdown_says_what_it_does_and_what_it_leaves_on_disk() {
         let status = rounds::write(&http, &gw.ingest, TOKEN, round(0, seq)).await;
         assert_eq!(status / 100, 2, "write {seq}: {status}\nlog:\n{}", gw.log());
     }
+    // /metrics says how far behind each target is: the dead one's oldest
+    // undelivered data ages, the live one has none; and which build runs.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let metrics = loop {
+        let (status, text) = tokio::task::block_in_place(|| gw.request("GET", "/metrics", None));
+        assert_eq!(status, 200, "{text}");
+        let ages = lag(&text);
+        if ages.len() == 2 && ages[0] == 0.0 && ages[1] >= 1.0 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no lag of at least 1 s on the dead target: {ages:?}\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let info = metrics
+        .lines()
+        .find(|l| l.starts_with("fanout_build_info{"))
+        .unwrap_or_else(|| panic!("no fanout_build_info:\n{metrics}"));
+    assert!(
+        info.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+            && info.contains("revision=\"")
+            && !info.contains("revision=\"\"")
+            && info.ends_with(" 1"),
+        "{info}"
+    );
 
     // SIGTERM, then watch the log grow until the process exits.
     let before = gw.log().len();

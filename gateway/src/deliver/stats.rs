@@ -78,6 +78,11 @@ pub mod names {
     pub const TARGET_SPILL_DISK_FULL: &str = "fanout_target_spill_disk_full";
     /// Bytes queued in memory per target.
     pub const TARGET_QUEUE_BYTES: &str = "fanout_target_queue_bytes";
+    /// Age of the oldest data a target has not delivered (memory or disk),
+    /// 0 when it has none: how far behind it is.
+    pub const TARGET_OLDEST_UNDELIVERED: &str = "fanout_target_oldest_undelivered_seconds";
+    /// 1, labelled with the version and the source revision.
+    pub const BUILD_INFO: &str = "fanout_build_info";
     /// Requests in flight per target.
     pub const TARGET_IN_FLIGHT: &str = "fanout_target_in_flight";
     /// Adaptive concurrency limit per target.
@@ -290,6 +295,15 @@ pub fn describe() {
         names::TARGET_QUEUE_BYTES,
         Unit::Bytes,
         "Bytes queued in memory per target"
+    );
+    describe_gauge!(
+        names::TARGET_OLDEST_UNDELIVERED,
+        Unit::Seconds,
+        "Age of the oldest data not yet delivered per target (0: none)"
+    );
+    describe_gauge!(
+        names::BUILD_INFO,
+        "1, labelled with the gateway's version and source revision"
     );
     describe_gauge!(names::TARGET_IN_FLIGHT, "Requests in flight per target");
     describe_gauge!(
