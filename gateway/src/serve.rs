@@ -125,19 +125,64 @@ pub fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
 pub async fn open_registry(config: &ServeConfig) -> anyhow::Result<Arc<Live>> {
     let live = open_live(config.store.as_deref(), &config.data_dir).await?;
     if let Some(path) = &config.registry {
-        apply_file(&live, path).await?;
+        if live.store().reachable() {
+            apply_file(&live, path).await?;
+        } else {
+            tracing::warn!(file = %path.display(), "registry file not applied: the store is unreachable (apply it again when it is back)");
+        }
     }
     Ok(live)
 }
 
 /// Opens the store `store` (`None`: SQLite in `data_dir`) and loads the
 /// registry from it.
+/// On a shared store (PostgreSQL) the registry is also kept as the last
+/// known one in `data_dir`; when the store cannot be reached at start, the
+/// gateway starts from that and reconnects in the background
+/// (`store::last_known`). A gateway that never had a registry refuses to
+/// start.
 pub async fn open_live(store: Option<&str>, data_dir: &Path) -> anyhow::Result<Arc<Live>> {
-    let store = store::open(store, data_dir)
-        .await
-        .context("cannot open the registry store")?;
-    tracing::info!(store = %store.describe(), "registry store opened");
-    Live::open(store).await.context("cannot load the registry")
+    let shared = store.is_some_and(|s| s.starts_with("postgres"));
+    let last_known = shared.then(|| store::last_known::path(data_dir));
+    let opened = store::open(store, data_dir).await;
+    let error = match opened {
+        Ok(s) => {
+            tracing::info!(store = %s.describe(), "registry store opened");
+            return Live::open_keeping(s, last_known)
+                .await
+                .context("cannot load the registry");
+        }
+        Err(e) => e,
+    };
+    let (Some(url), Some(path)) = (store.filter(|_| error.unavailable().is_some()), last_known)
+    else {
+        return Err(anyhow::Error::new(error).context("cannot open the registry store"));
+    };
+    let Some((stored, saved)) = store::last_known::load(&path)
+        .context("the registry store is unreachable and the last known registry cannot be read")?
+    else {
+        return Err(anyhow::Error::new(error).context(format!(
+            "cannot open the registry store, and {} holds no last known registry (a gateway \
+             that never loaded one cannot start without its store)",
+            data_dir.display()
+        )));
+    };
+    let age = std::time::SystemTime::now()
+        .duration_since(saved)
+        .unwrap_or_default();
+    tracing::warn!(
+        error = %error,
+        version = stored.version,
+        age_seconds = age.as_secs(),
+        "registry store unreachable: starting from the last known registry; ingest and \
+         delivery go on, admin writes answer 503 until the store is back"
+    );
+    let url = url.to_owned();
+    let reconnecting = store::last_known::Reconnecting::start(store::redact_url(&url), move || {
+        let url = url.clone();
+        Box::pin(async move { store::open(Some(&url), Path::new(".")).await })
+    });
+    Ok(Live::open_from(Arc::new(reconnecting), stored, Some(path)).await)
 }
 
 async fn apply_file(live: &Live, path: &Path) -> anyhow::Result<()> {
@@ -201,6 +246,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     );
     // The recorder first: delivery registers its per-target metrics at start.
     let metrics_handle = install_metrics();
+    live.publish_reachable();
     let delivery = crate::deliver::FanoutDelivery::start(&live, budget.clone(), settings);
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

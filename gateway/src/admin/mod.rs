@@ -134,7 +134,17 @@ pub fn router(state: AdminState) -> Router {
 
 async fn readyz(State(state): State<AdminState>) -> Response {
     if state.health.is_ready() {
-        (StatusCode::OK, "ready\n").into_response()
+        // Ready for traffic whether or not the store is reachable: a load
+        // balancer must not drain the fleet because PostgreSQL is down.
+        if state.live.reachable() {
+            (StatusCode::OK, "ready\n").into_response()
+        } else {
+            (
+                StatusCode::OK,
+                "ready (store: unreachable; serving the registry as last loaded)\n",
+            )
+                .into_response()
+        }
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
     }

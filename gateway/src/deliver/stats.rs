@@ -81,6 +81,10 @@ pub mod names {
     /// Age of the oldest data a target has not delivered (memory or disk),
     /// 0 when it has none: how far behind it is.
     pub const TARGET_OLDEST_UNDELIVERED: &str = "fanout_target_oldest_undelivered_seconds";
+    /// 1 while the registry store is reachable, 0 while the gateway serves
+    /// its last known registry (a shared store it has not reached since
+    /// it started).
+    pub const STORE_REACHABLE: &str = "fanout_store_reachable";
     /// 1, labelled with the version and the source revision.
     pub const BUILD_INFO: &str = "fanout_build_info";
     /// Requests in flight per target.
@@ -300,6 +304,10 @@ pub fn describe() {
         names::TARGET_OLDEST_UNDELIVERED,
         Unit::Seconds,
         "Age of the oldest data not yet delivered per target (0: none)"
+    );
+    describe_gauge!(
+        names::STORE_REACHABLE,
+        "1 while the registry store is reachable, 0 while serving the last known registry"
     );
     describe_gauge!(
         names::BUILD_INFO,

@@ -10,7 +10,12 @@
 //! - A snapshot is only swapped for a newer version, so a slow reload never
 //!   rolls back a faster one. Each swap logs and broadcasts the target diff
 //!   (ids and counts only; never endpoints' credentials or secrets).
+//! - On a shared store each installed registry is also saved as the last
+//!   known one in the data dir ([`Live::open_keeping`],
+//!   `store::last_known`), which a gateway starts from when the store is
+//!   unreachable ([`Live::open_from`]).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,21 +36,47 @@ pub struct Live {
     snapshot: Arc<ArcSwap<Snapshot>>,
     diffs: broadcast::Sender<Arc<SnapshotDiff>>,
     install: Mutex<()>,
+    /// Where each installed registry is saved (`store::last_known`).
+    last_known: Option<PathBuf>,
+    /// Whether the last look at the store (a version poll) reached it.
+    reachable: std::sync::atomic::AtomicBool,
 }
 
 impl Live {
     /// Loads the registry from `store` and starts following its changes.
     pub async fn open(store: Arc<dyn Store>) -> Result<Arc<Live>, StoreError> {
+        Live::open_keeping(store, None).await
+    }
+
+    /// [`Live::open`], saving every registry it installs as the last known
+    /// one at `last_known`.
+    pub async fn open_keeping(
+        store: Arc<dyn Store>,
+        last_known: Option<PathBuf>,
+    ) -> Result<Arc<Live>, StoreError> {
         let stored = store.load().await?;
+        Ok(Live::open_from(store, stored, last_known).await)
+    }
+
+    /// Starts from `stored` (the last known registry, when `store` is
+    /// unreachable) and follows `store` from there.
+    pub async fn open_from(
+        store: Arc<dyn Store>,
+        stored: Stored,
+        last_known: Option<PathBuf>,
+    ) -> Arc<Live> {
         let live = Arc::new(Live {
             store,
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             diffs: broadcast::channel(64).0,
             install: Mutex::new(()),
+            reachable: std::sync::atomic::AtomicBool::new(false),
+            last_known,
         });
+        live.set_reachable(live.store.reachable());
         live.install(stored).await;
         tokio::spawn(follow(Arc::downgrade(&live), live.store.subscribe()));
-        Ok(live)
+        live
     }
 
     /// The shared snapshot that ingest and delivery read.
@@ -61,6 +92,27 @@ impl Live {
     /// Target diffs of every snapshot swap from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<SnapshotDiff>> {
         self.diffs.subscribe()
+    }
+
+    /// Whether the store answered the last version poll (every
+    /// [`POLL_INTERVAL`]; `/readyz` and `fanout_store_reachable` say so).
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets `fanout_store_reachable` again (after the recorder is installed).
+    pub fn publish_reachable(&self) {
+        self.set_reachable(self.reachable());
+    }
+
+    fn set_reachable(&self, yes: bool) {
+        self.reachable
+            .store(yes, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!(crate::deliver::stats::names::STORE_REACHABLE).set(if yes {
+            1.0
+        } else {
+            0.0
+        });
     }
 
     /// The store, for its description.
@@ -107,6 +159,16 @@ impl Live {
             );
             return;
         }
+        if let Some(path) = self.last_known.clone() {
+            let copy = stored.clone();
+            let saved = tokio::task::spawn_blocking(move || {
+                super::store::last_known::save(&path, &copy).map_err(|e| (path, e))
+            })
+            .await;
+            if let Ok(Err((path, e))) = saved {
+                tracing::warn!(path = %path.display(), error = %e, "registry: cannot save the last known registry; a restart while the store is down would not find this version");
+            }
+        }
         let new = Arc::new(Snapshot::build(
             Arc::new(stored.registry),
             stored.version,
@@ -142,10 +204,13 @@ async fn follow(live: std::sync::Weak<Live>, mut changes: tokio::sync::watch::Re
         let Some(live) = live.upgrade() else {
             return;
         };
+
         let stale = if notified {
             true
         } else {
-            match live.store.version().await {
+            let read = live.store.version().await;
+            live.set_reachable(read.is_ok());
+            match read {
                 Ok(v) => v > live.current().version(),
                 Err(e) => {
                     tracing::warn!(error = %e, "registry: cannot read the store version");
@@ -154,8 +219,11 @@ async fn follow(live: std::sync::Weak<Live>, mut changes: tokio::sync::watch::Re
             }
         };
         if stale {
-            if let Err(e) = live.reload().await {
-                tracing::warn!(error = %e, "registry: reload failed; keeping the current registry");
+            match live.reload().await {
+                Ok(()) => live.set_reachable(true),
+                Err(e) => {
+                    tracing::warn!(error = %e, "registry: reload failed; keeping the current registry");
+                }
             }
         }
     }

@@ -295,6 +295,7 @@ impl TargetHandle {
         let old = self.metrics.load();
         for g in [
             &old.queue_bytes,
+            &old.oldest,
             &old.spill_bytes,
             &old.spill_disk_full,
             &old.in_flight,

@@ -36,6 +36,7 @@
 //! `NOTIFY fanout_registry` and on every reconnect of its listener (after which
 //! everything is reloaded); SQLite never bumps it (one process owns the file).
 
+pub mod last_known;
 pub mod postgres;
 pub mod sqlite;
 
@@ -77,6 +78,10 @@ pub enum StoreError {
         /// Why.
         source: std::io::Error,
     },
+    /// The gateway started from its last known registry and has not
+    /// reached its store since ([`last_known::Reconnecting`]).
+    #[error("registry store {0} is unreachable; serving the last known registry")]
+    Unreachable(String),
     /// The `--store` setting is neither `sqlite` nor a `postgres://` URL.
     #[error("unknown store {0:?}: use sqlite or a postgres:// URL")]
     UnknownStore(String),
@@ -100,6 +105,9 @@ impl StoreError {
     /// (a full disk, an I/O error, the database unreachable or overloaded):
     /// the admin API answers 503 with `Retry-After` instead of 500.
     pub fn unavailable(&self) -> Option<&'static str> {
+        if let StoreError::Unreachable(_) = self {
+            return Some("database unreachable");
+        }
         let StoreError::Database(e) = self else {
             return None;
         };
@@ -176,6 +184,11 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe(&self) -> watch::Receiver<u64>;
     /// A short description for logs (never with a password).
     fn describe(&self) -> String;
+    /// False while a gateway started from its last known registry has not
+    /// reached the store yet ([`last_known::Reconnecting`]).
+    fn reachable(&self) -> bool {
+        true
+    }
     /// Whether several gateways share it (then they report their export
     /// status through it, [`Store::report_status`]).
     fn is_shared(&self) -> bool {
