@@ -182,7 +182,16 @@ pub async fn open_live(store: Option<&str>, data_dir: &Path) -> anyhow::Result<A
         let url = url.clone();
         Box::pin(async move { store::open(Some(&url), Path::new(".")).await })
     });
-    Ok(Live::open_from(Arc::new(reconnecting), stored, Some(path)).await)
+    let version = stored.version;
+    let live = Live::open_from(Arc::new(reconnecting), stored, Some(path.clone())).await;
+    if live.current().version() != version || version == 0 {
+        anyhow::bail!(
+            "the registry store is unreachable and the last known registry in {} (version \
+             {version}) is not valid for this gateway; it cannot start without its store",
+            path.display()
+        );
+    }
+    Ok(live)
 }
 
 async fn apply_file(live: &Live, path: &Path) -> anyhow::Result<()> {

@@ -209,11 +209,15 @@ async fn follow(live: std::sync::Weak<Live>, mut changes: tokio::sync::watch::Re
             true
         } else {
             let read = live.store.version().await;
+            let was = live.reachable();
             live.set_reachable(read.is_ok());
             match read {
                 Ok(v) => v > live.current().version(),
                 Err(e) => {
-                    tracing::warn!(error = %e, "registry: cannot read the store version");
+                    // Once per outage, not every poll.
+                    if was {
+                        tracing::warn!(error = %e, "registry: cannot read the store version; serving the registry as loaded until it answers");
+                    }
                     false
                 }
             }

@@ -227,6 +227,12 @@ pub struct TargetCore {
     probe_in_flight: bool,
     probe_last: Option<Instant>,
     probe_hold: Option<Instant>,
+    /// A probe's 2xx released the waiting batches ([`Self::on_probe`]).
+    probe_released: bool,
+    /// No more probes until a batch is delivered: a released batch failed
+    /// again (the endpoint takes empty writes but not data: an overload
+    /// that only real series hit), or the target answered 429.
+    probe_spent: bool,
     counters: Counters,
     /// Per Deployment ([`Chunk::owner`]).
     accounts: Accounts,
@@ -291,6 +297,8 @@ impl TargetCore {
             probe_in_flight: false,
             probe_last: None,
             probe_hold: None,
+            probe_released: false,
+            probe_spent: false,
             counters: Counters::default(),
             accounts: Accounts::default(),
             last_error: None,
@@ -796,8 +804,9 @@ impl TargetCore {
         if !self.can_send() || self.probe_at().is_none_or(|at| at > now) {
             return None;
         }
+        // Not in `in_flight`: a probe to an endpoint that never answers
+        // must not hold back the retries for its whole timeout.
         self.probe_in_flight = true;
-        self.in_flight += 1;
         self.counters.probes += 1;
         Some(Dispatch {
             lane: 0,
@@ -816,7 +825,7 @@ impl TargetCore {
     /// one probe interval before the next retry (which would tell as much).
     fn probe_at(&self) -> Option<Instant> {
         let since = self.failing_since?;
-        if self.probe_in_flight || self.paused || self.closed {
+        if self.probe_in_flight || self.probe_spent || self.paused || self.closed {
             return None;
         }
         let retry = self
@@ -835,12 +844,12 @@ impl TargetCore {
 
     /// A probe's answer: a 2xx makes every waiting batch due now.
     fn on_probe(&mut self, result: &SendResult, now: Instant) -> Event {
-        self.in_flight = self.in_flight.saturating_sub(1);
         self.probe_in_flight = false;
         self.probe_last = Some(now);
         let verdict = classify(result);
         match verdict {
             Verdict::Done => {
+                self.probe_released = true;
                 for b in self.batches.iter_mut().filter(|b| !b.sending) {
                     b.not_before = b.not_before.min(now);
                 }
@@ -848,7 +857,10 @@ impl TargetCore {
             Verdict::Retry {
                 retry_after: Some(ra),
                 ..
-            } => self.probe_hold = Some(now + ra.min(MAX_RETRY_AFTER)),
+            } => {
+                let until = now + ra.min(MAX_RETRY_AFTER);
+                self.probe_hold = Some(self.probe_hold.map_or(until, |h| h.max(until)));
+            }
             _ => {}
         }
         Event::Probed {
@@ -896,7 +908,11 @@ impl TargetCore {
             .min();
         let n = self.lanes.len();
         let groups = self.groups() as usize;
+        // Behind a recovered backlog's barrier only its batch goes
+        // (`poll_backlog`), which a result or a reload wakes the sender for.
+        let barred = self.behind_barrier();
         let formed = (0..groups)
+            .filter(|_| !barred)
             .filter_map(|g| {
                 let mask = group_mask(g, groups, n);
                 let disk = self.disk_lanes(mask);
@@ -960,6 +976,8 @@ impl TargetCore {
                 self.counters.bytes_sent += bytes;
                 self.counters.requests_sent += 1;
                 self.failing_since = None;
+                self.probe_released = false;
+                self.probe_spent = false;
                 let backlog = self.backlog();
                 self.concurrency.on_success(latency, backlog, now);
                 Event::Sent {
@@ -978,7 +996,11 @@ impl TargetCore {
                 let jitter = self.rng.f64();
                 b.not_before = now + self.backoff.delay(b.attempts, jitter, retry_after);
                 if let Some(ra) = retry_after {
-                    self.probe_hold = Some(now + ra.min(MAX_RETRY_AFTER));
+                    let until = now + ra.min(MAX_RETRY_AFTER);
+                    self.probe_hold = Some(self.probe_hold.map_or(until, |h| h.max(until)));
+                }
+                if self.probe_released || status == Some(429) {
+                    self.probe_spent = true;
                 }
                 *self.counters.failures.entry(kind.clone()).or_default() += 1;
                 self.failing_since.get_or_insert(now);

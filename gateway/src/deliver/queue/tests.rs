@@ -300,30 +300,41 @@ fn deliver_queue_a_recovery_probe_releases_the_waiting_retries() {
     now += PROBE_EVERY;
     let p = core.poll(now).unwrap();
     assert!(p.probe);
+    // A Retry-After on a probe holds the next one back for as long.
+    let ra = unavailable(Some(Duration::from_secs(2)));
+    core.on_result(p.lane, p.batch, &ra, ms(1), now, SystemTime::now());
+    let mut t = now;
+    while t < now + Duration::from_secs(2) {
+        assert!(core.poll(t).is_none(), "probe before Retry-After");
+        t += ms(50);
+    }
+    now += Duration::from_secs(2);
+    let p = core.poll(now).unwrap();
+    assert!(p.probe, "a probe once Retry-After passed");
     // The endpoint is back: the waiting batch goes at once, same bytes.
     let ev = core.on_result(p.lane, p.batch, &ok(), ms(1), now, SystemTime::now());
     assert_eq!(ev, Event::Probed { recovered: true });
     let r = core.poll(now).unwrap();
     assert!(!r.probe && r.samples == 10);
     assert_eq!(r.body, first, "the same bytes");
-    // Retry-After: no probe before it passes.
+    // It fails again (the endpoint takes empty writes, not data): no more
+    // probes until a batch is delivered, its backoff alone decides.
     core.on_result(
         r.lane,
         r.batch,
-        &unavailable(Some(Duration::from_secs(3))),
+        &unavailable(None),
         ms(1),
         now,
         SystemTime::now(),
     );
-    let mut t = now;
-    while t < now + Duration::from_secs(3) {
-        assert!(
-            core.poll(t).is_none_or(|d| !d.probe),
-            "probe before Retry-After"
-        );
-        t += ms(50);
-    }
-    assert_eq!(core.counters().probes, u64::from(probes) + 2);
+    assert!(core.probe_at().is_none(), "probes spent");
+    let at = core.next_wakeup().unwrap();
+    assert!(at >= now + Duration::from_secs(5), "the capped backoff");
+    let r = core.poll(at).unwrap();
+    assert!(!r.probe);
+    delivered(&mut core, &r, at);
+    assert!(core.is_idle());
+    assert_eq!(core.counters().probes, u64::from(probes) + 3);
 }
 
 #[test]

@@ -50,14 +50,17 @@ pub(super) async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
                     sends.push(d);
                 }
                 h.metrics.load().queue_bytes.set(core.queue_bytes() as f64);
-                let mut oldest = core.oldest_queued(now).as_secs_f64();
+                // The lag, unless the disk part is unknown now (queue busy).
+                let mut oldest = Some(core.oldest_queued(now).as_secs_f64());
                 if let Some(s) = &h.spill {
+                    oldest = None;
                     if let Ok(q) = s.queue.try_lock() {
                         let st = q.stats();
-                        if let Some(t) = st.oldest_enqueued_ms {
+                        let memory = core.oldest_queued(now).as_secs_f64();
+                        oldest = Some(st.oldest_enqueued_ms.map_or(memory, |t| {
                             let ms = stats::wall_ms(SystemTime::now()).saturating_sub(t);
-                            oldest = oldest.max(ms as f64 / 1000.0);
-                        }
+                            memory.max(ms as f64 / 1000.0)
+                        }));
                         let m = h.metrics.load();
                         m.spill_bytes.set(st.bytes as f64);
                         m.spill_disk_full
@@ -65,7 +68,9 @@ pub(super) async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
                         h.note_spill_space(st.space_short);
                     }
                 }
-                h.metrics.load().oldest.set(oldest);
+                if let Some(age) = oldest {
+                    h.metrics.load().oldest.set(age);
+                }
                 h.metrics.load().in_flight.set(f64::from(core.in_flight()));
                 h.metrics
                     .load()

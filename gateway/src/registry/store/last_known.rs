@@ -74,7 +74,11 @@ pub fn save(path: &Path, stored: &Stored) -> std::io::Result<()> {
             .collect(),
     };
     let text = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("json.tmp");
+    // A temp file of its own: a save left running by a cancelled install
+    // never shares one with the next.
+    static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("json.{}.{n}.tmp", std::process::id()));
     {
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
