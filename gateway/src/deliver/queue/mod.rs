@@ -828,18 +828,29 @@ impl TargetCore {
         if self.probe_in_flight || self.probe_spent || self.paused || self.closed {
             return None;
         }
-        let retry = self
-            .batches
-            .iter()
-            .filter(|b| !b.sending)
-            .map(|b| b.not_before)
-            .min()?;
+        let retry = self.next_retry()?;
         let base = self.probe_last.map_or(since, |l| l.max(since));
         let every = (base.saturating_duration_since(since) / PROBE_FRACTION).max(PROBE_EVERY);
         let at = self
             .probe_hold
             .map_or(base + every, |h| h.max(base + every));
         (at + every < retry).then_some(at)
+    }
+
+    /// No probe for `retry_after` from `now` (capped like the backoff's),
+    /// nor before any hold already set.
+    fn hold_probes(&mut self, now: Instant, retry_after: Duration) {
+        let until = now + retry_after.min(MAX_RETRY_AFTER);
+        self.probe_hold = Some(self.probe_hold.map_or(until, |h| h.max(until)));
+    }
+
+    /// The earliest retry of a batch waiting out its backoff.
+    fn next_retry(&self) -> Option<Instant> {
+        self.batches
+            .iter()
+            .filter(|b| !b.sending)
+            .map(|b| b.not_before)
+            .min()
     }
 
     /// A probe's answer: a 2xx makes every waiting batch due now.
@@ -857,10 +868,7 @@ impl TargetCore {
             Verdict::Retry {
                 retry_after: Some(ra),
                 ..
-            } => {
-                let until = now + ra.min(MAX_RETRY_AFTER);
-                self.probe_hold = Some(self.probe_hold.map_or(until, |h| h.max(until)));
-            }
+            } => self.hold_probes(now, ra),
             _ => {}
         }
         Event::Probed {
@@ -900,12 +908,7 @@ impl TargetCore {
         if !self.can_send() {
             return None;
         }
-        let retry = self
-            .batches
-            .iter()
-            .filter(|b| !b.sending)
-            .map(|b| b.not_before)
-            .min();
+        let retry = self.next_retry();
         let n = self.lanes.len();
         let groups = self.groups() as usize;
         // Behind a recovered backlog's barrier only its batch goes
@@ -996,8 +999,7 @@ impl TargetCore {
                 let jitter = self.rng.f64();
                 b.not_before = now + self.backoff.delay(b.attempts, jitter, retry_after);
                 if let Some(ra) = retry_after {
-                    let until = now + ra.min(MAX_RETRY_AFTER);
-                    self.probe_hold = Some(self.probe_hold.map_or(until, |h| h.max(until)));
+                    self.hold_probes(now, ra);
                 }
                 if self.probe_released || status == Some(429) {
                     self.probe_spent = true;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
-use super::target::TargetHandle;
+use super::target::{lag_seconds, TargetHandle};
 use super::Inner;
 use crate::deliver::policy::SendResult;
 use crate::deliver::queue::Event;
@@ -51,16 +51,11 @@ pub(super) async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
                 }
                 h.metrics.load().queue_bytes.set(core.queue_bytes() as f64);
                 // The lag, unless the disk part is unknown now (queue busy).
-                let mut oldest = Some(core.oldest_queued(now).as_secs_f64());
+                let mut oldest = h.spill.is_none().then(|| lag_seconds(&core, now, None));
                 if let Some(s) = &h.spill {
-                    oldest = None;
                     if let Ok(q) = s.queue.try_lock() {
                         let st = q.stats();
-                        let memory = core.oldest_queued(now).as_secs_f64();
-                        oldest = Some(st.oldest_enqueued_ms.map_or(memory, |t| {
-                            let ms = stats::wall_ms(SystemTime::now()).saturating_sub(t);
-                            memory.max(ms as f64 / 1000.0)
-                        }));
+                        oldest = Some(lag_seconds(&core, now, st.oldest_enqueued_ms));
                         let m = h.metrics.load();
                         m.spill_bytes.set(st.bytes as f64);
                         m.spill_disk_full

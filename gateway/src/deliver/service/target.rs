@@ -23,6 +23,18 @@ use crate::deliver::stats::{self, names, GlobalStats};
 use crate::deliver::MemoryBudget;
 use crate::registry::{Snapshot, Target};
 
+/// How far behind a target is, in seconds: the age of its oldest data not
+/// yet delivered, in memory or on disk (`disk_oldest_ms`: the spill's
+/// oldest record, wall ms), 0 when it has none. `oldestQueuedSeconds` in
+/// the API and `fanout_target_oldest_undelivered_seconds`.
+pub(super) fn lag_seconds(core: &TargetCore, now: Instant, disk_oldest_ms: Option<u64>) -> f64 {
+    let memory = core.oldest_queued(now).as_secs_f64();
+    disk_oldest_ms.map_or(memory, |t| {
+        let ms = wall_ms(SystemTime::now()).saturating_sub(t);
+        memory.max(ms as f64 / 1000.0)
+    })
+}
+
 pub(super) struct TargetMetrics {
     pub(super) samples: metrics::Counter,
     pub(super) bytes: metrics::Counter,
@@ -460,9 +472,6 @@ impl TargetHandle {
         let target = self.target();
         let now = Instant::now();
         let (spill_bytes, oldest_ms, spill_state) = self.spill_stats();
-        let disk_age = oldest_ms.map_or(0.0, |t| {
-            wall_ms(SystemTime::now()).saturating_sub(t) as f64 / 1000.0
-        });
         let disk_full = self
             .spill
             .as_ref()
@@ -513,7 +522,7 @@ impl TargetHandle {
             queue_samples: core.queue_samples(),
             spill_bytes,
             spill_state: spill_state.to_owned(),
-            oldest_queued_seconds: core.oldest_queued(now).as_secs_f64().max(disk_age),
+            oldest_queued_seconds: lag_seconds(&core, now, oldest_ms),
             samples_sent: c.samples_sent,
             bytes_sent: c.bytes_sent,
             requests_sent: c.requests_sent,
