@@ -8,6 +8,9 @@
 //! - `sigterm_spills_and_restart_resumes`: SIGTERM with a backlog for a down
 //!   target; the restarted gateway delivers all of it, in order and before
 //!   the traffic it takes after the restart, once the target is up.
+//! - `a_backlog_of_the_previous_format_is_delivered`: a backlog spilled as
+//!   snappy parts, rewritten as the previous release wrote it (records),
+//!   is delivered after an upgrade, in order and before new data.
 //! - `kill_9_in_wal_mode_loses_nothing_acknowledged`: `--durability wal`,
 //!   three `kill -9` at random moments under load, then a clean start: every
 //!   acknowledged sample arrives (duplicates allowed and counted), and no new
@@ -197,6 +200,93 @@ async fn sigterm_spills_and_restart_resumes() {
     let gw = Gateway::start_in("spill-restart", data, &args);
     // New traffic at once: it must go after the recovered backlog.
     for seq in 20..40u32 {
+        if write(&http, &gw.ingest, body(seq)).await / 100 == 2 {
+            acked.push(seq);
+        }
+    }
+    assert_eq!(acked.len(), 40);
+    await_all(&expectation(&acked), &sink, &gw, Duration::from_secs(20)).await;
+}
+
+/// Rewrites every target queue under `data`'s spill the way releases
+/// before 2026-12-07 wrote it (the records themselves, tagged with their
+/// lane alone) and returns how many records were kept as snappy parts.
+fn rewrite_as_previous_format(data: &std::path::Path) -> (usize, usize) {
+    use fanout_gateway::deliver::spill::{DiskQueue, DiskQueueConfig, Record};
+    const PART: u64 = 1 << 63;
+    let (mut parts, mut all) = (0, 0);
+    for (dir, _) in spill_dirs(data) {
+        let (mut q, _) = DiskQueue::open(&dir, DiskQueueConfig::default()).unwrap();
+        let recs = q.read(usize::MAX, usize::MAX).unwrap();
+        q.close().unwrap();
+        let manifest = std::fs::read(dir.join("target.json")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let (mut q, _) = DiskQueue::open(&dir, DiskQueueConfig::default()).unwrap();
+        for r in recs {
+            all += 1;
+            let (tag, body) = if r.record.tag & PART != 0 {
+                parts += 1;
+                let len = (r.record.tag & !PART) >> 32;
+                let mut block = Vec::new();
+                fanout_proto::snappy::write_header(len, &mut block);
+                block.extend_from_slice(&r.record.body);
+                let records = fanout_proto::snappy::decompress(&block, len as usize).unwrap();
+                (r.record.tag & u64::from(u32::MAX), records)
+            } else {
+                (r.record.tag, r.record.body)
+            };
+            q.append(&Record {
+                tag,
+                body,
+                ..r.record
+            })
+            .unwrap();
+        }
+        q.close().unwrap();
+        std::fs::write(dir.join("target.json"), manifest).unwrap();
+    }
+    (parts, all)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backlog_of_the_previous_format_is_delivered() {
+    // Upgrade: a backlog that the previous release left on disk (records,
+    // not the snappy parts this one writes) is delivered by this one, in
+    // order and before new data.
+    let port = free_port();
+    let dir = fanout_tests::fanout::tempfile_dir::TempDir::new("spill-upgrade");
+    let path = dir.path().join("registry.yaml");
+    std::fs::write(&path, registry(port)).unwrap();
+    let args = [
+        "--registry",
+        path.to_str().unwrap(),
+        "--shutdown-grace",
+        "1s",
+        "--target-queue-memory",
+        "64KiB",
+    ];
+    let mut gw = Gateway::start("spill-upgrade", &args);
+    let http = client();
+    let mut acked = Vec::new();
+    for seq in 0..30u32 {
+        if write(&http, &gw.ingest, body(seq)).await / 100 == 2 {
+            acked.push(seq);
+        }
+    }
+    assert_eq!(acked.len(), 30);
+    let status = tokio::task::block_in_place(|| gw.terminate(Duration::from_secs(15)))
+        .unwrap_or_else(|| panic!("no exit; log:\n{}", gw.log()));
+    assert!(status.success(), "exit {status:?}; log:\n{}", gw.log());
+    let data = gw.take_data_dir();
+    drop(gw);
+    let (parts, all) = rewrite_as_previous_format(data.path());
+    assert!(
+        all > 0 && parts == all,
+        "this release spills what goes on the wire: {parts} of {all} records were parts"
+    );
+    let sink = sink_at(port, "t", &[]).await;
+    let gw = Gateway::start_in("spill-upgrade", data, &args);
+    for seq in 30..40u32 {
         if write(&http, &gw.ingest, body(seq)).await / 100 == 2 {
             acked.push(seq);
         }

@@ -72,7 +72,16 @@ impl TargetCore {
             if front.samples > room && shared && samples > 0 {
                 break;
             }
-            let (end, s, series) = if front.samples <= room {
+            // A record read back as a snappy part is cut only as records
+            // (one that does not decompress goes whole).
+            let held = front.records.len();
+            let whole = front.samples <= room || (front.wire > 0 && !front.unwire());
+            if from_disk {
+                // Unwired, it holds its records now.
+                self.reload_bytes += front.records.len() as u64;
+                self.reload_bytes -= held as u64;
+            }
+            let (end, s, series) = if whole {
                 (front.records.len(), front.samples, front.series)
             } else {
                 split_point(&front.records, room, samples == 0)
@@ -81,7 +90,7 @@ impl TargetCore {
                 break;
             }
             oldest = oldest.min(front.enqueued);
-            bytes += end;
+            bytes += if whole { front.raw_len() } else { end };
             taken |= 1 << l;
             let split = end < front.records.len();
             let piece = if split {
@@ -98,6 +107,7 @@ impl TargetCore {
                     packed: None,
                     push: front.push,
                     owners: head,
+                    wire: 0,
                 };
                 // Its compressed form (if any) is of the whole chunk: it
                 // does not fit a part of it.
@@ -173,7 +183,12 @@ impl TargetCore {
     /// ([`Packed`]); else the records go Deployment by Deployment as one
     /// block.
     pub(super) fn compress(&mut self, pieces: &[(u32, Chunk)], from_disk: bool) -> Bytes {
-        let shared = !from_disk && pieces.iter().any(|(_, c)| c.shared());
+        // Read back from disk, a chunk is shared only if it was kept as a
+        // snappy part (it then goes as it is); in memory, if other targets
+        // have it too.
+        let shared = pieces
+            .iter()
+            .any(|(_, c)| c.wire > 0 || (!from_disk && c.shared()));
         if shared {
             return compress_parts(pieces);
         }

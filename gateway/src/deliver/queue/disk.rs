@@ -80,7 +80,13 @@ impl TargetCore {
             }
             self.read_through = c.seq;
             let age = Duration::from_millis(wall_ms.saturating_sub(c.enqueued_ms));
-            let (_, _, series) = split_point(&c.records, u32::MAX, true);
+            // A record kept as a snappy part is sent as it is; its series
+            // are counted only if a batch must cut it (`Chunk::unwire`).
+            let series = if c.wire > 0 {
+                0
+            } else {
+                split_point(&c.records, u32::MAX, true).2
+            };
             let chunk = Chunk {
                 samples: c.samples,
                 series,
@@ -90,6 +96,7 @@ impl TargetCore {
                 push: 0,
                 owners: super::ChunkOwners::One(crate::deliver::accounting::UNKNOWN),
                 records: c.records,
+                wire: c.wire,
             };
             self.reload_bytes += chunk.records.len() as u64;
             self.reload_samples += u64::from(chunk.samples);

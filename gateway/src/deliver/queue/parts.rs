@@ -50,14 +50,8 @@ impl Packed {
 /// [`Packed`], or made now for a chunk of this target only). The chunks of
 /// a lane are in its order, so per-series order holds.
 pub(super) fn compress_parts(pieces: &[(u32, Chunk)]) -> Bytes {
-    let len: usize = pieces.iter().map(|(_, c)| c.records.len()).sum();
-    let mut parts: Vec<Bytes> = Vec::with_capacity(pieces.len());
-    for (_, c) in pieces {
-        parts.push(match &c.packed {
-            Some(p) => p.part(&c.records),
-            None => fanout_proto::snappy::compress_part(&c.records),
-        });
-    }
+    let len: usize = pieces.iter().map(|(_, c)| c.raw_len()).sum();
+    let parts: Vec<Bytes> = pieces.iter().map(|(_, c)| c.part()).collect();
     let mut body = Vec::with_capacity(10 + parts.iter().map(Bytes::len).sum::<usize>());
     fanout_proto::snappy::write_header(len as u64, &mut body);
     for p in &parts {

@@ -42,6 +42,7 @@ fn chunk(n: usize, tag: &str, at: Instant) -> Chunk {
         packed: None,
         push: 0,
         owners: ChunkOwners::One(0),
+        wire: 0,
     }
 }
 
@@ -442,16 +443,25 @@ fn deliver_queue_a_shared_chunk_stays_past_the_bound_while_the_overflow_keeps_sh
 }
 
 /// A fake disk queue: keeps what overflowed, hands it back in seq order.
+/// Like the spill, it keeps odd seqs as their snappy part (what goes on the
+/// wire, `Chunk::wire`) and even ones as records (as releases before
+/// 2026-12-07 wrote them), so the tests and the sim see both read back.
 #[derive(Default)]
 struct Disk(Vec<DiskChunk>);
 
 impl Overflow for Disk {
     fn overflow(&mut self, lane: u32, chunk: Chunk) -> Option<u64> {
         let seq = self.0.len() as u64 + 1;
+        let (records, wire) = if seq % 2 == 1 {
+            (chunk.part(), chunk.raw_len() as u32)
+        } else {
+            (chunk.records, 0)
+        };
         self.0.push(DiskChunk {
             seq,
             tag: u64::from(lane),
-            records: chunk.records,
+            records,
+            wire,
             samples: chunk.samples,
             enqueued_ms: 0,
         });
@@ -751,6 +761,7 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
             packed: None,
             push: 0,
             owners: ChunkOwners::One(0),
+            wire: 0,
         },
         &mut DropOldest,
     );
@@ -794,6 +805,7 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
                 packed: None,
                 push: 0,
                 owners: ChunkOwners::One(0),
+                wire: 0,
             },
             &mut DropOldest,
         );
@@ -1064,6 +1076,7 @@ mod sim {
             packed,
             push: 0,
             owners,
+            wire: 0,
         }
     }
 
@@ -1345,6 +1358,7 @@ fn deliver_queue_a_backlog_of_another_lane_key_is_delivered_before_new_data() {
         seq,
         tag: 1,
         records: series_records(name, &[1]),
+        wire: 0,
         samples: 1,
         enqueued_ms: 0,
     };

@@ -37,13 +37,60 @@ pub struct Chunk {
     /// Its Deployments' numbers ([`crate::deliver::accounting::Owners`];
     /// [`crate::deliver::accounting::UNKNOWN`] for records read back from disk).
     pub owners: ChunkOwners,
+    /// 0, or `records` is not the records but their compressed snappy part
+    /// (as the disk spill keeps them) and this is their length: such a
+    /// chunk goes on the wire as it is, and is decompressed only if a batch
+    /// must cut it ([`Chunk::unwire`]).
+    pub wire: u32,
 }
 
 impl Chunk {
     /// Whether other targets were given these very records too (it has a
     /// shared slot for their compressed part).
     pub fn shared(&self) -> bool {
-        self.packed.is_some()
+        self.packed.is_some() || self.wire > 0
+    }
+
+    /// The length of its records (uncompressed, whatever it holds).
+    pub fn raw_len(&self) -> usize {
+        if self.wire > 0 {
+            self.wire as usize
+        } else {
+            self.records.len()
+        }
+    }
+
+    /// Its records as a snappy part: as held (a chunk read back from disk),
+    /// from the slot shared with the other targets, or compressed now.
+    pub fn part(&self) -> Bytes {
+        if self.wire > 0 {
+            return self.records.clone();
+        }
+        match &self.packed {
+            Some(p) => p.part(&self.records),
+            None => fanout_proto::snappy::compress_part(&self.records),
+        }
+    }
+
+    /// Makes a chunk held as a snappy part hold its records again (to cut
+    /// it); false when the part does not decompress (it then goes whole).
+    pub fn unwire(&mut self) -> bool {
+        if self.wire == 0 {
+            return true;
+        }
+        let mut block = Vec::with_capacity(10 + self.records.len());
+        fanout_proto::snappy::write_header(u64::from(self.wire), &mut block);
+        block.extend_from_slice(&self.records);
+        match fanout_proto::snappy::decompress(&block, self.wire as usize) {
+            Ok(records) => {
+                self.series = super::records::split_point(&records, u32::MAX, true).2;
+                self.records = records;
+                self.wire = 0;
+                self.packed = None;
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Calls `f(owner, samples)` for each Deployment whose records it holds.
@@ -186,8 +233,11 @@ pub struct DiskChunk {
     pub seq: u64,
     /// Its lane tag (taken modulo the lanes).
     pub tag: u64,
-    /// The encoded records.
+    /// The encoded records, or their snappy part when `wire` (their length)
+    /// is not 0.
     pub records: Bytes,
+    /// 0, or the length of the records `records` is the snappy part of.
+    pub wire: u32,
     /// Samples in them.
     pub samples: u32,
     /// When it was first queued (wall clock, ms since the epoch).

@@ -215,6 +215,7 @@ impl Inner {
                                 .map(|slots| Packed::new(slots.clone(), c)),
                             push: 0,
                             owners: routed.owners.clone(),
+                            wire: 0,
                         },
                     )
                 });
@@ -242,6 +243,7 @@ impl Inner {
                     packed: None,
                     push: 0,
                     owners: routed.owners,
+                    wire: 0,
                 };
                 for t in &routed.set.targets {
                     match t.push_wal(routed.shard, chunk.clone(), stats, now, wall) {

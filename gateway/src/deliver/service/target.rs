@@ -581,6 +581,7 @@ mod tests {
             packed: None,
             push: 0,
             owners: ChunkOwners::One(0),
+            wire: 0,
         }
     }
 

@@ -236,6 +236,41 @@ impl<'a> ToDisk<'a> {
     }
 }
 
+/// A spill record's tag holds its lane in the low 32 bits. With [`PART`]
+/// set, its body is not the records but their snappy part (what goes on the
+/// wire, compressed once for every target given them) and bits 32..63 are
+/// the records' length; read back, it is sent as it is. Releases before
+/// 2026-12-07 wrote the records and the lane alone (tags below 64), which
+/// are read as before.
+const PART: u64 = 1 << 63;
+/// The largest records kept as a part (31 bits of the tag); larger ones are
+/// written as records.
+const MAX_PART_LEN: u32 = (1 << 31) - 1;
+
+/// The tag of a record of `lane` kept as the part of `len` bytes of records.
+fn part_tag(lane: u32, len: u32) -> u64 {
+    PART | (u64::from(len) << 32) | u64::from(lane)
+}
+
+/// The lane tag of a record's `tag`.
+fn lane_tag(tag: u64) -> u64 {
+    if tag & PART != 0 {
+        tag & u64::from(u32::MAX)
+    } else {
+        tag
+    }
+}
+
+/// The length of the records a record's body is the part of, or 0 when the
+/// body is the records.
+fn part_len(tag: u64) -> u32 {
+    if tag & PART != 0 {
+        ((tag & !PART) >> 32) as u32
+    } else {
+        0
+    }
+}
+
 impl Overflow for ToDisk<'_> {
     fn keeps_shared(&self) -> bool {
         self.keep_shared
@@ -250,11 +285,18 @@ impl Overflow for ToDisk<'_> {
             .now
             .saturating_duration_since(chunk.enqueued)
             .as_millis() as u64;
+        // What goes on the wire, not the records: compressed once for every
+        // target given these very records (the shared slot), never again
+        // when read back (`Chunk::wire`).
+        let (tag, body) = match u32::try_from(chunk.raw_len()) {
+            Ok(len) if len > 0 && len <= MAX_PART_LEN => (part_tag(lane, len), chunk.part()),
+            _ => (u64::from(lane), chunk.records),
+        };
         let record = Record {
             samples: chunk.samples,
             enqueued_ms: self.wall_ms.saturating_sub(age),
-            tag: u64::from(lane),
-            body: chunk.records,
+            tag,
+            body,
         };
         match lock_queue(&spill.queue).append(&record) {
             Ok(out) => {
@@ -492,7 +534,8 @@ impl TargetHandle {
                             .into_iter()
                             .map(|r| DiskChunk {
                                 seq: r.seq,
-                                tag: r.record.tag,
+                                tag: lane_tag(r.record.tag),
+                                wire: part_len(r.record.tag),
                                 records: r.record.body,
                                 samples: r.record.samples,
                                 enqueued_ms: r.record.enqueued_ms,
