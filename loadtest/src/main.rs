@@ -117,6 +117,10 @@ struct BenchArgs {
     /// Keep each run's directory (registry, vmagent config, gateway logs).
     #[arg(long)]
     keep: bool,
+    /// Fanout's `--durability`: `memory`, or `wal` (what the shipped
+    /// manifests run: every acknowledged request on disk first).
+    #[arg(long, default_value = "memory", value_parser = ["memory", "wal"])]
+    durability: String,
 }
 
 #[derive(Args)]
@@ -681,6 +685,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<i32> {
         progress: !a.quiet,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         keep: a.keep,
+        durability: a.durability,
     };
     // Ctrl-C or SIGTERM drops the run, whose children are killed on drop
     // (a signal's default action would exit without running destructors).

@@ -52,6 +52,7 @@ async fn check_mode(
         progress: false,
         command: "test".into(),
         keep: false,
+        durability: "memory".into(),
     };
     let report = bench::run(&opts).await.unwrap();
     let r = &report.results[0];

@@ -80,6 +80,9 @@ pub struct BenchOptions {
     pub command: String,
     /// Keep each run's directory (registry, vmagent config, logs) and say where.
     pub keep: bool,
+    /// Fanout's `--durability` (`memory` or `wal`); vmagent always writes
+    /// its queue to disk without an fsync per request.
+    pub durability: String,
 }
 
 /// The `vmagent` to use: `$FANOUT_VMAGENT_BIN`, else `vmagent` on `PATH`.
@@ -100,6 +103,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let mut report = BenchReport {
         scenario: spec.name.clone(),
         mode: opts.mode,
+        durability: opts.durability.clone(),
         summary: format!(
             "{} clusters x {} Deployments ({} series{}), {} targets{}{}, {} per Deployment, {} samples{}",
             f.clusters,
@@ -337,6 +341,7 @@ async fn run_one(opts: &BenchOptions, g: Gateway, bin: &Path) -> anyhow::Result<
                 format!("--admin-listen={admin}"),
                 format!("--data-dir={}", dir.path().join("data").display()),
                 format!("--registry={}", registry.display()),
+                format!("--durability={}", opts.durability),
             ];
             let mut p = Proc::spawn(bin, &args, dir.path().join("fanout.log"))?;
             p.wait_ready(admin, "/readyz", Duration::from_secs(30))

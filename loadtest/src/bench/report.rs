@@ -129,6 +129,10 @@ pub struct GatewayResult {
     pub missing_at_drain_timeout: u64,
 }
 
+fn memory() -> String {
+    "memory".into()
+}
+
 /// The whole run: scenario, command, one result per gateway.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -138,6 +142,9 @@ pub struct BenchReport {
     /// How the load was offered.
     #[serde(default)]
     pub mode: Mode,
+    /// Fanout's `--durability` (`memory` before it was recorded).
+    #[serde(default = "memory")]
+    pub durability: String,
     /// One line describing the fleet and routing.
     pub summary: String,
     /// The command line that produced this report.
@@ -177,6 +184,9 @@ impl BenchReport {
         let mut s = String::new();
         let _ = writeln!(s, "scenario {}: {}", self.scenario, self.summary);
         let _ = writeln!(s, "mode {}", self.mode.name());
+        if self.durability == "wal" {
+            let _ = writeln!(s, "fanout durability {}", self.durability);
+        }
         let cols: Vec<&GatewayResult> = self.results.iter().collect();
         let mut rows: Vec<(&str, Vec<String>)> = Vec::new();
         let cell = |r: &GatewayResult, f: &dyn Fn(&GatewayResult) -> String| {
@@ -342,6 +352,7 @@ mod tests {
             scenario: "fanout-3".into(),
             summary: "4 clusters".into(),
             mode,
+            durability: "memory".into(),
             results: vec![
                 result("fanout", 2_000_000.0),
                 result("vmagent", 1_000_000.0),
