@@ -129,7 +129,12 @@ impl Unpin<'_> {
     /// Copies `chunk` out of its request's buffer when that buffer is more
     /// than twice its size, with a permit of its own; unchanged when the
     /// budget has no room for the copy (it then keeps pinning).
-    fn copy(&self, chunk: Chunk) -> Chunk {
+    fn copy(&self, chunk: Chunk, failing: bool) -> Chunk {
+        if failing {
+            if let Some(c) = self.compact(&chunk) {
+                return c;
+            }
+        }
         let len = chunk.records.len() as u64;
         let pinned = chunk.permit.as_ref().map_or(0, |p| p.bytes());
         if pinned <= 2 * len {
@@ -149,6 +154,31 @@ impl Unpin<'_> {
             },
             Err(_) => chunk,
         }
+    }
+
+    /// A failing target keeps what it is pushed as it will go on the wire:
+    /// the records' snappy part (shared with every other target given them,
+    /// compressed by the first), with a permit of its own. Its backlog then
+    /// takes a quarter to a sixth of the memory, the compression is done
+    /// while the endpoint is down (not when it comes back and the backlog
+    /// drains), and what spills is written as it is. `None` when it is
+    /// already compact or the budget has no room for the part.
+    fn compact(&self, chunk: &Chunk) -> Option<Chunk> {
+        if chunk.wire > 0 {
+            return None;
+        }
+        let wire = u32::try_from(chunk.records.len()).ok().filter(|&n| n > 0)?;
+        let part = chunk.part();
+        let permit = self.budget.try_acquire(part.len() as u64).ok()?;
+        Some(Chunk {
+            records: part,
+            wire,
+            permit: Some(Arc::new(permit)),
+            packed: None,
+            push: 0,
+            owners: chunk.owners.clone(),
+            ..*chunk
+        })
     }
 }
 
@@ -430,7 +460,7 @@ impl TargetHandle {
                         continue;
                     }
                     let chunk = match &unpin {
-                        Some(u) if u.applies(&core) => u.copy(chunk),
+                        Some(u) if u.applies(&core) => u.copy(chunk, core.failing()),
                         _ => chunk,
                     };
                     if self.fixed_width {
@@ -588,6 +618,27 @@ mod tests {
         }
     }
 
+    /// `n` encoded series of one sample each, as a request's records.
+    fn records(n: u32) -> Bytes {
+        let req = fanout_proto::v1::WriteRequest {
+            timeseries: (0..n)
+                .map(|i| fanout_proto::v1::TimeSeries {
+                    labels: vec![fanout_proto::v1::Label {
+                        name: "__name__".into(),
+                        value: format!("airflow_task_duration_{}", i % 7),
+                    }],
+                    samples: vec![fanout_proto::v1::Sample {
+                        value: f64::from(i),
+                        timestamp: 1_700_000_000_000,
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        Bytes::from(prost::Message::encode_to_vec(&req))
+    }
+
     #[test]
     fn deliver_target_a_lagging_target_copies_its_chunks_only_when_behind_its_peers() {
         let config = CoreConfig {
@@ -650,9 +701,34 @@ mod tests {
 
         // A copy holds only its own bytes, with a permit of its own; a chunk
         // that is most of its buffer is left as it is.
-        let small = unpin(None).copy(chunk(1 << 10, &requests, 1 << 20));
+        let small = unpin(None).copy(chunk(1 << 10, &requests, 1 << 20), false);
         assert_eq!(small.permit.as_ref().map(|p| p.bytes()), Some(1 << 10));
-        let large = unpin(None).copy(chunk(900 << 10, &requests, 1 << 20));
+        let large = unpin(None).copy(chunk(900 << 10, &requests, 1 << 20), false);
         assert_eq!(large.permit.as_ref().map(|p| p.bytes()), Some(1 << 20));
+        // Failing, it keeps the compressed part (a permit of its size),
+        // even of a chunk that is all of its buffer; sent, the part is the
+        // body's only part.
+        let records = records(300);
+        let mut c = chunk(0, &requests, records.len() as u64);
+        c.records = records.clone();
+        let compact = unpin(None).copy(c, true);
+        assert_eq!(compact.wire as usize, records.len());
+        assert!(
+            compact.records.len() < records.len() / 4,
+            "{}",
+            compact.records.len()
+        );
+        let held = compact.permit.as_ref().map_or(0, |p| p.bytes());
+        assert!(
+            held >= compact.records.len() as u64 && held < records.len() as u64 / 2,
+            "its permit: {held}"
+        );
+        let mut body = Vec::new();
+        fanout_proto::snappy::write_header(records.len() as u64, &mut body);
+        body.extend_from_slice(&compact.part());
+        assert_eq!(
+            fanout_proto::snappy::decompress(&body, records.len()).unwrap(),
+            records
+        );
     }
 }
