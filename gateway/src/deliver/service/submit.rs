@@ -232,15 +232,25 @@ impl Inner {
                 target.push_all(shards, items, Some(unpin), stats, now, wall);
             }
         } else {
-            for routed in scratch.chunks(&plan, &records) {
+            let chunks: Vec<_> = scratch.chunks(&plan, &records).collect();
+            let slots = chunks
+                .iter()
+                .any(|c| c.set.targets.len() > 1)
+                .then(|| Packed::slots(chunks.len()));
+            for (c, routed) in chunks.into_iter().enumerate() {
                 let chunk = Chunk {
                     records: routed.records,
                     samples: routed.samples,
                     series: routed.series,
                     enqueued: now,
                     permit: Some(permit.clone()),
-                    // wal: each target reads its own copy back from disk.
-                    packed: None,
+                    // Each target writes the chunk's snappy part to its disk
+                    // queue and sends it from there: compressed once for
+                    // all of them.
+                    packed: slots
+                        .as_ref()
+                        .filter(|_| routed.set.targets.len() > 1)
+                        .map(|slots| Packed::new(slots.clone(), c as u32)),
                     push: 0,
                     owners: routed.owners,
                     wire: 0,

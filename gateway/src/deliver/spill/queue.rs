@@ -401,8 +401,7 @@ impl DiskQueue {
             samples: record.samples,
         };
         let prefix = format::encode_prefix(&header, payload);
-        let mut w = &*file;
-        let res = w.write_all(&prefix).and_then(|()| w.write_all(payload));
+        let res = write_frame(&file, &prefix, payload);
         if let Err(e) = res {
             // Take the partial frame back; if even that fails, stop appending
             // to this segment (recovery cuts the torn tail on the next open).
@@ -824,4 +823,24 @@ impl DiskQueue {
             space_short: self.space_short,
         }
     }
+}
+
+/// Writes a frame's prefix and payload with one `writev(2)` (a regular
+/// file takes both whole; the loop finishes a short write).
+fn write_frame(file: &File, prefix: &[u8], payload: &[u8]) -> io::Result<()> {
+    let mut w = file;
+    let total = prefix.len() + payload.len();
+    let mut done = 0;
+    while done < total {
+        let n = if done < prefix.len() {
+            w.write_vectored(&[io::IoSlice::new(&prefix[done..]), io::IoSlice::new(payload)])?
+        } else {
+            w.write(&payload[done - prefix.len()..])?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        done += n;
+    }
+    Ok(())
 }
