@@ -152,6 +152,36 @@ fn flipped_payload_byte_loses_that_record_only() {
 }
 
 #[test]
+fn a_record_damaged_after_open_is_dropped_at_read_and_its_run_goes_on() {
+    // Records side by side are read with one pread: a frame that fails its
+    // checksum there (damaged after the open's check) is dropped and
+    // counted, and the records before and after it in the same read are
+    // handed out, in order.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    let len = 1000;
+    let (mut q, _) = DiskQueue::open(&dir, cfg(1 << 20, 1 << 30)).unwrap();
+    for i in 1..=10 {
+        q.append(&record(i, len)).unwrap();
+    }
+    let seg = &segments(&dir)[0];
+    flip(seg, offset_of(1, len) + RECORD_OVERHEAD as u64 + 10);
+    flip(seg, offset_of(6, len) + RECORD_OVERHEAD as u64 + 500);
+    let got = q.read(100, usize::MAX).unwrap();
+    assert_eq!(
+        got.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![2, 3, 4, 5, 7, 8, 9, 10]
+    );
+    for r in &got {
+        assert_eq!(r.record, record(r.seq, len), "seq {}", r.seq);
+    }
+    assert_eq!(q.stats().records, 8);
+    // The dropped first record counts as done: acking the rest empties it.
+    assert_eq!(q.ack_through(10), 8);
+    assert_eq!(q.stats().records, 0);
+}
+
+#[test]
 fn flipped_length_byte_keeps_everything_before_the_damage() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("t");

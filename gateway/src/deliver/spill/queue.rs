@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -481,43 +481,69 @@ impl DiskQueue {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         while out.len() < max_records {
-            let Some(e) = self.index.get(self.in_flight).copied() else {
+            // A run of frames side by side in one segment is read with one
+            // pread (records are appended so: a backlog's replay was two
+            // syscalls and an allocation per record).
+            let mut run: Vec<Entry> = Vec::new();
+            let mut run_bytes = bytes;
+            while out.len() + run.len() < max_records {
+                let Some(e) = self.index.get(self.in_flight + run.len()).copied() else {
+                    break;
+                };
+                let payload = e.frame_len as usize - RECORD_OVERHEAD;
+                if (!out.is_empty() || !run.is_empty()) && run_bytes + payload > max_bytes {
+                    break;
+                }
+                if let Some(last) = run.last() {
+                    if e.segment != last.segment || e.offset != last.offset + last.frame_len {
+                        break;
+                    }
+                }
+                run_bytes += payload;
+                run.push(e);
+            }
+            let Some(first) = run.first().copied() else {
                 break;
             };
-            let payload = e.frame_len as usize - RECORD_OVERHEAD;
-            if !out.is_empty() && bytes + payload > max_bytes {
-                break;
-            }
-            let entry = match self.read_entry(&e) {
+            let frames = match self.read_run(&run) {
                 Ok(x) => x,
                 Err(err) if out.is_empty() => return Err(err),
                 Err(err) => {
-                    tracing::debug!(error = %err, seq = e.seq, handed_out = out.len(),
+                    tracing::debug!(error = %err, seq = first.seq, handed_out = out.len(),
                         "spill read stopped at an I/O error; the records before it are handed out");
                     break;
                 }
             };
-            match entry {
-                Some(body) => {
-                    self.in_flight += 1;
-                    bytes += payload;
-                    out.push(QueuedRecord {
-                        seq: e.seq,
-                        record: Record {
-                            body,
-                            samples: e.samples,
-                            enqueued_ms: e.enqueued_ms,
-                            tag: e.tag,
-                        },
-                    });
-                }
-                None => {
-                    self.corrupt_records += 1;
-                    self.queued_bytes -= e.frame_len;
-                    self.index.remove(self.in_flight);
-                    if self.in_flight == 0 {
-                        self.acked_seq = e.seq;
-                        self.collect_consumed();
+            for e in run {
+                // Each entry is now at `in_flight`: the ones before it were
+                // handed out (`in_flight` moved past them) or removed.
+                let payload = e.frame_len as usize - RECORD_OVERHEAD;
+                let start = (e.offset - first.offset) as usize;
+                let frame = frames.slice(start..start + e.frame_len as usize);
+                match verify_frame(&frame, e.seq) {
+                    Some(body) => {
+                        self.in_flight += 1;
+                        bytes += payload;
+                        out.push(QueuedRecord {
+                            seq: e.seq,
+                            record: Record {
+                                body,
+                                samples: e.samples,
+                                enqueued_ms: e.enqueued_ms,
+                                tag: e.tag,
+                            },
+                        });
+                    }
+                    None => {
+                        tracing::warn!(dir = %self.dir.display(), segment = e.segment, offset = e.offset, seq = e.seq,
+                            "spill record failed its checksum on read; dropped");
+                        self.corrupt_records += 1;
+                        self.queued_bytes -= e.frame_len;
+                        self.index.remove(self.in_flight);
+                        if self.in_flight == 0 {
+                            self.acked_seq = e.seq;
+                            self.collect_consumed();
+                        }
                     }
                 }
             }
@@ -525,33 +551,26 @@ impl DiskQueue {
         Ok(out)
     }
 
-    /// Reads one frame; `None` when it no longer verifies.
-    fn read_entry(&mut self, e: &Entry) -> Result<Option<Bytes>, SpillError> {
-        let path = self.dir.join(segment_name(e.segment));
-        if self.reader.as_ref().map(|(id, _)| *id) != Some(e.segment) {
-            let f = File::open(&path).map_err(|err| SpillError::io("open", &path, err))?;
-            self.reader = Some((e.segment, f));
-        }
-        let Some((_, f)) = self.reader.as_mut() else {
-            return Ok(None);
+    /// Reads the frames of `run` (side by side in one segment) with one
+    /// pread.
+    fn read_run(&mut self, run: &[Entry]) -> Result<Bytes, SpillError> {
+        use std::os::unix::fs::FileExt;
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            return Ok(Bytes::new());
         };
-        let mut buf = vec![0u8; e.frame_len as usize];
-        f.seek(SeekFrom::Start(e.offset))
-            .and_then(|_| f.read_exact(&mut buf))
-            .map_err(|err| SpillError::io("read", &path, err))?;
-        let mut prefix = [0u8; FRAME_PREFIX];
-        prefix.copy_from_slice(&buf[..FRAME_PREFIX]);
-        match format::decode_frame(&prefix, &buf[FRAME_PREFIX..]) {
-            Ok(h) if h.seq == e.seq => {
-                let body = Bytes::from(buf).slice(RECORD_OVERHEAD..);
-                Ok(Some(body))
-            }
-            _ => {
-                tracing::warn!(path = %path.display(), offset = e.offset, seq = e.seq,
-                    "spill record failed its checksum on read; dropped");
-                Ok(None)
-            }
+        let path = self.dir.join(segment_name(first.segment));
+        if self.reader.as_ref().map(|(id, _)| *id) != Some(first.segment) {
+            let f = File::open(&path).map_err(|err| SpillError::io("open", &path, err))?;
+            self.reader = Some((first.segment, f));
         }
+        let Some((_, f)) = self.reader.as_ref() else {
+            return Ok(Bytes::new());
+        };
+        let len = (last.offset + last.frame_len - first.offset) as usize;
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, first.offset)
+            .map_err(|err| SpillError::io("read", &path, err))?;
+        Ok(Bytes::from(buf))
     }
 
     /// Hands out again, from the oldest, every record not yet acked.
@@ -843,4 +862,17 @@ fn write_frame(file: &File, prefix: &[u8], payload: &[u8]) -> io::Result<()> {
         done += n;
     }
     Ok(())
+}
+
+/// The body of `frame` (one whole frame as read) if it verifies as `seq`.
+fn verify_frame(frame: &Bytes, seq: u64) -> Option<Bytes> {
+    if frame.len() < RECORD_OVERHEAD {
+        return None;
+    }
+    let mut prefix = [0u8; FRAME_PREFIX];
+    prefix.copy_from_slice(&frame[..FRAME_PREFIX]);
+    match format::decode_frame(&prefix, &frame[FRAME_PREFIX..]) {
+        Ok(h) if h.seq == seq => Some(frame.slice(RECORD_OVERHEAD..)),
+        _ => None,
+    }
 }
