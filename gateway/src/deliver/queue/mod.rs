@@ -104,7 +104,7 @@ mod records;
 mod types;
 
 use groups::{group_mask, mask_lanes, LoadMeter};
-pub use parts::Packed;
+pub use parts::{Packed, Slot};
 use records::split_point;
 pub use types::{
     lanes_for, Chunk, ChunkOwners, CoreConfig, Counters, DiskChunk, Dispatch, DropOldest, Event,

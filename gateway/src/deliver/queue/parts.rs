@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 
 use super::Chunk;
+use crate::deliver::{MemoryBudget, MemoryPermit};
 
 /// The compressed form of a chunk's records, made once by the first target
 /// that sends them whole and reused by the others: a snappy *part*
@@ -18,18 +19,34 @@ use super::Chunk;
 /// parts into one batch body.
 #[derive(Debug, Clone)]
 pub struct Packed {
-    slots: Arc<[OnceLock<Bytes>]>,
+    slots: Arc<[Slot]>,
     index: u32,
+}
+
+/// One chunk's shared compressed part, and the memory permit of the part
+/// when targets keep it instead of the records (a failing target's
+/// backlog): taken once for all of them, since they hold the same bytes.
+#[derive(Debug, Default)]
+pub struct Slot {
+    part: OnceLock<Bytes>,
+    permit: OnceLock<Option<Arc<MemoryPermit>>>,
+}
+
+impl Slot {
+    /// The compressed part, once a target made it.
+    pub fn made(&self) -> Option<&Bytes> {
+        self.part.get()
+    }
 }
 
 impl Packed {
     /// Slots for the `n` chunks of one request (one allocation).
-    pub fn slots(n: usize) -> Arc<[OnceLock<Bytes>]> {
-        (0..n).map(|_| OnceLock::new()).collect()
+    pub fn slots(n: usize) -> Arc<[Slot]> {
+        (0..n).map(|_| Slot::default()).collect()
     }
 
     /// Slot `index` of `slots`.
-    pub fn new(slots: Arc<[OnceLock<Bytes>]>, index: u32) -> Packed {
+    pub fn new(slots: Arc<[Slot]>, index: u32) -> Packed {
         Packed { slots, index }
     }
 
@@ -38,9 +55,24 @@ impl Packed {
     pub fn part(&self, records: &[u8]) -> Bytes {
         match self.slots.get(self.index as usize) {
             Some(slot) => slot
+                .part
                 .get_or_init(|| fanout_proto::snappy::compress_part(records))
                 .clone(),
             None => fanout_proto::snappy::compress_part(records),
+        }
+    }
+
+    /// The permit for holding the part (`len` bytes) instead of the records,
+    /// shared by every target that does: the first takes it from `budget`.
+    /// `None` when the budget had no room then (the targets keep the
+    /// records).
+    pub fn part_permit(&self, budget: &MemoryBudget, len: u64) -> Option<Arc<MemoryPermit>> {
+        match self.slots.get(self.index as usize) {
+            Some(slot) => slot
+                .permit
+                .get_or_init(|| budget.try_acquire(len).ok().map(Arc::new))
+                .clone(),
+            None => budget.try_acquire(len).ok().map(Arc::new),
         }
     }
 }

@@ -955,16 +955,16 @@ fn deliver_queue_targets_given_the_same_chunks_compress_each_once() {
     let da = a.poll(t0).unwrap();
     assert_eq!(da.samples, 100);
     assert!(
-        slots.iter().all(|s| s.get().is_some()),
+        slots.iter().all(|s| s.made().is_some()),
         "a compressed each chunk"
     );
-    let parts: Vec<*const u8> = slots.iter().map(|s| s.get().unwrap().as_ptr()).collect();
+    let parts: Vec<*const u8> = slots.iter().map(|s| s.made().unwrap().as_ptr()).collect();
     let mut got_b = Vec::new();
     while let Some(d) = b.poll(t0 + Duration::from_secs(2)) {
         got_b.extend(decode(&d.body));
         delivered(&mut b, &d, t0);
     }
-    let again: Vec<*const u8> = slots.iter().map(|s| s.get().unwrap().as_ptr()).collect();
+    let again: Vec<*const u8> = slots.iter().map(|s| s.made().unwrap().as_ptr()).collect();
     assert_eq!(parts, again, "b reused a's parts");
     assert_eq!(decode(&da.body), pushed);
     assert_eq!(got_b, pushed);
@@ -997,7 +997,7 @@ fn deliver_queue_a_shared_chunk_is_not_split_unless_it_alone_is_too_large() {
     }
     assert_eq!(sizes, [25, 25, 40, 20]);
     assert_eq!(got, pushed);
-    assert!(slots[0].get().is_some() && slots[1].get().is_some());
+    assert!(slots[0].made().is_some() && slots[1].made().is_some());
 }
 
 mod sim {

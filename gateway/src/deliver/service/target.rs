@@ -158,7 +158,8 @@ impl Unpin<'_> {
 
     /// A failing target keeps what it is pushed as it will go on the wire:
     /// the records' snappy part (shared with every other target given them,
-    /// compressed by the first), with a permit of its own. Its backlog then
+    /// compressed by the first), with a permit of the part's size (shared
+    /// with them too). Its backlog then
     /// takes a quarter to a sixth of the memory, the compression is done
     /// while the endpoint is down (not when it comes back and the backlog
     /// drains), and what spills is written as it is. `None` when it is
@@ -169,11 +170,15 @@ impl Unpin<'_> {
         }
         let wire = u32::try_from(chunk.records.len()).ok().filter(|&n| n > 0)?;
         let part = chunk.part();
-        let permit = self.budget.try_acquire(part.len() as u64).ok()?;
+        // Targets that fail together hold the same part: one permit for all.
+        let permit = match &chunk.packed {
+            Some(p) => p.part_permit(self.budget, part.len() as u64)?,
+            None => Arc::new(self.budget.try_acquire(part.len() as u64).ok()?),
+        };
         Some(Chunk {
             records: part,
             wire,
-            permit: Some(Arc::new(permit)),
+            permit: Some(permit),
             packed: None,
             push: 0,
             owners: chunk.owners.clone(),
@@ -723,6 +728,20 @@ mod tests {
             held >= compact.records.len() as u64 && held < records.len() as u64 / 2,
             "its permit: {held}"
         );
+        // Targets that fail together share the part and its permit.
+        let slots = crate::deliver::queue::Packed::slots(1);
+        let shared = |requests: &MemoryBudget| {
+            let mut c = chunk(0, requests, records.len() as u64);
+            c.records = records.clone();
+            c.packed = Some(crate::deliver::queue::Packed::new(slots.clone(), 0));
+            unpin(None).copy(c, true)
+        };
+        let (a, b) = (shared(&requests), shared(&requests));
+        assert!(Arc::ptr_eq(
+            a.permit.as_ref().unwrap(),
+            b.permit.as_ref().unwrap()
+        ));
+        assert_eq!(a.records, b.records);
         let mut body = Vec::new();
         fanout_proto::snappy::write_header(records.len() as u64, &mut body);
         body.extend_from_slice(&compact.part());
