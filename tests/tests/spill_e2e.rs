@@ -155,11 +155,17 @@ async fn down_target_spills_then_replays() {
     assert!(acked.len() >= 150, "acknowledged {}", acked.len());
     await_all(&expectation(&acked), &sink, &gw, Duration::from_secs(20)).await;
     let injected = sink.report().injected;
-    assert!(
-        injected >= 5,
-        "the target flapped: {injected} requests answered 503"
-    );
     let t = target(&gw);
+    // Both kinds of fault met batches: an error status and a reset
+    // connection. (How many requests that is depends on the batch sizes:
+    // a lane that is behind sends up to 25 times maxSamplesPerSend, so
+    // the backlog goes in a few requests; 5 or 6 over the runs.)
+    let failures = &t["failures"];
+    let count = |k: &str| failures[k].as_u64().unwrap_or(0);
+    assert!(
+        injected >= 3 && count("503") + count("500") >= 1 && count("io") >= 1,
+        "the target flapped: {injected} requests answered 5xx or reset; failures {failures}"
+    );
     assert_eq!(t["dropped"]["disk_full"], 0, "{t}");
     assert_eq!(t["dropped"]["queue_full"], 0, "{t}");
     eprintln!(
