@@ -122,6 +122,9 @@ pub const FAILING_AFTER: Duration = Duration::from_secs(30);
 /// a width that followed every halving sent 56 bytes per sample per target,
 /// held for 1 s 45, held for 10 s 52: fewer, larger chunks per request).
 pub const SHRINK_AFTER: Duration = Duration::from_secs(1);
+/// The width a failing target's pushes are cut by at least (its lane
+/// count if smaller): [`TargetCore::width`].
+pub const FAILING_WIDTH: u32 = 4;
 /// Memory queued on a target beyond which it counts as lagging
 /// ([`TargetCore::lagging`]).
 pub const LAGGING_BYTES: u64 = 4 << 20;
@@ -360,7 +363,14 @@ impl TargetCore {
     /// ([`TargetCore::begin_cut`]): its lane groups, but not below the
     /// current width until [`SHRINK_AFTER`] after it last grew.
     pub fn width(&self, now: Instant) -> u32 {
-        let groups = self.groups();
+        let mut groups = self.groups();
+        if self.failing() {
+            // What waits for a failing endpoint is spread over lanes by
+            // series, so that when it comes back the backlog drains over
+            // that many requests at a time as its limit grows, not as one
+            // lane's sequence of round trips.
+            groups = groups.max(FAILING_WIDTH.min(self.lanes()));
+        }
         let hold = self
             .grown_at
             .is_some_and(|t| now.saturating_duration_since(t) < SHRINK_AFTER);
