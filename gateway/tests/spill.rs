@@ -124,15 +124,22 @@ fn flip(path: &Path, at: u64) {
     fs::write(path, b).unwrap();
 }
 
-#[test]
-fn flipped_payload_byte_loses_that_record_only() {
+/// A queue in `<tmp>/t` (1 MiB segments) holding records 1..=10 of `len`
+/// bytes each, all in its first segment.
+fn ten_records(len: usize) -> (tempfile::TempDir, DiskQueue) {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("t");
-    let len = 1000;
-    let (mut q, _) = DiskQueue::open(&dir, cfg(1 << 20, 1 << 30)).unwrap();
+    let (mut q, _) = DiskQueue::open(tmp.path().join("t"), cfg(1 << 20, 1 << 30)).unwrap();
     for i in 1..=10 {
         q.append(&record(i, len)).unwrap();
     }
+    (tmp, q)
+}
+
+#[test]
+fn flipped_payload_byte_loses_that_record_only() {
+    let len = 1000;
+    let (tmp, q) = ten_records(len);
+    let dir = tmp.path().join("t");
     q.close().unwrap();
     let seg = &segments(&dir)[0];
     flip(seg, offset_of(4, len) + RECORD_OVERHEAD as u64 + 500);
@@ -157,13 +164,9 @@ fn a_record_damaged_after_open_is_dropped_at_read_and_its_run_goes_on() {
     // checksum there (damaged after the open's check) is dropped and
     // counted, and the records before and after it in the same read are
     // handed out, in order.
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("t");
     let len = 1000;
-    let (mut q, _) = DiskQueue::open(&dir, cfg(1 << 20, 1 << 30)).unwrap();
-    for i in 1..=10 {
-        q.append(&record(i, len)).unwrap();
-    }
+    let (tmp, mut q) = ten_records(len);
+    let dir = tmp.path().join("t");
     let seg = &segments(&dir)[0];
     flip(seg, offset_of(1, len) + RECORD_OVERHEAD as u64 + 10);
     flip(seg, offset_of(6, len) + RECORD_OVERHEAD as u64 + 500);
@@ -183,13 +186,9 @@ fn a_record_damaged_after_open_is_dropped_at_read_and_its_run_goes_on() {
 
 #[test]
 fn flipped_length_byte_keeps_everything_before_the_damage() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("t");
     let len = 1000;
-    let (mut q, _) = DiskQueue::open(&dir, cfg(1 << 20, 1 << 30)).unwrap();
-    for i in 1..=10 {
-        q.append(&record(i, len)).unwrap();
-    }
+    let (tmp, q) = ten_records(len);
+    let dir = tmp.path().join("t");
     q.close().unwrap();
     let seg = &segments(&dir)[0];
     let size = fs::metadata(seg).unwrap().len();

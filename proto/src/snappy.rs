@@ -110,6 +110,14 @@ pub fn compress_part(input: &[u8]) -> Bytes {
     })
 }
 
+/// Decompresses a part ([`compress_part`]) of `len` decompressed bytes.
+pub fn decompress_part(part: &[u8], len: usize) -> Result<Bytes, SnappyError> {
+    let mut block = Vec::with_capacity(10 + part.len());
+    write_header(len as u64, &mut block);
+    block.extend_from_slice(part);
+    decompress(&block, len)
+}
+
 /// Output buffers kept per thread at most this large; one grown for a
 /// larger block is freed after it.
 const SCRATCH_KEPT: usize = 4 << 20;

@@ -87,6 +87,65 @@ fn fail_on_disorder(problems: &[Problem], gw: &Gateway) {
     }
 }
 
+/// Sends rounds `seqs` one at a time; the acknowledged ones go to `acked`.
+async fn write_rounds(
+    http: &HttpClient,
+    gw: &Gateway,
+    seqs: std::ops::Range<u32>,
+    acked: &mut Vec<u32>,
+) {
+    for seq in seqs {
+        if write(http, &gw.ingest, body(seq)).await / 100 == 2 {
+            acked.push(seq);
+        }
+    }
+}
+
+/// SIGTERM: the gateway must exit cleanly; returns its data dir.
+fn stop(mut gw: Gateway) -> fanout_tests::fanout::tempfile_dir::TempDir {
+    let status = tokio::task::block_in_place(|| gw.terminate(Duration::from_secs(15)))
+        .unwrap_or_else(|| panic!("no exit; log:\n{}", gw.log()));
+    assert!(status.success(), "exit {status:?}; log:\n{}", gw.log());
+    gw.take_data_dir()
+}
+
+/// The target down: rounds `0..before` are spilled by SIGTERM; `on_disk`
+/// sees the data dir; a restart with the target up takes rounds
+/// `before..before + after` at once, and every round arrives in order, the
+/// backlog before the new traffic.
+async fn spill_stop_restart(
+    name: &str,
+    extra: &[&str],
+    before: u32,
+    after: u32,
+    on_disk: impl FnOnce(&std::path::Path),
+) {
+    let port = free_port();
+    let dir = fanout_tests::fanout::tempfile_dir::TempDir::new(name);
+    let path = dir.path().join("registry.yaml");
+    std::fs::write(&path, registry(port)).unwrap();
+    let mut args = vec![
+        "--registry",
+        path.to_str().unwrap(),
+        "--shutdown-grace",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    let gw = Gateway::start(name, &args);
+    let http = client();
+    let mut acked = Vec::new();
+    write_rounds(&http, &gw, 0..before, &mut acked).await;
+    assert_eq!(acked.len(), before as usize);
+    let data = stop(gw);
+    on_disk(data.path());
+    let sink = sink_at(port, "t", &[]).await;
+    let gw = Gateway::start_in(name, data, &args);
+    // New traffic at once: it must go after the recovered backlog.
+    write_rounds(&http, &gw, before..before + after, &mut acked).await;
+    assert_eq!(acked.len(), (before + after) as usize);
+    await_all(&expectation(&acked), &sink, &gw, Duration::from_secs(20)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn down_target_spills_then_replays() {
     let port = free_port();
@@ -105,11 +164,7 @@ async fn down_target_spills_then_replays() {
     let http = client();
     let mut acked = Vec::new();
     // Down: far more than the memory queue holds.
-    for seq in 0..60u32 {
-        if write(&http, &gw.ingest, body(seq)).await / 100 == 2 {
-            acked.push(seq);
-        }
-    }
+    write_rounds(&http, &gw, 0..60, &mut acked).await;
     let t = target(&gw);
     assert!(
         t["spillBytes"].as_u64().unwrap_or(0) > 0,
@@ -178,40 +233,7 @@ async fn down_target_spills_then_replays() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_spills_and_restart_resumes() {
-    let port = free_port();
-    let dir = fanout_tests::fanout::tempfile_dir::TempDir::new("spill-restart");
-    let path = dir.path().join("registry.yaml");
-    std::fs::write(&path, registry(port)).unwrap();
-    let args = [
-        "--registry",
-        path.to_str().unwrap(),
-        "--shutdown-grace",
-        "1s",
-    ];
-    let mut gw = Gateway::start("spill-restart", &args);
-    let http = client();
-    let mut acked = Vec::new();
-    for seq in 0..20u32 {
-        if write(&http, &gw.ingest, body(seq)).await / 100 == 2 {
-            acked.push(seq);
-        }
-    }
-    assert_eq!(acked.len(), 20);
-    let status = tokio::task::block_in_place(|| gw.terminate(Duration::from_secs(15)))
-        .unwrap_or_else(|| panic!("no exit; log:\n{}", gw.log()));
-    assert!(status.success(), "exit {status:?}; log:\n{}", gw.log());
-    let data = gw.take_data_dir();
-    drop(gw);
-    let sink = sink_at(port, "t", &[]).await;
-    let gw = Gateway::start_in("spill-restart", data, &args);
-    // New traffic at once: it must go after the recovered backlog.
-    for seq in 20..40u32 {
-        if write(&http, &gw.ingest, body(seq)).await / 100 == 2 {
-            acked.push(seq);
-        }
-    }
-    assert_eq!(acked.len(), 40);
-    await_all(&expectation(&acked), &sink, &gw, Duration::from_secs(20)).await;
+    spill_stop_restart("spill-restart", &[], 20, 20, |_| {}).await;
 }
 
 /// Rewrites every target queue under `data`'s spill the way releases
@@ -232,11 +254,8 @@ fn rewrite_as_previous_format(data: &std::path::Path) -> (usize, usize) {
             all += 1;
             let (tag, body) = if r.record.tag & PART != 0 {
                 parts += 1;
-                let len = (r.record.tag & !PART) >> 32;
-                let mut block = Vec::new();
-                fanout_proto::snappy::write_header(len, &mut block);
-                block.extend_from_slice(&r.record.body);
-                let records = fanout_proto::snappy::decompress(&block, len as usize).unwrap();
+                let len = ((r.record.tag & !PART) >> 32) as usize;
+                let records = fanout_proto::snappy::decompress_part(&r.record.body, len).unwrap();
                 (r.record.tag & u64::from(u32::MAX), records)
             } else {
                 (r.record.tag, r.record.body)
@@ -259,46 +278,21 @@ async fn a_backlog_of_the_previous_format_is_delivered() {
     // Upgrade: a backlog that the previous release left on disk (records,
     // not the snappy parts this one writes) is delivered by this one, in
     // order and before new data.
-    let port = free_port();
-    let dir = fanout_tests::fanout::tempfile_dir::TempDir::new("spill-upgrade");
-    let path = dir.path().join("registry.yaml");
-    std::fs::write(&path, registry(port)).unwrap();
-    let args = [
-        "--registry",
-        path.to_str().unwrap(),
-        "--shutdown-grace",
-        "1s",
-        "--target-queue-memory",
-        "64KiB",
-    ];
-    let mut gw = Gateway::start("spill-upgrade", &args);
-    let http = client();
-    let mut acked = Vec::new();
-    for seq in 0..30u32 {
-        if write(&http, &gw.ingest, body(seq)).await / 100 == 2 {
-            acked.push(seq);
-        }
-    }
-    assert_eq!(acked.len(), 30);
-    let status = tokio::task::block_in_place(|| gw.terminate(Duration::from_secs(15)))
-        .unwrap_or_else(|| panic!("no exit; log:\n{}", gw.log()));
-    assert!(status.success(), "exit {status:?}; log:\n{}", gw.log());
-    let data = gw.take_data_dir();
-    drop(gw);
-    let (parts, all) = rewrite_as_previous_format(data.path());
-    assert!(
-        all > 0 && parts == all,
-        "this release spills what goes on the wire: {parts} of {all} records were parts"
-    );
-    let sink = sink_at(port, "t", &[]).await;
-    let gw = Gateway::start_in("spill-upgrade", data, &args);
-    for seq in 30..40u32 {
-        if write(&http, &gw.ingest, body(seq)).await / 100 == 2 {
-            acked.push(seq);
-        }
-    }
-    assert_eq!(acked.len(), 40);
-    await_all(&expectation(&acked), &sink, &gw, Duration::from_secs(20)).await;
+    let rewrite = |data: &std::path::Path| {
+        let (parts, all) = rewrite_as_previous_format(data);
+        assert!(
+            all > 0 && parts == all,
+            "this release spills what goes on the wire: {parts} of {all} records were parts"
+        );
+    };
+    spill_stop_restart(
+        "spill-upgrade",
+        &["--target-queue-memory", "64KiB"],
+        30,
+        10,
+        rewrite,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -544,7 +538,7 @@ async fn orphan_backlog_is_reported_then_deleted_after_retention() {
     std::fs::write(&with, registry(port)).unwrap();
     std::fs::write(&without, registry_without_export()).unwrap();
     // A backlog for a down target, spilled by SIGTERM.
-    let mut gw = Gateway::start(
+    let gw = Gateway::start(
         "spill-orphan",
         &[
             "--registry",
@@ -555,14 +549,10 @@ async fn orphan_backlog_is_reported_then_deleted_after_retention() {
     );
     let id = target(&gw)["id"].as_str().expect("target id").to_owned();
     let http = client();
-    for seq in 0..10u32 {
-        assert_eq!(write(&http, &gw.ingest, body(seq)).await / 100, 2);
-    }
-    let status = tokio::task::block_in_place(|| gw.terminate(Duration::from_secs(15)))
-        .unwrap_or_else(|| panic!("no exit; log:\n{}", gw.log()));
-    assert!(status.success(), "exit {status:?}; log:\n{}", gw.log());
-    let data = gw.take_data_dir();
-    drop(gw);
+    let mut acked = Vec::new();
+    write_rounds(&http, &gw, 0..10, &mut acked).await;
+    assert_eq!(acked.len(), 10);
+    let data = stop(gw);
     let dirs = spill_dirs(data.path());
     assert!(
         matches!(&dirs[..], [(_, segs)] if !segs.is_empty()),

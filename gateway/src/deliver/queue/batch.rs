@@ -81,10 +81,9 @@ impl TargetCore {
             // (one that does not decompress goes whole).
             let held = front.records.len();
             let whole = front.samples <= room || (front.wire > 0 && !front.unwire());
-            if from_disk {
-                // Unwired, it holds its records now.
-                self.reload_bytes += front.records.len() as u64;
-                self.reload_bytes -= held as u64;
+            if from_disk && front.records.len() != held {
+                // Unwired: it holds its records now.
+                self.reload_bytes = self.reload_bytes + front.records.len() as u64 - held as u64;
             }
             let (end, s, series) = if whole {
                 (front.records.len(), front.samples, front.series)
@@ -150,7 +149,7 @@ impl TargetCore {
             }
         }
         let min_push = pieces.iter().map(|(_, c)| c.push).min().unwrap_or(0);
-        let body = self.compress(&pieces, from_disk);
+        let body = self.compress(&pieces);
         if from_disk {
             pieces = Vec::new();
         }
@@ -187,14 +186,10 @@ impl TargetCore {
     /// piece, each shared chunk compressed once for all its targets
     /// ([`Packed`]); else the records go Deployment by Deployment as one
     /// block.
-    pub(super) fn compress(&mut self, pieces: &[(u32, Chunk)], from_disk: bool) -> Bytes {
-        // Read back from disk, a chunk is shared only if it was kept as a
-        // snappy part (it then goes as it is); in memory, if other targets
-        // have it too.
-        let shared = pieces
-            .iter()
-            .any(|(_, c)| c.wire > 0 || (!from_disk && c.shared()));
-        if shared {
+    pub(super) fn compress(&mut self, pieces: &[(u32, Chunk)]) -> Bytes {
+        // Shared: other targets have it too, or it is held as its snappy
+        // part (read back from disk, or kept so by a failing target).
+        if pieces.iter().any(|(_, c)| c.shared()) {
             return compress_parts(pieces);
         }
         // Stable: a lane's chunks keep their order. A Deployment's records

@@ -78,10 +78,7 @@ impl Chunk {
         if self.wire == 0 {
             return true;
         }
-        let mut block = Vec::with_capacity(10 + self.records.len());
-        fanout_proto::snappy::write_header(u64::from(self.wire), &mut block);
-        block.extend_from_slice(&self.records);
-        match fanout_proto::snappy::decompress(&block, self.wire as usize) {
+        match fanout_proto::snappy::decompress_part(&self.records, self.wire as usize) {
             Ok(records) => {
                 self.series = super::records::split_point(&records, u32::MAX, true).2;
                 self.records = records;

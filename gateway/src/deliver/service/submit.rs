@@ -157,16 +157,35 @@ impl Inner {
         // could not be made durable.
         let mut touched: Vec<(Arc<TargetHandle>, u64)> = Vec::new();
         let mut not_durable = false;
+        // Chunks of a variant with several targets get a slot for their
+        // compressed form (one allocation, only when needed): compressed
+        // once for all of them, when sent or written to disk (`wal`).
+        let chunks: Vec<_> = scratch.chunks(&plan, &records).collect();
+        let slots = chunks
+            .iter()
+            .any(|c| c.set.targets.len() > 1)
+            .then(|| Packed::slots(chunks.len()));
+        let chunk_of = |c: usize| {
+            let routed = &chunks[c];
+            Chunk {
+                records: routed.records.clone(),
+                samples: routed.samples,
+                series: routed.series,
+                enqueued: now,
+                permit: Some(permit.clone()),
+                packed: slots
+                    .as_ref()
+                    .filter(|_| routed.set.targets.len() > 1)
+                    .map(|slots| Packed::new(slots.clone(), c as u32)),
+                push: 0,
+                owners: routed.owners.clone(),
+                wire: 0,
+            }
+        };
         if !wal {
             // Each target's chunks under one lock and one wake-up: (target,
             // chunk index, target index in its variant), in chunk order per
-            // target. Chunks of a variant with several targets get a slot
-            // for their compressed form (one allocation, only when needed).
-            let chunks: Vec<_> = scratch.chunks(&plan, &records).collect();
-            let slots = chunks
-                .iter()
-                .any(|c| c.set.targets.len() > 1)
-                .then(|| Packed::slots(chunks.len()));
+            // target.
             let mut pairs: Vec<(usize, u32, u32)> = chunks
                 .iter()
                 .enumerate()
@@ -199,26 +218,9 @@ impl Inner {
                         peers = Some(peers.map_or(q, |p| p.min(q)));
                     }
                 }
-                let items = run.iter().map(|&(_, c, _)| {
-                    let routed = &chunks[c as usize];
-                    (
-                        routed.shard,
-                        Chunk {
-                            records: routed.records.clone(),
-                            samples: routed.samples,
-                            series: routed.series,
-                            enqueued: now,
-                            permit: Some(permit.clone()),
-                            packed: slots
-                                .as_ref()
-                                .filter(|_| routed.set.targets.len() > 1)
-                                .map(|slots| Packed::new(slots.clone(), c)),
-                            push: 0,
-                            owners: routed.owners.clone(),
-                            wire: 0,
-                        },
-                    )
-                });
+                let items = run
+                    .iter()
+                    .map(|&(_, c, _)| (chunks[c as usize].shard, chunk_of(c as usize)));
                 let unpin = Unpin {
                     budget: &self.budget,
                     peers,
@@ -232,29 +234,8 @@ impl Inner {
                 target.push_all(shards, items, Some(unpin), stats, now, wall);
             }
         } else {
-            let chunks: Vec<_> = scratch.chunks(&plan, &records).collect();
-            let slots = chunks
-                .iter()
-                .any(|c| c.set.targets.len() > 1)
-                .then(|| Packed::slots(chunks.len()));
-            for (c, routed) in chunks.into_iter().enumerate() {
-                let chunk = Chunk {
-                    records: routed.records,
-                    samples: routed.samples,
-                    series: routed.series,
-                    enqueued: now,
-                    permit: Some(permit.clone()),
-                    // Each target writes the chunk's snappy part to its disk
-                    // queue and sends it from there: compressed once for
-                    // all of them.
-                    packed: slots
-                        .as_ref()
-                        .filter(|_| routed.set.targets.len() > 1)
-                        .map(|slots| Packed::new(slots.clone(), c as u32)),
-                    push: 0,
-                    owners: routed.owners,
-                    wire: 0,
-                };
+            for (c, routed) in chunks.iter().enumerate() {
+                let chunk = chunk_of(c);
                 for t in &routed.set.targets {
                     match t.push_wal(routed.shard, chunk.clone(), stats, now, wall) {
                         Some(seq) => match touched.iter_mut().find(|(h, _)| Arc::ptr_eq(h, t)) {

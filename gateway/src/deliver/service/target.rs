@@ -159,8 +159,8 @@ impl Unpin<'_> {
     /// A failing target keeps what it is pushed as it will go on the wire:
     /// the records' snappy part (shared with every other target given them,
     /// compressed by the first), with a permit of the part's size (shared
-    /// with them too). Its backlog then
-    /// takes a quarter to a sixth of the memory, the compression is done
+    /// with them too). Its backlog then takes a fraction of the memory
+    /// (on outage-30s peak RSS 56 against 152 MiB), the compression is done
     /// while the endpoint is down (not when it comes back and the backlog
     /// drains), and what spills is written as it is. `None` when it is
     /// already compact or the budget has no room for the part.
@@ -742,11 +742,8 @@ mod tests {
             b.permit.as_ref().unwrap()
         ));
         assert_eq!(a.records, b.records);
-        let mut body = Vec::new();
-        fanout_proto::snappy::write_header(records.len() as u64, &mut body);
-        body.extend_from_slice(&compact.part());
         assert_eq!(
-            fanout_proto::snappy::decompress(&body, records.len()).unwrap(),
+            fanout_proto::snappy::decompress_part(&compact.part(), records.len()).unwrap(),
             records
         );
     }

@@ -502,10 +502,10 @@ impl DiskQueue {
                 run_bytes += payload;
                 run.push(e);
             }
-            let Some(first) = run.first().copied() else {
+            let (Some(&first), Some(&last)) = (run.first(), run.last()) else {
                 break;
             };
-            let frames = match self.read_run(&run) {
+            let frames = match self.read_run(&first, &last) {
                 Ok(x) => x,
                 Err(err) if out.is_empty() => return Err(err),
                 Err(err) => {
@@ -551,23 +551,19 @@ impl DiskQueue {
         Ok(out)
     }
 
-    /// Reads the frames of `run` (side by side in one segment) with one
-    /// pread.
-    fn read_run(&mut self, run: &[Entry]) -> Result<Bytes, SpillError> {
+    /// Reads the frames from `first` to `last` (side by side in one
+    /// segment) with one pread.
+    fn read_run(&mut self, first: &Entry, last: &Entry) -> Result<Bytes, SpillError> {
         use std::os::unix::fs::FileExt;
-        let (Some(first), Some(last)) = (run.first(), run.last()) else {
-            return Ok(Bytes::new());
-        };
         let path = self.dir.join(segment_name(first.segment));
-        if self.reader.as_ref().map(|(id, _)| *id) != Some(first.segment) {
-            let f = File::open(&path).map_err(|err| SpillError::io("open", &path, err))?;
-            self.reader = Some((first.segment, f));
-        }
-        let Some((_, f)) = self.reader.as_ref() else {
-            return Ok(Bytes::new());
+        let f = match &mut self.reader {
+            Some((id, f)) if *id == first.segment => f,
+            reader => {
+                let f = File::open(&path).map_err(|err| SpillError::io("open", &path, err))?;
+                &mut reader.insert((first.segment, f)).1
+            }
         };
-        let len = (last.offset + last.frame_len - first.offset) as usize;
-        let mut buf = vec![0u8; len];
+        let mut buf = vec![0u8; (last.offset + last.frame_len - first.offset) as usize];
         f.read_exact_at(&mut buf, first.offset)
             .map_err(|err| SpillError::io("read", &path, err))?;
         Ok(Bytes::from(buf))
