@@ -81,9 +81,19 @@ impl TargetCore {
             // (one that does not decompress goes whole).
             let held = front.records.len();
             let whole = front.samples <= room || (front.wire > 0 && !front.unwire());
-            if from_disk && front.records.len() != held {
-                // Unwired: it holds its records now.
-                self.reload_bytes = self.reload_bytes + front.records.len() as u64 - held as u64;
+            if front.records.len() != held {
+                // Unwired (a part read back from disk, or one a failing
+                // target kept compressed in memory): it is counted by its
+                // records now, which may even be a little shorter than the
+                // part (incompressible records).
+                let now = front.records.len() as u64;
+                let recount = |n: &mut u64| *n = *n + now - (held as u64).min(*n + now);
+                if from_disk {
+                    recount(&mut self.reload_bytes);
+                } else {
+                    recount(&mut lane.bytes);
+                    recount(&mut self.queue_bytes);
+                }
             }
             let (end, s, series) = if whole {
                 (front.records.len(), front.samples, front.series)

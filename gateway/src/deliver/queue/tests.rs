@@ -450,11 +450,12 @@ fn deliver_queue_a_shared_chunk_stays_past_the_bound_while_the_overflow_keeps_sh
 struct Disk(Vec<DiskChunk>);
 
 impl Overflow for Disk {
-    fn overflow(&mut self, lane: u32, chunk: Chunk) -> Option<u64> {
+    fn overflow(&mut self, lane: u32, mut chunk: Chunk) -> Option<u64> {
         let seq = self.0.len() as u64 + 1;
         let (records, wire) = if seq % 2 == 1 {
             (chunk.part(), chunk.raw_len() as u32)
         } else {
+            assert!(chunk.unwire(), "a part the queue kept decompresses");
             (chunk.records, 0)
         };
         self.0.push(DiskChunk {
@@ -1207,12 +1208,18 @@ mod sim {
                         // One series per lane: its order is the lane's.
                         let name = format!("L{}", lane % lanes);
                         let values = w.values(&name, n);
-                        // Every other chunk as if given to other targets
-                        // too: it goes out as a compressed part, also when
-                        // split, retried or mixed with own chunks.
-                        let shared = w.next_value % 2 == 0;
-                        let packed = shared.then(|| Packed::new(Packed::slots(1), 0));
-                        let chunk = sim_chunk(series_records(&name, &values), n, w.now, packed, ChunkOwners::One(0));
+                        // A third of the chunks as if given to other
+                        // targets too: they go out as a compressed part,
+                        // also when split, retried or mixed with own
+                        // chunks; a third as a failing target keeps them
+                        // (held as that part, cut only once decompressed).
+                        let kind = w.next_value % 3;
+                        let packed = (kind == 0).then(|| Packed::new(Packed::slots(1), 0));
+                        let mut chunk = sim_chunk(series_records(&name, &values), n, w.now, packed, ChunkOwners::One(0));
+                        if kind == 1 {
+                            chunk.wire = chunk.records.len() as u32;
+                            chunk.records = fanout_proto::snappy::compress_part(&chunk.records);
+                        }
                         w.core.push(lane, chunk, &mut w.disk);
                     }
                     Op::Request { mask, n } => {
@@ -1299,6 +1306,7 @@ mod sim {
                 w.complete(0, 0);
             }
             prop_assert!(w.core.is_idle(), "drained");
+            prop_assert_eq!((w.core.queue_bytes(), w.core.queue_samples()), (0, 0));
             prop_assert_eq!(w.core.counters().dropped_queue_full, 0);
             let mut seen = BTreeSet::new();
             for (name, values) in &w.delivered {
@@ -1386,4 +1394,33 @@ fn deliver_queue_a_backlog_of_another_lane_key_is_delivered_before_new_data() {
     delivered(&mut core, &again, later);
     let next = core.poll(later).expect("then the new data");
     assert_eq!(decode(&next.body), ["x_0"].map(String::from).to_vec());
+}
+
+/// A chunk a failing target keeps as its snappy part (in memory) is cut by
+/// a batch smaller than it: it is decompressed and counted by its records
+/// from then on, and the queue's byte count comes back to zero once all of
+/// it is sent (it used to underflow).
+#[test]
+fn a_compacted_chunk_cut_by_a_batch_keeps_the_queue_counts_right() {
+    let t0 = Instant::now();
+    let mut core = TargetCore::new("t", config(), 1);
+    let mut c = chunk(25, "w", t0);
+    c.wire = c.records.len() as u32;
+    c.records = fanout_proto::snappy::compress_part(&c.records);
+    core.push(0, c, &mut DropOldest);
+    let mut names = Vec::new();
+    let mut at = t0;
+    for _ in 0..10 {
+        let Some(d) = core.poll(at) else {
+            at += Duration::from_secs(1);
+            continue;
+        };
+        assert!(d.samples <= 10, "batches of at most 10: {}", d.samples);
+        names.extend(decode(&d.body));
+        delivered(&mut core, &d, at);
+    }
+    let want: Vec<String> = (0..25).map(|i| format!("w_{i}")).collect();
+    assert_eq!(names, want);
+    assert_eq!((core.queue_bytes(), core.queue_samples()), (0, 0));
+    assert!(core.is_idle());
 }
