@@ -114,6 +114,20 @@ pub struct ApplyArgs {
     /// usual public roots (a private CA or a self-signed certificate).
     #[arg(long, env = "FANOUT_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
+    /// Print what the gateway would create, change and remove, checked as a
+    /// write is, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Flags of `fanout check`.
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// Declarative registry files (YAML, or JSON by the `.json` extension).
+    pub registry: Vec<PathBuf>,
+    /// A `fanout serve --config` file (and the registry file it names).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 /// Flags of `fanout spill replay`.
@@ -254,7 +268,8 @@ impl ServeConfig {
     }
 }
 
-fn read_file(path: &Path) -> Result<(serde_yaml_ng::Value, ServerSection), ConfigError> {
+/// Reads and checks a `--config` file (`fanout serve`, `fanout check --config`).
+pub fn read_file(path: &Path) -> Result<(serde_yaml_ng::Value, ServerSection), ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: shown.clone(),

@@ -15,6 +15,7 @@
 //! - [`deliver`]: per-target queues and senders.
 //! - [`admin`]: the admin API on its own port.
 //! - [`serve`]: wires the parts together for `fanout serve`.
+//! - [`check`]: `fanout check`, the offline registry and config check.
 //! - [`fuzzing`]: the checks behind the fuzz targets of the registry, admin
 //!   and spill parsers.
 
@@ -23,6 +24,7 @@
 
 pub mod admin;
 pub mod budget;
+pub mod check;
 pub mod config;
 pub mod deliver;
 pub mod fuzzing;

@@ -1,12 +1,13 @@
 //! The `fanout` binary: `fanout serve` runs a gateway, `fanout apply` sends a
-//! declarative registry to a running one, `fanout spill replay` delivers the
-//! disk backlog of a gateway that is not coming back.
+//! declarative registry to a running one, `fanout check` checks registry and
+//! config files offline, `fanout spill replay` delivers the disk backlog of a
+//! gateway that is not coming back.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fanout_gateway::config::{ApplyArgs, ReplayArgs, ServeArgs};
+use fanout_gateway::config::{ApplyArgs, CheckArgs, ReplayArgs, ServeArgs};
 
 /// Fanout: a remote-write export gateway.
 #[derive(Parser)]
@@ -25,6 +26,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Send a declarative registry file to a running gateway's admin API.
     Apply(ApplyArgs),
+    /// Check registry files and a serve config offline (exit code 1 on a problem).
+    Check(CheckArgs),
     /// Work on a data dir's disk spill.
     #[command(subcommand)]
     Spill(SpillCommand),
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => fanout_gateway::serve::run(*args),
         Command::Apply(args) => fanout_gateway::admin::apply::run(args),
+        Command::Check(args) => fanout_gateway::check::run(args),
         Command::Spill(SpillCommand::Replay(args)) => fanout_gateway::replay::run(args),
     };
     match result {

@@ -468,6 +468,23 @@ pub struct Applied {
     pub targets: u64,
 }
 
+/// The answer to `PUT /api/v1/registry?dryRun=true`: what the document
+/// would change on the gateway, which changed nothing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Planned {
+    /// The registry version in force (unchanged).
+    pub version: u64,
+    /// Objects that would be created, as `kind/id`.
+    pub created: Vec<String>,
+    /// Objects that would change.
+    pub changed: Vec<String>,
+    /// Objects that would be removed.
+    pub removed: Vec<String>,
+    /// What the registry would then hold.
+    pub would_hold: Applied,
+}
+
 /// The registry as read back (`GET /api/v1/registry`), secrets masked.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]

@@ -5,7 +5,7 @@
 //! `{"error": "...", "problems": [...]}` rather than a framework default.
 //! A write returns only after the new snapshot is installed on this gateway.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,6 +21,8 @@ use crate::registry::model::{
 use crate::registry::ops;
 use crate::registry::resolve::effective_exports;
 use crate::registry::store::UpdateError;
+use crate::registry::Snapshot;
+use std::sync::Arc;
 
 /// An error answer: status, one-line message, and every problem.
 #[derive(Debug)]
@@ -310,22 +312,53 @@ async fn get_registry(State(s): State<AdminState>, headers: HeaderMap) -> ApiRes
     Ok(Json(doc).into_response())
 }
 
-async fn put_registry(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+/// `?dryRun=true` on `PUT /api/v1/registry`.
+#[derive(serde::Deserialize)]
+struct PutQuery {
+    #[serde(rename = "dryRun", default)]
+    dry_run: bool,
+}
+
+async fn put_registry(
+    State(s): State<AdminState>,
+    Query(query): Query<PutQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
     let doc =
         Document::parse(&body, is_yaml(&headers, header::CONTENT_TYPE)).map_err(|problems| {
             ApiError::bad_request("invalid registry: nothing was applied", problems)
         })?;
+    if query.dry_run {
+        // The same checks as a write, against the registry in force; the
+        // store is not touched (a write racing this one may still win).
+        let current = s.live.current();
+        let (next, plan) = ops::plan(current.registry(), doc)?;
+        let would = Snapshot::build(Arc::new(next), current.version(), current.salt().into());
+        return Ok(Json(api::Planned {
+            version: current.version(),
+            created: plan.created,
+            changed: plan.changed,
+            removed: plan.removed,
+            would_hold: holds(&would),
+        })
+        .into_response());
+    }
     let snapshot = s.live.update(move |r| ops::replace_all(r, doc)).await?;
+    Ok(Json(holds(&snapshot)).into_response())
+}
+
+/// What a snapshot holds, as `PUT /api/v1/registry` answers it.
+fn holds(snapshot: &Snapshot) -> api::Applied {
     let r = snapshot.registry();
-    Ok(Json(api::Applied {
+    api::Applied {
         version: snapshot.version(),
         clusters: r.clusters.len() as u64,
         workspaces: r.workspaces.len() as u64,
         deployments: r.deployments.len() as u64,
         metrics_exports: r.metrics_exports.len() as u64,
         targets: snapshot.targets().count() as u64,
-    })
-    .into_response())
+    }
 }
 
 async fn openapi() -> Response {

@@ -6,6 +6,10 @@
 //! (`.json`: JSON, anything else: YAML). `http://` and `https://` admin URLs
 //! work; for HTTPS the public roots are trusted, plus `--ca-cert` (a private
 //! CA or the gateway's self-signed certificate).
+//!
+//! `--dry-run` sends it with `?dryRun=true`: the gateway checks it exactly
+//! as a write and answers what it would create, change and remove, changing
+//! nothing.
 
 use std::time::Duration;
 
@@ -42,7 +46,11 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     if !base.starts_with("http://") && !base.starts_with("https://") {
         bail!("--admin must be an http:// or https:// URL (got {base:?})");
     }
-    let url = format!("{base}/api/v1/registry");
+    let url = if args.dry_run {
+        format!("{base}/api/v1/registry?dryRun=true")
+    } else {
+        format!("{base}/api/v1/registry")
+    };
     let client = api::admin_client_builder(
         args.ca_cert.as_deref(),
         concat!("fanout/", env!("CARGO_PKG_VERSION")),
@@ -72,6 +80,12 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         .bytes()
         .await
         .map_err(|e| anyhow::anyhow!("{url}: reading the answer: {}", api::client_error(&e)))?;
+    if status.is_success() && args.dry_run {
+        let p: api::Planned =
+            serde_json::from_slice(&body).with_context(|| format!("{url}: unreadable answer"))?;
+        print!("{}", dry_run_report(&args.file.display().to_string(), &p));
+        return Ok(());
+    }
     if status.is_success() {
         let a: api::Applied =
             serde_json::from_slice(&body).with_context(|| format!("{url}: unreadable answer"))?;
@@ -99,4 +113,34 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         answer.error,
         answer.problems.join("\n  ")
     )
+}
+
+/// What `fanout apply --dry-run` prints: one line per object, like
+/// `kubectl diff`'s summary, then what the registry would hold.
+fn dry_run_report(file: &str, p: &api::Planned) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "dry run of {file} against version {} (nothing was changed):\n",
+        p.version
+    );
+    let lines = [
+        ("create", &p.created),
+        ("change", &p.changed),
+        ("remove", &p.removed),
+    ];
+    for (verb, ids) in lines {
+        for id in ids {
+            let _ = writeln!(out, "  {verb} {id}");
+        }
+    }
+    if lines.iter().all(|(_, ids)| ids.is_empty()) {
+        out.push_str("  no change\n");
+    }
+    let h = &p.would_hold;
+    let _ = writeln!(
+        out,
+        "would hold {} clusters, {} workspaces, {} deployments, {} metrics exports, {} targets",
+        h.clusters, h.workspaces, h.deployments, h.metrics_exports, h.targets
+    );
+    out
 }

@@ -65,8 +65,11 @@ pub fn document() -> Value {
             "get": {"summary": "The whole declarative registry (JSON, or YAML with Accept: application/yaml), secrets masked",
                 "responses": {"200": {"description": "document", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Registry"}}, "application/yaml": {"schema": {"$ref": "#/components/schemas/Registry"}}}}}},
             "put": {"summary": "Replace the registry atomically (JSON or YAML by Content-Type)",
+                "parameters": [{"name": "dryRun", "in": "query", "required": false, "schema": {"type": "boolean", "default": false},
+                    "description": "check the document as a write and answer what it would create, change and remove (a Planned), changing nothing"}],
                 "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Registry"}}, "application/yaml": {"schema": {"$ref": "#/components/schemas/Registry"}}}},
-                "responses": {"200": {"description": "applied: version and counts", "content": schema_of("Applied")}, "400": error, "401": error}},
+                "responses": {"200": {"description": "applied: version and counts (with dryRun: a Planned)", "content": {"application/json": {"schema": {"oneOf": [
+                    {"$ref": "#/components/schemas/Applied"}, {"$ref": "#/components/schemas/Planned"}]}}}}, "400": error, "401": error}},
         }),
     );
     paths.insert(
@@ -185,6 +188,12 @@ pub fn document() -> Value {
                 "Applied": {"type": "object", "properties": {
                     "version": s("integer"), "clusters": s("integer"), "workspaces": s("integer"),
                     "deployments": s("integer"), "metricsExports": s("integer"), "targets": s("integer")}},
+                "Planned": {"type": "object", "properties": {
+                    "version": s("integer"),
+                    "created": {"type": "array", "items": s("string"), "description": "kind/id"},
+                    "changed": {"type": "array", "items": s("string")},
+                    "removed": {"type": "array", "items": s("string")},
+                    "wouldHold": {"$ref": "#/components/schemas/Applied"}}},
                 "Cluster": {"type": "object", "required": ["id", "organizationId", "cloudProvider", "cloudRegion", "ingestToken"], "properties": {
                     "id": s("string"), "organizationId": s("string"), "cloudProvider": s("string"), "cloudRegion": s("string"),
                     "ingestToken": secret, "setFields": set_fields, "limits": {"$ref": "#/components/schemas/Limits"}}},
@@ -358,6 +367,7 @@ mod tests {
         check("Snapshot", &snapshot, true);
         check("Target", &target(), true);
         check("Applied", &api::Applied::default(), true);
+        check("Planned", &api::Planned::default(), true);
         check("Error", &api::ErrorBody::default(), true);
         let status = api::ExportStatus {
             state: "failing".into(),

@@ -13,6 +13,7 @@ use super::model::{
     apply_unset_fields, merge_patch, restore_secrets, Document, Kind, Object, Registry, Scope,
 };
 use super::store::UpdateError;
+use super::validate::validate;
 
 /// Creates an object; 409 if the id exists.
 pub fn create(registry: &mut Registry, value: Value, kind: Kind) -> Result<(), UpdateError> {
@@ -106,6 +107,44 @@ pub fn replace_all(registry: &mut Registry, doc: Document) -> Result<(), UpdateE
     next = prepared;
     *registry = next;
     Ok(())
+}
+
+/// What replacing `current` with `doc` would do, changing nothing (`PUT
+/// /api/v1/registry?dryRun=true`, `fanout apply --dry-run`, and `fanout
+/// check` against an empty registry): the registry that would be installed,
+/// checked exactly as [`super::live::Live::update`] checks a change
+/// ([`replace_all`], then [`validate`] of the whole), and the objects it
+/// would create, change and remove, each as `kind/id`, in registry order.
+pub fn plan(current: &Registry, doc: Document) -> Result<(Registry, Plan), UpdateError> {
+    let mut next = current.clone();
+    replace_all(&mut next, doc)?;
+    validate(&next).map_err(|e| UpdateError::Invalid(e.problems))?;
+    let key = |o: &Object| format!("{}/{}", o.kind().as_str(), o.id());
+    let mut plan = Plan::default();
+    for object in next.objects() {
+        match current.get(object.kind(), object.id()) {
+            None => plan.created.push(key(&object)),
+            Some(old) if old != object => plan.changed.push(key(&object)),
+            Some(_) => {}
+        }
+    }
+    for object in current.objects() {
+        if next.get(object.kind(), object.id()).is_none() {
+            plan.removed.push(key(&object));
+        }
+    }
+    Ok((next, plan))
+}
+
+/// The objects a [`plan`] creates, changes and removes (`kind/id`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// New ids.
+    pub created: Vec<String>,
+    /// Ids whose object differs (a masked `"***"` secret is not a change).
+    pub changed: Vec<String>,
+    /// Ids not in the document.
+    pub removed: Vec<String>,
 }
 
 fn parse(kind: Kind, value: Value) -> Result<Object, UpdateError> {
