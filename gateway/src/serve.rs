@@ -254,7 +254,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         "delivery catalog loaded"
     );
     // The recorder first: delivery registers its per-target metrics at start.
-    let metrics_handle = install_metrics();
+    let metrics_handle = install_metrics(&config.data_dir);
     live.publish_reachable();
     let delivery = crate::deliver::FanoutDelivery::start(&live, budget.clone(), settings);
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -423,9 +423,10 @@ fn admin_tls_config(config: &ServeConfig) -> anyhow::Result<Option<rustls::Serve
 /// not anyone scrapes (with `install_recorder` the crate leaves that to the
 /// caller, and samples would pile up in memory), and counters and gauges of
 /// targets not forgotten are kept out of the idle timeout that removes the
-/// series of forgotten ones (`deliver::stats` module docs). Call within the
-/// runtime.
-fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+/// series of forgotten ones (`deliver::stats` module docs). The same tick
+/// sets `fanout_data_dir_free_bytes` (what an unprivileged writer may still
+/// use on `data_dir`'s filesystem). Call within the runtime.
+fn install_metrics(data_dir: &Path) -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     use crate::deliver::stats::{self, KeepAlive};
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     use metrics_util::MetricKindMask;
@@ -451,11 +452,16 @@ fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
             )
             .set(1.0);
             let upkeep = handle.clone();
+            let free = metrics::gauge!(stats::names::DATA_DIR_FREE);
+            let data_dir = data_dir.to_owned();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(stats::UPKEEP_EVERY);
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     every.tick().await;
+                    if let Ok(fs) = rustix::fs::statvfs(&data_dir) {
+                        free.set(fs.f_bavail.saturating_mul(fs.f_frsize) as f64);
+                    }
                     keep.keep_alive();
                     upkeep.run_upkeep();
                 }

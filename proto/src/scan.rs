@@ -60,6 +60,9 @@ pub struct Series {
     routing: [(u32, u32); 3],
     sorted: bool,
     contiguous: bool,
+    /// The newest timestamp of its samples and histograms (ms; `i64::MIN`
+    /// without any).
+    newest: i64,
 }
 
 /// The labels whose values the scanner locates for routing.
@@ -128,6 +131,12 @@ impl Series {
     /// Number of native histogram samples.
     pub fn histograms(&self) -> usize {
         self.histograms as usize
+    }
+
+    /// The newest timestamp of its samples and histograms, in ms since the
+    /// epoch (`i64::MIN` when it has none).
+    pub fn newest(&self) -> i64 {
+        self.newest
     }
 
     /// True when the labels arrived sorted by name.
@@ -429,6 +438,7 @@ fn scan_series(
         routing: [(0, 0); 3],
         sorted: true,
         contiguous: true,
+        newest: i64::MIN,
     };
     let mut prev_name: Option<&[u8]> = None;
     let mut r = Reader::new(msg);
@@ -485,7 +495,8 @@ fn scan_series(
                 let at = at.item(Item::Sample, series.samples as usize);
                 expect_wire(field, wire, WireType::Len).map_err(|k| at.err(k))?;
                 let payload = r.len_delimited().map_err(|k| at.err(k))?;
-                check_sample(payload).map_err(|k| at.err(k))?;
+                let timestamp = check_sample(payload).map_err(|k| at.err(k))?;
+                series.newest = series.newest.max(timestamp);
                 series.samples += 1;
             }
             3 => {
@@ -499,7 +510,8 @@ fn scan_series(
                 let at = at.item(Item::Histogram, series.histograms as usize);
                 expect_wire(field, wire, WireType::Len).map_err(|k| at.err(k))?;
                 let payload = r.len_delimited().map_err(|k| at.err(k))?;
-                check_histogram(payload).map_err(|k| at.err(k))?;
+                let timestamp = check_histogram(payload).map_err(|k| at.err(k))?;
+                series.newest = series.newest.max(timestamp);
                 series.histograms += 1;
             }
             _ => r.skip(wire).map_err(|k| at.err(k))?,
@@ -527,19 +539,25 @@ fn check_no_duplicates(msg: &[u8], at: Location) -> Result<(), ScanError> {
     Ok(())
 }
 
-/// `Sample { double value = 1; int64 timestamp = 2; }` (also 2.0's `Sample`).
-pub(crate) fn check_sample(payload: &[u8]) -> Result<(), ErrorKind> {
+/// `Sample { double value = 1; int64 timestamp = 2; }` (also 2.0's
+/// `Sample`): its timestamp (0 when absent, as protobuf reads it).
+pub(crate) fn check_sample(payload: &[u8]) -> Result<i64, ErrorKind> {
     let mut r = Reader::new(payload);
+    let mut timestamp = 0;
     while !r.is_empty() {
         let (field, wire) = r.key()?;
         match field {
             1 => expect_wire(field, wire, WireType::I64)?,
-            2 => expect_wire(field, wire, WireType::Varint)?,
+            2 => {
+                expect_wire(field, wire, WireType::Varint)?;
+                timestamp = r.varint()? as i64;
+                continue;
+            }
             _ => {}
         }
         r.skip(wire)?;
     }
-    Ok(())
+    Ok(timestamp)
 }
 
 fn check_exemplar(payload: &[u8], at: Location) -> Result<(), ScanError> {
@@ -596,14 +614,21 @@ fn check_metadata(payload: &[u8]) -> Result<(), ErrorKind> {
 }
 
 /// Validates the structure of a native `Histogram` message (identical field
-/// numbers in 1.0 and 2.0) so that its bytes can be forwarded verbatim.
-pub(crate) fn check_histogram(payload: &[u8]) -> Result<(), ErrorKind> {
+/// numbers in 1.0 and 2.0) so that its bytes can be forwarded verbatim: its
+/// timestamp (0 when absent).
+pub(crate) fn check_histogram(payload: &[u8]) -> Result<i64, ErrorKind> {
     let mut r = Reader::new(payload);
+    let mut timestamp = 0;
     while !r.is_empty() {
         let (field, wire) = r.key()?;
         match field {
-            // count_int, schema (sint32), zero_count_int, reset_hint, timestamp
-            1 | 4 | 6 | 14 | 15 => expect_wire(field, wire, WireType::Varint)?,
+            15 => {
+                expect_wire(field, wire, WireType::Varint)?;
+                timestamp = r.varint()? as i64;
+                continue;
+            }
+            // count_int, schema (sint32), zero_count_int, reset_hint
+            1 | 4 | 6 | 14 => expect_wire(field, wire, WireType::Varint)?,
             // count_float, sum, zero_threshold, zero_count_float
             2 | 3 | 5 | 7 => expect_wire(field, wire, WireType::I64)?,
             // negative_spans, positive_spans
@@ -632,7 +657,7 @@ pub(crate) fn check_histogram(payload: &[u8]) -> Result<(), ErrorKind> {
         }
         r.skip(wire)?;
     }
-    Ok(())
+    Ok(timestamp)
 }
 
 /// `BucketSpan { sint32 offset = 1; uint32 length = 2; }`.
@@ -677,6 +702,58 @@ mod tests {
             out.extend_from_slice(s);
         }
         Bytes::from(out)
+    }
+
+    /// A series' newest timestamp is the largest of its samples' and
+    /// histograms' (in any order), `i64::MIN` without either.
+    #[test]
+    fn scan_keeps_each_series_newest_timestamp() {
+        use crate::v1;
+        let sample = |t| v1::Sample {
+            value: 1.0,
+            timestamp: t,
+        };
+        let req = v1::WriteRequest {
+            timeseries: vec![
+                v1::TimeSeries {
+                    labels: vec![v1::Label {
+                        name: "__name__".into(),
+                        value: "a".into(),
+                    }],
+                    samples: vec![
+                        sample(1_700_000_000_500),
+                        sample(1_700_000_009_000),
+                        sample(1_700_000_001_000),
+                    ],
+                    ..Default::default()
+                },
+                v1::TimeSeries {
+                    labels: vec![v1::Label {
+                        name: "__name__".into(),
+                        value: "h".into(),
+                    }],
+                    samples: vec![sample(-5)],
+                    histograms: vec![v1::Histogram {
+                        timestamp: 1_700_000_020_000,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                v1::TimeSeries {
+                    labels: vec![v1::Label {
+                        name: "__name__".into(),
+                        value: "none".into(),
+                    }],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let body = Bytes::from(prost::Message::encode_to_vec(&req));
+        let mut out = Vec::new();
+        scan_v1(&body, &Limits::default(), &mut out).unwrap();
+        let newest: Vec<i64> = out.iter().map(Series::newest).collect();
+        assert_eq!(newest, [1_700_000_009_000, 1_700_000_020_000, i64::MIN]);
     }
 
     /// The positions the scan records agree with a walk over the labels.

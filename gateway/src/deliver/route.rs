@@ -256,6 +256,8 @@ struct Group {
     range: Range<usize>,
     /// Its Deployments' runs in [`Scratch::runs`] (after encoding).
     runs: Range<u32>,
+    /// The newest sample timestamp of its series (after encoding).
+    newest: i64,
 }
 
 /// One chunk of a routed request: the records of one (target set, shard).
@@ -276,6 +278,8 @@ pub struct Routed<'a, T> {
     pub series: u32,
     /// Whose records they are.
     pub owners: ChunkOwners,
+    /// The newest sample timestamp in them (ms; `i64::MIN`: none).
+    pub newest: i64,
 }
 
 /// Marks an unused slot of [`Scratch::slot_base`] / [`Scratch::slots`].
@@ -544,6 +548,7 @@ impl Scratch {
                 series: 0,
                 range: 0..0,
                 runs: 0..0,
+                newest: i64::MIN,
             });
         }
         *slot
@@ -575,6 +580,8 @@ impl Scratch {
             }
             let s = &series[i as usize];
             run_samples = run_samples.saturating_add((s.samples() + s.histograms()) as u32);
+            let group = &mut self.groups[g as usize];
+            group.newest = group.newest.max(s.newest());
             let labels = &plan.variants[v as usize].labels;
             self.encoder.encode_series(s.view(body), labels, &mut out);
         }
@@ -624,6 +631,7 @@ impl Scratch {
                 samples: g.samples,
                 series: g.series,
                 owners,
+                newest: g.newest,
             }
         })
     }

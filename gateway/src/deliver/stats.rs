@@ -81,6 +81,15 @@ pub mod names {
     /// Age of the oldest data a target has not delivered (memory or disk),
     /// 0 when it has none: how far behind it is.
     pub const TARGET_OLDEST_UNDELIVERED: &str = "fanout_target_oldest_undelivered_seconds";
+    /// The newest sample timestamp a target has delivered (seconds since
+    /// the epoch), like Prometheus'
+    /// `prometheus_remote_storage_queue_highest_sent_timestamp_seconds`.
+    pub const TARGET_HIGHEST_SENT: &str = "fanout_target_highest_sent_timestamp_seconds";
+    /// Free bytes on the data dir's filesystem (for the spill).
+    pub const DATA_DIR_FREE: &str = "fanout_data_dir_free_bytes";
+    /// A hash of the registry in force, secrets masked (fleet drift): the
+    /// first 48 bits of its SHA-256, exact in a float.
+    pub const CONFIG_HASH: &str = "fanout_config_hash";
     /// 1 while the registry store is reachable, 0 while the gateway serves
     /// its last known registry (a shared store it has not reached since
     /// it started).
@@ -304,6 +313,20 @@ pub fn describe() {
         names::TARGET_OLDEST_UNDELIVERED,
         Unit::Seconds,
         "Age of the oldest data not yet delivered per target (0: none)"
+    );
+    describe_gauge!(
+        names::TARGET_HIGHEST_SENT,
+        Unit::Seconds,
+        "Newest sample timestamp delivered per target (seconds since the epoch)"
+    );
+    describe_gauge!(
+        names::DATA_DIR_FREE,
+        Unit::Bytes,
+        "Free bytes on the data dir's filesystem"
+    );
+    describe_gauge!(
+        names::CONFIG_HASH,
+        "A hash of the registry in force (secrets masked); equal on gateways with the same registry"
     );
     describe_gauge!(
         names::STORE_REACHABLE,

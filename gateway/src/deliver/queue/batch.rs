@@ -122,6 +122,7 @@ impl TargetCore {
                     push: front.push,
                     owners: head,
                     wire: 0,
+                    newest: front.newest,
                 };
                 // Its compressed form (if any) is of the whole chunk: it
                 // does not fit a part of it.

@@ -97,6 +97,7 @@ impl TargetCore {
                 owners: super::ChunkOwners::One(crate::deliver::accounting::UNKNOWN),
                 records: c.records,
                 wire: c.wire,
+                newest: i64::MIN,
             };
             self.reload_bytes += chunk.records.len() as u64;
             self.reload_samples += u64::from(chunk.samples);

@@ -302,7 +302,10 @@ impl TargetCore {
             probe_hold: None,
             probe_released: false,
             probe_spent: false,
-            counters: Counters::default(),
+            counters: Counters {
+                highest_sent_ms: i64::MIN,
+                ..Counters::default()
+            },
             accounts: Accounts::default(),
             last_error: None,
             latency_us: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
@@ -983,6 +986,7 @@ impl TargetCore {
                 let b = self.finish(at);
                 for (_, c) in &b.pieces {
                     c.each_owner(|o, n| self.accounts.sent(o, n, wall));
+                    self.counters.highest_sent_ms = self.counters.highest_sent_ms.max(c.newest);
                 }
                 let bytes = b.body.len() as u64;
                 self.counters.samples_sent += u64::from(b.samples);
@@ -996,6 +1000,7 @@ impl TargetCore {
                 Event::Sent {
                     samples: b.samples,
                     bytes,
+                    highest_sent: self.counters.highest_sent_ms,
                 }
             }
             Verdict::Retry {

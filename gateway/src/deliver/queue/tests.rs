@@ -43,6 +43,7 @@ fn chunk(n: usize, tag: &str, at: Instant) -> Chunk {
         push: 0,
         owners: ChunkOwners::One(0),
         wire: 0,
+        newest: 1,
     }
 }
 
@@ -763,6 +764,7 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
             push: 0,
             owners: ChunkOwners::One(0),
             wire: 0,
+            newest: 1,
         },
         &mut DropOldest,
     );
@@ -807,6 +809,7 @@ fn deliver_queue_series_larger_than_max_samples_goes_alone_without_underflow() {
                 push: 0,
                 owners: ChunkOwners::One(0),
                 wire: 0,
+                newest: 1,
             },
             &mut DropOldest,
         );
@@ -1078,6 +1081,7 @@ mod sim {
             push: 0,
             owners,
             wire: 0,
+            newest: 1,
         }
     }
 
@@ -1423,4 +1427,82 @@ fn a_compacted_chunk_cut_by_a_batch_keeps_the_queue_counts_right() {
     assert_eq!(names, want);
     assert_eq!((core.queue_bytes(), core.queue_samples()), (0, 0));
     assert!(core.is_idle());
+}
+
+/// The highest sent timestamp is the newest of the delivered chunks' (a
+/// failed batch does not count until it is delivered), and records read
+/// back from disk, which carry none, leave it where it was.
+#[test]
+fn the_highest_sent_timestamp_follows_deliveries_only() {
+    let t0 = Instant::now();
+    let mut core = TargetCore::new("t", config(), 1);
+    assert_eq!(core.counters().highest_sent_ms, i64::MIN);
+    let mut a = chunk(5, "a", t0);
+    a.newest = 9_000;
+    let mut b = chunk(5, "b", t0);
+    b.newest = 7_000;
+    core.push(0, a, &mut DropOldest);
+    core.push(0, b, &mut DropOldest);
+    let d = core.poll(t0).expect("a full batch");
+    let fail = SendResult::Connect("refused".into());
+    core.on_result(
+        d.lane,
+        d.batch,
+        &fail,
+        Duration::ZERO,
+        t0,
+        SystemTime::now(),
+    );
+    assert_eq!(core.counters().highest_sent_ms, i64::MIN, "not delivered");
+    let at = t0 + Duration::from_secs(10);
+    let d = core.poll(at).expect("the retry");
+    let ev = core.on_result(
+        d.lane,
+        d.batch,
+        &ok(),
+        Duration::ZERO,
+        at,
+        SystemTime::now(),
+    );
+    assert!(
+        matches!(
+            ev,
+            Event::Sent {
+                highest_sent: 9_000,
+                ..
+            }
+        ),
+        "{ev:?}"
+    );
+    let mut disk = Disk::default();
+    let (records, samples) = records(3, "d");
+    disk.0.push(DiskChunk {
+        seq: 1,
+        tag: 0,
+        records,
+        wire: 0,
+        samples,
+        enqueued_ms: 0,
+    });
+    core.reload(disk.0.clone(), 1, true, at, 0);
+    core.set_flush(true);
+    let d = core.poll(at).expect("the disk batch");
+    let ev = core.on_result(
+        d.lane,
+        d.batch,
+        &ok(),
+        Duration::ZERO,
+        at,
+        SystemTime::now(),
+    );
+    assert!(
+        matches!(
+            ev,
+            Event::Sent {
+                highest_sent: 9_000,
+                ..
+            }
+        ),
+        "{ev:?}"
+    );
 }

@@ -42,6 +42,10 @@ pub struct Chunk {
     /// chunk goes on the wire as it is, and is decompressed only if a batch
     /// must cut it ([`Chunk::unwire`]).
     pub wire: u32,
+    /// The newest sample timestamp in it (ms since the epoch; `i64::MIN`
+    /// when unknown: records read back from disk), for
+    /// `fanout_target_highest_sent_timestamp_seconds`.
+    pub newest: i64,
 }
 
 impl Chunk {
@@ -315,6 +319,9 @@ pub enum Event {
         samples: u32,
         /// Compressed bytes.
         bytes: u64,
+        /// The newest sample timestamp this target has delivered so far
+        /// (ms; `i64::MIN`: none known yet, e.g. only disk records).
+        highest_sent: i64,
     },
     /// Will be retried.
     Retrying {
@@ -376,4 +383,7 @@ pub struct Counters {
     pub spilled: u64,
     /// Recovery probes sent ([`TargetCore::poll`]).
     pub probes: u64,
+    /// The newest sample timestamp delivered (ms; `i64::MIN` until one is
+    /// known: records read back from disk carry none).
+    pub highest_sent_ms: i64,
 }

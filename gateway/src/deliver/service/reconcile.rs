@@ -391,5 +391,26 @@ impl Inner {
         });
         self.plan.store(Arc::new(plan));
         metrics::gauge!(names::CONFIG_VERSION).set(snapshot.version() as f64);
+        metrics::gauge!(names::CONFIG_HASH).set(config_hash(snapshot.registry()) as f64);
     }
+}
+
+/// `fanout_config_hash`: the first 48 bits of the SHA-256 of every object's
+/// read form (secrets masked: a hash of a secret would let whoever reads
+/// `/metrics` test guesses of it offline), in registry order. Gateways
+/// holding the same registry show the same value, whatever their version
+/// numbers; 48 bits are exact in a float.
+pub fn config_hash(registry: &crate::registry::Registry) -> u64 {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for object in registry.objects() {
+        h.update(
+            crate::registry::model::masked(&object)
+                .to_string()
+                .as_bytes(),
+        );
+        h.update(b"\n");
+    }
+    let d = h.finalize();
+    u64::from_be_bytes([0, 0, d[0], d[1], d[2], d[3], d[4], d[5]])
 }

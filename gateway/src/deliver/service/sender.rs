@@ -259,7 +259,17 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
         count_rejected(inner, h, done.unwritten);
     }
     match event {
-        Event::Sent { samples, bytes } => {
+        Event::Sent {
+            samples,
+            bytes,
+            highest_sent,
+        } => {
+            if highest_sent != i64::MIN {
+                h.metrics
+                    .load()
+                    .highest_sent
+                    .set(highest_sent as f64 / 1000.0);
+            }
             h.metrics.load().samples.increment(u64::from(samples));
             h.metrics.load().bytes.increment(bytes);
             h.metrics.load().requests.increment(1);

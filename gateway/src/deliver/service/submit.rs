@@ -180,6 +180,7 @@ impl Inner {
                 push: 0,
                 owners: routed.owners.clone(),
                 wire: 0,
+                newest: routed.newest,
             }
         };
         if !wal {

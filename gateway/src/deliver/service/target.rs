@@ -45,6 +45,7 @@ pub(super) struct TargetMetrics {
     pub(super) rejected: metrics::Counter,
     pub(super) queue_bytes: metrics::Gauge,
     pub(super) oldest: metrics::Gauge,
+    pub(super) highest_sent: metrics::Gauge,
     pub(super) spill_bytes: metrics::Gauge,
     pub(super) spill_disk_full: metrics::Gauge,
     pub(super) in_flight: metrics::Gauge,
@@ -65,6 +66,7 @@ impl TargetMetrics {
             rejected: metrics::counter!(names::TARGET_DROPPED, "target" => t.clone(), "reason" => "rejected"),
             queue_bytes: metrics::gauge!(names::TARGET_QUEUE_BYTES, "target" => t.clone()),
             oldest: metrics::gauge!(names::TARGET_OLDEST_UNDELIVERED, "target" => t.clone()),
+            highest_sent: metrics::gauge!(names::TARGET_HIGHEST_SENT, "target" => t.clone()),
             spill_bytes: metrics::gauge!(names::TARGET_SPILL_BYTES, "target" => t.clone()),
             spill_disk_full: metrics::gauge!(names::TARGET_SPILL_DISK_FULL, "target" => t.clone()),
             in_flight: metrics::gauge!(names::TARGET_IN_FLIGHT, "target" => t.clone()),
@@ -620,6 +622,7 @@ mod tests {
             push: 0,
             owners: ChunkOwners::One(0),
             wire: 0,
+            newest: 1,
         }
     }
 
