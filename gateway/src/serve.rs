@@ -255,6 +255,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     );
     // The recorder first: delivery registers its per-target metrics at start.
     let metrics_handle = install_metrics(&config.data_dir);
+    metrics::gauge!(crate::deliver::stats::names::MEMORY_BUDGET)
+        .set(ingest_config.memory_budget as f64);
     live.publish_reachable();
     let delivery = crate::deliver::FanoutDelivery::start(&live, budget.clone(), settings);
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -425,7 +427,8 @@ fn admin_tls_config(config: &ServeConfig) -> anyhow::Result<Option<rustls::Serve
 /// targets not forgotten are kept out of the idle timeout that removes the
 /// series of forgotten ones (`deliver::stats` module docs). The same tick
 /// sets `fanout_data_dir_free_bytes` (what an unprivileged writer may still
-/// use on `data_dir`'s filesystem). Call within the runtime.
+/// use on `data_dir`'s filesystem) and the `process_*` metrics. Call within
+/// the runtime.
 fn install_metrics(data_dir: &Path) -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     use crate::deliver::stats::{self, KeepAlive};
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -453,12 +456,15 @@ fn install_metrics(data_dir: &Path) -> Option<metrics_exporter_prometheus::Prome
             .set(1.0);
             let upkeep = handle.clone();
             let free = metrics::gauge!(stats::names::DATA_DIR_FREE);
+            let process = stats::ProcessMetrics::new();
+            process.sample();
             let data_dir = data_dir.to_owned();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(stats::UPKEEP_EVERY);
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     every.tick().await;
+                    process.sample();
                     if let Ok(fs) = rustix::fs::statvfs(&data_dir) {
                         free.set(fs.f_bavail.saturating_mul(fs.f_frsize) as f64);
                     }

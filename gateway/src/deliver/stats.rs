@@ -106,6 +106,8 @@ pub mod names {
     pub const CONFIG_VERSION: &str = "fanout_config_version";
     /// Bytes held in the shared memory budget.
     pub const MEMORY_IN_USE: &str = "fanout_memory_budget_used_bytes";
+    /// The memory budget (`--memory-budget`).
+    pub const MEMORY_BUDGET: &str = "fanout_memory_budget_bytes";
 }
 
 /// How often `serve` runs the recorder's upkeep and [`KeepAlive::keep_alive`].
@@ -318,6 +320,11 @@ pub fn describe() {
         names::TARGET_HIGHEST_SENT,
         Unit::Seconds,
         "Newest sample timestamp delivered per target (seconds since the epoch)"
+    );
+    describe_gauge!(
+        names::MEMORY_BUDGET,
+        Unit::Bytes,
+        "The shared memory budget (--memory-budget)"
     );
     describe_gauge!(
         names::DATA_DIR_FREE,
@@ -671,5 +678,97 @@ mod tests {
             display_endpoint("http://127.0.0.1:9201/api/v1/write"),
             "http://127.0.0.1:9201/api/v1/write"
         );
+    }
+}
+
+/// The standard process metrics of Prometheus' client libraries (its
+/// `process` collector), for the dashboard's per-gateway CPU, memory and
+/// descriptor panels: read from `/proc/self` on each upkeep tick. CPU is a
+/// gauge of the running total (the `metrics` crate counts in integers);
+/// `rate()` reads it the same way. Linux only: elsewhere nothing is set.
+#[derive(Debug)]
+pub struct ProcessMetrics {
+    cpu: Gauge,
+    resident: Gauge,
+    open_fds: Gauge,
+    max_fds: Gauge,
+    start: Gauge,
+}
+
+impl ProcessMetrics {
+    /// Registers the gauges (after the recorder is installed).
+    pub fn new() -> ProcessMetrics {
+        metrics::describe_gauge!(
+            "process_cpu_seconds_total",
+            Unit::Seconds,
+            "Total user and system CPU time spent"
+        );
+        metrics::describe_gauge!(
+            "process_resident_memory_bytes",
+            Unit::Bytes,
+            "Resident memory size"
+        );
+        metrics::describe_gauge!("process_open_fds", "Open file descriptors");
+        metrics::describe_gauge!("process_max_fds", "Maximum open file descriptors");
+        metrics::describe_gauge!(
+            "process_start_time_seconds",
+            Unit::Seconds,
+            "Start time of the process since the epoch"
+        );
+        ProcessMetrics {
+            cpu: metrics::gauge!("process_cpu_seconds_total"),
+            resident: metrics::gauge!("process_resident_memory_bytes"),
+            open_fds: metrics::gauge!("process_open_fds"),
+            max_fds: metrics::gauge!("process_max_fds"),
+            start: metrics::gauge!("process_start_time_seconds"),
+        }
+    }
+
+    /// Reads `/proc/self` once.
+    pub fn sample(&self) {
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+            return;
+        };
+        // The command name (field 2) may hold spaces: fields count from
+        // after its closing parenthesis, which is field 3 (state).
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        let ticks = rustix::param::clock_ticks_per_second().max(1) as f64;
+        if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+            self.cpu.set((utime + stime) as f64 / ticks);
+        }
+        if let Some(rss) = field(24) {
+            self.resident
+                .set(rss as f64 * rustix::param::page_size() as f64);
+        }
+        if let (Some(started), Ok(uptime)) = (field(22), std::fs::read_to_string("/proc/uptime")) {
+            let up: f64 = uptime
+                .split_whitespace()
+                .next()
+                .and_then(|u| u.parse().ok())
+                .unwrap_or(0.0);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            self.start.set(now - up + started as f64 / ticks);
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            // The directory's own descriptor is among them.
+            self.open_fds.set(fds.count().saturating_sub(1) as f64);
+        }
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        if let Some(max) = limit.current {
+            self.max_fds.set(max as f64);
+        }
+    }
+}
+
+impl Default for ProcessMetrics {
+    fn default() -> ProcessMetrics {
+        ProcessMetrics::new()
     }
 }
