@@ -223,6 +223,7 @@ mod tests {
             limits: Limits::default(),
             cluster: Arc::new(ClusterInfo {
                 id: "c".into(),
+                samples_metric: Default::default(),
                 organization_id: "o".into(),
                 cloud_provider: "aws".into(),
                 cloud_region: "r".into(),

@@ -51,6 +51,8 @@ pub mod names {
     pub const INGEST_REQUESTS: &str = "fanout_ingest_requests_total";
     /// Samples received in accepted requests.
     pub const INGEST_SAMPLES: &str = "fanout_ingest_samples_total";
+    /// Samples received in accepted requests, per sending cluster.
+    pub const CLUSTER_SAMPLES: &str = "fanout_cluster_samples_total";
     /// Series received in accepted requests.
     pub const INGEST_SERIES: &str = "fanout_ingest_series_total";
     /// Decompressed bytes of accepted requests.
@@ -320,6 +322,10 @@ pub fn describe() {
         names::TARGET_HIGHEST_SENT,
         Unit::Seconds,
         "Newest sample timestamp delivered per target (seconds since the epoch)"
+    );
+    describe_counter!(
+        names::CLUSTER_SAMPLES,
+        "Samples received in accepted requests per cluster"
     );
     describe_gauge!(
         names::MEMORY_BUDGET,

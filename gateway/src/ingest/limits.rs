@@ -119,6 +119,7 @@ mod tests {
     fn cluster(id: &str, rate: Option<u64>) -> ClusterInfo {
         ClusterInfo {
             id: id.into(),
+            samples_metric: Default::default(),
             organization_id: "o".into(),
             cloud_provider: "aws".into(),
             cloud_region: "r".into(),

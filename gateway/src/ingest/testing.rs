@@ -51,6 +51,7 @@ impl StaticAuth {
                 cloud_provider: "aws".into(),
                 cloud_region: "us-east-1".into(),
                 limits: Default::default(),
+                samples_metric: Default::default(),
             }),
         );
         self

@@ -46,7 +46,30 @@ pub struct ClusterInfo {
     pub cloud_region: String,
     /// Its own limits (the gateway's defaults apply where unset).
     pub limits: Limits,
+    /// `fanout_cluster_samples_total{cluster}`, registered at its first
+    /// accepted write (so a dry run's snapshot registers nothing).
+    pub samples_metric: LazyCounter,
 }
+
+/// A metric handle registered at first use; not part of what a cluster is
+/// (every two compare equal).
+#[derive(Debug, Clone, Default)]
+pub struct LazyCounter(std::sync::OnceLock<metrics::Counter>);
+
+impl LazyCounter {
+    /// The counter, registered by `make` on the first call.
+    pub fn get(&self, make: impl FnOnce() -> metrics::Counter) -> &metrics::Counter {
+        self.0.get_or_init(make)
+    }
+}
+
+impl PartialEq for LazyCounter {
+    fn eq(&self, _: &LazyCounter) -> bool {
+        true
+    }
+}
+
+impl Eq for LazyCounter {}
 
 /// A Deployment as delivery needs it: its labels and its targets.
 #[derive(Debug)]
@@ -220,6 +243,7 @@ impl Snapshot {
                 cloud_provider: c.cloud_provider.clone(),
                 cloud_region: c.cloud_region.clone(),
                 limits: c.limits,
+                samples_metric: LazyCounter::default(),
             });
             by_token.insert(c.ingest_token.expose().to_owned(), info.clone());
             clusters.insert(

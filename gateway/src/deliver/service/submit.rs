@@ -102,6 +102,13 @@ impl Inner {
             s.series as u64,
             batch.body.len() as u64,
         );
+        batch
+            .cluster
+            .samples_metric
+            .get(|| {
+                metrics::counter!(super::super::stats::names::CLUSTER_SAMPLES, "cluster" => batch.cluster.id.clone())
+            })
+            .increment((s.samples + s.histograms) as u64);
 
         tracing::debug!(
             cluster = %batch.cluster.id,
