@@ -118,29 +118,85 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// Default of `--target-connect-timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `--target-tls-handshake-timeout`.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a new connection may take: name resolution and TCP connect
+/// (`connect`), then the TLS handshake (`tls`). They bound connections, which
+/// targets on one host share, so they are the gateway's (flags), not a
+/// target's.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectTimeouts {
+    /// DNS and TCP connect.
+    pub connect: Duration,
+    /// The TLS handshake.
+    pub tls: Duration,
+}
+
+impl Default for ConnectTimeouts {
+    fn default() -> Self {
+        ConnectTimeouts {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            tls: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// A connection phase that ran out of time: its message is the reason a
+/// target shows (`connect timeout after 10s`).
+#[derive(Debug)]
+pub struct PhaseTimeout {
+    phase: &'static str,
+    after: Duration,
+}
+
+impl std::fmt::Display for PhaseTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} timeout after {}", self.phase, seconds(self.after))
+    }
+}
+
+impl std::error::Error for PhaseTimeout {}
+
+/// `30s`, `1.5s`, `250ms`: a duration as the registry writes them.
+pub fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
 /// Connects `http://` and `https://` URIs.
 #[derive(Clone)]
 pub struct Connector {
     http: HttpConnector,
     tls: tokio_rustls::TlsConnector,
+    timeouts: ConnectTimeouts,
 }
 
 impl Connector {
     /// A connector trusting the webpki roots.
-    pub fn new() -> Connector {
-        Connector::with_alpn(Vec::new())
+    pub fn new(timeouts: ConnectTimeouts) -> Connector {
+        Connector::with_alpn(Vec::new(), timeouts)
     }
 
     /// [`Self::new`] offering `h2` by ALPN, for HTTP/2 targets.
-    pub fn h2() -> Connector {
-        Connector::with_alpn(vec![b"h2".to_vec()])
+    pub fn h2(timeouts: ConnectTimeouts) -> Connector {
+        Connector::with_alpn(vec![b"h2".to_vec()], timeouts)
     }
 
-    fn with_alpn(alpn: Vec<Vec<u8>>) -> Connector {
+    fn with_alpn(alpn: Vec<Vec<u8>>, timeouts: ConnectTimeouts) -> Connector {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        // DNS and connect are bounded as a whole in `call`, with a message
+        // of their own.
+        http.set_connect_timeout(None);
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -163,13 +219,14 @@ impl Connector {
         Connector {
             http,
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            timeouts,
         }
     }
 }
 
 impl Default for Connector {
     fn default() -> Self {
-        Connector::new()
+        Connector::new(ConnectTimeouts::default())
     }
 }
 
@@ -188,14 +245,20 @@ impl tower::Service<Uri> for Connector {
         let https = uri.scheme_str() == Some("https");
         let host = uri.host().unwrap_or("").to_owned();
         let connecting = tower::Service::<Uri>::call(&mut self.http, uri);
-        let tls = self.tls.clone();
+        let (tls, timeouts) = (self.tls.clone(), self.timeouts);
         Box::pin(async move {
-            let tcp = connecting.await?.into_inner();
+            let timeout = |phase, after| PhaseTimeout { phase, after };
+            let tcp = tokio::time::timeout(timeouts.connect, connecting)
+                .await
+                .map_err(|_| timeout("connect", timeouts.connect))??
+                .into_inner();
             if !https {
                 return Ok(TokioIo::new(Stream::Plain(tcp)));
             }
             let name = rustls::pki_types::ServerName::try_from(host)?;
-            let stream = tls.connect(name, tcp).await?;
+            let stream = tokio::time::timeout(timeouts.tls, tls.connect(name, tcp))
+                .await
+                .map_err(|_| timeout("tls handshake", timeouts.tls))??;
             Ok(TokioIo::new(Stream::Tls(Box::new(stream))))
         })
     }
@@ -212,7 +275,7 @@ pub struct HttpSender {
 
 impl Default for HttpSender {
     fn default() -> Self {
-        HttpSender::new()
+        HttpSender::new(ConnectTimeouts::default())
     }
 }
 
@@ -228,19 +291,20 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl HttpSender {
-    /// A sender with a pooled client.
-    pub fn new() -> HttpSender {
+    /// A sender with a pooled client whose new connections are bounded by
+    /// `timeouts`.
+    pub fn new(timeouts: ConnectTimeouts) -> HttpSender {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
-            .build(Connector::new());
+            .build(Connector::new(timeouts));
         let h2 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .http2_only(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .http2_keep_alive_timeout(Duration::from_secs(20))
             .timer(hyper_util::rt::TokioTimer::new())
-            .build(Connector::h2());
+            .build(Connector::h2(timeouts));
         HttpSender { client, h2 }
     }
 
@@ -364,6 +428,8 @@ impl HttpSender {
                 return (result, None);
             }
         };
+        // What the attempt waits for when the target's `timeout` passes.
+        let reading_body = std::sync::atomic::AtomicBool::new(false);
         let attempt = async {
             let client = match config.delivery.http2 {
                 true => &self.h2,
@@ -372,10 +438,19 @@ impl HttpSender {
             let resp = match client.request(req).await {
                 Ok(r) => r,
                 Err(e) if e.is_connect() => {
-                    return (SendResult::Connect(scrub(&error_chain(&e))), None)
+                    // A connect phase that timed out says only that.
+                    let phase =
+                        std::iter::successors(std::error::Error::source(&e), |e| e.source())
+                            .find_map(|e| e.downcast_ref::<PhaseTimeout>());
+                    let message = match phase {
+                        Some(p) => p.to_string(),
+                        None => scrub(&error_chain(&e)),
+                    };
+                    return (SendResult::Connect(message), None);
                 }
                 Err(e) => return (SendResult::Io(scrub(&error_chain(&e))), None),
             };
+            reading_body.store(true, std::sync::atomic::Ordering::Relaxed);
             let status = resp.status().as_u16();
             let count = |name: &str| {
                 resp.headers()
@@ -435,9 +510,22 @@ impl HttpSender {
             };
             (result, written)
         };
-        match tokio::time::timeout(config.delivery.timeout, attempt).await {
+        let limit = config.delivery.timeout;
+        match tokio::time::timeout(limit, attempt).await {
             Ok(r) => r,
-            Err(_) => (SendResult::Timeout, None),
+            // The attempt is dropped, and its connection with it (hyper
+            // does not pool a connection whose exchange did not finish).
+            Err(_) if reading_body.load(std::sync::atomic::Ordering::Relaxed) => (
+                SendResult::Timeout(format!(
+                    "response body not complete within {}",
+                    seconds(limit)
+                )),
+                None,
+            ),
+            Err(_) => (
+                SendResult::Timeout(format!("no response within {}", seconds(limit))),
+                None,
+            ),
         }
     }
 }

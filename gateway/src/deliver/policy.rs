@@ -41,9 +41,11 @@ pub enum SendResult {
         /// Start of the body (at most 256 bytes, lossy UTF-8).
         body: String,
     },
-    /// No response within the target's `timeout`.
-    Timeout,
-    /// Connecting failed (refused, DNS, TLS handshake).
+    /// The target's `timeout` passed: what it was waiting for (`no
+    /// response within 30s`, `response body not complete within 30s`).
+    Timeout(String),
+    /// Connecting failed (refused, DNS, TLS handshake, or their timeouts:
+    /// `connect timeout after 10s`, `tls handshake timeout after 10s`).
     Connect(String),
     /// The connection broke after connecting.
     Io(String),
@@ -120,11 +122,19 @@ pub fn classify(result: &SendResult) -> Verdict {
                 }
             }
         }
-        SendResult::Timeout => Verdict::Retry {
+        SendResult::Timeout(what) => Verdict::Retry {
             kind: "timeout".into(),
             status: None,
             retry_after: None,
-            message: "request timed out".into(),
+            message: what.clone(),
+        },
+        // A name that does not resolve is its own kind: it is the
+        // endpoint's configuration (or DNS), not the endpoint.
+        SendResult::Connect(e) if e.contains("dns error") => Verdict::Retry {
+            kind: "dns".into(),
+            status: None,
+            retry_after: None,
+            message: format!("dns: {e}"),
         },
         SendResult::Connect(e) => Verdict::Retry {
             kind: "connect".into(),
@@ -319,10 +329,15 @@ mod tests {
         };
         assert!(matches!(classify(&expired), Verdict::Retry { kind, .. } if kind == "403"));
         assert!(
-            matches!(classify(&SendResult::Timeout), Verdict::Retry { kind, .. } if kind == "timeout")
+            matches!(classify(&SendResult::Timeout("no response within 30s".into())), Verdict::Retry { kind, message, .. } if kind == "timeout" && message == "no response within 30s")
         );
         assert!(
             matches!(classify(&SendResult::Connect("refused".into())), Verdict::Retry { kind, .. } if kind == "connect")
+        );
+        // hyper-util's resolver error, as the chain reads.
+        let dns = "client error (Connect): dns error: failed to lookup address information: Name or service not known";
+        assert!(
+            matches!(classify(&SendResult::Connect(dns.into())), Verdict::Retry { kind, message, .. } if kind == "dns" && message.starts_with("dns: "))
         );
     }
 

@@ -1123,7 +1123,7 @@ mod sim {
                     retry_after: None,
                     body: "bad".into(),
                 },
-                7 => SendResult::Timeout,
+                7 => SendResult::Timeout("no response within 1s".into()),
                 8 => SendResult::Status {
                     status: 503,
                     retry_after: None,

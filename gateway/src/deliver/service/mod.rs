@@ -37,7 +37,9 @@ use arc_swap::ArcSwap;
 use fanout_proto::api;
 
 use super::catalog::Catalog;
-use super::http::HttpSender;
+use super::http::{
+    ConnectTimeouts, HttpSender, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+};
 use super::route::{Plan, ScratchPool};
 use super::stats::{self, names, wall_ms, GlobalStats};
 use super::{Accepted, Delivery, DeliveryError, MemoryBudget};
@@ -125,6 +127,19 @@ pub struct DeliveryArgs {
     /// The same per Deployment [default: unlimited].
     #[arg(long, help_heading = "Limits", env = "FANOUT_DEPLOYMENT_SERIES", value_parser = clap::value_parser!(u64).range(1..))]
     pub deployment_series: Option<u64>,
+    /// How long a new connection to an endpoint may take to resolve and
+    /// connect; past it the attempt fails as `connect timeout after …`
+    /// [default: 10s].
+    #[arg(long, help_heading = "Delivery", env = "FANOUT_TARGET_CONNECT_TIMEOUT")]
+    pub target_connect_timeout: Option<HumanDuration>,
+    /// How long its TLS handshake may take (`tls handshake timeout after …`)
+    /// [default: 10s].
+    #[arg(
+        long,
+        help_heading = "Delivery",
+        env = "FANOUT_TARGET_TLS_HANDSHAKE_TIMEOUT"
+    )]
+    pub target_tls_handshake_timeout: Option<HumanDuration>,
 }
 
 /// Why a target's spill stays after [`FanoutDelivery::remove_delivered_spills`].
@@ -164,6 +179,8 @@ pub struct Settings {
     pub cluster_series: Option<u64>,
     /// Active-series limit of a Deployment without its own.
     pub deployment_series: Option<u64>,
+    /// Bounds of a new connection to an endpoint.
+    pub connect_timeouts: ConnectTimeouts,
 }
 
 impl Default for Settings {
@@ -181,6 +198,7 @@ impl Default for Settings {
             metadata_interval: DEFAULT_METADATA_INTERVAL,
             cluster_series: None,
             deployment_series: None,
+            connect_timeouts: ConnectTimeouts::default(),
         }
     }
 }
@@ -208,6 +226,18 @@ impl DeliveryArgs {
                 }),
             cluster_series: self.cluster_series,
             deployment_series: self.deployment_series,
+            connect_timeouts: ConnectTimeouts {
+                connect: self
+                    .target_connect_timeout
+                    .map_or(DEFAULT_CONNECT_TIMEOUT, |d| {
+                        d.0.max(Duration::from_millis(1))
+                    }),
+                tls: self
+                    .target_tls_handshake_timeout
+                    .map_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT, |d| {
+                        d.0.max(Duration::from_millis(1))
+                    }),
+            },
             ..Settings::default()
         })
     }
@@ -265,6 +295,7 @@ impl FanoutDelivery {
             settings.cluster_series,
             settings.deployment_series,
         );
+        let connect_timeouts = settings.connect_timeouts;
         FanoutDelivery {
             inner: Arc::new(Inner {
                 snapshot,
@@ -276,7 +307,7 @@ impl FanoutDelivery {
                 sync_lock: Mutex::new(()),
                 targets: Mutex::new(BTreeMap::new()),
                 retired: Mutex::new(Vec::new()),
-                sender: HttpSender::new(),
+                sender: HttpSender::new(connect_timeouts),
                 scratch: ScratchPool::default(),
                 stats: GlobalStats::default(),
                 started: Instant::now(),

@@ -699,7 +699,7 @@ mod tests {
         core.on_result(
             d.lane,
             d.batch,
-            &crate::deliver::policy::SendResult::Timeout,
+            &crate::deliver::policy::SendResult::Timeout("no response within 1s".into()),
             std::time::Duration::from_millis(1),
             later,
             SystemTime::now(),
