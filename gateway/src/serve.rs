@@ -294,6 +294,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             gateway: reporting.gateway.clone(),
             draining: draining.clone(),
             stopped: stop_rx.clone(),
+            store_reachable: Some({
+                let live = live.clone();
+                Arc::new(move || live.reachable())
+            }),
         },
     ));
 

@@ -58,6 +58,11 @@ pub struct Snapshot {
     pub ready: bool,
     /// The gateway is draining (SIGTERM).
     pub draining: bool,
+    /// Whether the registry store answers (`false`: the gateway forwards
+    /// with the registry it has, or its last known one; admin writes get
+    /// 503). Absent from gateways that do not report it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_reachable: Option<bool>,
     /// Ingest counters.
     pub ingest: Ingest,
     /// Dropped samples by reason (`unattributed`, `foreign`, `filtered`,

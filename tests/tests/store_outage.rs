@@ -154,6 +154,9 @@ async fn a_gateway_restarted_while_postgres_is_down_serves_from_its_last_registr
     let (status, body) = tokio::task::block_in_place(|| b.request("GET", "/readyz", None));
     assert_eq!(status, 200);
     assert!(body.contains("store: unreachable"), "{body}");
+    // The stats API (and so the console) says so too.
+    let (_, stats) = tokio::task::block_in_place(|| b.request("GET", "/api/v1/stats", None));
+    assert!(stats.contains("\"storeReachable\":false"), "{stats}");
     let log = b.log();
     assert!(
         log.lines()

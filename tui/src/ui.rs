@@ -267,6 +267,13 @@ pub fn gateway_lines(state: &State, g: &Gateway) -> Vec<Line<'static>> {
                 } else {
                     spans.push(Span::raw("  ready"));
                 }
+                // Forwarding goes on; admin writes do not (503).
+                if s.store_reachable == Some(false) {
+                    spans.push(Span::styled(
+                        "  store: unreachable",
+                        Style::default().fg(Color::Red),
+                    ));
+                }
                 // In a fleet, each gateway's share of the traffic.
                 if state.gateways.len() > 1 {
                     spans.push(Span::raw(format!(

@@ -437,3 +437,17 @@ fn readme_captures_are_the_80x24_snapshots() {
         "only {captures} captures found in the README"
     );
 }
+
+#[test]
+fn a_gateway_whose_store_is_unreachable_says_so() {
+    let mut s = State::new(&["http://127.0.0.1:9556"], T0);
+    let mut snap = snapshot(1);
+    s.on_stats(0, snap.clone());
+    let text = render_text(&s, 120, 24);
+    assert!(!text.contains("store: unreachable"), "{text}");
+    snap.store_reachable = Some(false);
+    s.now_ms = T0 + 1000;
+    s.on_stats(0, snap);
+    let text = render_text(&s, 120, 24);
+    assert!(text.contains("ready  store: unreachable"), "{text}");
+}

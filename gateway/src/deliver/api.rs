@@ -39,13 +39,16 @@ pub struct DeliveryApi {
     /// Turns true when the gateway stops: stats streams end with a last
     /// `stopped` event (an open stream must never hold up the shutdown).
     pub stopped: tokio::sync::watch::Receiver<bool>,
+    /// Whether the registry store answers (`None`: not known).
+    pub store_reachable: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl DeliveryApi {
     fn stats(&self) -> api::Snapshot {
         let draining = self.draining.load(std::sync::atomic::Ordering::SeqCst);
+        let store = self.store_reachable.as_ref().map(|f| f());
         self.delivery
-            .stats_snapshot(&self.gateway, self.health.is_ready(), draining)
+            .stats_snapshot(&self.gateway, self.health.is_ready(), draining, store)
     }
 }
 
@@ -198,6 +201,7 @@ mod tests {
             gateway: "host:9556".into(),
             draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             stopped: tokio::sync::watch::channel(false).1,
+            store_reachable: None,
         }
     }
 

@@ -431,7 +431,13 @@ impl FanoutDelivery {
     }
 
     /// The snapshot of `GET /api/v1/stats`.
-    pub fn stats_snapshot(&self, gateway: &str, ready: bool, draining: bool) -> api::Snapshot {
+    pub fn stats_snapshot(
+        &self,
+        gateway: &str,
+        ready: bool,
+        draining: bool,
+        store_reachable: Option<bool>,
+    ) -> api::Snapshot {
         let s = &self.inner.stats;
         let snap = self.inner.snapshot.load_full();
         let mut requests: BTreeMap<String, BTreeMap<String, u64>> = ["http1", "h2", "h3"]
@@ -482,6 +488,7 @@ impl FanoutDelivery {
             config_version: snap.version(),
             ready,
             draining,
+            store_reachable,
             ingest: api::Ingest {
                 requests,
                 samples: load(&s.samples),
@@ -892,7 +899,7 @@ mod tests {
         assert_eq!(orphans[0].0, "gone-target");
         assert!(gone.exists());
         assert!(gone.join(spill_mod::ORPHAN_MARK).exists());
-        let stats = d.stats_snapshot("g", true, false);
+        let stats = d.stats_snapshot("g", true, false, None);
         assert_eq!(stats.orphan_backlogs[0].target_id, "gone-target");
         let left = stats.orphan_backlogs[0].delete_in_seconds;
         assert!(left > 3500.0, "retention counts from the mark: {left}");
