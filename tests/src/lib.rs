@@ -3,6 +3,7 @@
 //! would. The tests live in `tests/tests/`; this library holds their helpers.
 
 pub mod fanout;
+pub mod fleet;
 pub mod prometheus;
 pub mod rounds;
 pub mod tmux;

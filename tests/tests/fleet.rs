@@ -26,30 +26,23 @@
 //! `.ci/run` installs Debian's).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fanout_loadtest::identity::SeriesId;
-use fanout_loadtest::sink::{Fault, SinkHandle, SinkReport};
-use fanout_tests::fanout::{fanout_bin, free_port};
-use fanout_tests::prometheus::{built, http, peer_binary, temp_dir, wait_for};
-use fanout_tests::rounds::{self, client, round_of, sink_at};
+use fanout_loadtest::sink::{Fault, SinkHandle};
+use fanout_tests::fanout::free_port;
+use fanout_tests::fleet::{settle, token, writer, Balancer, Client, Member, Sent, ADMIN_TOKEN};
+use fanout_tests::prometheus::{built, http, temp_dir, wait_for};
+use fanout_tests::rounds::{self, sink_at};
 use fanout_tests::tmux::Tmux;
 
 const CLUSTERS: u32 = 3;
 const SERIES: u32 = 100;
-const ADMIN_TOKEN: &str = "fleet-admin-token";
 /// How long a registry change may take to reach every gateway (LISTEN/NOTIFY
 /// takes well under a second).
 const PROPAGATION: Duration = Duration::from_secs(3);
-
-fn token(c: u32) -> String {
-    format!("fleet-ingest-{c}")
-}
 
 /// Clusters `cl-0..2`, each with Deployment `d-c` (namespace `ns-1`, the
 /// namespace `round_of` writes); export `shared` linked to every
@@ -91,132 +84,6 @@ fn registry(sinks: &HashMap<&str, u16>, changed: bool) -> String {
 }
 
 /// One gateway of the fleet: fixed ports (HAProxy knows them) and data dir.
-struct Member {
-    name: String,
-    ingest: SocketAddr,
-    admin: SocketAddr,
-    data: PathBuf,
-    store: String,
-    child: Option<Child>,
-}
-
-impl Member {
-    fn new(name: &str, root: &Path, store: &str) -> Member {
-        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-        Member {
-            name: name.to_owned(),
-            ingest: addr(free_port()),
-            admin: addr(free_port()),
-            data: root.join(name),
-            store: store.to_owned(),
-            child: None,
-        }
-    }
-
-    fn log(&self) -> PathBuf {
-        self.data.with_extension("log")
-    }
-
-    /// Starts it and waits until `/readyz` answers 200.
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log())
-            .unwrap();
-        let child = Command::new(fanout_bin())
-            .arg("serve")
-            .args(["--store", &self.store])
-            .args(["--durability", "wal"])
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(["--ingest-listen", &self.ingest.to_string()])
-            .args(["--admin-listen", &self.admin.to_string()])
-            .args(["--admin-token", ADMIN_TOKEN])
-            .args(["--drain-delay", "1s", "--shutdown-grace", "15s"])
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("fanout starts");
-        self.child = Some(child);
-        let ready = wait_for(Duration::from_secs(60), || {
-            http(self.ingest, "GET", "/readyz", &[], b"").filter(|(s, _)| *s == 200)
-        });
-        assert!(ready.is_some(), "{} not ready:\n{}", self.name, self.tail());
-    }
-
-    fn signal(&mut self, sig: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        let ok = Command::new("kill")
-            .args(["-s", sig, &pid.to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -s {sig} {pid}");
-    }
-
-    /// SIGTERM, then waits (bounded) for the exit; it must be 0.
-    fn stop(&mut self) {
-        self.signal("TERM");
-        let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + Duration::from_secs(40);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not stop:\n{}",
-                self.name,
-                self.tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert!(
-            status.success(),
-            "{} exited {status}:\n{}",
-            self.name,
-            self.tail()
-        );
-    }
-
-    fn kill(&mut self) {
-        self.signal("KILL");
-        let _ = self.child.take().expect("running").wait();
-    }
-
-    fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        let auth = format!("Bearer {ADMIN_TOKEN}");
-        let mut headers = vec![("Authorization", auth.as_str())];
-        if body.is_some() {
-            headers.push(("Content-Type", "application/yaml"));
-        }
-        http(
-            self.admin,
-            method,
-            path,
-            &headers,
-            body.unwrap_or("").as_bytes(),
-        )
-        .unwrap_or_else(|| panic!("{} admin API unreachable", self.name))
-    }
-
-    fn tail(&self) -> String {
-        let text = std::fs::read_to_string(self.log()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// `fanout-tui` on every member's admin API, in a 160x48 tmux pane.
 struct Console {
     tmux: Tmux,
@@ -259,135 +126,6 @@ impl Console {
     }
 }
 
-/// HAProxy in front of the members' ingest ports; killed when dropped.
-struct Balancer {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Balancer {
-    fn start(dir: &Path, members: &[Member]) -> Balancer {
-        let bin = peer_binary("FANOUT_HAPROXY_BIN", "haproxy")
-            .expect("haproxy not found (install Debian's `haproxy` or set FANOUT_HAPROXY_BIN)");
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut cfg = format!(
-            "global\n  maxconn 2000\n\
-defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n  retries 3\n  option redispatch\n\
-frontend ingest\n  bind {addr}\n  default_backend gateways\n\
-backend gateways\n  balance roundrobin\n  option httpchk GET /readyz\n  http-check expect status 200\n\
-  default-server inter 200ms fall 1 rise 2\n"
-        );
-        for m in members {
-            cfg.push_str(&format!("  server {} {} check\n", m.name, m.ingest));
-        }
-        let path = dir.join("haproxy.cfg");
-        std::fs::write(&path, cfg).unwrap();
-        let child = Command::new(bin)
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("haproxy.log")).unwrap())
-            .spawn()
-            .expect("haproxy starts");
-        Balancer { child, addr }
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A round a writer sent: when it was first sent and when it was answered
-/// 2xx (`None`: never, the run ended while it was being retried).
-#[derive(Clone, Copy, Debug)]
-struct Sent {
-    seq: u32,
-    first: Instant,
-    acked: Option<Instant>,
-}
-
-/// What the writers saw.
-#[derive(Default)]
-struct Client {
-    sent: Vec<Vec<Sent>>,
-    retries: u64,
-    non_retryable: Vec<String>,
-    longest_pause: Duration,
-}
-
-/// Writer of cluster `c`: one round after another through `lb`, each sent
-/// again (same body) after 429, 5xx, a connection error or a timeout, with
-/// a backoff from 30 ms doubling to 1 s, until answered 2xx or `stop`.
-async fn writer(c: u32, lb: SocketAddr, stop: Arc<AtomicBool>, out: Arc<Mutex<Client>>) {
-    let http = client();
-    let lb = lb.to_string();
-    let mut seq = 0u32;
-    while !stop.load(Ordering::SeqCst) {
-        let body = round_of(c, seq, SERIES);
-        let first = Instant::now();
-        let mut backoff = Duration::from_millis(30);
-        let acked = loop {
-            match rounds::try_write(&http, &lb, &token(c), body.clone()).await {
-                Some(s) if s / 100 == 2 => break Some(Instant::now()),
-                Some(s) if s != 429 && s < 500 => {
-                    out.lock()
-                        .unwrap()
-                        .non_retryable
-                        .push(format!("cluster {c} round {seq}: {s}"));
-                    break None;
-                }
-                _ => {}
-            }
-            out.lock().unwrap().retries += 1;
-            if stop.load(Ordering::SeqCst) && first.elapsed() > Duration::from_secs(30) {
-                break None;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-        };
-        {
-            let mut o = out.lock().unwrap();
-            if let Some(at) = acked {
-                o.longest_pause = o.longest_pause.max(at - first);
-            }
-            o.sent[c as usize].push(Sent { seq, first, acked });
-        }
-        seq += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until `ok` holds for the sinks' reports, or panics after `limit`
-/// with what `missing` says.
-async fn settle(
-    sinks: &HashMap<&str, SinkHandle>,
-    limit: Duration,
-    missing: impl Fn(&HashMap<String, SinkReport>) -> Vec<String>,
-) -> HashMap<String, SinkReport> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let reports: HashMap<String, SinkReport> = sinks
-            .iter()
-            .map(|(n, s)| (n.to_string(), s.report()))
-            .collect();
-        let left = missing(&reports);
-        if left.is_empty() {
-            return reports;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} problems, e.g.:\n{}",
-            left.len(),
-            left[..left.len().min(10)].join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs PostgreSQL (FANOUT_TEST_POSTGRES_URL) and haproxy; run by .ci/run"]
 async fn a_fleet_behind_haproxy_loses_nothing_acknowledged() {
@@ -424,7 +162,16 @@ async fn a_fleet_behind_haproxy_loses_nothing_acknowledged() {
         ..Client::default()
     }));
     let writers: Vec<_> = (0..CLUSTERS)
-        .map(|c| tokio::spawn(writer(c, lb.addr, stop.clone(), out.clone())))
+        .map(|c| {
+            tokio::spawn(writer(
+                c,
+                lb.addr,
+                SERIES,
+                Duration::from_millis(20),
+                stop.clone(),
+                out.clone(),
+            ))
+        })
         .collect();
     let pause = |d: u64| tokio::time::sleep(Duration::from_millis(d));
     pause(1500).await;
