@@ -70,7 +70,7 @@ pub fn round_of(cluster: u32, seq: u32, series: u32) -> Bytes {
 /// Round `seq` of `cluster` with `series` series in `namespace` (which
 /// attributes them to that namespace's Deployment).
 pub fn round_in(cluster: u32, namespace: &str, seq: u32, series: u32) -> Bytes {
-    let ts = now_ms();
+    let ts = timestamp();
     let req = v1::WriteRequest {
         timeseries: (0..series)
             .map(|i| v1::TimeSeries {
@@ -91,7 +91,7 @@ pub fn round_in(cluster: u32, namespace: &str, seq: u32, series: u32) -> Bytes {
                         seq,
                     }
                     .to_value(),
-                    timestamp: ts + i64::from(seq),
+                    timestamp: ts,
                 }],
                 ..Default::default()
             })
@@ -101,6 +101,20 @@ pub fn round_in(cluster: u32, namespace: &str, seq: u32, series: u32) -> Bytes {
     Bytes::from(fanout_proto::snappy::compress(
         &prost::Message::encode_to_vec(&req),
     ))
+}
+
+/// The timestamp of a new round: now (so a sink's end-to-end latency is
+/// the delivery's), and above every earlier round's of this process, so a
+/// series' samples rise even when rounds are made within one millisecond.
+fn timestamp() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = now_ms();
+    let next = |last: i64| last.max(now - 1) + 1;
+    let last = LAST
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| Some(next(l)))
+        .unwrap_or_default();
+    next(last)
 }
 
 /// One write to the gateway at `ingest`: its status, or `None` on a
