@@ -28,6 +28,9 @@ use serde_json::Value;
 pub struct Items<T> {
     /// The listed things.
     pub items: Vec<T>,
+    /// With `?limit=`: the `after` of the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// An error answer: what went wrong and, for a rejected document, every
@@ -439,6 +442,9 @@ pub struct ExportStatuses {
     pub id: String,
     /// One per Deployment.
     pub items: Vec<DeploymentExportStatus>,
+    /// With `?limit=`: the `after` of the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// One Deployment's side of an export.

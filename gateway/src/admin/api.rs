@@ -14,6 +14,7 @@ use bytes::Bytes;
 use fanout_proto::api;
 use serde_json::Value;
 
+use super::paging::Page;
 use super::AdminState;
 use crate::registry::model::{
     mask_export_fields, masked, masked_document, parse_value, Document, Kind, Object,
@@ -148,11 +149,21 @@ fn body_value(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request("unreadable body", vec![e]))
 }
 
-async fn list(State(s): State<AdminState>, Path(kind): Path<String>) -> ApiResult {
+async fn list(
+    State(s): State<AdminState>,
+    Path(kind): Path<String>,
+    Query(page): Query<Page>,
+) -> ApiResult {
     let kind = kind_of(&kind)?;
     let snapshot = s.live.current();
-    let items: Vec<Value> = snapshot.registry().list(kind).iter().map(masked).collect();
-    Ok(Json(api::Items { items }).into_response())
+    let all: Vec<Value> = snapshot.registry().list(kind).iter().map(masked).collect();
+    // `q` matches any field of the read form (secrets are "***" there).
+    let (items, next) = page.select(
+        all,
+        |v| v["id"].as_str().unwrap_or_default().to_owned(),
+        Value::to_string,
+    );
+    Ok(Json(api::Items { items, next }).into_response())
 }
 
 async fn get_one(
@@ -271,31 +282,42 @@ async fn effective(State(s): State<AdminState>, Path(id): Path<String>) -> ApiRe
 
 /// The export's status for every Deployment it applies to (after links,
 /// exclusions and overrides), each through the target it resolves to.
-async fn export_status(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+async fn export_status(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    Query(page): Query<Page>,
+) -> ApiResult {
     let snapshot = s.live.current();
     let registry = snapshot.registry();
     if !registry.metrics_exports.contains_key(&id) {
         return Err(ApiError::not_found(&format!("metrics export {id}")));
     }
-    let others = super::status::others(s.live.store(), &s.reporting, None).await;
-    let mut items = Vec::new();
+    // (Deployment, target) pairs first; statuses for the page only.
+    let mut pairs = Vec::new();
     for d in registry.deployments.keys() {
         for e in effective_exports(registry, d, snapshot.salt()) {
-            if e.export_id != id {
-                continue;
+            if e.export_id == id {
+                pairs.push((d.clone(), e.target_id.0));
             }
+        }
+    }
+    let (pairs, next) = page.select(pairs, |(d, _)| d.clone(), |(_, t)| t.clone());
+    let others = super::status::others(s.live.store(), &s.reporting, None).await;
+    let items = pairs
+        .into_iter()
+        .map(|(d, target)| {
             let own = s
                 .status
                 .as_ref()
-                .and_then(|st| st.export_status(d, &e.target_id.0));
-            items.push(api::DeploymentExportStatus {
-                deployment_id: d.clone(),
-                status: super::status::fleet_status(own, &s.reporting, d, &e.target_id.0, &others),
-                target_id: e.target_id.0,
-            });
-        }
-    }
-    Ok(Json(api::ExportStatuses { id, items }).into_response())
+                .and_then(|st| st.export_status(&d, &target));
+            api::DeploymentExportStatus {
+                status: super::status::fleet_status(own, &s.reporting, &d, &target, &others),
+                deployment_id: d,
+                target_id: target,
+            }
+        })
+        .collect();
+    Ok(Json(api::ExportStatuses { id, items, next }).into_response())
 }
 
 async fn get_registry(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult {

@@ -19,6 +19,7 @@
 pub mod api;
 pub mod apply;
 pub mod openapi;
+pub mod paging;
 pub mod status;
 pub mod tls;
 

@@ -17,6 +17,16 @@ pub fn document() -> Value {
     let errors = json!({"400": error, "401": error, "404": error, "409": error});
     let mut paths = serde_json::Map::new();
     let schema_of = |name: &str| json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}});
+    // `?limit=&after=&q=` of every list (admin/paging.rs).
+    let paging = json!([
+        {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0},
+            "description": "at most this many items (without it: all); the answer's `next` is the `after` of the next page"},
+        {"name": "after", "in": "query", "required": false, "schema": {"type": "string"},
+            "description": "only items whose id sorts after this one (items are in id order)"},
+        {"name": "q", "in": "query", "required": false, "schema": {"type": "string"},
+            "description": "only items whose id or fields contain this, case-insensitive"}
+    ]);
+    let next = json!({"type": "string", "description": "with `limit`: the `after` of the next page; absent on the last"});
     for (plural, schema) in [
         ("clusters", "Cluster"),
         ("workspaces", "Workspace"),
@@ -26,7 +36,7 @@ pub fn document() -> Value {
         let obj = json!({"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
         let ok = json!({"description": "the object, secrets masked", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
         let mut collection = json!({
-            "get": {"summary": format!("List {plural}"), "responses": {"200": {"description": "{\"items\": [...]}", "content": {"application/json": {"schema": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": format!("#/components/schemas/{schema}")}}}}}}}}},
+            "get": {"summary": format!("List {plural}"), "parameters": paging.clone(), "responses": {"200": {"description": "{\"items\": [...], \"next\": ...}", "content": {"application/json": {"schema": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": format!("#/components/schemas/{schema}")}}, "next": next.clone()}}}}}}},
             "post": {"summary": format!("Create one of {plural}"), "requestBody": obj, "responses": {"201": ok}},
         });
         merge(&mut collection["post"]["responses"], &errors);
@@ -56,8 +66,8 @@ pub fn document() -> Value {
     paths.insert(
         "/api/v1/metrics-exports/{id}/status".into(),
         json!({"get": {"summary": "The export's status for every Deployment it applies to, on this gateway",
-            "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "per Deployment", "content": schema_of("ExportStatuses")}, "404": error}}}),
+            "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}, paging[0].clone(), paging[1].clone(), paging[2].clone()],
+            "responses": {"200": {"description": "per Deployment (paged by Deployment id)", "content": schema_of("ExportStatuses")}, "404": error}}}),
     );
     paths.insert(
         "/api/v1/registry".into(),
@@ -85,7 +95,8 @@ pub fn document() -> Value {
     paths.insert(
         "/api/v1/targets".into(),
         json!({"get": {"summary": "Every delivery target's status",
-            "responses": {"200": {"description": "{\"items\": [...]}", "content": {"application/json": {"schema": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Target"}}}}}}}, "401": error}}}),
+            "parameters": paging.clone(),
+            "responses": {"200": {"description": "{\"items\": [...], \"next\": ...} (q matches the id, endpoint and exports)", "content": {"application/json": {"schema": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Target"}}, "next": next.clone()}}}}}, "401": error}}}),
     );
     for action in ["pause", "resume"] {
         paths.insert(
@@ -149,7 +160,7 @@ pub fn document() -> Value {
         "samplesDelivered1m": s("integer"), "samplesDropped1m": {"type": "object", "additionalProperties": s("integer")},
         "oldestUndeliveredSeconds": s("number"),
         "lastError": {"type": "object", "properties": {"time": s("string"), "status": {"type": "integer", "nullable": true}, "message": s("string")}}}});
-    let export_statuses = json!({"type": "object", "properties": {"id": s("string"), "items": {"type": "array", "items": {"type": "object", "properties": {
+    let export_statuses = json!({"type": "object", "properties": {"id": s("string"), "next": next.clone(), "items": {"type": "array", "items": {"type": "object", "properties": {
                     "deploymentId": s("string"), "targetId": s("string"), "status": {"$ref": "#/components/schemas/ExportStatus"}}}}}});
     json!({
         "openapi": "3.0.3",
@@ -396,6 +407,7 @@ mod tests {
                 target_id: "t".into(),
                 status: Some(status),
             }],
+            next: Some("d".into()),
         };
         check("ExportStatuses", &all, true);
         let limits = api::LimitsStatus {

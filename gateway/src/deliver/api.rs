@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -69,9 +69,21 @@ async fn require_token(State(api): State<DeliveryApi>, request: Request, next: N
     crate::admin::check_admin_token(api.token.as_ref(), request, next).await
 }
 
-async fn targets(State(api): State<DeliveryApi>) -> Response {
+async fn targets(
+    State(api): State<DeliveryApi>,
+    Query(page): Query<crate::admin::paging::Page>,
+) -> Response {
+    // The page is picked by id, endpoint and exports before any status is
+    // built (a status reads the target's queue under its lock).
+    let (handles, next) = page.select(
+        api.delivery.targets(),
+        |t| t.id(),
+        |t| format!("{} {}", t.endpoint(), t.name()),
+    );
+    let snap = api.delivery.snapshot();
     Json(api::Items {
-        items: api.delivery.target_statuses(),
+        items: handles.iter().map(|t| t.status(&snap)).collect(),
+        next,
     })
     .into_response()
 }

@@ -281,6 +281,11 @@ impl TargetHandle {
         self.id.load().as_ref().clone()
     }
 
+    /// Its endpoint as shown (query values masked).
+    pub fn endpoint(&self) -> String {
+        self.endpoint.load().as_ref().clone()
+    }
+
     /// Its exports and Deployment count ([`Target::name`]), for log lines.
     pub fn name(&self) -> String {
         self.target().name()
