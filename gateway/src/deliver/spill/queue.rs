@@ -624,6 +624,18 @@ impl DiskQueue {
         }
     }
 
+    /// Whether a sync round would have anything to do: records or a
+    /// ledger not yet synced, consumed segments to delete, a directory
+    /// change (or a broken queue, whose round reports it).
+    pub fn needs_sync(&self) -> bool {
+        self.broken.is_some()
+            || !self.unsynced.is_empty()
+            || self.active_dirty
+            || self.acked_seq != self.ledger_synced
+            || !self.consumed.is_empty()
+            || self.dir_dirty
+    }
+
     /// Captures what the next durability round must do, so it can run without
     /// holding the queue (group commit). Fails if the queue is broken.
     pub fn plan_sync(&mut self) -> Result<SyncPlan, SpillError> {
