@@ -32,7 +32,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -70,7 +69,8 @@ struct Entry {
 
 /// The workers, the ticker and the queues they serve.
 struct Pool {
-    jobs: Mutex<mpsc::Sender<(Arc<Entry>, bool)>>,
+    /// Many senders, many receivers: a job wakes one idle worker.
+    jobs: crossbeam_channel::Sender<(Arc<Entry>, bool)>,
     entries: Mutex<Vec<Weak<Entry>>>,
     started: Instant,
 }
@@ -78,17 +78,14 @@ struct Pool {
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<(Arc<Entry>, bool)>();
-        let rx = Arc::new(Mutex::new(rx));
+        let (tx, rx) = crossbeam_channel::unbounded::<(Arc<Entry>, bool)>();
         for i in 0..SYNC_WORKERS {
             let rx = rx.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("fanout-spill-sync-{i}"))
-                .spawn(move || loop {
-                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    match job {
-                        Ok((entry, force)) => serve(&entry, force),
-                        Err(_) => return,
+                .spawn(move || {
+                    for (entry, force) in rx {
+                        serve(&entry, force);
                     }
                 });
             if let Err(e) = spawned {
@@ -107,7 +104,7 @@ fn pool() -> &'static Pool {
             tracing::error!(error = %e, "cannot start the spill sync ticker; periodic syncs only at shutdown");
         }
         Pool {
-            jobs: Mutex::new(tx),
+            jobs: tx,
             entries: Mutex::new(Vec::new()),
             started: Instant::now(),
         }
@@ -120,11 +117,7 @@ impl Pool {
     }
 
     fn schedule(&self, entry: &Arc<Entry>, force: bool) {
-        let sent = self
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send((entry.clone(), force));
+        let sent = self.jobs.send((entry.clone(), force));
         if sent.is_err() {
             // No worker left: serve it here (never the case in practice).
             serve(entry, force);
@@ -157,12 +150,15 @@ impl Pool {
 /// Serves `entry`: takes its waiters, runs a round if one of them needs it
 /// (or `force`), answers them.
 fn serve(entry: &Entry, force: bool) {
+    // The waiters are taken once the round lock is held: those that arrive
+    // while another round of this queue runs all go in the next one (as
+    // with a thread per queue), not one round each.
+    let _round = entry.round.lock().unwrap_or_else(|p| p.into_inner());
     entry.scheduled.store(false, Ordering::SeqCst);
     let waiters = std::mem::take(&mut *entry.waiters.lock().unwrap_or_else(|p| p.into_inner()));
     let durable = entry.counters.durable_seq.load(Ordering::Acquire);
     let need = force || waiters.iter().any(|(s, _)| *s > durable);
     let result = if need {
-        let _round = entry.round.lock().unwrap_or_else(|p| p.into_inner());
         round(&entry.queue, &entry.counters)
     } else {
         Ok(())
