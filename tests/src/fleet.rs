@@ -317,3 +317,50 @@ pub async fn settle(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+impl Balancer {
+    /// [`Balancer::start`], then waits (30 s at most) until it answers
+    /// `/readyz` with 200.
+    pub fn start_ready(dir: &Path, members: &[Member]) -> Balancer {
+        let lb = Balancer::start(dir, members);
+        let up = wait_for(Duration::from_secs(30), || {
+            http(lb.addr, "GET", "/readyz", &[], b"").filter(|(s, _)| *s == 200)
+        });
+        assert!(up.is_some(), "haproxy does not answer on {}", lb.addr);
+        lb
+    }
+}
+
+/// One [`writer`] per cluster `0..clusters`, all through `lb`.
+pub struct Writers {
+    /// Set to stop them.
+    pub stop: Arc<AtomicBool>,
+    /// What they saw.
+    pub out: Arc<Mutex<Client>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    /// Starts them: rounds of `series` series, `gap` apart.
+    pub fn start(clusters: u32, lb: SocketAddr, series: u32, gap: Duration) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let out = Arc::new(Mutex::new(Client {
+            sent: vec![Vec::new(); clusters as usize],
+            ..Client::default()
+        }));
+        let tasks = (0..clusters)
+            .map(|c| tokio::spawn(writer(c, lb, series, gap, stop.clone(), out.clone())))
+            .collect();
+        Writers { stop, out, tasks }
+    }
+
+    /// Stops them, waits for every round in flight, and returns what they saw.
+    pub async fn finish(self) -> Client {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.expect("a writer panicked");
+        }
+        let client = std::mem::take(&mut *self.out.lock().unwrap());
+        client
+    }
+}

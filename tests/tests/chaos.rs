@@ -39,14 +39,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fanout_loadtest::identity::SeriesId;
 use fanout_loadtest::sink::{Fault, SinkHandle};
 use fanout_tests::fanout::free_port;
-use fanout_tests::fleet::{settle, token, writer, Balancer, Client, Member};
+use fanout_tests::fleet::{settle, token, Balancer, Client, Member, Writers};
 use fanout_tests::prometheus::{http, temp_dir, wait_for};
 use fanout_tests::rounds::{self, sink_at};
 use hdrhistogram::Histogram;
@@ -354,29 +354,9 @@ async fn the_fleet_outlives_its_postgres_its_disk_and_hostile_endpoints() {
     let (status, body) = members[0].admin("PUT", "/api/v1/registry", Some(&registry(&ports, "v0")));
     assert_eq!(status, 200, "{body}");
     members[1].start();
-    let lb = Balancer::start(&dir, &members);
-    let up = wait_for(Duration::from_secs(30), || {
-        http(lb.addr, "GET", "/readyz", &[], b"").filter(|(s, _)| *s == 200)
-    });
-    assert!(up.is_some(), "haproxy does not answer on {}", lb.addr);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let out = Arc::new(Mutex::new(Client {
-        sent: vec![Vec::new(); CLUSTERS as usize],
-        ..Client::default()
-    }));
-    let writers: Vec<_> = (0..CLUSTERS)
-        .map(|c| {
-            tokio::spawn(writer(
-                c,
-                lb.addr,
-                SERIES,
-                Duration::from_millis(50),
-                stop.clone(),
-                out.clone(),
-            ))
-        })
-        .collect();
+    let lb = Balancer::start_ready(&dir, &members);
+    let writers = Writers::start(CLUSTERS, lb.addr, SERIES, Duration::from_millis(50));
+    let out = writers.out.clone();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let mut phases: Vec<Phase> = Vec::new();
@@ -504,11 +484,7 @@ async fn the_fleet_outlives_its_postgres_its_disk_and_hostile_endpoints() {
         phases.push(phase);
     }
 
-    stop.store(true, Ordering::SeqCst);
-    for w in writers {
-        w.await.unwrap();
-    }
-    let client = std::mem::take(&mut *out.lock().unwrap());
+    let client = writers.finish().await;
     assert!(
         client.non_retryable.is_empty(),
         "the clients saw answers they may not retry: {:?}",

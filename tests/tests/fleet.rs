@@ -26,15 +26,13 @@
 //! `.ci/run` installs Debian's).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fanout_loadtest::identity::SeriesId;
 use fanout_loadtest::sink::{Fault, SinkHandle};
 use fanout_tests::fanout::free_port;
-use fanout_tests::fleet::{settle, token, writer, Balancer, Client, Member, Sent, ADMIN_TOKEN};
-use fanout_tests::prometheus::{built, http, temp_dir, wait_for};
+use fanout_tests::fleet::{settle, token, Balancer, Member, Sent, Writers, ADMIN_TOKEN};
+use fanout_tests::prometheus::{built, temp_dir};
 use fanout_tests::rounds::{self, sink_at};
 use fanout_tests::tmux::Tmux;
 
@@ -150,29 +148,8 @@ async fn a_fleet_behind_haproxy_loses_nothing_acknowledged() {
     for m in &mut members[1..] {
         m.start();
     }
-    let lb = Balancer::start(&dir, &members);
-    let up = wait_for(Duration::from_secs(30), || {
-        http(lb.addr, "GET", "/readyz", &[], b"").filter(|(s, _)| *s == 200)
-    });
-    assert!(up.is_some(), "haproxy does not answer on {}", lb.addr);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let out = Arc::new(Mutex::new(Client {
-        sent: vec![Vec::new(); CLUSTERS as usize],
-        ..Client::default()
-    }));
-    let writers: Vec<_> = (0..CLUSTERS)
-        .map(|c| {
-            tokio::spawn(writer(
-                c,
-                lb.addr,
-                SERIES,
-                Duration::from_millis(20),
-                stop.clone(),
-                out.clone(),
-            ))
-        })
-        .collect();
+    let lb = Balancer::start_ready(&dir, &members);
+    let writers = Writers::start(CLUSTERS, lb.addr, SERIES, Duration::from_millis(20));
     let pause = |d: u64| tokio::time::sleep(Duration::from_millis(d));
     pause(1500).await;
     let console = Console::start(&members);
@@ -212,10 +189,7 @@ async fn a_fleet_behind_haproxy_loses_nothing_acknowledged() {
     });
     pause(5000).await;
 
-    stop.store(true, Ordering::SeqCst);
-    for w in writers {
-        w.await.unwrap();
-    }
+    let client = writers.finish().await;
     // The merged targets: one row per target, whatever gateways have it.
     console.keys(&["2"]);
     let screen = console.wait("the merged targets", |s| {
@@ -229,7 +203,6 @@ async fn a_fleet_behind_haproxy_loses_nothing_acknowledged() {
     eprintln!("the console on the fleet:\n{screen}");
     console.keys(&["q"]);
     console.wait("the console to exit", |s| s.contains("TUI-EXITED-0"));
-    let client = std::mem::take(&mut *out.lock().unwrap());
     assert!(
         client.non_retryable.is_empty(),
         "the clients saw answers they may not retry: {:?}",

@@ -1454,55 +1454,33 @@ fn the_highest_sent_timestamp_follows_deliveries_only() {
         SystemTime::now(),
     );
     assert_eq!(core.counters().highest_sent_ms, i64::MIN, "not delivered");
+    // The next batch polled at `at`, answered 204: what the core says of it.
+    let highest_after = |core: &mut TargetCore, at: Instant, what: &str| {
+        let d = core.poll(at).unwrap_or_else(|| panic!("{what}"));
+        match core.on_result(
+            d.lane,
+            d.batch,
+            &ok(),
+            Duration::ZERO,
+            at,
+            SystemTime::now(),
+        ) {
+            Event::Sent { highest_sent, .. } => highest_sent,
+            ev => panic!("{what}: {ev:?}"),
+        }
+    };
     let at = t0 + Duration::from_secs(10);
-    let d = core.poll(at).expect("the retry");
-    let ev = core.on_result(
-        d.lane,
-        d.batch,
-        &ok(),
-        Duration::ZERO,
-        at,
-        SystemTime::now(),
-    );
-    assert!(
-        matches!(
-            ev,
-            Event::Sent {
-                highest_sent: 9_000,
-                ..
-            }
-        ),
-        "{ev:?}"
-    );
-    let mut disk = Disk::default();
+    assert_eq!(highest_after(&mut core, at, "the retry"), 9_000);
     let (records, samples) = records(3, "d");
-    disk.0.push(DiskChunk {
+    let disk = vec![DiskChunk {
         seq: 1,
         tag: 0,
         records,
         wire: 0,
         samples,
         enqueued_ms: 0,
-    });
-    core.reload(disk.0.clone(), 1, true, at, 0);
+    }];
+    core.reload(disk, 1, true, at, 0);
     core.set_flush(true);
-    let d = core.poll(at).expect("the disk batch");
-    let ev = core.on_result(
-        d.lane,
-        d.batch,
-        &ok(),
-        Duration::ZERO,
-        at,
-        SystemTime::now(),
-    );
-    assert!(
-        matches!(
-            ev,
-            Event::Sent {
-                highest_sent: 9_000,
-                ..
-            }
-        ),
-        "{ev:?}"
-    );
+    assert_eq!(highest_after(&mut core, at, "the disk batch"), 9_000);
 }
