@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use anyhow::bail;
 
+use crate::admin::api::{holds, ApiError};
 use crate::config::{read_file, CheckArgs};
 use crate::registry::model::{Document, Registry};
 use crate::registry::ops;
@@ -64,30 +65,18 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
 }
 
 /// Checks one registry file: what it holds, or the admin API's error and
-/// problems.
+/// problems (its own [`ApiError`] for the same document).
 pub fn check_registry(path: &Path) -> Result<String, (String, Vec<String>)> {
     let text = std::fs::read(path).map_err(|e| (format!("cannot read it: {e}"), Vec::new()))?;
     let yaml = path
         .extension()
         .is_none_or(|e| !e.eq_ignore_ascii_case("json"));
-    let invalid = |problems| ("invalid registry: nothing was applied".to_owned(), problems);
-    let doc = Document::parse(&text, yaml).map_err(invalid)?;
-    let (registry, _) = match ops::plan(&Registry::default(), doc) {
-        Ok(planned) => planned,
-        Err(UpdateError::Invalid(problems)) => return Err(invalid(problems)),
-        Err(UpdateError::Conflict(problems)) => {
-            return Err(("conflict: nothing was applied".to_owned(), problems))
-        }
-        Err(e) => return Err((e.to_string(), Vec::new())),
+    let refused = |e: UpdateError| {
+        let e = ApiError::from(e);
+        (e.error, e.problems)
     };
+    let doc = Document::parse(&text, yaml).map_err(|p| refused(UpdateError::Invalid(p)))?;
+    let (registry, _) = ops::plan(&Registry::default(), doc).map_err(refused)?;
     let snapshot = Snapshot::build(Arc::new(registry), 0, Arc::from(&b""[..]));
-    let r = snapshot.registry();
-    Ok(format!(
-        "{} clusters, {} workspaces, {} deployments, {} metrics exports, {} targets",
-        r.clusters.len(),
-        r.workspaces.len(),
-        r.deployments.len(),
-        r.metrics_exports.len(),
-        snapshot.targets().count()
-    ))
+    Ok(holds(&snapshot).counts())
 }

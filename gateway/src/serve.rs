@@ -461,7 +461,6 @@ fn install_metrics(data_dir: &Path) -> Option<metrics_exporter_prometheus::Prome
             let upkeep = handle.clone();
             let free = metrics::gauge!(stats::names::DATA_DIR_FREE);
             let process = stats::ProcessMetrics::new();
-            process.sample();
             let data_dir = data_dir.to_owned();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(stats::UPKEEP_EVERY);

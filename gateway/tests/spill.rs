@@ -334,7 +334,7 @@ fn group_commit_satisfies_concurrent_waiters_with_fewer_fsyncs() {
     let dir = tmp.path().join("t");
     let (q, _) = DiskQueue::open(&dir, cfg(1 << 20, 1 << 30)).unwrap();
     let q = Arc::new(Mutex::new(q));
-    let gc = Arc::new(GroupCommit::start(q.clone(), None).unwrap());
+    let gc = Arc::new(GroupCommit::start(q.clone(), None));
     let n = 16;
     let appended = Arc::new(Barrier::new(n));
     let threads: Vec<_> = (0..n as u64)
@@ -390,7 +390,7 @@ async fn durable_is_a_future() {
     let tmp = tempfile::tempdir().unwrap();
     let (q, _) = DiskQueue::open(tmp.path().join("t"), DiskQueueConfig::default()).unwrap();
     let q = Arc::new(Mutex::new(q));
-    let gc = GroupCommit::start(q.clone(), None).unwrap();
+    let gc = GroupCommit::start(q.clone(), None);
     let seq = lock_queue(&q).append(&record(1, 10)).unwrap().seq;
     gc.durable(seq).await.unwrap();
     assert_eq!(gc.durable_seq(), 1);
@@ -403,7 +403,7 @@ fn memory_durability_syncs_on_the_interval() {
     let dir = tmp.path().join("t");
     let (q, _) = DiskQueue::open(&dir, DiskQueueConfig::default()).unwrap();
     let q = Arc::new(Mutex::new(q));
-    let gc = GroupCommit::start(q.clone(), Some(Duration::from_millis(20))).unwrap();
+    let gc = GroupCommit::start(q.clone(), Some(Duration::from_millis(20)));
     let seq = lock_queue(&q).append(&record(1, 10)).unwrap().seq;
     let deadline = Instant::now() + Duration::from_secs(10);
     while gc.durable_seq() < seq {
@@ -506,7 +506,7 @@ fn broken_queue_reopens_keeping_seqs_read_cursor_and_acks() {
     let len = 2_000;
     let (q, _) = DiskQueue::open(&dir, cfg(64 << 10, 1 << 30)).unwrap();
     let q = Arc::new(Mutex::new(q));
-    let commit = GroupCommit::start(q.clone(), None).unwrap();
+    let commit = GroupCommit::start(q.clone(), None);
     for i in 1..=10 {
         lock_queue(&q).append(&record(i, len)).unwrap();
     }
@@ -878,7 +878,7 @@ fn hold_rounds_keeps_sync_rounds_off_the_queue() {
     let tmp = tempfile::tempdir().unwrap();
     let (q, _) = DiskQueue::open(tmp.path().join("t"), cfg(64 << 10, 1 << 30)).unwrap();
     let q = Arc::new(Mutex::new(q));
-    let commit = GroupCommit::start(q.clone(), None).unwrap();
+    let commit = GroupCommit::start(q.clone(), None);
     let seq = lock_queue(&q).append(&record(1, 100)).unwrap().seq;
     let held = commit.hold_rounds();
     let (tx, rx) = std::sync::mpsc::channel();

@@ -479,6 +479,17 @@ pub struct Applied {
     pub targets: u64,
 }
 
+impl Applied {
+    /// `2 clusters, 1 workspaces, 3 deployments, 3 metrics exports, 3
+    /// targets`: how `fanout apply` and `fanout check` say what it holds.
+    pub fn counts(&self) -> String {
+        format!(
+            "{} clusters, {} workspaces, {} deployments, {} metrics exports, {} targets",
+            self.clusters, self.workspaces, self.deployments, self.metrics_exports, self.targets
+        )
+    }
+}
+
 /// The answer to `PUT /api/v1/registry?dryRun=true`: what the document
 /// would change on the gateway, which changed nothing.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

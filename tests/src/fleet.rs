@@ -25,6 +25,26 @@ pub fn token(c: u32) -> String {
     format!("fleet-ingest-{c}")
 }
 
+/// The start of a fleet registry: clusters `cl-0..` (ingest tokens
+/// [`token`]), Workspace `ws`, and Deployment `d-c` of each cluster in
+/// namespace `ns-1` (the one `round_of` writes); the exports follow.
+pub fn clusters_and_deployments(clusters: u32) -> String {
+    let mut y = String::from("clusters:\n");
+    for c in 0..clusters {
+        y.push_str(&format!(
+            "  - {{id: cl-{c}, organizationId: org-c, cloudProvider: aws, cloudRegion: us-east-1, ingestToken: {}}}\n",
+            token(c)
+        ));
+    }
+    y.push_str("workspaces:\n  - {id: ws, organizationId: org-w, name: fleet}\ndeployments:\n");
+    for c in 0..clusters {
+        y.push_str(&format!(
+            "  - {{id: d-{c}, workspaceId: ws, clusterId: cl-{c}, namespace: ns-1, type: HOSTED, name: d{c}}}\n"
+        ));
+    }
+    y
+}
+
 /// One gateway of the fleet.
 pub struct Member {
     /// Its name (`g0`, ...).

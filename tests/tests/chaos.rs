@@ -43,10 +43,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fanout_loadtest::bench::procfs;
 use fanout_loadtest::identity::SeriesId;
 use fanout_loadtest::sink::{Fault, SinkHandle};
 use fanout_tests::fanout::free_port;
-use fanout_tests::fleet::{settle, token, Balancer, Client, Member, Writers};
+use fanout_tests::fleet::{clusters_and_deployments, settle, Balancer, Client, Member, Writers};
 use fanout_tests::prometheus::{http, temp_dir, wait_for};
 use fanout_tests::rounds::{self, sink_at};
 use hdrhistogram::Histogram;
@@ -61,19 +62,7 @@ const BUDGET_MIB: u64 = 256;
 /// linked to every Deployment; `label` is stamped by `a` (a change bumps
 /// the version).
 fn registry(ports: &HashMap<&str, u16>, label: &str) -> String {
-    let mut y = String::from("clusters:\n");
-    for c in 0..CLUSTERS {
-        y.push_str(&format!(
-            "  - {{id: cl-{c}, organizationId: org-c, cloudProvider: aws, cloudRegion: us-east-1, ingestToken: {}}}\n",
-            token(c)
-        ));
-    }
-    y.push_str("workspaces:\n  - {id: ws, organizationId: org-w, name: chaos}\ndeployments:\n");
-    for c in 0..CLUSTERS {
-        y.push_str(&format!(
-            "  - {{id: d-{c}, workspaceId: ws, clusterId: cl-{c}, namespace: ns-1, type: HOSTED, name: d{c}}}\n"
-        ));
-    }
+    let mut y = clusters_and_deployments(CLUSTERS);
     y.push_str("metricsExports:\n");
     for id in ["a", "b", "c"] {
         let labels = if id == "a" {
@@ -218,20 +207,15 @@ fn free_bytes(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Open descriptors of a running member (0 when it is not running).
 fn fds(pid: Option<u32>) -> usize {
-    pid.and_then(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok())
-        .map_or(0, |d| d.count())
+    pid.and_then(|p| procfs::open_fds(p).ok())
+        .map_or(0, |n| n as usize)
 }
 
+/// Resident memory of a running member, in MiB.
 fn rss_mib(pid: Option<u32>) -> u64 {
-    let Some(pid) = pid else { return 0 };
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
+    pid.and_then(|p| procfs::rss(p).ok()).map_or(0, |b| b >> 20)
 }
 
 fn shell(env: &str) {

@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 use fanout_loadtest::identity::SeriesId;
 use fanout_loadtest::sink::{Fault, SinkHandle};
 use fanout_tests::fanout::free_port;
-use fanout_tests::fleet::{settle, token, Balancer, Member, Sent, Writers, ADMIN_TOKEN};
+use fanout_tests::fleet::{
+    clusters_and_deployments, settle, Balancer, Member, Sent, Writers, ADMIN_TOKEN,
+};
 use fanout_tests::prometheus::{built, temp_dir};
 use fanout_tests::rounds::{self, sink_at};
 use fanout_tests::tmux::Tmux;
@@ -47,19 +49,7 @@ const PROPAGATION: Duration = Duration::from_secs(3);
 /// Deployment, `own0` of `d-0` only; with `changed`, `own0` is gone and
 /// `new1` of `d-1` exists.
 fn registry(sinks: &HashMap<&str, u16>, changed: bool) -> String {
-    let mut y = String::from("clusters:\n");
-    for c in 0..CLUSTERS {
-        y.push_str(&format!(
-            "  - {{id: cl-{c}, organizationId: org-c, cloudProvider: aws, cloudRegion: us-east-1, ingestToken: {}}}\n",
-            token(c)
-        ));
-    }
-    y.push_str("workspaces:\n  - {id: ws, organizationId: org-w, name: fleet}\ndeployments:\n");
-    for c in 0..CLUSTERS {
-        y.push_str(&format!(
-            "  - {{id: d-{c}, workspaceId: ws, clusterId: cl-{c}, namespace: ns-1, type: HOSTED, name: d{c}}}\n"
-        ));
-    }
+    let mut y = clusters_and_deployments(CLUSTERS);
     let export = |id: &str, scope: &str, entity: &str, extra: &str| {
         format!(
             "  - {{id: {id}, objectKey: {id}, scope: {scope}, scopeEntityId: {entity}{extra}, metricsExport: {{endpoint: '{}', delivery: {{batchSendDeadline: 100ms, maxBackoff: 500ms}}}}}}\n",

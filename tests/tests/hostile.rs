@@ -19,6 +19,7 @@
 
 use std::time::{Duration, Instant};
 
+use fanout_loadtest::bench::procfs;
 use fanout_tests::fanout::{free_port, tempfile_dir::TempDir, Gateway};
 use fanout_tests::rounds::{self, await_all, client, endpoint, in_order, round, sink_at};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -78,22 +79,6 @@ async fn handle(mut conn: TcpStream, kind: Kind) {
             return;
         }
     }
-}
-
-/// Open descriptors of process `pid`.
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
-/// Resident memory of process `pid`, in MiB.
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +141,7 @@ async fn hostile_endpoints_are_bounded_named_and_leave_the_healthy_target_alone(
             "1s",
         ],
     );
-    let fds_before = fds(gw.pid());
+    let fds_before = procfs::open_fds(gw.pid()).unwrap();
 
     // 50 rounds of 200 series, one every 100 ms.
     let http = client();
@@ -217,8 +202,8 @@ async fn hostile_endpoints_are_bounded_named_and_leave_the_healthy_target_alone(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let fds_after = fds(gw.pid());
-    let rss = rss_mib(gw.pid());
+    let fds_after = procfs::open_fds(gw.pid()).unwrap();
+    let rss = procfs::rss(gw.pid()).unwrap() >> 20;
     for t in &targets {
         println!(
             "{:<40} state {:<8} sent {:>6} failures {} last error {}",

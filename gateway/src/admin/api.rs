@@ -374,7 +374,7 @@ async fn put_registry(
 }
 
 /// What a snapshot holds, as `PUT /api/v1/registry` answers it.
-fn holds(snapshot: &Snapshot) -> api::Applied {
+pub fn holds(snapshot: &Snapshot) -> api::Applied {
     let r = snapshot.registry();
     api::Applied {
         version: snapshot.version(),

@@ -90,14 +90,10 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         let a: api::Applied =
             serde_json::from_slice(&body).with_context(|| format!("{url}: unreadable answer"))?;
         println!(
-            "applied {}: version {}, {} clusters, {} workspaces, {} deployments, {} metrics exports, {} targets",
+            "applied {}: version {}, {}",
             args.file.display(),
             a.version,
-            a.clusters,
-            a.workspaces,
-            a.deployments,
-            a.metrics_exports,
-            a.targets,
+            a.counts()
         );
         return Ok(());
     }
@@ -136,11 +132,6 @@ fn dry_run_report(file: &str, p: &api::Planned) -> String {
     if lines.iter().all(|(_, ids)| ids.is_empty()) {
         out.push_str("  no change\n");
     }
-    let h = &p.would_hold;
-    let _ = writeln!(
-        out,
-        "would hold {} clusters, {} workspaces, {} deployments, {} metrics exports, {} targets",
-        h.clusters, h.workspaces, h.deployments, h.metrics_exports, h.targets
-    );
+    let _ = writeln!(out, "would hold {}", p.would_hold.counts());
     out
 }

@@ -29,6 +29,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use fanout_proto::units::format_duration;
+
 use super::policy::{parse_retry_after, SendResult};
 use super::sigv4;
 use crate::registry::resolve::{Auth, TargetConfig};
@@ -154,22 +156,16 @@ pub struct PhaseTimeout {
 
 impl std::fmt::Display for PhaseTimeout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} timeout after {}", self.phase, seconds(self.after))
+        write!(
+            f,
+            "{} timeout after {}",
+            self.phase,
+            format_duration(self.after)
+        )
     }
 }
 
 impl std::error::Error for PhaseTimeout {}
-
-/// `30s`, `1.5s`, `250ms`: a duration as the registry writes them.
-pub fn seconds(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{}s", d.as_secs_f64())
-    }
-}
 
 /// Connects `http://` and `https://` URIs.
 #[derive(Clone)]
@@ -518,12 +514,12 @@ impl HttpSender {
             Err(_) if reading_body.load(std::sync::atomic::Ordering::Relaxed) => (
                 SendResult::Timeout(format!(
                     "response body not complete within {}",
-                    seconds(limit)
+                    format_duration(limit)
                 )),
                 None,
             ),
             Err(_) => (
-                SendResult::Timeout(format!("no response within {}", seconds(limit))),
+                SendResult::Timeout(format!("no response within {}", format_duration(limit))),
                 None,
             ),
         }

@@ -563,12 +563,14 @@ impl Scratch {
         let total: usize = self.groups.iter().map(|g| g.bound).sum();
         let mut out = BytesMut::with_capacity(total);
         let mut current: Option<(u32, u32)> = None;
-        let mut run_samples = 0u32;
+        // The current run's samples and newest timestamp, added to its
+        // group when the run closes (not per series).
+        let (mut run_samples, mut run_newest) = (0u32, i64::MIN);
         let items = std::mem::take(&mut self.items);
         for &(g, v, i) in &items {
             if current != Some((g, v)) {
                 if let Some((pg, pv)) = current {
-                    self.close_run(plan, pg, pv, run_samples, out.len());
+                    self.close_run(plan, pg, pv, (run_samples, run_newest), out.len());
                 }
                 if current.map(|c| c.0) != Some(g) {
                     let group = &mut self.groups[g as usize];
@@ -576,26 +578,34 @@ impl Scratch {
                     group.runs = self.runs.len() as u32..self.runs.len() as u32;
                 }
                 current = Some((g, v));
-                run_samples = 0;
+                (run_samples, run_newest) = (0, i64::MIN);
             }
             let s = &series[i as usize];
             run_samples = run_samples.saturating_add((s.samples() + s.histograms()) as u32);
-            let group = &mut self.groups[g as usize];
-            group.newest = group.newest.max(s.newest());
+            run_newest = run_newest.max(s.newest());
             let labels = &plan.variants[v as usize].labels;
             self.encoder.encode_series(s.view(body), labels, &mut out);
         }
         if let Some((pg, pv)) = current {
-            self.close_run(plan, pg, pv, run_samples, out.len());
+            self.close_run(plan, pg, pv, (run_samples, run_newest), out.len());
         }
         self.items = items;
         out.freeze()
     }
 
-    /// Ends the run of variant `v` in group `g` at `end` of the buffer.
-    fn close_run<T>(&mut self, plan: &Plan<T>, g: u32, v: u32, samples: u32, end: usize) {
+    /// Ends the run of variant `v` in group `g` at `end` of the buffer;
+    /// `(samples, newest)`: its samples and newest timestamp.
+    fn close_run<T>(
+        &mut self,
+        plan: &Plan<T>,
+        g: u32,
+        v: u32,
+        (samples, newest): (u32, i64),
+        end: usize,
+    ) {
         let group = &mut self.groups[g as usize];
         group.range.end = end;
+        group.newest = group.newest.max(newest);
         self.runs.push(OwnerRun {
             owner: plan.variants[v as usize].owner,
             end: (end - group.range.start) as u32,
@@ -782,6 +792,13 @@ mod tests {
         for routed in scratch.chunks(&plan, &records) {
             samples += routed.samples;
             let req: v1::WriteRequest = prost::Message::decode(routed.records).unwrap();
+            // A chunk's newest timestamp is that of the samples it holds.
+            let newest = req
+                .timeseries
+                .iter()
+                .flat_map(|s| s.samples.iter().map(|x| x.timestamp))
+                .max();
+            assert_eq!(Some(routed.newest), newest);
             for t in &routed.set.targets {
                 for series in &req.timeseries {
                     let labels = series

@@ -697,8 +697,7 @@ pub struct ProcessMetrics {
     cpu: Gauge,
     resident: Gauge,
     open_fds: Gauge,
-    max_fds: Gauge,
-    start: Gauge,
+    ticks: f64,
 }
 
 impl ProcessMetrics {
@@ -721,36 +720,12 @@ impl ProcessMetrics {
             Unit::Seconds,
             "Start time of the process since the epoch"
         );
-        ProcessMetrics {
-            cpu: metrics::gauge!("process_cpu_seconds_total"),
-            resident: metrics::gauge!("process_resident_memory_bytes"),
-            open_fds: metrics::gauge!("process_open_fds"),
-            max_fds: metrics::gauge!("process_max_fds"),
-            start: metrics::gauge!("process_start_time_seconds"),
-        }
-    }
-
-    /// Reads `/proc/self` once.
-    pub fn sample(&self) {
-        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-            return;
-        };
-        // The command name (field 2) may hold spaces: fields count from
-        // after its closing parenthesis, which is field 3 (state).
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            return;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        // What does not change while it runs is set once.
         let ticks = rustix::param::clock_ticks_per_second().max(1) as f64;
-        if let (Some(utime), Some(stime)) = (field(14), field(15)) {
-            self.cpu.set((utime + stime) as f64 / ticks);
-        }
-        if let Some(rss) = field(24) {
-            self.resident
-                .set(rss as f64 * rustix::param::page_size() as f64);
-        }
-        if let (Some(started), Ok(uptime)) = (field(22), std::fs::read_to_string("/proc/uptime")) {
+        let stat = ProcStat::read();
+        if let (Some(started), Ok(uptime)) =
+            (stat.field(22), std::fs::read_to_string("/proc/uptime"))
+        {
             let up: f64 = uptime
                 .split_whitespace()
                 .next()
@@ -760,16 +735,58 @@ impl ProcessMetrics {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs_f64();
-            self.start.set(now - up + started as f64 / ticks);
+            metrics::gauge!("process_start_time_seconds").set(now - up + started as f64 / ticks);
+        }
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        if let Some(max) = limit.current {
+            metrics::gauge!("process_max_fds").set(max as f64);
+        }
+        ProcessMetrics {
+            cpu: metrics::gauge!("process_cpu_seconds_total"),
+            resident: metrics::gauge!("process_resident_memory_bytes"),
+            open_fds: metrics::gauge!("process_open_fds"),
+            ticks,
+        }
+    }
+
+    /// Reads `/proc/self` once: CPU, resident memory, open descriptors.
+    pub fn sample(&self) {
+        let stat = ProcStat::read();
+        if let (Some(utime), Some(stime)) = (stat.field(14), stat.field(15)) {
+            self.cpu.set((utime + stime) as f64 / self.ticks);
+        }
+        if let Some(rss) = stat.field(24) {
+            self.resident
+                .set(rss as f64 * rustix::param::page_size() as f64);
         }
         if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
             // The directory's own descriptor is among them.
             self.open_fds.set(fds.count().saturating_sub(1) as f64);
         }
-        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-        if let Some(max) = limit.current {
-            self.max_fds.set(max as f64);
-        }
+    }
+}
+
+/// `/proc/self/stat`'s fields after the command name (which may hold
+/// spaces and parentheses: they count from its last `)`, field 3).
+struct ProcStat(String);
+
+impl ProcStat {
+    fn read() -> ProcStat {
+        let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        ProcStat(
+            text.rsplit_once(')')
+                .map(|(_, rest)| rest.to_owned())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Field `n` (1-based, as `proc(5)` numbers them), when there is one.
+    fn field(&self, n: usize) -> Option<u64> {
+        self.0
+            .split_whitespace()
+            .nth(n.checked_sub(3)?)?
+            .parse()
+            .ok()
     }
 }
 

@@ -3,7 +3,8 @@
 //! `/proc/PID/stat`: utime and stime (fields 14 and 15, clock ticks) after
 //! the command name, which is in parentheses and may itself contain spaces
 //! and parentheses, so fields are counted from the last `)`.
-//! `/proc/PID/status`: `VmHWM` (peak resident set size, kB).
+//! `/proc/PID/status`: `VmHWM` (peak resident set size, kB) and `VmRSS`
+//! (resident now); `/proc/PID/fd`: open descriptors.
 
 use std::time::Duration;
 
@@ -72,19 +73,24 @@ pub fn parse_stat(text: &str) -> Result<CpuTicks, String> {
 
 /// `VmHWM` in bytes from the text of `/proc/PID/status`.
 pub fn parse_hwm(text: &str) -> Result<u64, String> {
+    parse_status_bytes(text, "VmHWM")
+}
+
+/// A `kB` line of `/proc/PID/status` (`VmHWM`, `VmRSS`), in bytes.
+fn parse_status_bytes(text: &str, key: &str) -> Result<u64, String> {
     let line = text
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .ok_or("no VmHWM line")?;
-    let mut parts = line["VmHWM:".len()..].split_whitespace();
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .ok_or_else(|| format!("no {key} line"))?;
+    let mut parts = line.split_whitespace();
     let n: u64 = parts
         .next()
-        .ok_or("VmHWM: no value")?
+        .ok_or_else(|| format!("{key}: no value"))?
         .parse()
-        .map_err(|e| format!("VmHWM: {e}"))?;
+        .map_err(|e| format!("{key}: {e}"))?;
     match parts.next() {
         Some("kB") | None => Ok(n * 1024),
-        Some(u) => Err(format!("VmHWM: unexpected unit {u:?}")),
+        Some(u) => Err(format!("{key}: unexpected unit {u:?}")),
     }
 }
 
@@ -105,6 +111,21 @@ pub fn cpu(pid: u32) -> Result<CpuTicks, ProcError> {
 pub fn peak_rss(pid: u32) -> Result<u64, ProcError> {
     let (path, text) = read(format!("/proc/{pid}/status"))?;
     parse_hwm(&text).map_err(|what| ProcError::Parse { path, what })
+}
+
+/// Resident set size of process `pid` now, in bytes.
+pub fn rss(pid: u32) -> Result<u64, ProcError> {
+    let (path, text) = read(format!("/proc/{pid}/status"))?;
+    parse_status_bytes(&text, "VmRSS").map_err(|what| ProcError::Parse { path, what })
+}
+
+/// Open file descriptors of process `pid`.
+pub fn open_fds(pid: u32) -> Result<u64, ProcError> {
+    let path = format!("/proc/{pid}/fd");
+    match std::fs::read_dir(&path) {
+        Ok(d) => Ok(d.count() as u64),
+        Err(source) => Err(ProcError::Read { path, source }),
+    }
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100, the Linux value on

@@ -405,12 +405,11 @@ fn usage(pid: u32, data: &Path, at: f64, process: u32) -> anyhow::Result<Usage> 
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
     Ok(Usage {
         at,
         process,
-        rss: field("VmRSS:") * 1024,
-        fds,
+        rss: super::procfs::rss(pid)?,
+        fds: super::procfs::open_fds(pid)?,
         threads: field("Threads:"),
         spill: dir_bytes(&data.join("spill")),
     })

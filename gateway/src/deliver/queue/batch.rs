@@ -87,7 +87,7 @@ impl TargetCore {
                 // records now, which may even be a little shorter than the
                 // part (incompressible records).
                 let now = front.records.len() as u64;
-                let recount = |n: &mut u64| *n = *n + now - (held as u64).min(*n + now);
+                let recount = |n: &mut u64| *n = (*n + now).saturating_sub(held as u64);
                 if from_disk {
                     recount(&mut self.reload_bytes);
                 } else {

@@ -1000,7 +1000,6 @@ impl TargetCore {
                 Event::Sent {
                     samples: b.samples,
                     bytes,
-                    highest_sent: self.counters.highest_sent_ms,
                 }
             }
             Verdict::Retry {

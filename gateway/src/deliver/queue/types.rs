@@ -319,9 +319,6 @@ pub enum Event {
         samples: u32,
         /// Compressed bytes.
         bytes: u64,
-        /// The newest sample timestamp this target has delivered so far
-        /// (ms; `i64::MIN`: none known yet, e.g. only disk records).
-        highest_sent: i64,
     },
     /// Will be retried.
     Retrying {

@@ -203,6 +203,12 @@ impl Default for Settings {
     }
 }
 
+/// A duration flag, `default` without it; a zero one is 1 ms (a zero
+/// period would spin, a zero timeout fail every attempt at once).
+fn at_least_1ms(flag: Option<HumanDuration>, default: Duration) -> Duration {
+    flag.map_or(default, |d| d.0.max(Duration::from_millis(1)))
+}
+
 impl DeliveryArgs {
     /// The settings these flags give.
     pub fn settings(&self) -> Result<Settings, super::catalog::CatalogError> {
@@ -212,9 +218,7 @@ impl DeliveryArgs {
                 .target_queue_memory
                 .map_or(DEFAULT_TARGET_QUEUE, |b| b.0.max(1)),
             shutdown_grace: self.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
-            flush_interval: self.flush_interval.map_or(DEFAULT_FLUSH_INTERVAL, |d| {
-                d.0.max(Duration::from_millis(1))
-            }),
+            flush_interval: at_least_1ms(self.flush_interval, DEFAULT_FLUSH_INTERVAL),
             spill_retention: self
                 .spill_retention
                 .map_or(DEFAULT_SPILL_RETENTION, |d| d.0),
@@ -227,16 +231,11 @@ impl DeliveryArgs {
             cluster_series: self.cluster_series,
             deployment_series: self.deployment_series,
             connect_timeouts: ConnectTimeouts {
-                connect: self
-                    .target_connect_timeout
-                    .map_or(DEFAULT_CONNECT_TIMEOUT, |d| {
-                        d.0.max(Duration::from_millis(1))
-                    }),
-                tls: self
-                    .target_tls_handshake_timeout
-                    .map_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT, |d| {
-                        d.0.max(Duration::from_millis(1))
-                    }),
+                connect: at_least_1ms(self.target_connect_timeout, DEFAULT_CONNECT_TIMEOUT),
+                tls: at_least_1ms(
+                    self.target_tls_handshake_timeout,
+                    DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+                ),
             },
             ..Settings::default()
         })

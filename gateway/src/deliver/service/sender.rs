@@ -234,7 +234,7 @@ fn leave_retired(inner: &Inner, h: &Arc<TargetHandle>) -> bool {
 }
 
 fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
-    let (event, was) = match h.core.lock() {
+    let (event, was, highest_sent) = match h.core.lock() {
         Ok(mut core) => {
             let was = core.state(Instant::now());
             let ev = core.on_result(
@@ -248,7 +248,7 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
             if done.unwritten > 0 {
                 core.count_unwritten(done.unwritten);
             }
-            (ev, was)
+            (ev, was, core.counters().highest_sent_ms)
         }
         Err(_) => return,
     };
@@ -259,11 +259,7 @@ fn on_done(inner: &Inner, h: &TargetHandle, done: Done) {
         count_rejected(inner, h, done.unwritten);
     }
     match event {
-        Event::Sent {
-            samples,
-            bytes,
-            highest_sent,
-        } => {
+        Event::Sent { samples, bytes } => {
             if highest_sent != i64::MIN {
                 h.metrics
                     .load()

@@ -127,13 +127,7 @@ impl Spill {
         let written = q.written_seq();
         let queued = rec.records;
         let queue = Arc::new(Mutex::new(q));
-        let commit = match GroupCommit::start(queue.clone(), Some(settings.flush_interval)) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(exports = %name, target_id = %id, error = %e, "delivery: cannot start the spill sync thread; this target keeps its backlog in memory only");
-                return None;
-            }
-        };
+        let commit = GroupCommit::start(queue.clone(), Some(settings.flush_interval));
         Some((
             Spill {
                 queue,

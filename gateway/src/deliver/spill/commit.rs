@@ -62,6 +62,7 @@ struct Entry {
     waiters: Mutex<Vec<(u64, Reply)>>,
     /// Handed to a worker and not yet taken up.
     scheduled: AtomicBool,
+    /// Its period (`durability: memory`); only such queues are ticked.
     flush_interval: Option<Duration>,
     /// When its periodic sync is due (ms since the pool started).
     due_ms: AtomicU64,
@@ -124,22 +125,23 @@ impl Pool {
         }
     }
 
-    /// Schedules every queue whose flush period is due and that holds
-    /// something unsynced; forgets dropped ones.
+    /// Schedules every periodic queue whose flush period is due and that
+    /// holds something unsynced; forgets dropped ones.
     fn tick(&self) {
         let now = self.now_ms();
-        let due: Vec<Arc<Entry>> = {
+        let due: Vec<(Arc<Entry>, Duration)> = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             entries.retain(|e| e.strong_count() > 0);
             entries
                 .iter()
                 .filter_map(Weak::upgrade)
-                .filter(|e| e.flush_interval.is_some() && e.due_ms.load(Ordering::Relaxed) <= now)
+                .filter(|e| e.due_ms.load(Ordering::Relaxed) <= now)
+                .filter_map(|e| e.flush_interval.map(|d| (e, d)))
                 .collect()
         };
-        for e in due {
-            let period = e.flush_interval.unwrap_or_default().as_millis() as u64;
-            e.due_ms.store(now + period.max(1), Ordering::Relaxed);
+        for (e, period) in due {
+            e.due_ms
+                .store(now + (period.as_millis() as u64).max(1), Ordering::Relaxed);
             if lock_queue(&e.queue).needs_sync() {
                 self.schedule(&e, true);
             }
@@ -197,10 +199,7 @@ impl GroupCommit {
     /// Serves `queue` from the shared pool; with `flush_interval` it is
     /// also synced periodically when it holds anything unsynced (memory
     /// durability).
-    pub fn start(
-        queue: Arc<Mutex<DiskQueue>>,
-        flush_interval: Option<Duration>,
-    ) -> std::io::Result<Self> {
+    pub fn start(queue: Arc<Mutex<DiskQueue>>, flush_interval: Option<Duration>) -> Self {
         let pool = pool();
         let period = flush_interval.map_or(0, |d| d.as_millis() as u64);
         let entry = Arc::new(Entry {
@@ -212,11 +211,14 @@ impl GroupCommit {
             flush_interval,
             due_ms: AtomicU64::new(pool.now_ms() + period),
         });
-        pool.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Arc::downgrade(&entry));
-        Ok(Self { entry })
+        // Only the ticker needs to know of it, and only if it is periodic.
+        if flush_interval.is_some() {
+            pool.entries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Arc::downgrade(&entry));
+        }
+        Self { entry }
     }
 
     /// Waits for the sync round in progress, if any, and keeps the next one
