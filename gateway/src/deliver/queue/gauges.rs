@@ -106,8 +106,9 @@ impl TargetCore {
         self.last_error.as_ref()
     }
 
-    /// Send latency histogram (microseconds).
-    pub fn latency_us(&self) -> &hdrhistogram::Histogram<u64> {
-        &self.latency_us
+    /// Send latency histogram (microseconds); `None` before the first
+    /// answer.
+    pub fn latency_us(&self) -> Option<&hdrhistogram::Histogram<u64>> {
+        self.latency_us.as_deref()
     }
 }

@@ -240,7 +240,9 @@ pub struct TargetCore {
     /// Per Deployment ([`Chunk::owner`]).
     accounts: Accounts,
     last_error: Option<LastError>,
-    latency_us: hdrhistogram::Histogram<u64>,
+    /// Made at the first answer: 26 KiB a target, which an idle one (of
+    /// thousands) should not hold.
+    latency_us: Option<Box<hdrhistogram::Histogram<u64>>>,
     scratch: BytesMut,
     /// Every disk seq up to this one was read back (or dropped from disk).
     read_through: u64,
@@ -308,8 +310,7 @@ impl TargetCore {
             },
             accounts: Accounts::default(),
             last_error: None,
-            latency_us: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
-                .unwrap_or_else(|_| hdrhistogram::Histogram::new(2).expect("valid sigfig")),
+            latency_us: None,
             scratch: BytesMut::new(),
             read_through: 0,
             barrier: 0,
@@ -970,7 +971,13 @@ impl TargetCore {
         self.in_flight = self.in_flight.saturating_sub(1);
         if matches!(result, SendResult::Status { .. }) {
             let us = latency.as_micros().clamp(1, 3_600_000_000) as u64;
-            let _ = self.latency_us.record(us);
+            let h = self.latency_us.get_or_insert_with(|| {
+                Box::new(
+                    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                        .unwrap_or_else(|_| hdrhistogram::Histogram::new(2).expect("valid sigfig")),
+                )
+            });
+            let _ = h.record(us);
         }
         match classify(result) {
             Verdict::Done => {

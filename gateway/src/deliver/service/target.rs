@@ -531,12 +531,9 @@ impl TargetHandle {
         };
         let c = core.counters();
         let h = core.latency_us();
-        let q = |p: f64| {
-            if h.is_empty() {
-                0.0
-            } else {
-                h.value_at_quantile(p) as f64 / 1000.0
-            }
+        let q = |p: f64| match h {
+            Some(h) if !h.is_empty() => h.value_at_quantile(p) as f64 / 1000.0,
+            _ => 0.0,
         };
         let feeds = target
             .routes
@@ -591,11 +588,7 @@ impl TargetHandle {
                 p50: q(0.5),
                 p90: q(0.9),
                 p99: q(0.99),
-                max: if h.is_empty() {
-                    0.0
-                } else {
-                    h.max() as f64 / 1000.0
-                },
+                max: q(1.0),
             },
             feeds,
         }
