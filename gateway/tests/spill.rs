@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fanout_gateway::deliver::spill::{
-    list_backlogs, lock_queue, target_dir, DiskQueue, DiskQueueConfig, GroupCommit, Record,
-    SpillError, RECORD_OVERHEAD,
+    list_backlogs, lock_queue, target_dir, DiskQueue, DiskQueueConfig, GroupCommit, Manifest,
+    Record, SpillError, RECORD_OVERHEAD,
 };
 
 fn record(i: u64, len: usize) -> Record {
@@ -893,4 +893,57 @@ fn hold_rounds_keeps_sync_rounds_off_the_queue() {
     rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
     t.join().unwrap();
     assert_eq!(commit.fsyncs(), 1);
+}
+
+#[test]
+fn a_deferred_queue_makes_its_directory_at_the_first_append() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spill").join("t1");
+    let (mut q, rec) = DiskQueue::open_deferred(&dir, cfg(1 << 20, 1 << 30)).unwrap();
+    assert_eq!(rec.records, 0);
+    assert!(q.is_deferred());
+    let manifest = Manifest::new("t1", 4, Vec::new());
+    assert!(
+        q.defer_manifest(manifest.clone()).is_none(),
+        "kept until the directory is made"
+    );
+    q.flush(true).unwrap();
+    assert!(
+        !tmp.path().join("spill").exists(),
+        "nothing is written before the first append"
+    );
+
+    q.append(&record(0, 100)).unwrap();
+    q.append(&record(1, 100)).unwrap();
+    q.flush(true).unwrap();
+    assert!(!q.is_deferred());
+    assert_eq!(Manifest::read(&dir).unwrap(), Some(manifest.clone()));
+    assert!(
+        q.defer_manifest(manifest).is_some(),
+        "written by the caller from now on"
+    );
+    drop(q);
+
+    // A deferred open of a directory that exists is an open.
+    let (mut q, rec) = DiskQueue::open_deferred(&dir, cfg(1 << 20, 1 << 30)).unwrap();
+    assert!(!q.is_deferred());
+    assert_eq!(rec.records, 2);
+    assert_eq!(drain_seqs(&mut q, 100), vec![0, 1]);
+}
+
+#[test]
+fn a_deferred_queue_that_cannot_make_its_directory_fails_the_append_and_tries_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let blocker = tmp.path().join("spill");
+    let dir = blocker.join("t1");
+    let (mut q, _) = DiskQueue::open_deferred(&dir, cfg(1 << 20, 1 << 30)).unwrap();
+    fs::write(&blocker, b"a file where the directory should be").unwrap();
+    let err = q.append(&record(0, 10)).unwrap_err();
+    assert!(err.to_string().contains("spill/t1"), "{err}");
+    assert!(q.is_deferred() && !q.is_broken());
+
+    fs::remove_file(&blocker).unwrap();
+    q.append(&record(1, 10)).unwrap();
+    q.flush(true).unwrap();
+    assert_eq!(drain_seqs(&mut q, 10), vec![1]);
 }

@@ -907,8 +907,11 @@ mod tests {
             .sweep_orphans(SystemTime::now() + Duration::from_secs(1800));
         assert!(gone.exists());
         assert_eq!(d.orphan_backlogs().len(), 1);
-        // Running targets' queues are not orphans; after the retention the
-        // orphan is deleted.
+        // Running targets' queues are not orphans (those that never spilled
+        // have no directory); after the retention the orphan is deleted.
+        assert_eq!(spill_mod::list_backlogs(&dir).unwrap().len(), 1);
+        spill_one(&d, &target_of_export(&d, "e1"));
+        spill_one(&d, &target_of_export(&d, "e2"));
         assert_eq!(spill_mod::list_backlogs(&dir).unwrap().len(), 3);
         d.inner
             .sweep_orphans(SystemTime::now() + Duration::from_secs(7200));
@@ -972,6 +975,20 @@ mod tests {
             .unwrap()
     }
 
+    /// Appends one record to the disk queue of target `id`.
+    fn spill_one(d: &FanoutDelivery, id: &str) {
+        let h = d.target(id).unwrap();
+        let s = h.spill.as_ref().unwrap();
+        lock_queue(&s.queue)
+            .append(&Record {
+                body: bytes::Bytes::from_static(b"records"),
+                samples: 1,
+                enqueued_ms: 0,
+                tag: 0,
+            })
+            .unwrap();
+    }
+
     fn spill_records(d: &FanoutDelivery, id: &str) -> u64 {
         let h = d.target(id).unwrap();
         let s = h.spill.as_ref().unwrap();
@@ -1007,7 +1024,11 @@ mod tests {
         let mut orphans: Vec<String> = d.orphan_backlogs().into_iter().map(|o| o.0).collect();
         orphans.sort();
         assert_eq!(orphans, vec!["e2-superset", "no-manifest"]);
-        // The manifest of a running target follows its routes.
+        // The manifest of a running target follows its routes, written with
+        // its directory at its first spill.
+        let e2_dir = spill_mod::target_dir(dir, &e2);
+        assert!(!e2_dir.exists());
+        spill_one(&d, &e2);
         let text =
             std::fs::read_to_string(spill_mod::target_dir(dir, &e2).join(spill_mod::MANIFEST_FILE))
                 .unwrap();
@@ -1167,6 +1188,7 @@ mod tests {
         let e1 = target_of_export(&d, "e1");
         let h = d.target(&e1).unwrap();
         let old_dir = spill_mod::target_dir(tmp.path(), &e1);
+        spill_one(&d, &e1);
         // A failed fsync broke the queue: a reopen may be recovering its
         // directory right now, without the queue lock.
         lock_queue(&h.spill.as_ref().unwrap().queue).mark_broken("test".into());
@@ -1219,12 +1241,14 @@ mod tests {
         assert_eq!(m.lane_key, spill_mod::LaneKey::Labels);
         assert_eq!(h.lane_key(), spill_mod::LaneKey::Labels);
         d.shutdown(Duration::from_millis(10)).await;
-        // A target without a backlog writes this release's key.
+        // A target without a backlog writes this release's key (with its
+        // directory, at its first spill).
         let tmp = tempfile::tempdir().unwrap();
         let d = spill_delivery(tmp.path());
         let h = d.target(&e1).unwrap();
         let qdir = spill_mod::target_dir(tmp.path(), &e1);
         assert_eq!(h.lane_key(), spill_mod::LaneKey::CURRENT);
+        spill_one(&d, &e1);
         let m = spill_mod::Manifest::read(&qdir).unwrap().unwrap();
         assert_eq!(m.lane_key, spill_mod::LaneKey::CURRENT);
         d.shutdown(Duration::from_millis(10)).await;

@@ -315,16 +315,20 @@ impl TargetHandle {
                     "delivery: the disk queue is broken (being reopened); the old target drains in parallel instead of going on under the new config");
                 return false;
             }
-            let from = q.dir().to_path_buf();
-            if let Err(e) = spill_mod::move_dir(&from, &to) {
-                tracing::warn!(exports = %self.name(), target_id = %self.id, new_target_id = %new_id, error = %e,
-                    "delivery: cannot move the disk queue to the new config's target; the old target drains in parallel instead");
-                return false;
+            // A deferred queue has no directory yet: only its path moves.
+            let on_disk = !q.is_deferred();
+            if on_disk {
+                let from = q.dir().to_path_buf();
+                if let Err(e) = spill_mod::move_dir(&from, &to) {
+                    tracing::warn!(exports = %self.name(), target_id = %self.id, new_target_id = %new_id, error = %e,
+                        "delivery: cannot move the disk queue to the new config's target; the old target drains in parallel instead");
+                    return false;
+                }
             }
             q.moved_to(&to);
             drop(q);
             drop(rounds);
-            moved = Some(to);
+            moved = Some((spill, to, on_disk));
         }
         // A new config gets 2.0 tried again (protocol.rs).
         self.wire.reset();
@@ -362,9 +366,17 @@ impl TargetHandle {
         }
         self.metrics.store(Arc::new(TargetMetrics::new(&new_id)));
         self.id.store(Arc::new(new_id.clone()));
-        if let Some(to) = moved {
-            spill_mod::sync_parent(&to);
-            write_manifest(&new_id, self.lanes(), self.lane_key(), &t.routes, &to);
+        if let Some((spill, to, on_disk)) = moved {
+            if on_disk {
+                spill_mod::sync_parent(&to);
+            }
+            write_manifest(
+                &new_id,
+                self.lanes(),
+                self.lane_key(),
+                &t.routes,
+                &spill.queue,
+            );
         }
         self.notify.notify_one();
         true
@@ -383,8 +395,13 @@ impl TargetHandle {
             Err(_) => false,
         };
         if let (true, Some(spill)) = (routes_changed, &self.spill) {
-            let dir = lock_queue(&spill.queue).dir().to_path_buf();
-            write_manifest(&self.id(), self.lanes(), spill.lane_key, &t.routes, &dir);
+            write_manifest(
+                &self.id(),
+                self.lanes(),
+                spill.lane_key,
+                &t.routes,
+                &spill.queue,
+            );
         }
     }
 

@@ -84,7 +84,7 @@ impl Spill {
             ..DiskQueueConfig::default()
         };
         let adopted = adopt.filter(|from| adopt_backlog(id, &name, from, &dir, cfg));
-        let (q, rec) = match DiskQueue::open(&dir, cfg) {
+        let (q, rec) = match DiskQueue::open_deferred(&dir, cfg) {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(exports = %name, target_id = %id, error = %e, "delivery: cannot open the disk spill; this target keeps its backlog in memory only until reopening it works (retried after 1s, doubling up to 30s)");
@@ -118,15 +118,15 @@ impl Spill {
                 (lanes, spill_mod::LaneKey::Labels)
             }
         };
-        if opened {
-            write_manifest(id, lanes, lane_key, &target.routes, &dir);
-        }
         if let Err(e) = spill_mod::clear_orphan_mark(&dir) {
             tracing::warn!(exports = %name, target_id = %id, error = %e, "delivery: cannot clear the orphan mark of this target's disk backlog");
         }
         let written = q.written_seq();
         let queued = rec.records;
         let queue = Arc::new(Mutex::new(q));
+        if opened {
+            write_manifest(id, lanes, lane_key, &target.routes, &queue);
+        }
         let commit = GroupCommit::start(queue.clone(), Some(settings.flush_interval));
         Some((
             Spill {
@@ -175,26 +175,35 @@ fn adopt_backlog(id: &str, name: &str, from: &Orphan, dir: &Path, cfg: DiskQueue
     }
 }
 
-/// Writes the manifest of a queue directory (routes and lanes; no secret);
-/// a failure only costs the adoption of this backlog after a config change.
+/// Writes the manifest of a queue (routes and lanes; no secret) into its
+/// directory, without holding the queue lock, or has a deferred queue
+/// ([`DiskQueue::open_deferred`]) write it when it makes its directory; a
+/// failure only costs the adoption of this backlog after a config change.
 pub(super) fn write_manifest(
     id: &str,
     lanes: u32,
     lane_key: spill_mod::LaneKey,
     routes: &[TargetRoute],
-    dir: &Path,
+    queue: &Mutex<DiskQueue>,
 ) {
-    let name = routes_name(routes);
-    let routes = routes
+    let list = routes
         .iter()
         .map(|r| spill_mod::ManifestRoute {
             deployment_id: r.deployment_id.clone(),
             export_id: r.export_id.clone(),
         })
         .collect();
-    let mut manifest = spill_mod::Manifest::new(id, lanes, routes);
+    let mut manifest = spill_mod::Manifest::new(id, lanes, list);
     manifest.lane_key = lane_key;
-    if let Err(e) = manifest.write(dir) {
+    let (manifest, dir) = {
+        let mut q = lock_queue(queue);
+        match q.defer_manifest(manifest) {
+            Some(m) => (m, q.dir().to_path_buf()),
+            None => return,
+        }
+    };
+    if let Err(e) = manifest.write(&dir) {
+        let name = routes_name(routes);
         tracing::warn!(exports = name.as_deref().unwrap_or(id), target_id = %id, error = %e, "delivery: cannot write the spill manifest; this backlog cannot follow a config change across a restart");
     }
 }
@@ -408,11 +417,15 @@ impl TargetHandle {
             if !q.is_broken() {
                 return None;
             }
-            (q.dir().to_path_buf(), q.config(), q.is_opened())
+            (
+                q.dir().to_path_buf(),
+                q.config(),
+                q.is_opened() && !q.is_deferred(),
+            )
         };
-        // Only a queue that never opened may lack its directory; `recover`
-        // never creates one (a directory moved away must not come back
-        // empty).
+        // Only a queue that never opened (or never made its directory) may
+        // lack its directory; `recover` never creates one (a directory moved
+        // away must not come back empty).
         let created = match opened {
             true => Ok(()),
             false => std::fs::create_dir_all(&dir).map_err(|e| spill_mod::SpillError::Io {
@@ -455,7 +468,7 @@ impl TargetHandle {
                 self.lanes(),
                 self.lane_key(),
                 &self.target().routes,
-                &dir,
+                &spill.queue,
             );
         }
         if r.first_open && r.recovery.records > 0 {

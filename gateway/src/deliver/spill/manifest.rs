@@ -30,6 +30,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::files::sync_dir;
 use super::SpillError;
 
 /// File name of the manifest in a queue directory.
@@ -191,13 +192,6 @@ pub fn sync_parent(dir: &Path) {
                 "spill: a queue directory was renamed but the rename may not be durable yet");
         }
     }
-}
-
-/// Fsyncs a directory (after a rename in it).
-pub(super) fn sync_dir(dir: &Path) -> Result<(), SpillError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| SpillError::io("fsync", dir, e))
 }
 
 /// Which of `candidates` a target with `routes` takes over.

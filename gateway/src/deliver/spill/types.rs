@@ -93,8 +93,9 @@ pub struct Recovery {
 pub struct Reopened {
     /// What recovery of the directory found and repaired.
     pub recovery: Recovery,
-    /// True when the queue had never opened before (its first open failed):
-    /// the recovered records are unknown to delivery.
+    /// True when the queue had never opened before (its first open failed,
+    /// or it never made its directory): the recovered records are unknown
+    /// to delivery, and its manifest is still to be written.
     pub first_open: bool,
     /// Unacked records not yet handed out by [`DiskQueue::read`] that were no
     /// longer on disk (cut or retired by recovery): lost in the failure.
