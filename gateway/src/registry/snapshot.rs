@@ -30,7 +30,7 @@ use std::sync::Arc;
 use foldhash::fast::RandomState;
 
 use super::model::{DeploymentType, Limits, Registry, Secret};
-use super::resolve::{effective_exports, TargetConfig, TargetId};
+use super::resolve::{Compiled, ExportIndex, TargetConfig, TargetId};
 use super::secrets::Scrubber;
 
 /// The cluster an ingest request comes from.
@@ -258,19 +258,20 @@ impl Snapshot {
         }
 
         // Resolve every Deployment first, then share targets by id.
-        let mut configs: BTreeMap<TargetId, (TargetConfig, Vec<TargetRoute>)> = BTreeMap::new();
+        let mut configs: BTreeMap<TargetId, (Arc<Compiled>, Vec<TargetRoute>)> = BTreeMap::new();
         let mut dep_targets: Vec<(&str, Vec<TargetId>)> = Vec::new();
+        let mut index = ExportIndex::new(&registry, &salt);
         for d in registry.deployments.values() {
             let mut ids = Vec::new();
-            for e in effective_exports(&registry, &d.id, &salt) {
+            for (export_id, c) in index.reached(d) {
                 let entry = configs
-                    .entry(e.target_id.clone())
-                    .or_insert_with(|| (e.config.clone(), Vec::new()));
+                    .entry(c.target_id.clone())
+                    .or_insert_with(|| (c.clone(), Vec::new()));
                 entry.1.push(TargetRoute {
                     deployment_id: d.id.clone(),
-                    export_id: e.export_id.clone(),
+                    export_id: export_id.to_owned(),
                 });
-                ids.push(e.target_id);
+                ids.push(c.target_id.clone());
             }
             ids.sort();
             ids.dedup();
@@ -278,8 +279,9 @@ impl Snapshot {
         }
         let targets: BTreeMap<TargetId, Arc<Target>> = configs
             .into_iter()
-            .map(|(id, (config, mut routes))| {
+            .map(|(id, (compiled, mut routes))| {
                 routes.sort();
+                let config = compiled.config.clone();
                 let scrubber = Scrubber::new(&config);
                 (
                     id.clone(),
