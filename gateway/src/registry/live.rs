@@ -74,7 +74,7 @@ impl Live {
             last_known,
         });
         live.set_reachable(live.store.reachable());
-        live.install(stored).await;
+        live.install(stored, Validated::No).await;
         tokio::spawn(follow(Arc::downgrade(&live), live.store.subscribe()));
         live
     }
@@ -133,44 +133,40 @@ impl Live {
                 validate(registry).map_err(|e| UpdateError::Invalid(e.problems))
             }))
             .await?;
-        self.install(stored).await;
+        self.install(stored, Validated::Yes).await;
         Ok(self.current())
     }
 
     /// Reloads everything from the store if it has a newer version.
     pub async fn reload(&self) -> Result<(), StoreError> {
         let stored = self.store.load().await?;
-        self.install(stored).await;
+        self.install(stored, Validated::No).await;
         Ok(())
     }
 
-    async fn install(&self, stored: Stored) {
+    /// Installs `stored` unless it is older than the current snapshot:
+    /// builds its snapshot, sends the diff to delivery, then saves the last
+    /// known copy (after the diff, so delivery applies it meanwhile).
+    async fn install(&self, stored: Stored, validated: Validated) {
         let _guard = self.install.lock().await;
         let old = self.snapshot.load_full();
         if stored.version <= old.version() && old.version() != 0 {
             return;
         }
-        if let Err(e) = validate(&stored.registry) {
-            // Only possible if someone edited the database by hand.
-            tracing::error!(
-                version = stored.version,
-                problems = ?e.problems,
-                "registry: stored registry is invalid; keeping the previous one"
-            );
-            return;
-        }
-        if let Some(path) = self.last_known.clone() {
-            let copy = stored.clone();
-            let saved = tokio::task::spawn_blocking(move || {
-                super::store::last_known::save(&path, &copy).map_err(|e| (path, e))
-            })
-            .await;
-            if let Ok(Err((path, e))) = saved {
-                tracing::warn!(path = %path.display(), error = %e, "registry: cannot save the last known registry; a restart while the store is down would not find this version");
+        if validated == Validated::No {
+            if let Err(e) = validate(&stored.registry) {
+                // Only possible if someone edited the database by hand.
+                tracing::error!(
+                    version = stored.version,
+                    problems = ?e.problems,
+                    "registry: stored registry is invalid; keeping the previous one"
+                );
+                return;
             }
         }
+        let copy = self.last_known.clone().map(|path| (path, stored.clone()));
         let new = Arc::new(Snapshot::build(
-            Arc::new(stored.registry),
+            stored.registry,
             stored.version,
             stored.salt,
         ));
@@ -185,7 +181,24 @@ impl Live {
         );
         // No receiver is fine: delivery may not be running.
         let _ = self.diffs.send(diff);
+        if let Some((path, copy)) = copy {
+            let saved = tokio::task::spawn_blocking(move || {
+                super::store::last_known::save(&path, &copy).map_err(|e| (path, e))
+            })
+            .await;
+            if let Ok(Err((path, e))) = saved {
+                tracing::warn!(path = %path.display(), error = %e, "registry: cannot save the last known registry; a restart while the store is down would not find this version");
+            }
+        }
     }
+}
+
+/// Whether a registry to install was validated already (by the update
+/// that wrote it) or comes from the store as it is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Validated {
+    Yes,
+    No,
 }
 
 async fn follow(live: std::sync::Weak<Live>, mut changes: tokio::sync::watch::Receiver<u64>) {

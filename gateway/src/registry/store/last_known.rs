@@ -110,7 +110,7 @@ pub fn load(path: &Path) -> Result<Option<(Stored, SystemTime)>, StoreError> {
     let saved = UNIX_EPOCH + Duration::from_millis(file.saved_ms);
     Ok(Some((
         Stored {
-            registry,
+            registry: Arc::new(registry),
             version: file.version,
             salt: Arc::from(file.salt.into_bytes()),
         },
@@ -289,7 +289,7 @@ mod tests {
             .unwrap(),
         );
         let stored = Stored {
-            registry,
+            registry: registry.into(),
             version: 7,
             salt: Arc::from(&b"salt"[..]),
         };

@@ -164,12 +164,35 @@ pub type UpdateFn = Box<dyn FnOnce(&mut Registry) -> Result<(), UpdateError> + S
 /// The registry as loaded from a store.
 #[derive(Debug, Clone)]
 pub struct Stored {
-    /// All objects.
-    pub registry: Registry,
+    /// All objects (shared with the snapshot built from it, and with the
+    /// store's [`LastRead`]).
+    pub registry: Arc<Registry>,
     /// Registry version (0: never written).
     pub version: u64,
     /// Key of the target ids, stable for the life of the store.
     pub salt: Arc<[u8]>,
+}
+
+/// The last registry a store read or wrote, with its version. An update
+/// whose transaction finds that version starts from it instead of reading
+/// and parsing every row again (60 ms of a one-export change at 10,000
+/// exports). Every writer bumps the version in the same transaction as its
+/// rows, so the version says whether the copy is current.
+#[derive(Default)]
+pub(crate) struct LastRead(std::sync::Mutex<Option<Stored>>);
+
+impl LastRead {
+    /// The copy, if it is of `version`.
+    pub(crate) fn of(&self, version: u64) -> Option<Stored> {
+        let last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref().filter(|s| s.version == version).cloned()
+    }
+
+    /// Keeps `stored` (read, or written and committed); the registry is
+    /// shared, not copied.
+    pub(crate) fn keep(&self, stored: &Stored) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(stored.clone());
+    }
 }
 
 /// A registry store.
@@ -361,26 +384,59 @@ impl Migrations {
 pub(crate) type Upsert = (Kind, String, String);
 
 /// Rows to write to go from `old` to `new`: upserts and deletes `(kind, id)`.
+/// Compares in place: only changed objects are copied and encoded.
 pub(crate) fn row_changes(old: &Registry, new: &Registry) -> (Vec<Upsert>, Vec<(Kind, String)>) {
-    let index = |r: &Registry| -> BTreeMap<(Kind, String), Object> {
-        r.objects()
-            .into_iter()
-            .map(|o| ((o.kind(), o.id().to_owned()), o))
-            .collect()
-    };
-    let (old, new) = (index(old), index(new));
-    let mut upserts = Vec::new();
-    for (key, object) in &new {
-        if old.get(key) != Some(object) {
-            upserts.push((key.0, key.1.clone(), object.to_stored_json().to_string()));
+    let mut rows = (Vec::new(), Vec::new());
+    changed_rows(
+        Kind::Cluster,
+        &old.clusters,
+        &new.clusters,
+        Object::Cluster,
+        &mut rows,
+    );
+    changed_rows(
+        Kind::Workspace,
+        &old.workspaces,
+        &new.workspaces,
+        Object::Workspace,
+        &mut rows,
+    );
+    changed_rows(
+        Kind::Deployment,
+        &old.deployments,
+        &new.deployments,
+        Object::Deployment,
+        &mut rows,
+    );
+    changed_rows(
+        Kind::MetricsExport,
+        &old.metrics_exports,
+        &new.metrics_exports,
+        Object::MetricsExport,
+        &mut rows,
+    );
+    rows
+}
+
+/// The rows of one kind for [`row_changes`].
+fn changed_rows<T: PartialEq + Clone>(
+    kind: Kind,
+    old: &BTreeMap<String, T>,
+    new: &BTreeMap<String, T>,
+    object: fn(T) -> Object,
+    (upserts, deletes): &mut (Vec<Upsert>, Vec<(Kind, String)>),
+) {
+    for (id, v) in new {
+        if old.get(id) != Some(v) {
+            let doc = object(v.clone()).to_stored_json().to_string();
+            upserts.push((kind, id.clone(), doc));
         }
     }
-    let deletes = old
-        .keys()
-        .filter(|k| !new.contains_key(*k))
-        .cloned()
-        .collect();
-    (upserts, deletes)
+    deletes.extend(
+        old.keys()
+            .filter(|id| !new.contains_key(*id))
+            .map(|id| (kind, id.clone())),
+    );
 }
 
 /// Builds a registry from stored rows.

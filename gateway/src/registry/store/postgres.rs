@@ -21,8 +21,8 @@ use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::watch;
 
 use super::{
-    apply_change, new_salt, redact_url, registry_from_rows, row_changes, schema_plan, StatusRow,
-    Store, StoreError, Stored, UpdateError, UpdateFn, POSTGRES_MIGRATIONS,
+    apply_change, new_salt, redact_url, registry_from_rows, row_changes, schema_plan, LastRead,
+    StatusRow, Store, StoreError, Stored, UpdateError, UpdateFn, POSTGRES_MIGRATIONS,
 };
 
 /// The LISTEN/NOTIFY channel.
@@ -37,6 +37,7 @@ pub struct PostgresStore {
     url: String,
     changes: watch::Sender<u64>,
     listener: tokio::task::JoinHandle<()>,
+    last: LastRead,
 }
 
 impl Drop for PostgresStore {
@@ -64,6 +65,7 @@ impl PostgresStore {
             url: redact_url(url),
             changes,
             listener,
+            last: LastRead::default(),
         })
     }
 }
@@ -143,13 +145,28 @@ async fn migrate(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn read_all(tx: &mut Transaction<'_, Postgres>, lock: bool) -> Result<Stored, StoreError> {
+/// The registry version; with `lock`, the row stays locked until the
+/// transaction ends (writers take turns).
+async fn read_version(tx: &mut Transaction<'_, Postgres>, lock: bool) -> Result<u64, StoreError> {
     let lock_sql = if lock {
         "SELECT value FROM fanout_meta WHERE name = 'version' FOR UPDATE"
     } else {
         "SELECT value FROM fanout_meta WHERE name = 'version'"
     };
     let version: String = sqlx::query(lock_sql).fetch_one(&mut **tx).await?.get(0);
+    Ok(version.parse().unwrap_or(0))
+}
+
+async fn read_all(tx: &mut Transaction<'_, Postgres>, lock: bool) -> Result<Stored, StoreError> {
+    let version = read_version(tx, lock).await?;
+    read_objects(tx, version).await
+}
+
+/// The salt and every object, of the registry at `version`.
+async fn read_objects(
+    tx: &mut Transaction<'_, Postgres>,
+    version: u64,
+) -> Result<Stored, StoreError> {
     let salt: String = sqlx::query("SELECT value FROM fanout_meta WHERE name = 'target_salt'")
         .fetch_one(&mut **tx)
         .await?
@@ -159,8 +176,8 @@ async fn read_all(tx: &mut Transaction<'_, Postgres>, lock: bool) -> Result<Stor
         .await?;
     let registry = registry_from_rows(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))))?;
     Ok(Stored {
-        registry,
-        version: version.parse().unwrap_or(0),
+        registry: Arc::new(registry),
+        version,
         salt: Arc::from(salt.into_bytes()),
     })
 }
@@ -175,6 +192,7 @@ impl Store for PostgresStore {
                 .await?;
             let stored = read_all(&mut tx, false).await?;
             tx.commit().await?;
+            self.last.keep(&stored);
             Ok(stored)
         }
         .boxed()
@@ -194,7 +212,11 @@ impl Store for PostgresStore {
     fn update(&self, change: UpdateFn) -> BoxFuture<'_, Result<Stored, UpdateError>> {
         async move {
             let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-            let current = read_all(&mut tx, true).await?;
+            let version = read_version(&mut tx, true).await?;
+            let current = match self.last.of(version) {
+                Some(c) => c,
+                None => read_objects(&mut tx, version).await?,
+            };
             let Some(next) = apply_change(&current.registry, change)? else {
                 return Ok(current);
             };
@@ -233,11 +255,13 @@ impl Store for PostgresStore {
                 .await
                 .map_err(StoreError::from)?;
             tx.commit().await.map_err(StoreError::from)?;
-            Ok(Stored {
-                registry: next,
+            let stored = Stored {
+                registry: Arc::new(next),
                 version,
                 salt: current.salt,
-            })
+            };
+            self.last.keep(&stored);
+            Ok(stored)
         }
         .boxed()
     }

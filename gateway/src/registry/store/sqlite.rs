@@ -16,8 +16,8 @@ use sqlx::{Connection, Row, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{watch, Mutex};
 
 use super::{
-    apply_change, new_salt, registry_from_rows, row_changes, schema_plan, Store, StoreError,
-    Stored, UpdateError, UpdateFn, SQLITE_MIGRATIONS,
+    apply_change, new_salt, registry_from_rows, row_changes, schema_plan, LastRead, Store,
+    StoreError, Stored, UpdateError, UpdateFn, SQLITE_MIGRATIONS,
 };
 
 /// File name of the database inside the data directory.
@@ -29,6 +29,7 @@ pub struct SqliteStore {
     path: String,
     writer: Mutex<()>,
     changes: watch::Sender<u64>,
+    last: LastRead,
 }
 
 impl SqliteStore {
@@ -57,6 +58,7 @@ impl SqliteStore {
             path: path.display().to_string(),
             writer: Mutex::new(()),
             changes: watch::channel(0).0,
+            last: LastRead::default(),
         })
     }
 }
@@ -66,8 +68,12 @@ impl SqliteStore {
 async fn write_change(
     conn: &mut SqliteConnection,
     change: UpdateFn,
+    last: &LastRead,
 ) -> Result<(Stored, bool), UpdateError> {
-    let current = read_all(conn).await?;
+    let current = match last.of(read_version(conn).await?) {
+        Some(c) => c,
+        None => read_all(conn).await?,
+    };
     let Some(next) = apply_change(&current.registry, change)? else {
         return Ok((current, false));
     };
@@ -101,7 +107,7 @@ async fn write_change(
         .map_err(StoreError::from)?;
     Ok((
         Stored {
-            registry: next,
+            registry: Arc::new(next),
             version,
             salt: current.salt,
         },
@@ -143,6 +149,14 @@ async fn migrate(tx: &mut Transaction<'_, Sqlite>) -> Result<(), StoreError> {
     Ok(())
 }
 
+async fn read_version(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
+    let v: String = sqlx::query("SELECT value FROM fanout_meta WHERE name = 'version'")
+        .fetch_one(&mut *conn)
+        .await?
+        .get(0);
+    Ok(v.parse().unwrap_or(0))
+}
+
 async fn read_all(conn: &mut SqliteConnection) -> Result<Stored, StoreError> {
     let rows = sqlx::query("SELECT kind, id, doc FROM fanout_objects")
         .fetch_all(&mut *conn)
@@ -163,7 +177,7 @@ async fn read_all(conn: &mut SqliteConnection) -> Result<Stored, StoreError> {
         }
     }
     Ok(Stored {
-        registry,
+        registry: Arc::new(registry),
         version,
         salt: Arc::from(salt.into_bytes()),
     })
@@ -175,6 +189,7 @@ impl Store for SqliteStore {
             let mut tx = self.pool.begin().await?;
             let stored = read_all(&mut tx).await?;
             tx.commit().await?;
+            self.last.keep(&stored);
             Ok(stored)
         }
         .boxed()
@@ -205,7 +220,7 @@ impl Store for SqliteStore {
                 .execute(&mut *conn)
                 .await
                 .map_err(StoreError::from)?;
-            let done = match write_change(&mut conn, change).await {
+            let done = match write_change(&mut conn, change, &self.last).await {
                 Ok((stored, true)) => sqlx::query("COMMIT")
                     .execute(&mut *conn)
                     .await
@@ -223,6 +238,9 @@ impl Store for SqliteStore {
                         let _ = conn.detach().close().await;
                     }
                 }
+            }
+            if let Ok((stored, true)) = &done {
+                self.last.keep(stored);
             }
             done.map(|(stored, _)| stored)
         }
