@@ -44,6 +44,38 @@ enum Cmd {
     /// one Workspace export per --target linked to every Deployment. Apply it
     /// with `fanout apply -f FILE` or `fanout serve --registry FILE`.
     PrintRegistry(PrintRegistryArgs),
+    /// What one more tenant costs: a gateway with thousands of Deployments,
+    /// each exporting to its own endpoint, against a baseline of 100
+    /// (docs/benchmarks.md "Scale")
+    Scale(ScaleArgs),
+}
+
+#[derive(Args)]
+struct ScaleArgs {
+    /// Clusters of the large registry.
+    #[arg(long, default_value_t = 100)]
+    clusters: u32,
+    /// Deployments per cluster of the large registry.
+    #[arg(long, default_value_t = 100)]
+    deployments: u32,
+    /// Deployments of the baseline that carries the same traffic (0: none).
+    #[arg(long, default_value_t = 100)]
+    baseline: u32,
+    /// Series per Deployment of the large registry.
+    #[arg(long, default_value_t = 10)]
+    series_per_deployment: u32,
+    /// Deployments interleaved in every request.
+    #[arg(long, default_value_t = 100)]
+    per_request: u32,
+    /// Samples per second offered.
+    #[arg(long, default_value_t = 50_000.0)]
+    rate: f64,
+    /// How long traffic flows, in seconds.
+    #[arg(long, default_value_t = 20.0)]
+    seconds: f64,
+    /// The fanout binary.
+    #[arg(long, env = "FANOUT_BIN", default_value = "target/release/fanout")]
+    fanout_bin: PathBuf,
 }
 
 #[derive(Args)]
@@ -347,6 +379,7 @@ fn main() {
             Cmd::Plot(a) => plot(a),
             Cmd::Soak(a) => soak(a).await,
             Cmd::PrintRegistry(a) => print_registry(a),
+            Cmd::Scale(a) => scale(a).await,
         }
     });
     match res {
@@ -631,6 +664,35 @@ async fn sink(a: SinkArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(if problems.is_empty() { 0 } else { 2 })
+}
+
+async fn scale(a: ScaleArgs) -> anyhow::Result<i32> {
+    if !(a.rate > 0.0 && a.rate.is_finite() && a.seconds > 0.0 && a.seconds.is_finite()) {
+        anyhow::bail!("--rate and --seconds must be positive numbers");
+    }
+    let opts = fanout_loadtest::bench::scale::ScaleOptions {
+        clusters: a.clusters,
+        deployments: a.deployments,
+        baseline: a.baseline,
+        series_per_deployment: a.series_per_deployment,
+        per_request: a.per_request,
+        rate: a.rate,
+        duration: Duration::from_secs_f64(a.seconds),
+        fanout_bin: a.fanout_bin,
+    };
+    let reports = fanout_loadtest::bench::scale::run(&opts).await?;
+    for r in &reports {
+        print!("{}", r.table());
+    }
+    if let [large, base] = &reports[..] {
+        println!(
+            "CPU per sample: {:.2}x the baseline's",
+            large.cpu_s_per_m / base.cpu_s_per_m.max(f64::MIN_POSITIVE)
+        );
+    }
+    Ok(i32::from(
+        reports.iter().any(|r| r.lost > 0 || !r.other.is_empty()),
+    ))
 }
 
 async fn soak(a: SoakArgs) -> anyhow::Result<i32> {

@@ -139,7 +139,11 @@ pub fn registry(spec: &BenchSpec, urls: &[String]) -> Value {
 /// The metadata labels every delivered series of Deployment `d` of `cluster`
 /// must carry, whichever gateway delivered it.
 pub fn expected_labels(spec: &BenchSpec, cluster: u32, d: u32) -> Vec<(String, String)> {
-    let f = &spec.fleet;
+    fleet_labels(&spec.fleet, cluster, d)
+}
+
+/// [`expected_labels`] of a fleet's Deployment `d` of `cluster`.
+pub fn fleet_labels(f: &crate::scenario::Scenario, cluster: u32, d: u32) -> Vec<(String, String)> {
     [
         ("cloud_provider", CLOUD_PROVIDER.to_owned()),
         ("cloud_region", CLOUD_REGION.to_owned()),

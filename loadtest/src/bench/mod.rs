@@ -23,6 +23,7 @@ pub mod config;
 pub mod plot;
 pub mod procfs;
 pub mod report;
+pub mod scale;
 pub mod soak;
 pub mod spec;
 
