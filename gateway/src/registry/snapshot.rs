@@ -152,6 +152,14 @@ type FastMap<K, V> = HashMap<K, V, RandomState>;
 struct ClusterEntry {
     info: Arc<ClusterInfo>,
     token: Secret,
+    /// Shared with the previous snapshot when none of its Deployments
+    /// changed ([`Snapshot::build_after`]).
+    tables: Arc<Tables>,
+}
+
+/// A cluster's Deployments by id and by namespace.
+#[derive(Default)]
+struct Tables {
     by_id: FastMap<Box<[u8]>, Arc<DeploymentInfo>>,
     by_namespace: FastMap<Box<[u8]>, Arc<DeploymentInfo>>,
 }
@@ -168,7 +176,7 @@ impl fmt::Debug for ClusterView<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClusterView")
             .field("cluster", &self.entry.info.id)
-            .field("deployments", &self.entry.by_id.len())
+            .field("deployments", &self.entry.tables.by_id.len())
             .finish()
     }
 }
@@ -190,14 +198,14 @@ impl<'a> ClusterView<'a> {
         namespace: Option<&[u8]>,
     ) -> Attribution<'a> {
         if let Some(dep) = deployment_id {
-            if let Some(d) = self.entry.by_id.get(dep) {
+            if let Some(d) = self.entry.tables.by_id.get(dep) {
                 return Attribution::Deployment(d);
             }
             if self.deployment_cluster.contains_key(dep) {
                 return Attribution::Foreign;
             }
         }
-        match namespace.and_then(|ns| self.entry.by_namespace.get(ns)) {
+        match namespace.and_then(|ns| self.entry.tables.by_namespace.get(ns)) {
             Some(d) => Attribution::Deployment(d),
             None => Attribution::Unattributed,
         }
@@ -211,7 +219,7 @@ pub struct Snapshot {
     registry: Arc<Registry>,
     clusters: FastMap<String, ClusterEntry>,
     by_token: HashMap<String, Arc<ClusterInfo>>,
-    deployment_cluster: FastMap<Box<[u8]>, String>,
+    deployment_cluster: Arc<FastMap<Box<[u8]>, String>>,
     targets: BTreeMap<TargetId, Arc<Target>>,
 }
 
@@ -234,25 +242,47 @@ impl Snapshot {
 
     /// Compiles a validated registry of `version`; `salt` keys the target ids.
     pub fn build(registry: Arc<Registry>, version: u64, salt: Arc<[u8]>) -> Snapshot {
+        Snapshot::build_after(registry, version, salt, None)
+    }
+
+    /// [`Self::build`], reusing from `prev` (an earlier version's snapshot
+    /// with the same salt) what did not change: clusters, targets with the
+    /// same routes, Deployments with the same labels and targets, a
+    /// cluster's attribution tables when none of its Deployments changed,
+    /// and the Deployment-to-cluster table when no Deployment came, went or
+    /// moved. The result equals a fresh build; a change of one export
+    /// allocates for what it touches, and the hot path and delivery see the
+    /// same `Arc`s for everything else (`TargetHandle::set_target` skips
+    /// those).
+    pub fn build_after(
+        registry: Arc<Registry>,
+        version: u64,
+        salt: Arc<[u8]>,
+        prev: Option<&Snapshot>,
+    ) -> Snapshot {
+        let prev = prev.filter(|p| p.salt == salt);
         let mut clusters: FastMap<String, ClusterEntry> = FastMap::default();
         let mut by_token = HashMap::new();
         for c in registry.clusters.values() {
-            let info = Arc::new(ClusterInfo {
+            let fresh = ClusterInfo {
                 id: c.id.clone(),
                 organization_id: c.organization_id.clone(),
                 cloud_provider: c.cloud_provider.clone(),
                 cloud_region: c.cloud_region.clone(),
                 limits: c.limits,
                 samples_metric: LazyCounter::default(),
-            });
+            };
+            let info = match prev.and_then(|p| p.clusters.get(&c.id)) {
+                Some(old) if *old.info == fresh => old.info.clone(),
+                _ => Arc::new(fresh),
+            };
             by_token.insert(c.ingest_token.expose().to_owned(), info.clone());
             clusters.insert(
                 c.id.clone(),
                 ClusterEntry {
                     info,
                     token: c.ingest_token.clone(),
-                    by_id: FastMap::default(),
-                    by_namespace: FastMap::default(),
+                    tables: Arc::default(),
                 },
             );
         }
@@ -281,51 +311,110 @@ impl Snapshot {
             .into_iter()
             .map(|(id, (compiled, mut routes))| {
                 routes.sort();
-                let config = compiled.config.clone();
-                let scrubber = Scrubber::new(&config);
-                (
-                    id.clone(),
-                    Arc::new(Target {
-                        id,
-                        config,
-                        routes,
-                        scrubber,
-                    }),
-                )
+                // The same id is the same config: only the routes may differ.
+                let target = match prev.and_then(|p| p.targets.get(&id)) {
+                    Some(old) if old.routes == routes => old.clone(),
+                    _ => {
+                        let config = compiled.config.clone();
+                        let scrubber = Scrubber::new(&config);
+                        Arc::new(Target {
+                            id: id.clone(),
+                            config,
+                            routes,
+                            scrubber,
+                        })
+                    }
+                };
+                (id, target)
             })
             .collect();
 
-        let mut deployment_cluster = FastMap::default();
+        // Per cluster: its Deployments, and whether each is the previous one.
+        let mut members: FastMap<&str, Vec<(Arc<DeploymentInfo>, bool)>> = FastMap::default();
         for (dep_id, ids) in dep_targets {
             let d = &registry.deployments[dep_id];
-            deployment_cluster.insert(bytes_key(&d.id), d.cluster_id.clone());
-            let Some(entry) = clusters.get_mut(&d.cluster_id) else {
+            let Some(cluster) = clusters.get(&d.cluster_id).map(|e| &e.info) else {
                 continue;
             };
             let organization_id = registry
                 .workspaces
                 .get(&d.workspace_id)
-                .map(|w| w.organization_id.clone())
-                .unwrap_or_default();
-            let info = Arc::new(DeploymentInfo {
-                id: d.id.clone(),
-                workspace_id: d.workspace_id.clone(),
-                organization_id,
-                namespace: d.namespace.clone(),
-                name: d.name.clone(),
-                kind: d.kind,
-                limits: d.limits,
-                cluster: entry.info.clone(),
-                targets: ids
-                    .iter()
-                    .filter_map(|id| targets.get(id).cloned())
-                    .collect(),
+                .map_or("", |w| w.organization_id.as_str());
+            let old = prev.and_then(|p| p.deployment(&d.cluster_id, &d.id));
+            let same = old.is_some_and(|o| {
+                o.workspace_id == d.workspace_id
+                    && o.organization_id == organization_id
+                    && o.namespace == d.namespace
+                    && o.name == d.name
+                    && o.kind == d.kind
+                    && o.limits == d.limits
+                    && Arc::ptr_eq(&o.cluster, cluster)
+                    && o.targets.len() == ids.len()
+                    && o.targets
+                        .iter()
+                        .zip(&ids)
+                        .all(|(t, id)| targets.get(id).is_some_and(|n| Arc::ptr_eq(t, n)))
             });
-            entry
-                .by_namespace
-                .insert(bytes_key(&d.namespace), info.clone());
-            entry.by_id.insert(bytes_key(&d.id), info);
+            let info = match old {
+                Some(o) if same => o.clone(),
+                _ => Arc::new(DeploymentInfo {
+                    id: d.id.clone(),
+                    workspace_id: d.workspace_id.clone(),
+                    organization_id: organization_id.to_owned(),
+                    namespace: d.namespace.clone(),
+                    name: d.name.clone(),
+                    kind: d.kind,
+                    limits: d.limits,
+                    cluster: cluster.clone(),
+                    targets: ids
+                        .iter()
+                        .filter_map(|id| targets.get(id).cloned())
+                        .collect(),
+                }),
+            };
+            members
+                .entry(d.cluster_id.as_str())
+                .or_default()
+                .push((info, same));
         }
+        for (cluster_id, entry) in clusters.iter_mut() {
+            let list = members.remove(cluster_id.as_str()).unwrap_or_default();
+            let old = prev.and_then(|p| p.clusters.get(cluster_id));
+            // Every Deployment the same, and as many: the same tables.
+            if let Some(old) = old.filter(|o| {
+                o.tables.by_id.len() == list.len() && list.iter().all(|(_, same)| *same)
+            }) {
+                entry.tables = old.tables.clone();
+                continue;
+            }
+            let mut tables = Tables::default();
+            for (info, _) in list {
+                tables
+                    .by_namespace
+                    .insert(bytes_key(&info.namespace), info.clone());
+                tables.by_id.insert(bytes_key(&info.id), info);
+            }
+            entry.tables = Arc::new(tables);
+        }
+
+        let unmoved = prev.is_some_and(|p| {
+            let old = &p.registry.deployments;
+            old.len() == registry.deployments.len()
+                && old
+                    .values()
+                    .zip(registry.deployments.values())
+                    .all(|(a, b)| a.id == b.id && a.cluster_id == b.cluster_id)
+        });
+        let deployment_cluster = match prev {
+            Some(p) if unmoved => p.deployment_cluster.clone(),
+            _ => Arc::new(
+                registry
+                    .deployments
+                    .values()
+                    .map(|d| (bytes_key(&d.id), d.cluster_id.clone()))
+                    .collect(),
+            ),
+        };
 
         Snapshot {
             version,
@@ -375,6 +464,7 @@ impl Snapshot {
     ) -> Option<&Arc<DeploymentInfo>> {
         self.clusters
             .get(cluster_id)?
+            .tables
             .by_id
             .get(deployment_id.as_bytes())
     }
@@ -387,6 +477,7 @@ impl Snapshot {
     ) -> Option<&Arc<DeploymentInfo>> {
         self.clusters
             .get(cluster_id)?
+            .tables
             .by_namespace
             .get(namespace.as_bytes())
     }

@@ -445,6 +445,41 @@ fn check(case: &Case, snapshot: &Snapshot, label: &str) {
     }
 }
 
+/// Everything a snapshot answers, as text: targets, and per Deployment its
+/// attribution by id and by namespace, labels and targets.
+fn describe_snapshot(s: &Snapshot) -> Vec<String> {
+    let mut out: Vec<String> = s
+        .targets()
+        .map(|t| format!("target {} {:?} {:?}", t.id.0, t.routes, t.config.endpoint))
+        .collect();
+    for d in s.registry().deployments.values() {
+        out.push(format!(
+            "cluster of {}: {:?}",
+            d.id,
+            s.deployment_cluster_id(&d.id)
+        ));
+        let by_ns = s
+            .deployment_by_namespace(&d.cluster_id, &d.namespace)
+            .map(|i| i.id.clone());
+        let Some(i) = s.deployment(&d.cluster_id, &d.id) else {
+            out.push(format!("{}: none (namespace: {by_ns:?})", d.id));
+            continue;
+        };
+        let targets: Vec<&str> = i.targets.iter().map(|t| t.id.0.as_str()).collect();
+        out.push(format!(
+            "{} ns {} -> {by_ns:?}; ws {} org {} name {} {:?} {:?}; cluster {:?}; targets {targets:?}",
+            i.id, i.namespace, i.workspace_id, i.organization_id, i.name, i.kind, i.limits, i.cluster
+        ));
+    }
+    for c in s.registry().clusters.values() {
+        let by_token = s
+            .authenticate(None, c.ingest_token.expose())
+            .map(|i| i.id.clone());
+        out.push(format!("token of {}: {by_token:?}", c.id));
+    }
+    out
+}
+
 async fn run_table(store: Arc<dyn Store>, label: &str) {
     let live = Live::open(store.clone()).await.unwrap();
     for case in cases() {
@@ -458,11 +493,18 @@ async fn run_table(store: Arc<dyn Store>, label: &str) {
                 .unwrap_or_else(|e| panic!("{label}: case {:?}: patch failed: {e:?}", case.name));
         }
         check(&case, &live.current(), label);
-        // The same from a fresh load of the store.
+        // The same from a fresh load of the store; the live snapshot, built
+        // reusing the previous case's, equals a fresh build.
         let stored = store.load().await.unwrap();
         assert_eq!(stored.version, live.current().version());
         let fresh = Snapshot::build(stored.registry, stored.version, stored.salt);
         check(&case, &fresh, &format!("{label} (reloaded)"));
+        assert_eq!(
+            describe_snapshot(&live.current()),
+            describe_snapshot(&fresh),
+            "{label}: case {:?}: built after the previous version",
+            case.name
+        );
     }
 }
 
@@ -1116,4 +1158,89 @@ async fn updates_start_from_the_last_read_registry_only_while_it_is_current() {
         .unwrap();
     assert_eq!(fresh.version, 3);
     assert_eq!(ids(&fresh.registry), ["ws-1", "ws-2", "ws-3"]);
+}
+
+/// A snapshot built reusing the previous version's equals a fresh build
+/// through changes of every kind: a cluster's labels and token, a
+/// Deployment moved to another cluster, renamed or re-namespaced, a
+/// Workspace's organization, Deployments added and removed, an export's
+/// endpoint, and a new salt.
+#[test]
+fn a_snapshot_built_after_another_equals_a_fresh_build() {
+    let exports = r#"
+- {id: prom, objectKey: prom, scope: WORKSPACE, scopeEntityId: ws-1, autoLinkDeployments: true,
+   metricsExport: {endpoint: "http://127.0.0.1:9201/api/v1/write"}}
+- {id: own-a, objectKey: own_a, scope: DEPLOYMENT, scopeEntityId: dep-a,
+   metricsExport: {endpoint: "http://127.0.0.1:9202/a/api/v1/write"}}
+"#;
+    type Change = fn(&mut Registry);
+    let changes: [(&str, Change); 9] = [
+        ("nothing", |_| {}),
+        ("a cluster's region", |r| {
+            r.clusters.get_mut("c1").unwrap().cloud_region = "eu-west-1".into()
+        }),
+        ("a cluster's token", |r| {
+            r.clusters.get_mut("c2").unwrap().ingest_token = Secret::new("tok-new")
+        }),
+        ("a Deployment moved", |r| {
+            r.deployments.get_mut("dep-b").unwrap().cluster_id = "c2".into()
+        }),
+        ("a namespace and a name", |r| {
+            let d = r.deployments.get_mut("dep-c").unwrap();
+            d.namespace = "ns-c2".into();
+            d.name = "C2".into();
+        }),
+        ("a Workspace's organization", |r| {
+            r.workspaces.get_mut("ws-1").unwrap().organization_id = "org-9".into()
+        }),
+        ("a Deployment removed", |r| {
+            r.deployments.remove("dep-x");
+        }),
+        ("a Deployment added", |r| {
+            let mut d = r.deployments["dep-a"].clone();
+            d.id = "dep-z".into();
+            d.namespace = "ns-z".into();
+            r.deployments.insert(d.id.clone(), d);
+        }),
+        ("an export's endpoint", |r| {
+            let e = r.metrics_exports.get_mut("own-a").unwrap();
+            e.metrics_export.endpoint = Some("http://127.0.0.1:9203/a/api/v1/write".into());
+        }),
+    ];
+    let salt: Arc<[u8]> = Arc::from(&b"salt"[..]);
+    let mut registry = base_registry(exports);
+    let mut prev = Snapshot::build(Arc::new(registry.clone()), 1, salt.clone());
+    for (version, (what, change)) in (2..).zip(changes) {
+        change(&mut registry);
+        validate::validate(&registry).unwrap_or_else(|e| panic!("{what}: {:?}", e.problems));
+        let r = Arc::new(registry.clone());
+        let after = Snapshot::build_after(r.clone(), version, salt.clone(), Some(&prev));
+        let fresh = Snapshot::build(r, version, salt.clone());
+        assert_eq!(
+            describe_snapshot(&after),
+            describe_snapshot(&fresh),
+            "{what}"
+        );
+        // What did not change is the same object, not a copy.
+        let kept = after
+            .targets()
+            .filter(|t| prev.target(&t.id.0).is_some_and(|p| Arc::ptr_eq(p, t)))
+            .count();
+        match what {
+            "nothing" => assert_eq!(kept, after.targets().count(), "{what}"),
+            "an export's endpoint" => assert_eq!(kept, 1, "{what}: prom's target is kept"),
+            _ => {}
+        }
+        prev = after;
+    }
+    // Another salt: nothing is reused (every target id changes).
+    let r = Arc::new(registry);
+    let other: Arc<[u8]> = Arc::from(&b"other"[..]);
+    let after = Snapshot::build_after(r.clone(), 20, other.clone(), Some(&prev));
+    let fresh = Snapshot::build(r, 20, other);
+    assert_eq!(
+        describe_snapshot(&after),
+        describe_snapshot(&fresh),
+        "a new salt"
+    );
 }

@@ -387,6 +387,9 @@ impl TargetHandle {
     /// current, for a successor after a config change.
     pub(super) fn set_target(&self, t: Arc<Target>) {
         let routes_changed = match self.target.lock() {
+            // The same `Arc` (unchanged since the last version: the
+            // snapshot reuses it) is nothing to do.
+            Ok(cur) if Arc::ptr_eq(&cur, &t) => false,
             Ok(mut cur) => {
                 let changed = cur.routes != t.routes;
                 *cur = t.clone();
