@@ -386,10 +386,16 @@ impl Inner {
             };
             targets.insert(t.id.0.clone(), h);
         }
-        let plan = Plan::build(snapshot, &self.owners, |id| {
-            targets.get(id).map(|h| (h.clone(), h.lanes()))
-        });
-        self.plan.store(Arc::new(plan));
+        let plan = Plan::build_after(
+            snapshot,
+            &self.owners,
+            |id| targets.get(id).map(|h| (h.clone(), h.lanes())),
+            Some(&**current),
+        );
+        let old = self.plan.swap(Arc::new(plan));
+        // Freed off this path (10,000 Deployments' variants take
+        // milliseconds); the last reader may still hold it.
+        std::thread::spawn(move || drop(old));
         metrics::gauge!(names::CONFIG_VERSION).set(snapshot.version() as f64);
         metrics::gauge!(names::CONFIG_HASH).set(config_hash(snapshot.registry()) as f64);
     }
