@@ -26,8 +26,19 @@ struct Done {
     probe: bool,
 }
 
+/// The next finished attempt; never, before the first send.
+async fn next_done(done: &mut Option<(mpsc::Sender<Done>, mpsc::Receiver<Done>)>) -> Option<Done> {
+    match done {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 pub(super) async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
-    let (tx, mut rx) = mpsc::channel::<Done>(crate::deliver::queue::MAX_LANES as usize * 2);
+    // Attempts report back here. Made at the first send: its first block
+    // is 2.8 KiB, which a target that never sends (of thousands) should
+    // not hold.
+    let mut done: Option<(mpsc::Sender<Done>, mpsc::Receiver<Done>)> = None;
     let mut in_flight = 0u32;
     let mut sends = Vec::new();
     loop {
@@ -82,7 +93,10 @@ pub(super) async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
             }
             let target = h.target();
             let (inner, h) = (inner.clone(), h.clone());
-            let tx = tx.clone();
+            let tx = done
+                .get_or_insert_with(|| mpsc::channel(crate::deliver::queue::MAX_LANES as usize * 2))
+                .0
+                .clone();
             tokio::spawn(async move {
                 let t0 = Instant::now();
                 let sent = if d.probe {
@@ -174,13 +188,13 @@ pub(super) async fn run_target(inner: Arc<Inner>, h: Arc<TargetHandle>) {
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             _ = h.notify.notified() => {}
-            Some(done) = rx.recv() => {
+            Some(first) = next_done(&mut done) => {
                 in_flight = in_flight.saturating_sub(1);
-                on_done(&inner, &h, done);
+                on_done(&inner, &h, first);
                 // Drain every other finished attempt before polling again.
-                while let Ok(done) = rx.try_recv() {
+                while let Some(d) = done.as_mut().and_then(|(_, rx)| rx.try_recv().ok()) {
                     in_flight = in_flight.saturating_sub(1);
-                    on_done(&inner, &h, done);
+                    on_done(&inner, &h, d);
                 }
             }
             _ = tokio::time::sleep_until(sleep_until) => {}
