@@ -528,3 +528,112 @@ fn console_shows_targets_pauses_one_and_quits_cleanly() {
     assert_eq!(tmux.format("#{cursor_flag}"), "1", "cursor left hidden");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The console against a gateway with 10,000 Deployments, each exporting to
+/// an endpoint of its own: the Deployments view lists all of them, pages
+/// down, and a filter narrows them to the ten that match; `q` exits 0. No
+/// time is asserted (the timeouts only bound the test): a view that built
+/// every row per frame (10,000 rows, and a name count per target that was
+/// quadratic) still passes here, slowly; the snapshot tests check that only
+/// a screenful is built (`deployments_10000_*`).
+#[test]
+#[ignore = "needs tmux and the delivery stats API; run by .ci/run"]
+fn console_pages_and_filters_ten_thousand_deployments() {
+    Tmux::require();
+    let fanout = fanout_binary();
+    let (tui, _) = binaries();
+    let dir = temp_dir("tui-tmux-10k");
+    let mut yaml = String::from("clusters:\n");
+    for c in 0..100 {
+        yaml.push_str(&format!(
+            "  - {{id: cl-{c:03}, organizationId: o, cloudProvider: aws, cloudRegion: r, ingestToken: tok-{c:03}}}\n"
+        ));
+    }
+    yaml.push_str("workspaces:\n  - {id: ws, organizationId: o, name: w}\ndeployments:\n");
+    for d in 0..10_000 {
+        yaml.push_str(&format!(
+            "  - {{id: dep-{d:05}, workspaceId: ws, clusterId: cl-{:03}, namespace: ns-{d:05}, type: HOSTED, name: d{d}}}\n",
+            d / 100
+        ));
+    }
+    yaml.push_str("metricsExports:\n");
+    for d in 0..10_000 {
+        // Nothing listens there: with no traffic the targets stay idle.
+        yaml.push_str(&format!(
+            "  - {{id: own-{d:05}, objectKey: own_{d:05}, scope: DEPLOYMENT, scopeEntityId: dep-{d:05}, \
+             metricsExport: {{endpoint: 'http://127.0.0.1:9/t/{d:05}/api/v1/write'}}}}\n"
+        ));
+    }
+    let registry = dir.join("registry.yaml");
+    std::fs::write(&registry, &yaml).unwrap();
+    let admin_port = free_port();
+    let gateway_log = dir.join("fanout.log");
+    let _gateway = Proc::spawn(
+        "fanout serve",
+        Command::new(&fanout)
+            .arg("serve")
+            .args(["--ingest-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .args(["--admin-token", ADMIN_TOKEN])
+            .args(["--drain-delay", "0s"])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--registry")
+            .arg(&registry)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&gateway_log).unwrap()),
+    );
+    let log = || {
+        format!(
+            "gateway log:\n{}",
+            std::fs::read_to_string(&gateway_log).unwrap_or_default()
+        )
+    };
+    let ready = wait_for(Duration::from_secs(120), || {
+        matches!(admin(admin_port, "GET", "/readyz"), Ok((200, _))).then_some(())
+    });
+    assert!(ready.is_some(), "fanout never became ready\n{}", log());
+
+    let script = format!(
+        "{} --admin http://127.0.0.1:{admin_port}; echo TUI-EXITED-$?; exec sleep 600",
+        tui.display()
+    );
+    let tmux = Tmux::start(
+        "fanout-tui-10k",
+        &script,
+        120,
+        35,
+        &[("FANOUT_ADMIN_TOKEN", ADMIN_TOKEN)],
+    );
+    tmux.wait_screen(
+        "the console to connect",
+        Duration::from_secs(60),
+        &log,
+        |s| s.contains("gateways 1/1 up"),
+    );
+    tmux.keys(&["5"]);
+    let screen = tmux.wait_screen(
+        "10,000 Deployments listed",
+        Duration::from_secs(60),
+        &log,
+        |s| s.contains("Deployments (10000)") && s.contains("dep-00000"),
+    );
+    assert!(!screen.contains(ADMIN_TOKEN), "{screen}");
+    // Four pages down (10 rows each): row 40 is selected, on screen, and
+    // the first row scrolled away.
+    tmux.keys(&["PageDown", "PageDown", "PageDown", "PageDown"]);
+    tmux.wait_screen("row 40 on screen", Duration::from_secs(30), &log, |s| {
+        s.contains("dep-00040") && !s.contains("dep-00000")
+    });
+    tmux.keys(&["/", "d", "e", "p", "-", "0", "9", "9", "9", "Enter"]);
+    tmux.wait_screen(
+        "the filter narrowing to ten",
+        Duration::from_secs(30),
+        &log,
+        |s| s.contains("Deployments (10)") && s.contains("dep-09990") && s.contains("dep-09999"),
+    );
+    tmux.keys(&["q"]);
+    tmux.wait_screen("the console to exit", Duration::from_secs(30), &log, |s| {
+        s.contains("TUI-EXITED-0")
+    });
+}

@@ -8,7 +8,7 @@
 //! selection is reverse video. At 80×24 every view keeps its essential
 //! columns; wider terminals get more (endpoint, gateway).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -661,21 +661,23 @@ fn render_targets(state: &State, f: &mut Frame, area: Rect) {
     ]);
     // Two targets of one export (overrides per Deployment) share a name:
     // those are told apart by the start of their id.
-    let names: Vec<String> = rows.iter().map(TargetRow::name).collect();
-    let shown = |i: usize| -> String {
-        let n = &names[i];
-        if names.iter().filter(|m| *m == n).count() > 1 {
-            let id: String = rows[i].id.chars().take(6).collect();
-            format!("{} {id}", rows[i].name_within(name_width.saturating_sub(7)))
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for r in &rows {
+        *names.entry(r.name()).or_default() += 1;
+    }
+    let shown = |t: &TargetRow| -> String {
+        if names.get(&t.name()).is_some_and(|&n| n > 1) {
+            let id: String = t.id.chars().take(6).collect();
+            format!("{} {id}", t.name_within(name_width.saturating_sub(7)))
         } else {
-            rows[i].name_within(name_width)
+            t.name_within(name_width)
         }
     };
-    let table_rows: Vec<Row> = rows
+    let on_screen = visible(rows.len(), state.selection(), area);
+    let table_rows: Vec<Row> = rows[on_screen.clone()]
         .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let mut cells = vec![Cell::from(shown(i))];
+        .map(|t| {
+            let mut cells = vec![Cell::from(shown(t))];
             if wide {
                 cells.push(Cell::from(fmt::cut(&t.endpoint, 26)));
             }
@@ -712,8 +714,19 @@ fn render_targets(state: &State, f: &mut Frame, area: Rect) {
         .row_highlight_style(selected())
         .block(Block::bordered().title(title));
     let mut ts = TableState::default();
-    ts.select(Some(state.selection()));
+    ts.select(Some(state.selection() - on_screen.start));
     f.render_stateful_widget(table, area, &mut ts);
+}
+
+/// The rows of a bordered table with a header in `area` that are on
+/// screen while row `selected` of `total` is shown (on the last line once
+/// it is past the first screen, as a table scrolls): only those are built,
+/// so 10,000 rows cost what a screenful does.
+pub fn visible(total: usize, selected: usize, area: Rect) -> std::ops::Range<usize> {
+    let height = usize::from(area.height.saturating_sub(3)).max(1);
+    let selected = selected.min(total.saturating_sub(1));
+    let start = (selected + 1).saturating_sub(height);
+    start..total.min(start + height)
 }
 
 /// Style of a Deployment's export state.
@@ -790,7 +803,8 @@ fn render_deployments(state: &State, f: &mut Frame, area: Rect) {
         Constraint::Length(6),
         Constraint::Min(8),
     ];
-    let table_rows: Vec<Row> = rows
+    let on_screen = visible(rows.len(), selected_row, table_area);
+    let table_rows: Vec<Row> = rows[on_screen.clone()]
         .iter()
         .map(|d| {
             Row::new(vec![
@@ -819,7 +833,7 @@ fn render_deployments(state: &State, f: &mut Frame, area: Rect) {
         .row_highlight_style(selected())
         .block(Block::bordered().title(title));
     let mut ts = TableState::default();
-    ts.select(Some(selected_row));
+    ts.select(Some(selected_row - on_screen.start));
     f.render_stateful_widget(table, table_area, &mut ts);
 }
 

@@ -451,3 +451,64 @@ fn a_gateway_whose_store_is_unreachable_says_so() {
     let text = render_text(&s, 120, 24);
     assert!(text.contains("ready  store: unreachable"), "{text}");
 }
+
+/// One gateway with 10,000 Deployments, each with a target of its own.
+fn ten_thousand() -> State {
+    let mut s = State::new(&["http://127.0.0.1:9556"], T0);
+    let deployments: Vec<Value> = (0..10_000)
+        .map(|d| {
+            json!({"id": format!("dep-{d:05}"), "clusterId": format!("cl-{:03}", d / 100), "exports": 2,
+                   "state": "delivering", "samplesDelivered1m": 600 * (d % 7), "samplesDropped1m": {},
+                   "oldestUndeliveredSeconds": 0.2})
+        })
+        .collect();
+    for i in 0..2 {
+        let targets: Vec<Value> = (0..10_000)
+            .map(|d| {
+                let mut t = target(&format!("t-{d:012x}"), "healthy", i, 5.0);
+                t["endpoint"] = json!(format!("https://tenant-{d:05}.example.com/api/v1/write"));
+                t["feeds"] = json!([{"exportId": format!("own-{d:05}"), "deploymentId": format!("dep-{d:05}"), "clusterId": "cl-000"}]);
+                t
+            })
+            .collect();
+        s.now_ms = T0 + i * 1000;
+        let snap: Snapshot = serde_json::from_value(json!({
+            "time": time(i), "uptimeSeconds": 60 + i, "gateway": "gw-a:9556", "configVersion": 3,
+            "ready": true, "ingest": {"requests": {}, "samples": 0, "bytes": 0},
+            "drops": {}, "out": {"samples": 0, "bytes": 0}, "targets": targets, "recentErrors": [],
+            "deployments": deployments
+        }))
+        .expect("fixture");
+        s.on_stats(0, snap);
+    }
+    s
+}
+
+#[test]
+fn ten_thousand_deployments_page_scroll_and_filter() {
+    let mut s = ten_thousand();
+    key(&mut s, KeyCode::Char('5'));
+    // All delivering: by id within the state.
+    assert_eq!(s.deployments().len(), 10_000);
+    assert_eq!(s.deployments()[0].id, "dep-00000");
+    // Two pages down, then the end: the selection is on the last line.
+    key(&mut s, KeyCode::PageDown);
+    key(&mut s, KeyCode::PageDown);
+    check("deployments_10000_paged", &s);
+    key(&mut s, KeyCode::End);
+    let text = render_text(&s, 80, 24);
+    assert!(text.contains("Deployments (10000)"), "{text}");
+    check("deployments_10000_end", &s);
+    // A filter narrows 10,000 rows to the ten that match.
+    key(&mut s, KeyCode::Char('/'));
+    for c in "dep-0999".chars() {
+        key(&mut s, KeyCode::Char(c));
+    }
+    key(&mut s, KeyCode::Enter);
+    assert_eq!(s.deployments().len(), 10);
+    check("deployments_10000_filtered", &s);
+    // The Targets view pages the same way.
+    key(&mut s, KeyCode::Char('2'));
+    key(&mut s, KeyCode::PageDown);
+    check("targets_10000_paged", &s);
+}
