@@ -498,6 +498,7 @@ async fn report_status(
     let mut tick = tokio::time::interval(reporting.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut reported = admin::status::Reported::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -507,7 +508,15 @@ async fn report_status(
             return;
         }
         let snapshot = live.current();
-        match admin::status::report(live.store(), &delivery, &snapshot, &reporting.gateway).await {
+        match admin::status::report(
+            live.store(),
+            &delivery,
+            &snapshot,
+            &reporting,
+            &mut reported,
+        )
+        .await
+        {
             Ok(_) if failing => {
                 failing = false;
                 tracing::info!("export status: reporting to the shared store again");

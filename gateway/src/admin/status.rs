@@ -17,6 +17,7 @@
 //! With a store of one gateway (SQLite) nothing is reported and the answer
 //! is this gateway's own state.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -24,7 +25,7 @@ use fanout_proto::api;
 
 use super::StatusSource;
 use crate::deliver::stats;
-use crate::registry::store::{StatusRow, Store};
+use crate::registry::store::{StatusReport, StatusRow, StatusUpsert, Store};
 use crate::registry::Snapshot;
 
 /// Rows not rewritten for this long are deleted.
@@ -47,40 +48,138 @@ fn rfc3339_ms(ms: i64) -> String {
     stats::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
 }
 
-/// Writes this gateway's status of every (Deployment, target) pair of
-/// `snapshot` to `store` (a shared one; nothing otherwise).
+/// Rows a gateway writes per second at most (changed rows beyond it wait
+/// for the next report, the longest-waiting first): with 10,000
+/// Deployments each exporting somewhere, rewriting every row every 5 s was
+/// 2,000 rows a second per gateway.
+pub const MAX_ROWS_PER_SECOND: u64 = 150;
+
+/// What this gateway last wrote, so that a report writes only the rows that
+/// changed (the gateway's heartbeat keeps the others current).
+#[derive(Debug, Default)]
+pub struct Reported {
+    /// Per (Deployment, target): the doc written, its state and error
+    /// (what readers must see soon), and when.
+    rows: HashMap<(String, String), Written>,
+    /// A report went through since this gateway started.
+    started: bool,
+}
+
+#[derive(Debug)]
+struct Written {
+    doc: String,
+    urgent: String,
+    at_ms: i64,
+}
+
+/// The part of a status that other gateways must see at the next report:
+/// its state and last error (counts may wait).
+fn urgent_part(s: &api::ExportStatus) -> String {
+    let error = s.last_error.as_ref().map(|e| e.time.as_str()).unwrap_or("");
+    format!("{} {error}", s.state)
+}
+
+impl Reported {
+    /// The report of `current` (every pair this gateway has, with its
+    /// status) at `now_ms`: pairs that are new or whose state or error
+    /// changed, then pairs whose counts changed, longest unwritten first, at
+    /// most `cap` rows; and the pairs that are gone. Call
+    /// [`Self::written`] with it once the store took it.
+    pub fn plan(
+        &self,
+        gateway: &str,
+        current: Vec<((String, String), api::ExportStatus)>,
+        cap: usize,
+        now_ms: i64,
+    ) -> StatusReport {
+        let present: std::collections::HashSet<&(String, String)> =
+            current.iter().map(|(k, _)| k).collect();
+        let deletes = self
+            .rows
+            .keys()
+            .filter(|k| !present.contains(k))
+            .cloned()
+            .collect();
+        // Ranked: urgent (new, or state or error changed) first, then the
+        // longest unwritten.
+        let mut changed: Vec<((bool, i64), StatusUpsert)> = Vec::new();
+        for ((d, t), status) in current {
+            let doc = serde_json::to_string(&status).unwrap_or_default();
+            let rank = match self.rows.get(&(d.clone(), t.clone())) {
+                None => (false, 0),
+                Some(w) if w.doc == doc => continue,
+                Some(w) => (w.urgent == urgent_part(&status), w.at_ms),
+            };
+            changed.push((rank, (d, t, doc)));
+        }
+        changed.sort_by_key(|c| c.0);
+        changed.truncate(cap);
+        StatusReport {
+            gateway: gateway.to_owned(),
+            replace: !self.started,
+            upserts: changed.into_iter().map(|(_, row)| row).collect(),
+            deletes,
+            now_ms,
+            expire_before_ms: now_ms - EXPIRE_AFTER.as_millis() as i64,
+        }
+    }
+
+    /// Records that the store took `report`.
+    pub fn written(&mut self, report: &StatusReport) {
+        if report.replace {
+            self.rows.clear();
+        }
+        for key in &report.deletes {
+            self.rows.remove(key);
+        }
+        for (d, t, doc) in &report.upserts {
+            let urgent = serde_json::from_str::<api::ExportStatus>(doc)
+                .map(|s| urgent_part(&s))
+                .unwrap_or_default();
+            self.rows.insert(
+                (d.clone(), t.clone()),
+                Written {
+                    doc: doc.clone(),
+                    urgent,
+                    at_ms: report.now_ms,
+                },
+            );
+        }
+        self.started = true;
+    }
+}
+
+/// Writes to `store` (a shared one; nothing otherwise) what changed in this
+/// gateway's status of every (Deployment, target) pair of `snapshot` since
+/// `reported`, at most [`MAX_ROWS_PER_SECOND`] × `interval` rows. Returns
+/// the rows written.
 pub async fn report(
     store: &Arc<dyn Store>,
     source: &dyn StatusSource,
     snapshot: &Snapshot,
-    gateway: &str,
+    reporting: &Reporting,
+    reported: &mut Reported,
 ) -> Result<usize, crate::registry::store::StoreError> {
     if !store.is_shared() {
         return Ok(0);
     }
-    let mut rows = Vec::new();
+    let mut current = Vec::new();
     for d in snapshot.registry().deployments.values() {
         let Some(info) = snapshot.deployment(&d.cluster_id, &d.id) else {
             continue;
         };
         for t in &info.targets {
-            let Some(status) = source.export_status(&d.id, &t.id.0) else {
-                continue;
-            };
-            rows.push(StatusRow {
-                gateway: gateway.to_owned(),
-                deployment_id: d.id.clone(),
-                target_id: t.id.0.clone(),
-                reported_ms: 0,
-                doc: serde_json::to_string(&status).unwrap_or_default(),
-            });
+            if let Some(status) = source.export_status(&d.id, &t.id.0) {
+                current.push(((d.id.clone(), t.id.0.clone()), status));
+            }
         }
     }
-    let n = rows.len();
-    let now = now_ms();
-    store
-        .report_status(gateway, rows, now, now - EXPIRE_AFTER.as_millis() as i64)
-        .await?;
+    let cap = (MAX_ROWS_PER_SECOND as f64 * reporting.interval.as_secs_f64()).max(1.0) as usize;
+    let report = reported.plan(&reporting.gateway, current, cap, now_ms());
+    let n = report.upserts.len();
+    store.report_status(report.clone()).await?;
+    reported.written(&report);
+    metrics::counter!(crate::deliver::stats::names::STATUS_ROWS_WRITTEN).increment(n as u64);
     Ok(n)
 }
 
@@ -168,6 +267,45 @@ mod tests {
             oldest_undelivered_seconds: delivered as f64,
             ..api::ExportStatus::default()
         }
+    }
+
+    fn pair(d: &str) -> (String, String) {
+        (d.to_owned(), "t".to_owned())
+    }
+
+    #[test]
+    fn admin_status_reports_write_what_changed_state_first_within_the_cap() {
+        let mut reported = Reported::default();
+        let all = |n: u64| -> Vec<((String, String), api::ExportStatus)> {
+            ["a", "b", "c", "d"]
+                .iter()
+                .map(|d| (pair(d), status("delivering", n, None)))
+                .collect()
+        };
+        // The first report replaces the gateway's rows and writes all.
+        let first = reported.plan("g", all(1), 10, 1_000);
+        assert!(first.replace && first.deletes.is_empty());
+        assert_eq!(first.upserts.len(), 4);
+        reported.written(&first);
+        // Nothing changed: the heartbeat alone.
+        let idle = reported.plan("g", all(1), 10, 2_000);
+        assert!(!idle.replace && idle.upserts.is_empty() && idle.deletes.is_empty());
+        // Counts changed everywhere and "c" started failing: "c" first, then
+        // the others up to the cap.
+        let mut now = all(2);
+        now[2].1 = status("failing", 2, Some("2026-01-01T00:00:09Z"));
+        let busy = reported.plan("g", now.clone(), 2, 3_000);
+        let keys: Vec<&str> = busy.upserts.iter().map(|u| u.0.as_str()).collect();
+        assert_eq!(keys, ["c", "a"]);
+        reported.written(&busy);
+        // The rows left out come next, longest unwritten first; "d" is gone.
+        now.pop();
+        let next = reported.plan("g", now, 2, 4_000);
+        let keys: Vec<&str> = next.upserts.iter().map(|u| u.0.as_str()).collect();
+        assert_eq!(keys, ["b"]);
+        assert_eq!(next.deletes, vec![pair("d")]);
+        reported.written(&next);
+        assert!(!reported.rows.contains_key(&pair("d")));
     }
 
     #[test]

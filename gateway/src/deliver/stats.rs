@@ -87,6 +87,8 @@ pub mod names {
     /// the epoch), like Prometheus'
     /// `prometheus_remote_storage_queue_highest_sent_timestamp_seconds`.
     pub const TARGET_HIGHEST_SENT: &str = "fanout_target_highest_sent_timestamp_seconds";
+    /// Export status rows this gateway wrote to the shared store.
+    pub const STATUS_ROWS_WRITTEN: &str = "fanout_status_rows_written_total";
     /// Free bytes on the data dir's filesystem (for the spill).
     pub const DATA_DIR_FREE: &str = "fanout_data_dir_free_bytes";
     /// A hash of the registry in force, secrets masked (fleet drift): the
@@ -326,6 +328,10 @@ pub fn describe() {
     describe_counter!(
         names::CLUSTER_SAMPLES,
         "Samples received in accepted requests per cluster"
+    );
+    describe_counter!(
+        names::STATUS_ROWS_WRITTEN,
+        "Export status rows written to the shared store"
     );
     describe_gauge!(
         names::MEMORY_BUDGET,

@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{
-    registry_from_rows, row_changes, StatusRow, Store, StoreError, Stored, UpdateError, UpdateFn,
+    registry_from_rows, row_changes, StatusReport, StatusRow, Store, StoreError, Stored,
+    UpdateError, UpdateFn,
 };
 use crate::registry::model::Registry;
 
@@ -238,20 +239,8 @@ impl Store for Reconnecting {
         self.inner.get().is_some()
     }
 
-    fn report_status(
-        &self,
-        gateway: &str,
-        rows: Vec<StatusRow>,
-        now_ms: i64,
-        expire_before_ms: i64,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
-        let gateway = gateway.to_owned();
-        async move {
-            self.store()?
-                .report_status(&gateway, rows, now_ms, expire_before_ms)
-                .await
-        }
-        .boxed()
+    fn report_status(&self, report: StatusReport) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move { self.store()?.report_status(report).await }.boxed()
     }
 
     fn read_status(

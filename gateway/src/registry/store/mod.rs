@@ -217,17 +217,11 @@ pub trait Store: Send + Sync + 'static {
     fn is_shared(&self) -> bool {
         false
     }
-    /// Replaces `gateway`'s status rows with `rows` (at `now_ms`) and
-    /// deletes every gateway's rows older than `expire_before_ms`. A store
-    /// of one gateway (SQLite) has nothing to share: it keeps nothing.
-    fn report_status(
-        &self,
-        gateway: &str,
-        rows: Vec<StatusRow>,
-        now_ms: i64,
-        expire_before_ms: i64,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
-        let _ = (gateway, rows, now_ms, expire_before_ms);
+    /// Writes one gateway's status report in one transaction (readers see
+    /// it whole or not at all). A store of one gateway (SQLite) has nothing
+    /// to share: it keeps nothing.
+    fn report_status(&self, report: StatusReport) -> BoxFuture<'_, Result<(), StoreError>> {
+        let _ = report;
         Box::pin(async { Ok(()) })
     }
     /// Every gateway's rows for Deployment `deployment` (all when `None`)
@@ -255,6 +249,27 @@ pub struct StatusRow {
     pub reported_ms: i64,
     /// Its `ExportStatus`, as JSON.
     pub doc: String,
+}
+
+/// A status row to write: `(Deployment, target, doc)`.
+pub type StatusUpsert = (String, String, String);
+
+/// One gateway's status report ([`Store::report_status`]): its heartbeat,
+/// the rows that changed since its last report, and what is gone.
+#[derive(Debug, Clone, Default)]
+pub struct StatusReport {
+    /// The reporting gateway.
+    pub gateway: String,
+    /// Its first report since it started: its older rows are deleted first.
+    pub replace: bool,
+    /// Rows to insert or replace.
+    pub upserts: Vec<StatusUpsert>,
+    /// Its `(Deployment, target)` rows to delete (pairs it no longer has).
+    pub deletes: Vec<(String, String)>,
+    /// Now (ms since the epoch): the heartbeat and the written rows' time.
+    pub now_ms: i64,
+    /// Rows of gateways whose last report is older than this are deleted.
+    pub expire_before_ms: i64,
 }
 
 /// Opens the store named by `--store` (`None` or `sqlite`: SQLite in `data_dir`).
@@ -313,7 +328,7 @@ pub(crate) fn schema_plan(
 
 /// The schema level this binary knows: the number of migrations in each
 /// backend's set.
-pub const SCHEMA_LEVEL: usize = 2;
+pub const SCHEMA_LEVEL: usize = 3;
 
 /// One backend's migrations, `(version, description, SQL)`, versions 1 to
 /// [`SCHEMA_LEVEL`] in order.
@@ -332,6 +347,11 @@ pub const POSTGRES_MIGRATIONS: Migrations = Migrations(&[
         "export status",
         include_str!("../../../migrations/postgres/0002_export_status.sql"),
     ),
+    (
+        3,
+        "status gateways",
+        include_str!("../../../migrations/postgres/0003_status_gateways.sql"),
+    ),
 ]);
 
 /// SQLite's migrations (`gateway/migrations/sqlite/`).
@@ -345,6 +365,11 @@ pub const SQLITE_MIGRATIONS: Migrations = Migrations(&[
         2,
         "export status",
         include_str!("../../../migrations/sqlite/0002_export_status.sql"),
+    ),
+    (
+        3,
+        "status gateways",
+        include_str!("../../../migrations/sqlite/0003_status_gateways.sql"),
     ),
 ]);
 

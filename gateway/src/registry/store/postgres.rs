@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use super::{
     apply_change, new_salt, redact_url, registry_from_rows, row_changes, schema_plan, LastRead,
-    StatusRow, Store, StoreError, Stored, UpdateError, UpdateFn, POSTGRES_MIGRATIONS,
+    StatusReport, StatusRow, Store, StoreError, Stored, UpdateError, UpdateFn, POSTGRES_MIGRATIONS,
 };
 
 /// The LISTEN/NOTIFY channel.
@@ -278,36 +278,81 @@ impl Store for PostgresStore {
         true
     }
 
-    fn report_status(
-        &self,
-        gateway: &str,
-        rows: Vec<StatusRow>,
-        now_ms: i64,
-        expire_before_ms: i64,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
-        let gateway = gateway.to_owned();
+    fn report_status(&self, report: StatusReport) -> BoxFuture<'_, Result<(), StoreError>> {
         async move {
-            // One transaction: readers see this gateway's old rows or its
-            // new ones, never none.
+            let StatusReport {
+                gateway,
+                replace,
+                upserts,
+                deletes,
+                now_ms,
+                expire_before_ms,
+            } = report;
+            // One transaction: readers see this report whole or not at all.
             let mut tx = self.pool.begin().await?;
-            sqlx::query("DELETE FROM fanout_export_status WHERE gateway = $1 OR reported_ms < $2")
-                .bind(&gateway)
-                .bind(expire_before_ms)
-                .execute(&mut *tx)
-                .await?;
-            for r in rows {
+            sqlx::query(
+                "INSERT INTO fanout_status_gateways (gateway, reported_ms) VALUES ($1, $2) \
+                 ON CONFLICT (gateway) DO UPDATE SET reported_ms = excluded.reported_ms",
+            )
+            .bind(&gateway)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            if replace {
+                sqlx::query("DELETE FROM fanout_export_status WHERE gateway = $1")
+                    .bind(&gateway)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if !deletes.is_empty() {
+                let (deps, targets): (Vec<String>, Vec<String>) = deletes.into_iter().unzip();
                 sqlx::query(
-                    "INSERT INTO fanout_export_status (gateway, deployment_id, target_id, reported_ms, doc) \
-                     VALUES ($1, $2, $3, $4, $5)",
+                    "DELETE FROM fanout_export_status WHERE gateway = $1 AND (deployment_id, target_id) IN \
+                     (SELECT * FROM UNNEST($2::TEXT[], $3::TEXT[]))",
                 )
                 .bind(&gateway)
-                .bind(r.deployment_id)
-                .bind(r.target_id)
-                .bind(now_ms)
-                .bind(r.doc)
+                .bind(deps)
+                .bind(targets)
                 .execute(&mut *tx)
                 .await?;
             }
+            if !upserts.is_empty() {
+                let mut deps = Vec::with_capacity(upserts.len());
+                let mut targets = Vec::with_capacity(upserts.len());
+                let mut docs = Vec::with_capacity(upserts.len());
+                for (d, t, doc) in upserts {
+                    deps.push(d);
+                    targets.push(t);
+                    docs.push(doc);
+                }
+                // One statement for the whole batch.
+                sqlx::query(
+                    "INSERT INTO fanout_export_status (gateway, deployment_id, target_id, reported_ms, doc) \
+                     SELECT $1, d, t, $2, doc FROM UNNEST($3::TEXT[], $4::TEXT[], $5::TEXT[]) AS u(d, t, doc) \
+                     ON CONFLICT (gateway, deployment_id, target_id) \
+                     DO UPDATE SET reported_ms = excluded.reported_ms, doc = excluded.doc",
+                )
+                .bind(&gateway)
+                .bind(now_ms)
+                .bind(deps)
+                .bind(targets)
+                .bind(docs)
+                .execute(&mut *tx)
+                .await?;
+            }
+            // Rows of gateways gone quiet (and of older gateways that write
+            // no heartbeat, by their own time).
+            sqlx::query(
+                "DELETE FROM fanout_export_status s WHERE s.reported_ms < $1 AND NOT EXISTS \
+                 (SELECT 1 FROM fanout_status_gateways g WHERE g.gateway = s.gateway AND g.reported_ms >= $1)",
+            )
+            .bind(expire_before_ms)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM fanout_status_gateways WHERE reported_ms < $1")
+                .bind(expire_before_ms)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(())
         }
@@ -322,9 +367,12 @@ impl Store for PostgresStore {
         let deployment = deployment.map(str::to_owned);
         async move {
             let rows = sqlx::query(
-                "SELECT gateway, deployment_id, target_id, reported_ms, doc FROM fanout_export_status \
-                 WHERE reported_ms >= $1 AND ($2::TEXT IS NULL OR deployment_id = $2) \
-                 ORDER BY deployment_id, target_id, gateway",
+                "SELECT s.gateway, s.deployment_id, s.target_id, \
+                 GREATEST(s.reported_ms, COALESCE(g.reported_ms, 0)) AS at, s.doc \
+                 FROM fanout_export_status s LEFT JOIN fanout_status_gateways g ON g.gateway = s.gateway \
+                 WHERE GREATEST(s.reported_ms, COALESCE(g.reported_ms, 0)) >= $1 \
+                 AND ($2::TEXT IS NULL OR s.deployment_id = $2) \
+                 ORDER BY s.deployment_id, s.target_id, s.gateway",
             )
             .bind(since_ms)
             .bind(deployment)
