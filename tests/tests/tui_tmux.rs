@@ -75,6 +75,15 @@ fn admin(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> 
     Ok((status, body))
 }
 
+/// Waits until the gateway's admin port answers `/readyz` 200; panics with
+/// `log()` after `limit`.
+fn await_ready(admin_port: u16, limit: Duration, log: &dyn Fn() -> String) {
+    let ready = wait_for(limit, || {
+        matches!(admin(admin_port, "GET", "/readyz"), Ok((200, _))).then_some(())
+    });
+    assert!(ready.is_some(), "fanout never became ready\n{}", log());
+}
+
 /// The JSON object of `/api/v1/targets` (`{"items": [...]}`) whose endpoint
 /// has `port`, without whitespace. Brace matching outside strings, so nested
 /// objects (`feeds`, `failures`) stay inside.
@@ -263,10 +272,7 @@ fn console_shows_targets_pauses_one_and_quits_cleanly() {
             std::fs::read_to_string(&gateway_log).unwrap_or_default()
         )
     };
-    let ready = wait_for(Duration::from_secs(60), || {
-        matches!(admin(admin_port, "GET", "/readyz"), Ok((200, _))).then_some(())
-    });
-    assert!(ready.is_some(), "fanout never became ready\n{}", log());
+    await_ready(admin_port, Duration::from_secs(60), &log);
     let (status, _) = admin(admin_port, "GET", "/api/v1/stats").unwrap();
     assert_eq!(
         status,
@@ -589,10 +595,7 @@ fn console_pages_and_filters_ten_thousand_deployments() {
             std::fs::read_to_string(&gateway_log).unwrap_or_default()
         )
     };
-    let ready = wait_for(Duration::from_secs(120), || {
-        matches!(admin(admin_port, "GET", "/readyz"), Ok((200, _))).then_some(())
-    });
-    assert!(ready.is_some(), "fanout never became ready\n{}", log());
+    await_ready(admin_port, Duration::from_secs(120), &log);
 
     let script = format!(
         "{} --admin http://127.0.0.1:{admin_port}; echo TUI-EXITED-$?; exec sleep 600",

@@ -193,6 +193,66 @@ fn skipped(g: Gateway, why: String) -> GatewayResult {
     }
 }
 
+/// What the sinks of a soak or scale run hold of its acknowledged samples.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Acknowledged samples missing at a sink after the wait.
+    lost: u64,
+    /// Samples that arrived more than once.
+    duplicates: u64,
+    /// Other problems (misrouted, mislabelled, unidentified), at most 5.
+    other: Vec<String>,
+}
+
+/// Waits up to `timeout` (looking every `every`) until every one of
+/// `sinks` holds every sample `summary` says was acknowledged, with the
+/// labels of its Deployment in `fleet`; what is still missing then is lost.
+async fn await_every_sample(
+    summary: &generator::RunSummary,
+    fleet: &crate::scenario::Scenario,
+    sinks: &[SinkHandle],
+    timeout: Duration,
+    every: Duration,
+) -> Tally {
+    let mut rounds: HashMap<SeriesId, Vec<u32>> = HashMap::new();
+    for s in summary.acked_samples() {
+        rounds.entry(s.id).or_default().push(s.seq);
+    }
+    let names: Vec<String> = sinks.iter().map(|s| s.name().to_owned()).collect();
+    let mut expectation = Expectation::new();
+    for (id, seqs) in &rounds {
+        let d = fleet.deployment_of(id.series);
+        expectation.expect(
+            *id,
+            seqs.iter().copied(),
+            names.iter().cloned(),
+            config::fleet_labels(fleet, id.cluster, d),
+        );
+    }
+    let deadline = Instant::now() + timeout;
+    let problems = loop {
+        let reports: Vec<_> = sinks.iter().map(|s| s.report()).collect();
+        let problems = expectation.check(&reports);
+        let missing = problems
+            .iter()
+            .any(|p| matches!(p, Problem::Missing { .. }));
+        if !missing || Instant::now() >= deadline {
+            break problems;
+        }
+        tokio::time::sleep(every).await;
+    };
+    let mut tally = Tally::default();
+    for p in &problems {
+        match p {
+            Problem::Missing { count, .. } => tally.lost += count,
+            Problem::Duplicated { copies, .. } => tally.duplicates += copies,
+            other if tally.other.len() < 5 => tally.other.push(other.to_string()),
+            _ => {}
+        }
+    }
+    tally
+}
+
 /// A child process that is killed when dropped, with its log file.
 struct Proc {
     child: Child,

@@ -24,7 +24,6 @@
 //!
 //! No figure is asserted: the report is for docs/benchmarks.md "Scale".
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -32,12 +31,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use super::{config, free_port, http_request, procfs, Proc};
+use super::{await_every_sample, config, free_port, http_request, procfs, Proc};
 use crate::generator::{self, GeneratorConfig};
-use crate::identity::SeriesId;
 use crate::scenario::Scenario;
 use crate::sink::{Sink, SinkConfig, SinkHandle};
-use crate::verify::{Expectation, Problem};
 
 /// How to measure.
 #[derive(Clone, Debug)]
@@ -317,45 +314,20 @@ async fn measure(
     if r.acked == 0 {
         bail!("no sample was acknowledged:\n{}", g.proc.log_tail());
     }
-    let mut rounds: HashMap<SeriesId, Vec<u32>> = HashMap::new();
-    for s in summary.acked_samples() {
-        rounds.entry(s.id).or_default().push(s.seq);
-    }
-    let mut expectation = Expectation::new();
-    for (id, seqs) in &rounds {
-        let d = fleet.deployment_of(id.series);
-        expectation.expect(
-            *id,
-            seqs.iter().copied(),
-            ["own".to_owned(), "shared".to_owned()],
-            config::fleet_labels(fleet, id.cluster, d),
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let problems = loop {
-        let reports: Vec<_> = sinks.iter().map(|s| s.report()).collect();
-        let problems = expectation.check(&reports);
-        let missing = problems
-            .iter()
-            .any(|p| matches!(p, Problem::Missing { .. }));
-        if !missing || Instant::now() >= deadline {
-            break problems;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let tally = await_every_sample(
+        &summary,
+        fleet,
+        sinks,
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+    )
+    .await;
     let cpu = procfs::cpu(pid)?
         .since(cpu0)
         .duration(procfs::ticks_per_sec());
     r.cpu_s_per_m = cpu.as_secs_f64() / r.acked as f64 * 1e6;
     r.peak_rss = procfs::peak_rss(pid)?;
-    for p in &problems {
-        match p {
-            Problem::Missing { count, .. } => r.lost += count,
-            Problem::Duplicated { copies, .. } => r.duplicates += copies,
-            other if r.other.len() < 5 => r.other.push(other.to_string()),
-            _ => {}
-        }
-    }
+    (r.lost, r.duplicates, r.other) = (tally.lost, tally.duplicates, tally.other);
     g.proc.stop().await;
     Ok(r)
 }

@@ -22,18 +22,15 @@
 //! grow by more than 128 / 16 over a process's life after warm-up: leaks,
 //! not performance (no timing is asserted).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
 use super::spec::BenchSpec;
-use super::{config, free_port, http_request, Proc};
+use super::{await_every_sample, config, free_port, http_request, Proc};
 use crate::generator::{self, GeneratorConfig};
-use crate::identity::SeriesId;
 use crate::sink::{Fault, Sink, SinkConfig, SinkHandle};
-use crate::verify::{Expectation, Problem};
 
 /// How to soak.
 #[derive(Clone, Debug)]
@@ -309,40 +306,17 @@ pub async fn run(opts: &SoakOptions) -> anyhow::Result<SoakReport> {
     report.retries = summary.retries;
 
     // Every acked sample at t0 and t1 (t2 came and went).
-    let mut seqs: HashMap<SeriesId, Vec<u32>> = HashMap::new();
-    for s in summary.acked_samples() {
-        seqs.entry(s.id).or_default().push(s.seq);
-    }
-    let mut expectation = Expectation::new();
-    for (id, rounds) in &seqs {
-        let d = spec.fleet.deployment_of(id.series);
-        expectation.expect(
-            *id,
-            rounds.iter().copied(),
-            [BenchSpec::target_name(0), BenchSpec::target_name(1)],
-            config::expected_labels(&spec, id.cluster, d),
-        );
-    }
-    let deadline = Instant::now() + spec.drain_timeout;
-    let problems = loop {
-        let reports: Vec<_> = sinks[..2].iter().map(|s| s.report()).collect();
-        let problems = expectation.check(&reports);
-        let missing = problems
-            .iter()
-            .any(|p| matches!(p, Problem::Missing { .. }));
-        if !missing || Instant::now() >= deadline {
-            break problems;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    for p in &problems {
-        match p {
-            Problem::Missing { count, .. } => report.lost += count,
-            Problem::Duplicated { copies, .. } => report.duplicates += copies,
-            other if report.other.len() < 5 => report.other.push(other.to_string()),
-            _ => {}
-        }
-    }
+    let tally = await_every_sample(
+        &summary,
+        &spec.fleet,
+        &sinks[..2],
+        spec.drain_timeout,
+        Duration::from_millis(500),
+    )
+    .await;
+    report.lost = tally.lost;
+    report.duplicates = tally.duplicates;
+    report.other = tally.other;
     let t2 = sinks[2].report();
     if t2.unidentified > 0 {
         report
