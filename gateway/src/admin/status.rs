@@ -91,7 +91,7 @@ impl Reported {
         current: Vec<((String, String), api::ExportStatus)>,
         cap: usize,
         now_ms: i64,
-    ) -> StatusReport {
+    ) -> Planned {
         let present: std::collections::HashSet<&(String, String)> =
             current.iter().map(|(k, _)| k).collect();
         let deletes = self
@@ -102,51 +102,65 @@ impl Reported {
             .collect();
         // Ranked: urgent (new, or state or error changed) first, then the
         // longest unwritten.
-        let mut changed: Vec<((bool, i64), StatusUpsert)> = Vec::new();
-        for ((d, t), status) in current {
+        let mut changed: Vec<((bool, i64), StatusUpsert, String)> = Vec::new();
+        for (key, status) in current {
             let doc = serde_json::to_string(&status).unwrap_or_default();
-            let rank = match self.rows.get(&(d.clone(), t.clone())) {
+            let urgent = urgent_part(&status);
+            let rank = match self.rows.get(&key) {
                 None => (false, 0),
                 Some(w) if w.doc == doc => continue,
-                Some(w) => (w.urgent == urgent_part(&status), w.at_ms),
+                Some(w) => (w.urgent == urgent, w.at_ms),
             };
-            changed.push((rank, (d, t, doc)));
+            let (d, t) = key;
+            changed.push((rank, (d, t, doc), urgent));
         }
         changed.sort_by_key(|c| c.0);
         changed.truncate(cap);
-        StatusReport {
-            gateway: gateway.to_owned(),
-            replace: !self.started,
-            upserts: changed.into_iter().map(|(_, row)| row).collect(),
-            deletes,
-            now_ms,
-            expire_before_ms: now_ms - EXPIRE_AFTER.as_millis() as i64,
+        let (upserts, urgent) = changed.into_iter().map(|(_, row, u)| (row, u)).unzip();
+        Planned {
+            report: StatusReport {
+                gateway: gateway.to_owned(),
+                replace: !self.started,
+                upserts,
+                deletes,
+                now_ms,
+                expire_before_ms: now_ms - EXPIRE_AFTER.as_millis() as i64,
+            },
+            urgent,
         }
     }
 
-    /// Records that the store took `report`.
-    pub fn written(&mut self, report: &StatusReport) {
+    /// Records that the store took `planned`'s report.
+    pub fn written(&mut self, planned: &Planned) {
+        let report = &planned.report;
         if report.replace {
             self.rows.clear();
         }
         for key in &report.deletes {
             self.rows.remove(key);
         }
-        for (d, t, doc) in &report.upserts {
-            let urgent = serde_json::from_str::<api::ExportStatus>(doc)
-                .map(|s| urgent_part(&s))
-                .unwrap_or_default();
+        for ((d, t, doc), urgent) in report.upserts.iter().zip(&planned.urgent) {
             self.rows.insert(
                 (d.clone(), t.clone()),
                 Written {
                     doc: doc.clone(),
-                    urgent,
+                    urgent: urgent.clone(),
                     at_ms: report.now_ms,
                 },
             );
         }
         self.started = true;
     }
+}
+
+/// A report to write, with the state and error part of each upsert
+/// ([`Reported::plan`]).
+#[derive(Debug)]
+pub struct Planned {
+    /// What the store is given.
+    pub report: StatusReport,
+    /// Per upsert, in order: its state and error.
+    urgent: Vec<String>,
 }
 
 /// Writes to `store` (a shared one; nothing otherwise) what changed in this
@@ -175,10 +189,10 @@ pub async fn report(
         }
     }
     let cap = (MAX_ROWS_PER_SECOND as f64 * reporting.interval.as_secs_f64()).max(1.0) as usize;
-    let report = reported.plan(&reporting.gateway, current, cap, now_ms());
-    let n = report.upserts.len();
-    store.report_status(report.clone()).await?;
-    reported.written(&report);
+    let planned = reported.plan(&reporting.gateway, current, cap, now_ms());
+    let n = planned.report.upserts.len();
+    store.report_status(planned.report.clone()).await?;
+    reported.written(&planned);
     metrics::counter!(crate::deliver::stats::names::STATUS_ROWS_WRITTEN).increment(n as u64);
     Ok(n)
 }
@@ -284,26 +298,30 @@ mod tests {
         };
         // The first report replaces the gateway's rows and writes all.
         let first = reported.plan("g", all(1), 10, 1_000);
-        assert!(first.replace && first.deletes.is_empty());
-        assert_eq!(first.upserts.len(), 4);
+        assert!(first.report.replace && first.report.deletes.is_empty());
+        assert_eq!(first.report.upserts.len(), 4);
         reported.written(&first);
         // Nothing changed: the heartbeat alone.
         let idle = reported.plan("g", all(1), 10, 2_000);
-        assert!(!idle.replace && idle.upserts.is_empty() && idle.deletes.is_empty());
+        assert!(
+            !idle.report.replace
+                && idle.report.upserts.is_empty()
+                && idle.report.deletes.is_empty()
+        );
         // Counts changed everywhere and "c" started failing: "c" first, then
         // the others up to the cap.
         let mut now = all(2);
         now[2].1 = status("failing", 2, Some("2026-01-01T00:00:09Z"));
         let busy = reported.plan("g", now.clone(), 2, 3_000);
-        let keys: Vec<&str> = busy.upserts.iter().map(|u| u.0.as_str()).collect();
+        let keys: Vec<&str> = busy.report.upserts.iter().map(|u| u.0.as_str()).collect();
         assert_eq!(keys, ["c", "a"]);
         reported.written(&busy);
         // The rows left out come next, longest unwritten first; "d" is gone.
         now.pop();
         let next = reported.plan("g", now, 2, 4_000);
-        let keys: Vec<&str> = next.upserts.iter().map(|u| u.0.as_str()).collect();
+        let keys: Vec<&str> = next.report.upserts.iter().map(|u| u.0.as_str()).collect();
         assert_eq!(keys, ["b"]);
-        assert_eq!(next.deletes, vec![pair("d")]);
+        assert_eq!(next.report.deletes, vec![pair("d")]);
         reported.written(&next);
         assert!(!reported.rows.contains_key(&pair("d")));
     }
